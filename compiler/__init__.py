@@ -1,0 +1,1 @@
+"""The compiler: IR, script, operators, passes, distributed lowering, codegen."""

@@ -1,0 +1,14 @@
+// The one pybind11 module, disco._native. Each part of csrc/ binds itself in its own
+// *_bindings.cc through a bind_* function declared here; this file only calls them.
+#include <pybind11/pybind11.h>
+
+namespace py = pybind11;
+
+void bind_channel(py::module_& m);  // channel_bindings.cc: command ring, reply slots
+void bind_ccl(py::module_& m);      // ccl/ccl_bindings.cc: shared-memory collectives
+
+PYBIND11_MODULE(_native, m) {
+  m.doc() = "Native core of disco: shared-memory command channel and collectives.";
+  bind_channel(m);
+  bind_ccl(m);
+}

@@ -1,0 +1,1 @@
+"""Disco: the runtime. Imports neither `compiler` nor `launch`."""

@@ -1,0 +1,30 @@
+"""Error types of the runtime. Every message says what was wrong, where, what was
+expected and what was given."""
+
+
+class DiscoError(RuntimeError):
+    """Base class of every error raised by `disco`."""
+
+
+class WorkerError(DiscoError):
+    """A worker failed: its function raised, or the worker process died.
+
+    `worker_id` names the worker; `remote_traceback` holds the worker's traceback
+    text when the failure was an exception (None when the process died)."""
+
+    def __init__(self, message: str, worker_id: int, remote_traceback: str | None = None):
+        super().__init__(message)
+        self.worker_id = worker_id
+        self.remote_traceback = remote_traceback
+
+
+class SessionError(DiscoError):
+    """Misuse of a session: a DRef from another session, a call after shutdown, ..."""
+
+
+class CollectiveError(DiscoError):
+    """A collective was called with bad arguments (dtype, shapes differing across workers)."""
+
+
+class SignatureError(DiscoError, TypeError):
+    """An argument does not match a compiled function's signature."""

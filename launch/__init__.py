@@ -1,0 +1,1 @@
+"""Launcher: run an app with N workers, locally or through mpiexec."""
