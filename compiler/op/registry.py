@@ -1,0 +1,128 @@
+"""The operator registry: each operator is defined once, with everything about it.
+
+An `OpDef` holds, side by side: the user-facing constructor (the same function the
+builder API and the script's `R.xxx` call), how to print a call back as script, the
+struct-info rule, the fusion pattern kind, and (added by later stages, in the same
+file as the op) the legalization to a tensor program and the sharding rule.
+
+Writing an operator:
+
+    @register_op("relax.add", script="R.add", args=("x1", "x2"), pattern=BROADCAST)
+    def add(x1, x2): ...            # -> make_call(...)
+    @add.infer
+    def _(call): ...                # -> StructInfo, raises ShapeError / DTypeError
+
+Calls are built by `make_call`, which infers struct info eagerly when every argument
+already has it, so an ill-typed program fails where it is written.
+"""
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass, field
+from enum import IntEnum
+from typing import Any, Callable, Optional
+
+from ..ir.attrs import Attrs
+from ..ir.errors import CompilerError
+from ..ir.graph import Call, Expr, Op
+from ..ir.struct_info import StructInfo
+
+
+class OpPattern(IntEnum):
+    """Fusion pattern kinds, ordered from most to least fusible (as in TVM)."""
+    ELEMWISE = 0          # out[i] = f(in[i])
+    BROADCAST = 1         # out[i, j] = f(in[i], other[j])
+    INJECTIVE = 2         # each output element from one input element (reshape, permute, take)
+    COMM_REDUCE = 3       # commutative reduction (sum, max)
+    OUT_EWISE_FUSABLE = 4 # matmul: elementwise consumers can fuse into it
+    TUPLE = 7
+    OPAQUE = 8            # never fused
+
+
+ELEMWISE, BROADCAST, INJECTIVE = OpPattern.ELEMWISE, OpPattern.BROADCAST, OpPattern.INJECTIVE
+COMM_REDUCE, OUT_EWISE_FUSABLE, OPAQUE = OpPattern.COMM_REDUCE, OpPattern.OUT_EWISE_FUSABLE, OpPattern.OPAQUE
+
+
+@dataclass(eq=False)
+class OpDef:
+    """Everything about one operator. Mutable only while ops register their rules."""
+    name: str                       # canonical, e.g. "relax.nn.softmax"
+    script: str                     # script spelling, e.g. "R.nn.softmax"
+    args: tuple[str, ...]           # positional (expression) arguments, in order
+    attrs: tuple[str, ...]          # attribute names, printed as keywords in this order
+    constructor: Callable[..., Call]
+    pattern: OpPattern = OPAQUE
+    infer_struct_info: Optional[Callable[[Call], StructInfo]] = None
+    legalize: Optional[Callable[..., Any]] = None       # compiler.te legalization (build issue)
+    sharding_rule: Optional[Callable[..., Any]] = None  # compiler.distributed rule
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def op(self) -> Op:
+        return Op(self.name)
+
+    # Decorators to attach rules next to the op's definition.
+    def infer(self, fn: Callable[[Call], StructInfo]) -> Callable[[Call], StructInfo]:
+        self.infer_struct_info = fn
+        return fn
+
+    def legalizer(self, fn):
+        self.legalize = fn
+        return fn
+
+    def sharding(self, fn):
+        self.sharding_rule = fn
+        return fn
+
+    def __call__(self, *args, **kwargs) -> Call:
+        return self.constructor(*args, **kwargs)
+
+
+_OPS: dict[str, OpDef] = {}
+_BY_SCRIPT: dict[str, OpDef] = {}
+
+
+def register_op(name: str, *, script: str, args: tuple[str, ...], attrs: tuple[str, ...] = (),
+                pattern: OpPattern = OPAQUE) -> Callable[[Callable[..., Call]], OpDef]:
+    """Register the decorated constructor as operator `name`; returns its OpDef."""
+
+    def wrap(constructor: Callable[..., Call]) -> OpDef:
+        if name in _OPS:
+            raise CompilerError(f"operator {name!r} is registered twice")
+        opdef = OpDef(name, script, args, attrs, constructor, pattern)
+        _OPS[name] = opdef
+        _BY_SCRIPT[script] = opdef
+        return opdef
+
+    return wrap
+
+
+def get_op(name: str) -> OpDef:
+    """The OpDef of canonical name ("relax.add") or script name ("R.add")."""
+    opdef = _OPS.get(name) or _BY_SCRIPT.get(name)
+    if opdef is None:
+        close = difflib.get_close_matches(name, list(_OPS) + list(_BY_SCRIPT), n=3)
+        hint = f"; did you mean {', '.join(close)}?" if close else ""
+        raise CompilerError(f"unknown operator {name!r}{hint}")
+    return opdef
+
+
+def list_ops() -> list[str]:
+    return sorted(_OPS)
+
+
+def make_call(name: str, args: tuple[Expr, ...], attrs: Optional[dict[str, Any]] = None,
+              sinfo_args: tuple[StructInfo, ...] = ()) -> Call:
+    """Build a call of operator `name`; infer its struct info now when the args allow."""
+    opdef = get_op(name)
+    call = Call(Op(opdef.name), tuple(args), Attrs(attrs or {}), tuple(sinfo_args))
+    return infer_call(call) if all(a.struct_info is not None for a in call.args) else call
+
+
+def infer_call(call: Call) -> Call:
+    """`call` with its struct info set from the operator's rule."""
+    assert isinstance(call.op, Op)
+    opdef = get_op(call.op.name)
+    if opdef.infer_struct_info is None:
+        raise CompilerError(f"operator {opdef.name} has no struct-info rule")
+    return call.with_struct_info(opdef.infer_struct_info(call))
