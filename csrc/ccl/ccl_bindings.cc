@@ -1,3 +1,152 @@
+// Python bindings of the shared-memory collectives: disco._native.ShmCommunicator.
+// disco/ccl/shm.py is the only caller; it maps numpy dtypes to DType codes, allocates
+// outputs, and makes the arrays C-contiguous. Every wait runs with the GIL released,
+// so that threads of one process can act as ranks.
+#include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
+
+#include <memory>
+
+#include "ccl/allgather.h"
+#include "ccl/allreduce.h"
+#include "ccl/broadcast.h"
+#include "ccl/communicator.h"
+#include "ccl/gather.h"
+#include "ccl/reduce_scatter.h"
+#include "ccl/scatter.h"
+
 namespace py = pybind11;
-void bind_ccl(py::module_& m) {}
+using namespace disco::ccl;
+
+namespace {
+
+// The Meta of an array argument (or of "no array" when x is None).
+Meta meta_of(const py::object& x, int dtype, const std::string& dtype_name, int op, int axis) {
+  Meta m{};
+  m.dtype = dtype;
+  m.op = op;
+  m.axis = axis;
+  m.ndim = -1;
+  std::snprintf(m.dtype_name, sizeof(m.dtype_name), "%s", dtype_name.c_str());
+  if (x.is_none()) return m;
+  py::array a = py::reinterpret_borrow<py::array>(x);
+  if (a.ndim() > kMaxDims) {
+    throw CclError("ccl: arrays of at most " + std::to_string(kMaxDims) + " dims are supported, given " + std::to_string(a.ndim()));
+  }
+  m.ndim = static_cast<int32_t>(a.ndim());
+  for (int i = 0; i < m.ndim; ++i) m.shape[i] = a.shape(i);
+  return m;
+}
+
+const void* cdata(const py::object& x) { return x.is_none() ? nullptr : py::reinterpret_borrow<py::array>(x).data(); }
+void* mdata(const py::object& x) { return x.is_none() ? nullptr : py::reinterpret_borrow<py::array>(x).mutable_data(); }
+
+py::tuple shape_tuple(const Meta& m) {
+  py::tuple t(m.ndim);
+  for (int i = 0; i < m.ndim; ++i) t[i] = m.shape[i];
+  return t;
+}
+
+}  // namespace
+
+void bind_ccl(py::module_& m) {
+  py::register_exception_translator([](std::exception_ptr p) {
+    try {
+      if (p) std::rethrow_exception(p);
+    } catch (const CclError& e) {
+      py::object cls = py::module_::import("disco.errors").attr("CollectiveError");
+      PyErr_SetString(cls.ptr(), e.what());
+    }
+  });
+
+  py::class_<Communicator, std::shared_ptr<Communicator>>(m, "ShmCommunicator",
+      "A shared-memory communicator of one rank; see csrc/ccl/communicator.h.")
+      .def(py::init([](const std::string& group, int rank, int world, size_t chunk_bytes, size_t small_bytes,
+                       double timeout_s, double spin_us) {
+             Options o;
+             o.chunk_bytes = chunk_bytes;
+             o.small_bytes = small_bytes;
+             o.timeout_s = timeout_s;
+             o.spin_us = spin_us;
+             py::gil_scoped_release nogil;
+             return std::make_shared<Communicator>(group, rank, world, o);
+           }),
+           py::arg("group"), py::arg("rank"), py::arg("world"), py::arg("chunk_bytes") = Options().chunk_bytes,
+           py::arg("small_bytes") = Options().small_bytes, py::arg("timeout_s") = Options().timeout_s,
+           py::arg("spin_us") = Options().spin_us)
+      .def_property_readonly("rank", &Communicator::rank)
+      .def_property_readonly("world", &Communicator::world)
+      .def("allreduce", [](Communicator& c, py::object x, py::object out, int dtype, std::string dname, int op) {
+        Meta mt = meta_of(x, dtype, dname, op, 0);
+        const void* in = cdata(x);
+        void* o = mdata(out);
+        py::gil_scoped_release nogil;
+        allreduce(c, mt, in, o);
+      })
+      .def("allgather", [](Communicator& c, py::object x, py::object out, int dtype, std::string dname, int axis) {
+        Meta mt = meta_of(x, dtype, dname, 0, axis);
+        const void* in = cdata(x);
+        void* o = mdata(out);
+        py::gil_scoped_release nogil;
+        allgather(c, mt, in, o);
+      })
+      .def("reduce_scatter", [](Communicator& c, py::object x, py::object out, int dtype, std::string dname, int op, int axis) {
+        Meta mt = meta_of(x, dtype, dname, op, axis);
+        const void* in = cdata(x);
+        void* o = mdata(out);
+        py::gil_scoped_release nogil;
+        reduce_scatter(c, mt, in, o);
+      })
+      .def("gather_to_worker0", [](Communicator& c, py::object x, py::object out, int dtype, std::string dname, int axis) {
+        Meta mt = meta_of(x, dtype, dname, 0, axis);
+        const void* in = cdata(x);
+        void* o = mdata(out);
+        py::gil_scoped_release nogil;
+        gather_to_worker0(c, mt, in, o);
+      })
+      .def("broadcast_from_worker0", [](Communicator& c, py::object x, int dtype, std::string dname, py::function alloc) {
+        // alloc(shape, dtype_code) makes the output once worker 0's shape is known.
+        Meta mt = meta_of(x, dtype, dname, 0, 0);
+        const void* in = cdata(x);
+        Meta root;
+        {
+          py::gil_scoped_release nogil;
+          root = broadcast_begin(c, mt, in);
+        }
+        py::object out = alloc(shape_tuple(root), root.dtype);
+        void* o = mdata(out);
+        {
+          py::gil_scoped_release nogil;
+          broadcast_finish(c, root, in, o);
+        }
+        return out;
+      })
+      .def("scatter_from_worker0", [](Communicator& c, py::object x, int dtype, std::string dname, int axis, py::function alloc) {
+        Meta mt = meta_of(x, dtype, dname, 0, axis);
+        const void* in = cdata(x);
+        Meta root;
+        {
+          py::gil_scoped_release nogil;
+          root = scatter_begin(c, mt, in);
+        }
+        Meta part = root;
+        part.shape[norm_axis(root)] /= c.world();
+        py::object out = alloc(shape_tuple(part), root.dtype);
+        void* o = mdata(out);
+        {
+          py::gil_scoped_release nogil;
+          scatter_finish(c, root, in, o);
+        }
+        return out;
+      })
+      .def("barrier", [](Communicator& c) {
+        Meta mt{};
+        mt.coll = static_cast<int32_t>(Coll::kBarrier);
+        mt.ndim = -1;
+        py::gil_scoped_release nogil;
+        c.ensure_usable(Coll::kBarrier);
+        c.post(mt);
+        c.barrier(Coll::kBarrier);
+        c.check(mt, 0);
+      });
+}

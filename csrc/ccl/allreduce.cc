@@ -1,0 +1,87 @@
+#include "ccl/allreduce.h"
+
+#include <vector>
+
+namespace disco {
+namespace ccl {
+
+namespace {
+
+// Region q of a chunk of `len` elements: 64-byte aligned pieces, the last one shorter.
+struct Regions {
+  size_t part;
+  Regions(size_t len, int world, size_t es) {
+    const size_t align = 64 / es;
+    part = ((len + world - 1) / world + align - 1) / align * align;
+  }
+  size_t lo(size_t len, int q) const { return std::min(len, part * q); }
+  size_t hi(size_t len, int q) const { return std::min(len, part * (q + 1)); }
+};
+
+}  // namespace
+
+void allreduce(Communicator& c, Meta m, const void* in_v, void* out_v) {
+  m.coll = static_cast<int32_t>(Coll::kAllreduce);
+  c.ensure_usable(Coll::kAllreduce);
+  const auto* in = static_cast<const uint8_t*>(in_v);
+  auto* out = static_cast<uint8_t*>(out_v);
+  const int W = c.world(), r = c.rank();
+  const size_t es = elem_size(m), n = m.dtype >= 0 ? numel(m) : 0;
+  const size_t ce = c.chunk_bytes() / es;  // elements per chunk
+  const size_t K = (n + ce - 1) / ce;
+  auto len_of = [&](size_t k) { return std::min(ce, n - k * ce); };
+  // If out overlaps in, a rank cannot read its own region from `in` while writing
+  // `out`; stage its own region too and read it from the slot.
+  const bool overlap = out < in + n * es && in < out + n * es;
+  auto stage = [&](size_t k) {
+    const size_t len = len_of(k);
+    const Regions rg(len, W, es);
+    for (int q = 0; q < W; ++q) {
+      if (q == r && !overlap && n * es > c.options().small_bytes) continue;
+      const size_t lo = rg.lo(len, q), hi = rg.hi(len, q);
+      std::memcpy(c.wbuf(0) + lo * es, in + (k * ce + lo) * es, (hi - lo) * es);
+    }
+  };
+
+  c.post(m);
+  if (K > 0 && m.dtype >= 0) stage(0);
+  c.barrier(Coll::kAllreduce);
+  c.check(m, kCheckDType | kCheckOp | kCheckShape);
+  const DType t = static_cast<DType>(m.dtype);
+  const Op op = static_cast<Op>(m.op);
+  std::vector<const void*> srcs(W);
+
+  if (n * es <= c.options().small_bytes) {  // one barrier: everyone reduces everything
+    for (int p = 0; p < W; ++p) srcs[p] = c.rbuf(p, 0);
+    if (n > 0) reduce(t, op, out, srcs.data(), W, n);
+    return;
+  }
+  for (size_t i = 1; i <= K + 1; ++i) {
+    if (i < K) stage(i);
+    if (i <= K) {  // reduce-scatter step for chunk i-1: reduce my region, publish it
+      const size_t k = i - 1, len = len_of(k);
+      const Regions rg(len, W, es);
+      const size_t lo = rg.lo(len, r), hi = rg.hi(len, r);
+      for (int p = 0; p < W; ++p) {
+        srcs[p] = (p == r && !overlap) ? in + (k * ce + lo) * es : c.rbuf(p, 0) + lo * es;
+      }
+      if (hi > lo) {
+        reduce(t, op, out + (k * ce + lo) * es, srcs.data(), W, hi - lo);
+        std::memcpy(c.wbuf(1) + lo * es, out + (k * ce + lo) * es, (hi - lo) * es);
+      }
+    }
+    if (i >= 2) {  // all-gather step for chunk i-2: copy the others' reduced regions
+      const size_t k = i - 2, len = len_of(k);
+      const Regions rg(len, W, es);
+      for (int q = 0; q < W; ++q) {
+        if (q == r) continue;
+        const size_t lo = rg.lo(len, q), hi = rg.hi(len, q);
+        std::memcpy(out + (k * ce + lo) * es, c.rbuf(q, 1) + lo * es, (hi - lo) * es);
+      }
+    }
+    if (i <= K) c.barrier(Coll::kAllreduce);
+  }
+}
+
+}  // namespace ccl
+}  // namespace disco

@@ -1,0 +1,293 @@
+// Segment set-up, the futex-backed barrier, and Meta checks. See communicator.h.
+#include "ccl/communicator.h"
+
+#include <fcntl.h>
+#include <linux/futex.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include <cctype>
+#include <cerrno>
+#include <chrono>
+#include <climits>
+#include <cstring>
+#include <sstream>
+#include <thread>
+#include <vector>
+
+namespace disco {
+namespace ccl {
+
+namespace {
+
+constexpr uint64_t kMagic = 0x6469736363636c31ull;  // "disccl1"
+
+struct alignas(64) Header {
+  std::atomic<uint64_t> magic;  // written last by rank 0, once everything else is set
+  uint32_t world;
+  uint32_t pad;
+  uint64_t chunk_bytes;
+  uint64_t total_bytes;
+};
+
+struct alignas(64) RankCtl {
+  std::atomic<uint32_t> arrive;   // number of the last barrier this rank reached
+  std::atomic<uint32_t> waiters;  // ranks sleeping on `arrive` (futex); wake them if > 0
+  char pad[56];
+  Meta meta[2];                   // one per half, see communicator.h
+};
+
+double now_s() {
+  using namespace std::chrono;
+  return duration<double>(steady_clock::now().time_since_epoch()).count();
+}
+
+inline void cpu_relax() {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_ia32_pause();
+#elif defined(__aarch64__)
+  asm volatile("yield");
+#endif
+}
+
+// Shared (not FUTEX_PRIVATE) so that it works across processes as well as threads.
+void futex_wait(std::atomic<uint32_t>* addr, uint32_t expected, long timeout_ns) {
+  struct timespec ts = {timeout_ns / 1000000000L, timeout_ns % 1000000000L};
+  syscall(SYS_futex, reinterpret_cast<uint32_t*>(addr), FUTEX_WAIT, expected, &ts, nullptr, 0);
+}
+
+void futex_wake(std::atomic<uint32_t>* addr) {
+  syscall(SYS_futex, reinterpret_cast<uint32_t*>(addr), FUTEX_WAKE, INT_MAX, nullptr, nullptr, 0);
+}
+
+inline bool reached(uint32_t arrived, uint32_t epoch) {
+  return static_cast<int32_t>(arrived - epoch) >= 0;  // wrap-around safe
+}
+
+size_t round_up(size_t x, size_t a) { return (x + a - 1) / a * a; }
+
+std::string shm_name(const std::string& group) {
+  std::string n = "/disco_ccl_";
+  for (char c : group) n += (std::isalnum(static_cast<unsigned char>(c)) || c == '-' || c == '_') ? c : '_';
+  if (n.size() > 200) n.resize(200);
+  return n;
+}
+
+std::string shape_str(const Meta& m) {
+  if (m.ndim < 0) return "None";
+  std::ostringstream s;
+  s << "(";
+  for (int i = 0; i < m.ndim; ++i) s << (i ? ", " : "") << m.shape[i];
+  s << (m.ndim == 1 ? ",)" : ")");
+  return s.str();
+}
+
+}  // namespace
+
+const char* coll_name(Coll c) {
+  static const char* names[] = {"ccl.init", "ccl.barrier", "ccl.allreduce", "ccl.allgather",
+                                "ccl.reduce_scatter", "ccl.broadcast_from_worker0",
+                                "ccl.scatter_from_worker0", "ccl.gather_to_worker0"};
+  int i = static_cast<int>(c);
+  return i >= 0 && i < 8 ? names[i] : "ccl.unknown";
+}
+
+Communicator::Communicator(const std::string& group, int rank, int world, const Options& opts)
+    : name_(shm_name(group)), rank_(rank), world_(world), opts_(opts) {
+  if (world < 1 || rank < 0 || rank >= world) {
+    throw CclError("ccl.init: rank " + std::to_string(rank) + " is not in [0, " + std::to_string(world) + ")");
+  }
+  opts_.chunk_bytes = round_up(opts_.chunk_bytes < 4096 ? 4096 : opts_.chunk_bytes, 4096);
+  if (opts_.small_bytes > opts_.chunk_bytes) opts_.small_bytes = opts_.chunk_bytes;
+  ctl_off_ = round_up(sizeof(Header), 4096);
+  data_off_ = round_up(ctl_off_ + sizeof(RankCtl) * world, 4096);
+  const size_t total = data_off_ + 4 * opts_.chunk_bytes * world;
+  const double deadline = now_s() + opts_.timeout_s;
+
+  int fd = -1;
+  if (rank == 0) {
+    fd = shm_open(name_.c_str(), O_CREAT | O_EXCL | O_RDWR, 0600);
+    if (fd < 0 && errno == EEXIST) {  // left over from a run that died before unlinking
+      shm_unlink(name_.c_str());
+      fd = shm_open(name_.c_str(), O_CREAT | O_EXCL | O_RDWR, 0600);
+    }
+    if (fd < 0) throw CclError("ccl.init: shm_open(" + name_ + ") failed: " + std::strerror(errno));
+    if (ftruncate(fd, static_cast<off_t>(total)) != 0) {
+      int err = errno;
+      close(fd);
+      shm_unlink(name_.c_str());
+      throw CclError("ccl.init: ftruncate(" + name_ + ", " + std::to_string(total) + ") failed: " + std::strerror(err));
+    }
+  } else {
+    // Attach: wait for the segment to exist, be full size, and carry the magic.
+    for (;;) {
+      fd = shm_open(name_.c_str(), O_RDWR, 0600);
+      if (fd >= 0) {
+        struct stat st;
+        if (fstat(fd, &st) == 0 && static_cast<size_t>(st.st_size) >= sizeof(Header)) {
+          void* p = mmap(nullptr, sizeof(Header), PROT_READ, MAP_SHARED, fd, 0);
+          if (p != MAP_FAILED) {
+            auto* h = static_cast<Header*>(p);
+            const bool ok = h->magic.load(std::memory_order_acquire) == kMagic;
+            const uint32_t w = h->world;
+            const uint64_t tb = h->total_bytes;
+            munmap(p, sizeof(Header));
+            if (ok && (w != static_cast<uint32_t>(world) || tb != total)) {
+              close(fd);
+              throw CclError("ccl.init: worker " + std::to_string(rank) + " expected a group of " +
+                             std::to_string(world) + " workers with " + std::to_string(total) +
+                             "-byte segment, segment " + name_ + " has " + std::to_string(w) +
+                             " workers and " + std::to_string(tb) + " bytes (same group name, other options?)");
+            }
+            if (ok) break;
+          }
+        }
+        close(fd);
+        fd = -1;
+      }
+      if (now_s() > deadline) {
+        throw CclError("ccl.init: worker " + std::to_string(rank) + " timed out after " +
+                       std::to_string(opts_.timeout_s) + " s waiting for worker 0 to create " + name_);
+      }
+      std::this_thread::sleep_for(std::chrono::microseconds(200));
+    }
+  }
+  void* p = mmap(nullptr, total, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+  close(fd);
+  if (p == MAP_FAILED) throw CclError("ccl.init: mmap of " + name_ + " failed: " + std::strerror(errno));
+  base_ = static_cast<uint8_t*>(p);
+  size_ = total;
+  if (rank == 0) {
+    auto* h = reinterpret_cast<Header*>(base_);
+    h->world = static_cast<uint32_t>(world);
+    h->chunk_bytes = opts_.chunk_bytes;
+    h->total_bytes = total;
+    h->magic.store(kMagic, std::memory_order_release);
+  }
+  try {
+    barrier(Coll::kInit);  // everyone attached
+  } catch (...) {
+    if (rank == 0) shm_unlink(name_.c_str());
+    munmap(base_, size_);
+    base_ = nullptr;
+    throw;
+  }
+  if (rank == 0) shm_unlink(name_.c_str());
+}
+
+Communicator::~Communicator() {
+  if (base_) munmap(base_, size_);
+}
+
+uint8_t* Communicator::slot(int r, int half, int area) const {
+  return base_ + data_off_ + opts_.chunk_bytes * (4 * static_cast<size_t>(r) + 2 * half + area);
+}
+
+static RankCtl* ctl_at(uint8_t* base, size_t off, int r) {
+  return reinterpret_cast<RankCtl*>(base + off) + r;
+}
+
+void Communicator::post(const Meta& m) { ctl_at(base_, ctl_off_, rank_)->meta[epoch_ & 1] = m; }
+
+const Meta& Communicator::peer_meta(int peer) const {
+  return ctl_at(base_, ctl_off_, peer)->meta[(epoch_ + 1) & 1];
+}
+
+void Communicator::ensure_usable(Coll coll) const {
+  if (broken_) {
+    throw CclError(std::string(coll_name(coll)) +
+                   ": this communicator timed out earlier and its workers are out of step; "
+                   "call disco.ccl.init again (sess.init_ccl) to make a new one");
+  }
+}
+
+const Meta& Communicator::check(const Meta& mine, unsigned flags) const {
+  const Meta& root = peer_meta(0);
+  const std::string cname = coll_name(static_cast<Coll>(mine.coll));
+  for (int p = 0; p < world_; ++p) {
+    const Meta& m = peer_meta(p);
+    const std::string who = cname + ": worker " + std::to_string(p);
+    if (m.coll != root.coll) {
+      throw CclError(who + " called " + coll_name(static_cast<Coll>(m.coll)) + ", expected " +
+                     coll_name(static_cast<Coll>(root.coll)) + " as on worker 0 (workers must call collectives in the same order)");
+    }
+    if (m.ndim >= 0 && m.dtype < 0) {
+      throw CclError(who + " gave dtype " + std::string(m.dtype_name) +
+                     ", which is not supported; expected one of float32, float64, float16, bfloat16, int8, int32, int64");
+    }
+    if ((flags & kCheckOp) && (m.op < 0 || m.op >= kNumOps)) {
+      throw CclError(who + " gave an unknown op; expected one of sum, prod, min, max");
+    }
+    if (p == 0 || m.ndim < 0 || root.ndim < 0) continue;
+    if ((flags & kCheckDType) && m.dtype != root.dtype) {
+      throw CclError(who + " gave dtype " + dtype_name(static_cast<DType>(m.dtype)) + ", expected " +
+                     dtype_name(static_cast<DType>(root.dtype)) + " as on worker 0");
+    }
+    if ((flags & kCheckOp) && m.op != root.op) {
+      throw CclError(who + " gave op " + op_name(static_cast<Op>(m.op)) + ", expected " +
+                     op_name(static_cast<Op>(root.op)) + " as on worker 0");
+    }
+    if ((flags & kCheckAxis) && norm_axis(m) != norm_axis(root)) {
+      throw CclError(who + " gave axis " + std::to_string(m.axis) + ", expected " +
+                     std::to_string(root.axis) + " as on worker 0");
+    }
+    if (flags & kCheckShape) {
+      bool same = m.ndim == root.ndim;
+      for (int i = 0; same && i < m.ndim; ++i) same = m.shape[i] == root.shape[i];
+      if (!same) {
+        throw CclError(who + " gave shape " + shape_str(m) + ", expected " + shape_str(root) +
+                       " as on worker 0 (every worker must pass the same shape)");
+      }
+    }
+  }
+  return root;
+}
+
+void Communicator::wait_for(int peer, uint32_t epoch, Coll coll, double deadline) {
+  RankCtl* c = ctl_at(base_, ctl_off_, peer);
+  if (reached(c->arrive.load(std::memory_order_acquire), epoch)) return;
+  // Short spin: with one core per rank the peer is usually a few hundred ns away.
+  const double spin_end = now_s() + opts_.spin_us * 1e-6;
+  for (;;) {
+    for (int i = 0; i < 128; ++i) {
+      if (reached(c->arrive.load(std::memory_order_acquire), epoch)) return;
+      cpu_relax();
+    }
+    if (now_s() > spin_end) break;
+  }
+  // Then sleep on the peer's arrival word, in short slices so the deadline is kept.
+  for (;;) {
+    c->waiters.fetch_add(1, std::memory_order_seq_cst);
+    const uint32_t v = c->arrive.load(std::memory_order_seq_cst);
+    if (!reached(v, epoch)) futex_wait(&c->arrive, v, 2000000);
+    c->waiters.fetch_sub(1, std::memory_order_seq_cst);
+    if (reached(c->arrive.load(std::memory_order_acquire), epoch)) return;
+    if (now_s() > deadline) {
+      broken_ = true;
+      std::string missing;
+      for (int p = 0; p < world_; ++p) {
+        if (!reached(ctl_at(base_, ctl_off_, p)->arrive.load(), epoch)) {
+          missing += (missing.empty() ? "" : ", ") + std::to_string(p);
+        }
+      }
+      throw CclError(std::string(coll_name(coll)) + ": worker " + std::to_string(rank_) + " timed out after " +
+                     std::to_string(opts_.timeout_s) + " s at barrier " + std::to_string(epoch) +
+                     "; worker(s) [" + missing + "] did not arrive (did they call the same collective? did one die?)");
+    }
+  }
+}
+
+void Communicator::barrier(Coll coll) {
+  const uint32_t e = ++epoch_;
+  RankCtl* me = ctl_at(base_, ctl_off_, rank_);
+  me->arrive.store(e, std::memory_order_seq_cst);
+  if (me->waiters.load(std::memory_order_seq_cst) > 0) futex_wake(&me->arrive);
+  if (world_ == 1) return;
+  const double deadline = now_s() + opts_.timeout_s;
+  for (int p = 1; p < world_; ++p) wait_for((rank_ + p) % world_, e, coll, deadline);
+}
+
+}  // namespace ccl
+}  // namespace disco

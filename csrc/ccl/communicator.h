@@ -1,0 +1,157 @@
+// The shared-memory communicator: one POSIX shm segment per group, a barrier on atomics
+// in it, and per-rank staging slots that peers read in place.
+//
+// Segment layout (all offsets fixed at creation by rank 0):
+//   Header                                   magic, world size, chunk size, ready flag
+//   RankCtl[world]                           per rank: arrival word, futex waiter count,
+//                                            and two Meta records (one per half)
+//   slots[world] x 2 halves x 2 areas        each area `chunk_bytes` bytes
+//
+// Every collective is a sequence of intervals separated by barriers. In the interval
+// after barrier e, a rank writes only half (e & 1) of its own slot and Meta, and reads
+// only half ((e + 1) & 1) of its peers' -- what they wrote before barrier e. Half h is
+// written again two intervals later, after a barrier every rank passed once done
+// reading it; so one barrier per pipeline step is enough and collectives follow each
+// other without extra synchronisation. The first interval of every collective posts a
+// Meta (which collective, dtype, op, axis, shape) next to the first chunk of data, and
+// every rank checks all Metas after the first barrier, so an argument mismatch raises
+// the same CollectiveError on every rank instead of hanging one of them.
+#pragma once
+
+#include <algorithm>
+#include <atomic>
+#include <cstddef>
+#include <cstdint>
+#include <stdexcept>
+#include <cstring>
+#include <string>
+
+#include "ccl/dtypes.h"
+
+namespace disco {
+namespace ccl {
+
+// Raised for every collective failure; the bindings turn it into disco.errors.CollectiveError.
+struct CclError : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+
+struct Options {
+  // Bytes each rank stages per pipeline step. A rank's slot is 4 x chunk_bytes (two
+  // halves of two areas); keep the world's slots within L2/L3 so peers read from cache.
+  size_t chunk_bytes = 256 << 10;
+  // All-reduces up to this many bytes take the one-barrier path: every rank reduces the
+  // whole message from all slots (reads world x size) instead of reduce-scatter +
+  // all-gather (two barriers). Capped at chunk_bytes.
+  size_t small_bytes = 16 << 10;
+  // Longest wait at a barrier, or for the segment to appear, before CollectiveError.
+  double timeout_s = 30.0;
+  // Spin this long (checking the peers' arrival words) before sleeping on a futex.
+  double spin_us = 50.0;
+};
+
+enum class Coll : int32_t {
+  kInit = 0, kBarrier, kAllreduce, kAllgather, kReduceScatter, kBroadcast, kScatter, kGather,
+};
+const char* coll_name(Coll c);
+
+constexpr int kMaxDims = 12;
+
+// What a rank passed to a collective, posted in shm for its peers to check.
+struct alignas(64) Meta {
+  int32_t coll;      // Coll
+  int32_t dtype;     // DType, or -1 for an unsupported one (name in dtype_name)
+  int32_t op;        // Op, for reductions
+  int32_t axis;      // as given (may be negative)
+  int32_t ndim;      // -1: this rank passed no array (non-root of broadcast / scatter)
+  int32_t pad;
+  int64_t shape[kMaxDims];
+  char dtype_name[24];
+};
+
+// Which Meta fields must agree across ranks (see Communicator::check).
+enum CheckFlags : unsigned { kCheckDType = 1, kCheckOp = 2, kCheckAxis = 4, kCheckShape = 8 };
+
+class Communicator {
+ public:
+  // Rank 0 creates the segment named after `group` (shm_open O_CREAT|O_EXCL, mode 0600);
+  // the others attach, retrying until it exists. After all have attached, the name is
+  // unlinked, so nothing is left behind if the processes die.
+  Communicator(const std::string& group, int rank, int world, const Options& opts);
+  ~Communicator();
+  Communicator(const Communicator&) = delete;
+  Communicator& operator=(const Communicator&) = delete;
+
+  int rank() const { return rank_; }
+  int world() const { return world_; }
+  const Options& options() const { return opts_; }
+  size_t chunk_bytes() const { return opts_.chunk_bytes; }
+
+  // This rank's writable staging area (0 or 1) in the current interval, and a peer's
+  // readable one (what it wrote before the last barrier). Each is chunk_bytes long.
+  uint8_t* wbuf(int area) { return slot(rank_, epoch_ & 1, area); }
+  const uint8_t* rbuf(int peer, int area) const { return slot(peer, (epoch_ + 1) & 1, area); }
+
+  // Post this rank's Meta for the current interval (the first of a collective).
+  void post(const Meta& m);
+  // After the first barrier: check every rank's Meta against rank 0's for the fields in
+  // `flags`, and that every rank called the same collective with a supported dtype;
+  // throws the same CclError on every rank. Returns rank 0's Meta.
+  const Meta& check(const Meta& mine, unsigned flags) const;
+  const Meta& peer_meta(int peer) const;
+
+  // Wait until every rank has reached the same barrier; ends the current interval.
+  // Throws CclError naming `coll` and the missing ranks after options().timeout_s.
+  void barrier(Coll coll);
+  // Throws if an earlier timeout left the group out of step.
+  void ensure_usable(Coll coll) const;
+
+ private:
+  uint8_t* slot(int r, int half, int area) const;
+  void wait_for(int peer, uint32_t epoch, Coll coll, double deadline);
+
+  std::string name_;
+  int rank_, world_;
+  Options opts_;
+  uint8_t* base_ = nullptr;
+  size_t size_ = 0;
+  size_t ctl_off_ = 0, data_off_ = 0;
+  uint32_t epoch_ = 0;  // barriers passed
+  bool broken_ = false;
+};
+
+// Elements in the array a Meta describes (0 for "no array").
+inline size_t numel(const Meta& m) {
+  size_t n = 1;
+  for (int i = 0; i < m.ndim; ++i) n *= static_cast<size_t>(m.shape[i]);
+  return m.ndim < 0 ? 0 : n;
+}
+inline size_t elem_size(const Meta& m) { return m.dtype >= 0 ? dtype_size(static_cast<DType>(m.dtype)) : 1; }
+inline int norm_axis(const Meta& m) { return m.axis < 0 ? m.axis + m.ndim : m.axis; }
+// Elements before `axis` (rows) and from `axis` on (row length) of a C-contiguous array.
+inline void split_at_axis(const Meta& m, int axis, size_t* outer, size_t* rest) {
+  *outer = 1;
+  *rest = 1;
+  for (int i = 0; i < m.ndim; ++i) (i < axis ? *outer : *rest) *= static_cast<size_t>(m.shape[i]);
+}
+
+// A rank's flat bytes [b, b + len), seen as rows of `row` bytes, land in a wider array
+// whose rows are `stride` bytes, at column `col`: dst[o*stride + col + i] = src[o*row + i].
+// (Concatenation along an axis; get_rows is the inverse, splitting along an axis.)
+inline void put_rows(uint8_t* dst, size_t stride, size_t col, size_t row, const uint8_t* src, size_t b, size_t len) {
+  while (len > 0) {
+    const size_t o = b / row, i = b % row, n = std::min(len, row - i);
+    std::memcpy(dst + o * stride + col + i, src, n);
+    src += n, b += n, len -= n;
+  }
+}
+inline void get_rows(uint8_t* dst, const uint8_t* src, size_t stride, size_t col, size_t row, size_t b, size_t len) {
+  while (len > 0) {
+    const size_t o = b / row, i = b % row, n = std::min(len, row - i);
+    std::memcpy(dst, src + o * stride + col + i, n);
+    dst += n, b += n, len -= n;
+  }
+}
+
+}  // namespace ccl
+}  // namespace disco

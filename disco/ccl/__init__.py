@@ -1,0 +1,159 @@
+"""Collectives for code running inside a worker: one interface, several backends.
+
+`FUNCTIONS` is the one table of collective names. Each backend (`shm` here; NCCL and
+MPI later) provides a `Communicator` subclass with a method per name it supports; the
+functions below look up the calling worker's communicator (in
+`current_context().state["ccl"]`) and dispatch to it, so a backend that lacks one
+raises "no `allreduce` for backend `shm`". `init(backend, group_name)` makes the
+communicator; a session's `init_ccl(backend)` calls it on every worker through the
+global function "disco.ccl.init". The collectives are also global functions
+"ccl.allreduce", ... so that a controller can call them on DRefs.
+
+All functions take and return arrays of the worker's device (numpy on CPU) and return
+new arrays (numpy semantics); `out=` writes into a given array instead. Every worker
+of the group must call the same collectives in the same order with matching
+arguments; a mismatch raises `CollectiveError` on every worker.
+"""
+from __future__ import annotations
+
+import importlib
+from typing import Any, Callable
+
+from disco._context import current_context
+from disco.errors import CollectiveError
+
+FUNCTIONS = (
+    "allreduce",
+    "allgather",
+    "reduce_scatter",
+    "broadcast_from_worker0",
+    "scatter_from_worker0",
+    "gather_to_worker0",
+    "barrier",
+)
+OPS = ("sum", "prod", "min", "max")
+
+# Backends: name -> factory(group_name, rank, world, **options) -> Communicator.
+# Backends listed in _LAZY are imported on first use and register themselves.
+_BACKENDS: dict[str, Callable[..., "Communicator"]] = {}
+_LAZY = {"shm": "disco.ccl.shm"}
+
+
+class Communicator:
+    """One worker's end of a group. Subclasses define a method for each name in
+    `FUNCTIONS` that the backend supports (same signature as the module functions)."""
+
+    backend = "?"
+
+    def __init__(self, rank: int, world: int):
+        self.rank = rank
+        self.world = world
+
+    def close(self) -> None:
+        """Release the backend's resources; the communicator is unusable afterwards."""
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} backend={self.backend!r} rank={self.rank} world={self.world}>"
+
+
+def register_backend(name: str, factory: Callable[..., Communicator]) -> None:
+    """Make `init(name, ...)` build communicators with `factory(group, rank, world, **options)`."""
+    _BACKENDS[name] = factory
+
+
+def init(backend: str = "shm", group_name: str = "default", **options: Any) -> Communicator:
+    """Create this worker's communicator for `backend` and install it in its context.
+
+    Rank and world size come from `disco._context.current_context()`. Every worker of
+    the group must call this with the same arguments; it returns once all have joined.
+    `options` go to the backend (shm: chunk_bytes, small_bytes, timeout_s, spin_us)."""
+    if backend not in _BACKENDS and backend in _LAZY:
+        importlib.import_module(_LAZY[backend])
+    if backend not in _BACKENDS:
+        known = sorted(set(_BACKENDS) | set(_LAZY))
+        raise CollectiveError(f"ccl.init: unknown backend {backend!r}; expected one of {known}")
+    ctx = current_context()
+    old = ctx.state.pop("ccl", None)
+    if old is not None:
+        old.close()
+    comm = _BACKENDS[backend](group_name, ctx.worker_id, ctx.num_workers, **options)
+    ctx.state["ccl"] = comm
+    return comm
+
+
+def communicator() -> Communicator:
+    """The calling worker's communicator; CollectiveError if `init` was not called."""
+    ctx = current_context()
+    comm = ctx.state.get("ccl")
+    if comm is None:
+        raise CollectiveError(
+            f"worker {ctx.worker_id} has no collective communicator: call sess.init_ccl(backend) "
+            "(or disco.ccl.init(backend, group_name) on every worker) first"
+        )
+    return comm
+
+
+def shutdown() -> None:
+    """Close and forget the calling worker's communicator, if any."""
+    comm = current_context().state.pop("ccl", None)
+    if comm is not None:
+        comm.close()
+
+
+def _call(name: str, *args: Any, **kwargs: Any) -> Any:
+    comm = communicator()
+    fn = getattr(comm, name, None)
+    if fn is None:
+        raise CollectiveError(f"no `{name}` for backend `{comm.backend}`")
+    return fn(*args, **kwargs)
+
+
+def allreduce(x, op: str = "sum", *, out=None):
+    """op(x over all workers), elementwise; same shape and dtype on every worker."""
+    return _call("allreduce", x, op, out=out)
+
+
+def allgather(x, axis: int = 0, *, out=None):
+    """Concatenation of every worker's x (same shape everywhere) along `axis`."""
+    return _call("allgather", x, axis, out=out)
+
+
+def reduce_scatter(x, op: str = "sum", axis: int = 0, *, out=None):
+    """Part `worker_id` of allreduce(x, op) split evenly along `axis`."""
+    return _call("reduce_scatter", x, op, axis, out=out)
+
+
+def broadcast_from_worker0(x=None):
+    """A copy of worker 0's x on every worker. Other workers' x is ignored (may be None)."""
+    return _call("broadcast_from_worker0", x)
+
+
+def scatter_from_worker0(x=None, axis: int = 0):
+    """Part `worker_id` of worker 0's x split evenly along `axis` (worker 0's axis counts).
+    Other workers' x is ignored (may be None)."""
+    return _call("scatter_from_worker0", x, axis)
+
+
+def gather_to_worker0(x, axis: int = 0):
+    """On worker 0: concatenation of every worker's x (same shape everywhere) along
+    `axis`. On the other workers: None."""
+    return _call("gather_to_worker0", x, axis)
+
+
+def barrier() -> None:
+    """Return once every worker of the group has called barrier()."""
+    return _call("barrier")
+
+
+def _register_global_funcs() -> None:
+    """Expose init and the collectives as global functions, for sessions and DRefs."""
+    try:
+        from disco.registry import register_func
+    except ImportError:  # the registry is not part of this checkout yet
+        return
+    register_func("disco.ccl.init", override=True)(init)
+    for name in FUNCTIONS:
+        register_func(f"ccl.{name}", override=True)(globals()[name])
+
+
+_register_global_funcs()

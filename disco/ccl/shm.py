@@ -1,0 +1,132 @@
+"""The `shm` backend: collectives in C++ over a shared-memory segment (same host).
+
+Works for workers that are processes and for workers that are threads of one process
+(the C++ side releases the GIL while it waits). See csrc/ccl/communicator.h for the
+segment layout and the protocol; this module only maps numpy arrays onto it.
+"""
+from __future__ import annotations
+
+import os
+
+import ml_dtypes
+import numpy as np
+
+from disco import _native
+from disco.ccl import OPS, Communicator, register_backend
+from disco.errors import CollectiveError
+
+# Codes of csrc/ccl/dtypes.h (enum DType). float16 and bfloat16 are reduced in float32.
+_DTYPE_CODES = {
+    np.dtype(np.float32): 0,
+    np.dtype(np.float64): 1,
+    np.dtype(np.float16): 2,
+    np.dtype(ml_dtypes.bfloat16): 3,
+    np.dtype(np.int8): 4,
+    np.dtype(np.int32): 5,
+    np.dtype(np.int64): 6,
+}
+_CODE_DTYPES = {code: dt for dt, code in _DTYPE_CODES.items()}
+_OP_CODES = {name: i for i, name in enumerate(OPS)}
+
+DEFAULT_TIMEOUT_S = float(os.environ.get("DISCO_CCL_TIMEOUT_S", "30"))
+
+
+def _array(x) -> np.ndarray:
+    """x as a C-contiguous numpy array (anything with __array__ or __dlpack__ works)."""
+    if not isinstance(x, np.ndarray) and hasattr(x, "__dlpack__") and not hasattr(x, "__array__"):
+        x = np.from_dlpack(x)
+    return np.ascontiguousarray(x)
+
+
+def _alloc(shape, code: int) -> np.ndarray:
+    return np.empty(shape, _CODE_DTYPES[code])
+
+
+def _axis(coll: str, x: np.ndarray, axis: int) -> int:
+    if not -x.ndim <= axis < x.ndim:
+        raise CollectiveError(f"ccl.{coll}: axis {axis} is out of range for an array of shape {x.shape}")
+    return axis % x.ndim
+
+
+def _out(coll: str, out, shape, dtype) -> np.ndarray:
+    if out is None:
+        return np.empty(shape, dtype)
+    if not (isinstance(out, np.ndarray) and out.shape == tuple(shape) and out.dtype == dtype and out.flags.c_contiguous):
+        got = (getattr(out, "shape", None), getattr(out, "dtype", None))
+        raise CollectiveError(
+            f"ccl.{coll}: out= must be a C-contiguous numpy array of shape {tuple(shape)} and dtype {dtype}, given {got}"
+        )
+    return out
+
+
+class ShmCommunicator(Communicator):
+    """Shared-memory communicator of one worker; see disco.ccl for the functions.
+
+    Options: chunk_bytes (staging per pipeline step), small_bytes (all-reduces up to
+    this size use one barrier), timeout_s (longest wait for peers before a
+    CollectiveError; env DISCO_CCL_TIMEOUT_S), spin_us (spin before sleeping)."""
+
+    backend = "shm"
+
+    def __init__(self, group_name: str, rank: int, world: int, *, chunk_bytes: int = 256 << 10,
+                 small_bytes: int = 16 << 10, timeout_s: float | None = None, spin_us: float = 50.0):
+        super().__init__(rank, world)
+        timeout = DEFAULT_TIMEOUT_S if timeout_s is None else float(timeout_s)
+        self._c = _native.ShmCommunicator(str(group_name), rank, world, chunk_bytes, small_bytes, timeout, spin_us)
+
+    def close(self) -> None:
+        self._c = None
+
+    def _native(self):
+        if self._c is None:
+            raise CollectiveError(f"ccl: the shm communicator of worker {self.rank} is closed")
+        return self._c
+
+    def allreduce(self, x, op="sum", out=None):
+        x = _array(x)
+        out = _out("allreduce", out, x.shape, x.dtype) if x.dtype in _DTYPE_CODES else None
+        self._native().allreduce(x, out, _DTYPE_CODES.get(x.dtype, -1), str(x.dtype), _OP_CODES.get(op, -1))
+        return out
+
+    def allgather(self, x, axis=0, out=None):
+        x = _array(x)
+        axis = _axis("allgather", x, axis)
+        shape = x.shape[:axis] + (x.shape[axis] * self.world,) + x.shape[axis + 1:]
+        out = _out("allgather", out, shape, x.dtype) if x.dtype in _DTYPE_CODES else None
+        self._native().allgather(x, out, _DTYPE_CODES.get(x.dtype, -1), str(x.dtype), axis)
+        return out
+
+    def reduce_scatter(self, x, op="sum", axis=0, out=None):
+        x = _array(x)
+        axis = _axis("reduce_scatter", x, axis)
+        shape = x.shape[:axis] + (x.shape[axis] // self.world,) + x.shape[axis + 1:]
+        out = _out("reduce_scatter", out, shape, x.dtype) if x.dtype in _DTYPE_CODES else None
+        self._native().reduce_scatter(x, out, _DTYPE_CODES.get(x.dtype, -1), str(x.dtype), _OP_CODES.get(op, -1), axis)
+        return out
+
+    def broadcast_from_worker0(self, x=None):
+        x = _array(x) if x is not None and self.rank == 0 else None
+        code = _DTYPE_CODES.get(x.dtype, -1) if x is not None else 0
+        return self._native().broadcast_from_worker0(x, code, str(x.dtype) if x is not None else "", _alloc)
+
+    def scatter_from_worker0(self, x=None, axis=0):
+        x = _array(x) if x is not None and self.rank == 0 else None
+        if x is not None:
+            axis = _axis("scatter_from_worker0", x, axis)
+        code = _DTYPE_CODES.get(x.dtype, -1) if x is not None else 0
+        return self._native().scatter_from_worker0(x, code, str(x.dtype) if x is not None else "", axis, _alloc)
+
+    def gather_to_worker0(self, x, axis=0):
+        x = _array(x)
+        axis = _axis("gather_to_worker0", x, axis)
+        out = None
+        if self.rank == 0 and x.dtype in _DTYPE_CODES:
+            out = np.empty(x.shape[:axis] + (x.shape[axis] * self.world,) + x.shape[axis + 1:], x.dtype)
+        self._native().gather_to_worker0(x, out, _DTYPE_CODES.get(x.dtype, -1), str(x.dtype), axis)
+        return out
+
+    def barrier(self):
+        self._native().barrier()
+
+
+register_backend("shm", ShmCommunicator)
