@@ -40,8 +40,9 @@ _LAZY = {"shm": "disco.ccl.shm"}
 
 
 class Communicator:
-    """One worker's end of a group. Subclasses define a method for each name in
-    `FUNCTIONS` that the backend supports (same signature as the module functions)."""
+    """One worker's end of a group. Subclasses override a method for each name in
+    `FUNCTIONS` that the backend supports (same signature as the module functions);
+    the ones they leave raise "no `name` for backend `backend`"."""
 
     backend = "?"
 
@@ -54,6 +55,18 @@ class Communicator:
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} backend={self.backend!r} rank={self.rank} world={self.world}>"
+
+
+def _missing(name: str):
+    def method(self, *args, **kwargs):
+        raise CollectiveError(f"no `{name}` for backend `{self.backend}`")
+
+    method.__name__ = name
+    return method
+
+
+for _name in FUNCTIONS:
+    setattr(Communicator, _name, _missing(_name))
 
 
 def register_backend(name: str, factory: Callable[..., Communicator]) -> None:
@@ -100,49 +113,41 @@ def shutdown() -> None:
         comm.close()
 
 
-def _call(name: str, *args: Any, **kwargs: Any) -> Any:
-    comm = communicator()
-    fn = getattr(comm, name, None)
-    if fn is None:
-        raise CollectiveError(f"no `{name}` for backend `{comm.backend}`")
-    return fn(*args, **kwargs)
-
-
 def allreduce(x, op: str = "sum", *, out=None):
     """op(x over all workers), elementwise; same shape and dtype on every worker."""
-    return _call("allreduce", x, op, out=out)
+    return communicator().allreduce(x, op, out)
 
 
 def allgather(x, axis: int = 0, *, out=None):
     """Concatenation of every worker's x (same shape everywhere) along `axis`."""
-    return _call("allgather", x, axis, out=out)
+    return communicator().allgather(x, axis, out)
 
 
 def reduce_scatter(x, op: str = "sum", axis: int = 0, *, out=None):
     """Part `worker_id` of allreduce(x, op) split evenly along `axis`."""
-    return _call("reduce_scatter", x, op, axis, out=out)
+    return communicator().reduce_scatter(x, op, axis, out)
 
 
 def broadcast_from_worker0(x=None):
     """A copy of worker 0's x on every worker. Other workers' x is ignored (may be None)."""
-    return _call("broadcast_from_worker0", x)
+    return communicator().broadcast_from_worker0(x)
 
 
 def scatter_from_worker0(x=None, axis: int = 0):
     """Part `worker_id` of worker 0's x split evenly along `axis` (worker 0's axis counts).
     Other workers' x is ignored (may be None)."""
-    return _call("scatter_from_worker0", x, axis)
+    return communicator().scatter_from_worker0(x, axis)
 
 
 def gather_to_worker0(x, axis: int = 0):
     """On worker 0: concatenation of every worker's x (same shape everywhere) along
     `axis`. On the other workers: None."""
-    return _call("gather_to_worker0", x, axis)
+    return communicator().gather_to_worker0(x, axis)
 
 
 def barrier() -> None:
     """Return once every worker of the group has called barrier()."""
-    return _call("barrier")
+    return communicator().barrier()
 
 
 def _register_global_funcs() -> None:

@@ -33,9 +33,17 @@ DEFAULT_TIMEOUT_S = float(os.environ.get("DISCO_CCL_TIMEOUT_S", "30"))
 
 def _array(x) -> np.ndarray:
     """x as a C-contiguous numpy array (anything with __array__ or __dlpack__ works)."""
+    if type(x) is np.ndarray and x.flags.c_contiguous:
+        return x
     if not isinstance(x, np.ndarray) and hasattr(x, "__dlpack__") and not hasattr(x, "__array__"):
         x = np.from_dlpack(x)
     return np.ascontiguousarray(x)
+
+
+def _dtype(x: np.ndarray) -> tuple[int, str]:
+    """(code, name) of x's dtype; code -1 and the name (for the error) when unsupported."""
+    code = _DTYPE_CODES.get(x.dtype)
+    return (code, "") if code is not None else (-1, str(x.dtype))  # str(dtype) costs ~2 us
 
 
 def _alloc(shape, code: int) -> np.ndarray:
@@ -51,12 +59,20 @@ def _axis(coll: str, x: np.ndarray, axis: int) -> int:
 def _out(coll: str, out, shape, dtype) -> np.ndarray:
     if out is None:
         return np.empty(shape, dtype)
-    if not (isinstance(out, np.ndarray) and out.shape == tuple(shape) and out.dtype == dtype and out.flags.c_contiguous):
+    if not (type(out) is np.ndarray and out.shape == shape and out.dtype == dtype and out.flags.c_contiguous):
         got = (getattr(out, "shape", None), getattr(out, "dtype", None))
         raise CollectiveError(
             f"ccl.{coll}: out= must be a C-contiguous numpy array of shape {tuple(shape)} and dtype {dtype}, given {got}"
         )
     return out
+
+
+class _Closed:
+    def __init__(self, rank: int):
+        self.rank = rank
+
+    def __getattr__(self, name):
+        raise CollectiveError(f"ccl.{name}: the shm communicator of worker {self.rank} is closed")
 
 
 class ShmCommunicator(Communicator):
@@ -75,58 +91,57 @@ class ShmCommunicator(Communicator):
         self._c = _native.ShmCommunicator(str(group_name), rank, world, chunk_bytes, small_bytes, timeout, spin_us)
 
     def close(self) -> None:
-        self._c = None
-
-    def _native(self):
-        if self._c is None:
-            raise CollectiveError(f"ccl: the shm communicator of worker {self.rank} is closed")
-        return self._c
+        self._c = _Closed(self.rank)  # unmaps the segment once no call is using it
 
     def allreduce(self, x, op="sum", out=None):
         x = _array(x)
-        out = _out("allreduce", out, x.shape, x.dtype) if x.dtype in _DTYPE_CODES else None
-        self._native().allreduce(x, out, _DTYPE_CODES.get(x.dtype, -1), str(x.dtype), _OP_CODES.get(op, -1))
+        code, name = _dtype(x)
+        out = _out("allreduce", out, x.shape, x.dtype) if code >= 0 else None
+        self._c.allreduce(x, out, code, name, _OP_CODES.get(op, -1))
         return out
 
     def allgather(self, x, axis=0, out=None):
         x = _array(x)
         axis = _axis("allgather", x, axis)
         shape = x.shape[:axis] + (x.shape[axis] * self.world,) + x.shape[axis + 1:]
-        out = _out("allgather", out, shape, x.dtype) if x.dtype in _DTYPE_CODES else None
-        self._native().allgather(x, out, _DTYPE_CODES.get(x.dtype, -1), str(x.dtype), axis)
+        code, name = _dtype(x)
+        out = _out("allgather", out, shape, x.dtype) if code >= 0 else None
+        self._c.allgather(x, out, code, name, axis)
         return out
 
     def reduce_scatter(self, x, op="sum", axis=0, out=None):
         x = _array(x)
         axis = _axis("reduce_scatter", x, axis)
         shape = x.shape[:axis] + (x.shape[axis] // self.world,) + x.shape[axis + 1:]
-        out = _out("reduce_scatter", out, shape, x.dtype) if x.dtype in _DTYPE_CODES else None
-        self._native().reduce_scatter(x, out, _DTYPE_CODES.get(x.dtype, -1), str(x.dtype), _OP_CODES.get(op, -1), axis)
+        code, name = _dtype(x)
+        out = _out("reduce_scatter", out, shape, x.dtype) if code >= 0 else None
+        self._c.reduce_scatter(x, out, code, name, _OP_CODES.get(op, -1), axis)
         return out
 
     def broadcast_from_worker0(self, x=None):
         x = _array(x) if x is not None and self.rank == 0 else None
-        code = _DTYPE_CODES.get(x.dtype, -1) if x is not None else 0
-        return self._native().broadcast_from_worker0(x, code, str(x.dtype) if x is not None else "", _alloc)
+        code, name = _dtype(x) if x is not None else (0, "")
+        return self._c.broadcast_from_worker0(x, code, name, _alloc)
 
     def scatter_from_worker0(self, x=None, axis=0):
         x = _array(x) if x is not None and self.rank == 0 else None
         if x is not None:
             axis = _axis("scatter_from_worker0", x, axis)
-        code = _DTYPE_CODES.get(x.dtype, -1) if x is not None else 0
-        return self._native().scatter_from_worker0(x, code, str(x.dtype) if x is not None else "", axis, _alloc)
+        code, name = _dtype(x) if x is not None else (0, "")
+        return self._c.scatter_from_worker0(x, code, name, axis, _alloc)
 
     def gather_to_worker0(self, x, axis=0):
         x = _array(x)
         axis = _axis("gather_to_worker0", x, axis)
+        code, name = _dtype(x)
         out = None
-        if self.rank == 0 and x.dtype in _DTYPE_CODES:
+        if self.rank == 0 and code >= 0:
             out = np.empty(x.shape[:axis] + (x.shape[axis] * self.world,) + x.shape[axis + 1:], x.dtype)
-        self._native().gather_to_worker0(x, out, _DTYPE_CODES.get(x.dtype, -1), str(x.dtype), axis)
+        self._c.gather_to_worker0(x, out, code, name, axis)
         return out
 
     def barrier(self):
-        self._native().barrier()
+        self._c.barrier()
 
 
 register_backend("shm", ShmCommunicator)

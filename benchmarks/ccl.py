@@ -1,0 +1,165 @@
+"""All-reduce latency and bandwidth of the shared-memory collectives, 16 B to 64 MiB.
+
+Two worker processes (one per core on the reference machine) all-reduce float32
+arrays with op sum through `disco.ccl` (backend `shm`). With --compare-mpi the same
+sizes also run through mpi4py's `Allreduce` under `mpiexec -n 2`, in the same run,
+and the table shows the ratio MPI time / shm time (> 1: shm is faster).
+
+Both sides write into a preallocated output (`out=` / recvbuf), time a loop of calls
+between two barriers, repeat it `--repeats` times and keep the best, and report
+rank 0's time per call. Bandwidth is algorithm bandwidth: bytes / time.
+
+    python benchmarks/ccl.py --compare-mpi     # prints a table, writes benchmarks/results/ccl.json
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+
+import numpy as np
+
+SIZES = [16 << (2 * i) for i in range(12)]  # 16 B, 64 B, ..., 16 MiB, 64 MiB
+RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "ccl.json")
+
+
+def iterations(nbytes: int, budget_s: float) -> int:
+    """Calls per timed loop: about budget_s at ~10 GB/s, between 3 and 20000."""
+    return int(min(20000, max(3, budget_s / (3e-6 + nbytes / 10e9))))
+
+
+def time_loop(fn, barrier, iters: int, repeats: int) -> float:
+    best = float("inf")
+    for _ in range(repeats):
+        barrier()
+        t0 = time.perf_counter()
+        for _ in range(iters):
+            fn()
+        barrier()
+        best = min(best, (time.perf_counter() - t0) / iters)
+    return best
+
+
+def shm_worker(rank: int, world: int, group: str, sizes, budget_s: float, repeats: int, queue) -> None:
+    from disco import ccl
+    from disco._context import WorkerContext, set_worker_context
+
+    set_worker_context(WorkerContext(worker_id=rank, num_workers=world), process_wide=True)
+    ccl.init("shm", group)
+    times = {}
+    for nbytes in sizes:
+        x = np.full(nbytes // 4, rank + 1, np.float32)
+        out = np.empty_like(x)
+        ccl.allreduce(x, out=out)
+        assert out[0] == world * (world + 1) / 2, out[:4]  # a sanity check, not the test suite
+        iters = iterations(nbytes, budget_s)
+        times[nbytes] = time_loop(lambda: ccl.allreduce(x, out=out), ccl.barrier, iters, repeats)
+    ccl.shutdown()
+    if rank == 0:
+        queue.put(times)
+
+
+def run_shm(sizes, budget_s: float, repeats: int, world: int = 2) -> dict[int, float]:
+    ctx = mp.get_context("fork")
+    queue = ctx.Queue()
+    group = f"bench-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    procs = [ctx.Process(target=shm_worker, args=(r, world, group, sizes, budget_s, repeats, queue)) for r in range(world)]
+    for p in procs:
+        p.start()
+    times = queue.get(timeout=600)
+    for p in procs:
+        p.join(timeout=60)
+    return times
+
+
+def mpi_worker(sizes, budget_s: float, repeats: int, path: str) -> None:
+    """Runs under mpiexec: mpi4py Allreduce on the same sizes."""
+    from mpi4py import MPI
+
+    comm = MPI.COMM_WORLD
+    times = {}
+    for nbytes in sizes:
+        x = np.full(nbytes // 4, comm.rank + 1, np.float32)
+        out = np.empty_like(x)
+        comm.Allreduce(x, out, op=MPI.SUM)
+        iters = iterations(nbytes, budget_s)
+        times[nbytes] = time_loop(lambda: comm.Allreduce(x, out, op=MPI.SUM), comm.Barrier, iters, repeats)
+    if comm.rank == 0:
+        with open(path, "w") as f:
+            json.dump({str(k): v for k, v in times.items()}, f)
+
+
+def run_mpi(sizes, budget_s: float, repeats: int, world: int = 2) -> dict[int, float]:
+    mpiexec = shutil.which("mpiexec") or os.path.join(os.path.dirname(sys.executable), "mpiexec")
+    with tempfile.TemporaryDirectory() as d:
+        path = os.path.join(d, "mpi.json")
+        cmd = [mpiexec, "-n", str(world), sys.executable, os.path.abspath(__file__), "--mpi-worker",
+               "--budget", str(budget_s), "--repeats", str(repeats), "--mpi-out", path,
+               "--sizes", ",".join(map(str, sizes))]
+        subprocess.run(cmd, check=True, timeout=900)
+        with open(path) as f:
+            return {int(k): v for k, v in json.load(f).items()}
+
+
+def fmt_size(n: int) -> str:
+    for unit, s in (("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if n >= s:
+            return f"{n // s} {unit}"
+    return f"{n} B"
+
+
+def fmt_time(t: float) -> str:
+    return f"{t * 1e6:9.1f} us" if t < 1e-3 else f"{t * 1e3:9.2f} ms"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--compare-mpi", action="store_true", help="also run mpi4py Allreduce under mpiexec -n 2")
+    ap.add_argument("--budget", type=float, default=0.1, help="seconds per timed loop (default 0.1)")
+    ap.add_argument("--repeats", type=int, default=5, help="timed loops per size; the best is kept")
+    ap.add_argument("--sizes", default=",".join(map(str, SIZES)), help="message sizes in bytes, comma-separated")
+    ap.add_argument("--out", default=RESULTS, help="JSON output path")
+    ap.add_argument("--mpi-worker", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--mpi-out", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    sizes = [int(s) for s in args.sizes.split(",")]
+    if args.mpi_worker:
+        return mpi_worker(sizes, args.budget, args.repeats, args.mpi_out)
+
+    # Alternate the two runs are in one process tree, one after the other, same sizes.
+    shm = run_shm(sizes, args.budget, args.repeats)
+    mpi = run_mpi(sizes, args.budget, args.repeats) if args.compare_mpi else {}
+    rows = []
+    head = f"{'size':>8} | {'shm time':>12} {'shm GB/s':>9}"
+    if mpi:
+        head += f" | {'mpi time':>12} {'mpi GB/s':>9} | {'mpi/shm':>7}"
+    print("all-reduce, float32 sum, 2 workers (processes)")
+    print(head)
+    print("-" * len(head))
+    for n in sizes:
+        row = {"bytes": n, "shm_s": shm[n], "shm_GBps": n / shm[n] / 1e9}
+        line = f"{fmt_size(n):>8} | {fmt_time(shm[n]):>12} {row['shm_GBps']:9.2f}"
+        if mpi:
+            row.update(mpi_s=mpi[n], mpi_GBps=n / mpi[n] / 1e9, ratio_mpi_over_shm=mpi[n] / shm[n])
+            line += f" | {fmt_time(mpi[n]):>12} {row['mpi_GBps']:9.2f} | {row['ratio_mpi_over_shm']:6.2f}x"
+        rows.append(row)
+        print(line)
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    with open(args.out, "w") as f:
+        json.dump({"benchmark": "ccl.allreduce", "dtype": "float32", "op": "sum", "workers": 2,
+                   "baseline": "mpi4py Allreduce (mpiexec -n 2)" if mpi else None,
+                   "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
+                   "rows": rows}, f, indent=1)
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
