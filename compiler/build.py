@@ -1,0 +1,84 @@
+"""`compiler.build(mod, target="cpu") -> disco.Executable`.
+
+Runs the target's pipeline (`compiler.pipeline`, or, until it exists, LegalizeOps
+when available), compiles every tensor program into one shared object, generates
+bytecode for every graph function and collects the constants.
+"""
+from __future__ import annotations
+
+import importlib
+from typing import Callable, Optional, Sequence
+
+from disco.executable import Executable, KernelInfo
+
+from .ir.errors import CompilerError
+from .ir.module import IRModule
+
+TARGETS = ("cpu",)
+
+
+class BuildError(CompilerError):
+    """A module that cannot be built for the target."""
+
+
+def _optional(module: str, *names: str) -> Optional[Callable]:
+    """The first of `names` found in `module` (or the module itself if callable)."""
+    try:
+        m = importlib.import_module(module)
+    except ImportError:
+        return None
+    for n in names:
+        f = getattr(m, n, None)
+        if callable(f):
+            return f
+    return m if callable(m) else None
+
+
+def default_passes(target: str) -> list[Callable[[IRModule], IRModule]]:
+    """The passes `build` runs: the project pipeline when it exists, else LegalizeOps."""
+    get = _optional("compiler.pipeline", "get_pipeline", "default_pipeline", "build_pipeline")
+    if get is not None:
+        passes = get(target)
+        return list(passes) if isinstance(passes, (list, tuple)) else [passes]
+    legalize = _optional("compiler.transform.legalize_ops", "legalize_ops", "LegalizeOps")
+    return [legalize] if legalize is not None else []
+
+
+def build(mod: IRModule, target: str = "cpu", *,
+          passes: Optional[Sequence[Callable[[IRModule], IRModule]]] = None,
+          metadata: Optional[dict] = None) -> Executable:
+    """Compile `mod` into an Executable for `target` ("cpu").
+
+    `passes` replaces the default pipeline (pass `[]` to build the module as is)."""
+    if target not in TARGETS:
+        raise BuildError(f"unknown target {target!r}; supported: {', '.join(TARGETS)}")
+    if not isinstance(mod, IRModule):
+        raise BuildError(f"build expects an IRModule, got {type(mod).__name__}")
+    for p in (default_passes(target) if passes is None else passes):
+        mod = p(mod)
+        if not isinstance(mod, IRModule):
+            raise BuildError(f"pass {getattr(p, '__name__', p)!r} returned "
+                             f"{type(mod).__name__}, not an IRModule")
+
+    from .codegen import build_kernels
+    from .codegen.vm_codegen import codegen_vm
+
+    prim_funcs = mod.prim_funcs()
+    kernels: list[KernelInfo] = []
+    library = None
+    if prim_funcs:
+        lib = build_kernels(prim_funcs)
+        library = lib.so_bytes
+        for name in prim_funcs:
+            sig = lib.signatures[name]
+            kernels.append(KernelInfo(
+                sig.symbol,
+                [{"name": b.name, "dtype": b.dtype, "ndim": b.ndim} for b in sig.buffers],
+                [s.name for s in sig.scalars]))
+    kernel_index = {name: i for i, name in enumerate(prim_funcs)}
+    functions, constants = codegen_vm(mod, kernel_index)
+    if not functions:
+        raise BuildError("the module has no graph function to run")
+    meta = dict(metadata or {})
+    meta.setdefault("kernel_functions", list(prim_funcs))
+    return Executable(functions, kernels, library, constants, meta, target)

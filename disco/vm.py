@@ -1,0 +1,684 @@
+"""The virtual machine: runs an Executable's graph functions on arrays.
+
+    vm = disco.VirtualMachine(ex, device="cpu")
+    y = vm["main"](x, w)          # numpy arrays, torch tensors, DLPack producers
+
+How a call runs. The first call of a function with a given *plan key* (the shapes
+and dtypes of its tensor arguments, plus shape and symbolic scalar arguments)
+interprets the bytecode while recording it: arguments are checked against the
+signature (binding symbolic dims), shapes are evaluated, intermediates allocated and
+kernels called, and every step is recorded. The recording becomes an execution
+plan, cached per key, in which all that can be decided from the key already is:
+
+- symbolic dims, allocation shapes, kernel `dims` arrays: constants;
+- intermediate tensors: allocated once, reused by every later call with that key
+  (tensors that are returned are allocated fresh on each call, so results never
+  alias storage the next call overwrites);
+- kernel calls: `functools.partial(cfunc, args_addr, dims_addr)` over prebuilt ctypes
+  arrays; the pointers of values that change per call (arguments, returned tensors,
+  results of packed functions) are patched into those arrays once, when the value
+  is produced, so calling a kernel costs one ctypes call (which releases the GIL).
+
+A plan run is a flat loop over steps. Functions whose shapes depend on data (a
+match_cast binding a symbol from a packed function's result) are not cached and are
+interpreted on every call. A VM is not meant to be shared by threads; a call that
+finds its plan busy (another thread, re-entry) falls back to interpreting.
+
+Devices: "cpu" (numpy). The `_Device` class is the hook for "cuda" (cupy arrays and
+kernels launched through cupy), which a later issue adds.
+"""
+from __future__ import annotations
+
+import ast
+import ctypes
+import functools
+import re
+import threading
+from typing import Any, Callable, Optional
+
+import numpy as np
+
+from .errors import DiscoError, SignatureError
+from .executable import Executable, Op, VMFunction, format_dim, format_pattern, format_shape
+from .tensor import as_numpy, data_ptr, dtype_name, is_array_like, np_dtype
+
+_KERNEL_PROTO = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p)
+_PLAN_CACHE_SIZE = 16
+
+
+class _Device:
+    """What the VM needs from a device: arrays, pointers and kernel functions."""
+
+    name = "cpu"
+
+    def __init__(self, ex: Executable):
+        self.lib = ex.load_library()
+
+    empty = staticmethod(np.empty)
+    ptr = staticmethod(data_ptr)
+
+    def kernel(self, symbol: str) -> Callable:
+        if self.lib is None:
+            raise DiscoError(f"executable has no kernel library, but needs kernel {symbol!r}")
+        try:
+            addr = ctypes.cast(getattr(self.lib, symbol), ctypes.c_void_p).value
+        except AttributeError:
+            raise DiscoError(f"kernel {symbol!r} is missing from the executable's library") from None
+        return _KERNEL_PROTO(addr)
+
+    def to_tensor(self, x: Any) -> np.ndarray:
+        a = as_numpy(x)
+        return a if a.flags.c_contiguous else np.ascontiguousarray(a)
+
+
+def _make_device(device: str, ex: Executable) -> _Device:
+    if device == "cpu":
+        return _Device(ex)
+    if device.startswith("cuda"):
+        raise DiscoError(f"device {device!r} is not supported by the VM yet (CPU only for now)")
+    raise DiscoError(f"unknown device {device!r}; expected 'cpu'")
+
+
+# -- shape expressions --------------------------------------------------------------
+
+_ALLOWED_NODES = (ast.Expression, ast.Tuple, ast.BinOp, ast.UnaryOp, ast.Compare, ast.BoolOp,
+                  ast.IfExp, ast.Call, ast.Subscript, ast.Constant, ast.Name, ast.Load,
+                  ast.Add, ast.Sub, ast.Mult, ast.FloorDiv, ast.Mod, ast.Div, ast.USub, ast.Not,
+                  ast.Lt, ast.LtE, ast.Gt, ast.GtE, ast.Eq, ast.NotEq, ast.And, ast.Or)
+_NAMES = {"h": None, "min": min, "max": max, "int": int, "float": float}
+
+
+def compile_exprs(exprs: list, what: str) -> Callable[[list], tuple]:
+    """`lambda h: (e0, e1, ...)` for expression strings (or ints) over the heap `h`."""
+    parts = [str(e) if isinstance(e, int) else e for e in exprs]
+    src = "(" + "".join(f"{p}, " for p in parts) + ")"
+    try:
+        tree = ast.parse(src, mode="eval")
+    except SyntaxError:
+        raise DiscoError(f"{what}: malformed shape expression {src!r}") from None
+    for node in ast.walk(tree):
+        if not isinstance(node, _ALLOWED_NODES) or \
+                (isinstance(node, ast.Name) and node.id not in _NAMES) or \
+                (isinstance(node, ast.Constant) and type(node.value) not in (int, float, bool)):
+            raise DiscoError(f"{what}: shape expression {src!r} uses {ast.dump(node)[:40]}, "
+                             "which the executable format does not allow")
+    env = {"__builtins__": {}, **{k: v for k, v in _NAMES.items() if v is not None}}
+    return eval(compile(f"lambda h: {src}", "<shape>", "eval"), env)  # noqa: S307 (checked above)
+
+
+def _compile_expr(e, what: str) -> Callable[[list], Any]:
+    f = compile_exprs([e], what)
+    return lambda h: f(h)[0]
+
+
+_HEAP_REF = re.compile(r"h\[(\d+)\]")
+
+
+class _Pattern:
+    """A shape pattern (see executable.py) ready to match: expressions compiled."""
+    __slots__ = ("kind", "dtype", "ndim", "dims", "fields", "text", "syms", "text_dims")
+
+    def __init__(self, p: dict, what: str):
+        self.kind = p["kind"]
+        self.text = format_pattern(p)
+        self.dtype = np_dtype(p["dtype"]) if p.get("dtype") else None
+        self.ndim = p.get("ndim", -1)
+        self.fields = [_Pattern(f, what) for f in p.get("fields", ())]
+        raw = p.get("shape") if self.kind == "tensor" else p.get("values") if self.kind == "shape" \
+            else [p["value"]] if self.kind == "prim" and p.get("value") is not None else None
+        self.dims = None
+        self.syms: list[int] = []     # heap slots this pattern mentions, for error messages
+        if raw is not None:
+            self.dims = []
+            for d in raw:
+                if isinstance(d, int):
+                    self.dims.append(("i", d, str(d)))
+                elif d[0] == "b":
+                    self.dims.append(("b", int(d[1]), d[2]))
+                    self.syms.append(int(d[1]))
+                else:
+                    self.dims.append(("e", _compile_expr(d[1], what), d[2]))
+                    self.syms.extend(int(m) for m in _HEAP_REF.findall(d[1]))
+            self.syms = list(dict.fromkeys(self.syms))
+            self.text_dims = [format_dim(d) for d in raw]
+
+
+class _Fn:
+    """A VMFunction decoded for execution: expressions compiled, patterns prepared."""
+
+    def __init__(self, f: VMFunction, kernels: list, device: _Device):
+        self.name = f.name
+        self.vmf = f
+        self.num_regs = f.num_regs
+        self.num_syms = len(f.sym_names)
+        self.sym_names = f.sym_names
+        self.param_names = [p["name"] for p in f.params]
+        self.params = [_Pattern(p["pattern"], f"{f.name}: parameter {p['name']!r}") for p in f.params]
+        self.code = []
+        for ins in f.code:
+            op = Op(ins[0])
+            what = f"{f.name}: {op.name}"
+            if op in (Op.PRIM,):
+                ins = (op, ins[1], _compile_expr(ins[2], what))
+            elif op is Op.MAKE_SHAPE:
+                ins = (op, ins[1], compile_exprs(ins[2], what))
+            elif op is Op.ALLOC:
+                ins = (op, ins[1], np_dtype(ins[2]), compile_exprs(ins[3], what))
+            elif op is Op.CALL_KERNEL:
+                k = kernels[ins[1]]
+                ins = (op, k, list(ins[2]), compile_exprs(ins[3], what))
+            elif op is Op.MATCH:
+                ins = (op, ins[1], _Pattern(ins[2], what), ins[3])
+            else:
+                ins = (op, *ins[1:])
+            self.code.append(ins)
+
+
+class _Kernel:
+    __slots__ = ("info", "fn", "dtypes")
+
+    def __init__(self, info, fn):
+        self.info = info
+        self.fn = fn
+        self.dtypes = [np_dtype(b["dtype"]) for b in info.buffers]
+
+
+# -- matching values against patterns ----------------------------------------------
+
+def _got_text(x: Any) -> str:
+    if isinstance(x, np.ndarray):
+        return f"a {x.ndim}-d {dtype_name(x.dtype) if x.dtype.kind != 'O' else 'object'} array of shape {tuple(x.shape)}"
+    return f"{type(x).__name__} {x!r}"[:80]
+
+
+class _Matcher:
+    """Checks values against patterns, binding symbols into the heap `h` in two phases:
+    `convert` checks kind, dtype and rank and binds every symbol at its first bare
+    occurrence; `finish` then checks every dim against its now-known value."""
+
+    def __init__(self, fn: "_Fn", h: list, binders: dict, device: "_Device"):
+        self.fn = fn
+        self.h = h
+        self.binders = binders     # heap slot -> who bound it ("'X'")
+        self.device = device
+        self.checks: list = []
+
+    def convert(self, pat: _Pattern, x: Any, where: str, is_param: bool) -> Any:
+        kind = pat.kind
+        if kind == "tensor":
+            if not isinstance(x, np.ndarray):
+                if not is_array_like(x):
+                    self._fail(where, f"expects a tensor {pat.text}, got {_got_text(x)}")
+                x = self.device.to_tensor(x) if is_param else as_numpy(x)
+            elif is_param and not x.flags.c_contiguous:
+                x = np.ascontiguousarray(x)
+            if pat.ndim >= 0 and x.ndim != pat.ndim:
+                shape = f" of shape {format_shape(pat.text_dims)}" if pat.dims is not None else ""
+                self._fail(where, f"expects a {pat.ndim}-d tensor{shape}, got {_got_text(x)}")
+            if pat.dtype is not None and x.dtype != pat.dtype:
+                got = dtype_name(x.dtype) if x.dtype.kind != "O" else "object"
+                self._fail(where, f"expects dtype {dtype_name(pat.dtype)}, got {got}")
+            if pat.dims is not None:
+                self._bind(pat, tuple(x.shape), where)
+            return x
+        if kind == "shape":
+            try:
+                x = tuple(int(v) for v in x)
+            except (TypeError, ValueError):
+                self._fail(where, f"expects a shape {pat.text}, got {_got_text(x)}")
+            if pat.ndim >= 0 and len(x) != pat.ndim:
+                self._fail(where, f"expects a shape of {pat.ndim} dims {pat.text}, got {x}")
+            if pat.dims is not None:
+                self._bind(pat, x, where)
+            return x
+        if kind == "prim":
+            v = _to_scalar(x, pat)
+            if v is None:
+                self._fail(where, f"expects a scalar {pat.text}, got {_got_text(x)}")
+            x = v
+            if pat.dims is not None:
+                self._bind(pat, (x,), where)
+            return x
+        if kind == "tuple":
+            if not isinstance(x, (tuple, list)) or len(x) != len(pat.fields):
+                self._fail(where, f"expects a tuple {pat.text}, got {_got_text(x)}")
+            return tuple(self.convert(f, v, f"{where} field {i}", is_param)
+                         for i, (f, v) in enumerate(zip(pat.fields, x)))
+        return x
+
+    def _bind(self, pat: _Pattern, got: tuple, where: str) -> None:
+        for (kind, d, _), v in zip(pat.dims, got):
+            if kind == "b" and d not in self.binders:
+                self.h[d] = v
+                self.binders[d] = where[len("parameter "):] if where.startswith("parameter ") \
+                    else where
+        self.checks.append((pat, got, where))
+
+    def finish(self) -> None:
+        h = self.h
+        for pat, got, where in self.checks:
+            expected = [d if kind == "i" else h[d] if kind == "b" else d(h)
+                        for kind, d, _ in pat.dims]
+            if list(got) != expected:
+                names = self.fn.sym_names
+                bound = [f"{names[i] if i < len(names) else i}={h[i]} (bound by {self.binders[i]})"
+                         for i in pat.syms if i in self.binders]
+                with_ = f" with {', '.join(bound)}" if bound else ""
+                if pat.kind == "prim":
+                    self._fail(where, f"expects value {pat.text_dims[0]}{with_}, got {got[0]}")
+                self._fail(where, f"expects shape {format_shape(pat.text_dims)}{with_}, "
+                                  f"got {tuple(got)}")
+        self.checks.clear()
+
+    def _fail(self, where: str, msg: str):
+        raise SignatureError(f"{self.fn.name}: {where} {msg}")
+
+
+def _to_scalar(x: Any, pat: _Pattern) -> Any:
+    """A Python int/float/bool for a prim pattern, or None when `x` is not one."""
+    if isinstance(x, (np.ndarray, np.generic)):
+        if x.ndim != 0:
+            return None
+        x = x.item()
+    if not isinstance(x, (int, float)):
+        return None
+    kind = pat.dtype.kind if pat.dtype is not None else None
+    if kind in ("i", "u", "b"):
+        if isinstance(x, float) and not x.is_integer():
+            return None
+        return bool(x) if kind == "b" else int(x)
+    return float(x) if kind == "f" else x
+
+
+# -- recording interpreter ------------------------------------------------------------
+
+class _Recorder:
+    """Interprets a function call while recording what it does (see the module docstring).
+
+    Values live in a flat list of slots shared by all frames: a callee's parameters are
+    its caller's slots, so calls are inlined into one plan."""
+
+    def __init__(self, vm: "VirtualMachine"):
+        self.vm = vm
+        self.vals: list = []
+        self.events: list = []        # effects and producers, in execution order
+        self.volatile: set = set()    # slots whose value is not fixed by the plan key
+        self.tuples: dict = {}        # slot -> field slots, for tuples made here
+        self.allocs: dict = {}        # slot -> (shape, dtype)
+        self.param_slots: list = []
+        self.cacheable = True
+
+    def new(self, v: Any) -> int:
+        self.vals.append(v)
+        return len(self.vals) - 1
+
+    def call_top(self, fn: _Fn, args) -> int:
+        h, binders = [0] * fn.num_syms, {}
+        m = _Matcher(fn, h, binders, self.vm.device)
+        conv = [m.convert(p, a, f"parameter {n!r}", True)
+                for p, a, n in zip(fn.params, args, fn.param_names)]
+        m.finish()
+        self.param_slots = [self.new(v) for v in conv]
+        return self.body(fn, list(self.param_slots), h, binders)
+
+    def call_inner(self, fn: _Fn, slots: list) -> int:
+        h, binders = [0] * fn.num_syms, {}
+        m = _Matcher(fn, h, binders, self.vm.device)
+        for p, s, n in zip(fn.params, slots, fn.param_names):
+            m.convert(p, self.vals[s], f"parameter {n!r}", False)
+        m.finish()
+        return self.body(fn, list(slots), h, binders)
+
+    def body(self, fn: _Fn, arg_slots: list, h: list, binders: dict) -> int:
+        vals, vm = self.vals, self.vm
+        regs = arg_slots + [None] * (fn.num_regs - len(arg_slots))
+        for ins in fn.code:
+            op = ins[0]
+            if op is Op.CALL_KERNEL:
+                self.kernel(fn, ins[1], [regs[r] for r in ins[2]], ins[3](h))
+            elif op is Op.ALLOC:
+                shape = ins[3](h)
+                s = regs[ins[1]] = self.new(vm.device.empty(shape, ins[2]))
+                self.allocs[s] = (shape, ins[2])
+                self.events.append(("alloc", s))
+            elif op is Op.CALL_PACKED:
+                dst, name, slots = ins[1], ins[2], [regs[r] for r in ins[3]]
+                func = vm._packed(name)
+                r = _normalize(func(*[vals[s] for s in slots]))
+                s = None
+                if dst >= 0:
+                    s = regs[dst] = self.new(r)
+                    self.volatile.add(s)
+                guard = (r.shape, r.dtype) if isinstance(r, np.ndarray) else None
+                self.events.append(("packed", func, name, slots, s, guard))
+            elif op is Op.LOAD_CONST:
+                regs[ins[1]] = self.new(vm.executable.constants[ins[2]])
+            elif op is Op.LOAD_IMM:
+                regs[ins[1]] = self.new(ins[2])
+            elif op is Op.PRIM or op is Op.MAKE_SHAPE:
+                regs[ins[1]] = self.new(ins[2](h))
+            elif op is Op.MAKE_TUPLE:
+                slots = [regs[r] for r in ins[2]]
+                s = regs[ins[1]] = self.new(tuple(vals[f] for f in slots))
+                self.tuples[s] = slots
+                if any(f in self.volatile for f in slots):
+                    self.volatile.add(s)
+                self.events.append(("tuple", s, slots))
+            elif op is Op.TUPLE_GET:
+                src, idx = regs[ins[2]], ins[3]
+                if src in self.tuples:      # a tuple made here: alias its field
+                    regs[ins[1]] = self.tuples[src][idx]
+                    continue
+                t = vals[src]
+                if not isinstance(t, tuple) or not -len(t) <= idx < len(t):
+                    raise DiscoError(f"{fn.name}: TUPLE_GET {idx} of {_got_text(t)}")
+                s = regs[ins[1]] = self.new(t[idx])
+                self.volatile.add(s)
+                self.events.append(("get", s, src, idx))
+            elif op is Op.MATCH:
+                s, pat, what = regs[ins[1]], ins[2], ins[3]
+                before = len(binders)
+                m = _Matcher(fn, h, binders, vm.device)
+                m.convert(pat, vals[s], f"match_cast of {what!r}", False)
+                m.finish()
+                if s in self.volatile:
+                    if len(binders) != before:
+                        self.cacheable = False   # shapes depend on data: interpret each call
+                    self.events.append(("match", s, fn, pat, what, list(h), dict(binders)))
+            elif op is Op.CALL_FUNC:
+                regs[ins[1]] = self.call_inner(vm._fn(ins[2]), [regs[r] for r in ins[3]])
+            elif op is Op.RET:
+                return regs[ins[1]]
+            else:  # pragma: no cover - Op is closed
+                raise DiscoError(f"{fn.name}: unknown instruction {op!r}")
+        raise DiscoError(f"{fn.name}: bytecode ends without RET")
+
+    def kernel(self, fn: _Fn, k: _Kernel, slots: list, scalars: tuple) -> None:
+        arrays = [self.vals[s] for s in slots]
+        info = k.info
+        if len(arrays) != len(k.dtypes):
+            raise DiscoError(f"{fn.name}: kernel {info.name} takes {len(k.dtypes)} buffers, "
+                             f"got {len(arrays)}")
+        for a, dt, b in zip(arrays, k.dtypes, info.buffers):
+            if not isinstance(a, np.ndarray) or a.dtype != dt or a.ndim != b["ndim"] \
+                    or not a.flags.c_contiguous:
+                raise DiscoError(f"{fn.name}: kernel {info.name} buffer {b['name']!r} expects a "
+                                 f"contiguous {b['ndim']}-d {b['dtype']} array, got {_got_text(a)}")
+        dims = [d for a in arrays for d in a.shape] + [int(v) for v in scalars]
+        ptrs = (ctypes.c_void_p * max(len(arrays), 1))(*[data_ptr(a) for a in arrays])
+        dimsarr = (ctypes.c_int64 * max(len(dims), 1))(*dims)
+        k.fn(ctypes.addressof(ptrs), ctypes.addressof(dimsarr))
+        self.events.append(("kernel", k, slots, ptrs, dimsarr))
+
+    def finalize(self, ret: int) -> "_Plan":
+        """Turn the recording into a plan; see the module docstring."""
+        escaping: set = set()
+
+        def walk(s):
+            if s in self.tuples:
+                for f in self.tuples[s]:
+                    walk(f)
+            elif s in self.allocs:
+                escaping.add(s)
+        walk(ret)
+        dynamic = set(self.param_slots) | self.volatile | escaping
+        for ev in self.events:           # tuples of fresh values are rebuilt each call
+            if ev[0] == "tuple" and any(f in dynamic for f in ev[2]):
+                dynamic.add(ev[1])
+        patches: dict = {s: [] for s in dynamic}
+        for ev in self.events:
+            if ev[0] == "kernel":
+                for i, s in enumerate(ev[2]):
+                    if s in dynamic:
+                        patches[s].append((ev[3], i))
+        return _Plan(self, ret, dynamic, escaping, patches)
+
+
+def _normalize(r: Any) -> Any:
+    """What a packed function returns, as VM values (numpy arrays, tuples, scalars)."""
+    if isinstance(r, np.ndarray):
+        return r if r.flags.c_contiguous else np.ascontiguousarray(r)
+    if isinstance(r, (tuple, list)):
+        return tuple(_normalize(v) for v in r)
+    if isinstance(r, np.generic):
+        return r.item()
+    if is_array_like(r):
+        return np.ascontiguousarray(as_numpy(r))
+    return r
+
+
+class _Plan:
+    """A recorded call, replayable for arguments with the same plan key."""
+
+    def __init__(self, rec: _Recorder, ret: int, dynamic: set, escaping: set, patches: dict):
+        self.lock = threading.Lock()
+        vals = self.vals = list(rec.vals)
+        for s in dynamic:
+            vals[s] = None                 # no references to the recording call's values
+        self.ret = ret
+        self.keep = []                     # ctypes arrays the steps point into
+        self.params = [(s, patches.get(s) or None) for s in rec.param_slots]
+        steps = self.steps = []
+        device = rec.vm.device
+        for ev in rec.events:
+            kind = ev[0]
+            if kind == "kernel":
+                _, k, slots, ptrs, dimsarr = ev
+                self.keep.append((ptrs, dimsarr))
+                steps.append(functools.partial(k.fn, ctypes.addressof(ptrs),
+                                               ctypes.addressof(dimsarr)))
+            elif kind == "alloc" and ev[1] in escaping:
+                s = ev[1]
+                shape, dtype = rec.allocs[s]
+                steps.append(_alloc_step(vals, s, shape, dtype, patches[s], device))
+            elif kind == "packed":
+                steps.append(_packed_step(vals, *ev[1:], patches.get(ev[4]), device))
+            elif kind == "tuple" and ev[1] in dynamic:
+                steps.append(_tuple_step(vals, ev[1], ev[2]))
+            elif kind == "get":
+                steps.append(_get_step(vals, ev[1], ev[2], ev[3], patches[ev[1]], device))
+            elif kind == "match":
+                steps.append(_match_step(vals, *ev[1:], device))
+
+    def run(self, args) -> Any:
+        vals = self.vals
+        for (s, pl), a in zip(self.params, args):
+            vals[s] = a
+            if pl:
+                p = data_ptr(a)
+                for arr, i in pl:
+                    arr[i] = p
+        for step in self.steps:
+            step()
+        return vals[self.ret]
+
+
+def _patch(pl, a, device):
+    p = device.ptr(a)
+    for arr, i in pl:
+        arr[i] = p
+
+
+def _alloc_step(vals, s, shape, dtype, pl, device):
+    empty = device.empty
+
+    def step():
+        a = vals[s] = empty(shape, dtype)
+        if pl:
+            _patch(pl, a, device)
+    return step
+
+
+def _packed_step(vals, func, name, slots, dst, guard, pl, device):
+    def step():
+        r = func(*[vals[s] for s in slots])
+        if dst is not None:
+            r = vals[dst] = _normalize(r)
+            if guard is not None:
+                if not isinstance(r, np.ndarray) or r.shape != guard[0] or r.dtype != guard[1]:
+                    raise DiscoError(
+                        f"packed function {name!r} returned {_got_text(r)}, but with the same "
+                        f"argument shapes it returned shape {guard[0]} {dtype_name(guard[1])} "
+                        "before; its result shape must depend only on its arguments' shapes")
+                if pl:
+                    _patch(pl, r, device)
+    return step
+
+
+def _tuple_step(vals, s, fields):
+    def step():
+        vals[s] = tuple([vals[f] for f in fields])
+    return step
+
+
+def _get_step(vals, s, src, idx, pl, device):
+    def step():
+        v = vals[s] = vals[src][idx]
+        if pl:
+            _patch(pl, v, device)
+    return step
+
+
+def _match_step(vals, s, fn, pat, what, h, binders, device):
+    def step():
+        m = _Matcher(fn, list(h), dict(binders), device)
+        m.convert(pat, vals[s], f"match_cast of {what!r}", False)
+        m.finish()
+    return step
+
+
+# -- the VM ------------------------------------------------------------------------
+
+class _Uncacheable(Exception):
+    pass
+
+
+def _deep_key(x: Any) -> Any:
+    if type(x) is np.ndarray:
+        if not x.flags.c_contiguous:
+            raise _Uncacheable
+        return (x.shape, x.dtype)
+    if isinstance(x, (tuple, list)):
+        return tuple(_deep_key(v) for v in x)
+    if isinstance(x, (int, float, str)):
+        return x
+    raise _Uncacheable
+
+
+class VMFunctionHandle:
+    """`vm["main"]`: call it with arrays; `.signature` describes its parameters."""
+
+    def __init__(self, vm: "VirtualMachine", fn: _Fn):
+        self.vm = vm
+        self.fn = fn
+        self.plans: dict = {}
+        # How each argument contributes to the plan key: 0 tensor, 1 ignored, 2 deep.
+        self.kinds = []
+        for p in fn.params:
+            if p.kind == "tensor":
+                self.kinds.append(0)
+            elif p.kind == "object" or (p.kind == "prim" and p.dims is None):
+                self.kinds.append(1)
+            else:
+                self.kinds.append(2)
+
+    @property
+    def signature(self) -> str:
+        return self.fn.vmf.signature_text()
+
+    def __call__(self, *args: Any) -> Any:
+        fn = self.fn
+        if len(args) != len(self.kinds):
+            raise SignatureError(
+                f"{fn.name} expects {len(self.kinds)} argument{'s' if len(self.kinds) != 1 else ''}"
+                f" ({', '.join(fn.param_names)}), got {len(args)}")
+        key = []
+        conv = None
+        try:
+            for i, kind in enumerate(self.kinds):
+                x = args[i]
+                if kind == 0:
+                    if type(x) is not np.ndarray or not x.flags.c_contiguous:
+                        if not is_array_like(x):
+                            raise _Uncacheable   # the matcher explains what was expected
+                        if conv is None:
+                            conv = list(args)
+                        x = conv[i] = self.vm.device.to_tensor(x)
+                    key.append(x.shape)
+                    key.append(x.dtype)
+                elif kind == 2:
+                    key.append(_deep_key(x))
+                else:
+                    if isinstance(x, (np.generic, np.ndarray)):
+                        raise _Uncacheable
+            key = tuple(key)
+        except (_Uncacheable, DiscoError, TypeError, ValueError):
+            key = None
+        if conv is not None:
+            args = conv
+        plan = self.plans.get(key) if key is not None else None
+        if plan is not None and plan.lock.acquire(False):
+            try:
+                return plan.run(args)
+            finally:
+                plan.lock.release()
+        rec = _Recorder(self.vm)
+        ret = rec.call_top(fn, args)
+        result = rec.vals[ret]
+        if rec.cacheable and key is not None and plan is None:
+            if len(self.plans) >= _PLAN_CACHE_SIZE:
+                self.plans.pop(next(iter(self.plans)))
+            self.plans[key] = rec.finalize(ret)
+        return result
+
+    def __repr__(self) -> str:
+        return f"<VM function {self.signature}>"
+
+
+class VirtualMachine:
+    """Runs the graph functions of an `Executable` on one device."""
+
+    def __init__(self, executable: Executable, device: str = "cpu"):
+        self.executable = executable
+        self.device = _make_device(device, executable)
+        self._kernels = [_Kernel(k, self.device.kernel(k.name)) for k in executable.kernels]
+        self._fns = {name: _Fn(f, self._kernels, self.device)
+                     for name, f in executable.functions.items()}
+        self._handles: dict = {}
+        self._packed_funcs: dict = {}
+
+    def _fn(self, name: str) -> _Fn:
+        try:
+            return self._fns[name]
+        except KeyError:
+            raise DiscoError(f"executable has no function {name!r}; it has "
+                             f"{sorted(self._fns)}") from None
+
+    def __getitem__(self, name: str) -> VMFunctionHandle:
+        h = self._handles.get(name)
+        if h is None:
+            h = self._handles[name] = VMFunctionHandle(self, self._fn(name))
+        return h
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._fns
+
+    def invoke(self, name: str, *args: Any) -> Any:
+        return self[name](*args)
+
+    def function_names(self) -> list[str]:
+        return list(self._fns)
+
+    def _packed(self, name: str) -> Callable:
+        f = self._packed_funcs.get(name)
+        if f is None:
+            from . import registry
+            try:
+                f = registry.get_global_func(name)
+            except KeyError:
+                f = None
+            if f is None:
+                raise DiscoError(f"packed function {name!r} is not registered; register it with "
+                                 "disco.register_func before calling")
+            self._packed_funcs[name] = f
+        return f

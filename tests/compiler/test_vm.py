@@ -1,0 +1,332 @@
+"""compiler.build + disco.VirtualMachine end to end: hand-built modules (call_tir to
+hand-written tensor programs, call_dps_packed to registered functions), run on
+numpy arrays and compared with numpy."""
+import importlib
+import sys
+import types
+
+import numpy as np
+import pytest
+
+from compiler.build import build
+from compiler.codegen.c import CodegenError
+from compiler.ir import expr as E
+from compiler.ir import graph as G
+from compiler.ir import struct_info as S
+from compiler.ir import tir as T
+from compiler.ir.module import IRModule
+from disco.errors import SignatureError
+from disco.vm import VirtualMachine
+
+
+@pytest.fixture(autouse=True)
+def _caches(tmp_path_factory, monkeypatch):
+    base = tmp_path_factory.getbasetemp()
+    monkeypatch.setenv("DISCO_TP_CACHE", str(base / "cc"))
+    monkeypatch.setenv("DISCO_CACHE_DIR", str(base / "disco"))
+
+
+@pytest.fixture
+def register(monkeypatch):
+    """disco.register_func; a stand-in registry where disco's has not landed yet."""
+    try:
+        from disco import registry
+        return registry.register_func
+    except ImportError:
+        funcs = {}
+        fake = types.ModuleType("disco.registry")
+        fake.get_global_func = funcs.get
+
+        def register_func(name):
+            def wrap(f):
+                funcs[name] = f
+                return f
+            return wrap
+        fake.register_func = register_func
+        monkeypatch.setitem(sys.modules, "disco.registry", fake)
+        return register_func
+
+
+# -- hand-built tensor programs -----------------------------------------------------
+
+def loops(extents, body_fn):
+    vs = [E.Var(f"i{k}") for k in range(len(extents))]
+    body = body_fn(*vs)
+    for v, ext in reversed(list(zip(vs, extents))):
+        body = T.For(v, E.IntImm(0), E.as_expr(ext), "serial", body)
+    return body
+
+
+def realize(name, iters, values, body_fn, init_fn=None):
+    bvs = [E.Var(f"v{name}{k}") for k in range(len(iters))]
+    ivs = tuple(T.IterVar(v, T.Range(E.IntImm(0), E.as_expr(ext)), kind)
+                for v, (kind, ext) in zip(bvs, iters))
+    blk = T.Block(name, ivs, body_fn(*bvs), init_fn(*bvs) if init_fn else None)
+    return T.BlockRealize(tuple(values), E.IntImm(1, "bool"), blk)
+
+
+def prim_mm(k=64, m=32, dtype="float32"):
+    n = E.Var("n")
+    X = T.Buffer("X", (n, k), dtype); W = T.Buffer("W", (k, m), dtype); Y = T.Buffer("Y", (n, m), dtype)
+    body = loops([n, m, k], lambda i, j, r: realize(
+        "Y", [("S", n), ("S", m), ("R", k)], [i, j, r],
+        lambda vi, vj, vk: T.BufferStore(Y, Y[vi, vj] + X[vi, vk] * W[vk, vj], (vi, vj)),
+        lambda vi, vj, vk: T.BufferStore(Y, E.FloatImm(0.0, dtype), (vi, vj))))
+    return T.PrimFunc((X, W, Y), body)
+
+
+def prim_relu(m=32, dtype="float32"):
+    n = E.Var("n")
+    A = T.Buffer("A", (n, m), dtype); B = T.Buffer("B", (n, m), dtype)
+    body = loops([n, m], lambda i, j: realize(
+        "B", [("S", n), ("S", m)], [i, j],
+        lambda vi, vj: T.BufferStore(B, E.Max(A[vi, vj], E.FloatImm(0.0, dtype), dtype), (vi, vj))))
+    return T.PrimFunc((A, B), body)
+
+
+def prim_add_scalar():
+    """B[i] = A[i] + s, with s a scalar parameter (a tir_var)."""
+    n = E.Var("n"); s = E.Var("s")
+    A = T.Buffer("A", (n,), "int64"); B = T.Buffer("B", (n,), "int64")
+    body = loops([n], lambda i: realize(
+        "B", [("S", n)], [i], lambda vi: T.BufferStore(B, A[vi] + s, (vi,))))
+    return T.PrimFunc((A, B, s), body)
+
+
+# -- graph helpers --------------------------------------------------------------------
+
+def tensor(shape, dtype="float32"):
+    return S.TensorStructInfo(tuple(shape), dtype)
+
+
+def call_tir(name, args, out_sinfo, tir_vars=None):
+    extra = (G.ShapeExpr(tuple(E.as_expr(v) for v in tir_vars)),) if tir_vars is not None else ()
+    return G.Call(G.Op("relax.call_tir"), (G.GlobalVar(name), G.Tuple(tuple(args))) + extra,
+                  sinfo_args=(out_sinfo,), struct_info=out_sinfo)
+
+
+def call_dps(name, args, out_sinfo):
+    return G.Call(G.Op("relax.call_dps_packed"), (G.ExternFunc(name), G.Tuple(tuple(args))),
+                  sinfo_args=(out_sinfo,), struct_info=out_sinfo)
+
+
+def function(params, bindings, ret, ret_sinfo=None):
+    body = G.SeqExpr((G.DataflowBlock(tuple(bindings)),), ret)
+    return G.Function(tuple(params), body, ret_sinfo or ret.struct_info)
+
+
+def seed_module(k=64, m=32):
+    """The seed example, with relu as a second call_tir."""
+    n = E.Var("n")
+    x = G.Var("x", tensor((n, k))); w = G.Var("w", tensor((k, m)))
+    lv0 = G.Var("lv0", tensor((n, m))); gv0 = G.Var("gv0", tensor((n, m)))
+    main = function([x, w], [G.VarBinding(lv0, call_tir("mm", [x, w], tensor((n, m)))),
+                             G.VarBinding(gv0, call_tir("relu", [lv0], tensor((n, m))))], gv0)
+    return IRModule.from_dict({"mm": prim_mm(k, m), "relu": prim_relu(m), "main": main})
+
+
+@pytest.fixture(scope="module")
+def seed_ex(tmp_path_factory):
+    return build(seed_module(), passes=[])
+
+
+# -- tests ------------------------------------------------------------------------------
+
+def test_seed_matches_numpy_for_several_n_from_one_build(seed_ex):
+    vm = VirtualMachine(seed_ex)
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((64, 32), dtype=np.float32)
+    for n in (1, 7, 128, 7, 1):
+        x = rng.standard_normal((n, 64), dtype=np.float32)
+        y = vm["main"](x, w)
+        np.testing.assert_allclose(y, np.maximum(x @ w, 0), rtol=1e-4, atol=1e-4)
+
+
+def test_results_do_not_alias_across_calls(seed_ex):
+    vm = VirtualMachine(seed_ex)
+    w = np.ones((64, 32), np.float32)
+    y1 = vm["main"](np.ones((3, 64), np.float32), w)
+    y2 = vm["main"](np.full((3, 64), 2, np.float32), w)
+    y3 = vm["main"](np.full((3, 64), 3, np.float32), w)
+    assert y1[0, 0] == 64 and y2[0, 0] == 128 and y3[0, 0] == 192
+    assert not np.shares_memory(y2, y3)
+
+
+def test_non_contiguous_and_dlpack_inputs(seed_ex):
+    vm = VirtualMachine(seed_ex)
+    rng = np.random.default_rng(1)
+    w = rng.standard_normal((32, 64), dtype=np.float32).T          # not contiguous
+    x = rng.standard_normal((5, 64), dtype=np.float32)
+
+    class Producer:                                                 # only __dlpack__
+        def __init__(self, a): self.a = a
+        def __dlpack__(self, **kw): return self.a.__dlpack__(**kw)
+        def __dlpack_device__(self): return self.a.__dlpack_device__()
+
+    y = vm["main"](Producer(x), w)
+    np.testing.assert_allclose(y, np.maximum(x @ w, 0), rtol=1e-4, atol=1e-4)
+
+
+def test_signature_errors_name_parameter_symbols_and_shapes(seed_ex):
+    vm = VirtualMachine(seed_ex)
+    x = np.zeros((7, 64), np.float32)
+    with pytest.raises(SignatureError, match=r"main: parameter 'w' expects shape \(64, 32\), got \(64, 33\)"):
+        vm["main"](x, np.zeros((64, 33), np.float32))
+    with pytest.raises(SignatureError, match=r"parameter 'x' expects dtype float32, got float64"):
+        vm["main"](x.astype(np.float64), np.zeros((64, 32), np.float32))
+    with pytest.raises(SignatureError, match=r"parameter 'x' expects a 2-d tensor .*got a 3-d"):
+        vm["main"](np.zeros((1, 7, 64), np.float32), np.zeros((64, 32), np.float32))
+    with pytest.raises(SignatureError, match=r"main expects 2 arguments \(x, w\), got 1"):
+        vm["main"](x)
+    with pytest.raises(SignatureError, match=r"parameter 'w' expects a tensor"):
+        vm["main"](x, 3)
+
+
+def test_symbolic_relation_between_parameters():
+    n = E.Var("n")
+    x = G.Var("X", tensor((n, 32))); w = G.Var("W", tensor((n, 32)))
+    out = G.Var("out", tensor((n, 32)))
+    main = function([x, w], [G.VarBinding(out, call_tir("relu", [w], tensor((n, 32))))], out)
+    ex = build(IRModule.from_dict({"relu": prim_relu(32), "main": main}), passes=[])
+    vm = VirtualMachine(ex)
+    with pytest.raises(SignatureError, match=r"main: parameter 'W' expects shape \(n, 32\) with "
+                                             r"n=7 \(bound by 'X'\), got \(8, 32\)"):
+        vm["main"](np.zeros((7, 32), np.float32), np.zeros((8, 32), np.float32))
+    w_ = -np.arange(8 * 32, dtype=np.float32).reshape(8, 32) + 100
+    np.testing.assert_array_equal(vm["main"](np.zeros((8, 32), np.float32), w_), np.maximum(w_, 0))
+
+
+def test_compound_dims_checked_after_binding():
+    n = E.Var("n")
+    z = G.Var("Z", tensor((n * 2,), "int64")); x = G.Var("X", tensor((n,), "int64"))
+    main = function([z, x], [], G.Tuple((z, x), S.TupleStructInfo((z.struct_info, x.struct_info))))
+    vm = VirtualMachine(build(IRModule.from_dict({"main": main}), passes=[]))
+    a, b = np.arange(6), np.arange(3)
+    ra, rb = vm["main"](a, b)
+    assert ra is a and rb is b
+    with pytest.raises(SignatureError, match=r"parameter 'Z' expects shape \(n \* 2,\) with n=4 "
+                                             r"\(bound by 'X'\), got \(6,\)"):
+        vm["main"](a, np.arange(4))
+
+
+def test_call_dps_packed_registered_function(register):
+    calls = []
+
+    @register("test_vm.my_matmul")
+    def my_matmul(x, w, out):
+        calls.append(1)
+        np.matmul(x, w, out=out)
+
+    n = E.Var("n")
+    x = G.Var("x", tensor((n, 16))); w = G.Var("w", tensor((16, 32)))
+    lv = G.Var("lv", tensor((n, 32))); gv = G.Var("gv", tensor((n, 32)))
+    main = function([x, w], [G.VarBinding(lv, call_dps("test_vm.my_matmul", [x, w], tensor((n, 32)))),
+                             G.VarBinding(gv, call_tir("relu", [lv], tensor((n, 32))))], gv)
+    vm = VirtualMachine(build(IRModule.from_dict({"relu": prim_relu(32), "main": main}), passes=[]))
+    rng = np.random.default_rng(2)
+    wv = rng.standard_normal((16, 32), dtype=np.float32)
+    for n_ in (3, 3, 9):
+        xv = rng.standard_normal((n_, 16), dtype=np.float32)
+        np.testing.assert_allclose(vm["main"](xv, wv), np.maximum(xv @ wv, 0), rtol=1e-5, atol=1e-5)
+    assert len(calls) == 3
+
+
+def test_packed_call_returning_value_and_match_cast(register):
+    @register("test_vm.double")
+    def double(x):
+        return x * 2
+
+    n, m = E.Var("n"), E.Var("m")
+    x = G.Var("x", tensor((n, 32)))
+    lv = G.Var("lv", S.TensorStructInfo(None, "float32", 2))
+    lv2 = G.Var("lv2", tensor((m, 32)))
+    gv = G.Var("gv", tensor((m, 32)))
+    call = G.Call(G.ExternFunc("test_vm.double"), (x,), sinfo_args=(lv.struct_info,),
+                  struct_info=lv.struct_info)
+    main = G.Function((x,), G.SeqExpr((G.BindingBlock((
+        G.VarBinding(lv, call), G.MatchCast(lv2, lv, tensor((m, 32))),
+        G.VarBinding(gv, call_tir("relu", [lv2], tensor((m, 32)))))),), gv), tensor((m, 32)))
+    vm = VirtualMachine(build(IRModule.from_dict({"relu": prim_relu(32), "main": main}), passes=[]))
+    for n_ in (2, 2, 5):
+        xv = np.random.default_rng(n_).standard_normal((n_, 32)).astype(np.float32)
+        np.testing.assert_allclose(vm["main"](xv), np.maximum(2 * xv, 0))
+
+
+def test_scalars_shapes_and_tuples_in_and_out():
+    n, s = E.Var("n"), E.Var("s")
+    a = G.Var("a", tensor((n,), "int64"))
+    sv = G.Var("s", S.PrimStructInfo("int64", s))
+    shp = G.Var("shp", S.ShapeStructInfo((n, 3)))
+    b = G.Var("b", tensor((n,), "int64"))
+    t = G.Var("t", S.TupleStructInfo((tensor((n,), "int64"), S.PrimStructInfo("int64"))))
+    ret = G.Tuple((b, G.PrimValue(s * 2), G.ShapeExpr((n, E.IntImm(3))), G.TupleGetItem(t, 1)))
+    main = function([a, sv, shp, t],
+                    [G.VarBinding(b, call_tir("add_s", [G.TupleGetItem(t, 0)], tensor((n,), "int64"),
+                                              tir_vars=[s]))],
+                    ret, S.ObjectStructInfo())
+    vm = VirtualMachine(build(IRModule.from_dict({"add_s": prim_add_scalar(), "main": main}),
+                              passes=[]))
+    for k in (5, 5, 6):
+        out = vm["main"](np.arange(4), k, (4, 3), (np.arange(4) * 10, 9))
+        np.testing.assert_array_equal(out[0], np.arange(4) * 10 + k)
+        assert out[1:] == (2 * k, (4, 3), 9)
+    with pytest.raises(SignatureError, match=r"parameter 'shp' expects shape \(n, 3\) with n=4"):
+        vm["main"](np.arange(4), 1, (5, 3), (np.arange(4), 1))
+
+
+def test_call_other_graph_function():
+    n = E.Var("n")
+    a = G.Var("a", tensor((n, 32))); r = G.Var("r", tensor((n, 32)))
+    inner = function([a], [G.VarBinding(r, call_tir("relu", [a], tensor((n, 32))))], r)
+    m = E.Var("m")
+    x = G.Var("x", tensor((m, 32)))
+    y = G.Var("y", tensor((m, 32))); z = G.Var("z", tensor((m, 32)))
+    call = lambda v: G.Call(G.GlobalVar("inner"), (v,), struct_info=tensor((m, 32)))
+    main = function([x], [G.VarBinding(y, call(x)), G.VarBinding(z, call(y))],
+                    G.Tuple((y, z), S.TupleStructInfo((tensor((m, 32)), tensor((m, 32))))))
+    ex = build(IRModule.from_dict({"relu": prim_relu(32), "inner": inner, "main": main}), passes=[])
+    vm = VirtualMachine(ex)
+    xv = np.random.default_rng(3).standard_normal((4, 32)).astype(np.float32)
+    for _ in range(2):
+        y1, z1 = vm["main"](xv)
+        np.testing.assert_array_equal(y1, np.maximum(xv, 0))
+        np.testing.assert_array_equal(z1, np.maximum(xv, 0))
+        assert not np.shares_memory(y1, z1)
+
+
+def test_constants_and_bfloat16():
+    import ml_dtypes
+    c = np.arange(8, dtype=np.float32).reshape(1, 8).astype(ml_dtypes.bfloat16)
+    out = G.Var("out", tensor((1, 8), "bfloat16"))
+    main = function([], [G.VarBinding(out, call_tir("relu", [G.Constant(c, tensor((1, 8), "bfloat16"))],
+                                                    tensor((1, 8), "bfloat16")))], out)
+    vm = VirtualMachine(build(IRModule.from_dict({"relu": prim_relu(8, "bfloat16"), "main": main}),
+                              passes=[]))
+    np.testing.assert_array_equal(vm["main"]().astype(np.float32), c.astype(np.float32))
+
+
+def test_unlegalized_operator_is_a_clear_build_error():
+    x = G.Var("x", tensor((4,)))
+    y = G.Var("y", tensor((4,)))
+    main = function([x], [G.VarBinding(y, G.Call(G.Op("relax.nn.relu"), (x,), struct_info=tensor((4,))))], y)
+    with pytest.raises(CodegenError, match=r"operator R.nn.relu has no legalization yet"):
+        build(IRModule.from_dict({"main": main}), passes=[])
+
+
+def test_exact_seed_with_legalization():
+    if importlib.util.find_spec("compiler.transform.legalize_ops") is None:
+        pytest.skip("compiler.transform.legalize_ops has not landed yet")
+    from compiler.op import get_op
+    relu = get_op("relax.nn.relu")
+    n = E.Var("n")
+    x = G.Var("x", tensor((n, 64))); w = G.Var("w", tensor((64, 32)))
+    lv0 = G.Var("lv0", tensor((n, 32))); gv0 = G.Var("gv0", tensor((n, 32)))
+    main = function([x, w], [G.VarBinding(lv0, call_tir("mm", [x, w], tensor((n, 32)))),
+                             G.VarBinding(gv0, relu(lv0))], gv0)
+    ex = build(IRModule.from_dict({"mm": prim_mm(), "main": main}))
+    vm = VirtualMachine(ex)
+    rng = np.random.default_rng(4)
+    wv = rng.standard_normal((64, 32), dtype=np.float32)
+    for n_ in (1, 7, 128):
+        xv = rng.standard_normal((n_, 64), dtype=np.float32)
+        np.testing.assert_allclose(vm["main"](xv, wv), np.maximum(xv @ wv, 0), rtol=1e-4, atol=1e-4)
