@@ -180,6 +180,8 @@ class _FuncCodegen:
         self.strides: dict[int, list[str]] = {}  # id(Buffer) -> row-major strides (C exprs)
         self.in_parallel = False
         self._skip_init: set[int] = set()  # ids of BlockRealizes whose init was hoisted
+        self._accumulators: dict[int, tuple] = {}  # id(BlockRealize) -> (local, combine)
+        self._simd_reduction: dict[int, str] = {}  # id(For) -> "op:acc" reduction clause
 
     # ---- names -------------------------------------------------------------------------
     def _fresh(self, hint: str) -> str:
@@ -332,10 +334,9 @@ class _FuncCodegen:
             self.nonneg.add(id(s.loop_var))
         hoisted = self._hoisted_init(s)
         if hoisted is not None:
-            realize, init_binding = hoisted
             self.line("{")
             self.indent += 1
-            self._emit_hoisted_init(realize, init_binding)
+            accumulate = self._emit_hoisted_init(hoisted)
         end = ext if lo == "0" else f"{lo} + {ext}"
         was_parallel = self.in_parallel
         if s.kind == "parallel" and not self.in_parallel:
@@ -345,6 +346,8 @@ class _FuncCodegen:
                 cond = f" if(({ext}) >= {int(min_extent)})"
             self.line(f"#pragma omp parallel for schedule(static){cond}")
             self.in_parallel = True
+        elif id(s) in self._simd_reduction:
+            self.line(f"#pragma omp simd reduction({self._simd_reduction[id(s)]})")
         elif s.kind == "vectorized":
             self.line("#pragma omp simd")
         elif s.kind == "unrolled":
@@ -360,6 +363,8 @@ class _FuncCodegen:
         self.line("}")
         self.in_parallel = was_parallel
         if hoisted is not None:
+            if accumulate is not None:
+                self.line(accumulate)
             self.indent -= 1
             self.line("}")
 
@@ -390,7 +395,11 @@ class _FuncCodegen:
                 self.line("}")
             else:
                 self.stmt(block.init)
-        self.stmt(block.body)
+        if id(s) in self._accumulators:
+            acc, combine = self._accumulators[id(s)]
+            self.line(f"{acc} = {combine(self)};")
+        else:
+            self.stmt(block.body)
         for f in freed:
             self.line(f)
         if guarded:
@@ -424,20 +433,39 @@ class _FuncCodegen:
         for iv, value in zip(block.iter_vars, node.iter_values):
             if iv.kind == "R" and not _starts_at(value, mins, iv.dom.min):
                 return None
-        return node, None
+        return node, chain
 
-    def _emit_hoisted_init(self, realize: T.BlockRealize, _unused) -> None:
+    def _emit_hoisted_init(self, hoisted) -> Optional[str]:
+        """Emit the init before the reduction loops. When the reduction folds into one
+        element (`Y[i] = Y[i] + f(k)`), accumulate in a local instead (a register, and an
+        `omp simd reduction` on the innermost loop); returns the final store then."""
+        realize, chain = hoisted
         block = realize.block
         self.line(f"// init of block {block.name}, hoisted out of its reduction loops")
         for iv, value in zip(block.iter_vars, realize.iter_values):
             if iv.kind == "R":
-                name = self.bind(iv.var, iv.var.name + "_init")
-                self.line(f"const int64_t {name} = {self.expr(iv.dom.min)};")
+                self.bind(iv.var, iv.var.name + "_init")
             else:
                 name = self.bind(iv.var, iv.var.name)
                 self.line(f"const int64_t {name} = {self.expr(value)};")
                 if self.is_nonneg(value):
                     self.nonneg.add(id(iv.var))
+        self._skip_init.add(id(realize))  # the block in the loops must not run init again
+        pattern = _accumulation(realize) if _is_true(realize.predicate) else None
+        if pattern is not None:
+            op, rhs = pattern
+            store = block.body
+            ct = COMPUTE_CTYPE[store.buffer.dtype]
+            acc = self._fresh(f"{store.buffer.name}_acc")
+            self.line(f"{ct} {acc} = {self.expr(block.init.value)};")
+            if op in ("+", "*"):
+                combine = lambda cg: f"{acc} {op} {cg.expr(rhs)}"
+            else:
+                cmp = ">" if op == "max" else "<"
+                combine = lambda cg: f"({{ {ct} _b = {cg.expr(rhs)}; {acc} {cmp} _b ? {acc} : _b; }})"
+            self._accumulators[id(realize)] = (acc, combine)
+            self._simd_reduction[id(chain[-1])] = f"{op}:{acc}"
+            return f"{self.buffer_ref(store.buffer, store.indices)} = {acc};"
         guarded = not _is_true(realize.predicate)
         if guarded:
             self.line(f"if ({self.expr(realize.predicate)}) {{")
@@ -446,8 +474,7 @@ class _FuncCodegen:
         if guarded:
             self.indent -= 1
             self.line("}")
-        # The body's BlockRealize must not run init again.
-        self._skip_init.add(id(realize))
+        return None
 
     # ---- expressions -------------------------------------------------------------------
     def buffer_ref(self, buf: T.Buffer, indices) -> str:
@@ -596,6 +623,61 @@ class _FuncCodegen:
 
     def expr_StringImm(self, e):
         raise CodegenError(f"kernel {self.symbol!r}: string {e.value!r} has no C value")
+
+
+def _accumulation(realize: T.BlockRealize):
+    """(op, rhs) when the block is `B[idx] = B[idx] op rhs` with `init` a store to the
+    same element, `rhs` not reading B, and B computed in its storage type."""
+    block = realize.block
+    body, init = block.body, block.init
+    if not (isinstance(body, T.BufferStore) and isinstance(init, T.BufferStore)):
+        return None
+    buf = body.buffer
+    if init.buffer is not buf or init.indices != body.indices or buf.dtype in ("float16", "bfloat16", "bool"):
+        return None
+    red_vars = set()
+    for iv in block.iter_vars:
+        if iv.kind == "R":
+            red_vars.add(id(iv.var))
+    if _expr_vars_tuple(body.indices) & red_vars:
+        return None
+    own = T.BufferLoad(buf, body.indices)
+    v = body.value
+    if isinstance(v, (E.Add, E.Mul, E.Max, E.Min)):
+        op = {E.Add: "+", E.Mul: "*", E.Max: "max", E.Min: "min"}[type(v)]
+        a, b = v.a, v.b
+    elif isinstance(v, E.Call) and v.op in ("max", "min") and len(v.args) == 2:
+        op, (a, b) = v.op, v.args
+    else:
+        return None
+    rhs = b if a == own else a if b == own else None
+    if rhs is None or v.dtype != buf.dtype:
+        return None
+    if any(isinstance(n, T.BufferLoad) and n.buffer is buf for n in _loads(rhs)):
+        return None
+    return op, rhs
+
+
+def _expr_vars_tuple(exprs) -> set:
+    out: set = set()
+    for e in exprs:
+        _expr_vars(e, out)
+    return out
+
+
+def _loads(e):
+    if isinstance(e, T.BufferLoad):
+        yield e
+        for i in e.indices:
+            yield from _loads(i)
+    elif isinstance(e, E.Call):
+        for a in e.args:
+            yield from _loads(a)
+    elif isinstance(e, E.PrimExpr):
+        for attr in ("a", "b", "value", "condition", "true_value", "false_value"):
+            sub = getattr(e, attr, None)
+            if isinstance(sub, E.PrimExpr):
+                yield from _loads(sub)
 
 
 def _check_dtype(dtype: str, where: str) -> str:

@@ -156,7 +156,7 @@ def _parallelize(func, outer: list[E.Var], all_extents, order, tail_spatial: boo
             if kind == "vectorized":
                 func = P.vectorize(func, ti)
             outer.append(to)
-    head = outer[0]
+    head, fused = outer[0], {id(outer[0])}
     for nxt in outer[1:]:
         ext = _const(find_loop(func, head).extent)
         if ext is None or ext >= PARALLEL_MIN_EXTENT:
@@ -165,13 +165,22 @@ def _parallelize(func, outer: list[E.Var], all_extents, order, tail_spatial: boo
         if not (isinstance(node.body, T.For) and node.body.loop_var is nxt):
             break
         func, head = P.fuse(func, head, nxt)
-    node = find_loop(func, head)
-    func = P.parallel(func, head)
-    if _const(node.extent) is None:
-        inner_work = 1
-        for c in _chain(node)[0][1:]:
-            inner_work *= _const(c.extent) or 1
-        func = P.annotate(func, head, "parallel_min_extent", max(2, -(-PARALLEL_MIN_WORK // inner_work)))
+        fused.add(id(nxt))
+    inner_work = math.prod(_const(find_loop(func, v).extent) or 1 for v in order
+                           if id(v) not in fused and _has_loop(func, v))
+    return _parallel(func, head, inner_work)
+
+
+def _has_loop(func: T.PrimFunc, v: E.Var) -> bool:
+    return any(isinstance(n, T.For) and n.loop_var is v for n in walk(func.body))
+
+
+def _parallel(func: T.PrimFunc, loop: E.Var, inner_work: int) -> T.PrimFunc:
+    """Mark `loop` parallel; a symbolic extent goes parallel only when big enough at run time."""
+    func = P.parallel(func, loop)
+    if _const(find_loop(func, loop).extent) is None:
+        min_extent = max(2, -(-PARALLEL_MIN_WORK // max(inner_work, 1)))
+        func = P.annotate(func, loop, "parallel_min_extent", min_extent)
     return func
 
 
@@ -179,16 +188,13 @@ def _parallel_if_independent(func: T.PrimFunc, node: T.For) -> T.PrimFunc:
     """Parallelize `node` when it feeds no reduction and every write under it depends on it."""
     if id(node.loop_var) in reduction_loop_ids(node.body):
         return func
-    work = _const(node.extent)
-    if work is not None:
-        for n in walk(node.body):
-            if isinstance(n, T.For):
-                work *= _const(n.extent) or PARALLEL_MIN_WORK
-        if work < PARALLEL_MIN_WORK:
-            return func
+    inner_work = sum(_const(n.extent) or PARALLEL_MIN_WORK for n in walk(node.body) if isinstance(n, T.For))
+    inner_work = max(inner_work, 1)
+    if _const(node.extent) is not None and _const(node.extent) * inner_work < PARALLEL_MIN_WORK:
+        return func
     if not _writes_depend_on(node):
         return func
-    return P.parallel(func, node.loop_var)
+    return _parallel(func, node.loop_var, inner_work)
 
 
 def _writes_depend_on(loop: T.For) -> bool:

@@ -141,6 +141,24 @@ def test_softmax_local_buffers_two_reductions(n):
     b = np.zeros_like(a)
     call(lib, "softmax", a, b)
     np.testing.assert_allclose(b, softmax_ref(a), rtol=1e-5, atol=1e-7)
+    # Both reductions accumulate in a local with an OpenMP SIMD reduction.
+    assert "reduction(max:" in lib.source and "reduction(+:" in lib.source
+
+
+def test_nested_parallel_loops_only_outermost_forks():
+    n = E.Var("n")
+    A, B = T.Buffer("A", (n, 6)), T.Buffer("B", (n, 6))
+    body = loop_nest([n, 6], lambda i, j: T.BufferStore(B, A[i, j] * E.FloatImm(3.0), (i, j)),
+                     kinds={0: "parallel", 1: "parallel"})
+    body = T.For(body.loop_var, body.min, body.extent, body.kind, body.body,
+                 annotations=T.Attrs({"parallel_min_extent": 4}))
+    lib = build_kernels({"k": T.PrimFunc((A, B), body)})
+    assert lib.source.count("omp parallel for") == 1 and "if((n) >= 4)" in lib.source
+    for rows in (1, 9):
+        a = np.random.default_rng(rows).standard_normal((rows, 6)).astype(np.float32)
+        b = np.zeros_like(a)
+        call(lib, "k", a, b)
+        np.testing.assert_array_equal(b, a * 3)
 
 
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
