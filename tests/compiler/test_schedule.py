@@ -9,7 +9,7 @@ from compiler.codegen import build_kernels
 from compiler.ir import expr as E
 from compiler.ir import tir as T
 from compiler.ir.module import IRModule
-from compiler.schedule import Schedule, ScheduleError
+from compiler.schedule import Schedule, ScheduleError, get_loops
 from compiler.transform.default_schedule import DefaultSchedule
 
 
@@ -122,6 +122,9 @@ def test_decompose_reduction_and_reorder_rowsum():
     ko, ki = sch.split(k, [None, 16])  # 100 = 7 * 16 - 12: predicate on the reduction
     sch.decompose_reduction("S", ko)
     sch.parallel(i)
+    assert [v.name for v in sch.get_loops("S_init")] == ["i"]
+    assert [v.name for v in sch.get_loops("S")] == ["i", "k_0", "k_1"]
+    assert sch.func.body.body.stmts[0].block.init is None
     a = np.random.default_rng(1).standard_normal((9, 100), dtype=np.float32)
     s = np.full(9, np.nan, np.float32)
     run(sch.func, a, s)
@@ -150,6 +153,9 @@ def test_default_schedule_matmul_structure_and_result():
     assert "#pragma omp parallel for" in text and "#pragma omp simd" in text
     kinds = [kind for _, kind, _ in nest(out)]
     assert kinds[0] == "parallel"
+    # i, k, j order (contiguous inner loop over j); init split into its own nest.
+    assert [v.name for v in get_loops(out, "Y")] == ["i", "k", "j"]
+    assert [v.name for v in get_loops(out, "Y_init")] == ["i", "j_init"]
     for n in (1, 3, 33):
         check_matmul(out, n)
     assert out.attrs.get("scheduled")
