@@ -75,6 +75,12 @@ std::string shm_name(const std::string& group) {
   return n;
 }
 
+std::string seconds(double s) {
+  std::ostringstream o;
+  o << s << " s";
+  return o.str();
+}
+
 std::string shape_str(const Meta& m) {
   if (m.ndim < 0) return "None";
   std::ostringstream s;
@@ -149,7 +155,7 @@ Communicator::Communicator(const std::string& group, int rank, int world, const 
       }
       if (now_s() > deadline) {
         throw CclError("ccl.init: worker " + std::to_string(rank) + " timed out after " +
-                       std::to_string(opts_.timeout_s) + " s waiting for worker 0 to create " + name_);
+                       seconds(opts_.timeout_s) + " waiting for worker 0 to create " + name_);
       }
       std::this_thread::sleep_for(std::chrono::microseconds(200));
     }
@@ -273,7 +279,7 @@ void Communicator::wait_for(int peer, uint32_t epoch, Coll coll, double deadline
         }
       }
       throw CclError(std::string(coll_name(coll)) + ": worker " + std::to_string(rank_) + " timed out after " +
-                     std::to_string(opts_.timeout_s) + " s at barrier " + std::to_string(epoch) +
+                     seconds(opts_.timeout_s) + " at barrier " + std::to_string(epoch) +
                      "; worker(s) [" + missing + "] did not arrive (did they call the same collective? did one die?)");
     }
   }
