@@ -125,8 +125,8 @@ class Executable:
     """Bytecode, kernels, constants and metadata of a built module."""
     functions: dict[str, VMFunction]
     kernels: list[KernelInfo] = field(default_factory=list)
-    library: Optional[bytes] = None         # the kernels' shared object (CPU)
-    constants: list[np.ndarray] = field(default_factory=list)
+    library: Optional[bytes] = field(default=None, repr=False)   # the kernels (CPU .so)
+    constants: list[np.ndarray] = field(default_factory=list, repr=False)
     metadata: dict[str, Any] = field(default_factory=dict)
     target: str = "cpu"
 

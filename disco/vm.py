@@ -425,6 +425,7 @@ class _Recorder:
         for ev in self.events:           # tuples of fresh values are rebuilt each call
             if ev[0] == "tuple" and any(f in dynamic for f in ev[2]):
                 dynamic.add(ev[1])
+        self.share_storage(escaping)
         patches: dict = {s: [] for s in dynamic}
         for ev in self.events:
             if ev[0] == "kernel":
@@ -432,6 +433,51 @@ class _Recorder:
                     if s in dynamic:
                         patches[s].append((ev[3], i))
         return _Plan(self, ret, dynamic, escaping, patches)
+
+
+    def share_storage(self, escaping: set) -> None:
+        """Intermediates whose lives do not overlap share storage (same byte size).
+
+        Only tensors used solely as kernel or packed-call arguments take part; those in
+        tuples, match_casts or results keep their own. Rewrites the recorded pointers."""
+        last_use: dict = {}
+        pinned = set(escaping)
+        for i, ev in enumerate(self.events):
+            kind = ev[0]
+            if kind == "kernel":
+                for s in ev[2]:
+                    last_use[s] = i
+            elif kind == "packed":
+                for s in ev[3]:
+                    last_use[s] = i
+            elif kind == "tuple":
+                pinned.update(ev[2])
+            elif kind in ("match", "get"):
+                pinned.add(ev[1] if kind == "match" else ev[2])
+        free: dict = {}                   # nbytes -> [flat uint8 storage]
+        owner: dict = {}                  # slot -> its flat storage
+        dying: dict = {}                  # event index -> slots to free after it
+        moved: dict = {}
+        for i, ev in enumerate(self.events):
+            if ev[0] == "alloc" and ev[1] not in pinned:
+                s = ev[1]
+                a = self.vals[s]
+                pool = free.get(a.nbytes)
+                if pool:
+                    base = pool.pop()
+                    self.vals[s] = moved[s] = base.view(a.dtype).reshape(a.shape)
+                else:
+                    base = a.reshape(-1).view(np.uint8)
+                owner[s] = base
+                dying.setdefault(last_use.get(s, i), []).append(s)
+            for s in dying.pop(i, ()):
+                free.setdefault(owner[s].nbytes, []).append(owner[s])
+        if moved:
+            for ev in self.events:
+                if ev[0] == "kernel":
+                    for j, s in enumerate(ev[2]):
+                        if s in moved:
+                            ev[3][j] = data_ptr(moved[s])
 
 
 def _normalize(r: Any) -> Any:
@@ -460,6 +506,8 @@ class _Plan:
         self.params = [(s, patches.get(s) or None) for s in rec.param_slots]
         steps = self.steps = []
         device = rec.vm.device
+        exact = {ev[1] for ev in rec.events if ev[0] == "match" and ev[3].kind == "tensor"
+                 and ev[3].dims is not None and ev[3].dtype is not None}
         for ev in rec.events:
             kind = ev[0]
             if kind == "kernel":
@@ -472,7 +520,8 @@ class _Plan:
                 shape, dtype = rec.allocs[s]
                 steps.append(_alloc_step(vals, s, shape, dtype, patches[s], device))
             elif kind == "packed":
-                steps.append(_packed_step(vals, *ev[1:], patches.get(ev[4]), device))
+                guard = None if ev[4] in exact else ev[5]   # a match_cast checks it exactly
+                steps.append(_packed_step(vals, *ev[1:5], guard, patches.get(ev[4]), device))
             elif kind == "tuple" and ev[1] in dynamic:
                 steps.append(_tuple_step(vals, ev[1], ev[2]))
             elif kind == "get":
@@ -520,8 +569,11 @@ def _packed_step(vals, func, name, slots, dst, guard, pl, device):
                         f"packed function {name!r} returned {_got_text(r)}, but with the same "
                         f"argument shapes it returned shape {guard[0]} {dtype_name(guard[1])} "
                         "before; its result shape must depend only on its arguments' shapes")
-                if pl:
-                    _patch(pl, r, device)
+            if pl:
+                if not isinstance(r, np.ndarray):
+                    raise DiscoError(f"packed function {name!r} returned {_got_text(r)}, "
+                                     "where a tensor was expected")
+                _patch(pl, r, device)
     return step
 
 
@@ -562,6 +614,8 @@ def _deep_key(x: Any) -> Any:
         return tuple(_deep_key(v) for v in x)
     if isinstance(x, (int, float, str)):
         return x
+    if isinstance(x, np.generic):
+        return x.item()
     raise _Uncacheable
 
 
@@ -572,12 +626,13 @@ class VMFunctionHandle:
         self.vm = vm
         self.fn = fn
         self.plans: dict = {}
-        # How each argument contributes to the plan key: 0 tensor, 1 ignored, 2 deep.
+        # How each argument enters the plan key: 0 tensor (shape, dtype), 1 not at all (a
+        # scalar no shape depends on), 2 its structure and shapes (tuples, shapes, objects).
         self.kinds = []
         for p in fn.params:
             if p.kind == "tensor":
                 self.kinds.append(0)
-            elif p.kind == "object" or (p.kind == "prim" and p.dims is None):
+            elif p.kind == "prim" and p.dims is None:
                 self.kinds.append(1)
             else:
                 self.kinds.append(2)
@@ -608,9 +663,13 @@ class VMFunctionHandle:
                     key.append(x.dtype)
                 elif kind == 2:
                     key.append(_deep_key(x))
-                else:
-                    if isinstance(x, (np.generic, np.ndarray)):
-                        raise _Uncacheable
+                elif type(x) not in (int, float, bool):
+                    v = _to_scalar(x, fn.params[i])
+                    if v is None:
+                        raise _Uncacheable       # the matcher explains what was expected
+                    if conv is None:
+                        conv = list(args)
+                    conv[i] = v
             key = tuple(key)
         except (_Uncacheable, DiscoError, TypeError, ValueError):
             key = None

@@ -152,6 +152,29 @@ def test_results_do_not_alias_across_calls(seed_ex):
     assert not np.shares_memory(y2, y3)
 
 
+def test_chain_with_shared_intermediate_storage():
+    """mm -> relu -> mm -> relu -> mm: intermediates of equal size share storage in the
+    cached plan; results must match numpy on every call."""
+    n = E.Var("n")
+    x = G.Var("x", tensor((n, 32))); w = G.Var("w", tensor((32, 32)))
+    binds, cur = [], x
+    for i, kern in enumerate(["mm", "relu", "mm", "relu", "mm"]):
+        v = G.Var(f"v{i}", tensor((n, 32)))
+        args = [cur, w] if kern == "mm" else [cur]
+        binds.append(G.VarBinding(v, call_tir(kern, args, tensor((n, 32)))))
+        cur = v
+    mod = IRModule.from_dict({"mm": prim_mm(32, 32), "relu": prim_relu(32),
+                              "main": function([x, w], binds, cur)})
+    vm = VirtualMachine(build(mod, passes=[]))
+    rng = np.random.default_rng(5)
+    wv = rng.standard_normal((32, 32), dtype=np.float32) / 4
+    for n_ in (3, 3, 3, 1, 3):
+        xv = rng.standard_normal((n_, 32), dtype=np.float32)
+        ref = np.maximum(np.maximum(xv @ wv, 0) @ wv, 0) @ wv
+        np.testing.assert_allclose(vm["main"](xv, wv), ref, rtol=1e-4, atol=1e-5)
+    assert len(vm["main"].plans) == 2
+
+
 def test_non_contiguous_and_dlpack_inputs(seed_ex):
     vm = VirtualMachine(seed_ex)
     rng = np.random.default_rng(1)
@@ -250,6 +273,7 @@ def test_packed_call_returning_value_and_match_cast(register):
     for n_ in (2, 2, 5):
         xv = np.random.default_rng(n_).standard_normal((n_, 32)).astype(np.float32)
         np.testing.assert_allclose(vm["main"](xv), np.maximum(2 * xv, 0))
+    assert not vm["main"].plans                # shapes depend on data: interpreted each call
 
 
 def test_scalars_shapes_and_tuples_in_and_out():
@@ -267,9 +291,10 @@ def test_scalars_shapes_and_tuples_in_and_out():
     vm = VirtualMachine(build(IRModule.from_dict({"add_s": prim_add_scalar(), "main": main}),
                               passes=[]))
     for k in (5, 5, 6):
-        out = vm["main"](np.arange(4), k, (4, 3), (np.arange(4) * 10, 9))
+        out = vm["main"](np.arange(4), np.int64(k), (4, 3), (np.arange(4) * 10, 9))
         np.testing.assert_array_equal(out[0], np.arange(4) * 10 + k)
         assert out[1:] == (2 * k, (4, 3), 9)
+    assert len(vm["main"].plans) == 2          # one execution plan per (shapes, s) key
     with pytest.raises(SignatureError, match=r"parameter 'shp' expects shape \(n, 3\) with n=4"):
         vm["main"](np.arange(4), 1, (5, 3), (np.arange(4), 1))
 
@@ -330,3 +355,32 @@ def test_exact_seed_with_legalization():
     for n_ in (1, 7, 128):
         xv = rng.standard_normal((n_, 64), dtype=np.float32)
         np.testing.assert_allclose(vm["main"](xv, wv), np.maximum(xv @ wv, 0), rtol=1e-4, atol=1e-4)
+
+
+def test_packed_result_checked_on_every_planned_call(register):
+    state = {"rows": None, "k": 0}
+
+    @register("test_vm.maybe_grow")
+    def maybe_grow(x):
+        state["k"] += 1                 # a fresh array with new values on every call
+        return np.concatenate([x, x]) if state["rows"] else x * state["k"]
+
+    n = E.Var("n")
+    x = G.Var("x", tensor((n, 32)))
+    lv = G.Var("lv", S.TensorStructInfo(None, "float32", 2))
+    lv2 = G.Var("lv2", tensor((n, 32)))
+    gv = G.Var("gv", tensor((n, 32)))
+    call = G.Call(G.ExternFunc("test_vm.maybe_grow"), (x,), sinfo_args=(lv.struct_info,),
+                  struct_info=lv.struct_info)
+    main = G.Function((x,), G.SeqExpr((G.BindingBlock((
+        G.VarBinding(lv, call), G.MatchCast(lv2, lv, tensor((n, 32))),
+        G.VarBinding(gv, call_tir("relu", [lv2], tensor((n, 32)))))),), gv), tensor((n, 32)))
+    vm = VirtualMachine(build(IRModule.from_dict({"relu": prim_relu(32), "main": main}), passes=[]))
+    xv = np.ones((2, 32), np.float32)
+    for k in range(1, 5):
+        np.testing.assert_array_equal(vm["main"](xv), k * xv)
+    assert len(vm["main"].plans) == 1
+    state["rows"] = True
+    with pytest.raises(SignatureError, match=r"match_cast of 'lv2' expects shape \(n, 32\) with "
+                                             r"n=2 \(bound by 'x'\), got \(4, 32\)"):
+        vm["main"](xv)
