@@ -1,1 +1,2 @@
 """The compiler: IR, script, operators, passes, distributed lowering, codegen."""
+from .build import build

@@ -165,8 +165,10 @@ class _Fn:
             elif op is Op.ALLOC:
                 ins = (op, ins[1], np_dtype(ins[2]), compile_exprs(ins[3], what))
             elif op is Op.CALL_KERNEL:
-                k = kernels[ins[1]]
-                ins = (op, k, list(ins[2]), compile_exprs(ins[3], what))
+                if not 0 <= ins[1] < len(kernels):
+                    raise DiscoError(f"{what}: kernel index {ins[1]} out of range "
+                                     f"({len(kernels)} kernels)")
+                ins = (op, kernels[ins[1]], list(ins[2]), compile_exprs(ins[3], what))
             elif op is Op.MATCH:
                 ins = (op, ins[1], _Pattern(ins[2], what), ins[3])
             else:
@@ -703,6 +705,10 @@ class VirtualMachine:
         self._kernels = [_Kernel(k, self.device.kernel(k.name)) for k in executable.kernels]
         self._fns = {name: _Fn(f, self._kernels, self.device)
                      for name, f in executable.functions.items()}
+        for f in self._fns.values():
+            for ins in f.code:
+                if ins[0] is Op.CALL_FUNC and ins[2] not in self._fns:
+                    raise DiscoError(f"{f.name}: calls {ins[2]!r}, which the executable lacks")
         self._handles: dict = {}
         self._packed_funcs: dict = {}
 

@@ -8,7 +8,7 @@ import types
 import numpy as np
 import pytest
 
-from compiler.build import build
+from compiler import build
 from compiler.codegen.c import CodegenError
 from compiler.ir import expr as E
 from compiler.ir import graph as G

@@ -107,9 +107,9 @@ def test_load_in_process_without_compiler(so_bytes, tmp_path):
         import sys
         sys.modules["compiler"] = None          # any import of the compiler fails
         import numpy as np
-        import disco.executable, disco.vm
-        ex = disco.executable.load_executable({str(path)!r})
-        vm = disco.vm.VirtualMachine(ex)
+        import disco
+        ex = disco.load_executable({str(path)!r})
+        vm = disco.VirtualMachine(ex, device="cpu")
         x = np.arange(12, dtype=np.float32).reshape(3, 4)
         y, n2, _ = vm["main"](x)
         assert np.array_equal(y, x + 3) and n2 == 6, (y, n2)
