@@ -14,6 +14,16 @@ Writing an operator:
 
 Calls are built by `make_call`, which infers struct info eagerly when every argument
 already has it, so an ill-typed program fails where it is written.
+
+How a call prints (`OpDef.script_parts`): the expression arguments `call.args`
+positionally, in the order of `OpDef.args`, then every attribute named in
+`OpDef.attrs` that the call holds, as `name=value`, in that order (defaults included,
+so printing never depends on knowing a default). Attribute values are None, bool,
+int, float, str, PrimExpr (printed as a script expression, e.g. `n - 1`) or tuples
+of those, printed as lists: `R.sum(x, axis=[0], keepdims=False)`. An op may
+override this with `extra["script_parts"]` (call_tir prints `out_sinfo=` from
+`Call.sinfo_args`). Parsing is the reverse: `get_op(script_name)(*args, **kwargs)`,
+and each constructor accepts exactly what the printer writes (lists for tuples).
 """
 from __future__ import annotations
 
@@ -73,6 +83,14 @@ class OpDef:
     def sharding(self, fn):
         self.sharding_rule = fn
         return fn
+
+    def script_parts(self, call: Call) -> tuple[list[Any], list[tuple[str, Any]]]:
+        """What the printer writes for `call`: positional values and (keyword, value)
+        pairs, in order (see the module docstring)."""
+        custom = self.extra.get("script_parts")
+        if custom is not None:
+            return custom(call)
+        return list(call.args), [(a, call.attrs[a]) for a in self.attrs if a in call.attrs]
 
     def __call__(self, *args, **kwargs) -> Call:
         return self.constructor(*args, **kwargs)

@@ -1,0 +1,61 @@
+"""Elementwise binary operators with numpy broadcasting: `R.add(x1, x2)`, `R.less(x1, x2)`.
+
+Both arguments must be tensors of the same dtype (no implicit promotion, as in TVM);
+arithmetic ops return that dtype, comparisons return "bool". Shapes broadcast as in
+numpy; for symbolic dims see the policy in _infer.py (error only on provably
+different dims; `n` vs `m` gives `n`; `n` vs 4 gives 4).
+"""
+from __future__ import annotations
+
+from ..ir.graph import Call
+from ..ir.struct_info import StructInfo, TensorStructInfo
+from . import _infer as I
+from .registry import BROADCAST, OpDef, make_call, register_op
+
+
+def _rule(compare: bool):
+    def rule(call: Call) -> StructInfo:
+        op = I.op_name(call)
+        named = [("x1", I.tensor_arg(op, call, 0, "x1")), ("x2", I.tensor_arg(op, call, 1, "x2"))]
+        dtype = I.same_dtype(op, named)
+        shape = I.broadcast_shapes(op, named)
+        out_dtype = "bool" if compare else dtype
+        if shape is None:
+            return I.unknown_tensor(out_dtype, I.broadcast_ndim(named))
+        return TensorStructInfo(shape, out_dtype)
+
+    return rule
+
+
+def define_binary(name: str, compare: bool = False) -> OpDef:
+    canonical, script = f"relax.{name}", f"R.{name}"
+
+    def constructor(x1, x2) -> Call:
+        return make_call(canonical, (I.as_expr_arg(script, x1, "x1"),
+                                     I.as_expr_arg(script, x2, "x2")))
+
+    constructor.__name__ = name
+    kind = "comparison (result dtype bool)" if compare else "arithmetic"
+    constructor.__doc__ = f"`{script}(x1, x2)`: elementwise {kind} with numpy broadcasting."
+    opdef = register_op(canonical, script=script, args=("x1", "x2"), pattern=BROADCAST)(constructor)
+    opdef.infer(_rule(compare))
+    return opdef
+
+
+add = define_binary("add")
+subtract = define_binary("subtract")
+multiply = define_binary("multiply")
+divide = define_binary("divide")
+floor_divide = define_binary("floor_divide")
+power = define_binary("power")
+maximum = define_binary("maximum")
+minimum = define_binary("minimum")
+equal = define_binary("equal", compare=True)
+not_equal = define_binary("not_equal", compare=True)
+less = define_binary("less", compare=True)
+less_equal = define_binary("less_equal", compare=True)
+greater = define_binary("greater", compare=True)
+greater_equal = define_binary("greater_equal", compare=True)
+
+BINARY_OPS = ("add", "subtract", "multiply", "divide", "floor_divide", "power", "maximum",
+              "minimum", "equal", "not_equal", "less", "less_equal", "greater", "greater_equal")

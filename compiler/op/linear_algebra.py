@@ -1,0 +1,58 @@
+"""Matrix multiplication: `R.matmul(x1, x2, out_dtype=None)` with numpy's rules.
+
+Batch dims broadcast; a 1-D x1 is treated as (1, k) and a 1-D x2 as (k, 1), with the
+added dim removed from the result. Without out_dtype both dtypes must be equal;
+with it, mixed inputs are allowed (e.g. float16 x float16 -> float32 accumulation).
+Contraction dims raise only when provably different (policy in _infer.py).
+"""
+from __future__ import annotations
+
+from ..ir.errors import ShapeError
+from ..ir.graph import Call
+from ..ir.struct_info import StructInfo, TensorStructInfo
+from . import _infer as I
+from .registry import OUT_EWISE_FUSABLE, make_call, register_op
+
+
+@register_op("relax.matmul", script="R.matmul", args=("x1", "x2"), attrs=("out_dtype",),
+             pattern=OUT_EWISE_FUSABLE)
+def matmul(x1, x2, out_dtype=None) -> Call:
+    """`R.matmul(x1, x2, out_dtype=None)`."""
+    op = "R.matmul"
+    if out_dtype is not None:
+        I.check_dtype(op, out_dtype, "out_dtype")
+    return make_call("relax.matmul", (I.as_expr_arg(op, x1, "x1"), I.as_expr_arg(op, x2, "x2")),
+                     {"out_dtype": out_dtype})
+
+
+@matmul.infer
+def _matmul(call: Call) -> StructInfo:
+    op = "R.matmul"
+    a, b = I.tensor_arg(op, call, 0, "x1"), I.tensor_arg(op, call, 1, "x2")
+    out_dtype = call.attrs.get("out_dtype")
+    dtype = out_dtype if out_dtype is not None else I.same_dtype(op, [("x1", a), ("x2", b)])
+    for name, s in (("x1", a), ("x2", b)):
+        if s.ndim == 0:
+            raise ShapeError(f"{op}: {name} is a 0-d tensor; matmul needs at least 1 dim")
+    if a.ndim < 0 or b.ndim < 0:
+        return I.unknown_tensor(dtype)
+    ndim = max(a.ndim, b.ndim) - (a.ndim == 1) - (b.ndim == 1)
+    if a.shape is None or b.shape is None:
+        return I.unknown_tensor(dtype, ndim)
+    k1 = a.shape[-1]
+    k2 = b.shape[-2] if b.ndim >= 2 else b.shape[0]
+    if I.dims_differ(k1, k2):
+        where = "dim -2" if b.ndim >= 2 else "dim 0"
+        raise ShapeError(f"{op}: contraction dims differ: x1 has shape {I.fmt_shape(a.shape)} "
+                         f"(last dim {I.fmt_expr(k1)}), x2 has shape {I.fmt_shape(b.shape)} "
+                         f"({where} is {I.fmt_expr(k2)}); expected equal")
+    batch_a = TensorStructInfo(a.shape[:-2], a.dtype)
+    batch_b = TensorStructInfo(b.shape[:-2], b.dtype)
+    try:
+        batch = I.broadcast_shapes(op, [("x1", batch_a), ("x2", batch_b)])
+    except ShapeError:
+        raise ShapeError(f"{op}: batch dims do not broadcast: x1 has shape "
+                         f"{I.fmt_shape(a.shape)} (batch {I.fmt_shape(a.shape[:-2])}), x2 has "
+                         f"shape {I.fmt_shape(b.shape)} (batch {I.fmt_shape(b.shape[:-2])})") from None
+    out = batch + ((a.shape[-2],) if a.ndim >= 2 else ()) + ((b.shape[-1],) if b.ndim >= 2 else ())
+    return TensorStructInfo(out, dtype)
