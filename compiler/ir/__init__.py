@@ -10,3 +10,11 @@ from .module import IRModule
 from .struct_info import (DTensorStructInfo, FuncStructInfo, ObjectStructInfo, PrimStructInfo,
                           ShapeStructInfo, StructInfo, TensorStructInfo, TupleStructInfo, tensor_sinfo)
 from .tir import PrimFunc
+from . import arith
+from .arith import (bound, canonical_form, evaluate, free_vars, prove, prove_divisible, prove_equal,
+                    simplify, substitute)
+from .structural import assert_structural_equal, structural_equal, structural_hash
+from .struct_info_ops import (derive_call_ret_struct_info, match_struct_info,
+                              struct_info_free_vars, substitute_struct_info)
+from .visitor import ExprMutator, ExprVisitor, StmtExprMutator, StmtExprVisitor, post_order_visit
+from .builder import BlockBuilder, function_struct_info
