@@ -3,7 +3,8 @@ split, strided_slice, take, broadcast_to, where, astype.
 
 Axes are kept in the attributes as the user wrote them (negative axes stay
 negative, so the printed text matches the source) and normalised by the rules.
-Symbolic dims follow the policy in _infer.py. Slicing and splitting with symbolic
+Symbolic dims follow the policy in _infer.py, except reshape, which (as TVM)
+requires the element counts to be provably equal. Slicing and splitting with symbolic
 bounds assume the bounds are in range (numpy would clamp them); with constant dims
 and bounds the result is exact, clamping included.
 """
@@ -59,10 +60,13 @@ def _reshape(call: Call) -> StructInfo:
         new = new[:holes[0]] + (dim,) + new[holes[0] + 1:]
     else:
         out_count = I.product(new)
-        if I.dims_differ(in_count, out_count):
+        if not I.dims_equal(in_count, out_count):
+            # As TVM: a reshape must keep the element count provably (not only possibly).
+            hint = "" if I.dims_differ(in_count, out_count) else \
+                " (cannot prove them equal; state the relation with R.match_cast)"
             raise ShapeError(f"{op}: cannot reshape x of shape {I.fmt_shape(x.shape)} "
                              f"({I.fmt_expr(in_count)} elements) to {I.fmt_shape(new)} "
-                             f"({I.fmt_expr(out_count)} elements); expected equal counts")
+                             f"({I.fmt_expr(out_count)} elements); expected equal counts{hint}")
     return TensorStructInfo(new, x.dtype)
 
 
