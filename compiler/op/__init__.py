@@ -15,7 +15,8 @@ from .manipulate import (reshape, permute_dims, expand_dims, squeeze, concat, sp
 from .linear_algebra import matmul
 from .reduce import sum, mean, max, min, prod, argmax, argmin
 from .create import full, full_like, zeros, zeros_like, ones, ones_like, arange
-from .builtin import call_tir, call_dps_packed, const, shape, prim_value, string_imm, dtype
+from .builtin import (call_tir, call_dps_packed, call_pure_packed, call_packed, alloc_tensor,
+                      const, shape, prim_value, string_imm, dtype)
 
 # Convenience aliases for the builder API (the operators are R.nn.relu etc., as TVM).
 relu, gelu, silu = nn.relu, nn.gelu, nn.silu

@@ -1,6 +1,7 @@
 """Script built-ins: value constructors (`R.const`, `R.shape`, `R.prim_value`, `R.str`,
-`R.dtype`) and the calls into tensor programs and libraries (`R.call_tir`,
-`R.call_dps_packed`).
+`R.dtype`), the calls into tensor programs and libraries (`R.call_tir`,
+`R.call_dps_packed`, `R.call_pure_packed`, `R.call_packed`) and
+`R.builtin.alloc_tensor` (emitted by memory planning).
 
 The value constructors are plain functions, not operators: they build leaf nodes
 with their struct info filled in. call_tir / call_dps_packed are operators whose
@@ -21,7 +22,7 @@ from ..ir.graph import (Call, Constant, DataTypeImm, Expr, ExternFunc, GlobalVar
 from ..ir.struct_info import (ObjectStructInfo, StructInfo, TensorStructInfo, TupleStructInfo)
 from ..ir.attrs import Attrs
 from . import _infer as I
-from .registry import OPAQUE, register_op
+from .registry import OPAQUE, make_call, register_op
 
 
 def _np_dtype(dtype: str):
@@ -74,6 +75,9 @@ def dtype(value: str) -> DataTypeImm:
     return DataTypeImm(I.check_dtype("R.dtype", value), ObjectStructInfo())
 
 
+_dtype_imm = dtype   # alloc_tensor's parameter `dtype` shadows the function
+
+
 # call_tir / call_dps_packed -------------------------------------------------------------
 
 
@@ -91,7 +95,9 @@ def _out_sinfo(op: str, out_sinfo: Any) -> StructInfo:
 
 
 def _args_tuple(op: str, args: Any) -> Expr:
-    if isinstance(args, Expr) and not isinstance(args, Tuple):
+    # A single tensor becomes a one-element Tuple; an expression of tuple type stays (as TVM).
+    if isinstance(args, Expr) and not isinstance(args, Tuple) and \
+            not isinstance(args.struct_info, TupleStructInfo):
         args = [args]
     return I.as_expr_arg(op, args, "args")
 
@@ -147,3 +153,64 @@ def _out_rule(call: Call) -> StructInfo:
 for _opdef in (call_tir, call_dps_packed):
     _opdef.infer(_out_rule)
     _opdef.extra["script_parts"] = _script_parts
+
+
+# call_pure_packed / call_packed: a runtime function called with its arguments flat ----------
+
+
+def _define_packed(name: str, pure: bool):
+    canonical, script = f"relax.{name}", f"R.{name}"
+
+    def constructor(func, *args, sinfo_args) -> Call:
+        if isinstance(func, str):
+            func = ExternFunc(func)
+        if not isinstance(func, Expr):
+            raise StructInfoError(f"{script}: func must be a function name or ExternFunc, "
+                                  f"got {func!r}")
+        if isinstance(sinfo_args, (list, tuple)):
+            if len(sinfo_args) != 1:
+                raise StructInfoError(f"{script}: sinfo_args must hold exactly one struct info "
+                                      f"(the result's), got {len(sinfo_args)}")
+            sinfo_args = sinfo_args[0]
+        if not isinstance(sinfo_args, StructInfo):
+            raise StructInfoError(f"{script}: sinfo_args must be a struct info, got {sinfo_args!r}")
+        exprs = tuple(I.as_expr_arg(script, a, f"args[{i}]") for i, a in enumerate(args))
+        return Call(Op(canonical), (func,) + exprs, Attrs(), (sinfo_args,), sinfo_args)
+
+    constructor.__name__ = name
+    constructor.__doc__ = (f"`{script}(\"func\", *args, sinfo_args=R.Tensor(...))`: call a runtime "
+                           f"function ({'pure' if pure else 'may have side effects'}).")
+    opdef = register_op(canonical, script=script, args=("func",), pattern=OPAQUE)(constructor)
+    opdef.infer(_out_rule)
+    opdef.extra["script_parts"] = lambda call: (list(call.args), [("sinfo_args", call.sinfo_args[0])])
+    opdef.extra["pure"] = pure
+    return opdef
+
+
+call_pure_packed = _define_packed("call_pure_packed", True)
+call_packed = _define_packed("call_packed", False)
+
+
+# builtin.alloc_tensor --------------------------------------------------------------------------
+
+
+@register_op("relax.builtin.alloc_tensor", script="R.builtin.alloc_tensor",
+             args=("shape", "dtype", "runtime_device_index"), pattern=OPAQUE)
+def alloc_tensor(shape, dtype, runtime_device_index=0) -> Call:
+    """`R.builtin.alloc_tensor(R.shape([n, 4]), R.dtype("float32"), R.prim_value(0))`."""
+    op = "R.builtin.alloc_tensor"
+    dt = dtype if isinstance(dtype, DataTypeImm) else _dtype_imm(dtype)
+    return make_call("relax.builtin.alloc_tensor",
+                     (I.as_shape_arg(op, shape), dt, I.prim_value(runtime_device_index)))
+
+
+@alloc_tensor.infer
+def _alloc_tensor(call: Call) -> StructInfo:
+    op = "R.builtin.alloc_tensor"
+    dt = call.args[1]
+    if not isinstance(dt, DataTypeImm):
+        raise StructInfoError(f"{op}: dtype must be R.dtype(...), got {type(dt).__name__}")
+    values = I.shape_values(op, call.args[0], "shape")
+    if values is None:
+        return I.unknown_tensor(dt.value, I.shape_ndim(op, call.args[0], "shape"))
+    return TensorStructInfo(values, dt.value)

@@ -229,3 +229,19 @@ def test_deferred_inference_without_struct_info():
     x2 = tvar((2,))
     filled = infer_call(type(call)(call.op, (x2, x2), call.attrs))
     assert static(filled.struct_info) == (2,)
+
+
+def test_packed_calls_and_alloc_tensor():
+    n = SizeVar("n")
+    x = tvar((n, 4))
+    out = tensor_sinfo((n, 4))
+    c = op.call_pure_packed("vm.builtin.copy", x, sinfo_args=(out,))
+    assert c.struct_info == out and c.args == (ExternFunc("vm.builtin.copy"), x)
+    assert op.get_op("R.call_pure_packed").script_parts(c) == ([ExternFunc("vm.builtin.copy"), x],
+                                                             [("sinfo_args", out)])
+    assert op.call_packed("f", x, x, sinfo_args=out).op.name == "relax.call_packed"
+    a = op.alloc_tensor(op.shape([n, 4]), "float16")
+    assert same_dims(a.struct_info.shape, (n, 4)) and a.struct_info.dtype == "float16"
+    assert op.get_op("R.builtin.alloc_tensor").args == ("shape", "dtype", "runtime_device_index")
+    with pytest.raises(StructInfoError, match=r"R\.call_pure_packed: sinfo_args must hold exactly one"):
+        op.call_pure_packed("f", x, sinfo_args=[out, out])
