@@ -138,9 +138,9 @@ def canonical_form(e: PrimExpr) -> Form:
     if isinstance(e, Var):
         return _atom_form(e)
     if isinstance(e, Add) and _is_int_expr(e):
-        return _add(canonical_form(e.a), canonical_form(e.b))
+        return _fold_divmod(_add(canonical_form(e.a), canonical_form(e.b)))
     if isinstance(e, Sub) and _is_int_expr(e):
-        return _add(canonical_form(e.a), canonical_form(e.b), -1)
+        return _fold_divmod(_add(canonical_form(e.a), canonical_form(e.b), -1))
     if isinstance(e, Mul) and _is_int_expr(e):
         return _mul(canonical_form(e.a), canonical_form(e.b))
     if isinstance(e, FloorDiv) and _is_int_expr(e):
@@ -227,6 +227,41 @@ def _floormod(a: Form, b: Form, dtype: str) -> Form:
     return _atom_form(FloorMod(_render(a, dtype), _render(b, dtype), dtype))
 
 
+def _fold_divmod(f: Form) -> Form:
+    """Recombine floor division and modulo of the same operand:
+    `(x // c) * c + x % c -> x` and `x - (x // c) * c -> x % c` (times any k)."""
+    if not any(len(m) == 1 and isinstance(m[0], (FloorDiv, FloorMod)) for m, _ in f):
+        return f
+    changed = True
+    while changed:
+        changed = False
+        d = dict(f)
+        for m, k in f:
+            if len(m) != 1 or not isinstance(m[0], (FloorDiv, FloorMod)):
+                continue
+            atom = m[0]
+            if not (isinstance(atom.b, IntImm) and atom.b.value > 0):
+                continue
+            c = atom.b.value
+            x = canonical_form(atom.a)
+            if isinstance(atom, FloorMod):
+                div = (FloorDiv(atom.a, atom.b, atom.dtype),)
+                if d.get(div) == k * c:                 # k*(x % c) + k*c*(x // c) -> k*x
+                    d.pop(m), d.pop(div)
+                    f = _add(_form(d), x, k)
+                    changed = True
+                    break
+            elif k % c == 0:
+                q = -k // c                             # q*x - q*c*(x // c) -> q*(x % c)
+                if x and all(d.get(mx) == q * kx for mx, kx in x):
+                    d.pop(m)
+                    rest = _add(_form(d), x, -q)
+                    f = _add(rest, _floormod(x, _const_form(c), atom.dtype), q)
+                    changed = True
+                    break
+    return f
+
+
 def _exact_quotient(a: Form, b: Form) -> Optional[Form]:
     """a / b when b is one monomial dividing every term of a exactly, else None."""
     if len(b) != 1 or b[0][0] == ():
@@ -249,7 +284,7 @@ def _exact_quotient(a: Form, b: Form) -> Optional[Form]:
 
 
 def _minmax(cls, a: Form, b: Form, dtype: str) -> Form:
-    lo, hi = _bound_form(_add(a, b, -1))
+    lo, hi = _bound_form(_fold_divmod(_add(a, b, -1)))
     if hi <= 0:                          # a <= b
         return a if cls is Min else b
     if lo >= 0:                          # a >= b
@@ -416,7 +451,7 @@ def _simplify_cond(e: CmpExpr) -> PrimExpr:
     a, b = simplify(e.a), simplify(e.b)
     rule = _CMP.get(type(e))
     if rule is not None and _is_int_expr(a) and _is_int_expr(b):
-        lo, hi = _bound_form(_add(canonical_form(a), canonical_form(b), -1))
+        lo, hi = _bound_form(_fold_divmod(_add(canonical_form(a), canonical_form(b), -1)))
         true, false = rule(lo, hi)
         if true or false:
             return _bool(true)
@@ -462,7 +497,7 @@ def prove_equal(a, b) -> bool:
         return True
     if not (_is_int_expr(a) and _is_int_expr(b)):
         return simplify(a) == simplify(b)
-    return not _add(canonical_form(a), canonical_form(b), -1)
+    return not _fold_divmod(_add(canonical_form(a), canonical_form(b), -1))
 
 
 def prove_divisible(a, k) -> bool:

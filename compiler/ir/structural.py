@@ -76,7 +76,8 @@ class _Walker:
         self.hashing = hashing
         self.a2b: dict[Any, Any] = {}
         self.b2a: dict[Any, Any] = {}
-        self.index: dict[Any, int] = {}
+        self.index: dict[Any, int] = {}   # bound var of `a` -> definition number
+        self.defined = 0
         self.define = False     # inside a defining struct info / buffer shape
         self.path: list[str] = []
         self.hash = 0
@@ -118,15 +119,17 @@ class _Walker:
         """Definition site: `a` and `b` are the same variable from now on."""
         if type(a) is not type(b):
             self.fail(f"{_describe(a)} vs {_describe(b)}")
-        if a in self.a2b or b in self.b2a:
-            if self.a2b.get(a) is b:
-                self.token("var", self.index[a])
-                return
-            self.fail(f"{_describe(a)} vs {_describe(b)}: defined twice")
+        # A var object defined again (sibling loops sharing one loop var) starts a
+        # new scope: forget its old pairing on either side.
+        if a in self.a2b:
+            self.b2a.pop(self.a2b.pop(a), None)
+        if b in self.b2a:
+            self.a2b.pop(self.b2a.pop(b), None)
         if isinstance(a, E.Var) and a.dtype != b.dtype:
             self.fail(f"{_describe(a)} vs {_describe(b)}: dtype {a.dtype} vs {b.dtype}")
         self.a2b[a], self.b2a[b] = b, a
-        self.index[a] = len(self.index)
+        self.index[a] = self.defined
+        self.defined += 1
         self.token("def", type(a).__name__)
         # What a definition carries is part of it: a graph var's struct info, a
         # buffer's shape, dtype and scope (sizes first seen there are defined too).
@@ -383,7 +386,8 @@ def assert_structural_equal(a: Any, b: Any, map_free_vars: bool = False) -> None
 
 def structural_hash(a: Any, map_free_vars: bool = False) -> int:
     """A hash consistent with `structural_equal(..., map_free_vars)`: equal trees
-    hash alike. Free variables hash by identity unless `map_free_vars`."""
+    hash alike. Free variables hash by identity unless `map_free_vars`. Like
+    `hash()`, the value is stable within a process only (string hashing is salted)."""
     w = _Walker(map_free_vars, hashing=True)
     w.visit(a, a)
     return w.hash

@@ -236,3 +236,26 @@ def test_many_shape_simplifications_are_fast():
                 arith.simplify(min_expr(n + layer, n + layer + 1))
     elapsed = time.perf_counter() - start
     assert elapsed < 5.0, f"{elapsed:.2f}s for 5120 calls"  # generous: guards against blow-up only
+
+
+@settings(max_examples=200, deadline=None)
+@given(trees(), st.integers(1, 9), st.integers(-3, 3), envs)
+def test_div_mod_recombine(t, c, k, env):
+    x = build(t)
+    try:
+        vx = ref(t, env)
+    except ZeroDivisionError:
+        assume(False)
+    C = IntImm(c)
+    whole = Add(Mul(Mul(FloorDiv(x, C), C), IntImm(k)), Mul(FloorMod(x, C), IntImm(k)))
+    assert arith.prove_equal(whole, Mul(x, IntImm(k)))
+    rem = Sub(Mul(x, IntImm(k)), Mul(Mul(FloorDiv(x, C), C), IntImm(k)))
+    assert eval_expr(arith.simplify(rem), env) == k * (vx % c)
+
+
+def test_div_mod_recombine_forms():
+    assert arith.simplify(FloorDiv(N, IntImm(4)) * 4 + FloorMod(N, IntImm(4))) == N
+    assert arith.simplify(N - FloorDiv(N, IntImm(4)) * 4) == FloorMod(N, IntImm(4))
+    assert arith.prove(FloorDiv(N, IntImm(4)) * 4 <= N)
+    fused = Var("fused")
+    assert arith.simplify(FloorDiv(fused, IntImm(16)) * 16 + FloorMod(fused, IntImm(16))) == fused

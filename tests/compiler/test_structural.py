@@ -5,6 +5,7 @@ must come from alpha-equivalence and not from shared objects.
 """
 import numpy as np
 import pytest
+from hypothesis import given, settings, strategies as st
 
 from compiler.ir import (Attrs, BindingBlock, Call, Constant, DataflowBlock, DataflowVar, Function,
                          FuncStructInfo, GlobalVar, IRModule, MatchCast, Op, PrimFunc, SeqExpr,
@@ -269,3 +270,52 @@ def test_mismatch_error_type_carries_path():
     with pytest.raises(StructuralMismatch) as info:
         assert_structural_equal(module(), module(swap=True))
     assert info.value.path == "main.body.blocks[0].bindings[1].value.args[0]"
+
+
+def test_sibling_loops_may_share_a_loop_var():
+    def f(shared):
+        A = T.Buffer("A", (E.IntImm(4),))
+        i = E.Var("i")
+        j = i if shared else E.Var("j")
+        store = lambda v: T.BufferStore(A, E.FloatImm(0.0), (v,))
+        return PrimFunc((A,), T.SeqStmt((T.For(i, E.IntImm(0), E.IntImm(4), "serial", store(i)),
+                                         T.For(j, E.IntImm(0), E.IntImm(4), "serial", store(j)))))
+    check_equal(f(True), f(False))
+
+
+
+def _index_exprs(depth=3):
+    leaf = st.one_of(st.sampled_from([0, 1, 2]), st.integers(0, 5).map(lambda v: ("c", v)))
+    return st.recursive(leaf, lambda ch: st.tuples(st.sampled_from(["+", "*", "//", "%"]), ch, ch),
+                        max_leaves=8)
+
+
+def _build_index(t, vs):
+    if isinstance(t, int):
+        return vs[t]
+    if t[0] == "c":
+        return E.IntImm(t[1])
+    cls = {"+": E.Add, "*": E.Mul, "//": E.FloorDiv, "%": E.FloorMod}[t[0]]
+    return cls(_build_index(t[1], vs), _build_index(t[2], vs))
+
+
+def _loop_func(t, size):
+    n = E.Var(size)
+    A = T.Buffer("A", (n,))
+    i, j, k = E.Var("i"), E.Var("j"), E.Var("k")
+    store = T.BufferStore(A, E.FloatImm(1.0), (_build_index(t, (i, j, k)),))
+    body = store
+    for v in (k, j, i):
+        body = T.For(v, E.IntImm(0), n, "serial", body)
+    return PrimFunc((A,), body)
+
+
+@settings(max_examples=100, deadline=None)
+@given(_index_exprs(), _index_exprs())
+def test_hash_is_consistent_with_equality(t1, t2):
+    a, a2, b = _loop_func(t1, "n"), _loop_func(t1, "m"), _loop_func(t2, "n")
+    check_equal(a, a2)
+    if structural_equal(a, b):
+        assert structural_hash(a) == structural_hash(b)
+    if t1 != t2:
+        assert not structural_equal(a, b)
