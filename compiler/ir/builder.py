@@ -75,6 +75,7 @@ class BlockBuilder:
         self._mod_attrs = mod.attrs if mod is not None else Attrs()
         self._global_infos = mod.global_infos if mod is not None else Attrs()
         self._frame: Optional[_FunctionFrame] = None
+        self._by_hash: Optional[dict[int, list[str]]] = None
 
     # module level -------------------------------------------------------------------
 
@@ -91,7 +92,9 @@ class BlockBuilder:
         if not isinstance(func, (Function, PrimFunc)):
             raise CompilerError(f"add_func {name!r}: expected a Function or PrimFunc, "
                                 f"got {type(func).__name__}")
-        for k, f in self._funcs.items():
+        h = self._hash(func)
+        for k in self._index().get(h, []):
+            f = self._funcs.get(k)
             if f is func or (type(f) is type(func) and structural_equal(f, func)):
                 return GlobalVar(k)
         unique, i = name, 0
@@ -99,11 +102,27 @@ class BlockBuilder:
             i += 1
             unique = f"{name}_{i}"
         self._funcs[unique] = func
+        self._index().setdefault(h, []).append(unique)
         return GlobalVar(unique)
 
     def update_func(self, gvar: Union[GlobalVar, str], func: BaseFunc) -> None:
         """Replace (or add) the function named by `gvar`."""
         self._funcs[gvar.name_hint if isinstance(gvar, GlobalVar) else gvar] = func
+        self._by_hash = None
+
+    @staticmethod
+    def _hash(func: BaseFunc) -> int:
+        from .structural import structural_hash
+        return structural_hash(func)
+
+    def _index(self) -> dict[int, list[str]]:
+        """structural hash -> names, so add_func finds duplicates without comparing
+        against every function (fusion adds hundreds)."""
+        if self._by_hash is None:
+            self._by_hash = {}
+            for k, f in self._funcs.items():
+                self._by_hash.setdefault(self._hash(f), []).append(k)
+        return self._by_hash
 
     def get(self) -> IRModule:
         """The module built so far."""
@@ -131,6 +150,7 @@ class BlockBuilder:
                 raise CompilerError(f"function {name!r}: the `with bb.function(...)` block ended "
                                     "without bb.emit_func_output(...)")
             self._funcs[name] = frame.result
+            self._by_hash = None
         finally:
             self._frame = None
 

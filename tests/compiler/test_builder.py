@@ -242,3 +242,24 @@ def test_builder_continues_an_existing_module(roundtrip):
     assert mod2.names() == ["copy", "main"]
     assert isinstance(mod2["main"], Function)
     roundtrip(mod2)
+
+
+def test_builder_output_equals_hand_written_function():
+    bb = BlockBuilder()
+    n = bb.size_var("n")
+    x = Var("x", tsi(n, 4))
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            lv = bb.emit(opaque("relax.my_op", x, sinfo=tsi(n, 4)))
+            gv = bb.emit_output(opaque("relax.my_op", lv, sinfo=tsi(n, 4)))
+        bb.emit_func_output(gv)
+    built = bb.get()["main"]
+    # The same function written out by hand, with its own variables.
+    m = E.Var("m")
+    p = Var("p", tsi(m, 4))
+    a, b = DataflowVar("a", tsi(m, 4)), Var("b", tsi(m, 4))
+    block = DataflowBlock((VarBinding(a, opaque("relax.my_op", p, sinfo=tsi(m, 4))),
+                           VarBinding(b, opaque("relax.my_op", a, sinfo=tsi(m, 4)))))
+    from compiler.ir import SeqExpr
+    expected = Function((p,), SeqExpr((block,), b, tsi(m, 4)), tsi(m, 4))
+    assert_structural_equal(built, expected)
