@@ -28,6 +28,9 @@ def _operand(x, where: str, dtype: str | None = None) -> PrimExpr:
     if isinstance(x, PrimExpr):
         return x
     if isinstance(x, (bool, int, float)):
+        if isinstance(x, float) and dtype is not None and is_int_dtype(dtype):
+            raise DTypeError(f"{where}: float constant {x!r} meets an operand of dtype {dtype}; "
+                             "cast the operand to a float dtype (te.cast) or use an int constant")
         if isinstance(x, bool) and dtype is not None and dtype != "bool":
             x = float(x) if is_float_dtype(dtype) else int(x)
         return _make_const(x, dtype)

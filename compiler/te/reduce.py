@@ -12,6 +12,8 @@ from typing import Optional, Sequence, Union
 from ..ir.errors import DTypeError, ShapeError
 from ..ir.expr import (FloatImm, IntImm, PrimExpr, Select, as_expr, const, eq, is_float_dtype,
                        max_expr, min_expr)
+from .elementwise import _pair, cast
+from .index import normalize_axis
 from .tensor import Reduce, ReduceAxis, Tensor, TEError, compute, reduce_axis
 
 __all__ = ["sum", "max", "min", "argmax", "argmin", "identity", "min_value", "max_value"]
@@ -101,8 +103,7 @@ def _minmax(combiner: str, a, b, axis, init, where_cond):
         raise TEError(f"{name}: one operand and no axis; expected {name}(expr, axis=k) or {name}(a, b)")
     if init is not None or where_cond is not None:
         raise TEError(f"{name}: init= and where= apply to reductions only")
-    if isinstance(a, PrimExpr) and isinstance(b, PrimExpr) and a.dtype != b.dtype:
-        raise DTypeError(f"{name}(a, b): operands have dtypes {a.dtype} and {b.dtype}; cast one")
+    a, b = _pair(a, b, f"{name}(a, b)")
     return max_expr(a, b) if combiner == "max" else min_expr(a, b)
 
 
@@ -119,7 +120,6 @@ def min(a, b=None, axis: Optional[AxisLike] = None, init=None, where=None) -> Pr
 def _arg_reduce(kind: str, x: Tensor, axis: int, keepdims: bool, index_dtype: str, name: str) -> Tensor:
     """Two stages: the extreme value along `axis`, then the smallest index holding it
     (numpy's tie rule: the first occurrence)."""
-    from .index import normalize_axis
     ax = normalize_axis(axis, x.ndim, f"te.{kind}({x.name!r})")
     ext = x.shape[ax]
     out_shape = tuple(1 if (d == ax and keepdims) else s for d, s in enumerate(x.shape)
@@ -137,15 +137,10 @@ def _arg_reduce(kind: str, x: Tensor, axis: int, keepdims: bool, index_dtype: st
     reducer = max if kind == "argmax" else min
     best = compute(out_shape, lambda *i: reducer(x[full(i, k1)], axis=k1), name=f"{name}_value")
     k2 = reduce_axis(0, ext, "k")
-    last = _cast_int(as_expr(ext), index_dtype)   # larger than any index: loses every min
+    last = cast(as_expr(ext), index_dtype)   # larger than any index: loses every min
     return compute(out_shape, lambda *i: min(
-        Select(eq(x[full(i, k2)], best[i]), _cast_int(k2, index_dtype), last, index_dtype), axis=k2),
+        Select(eq(x[full(i, k2)], best[i]), cast(k2, index_dtype), last, index_dtype), axis=k2),
         name=name)
-
-
-def _cast_int(e: PrimExpr, dtype: str) -> PrimExpr:
-    from .elementwise import cast
-    return cast(e, dtype)
 
 
 def argmax(x: Tensor, axis: int = -1, keepdims: bool = False, index_dtype: str = "int64",

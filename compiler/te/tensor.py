@@ -22,6 +22,7 @@ one `create_prim_func` call, every by-name Var with the same name becomes one Va
 from __future__ import annotations
 
 import inspect
+import numbers
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional, Sequence, Union
 
@@ -63,9 +64,16 @@ class Tensor:
     def is_placeholder(self) -> bool:
         return self.body is None
 
+    def __iter__(self):
+        # Without this, Python would iterate through __getitem__ with 0, 1, 2, ... forever.
+        raise TypeError(f"tensor {self.name!r} is not iterable; unpack its shape instead "
+                        f"(`n, d = {self.name}.shape`)")
+
     def __getitem__(self, indices) -> "TensorLoad":
         if not isinstance(indices, tuple):
             indices = (indices,)
+        indices = tuple(int(i) if isinstance(i, numbers.Integral) and not isinstance(i, bool) else i
+                        for i in indices)
         if len(indices) != self.ndim:
             raise ShapeError(f"tensor {self.name!r} of shape {_shape_text(self.shape)} indexed with "
                              f"{len(indices)} index(es); expected {self.ndim}")
@@ -188,6 +196,8 @@ def _check_dtype(dtype: str, where: str) -> None:
 
 
 def _dim(d: Any, where: str) -> PrimExpr:
+    if isinstance(d, numbers.Integral) and not isinstance(d, bool):
+        d = int(d)   # numpy integers from array shapes
     if isinstance(d, bool) or not isinstance(d, (int, PrimExpr)):
         raise ShapeError(f"{where}: {d!r} ({type(d).__name__}) is not a size; expected an int, "
                          "an integer PrimExpr or a string naming a symbolic size")

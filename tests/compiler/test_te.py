@@ -4,7 +4,6 @@ compiler.codegen, plain and after DefaultSchedule) and compared with numpy."""
 import ctypes
 import importlib
 
-import ml_dtypes
 import numpy as np
 import pytest
 
@@ -192,6 +191,13 @@ def test_int_reduction_identities():
     mn = te.compute((2,), lambda i: te.min(A[i, k2], axis=k2), name="mn")
     a = RNG.integers(-50, 50, size=(2, 5)).astype(np.int32)
     check(te.create_prim_func([A, mx, mn]), [a], [a.max(axis=1), a.min(axis=1)])
+
+
+def test_argmax_keepdims_axis0():
+    A = te.placeholder((4, "n"), "float32", "A")
+    out = te.argmax(A, axis=0, keepdims=True, index_dtype="int32")
+    a = rand((4, 3))
+    check(te.create_prim_func([A, out]), [a], [np.argmax(a, axis=0)[None, :].astype(np.int32)])
 
 
 @pytest.mark.parametrize("fn", ["argmax", "argmin"])
@@ -406,6 +412,25 @@ def test_structure_matches_tvm_layout(roundtrip):
     roundtrip(IRModule({"mm": func}))
 
 
+def test_var_only_in_compound_dims_becomes_scalar_param():
+    n = te.var("n")
+    A = te.placeholder((n * 2,), "float32", "A")
+    Y = te.compute((n * 2,), lambda i: A[i] + 1.0, name="Y")
+    func = te.create_prim_func([A, Y])
+    assert func.params[-1] is n
+    a = rand((6,))
+    check(func, [a], [a + 1], scalars={"n": 3})
+
+
+def test_numpy_ints_in_shapes_and_indices_and_no_iteration():
+    A = te.placeholder(np.zeros((3, 2)).shape, "float32", "A")
+    Y = te.compute((np.int64(3),), lambda i: A[i, np.int64(1)], name="Y")
+    a = rand((3, 2))
+    check(te.create_prim_func([A, Y]), [a], [a[:, 1]])
+    with pytest.raises(TypeError, match="not iterable"):
+        list(A)
+
+
 def test_lowering_twice_gives_fresh_loop_vars():
     A = te.placeholder((4,), "float32", "A")
     B = te.compute((4,), lambda i: A[i] + 1.0, name="B")
@@ -511,6 +536,8 @@ def test_max_min_dispatch():
     assert isinstance(te.max(A[0], A[1]), E.Max)
     with pytest.raises(te.TEError, match="one operand and no axis"):
         te.min(A[0])
-    with pytest.raises(DTypeError):
+    with pytest.raises(DTypeError, match="dtypes float32 and int64"):
         te.max(A[0], E.IntImm(1))
+    with pytest.raises(DTypeError, match="float constant 0.5"):
+        te.max(E.IntImm(1), 0.5)
     assert te.cast(4, "float32") == E.FloatImm(4.0) and te.cast(A[0], "float32") is not None
