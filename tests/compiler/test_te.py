@@ -541,3 +541,17 @@ def test_max_min_dispatch():
     with pytest.raises(DTypeError, match="float constant 0.5"):
         te.max(E.IntImm(1), 0.5)
     assert te.cast(4, "float32") == E.FloatImm(4.0) and te.cast(A[0], "float32") is not None
+
+
+def test_lowering_is_deterministic_up_to_renaming():
+    structural = pytest.importorskip("compiler.ir.structural")
+
+    def build(size_name):
+        X = te.placeholder((size_name, 7), "float32", "X")
+        return te.create_prim_func([X, softmax(X)])
+
+    X = te.placeholder(("n", 7), "float32", "X")
+    Y = softmax(X)
+    assert structural.structural_equal(te.create_prim_func([X, Y]), te.create_prim_func([X, Y]))
+    assert structural.structural_equal(build("n"), build("m"))
+    assert not structural.structural_equal(build("n"), te.create_prim_func([X, Y], root_block=False))
