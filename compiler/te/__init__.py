@@ -23,20 +23,20 @@ shapes are symbolic sizes merged by name within one `create_prim_func` call.
 """
 from .elementwise import (abs, all, any, cast, ceil, const, cos, eq, erf, exp, exp2, floor, if_then_else,
                           log, log2, logical_not, ne, pow, round, rsqrt, select, sigmoid, sin, sqrt, tanh)
-from .index import (broadcast_index, broadcast_shape, normalize_axes, normalize_axis, ravel_index,
+from .index import (broadcast_compute, broadcast_index, broadcast_shape, normalize_axes, normalize_axis, ravel_index,
                     reduce_shape, unravel_index)
 from .lower import create_prim_func
-from .reduce import argmax, argmin, identity, max, max_value, min, min_value, sum
+from .reduce import argmax, argmin, identity, max, max_value, min, min_value, reduce_tensor, sum
 from .tensor import (Reduce, ReduceAxis, TEError, Tensor, TensorLoad, compute, placeholder, reduce_axis,
                      var)
 
 __all__ = [
     "Tensor", "TensorLoad", "ReduceAxis", "Reduce", "TEError",
     "placeholder", "compute", "var", "reduce_axis", "create_prim_func",
-    "sum", "max", "min", "argmax", "argmin", "identity", "min_value", "max_value",
+    "sum", "max", "min", "argmax", "argmin", "reduce_tensor", "identity", "min_value", "max_value",
     "exp", "log", "sqrt", "rsqrt", "tanh", "erf", "sigmoid", "exp2", "log2", "sin", "cos", "floor",
     "ceil", "round", "pow", "abs", "cast", "const", "select", "if_then_else", "eq", "ne", "all", "any",
     "logical_not",
     "normalize_axis", "normalize_axes", "broadcast_shape", "broadcast_index", "ravel_index",
-    "unravel_index", "reduce_shape",
+    "unravel_index", "reduce_shape", "broadcast_compute",
 ]

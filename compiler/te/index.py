@@ -11,9 +11,10 @@ from typing import Optional, Sequence
 from ..ir import arith
 from ..ir.errors import ShapeError
 from ..ir.expr import IntImm, PrimExpr, as_expr
+from .tensor import compute
 
 __all__ = ["normalize_axis", "normalize_axes", "broadcast_shape", "broadcast_index",
-           "ravel_index", "unravel_index", "reduce_shape"]
+           "ravel_index", "unravel_index", "reduce_shape", "broadcast_compute"]
 
 
 def normalize_axis(axis: int, ndim: int, where: str = "axis") -> int:
@@ -114,3 +115,13 @@ def unravel_index(flat: PrimExpr, shape: Sequence) -> tuple[PrimExpr, ...]:
         flat = flat // d if not _is_one(d) else flat
     out.append(flat)   # the outermost index needs no modulo when flat is in range
     return tuple(reversed(out))
+
+
+def broadcast_compute(fcompute, *tensors, name: str = "compute", out_shape: Optional[Sequence] = None):
+    """`fcompute(a_elem, b_elem, ...)` over the numpy broadcast of `tensors` (the
+    usual binary-operator legalization); `out_shape` overrides the inferred shape
+    (e.g. the one struct-info inference already gave)."""
+    shape = tuple(out_shape) if out_shape is not None else broadcast_shape(*(t.shape for t in tensors),
+                                                                            where=f"compute {name!r}")
+    return compute(shape, lambda *idx: fcompute(*(t[broadcast_index(shape, t.shape, idx)] for t in tensors)),
+                   name=name)

@@ -13,10 +13,10 @@ from ..ir.errors import DTypeError, ShapeError
 from ..ir.expr import (FloatImm, IntImm, PrimExpr, Select, as_expr, const, eq, is_float_dtype,
                        max_expr, min_expr)
 from .elementwise import _pair, cast
-from .index import normalize_axis
+from .index import normalize_axes, normalize_axis, reduce_shape
 from .tensor import Reduce, ReduceAxis, Tensor, TEError, compute, reduce_axis
 
-__all__ = ["sum", "max", "min", "argmax", "argmin", "identity", "min_value", "max_value"]
+__all__ = ["sum", "max", "min", "argmax", "argmin", "reduce_tensor", "identity", "min_value", "max_value"]
 
 AxisLike = Union[ReduceAxis, Sequence[ReduceAxis]]
 
@@ -162,3 +162,33 @@ def argmin(x: Tensor, axis: int = -1, keepdims: bool = False, index_dtype: str =
     if x.ndim == 0:
         raise ShapeError(f"te.argmin({x.name!r}): a 0-d tensor has no axis to reduce")
     return _arg_reduce("argmin", x, axis, keepdims, index_dtype, name)
+
+
+def reduce_tensor(x: Tensor, axes=None, keepdims: bool = False, combiner: str = "sum",
+                  name: Optional[str] = None, element=None) -> Tensor:
+    """`x` reduced over `axes` (None: all) with "sum", "max" or "min", numpy-style
+    (`keepdims` keeps reduced dims as 1). `element(load)` maps each element before
+    reducing, e.g. `lambda v: te.cast(v, "float32")` or `lambda v: v * v`."""
+    reducer = {"sum": sum, "max": max, "min": min}.get(combiner)
+    if reducer is None:
+        raise TEError(f"te.reduce_tensor: combiner {combiner!r}; expected 'sum', 'max' or 'min'")
+    if not isinstance(x, Tensor):
+        raise TEError(f"te.reduce_tensor: expected a Tensor, got {type(x).__name__}")
+    red = normalize_axes(axes, x.ndim, f"te.reduce_tensor({x.name!r})")
+    raxes = {a: reduce_axis(0, x.shape[a], f"k{a}") for a in red}
+    out_shape = reduce_shape(x.shape, red, keepdims)
+
+    def body(*idx):
+        spatial = iter(idx)
+        full = []
+        for d in range(x.ndim):
+            if d in raxes:
+                full.append(raxes[d])
+                if keepdims:
+                    next(spatial)
+            else:
+                full.append(next(spatial))
+        value = x[tuple(full)]
+        return reducer(element(value) if element else value, axis=list(raxes.values()))
+
+    return compute(out_shape, body, name=name or f"{x.name}_{combiner}")

@@ -555,3 +555,21 @@ def test_lowering_is_deterministic_up_to_renaming():
     assert structural.structural_equal(te.create_prim_func([X, Y]), te.create_prim_func([X, Y]))
     assert structural.structural_equal(build("n"), build("m"))
     assert not structural.structural_equal(build("n"), te.create_prim_func([X, Y], root_block=False))
+
+
+@pytest.mark.parametrize("combiner", ["sum", "max", "min"])
+@pytest.mark.parametrize("axes,keepdims", [((0, 2), False), ((-1,), True), (None, False)])
+def test_reduce_tensor_numpy_style(combiner, axes, keepdims):
+    A = te.placeholder((2, "n", 4), "float16", "A")
+    R = te.reduce_tensor(A, axes, keepdims, combiner, element=lambda v: te.cast(v, "float32"))
+    a = rand((2, 3, 4), "float16")
+    want = getattr(np, combiner)(a.astype(np.float32), axis=axes, keepdims=keepdims)
+    check(te.create_prim_func([A, R]), [a], [np.asarray(want)], rtol=1e-3, atol=1e-3)
+
+
+def test_broadcast_compute_binary():
+    A = te.placeholder(("n", 1), "float32", "A")
+    B = te.placeholder((3,), "float32", "B")
+    C = te.broadcast_compute(lambda a, b: a * b - 1.0, A, B, name="C")
+    a, b = rand((4, 1)), rand((3,))
+    check(te.create_prim_func([A, B, C]), [a, b], [a * b - 1])
