@@ -14,8 +14,9 @@ makes the loop nest (one block per stage) that schedules and codegen work on:
     func = te.create_prim_func([X, W, Y])               # params X, W, Y; `sq` is an intermediate
 
 Pieces: `placeholder`, `compute`, `var`, `reduce_axis` (tensor.py); `sum/max/min`
-reductions and `argmax/argmin` (reduce.py); math helpers (elementwise.py); index
-helpers for broadcasting and reshapes (index.py); `create_prim_func` (lower.py).
+reductions, `reduce_tensor` (numpy-style axes) and `argmax/argmin` (reduce.py); math
+helpers (elementwise.py); broadcasting (`broadcast_shape/index/compute`), axes and
+row-major index maps for reshapes (index.py); `create_prim_func` (lower.py).
 
 Notes: Python `==` on expressions compares structure; use `te.eq` / `te.ne` for
 conditions. `te.max(a, b)` is elementwise, `te.max(e, axis=k)` reduces. Strings in
