@@ -50,6 +50,7 @@ void allreduce(Communicator& c, Meta m, const void* in_v, void* out_v) {
   const DType t = static_cast<DType>(m.dtype);
   const Op op = static_cast<Op>(m.op);
   std::vector<const void*> srcs(W);
+  const bool stream = c.options().stream_bytes > 0 && n * es >= c.options().stream_bytes;
 
   if (n * es <= c.options().small_bytes) {  // one barrier: everyone reduces everything
     for (int p = 0; p < W; ++p) srcs[p] = c.rbuf(p, 0);
@@ -65,9 +66,9 @@ void allreduce(Communicator& c, Meta m, const void* in_v, void* out_v) {
       for (int p = 0; p < W; ++p) {
         srcs[p] = (p == r && !overlap) ? in + (k * ce + lo) * es : c.rbuf(p, 0) + lo * es;
       }
-      if (hi > lo) {
-        reduce(t, op, out + (k * ce + lo) * es, srcs.data(), W, hi - lo);
-        std::memcpy(c.wbuf(1) + lo * es, out + (k * ce + lo) * es, (hi - lo) * es);
+      if (hi > lo) {  // reduce into my slot (in cache), then copy to `out`
+        reduce(t, op, c.wbuf(1) + lo * es, srcs.data(), W, hi - lo);
+        copy_out(out + (k * ce + lo) * es, c.wbuf(1) + lo * es, (hi - lo) * es, stream);
       }
     }
     if (i >= 2) {  // all-gather step for chunk i-2: copy the others' reduced regions
@@ -76,11 +77,12 @@ void allreduce(Communicator& c, Meta m, const void* in_v, void* out_v) {
       for (int q = 0; q < W; ++q) {
         if (q == r) continue;
         const size_t lo = rg.lo(len, q), hi = rg.hi(len, q);
-        std::memcpy(out + (k * ce + lo) * es, c.rbuf(q, 1) + lo * es, (hi - lo) * es);
+        copy_out(out + (k * ce + lo) * es, c.rbuf(q, 1) + lo * es, (hi - lo) * es, stream);
       }
     }
     if (i <= K) c.barrier(Coll::kAllreduce);
   }
+  if (stream) stream_fence();
 }
 
 }  // namespace ccl

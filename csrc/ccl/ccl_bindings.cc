@@ -62,18 +62,19 @@ void bind_ccl(py::module_& m) {
   py::class_<Communicator, std::shared_ptr<Communicator>>(m, "ShmCommunicator",
       "A shared-memory communicator of one rank; see csrc/ccl/communicator.h.")
       .def(py::init([](const std::string& group, int rank, int world, size_t chunk_bytes, size_t small_bytes,
-                       double timeout_s, double spin_us) {
+                       double timeout_s, double spin_us, size_t stream_bytes) {
              Options o;
              o.chunk_bytes = chunk_bytes;
              o.small_bytes = small_bytes;
              o.timeout_s = timeout_s;
              o.spin_us = spin_us;
+             o.stream_bytes = stream_bytes;
              py::gil_scoped_release nogil;
              return std::make_shared<Communicator>(group, rank, world, o);
            }),
            py::arg("group"), py::arg("rank"), py::arg("world"), py::arg("chunk_bytes") = Options().chunk_bytes,
            py::arg("small_bytes") = Options().small_bytes, py::arg("timeout_s") = Options().timeout_s,
-           py::arg("spin_us") = Options().spin_us)
+           py::arg("spin_us") = Options().spin_us, py::arg("stream_bytes") = Options().stream_bytes)
       .def_property_readonly("rank", &Communicator::rank)
       .def_property_readonly("world", &Communicator::world)
       .def("allreduce", [](Communicator& c, py::object x, py::object out, int dtype, std::string dname, int op) {

@@ -80,15 +80,19 @@ class ShmCommunicator(Communicator):
 
     Options: chunk_bytes (staging per pipeline step), small_bytes (all-reduces up to
     this size use one barrier), timeout_s (longest wait for peers before a
-    CollectiveError; env DISCO_CCL_TIMEOUT_S), spin_us (spin before sleeping)."""
+    CollectiveError; env DISCO_CCL_TIMEOUT_S), spin_us (spin before sleeping),
+    stream_bytes (all-reduce outputs this large are written with streaming
+    stores; 0, the default: never)."""
 
     backend = "shm"
 
     def __init__(self, group_name: str, rank: int, world: int, *, chunk_bytes: int = 256 << 10,
-                 small_bytes: int = 16 << 10, timeout_s: float | None = None, spin_us: float = 50.0):
+                 small_bytes: int = 16 << 10, timeout_s: float | None = None, spin_us: float = 50.0,
+                 stream_bytes: int = 0):
         super().__init__(rank, world)
         timeout = DEFAULT_TIMEOUT_S if timeout_s is None else float(timeout_s)
-        self._c = _native.ShmCommunicator(str(group_name), rank, world, chunk_bytes, small_bytes, timeout, spin_us)
+        self._c = _native.ShmCommunicator(str(group_name), rank, world, chunk_bytes, small_bytes, timeout, spin_us,
+                                          stream_bytes)
 
     def close(self) -> None:
         self._c = _Closed(self.rank)  # unmaps the segment once no call is using it
