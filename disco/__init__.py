@@ -1,3 +1,28 @@
-"""Disco: the runtime. Imports neither `compiler` nor `launch`."""
-from .executable import Executable, load_executable
-from .vm import VirtualMachine
+"""Disco: the runtime. Imports neither `compiler` nor `launch`.
+
+Light to import (a worker process starts with it): the registry, errors and worker
+identity load eagerly; sessions, the VM and executables load on first use.
+"""
+from ._context import num_workers, worker_id
+from .errors import DiscoError, SessionError, WorkerError
+from .registry import get_global_func, list_global_funcs, register_func
+
+_LAZY = {
+    "Session": "disco.session", "DRef": "disco.session", "DFunction": "disco.session",
+    "ThreadedSession": "disco.session", "ProcessSession": "disco.session",
+    "Executable": "disco.executable", "load_executable": "disco.executable",
+    "VirtualMachine": "disco.vm",
+}
+
+__all__ = ["register_func", "get_global_func", "list_global_funcs", "worker_id", "num_workers",
+           "DiscoError", "WorkerError", "SessionError", *_LAZY]
+
+
+def __getattr__(name: str):
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'disco' has no attribute {name!r}")
+    import importlib
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value

@@ -1,0 +1,310 @@
+"""Session, DRef and DFunction: the controller's side, shared by every session kind.
+
+A subclass only starts and watches its workers (`_start_workers`, `_check_workers`,
+`_stop_workers`); everything else -- encoding, waiting, errors, freeing -- is here.
+"""
+from __future__ import annotations
+
+import itertools
+import os
+import time
+import uuid
+import weakref
+from typing import Any
+
+import numpy as np
+
+from disco import _native
+from disco.errors import DiscoError, SessionError, WorkerError
+from disco.registry import UnknownFunctionError
+from disco.session.protocol import INLINE_ARRAY_BYTES, Op, Status, Transfer
+
+_session_numbers = itertools.count(1)
+_FREE_BATCH = 64  # free DRefs on the workers once this many are dropped (or at the next command)
+
+
+class DRef:
+    """A handle to one object per worker (worker i's result of the call that made it).
+
+    Dropping the last reference frees the objects on the workers (batched)."""
+
+    __slots__ = ("_sess", "_id", "_tok")
+
+    def __init__(self, sess: "Session", ref_id: int):
+        self._sess = sess
+        self._id = ref_id
+        self._tok = sess._tok
+
+    def fetch(self, worker: int = 0) -> Any:
+        """A copy of `worker`'s object on the controller."""
+        return self._sess.fetch(self, worker)
+
+    @property
+    def session(self) -> "Session":
+        return self._sess
+
+    def __repr__(self) -> str:
+        return f"<DRef {self._id} of {self._sess.name}>"
+
+    def __del__(self):
+        try:  # only a list append: safe in any context, even at interpreter shutdown
+            sess = self._sess
+            sess._to_free.append(self._id)
+        except Exception:
+            pass
+
+
+class DFunction:
+    """A registered function, called on every worker at once; returns a DRef."""
+
+    __slots__ = ("_sess", "_slot", "name")
+
+    def __init__(self, sess: "Session", slot: int, name: str):
+        self._sess, self._slot, self.name = sess, slot, name
+
+    def __call__(self, *args: Any) -> DRef:
+        sess = self._sess
+        rid = next(sess._ids)
+        sess._post(Op.CALL, self._slot, rid, args)
+        return DRef(sess, rid)
+
+    def __repr__(self) -> str:
+        return f"<DFunction {self.name!r} of {self._sess.name}>"
+
+
+class Session:
+    """A controller and `num_workers` workers that run the same calls (SPMD).
+
+    Calls are pipelined: `f(x)` returns at once; a worker's failure is raised as
+    WorkerError at the next `sync`, `fetch`, `gather`, `import_module` or
+    `get_global_func`, after which the session is usable again. A dead worker makes
+    every later operation raise WorkerError; `shutdown` then ends the others.
+    A session is driven by one thread at a time."""
+
+    def __init__(self, num_workers: int, *, ring_bytes: int = 16 << 20, spin_us: float = 20.0):
+        if not isinstance(num_workers, int) or num_workers < 1:
+            raise SessionError(f"{type(self).__name__}: num_workers must be an int >= 1, got {num_workers!r}")
+        self.num_workers = num_workers
+        self.name = f"{type(self).__name__}#{next(_session_numbers)}(pid {os.getpid()})"
+        self._tok = object()
+        self._ids = itertools.count(1)
+        self._funcs: dict[str, DFunction] = {}
+        self._to_free: list[int] = []
+        self._pending: list[tuple[int, list[int]]] = []  # (seq, buffer fds) until consumed
+        self._failure: WorkerError | None = None
+        self._closed = False
+        self._stopping = False  # shutdown began: workers exiting is expected
+        self._deadline: float | None = None
+        self._transfer = Transfer()
+        self._chan = _native.Channel(num_workers, ring_bytes=ring_bytes, spin_us=spin_us)
+        self._chan.set_codec(DRef, self._tok, self._transfer.encode, self._transfer.decode, None,
+                             INLINE_ARRAY_BYTES)
+        me = weakref.ref(self)
+        self._chan.set_liveness(lambda: (s := me()) is not None and s._check_alive())
+        self._start_workers()
+        self._wait_attached(timeout_s=60.0)
+
+    # -- for subclasses ---------------------------------------------------------------
+    def _start_workers(self) -> None:
+        raise NotImplementedError
+
+    def _check_workers(self) -> WorkerError | None:
+        """The failure of a worker that is gone, if one is."""
+        raise NotImplementedError
+
+    def _stop_workers(self, timeout_s: float) -> None:
+        """Make sure every worker has ended (after SHUTDOWN, or kill them)."""
+        raise NotImplementedError
+
+    # -- the public API ---------------------------------------------------------------
+    def get_global_func(self, name: str) -> DFunction:
+        """The function registered as `name` on the workers (UnknownFunctionError if absent)."""
+        f = self._funcs.get(name)
+        if f is None:
+            slot = len(self._funcs) + 1
+            status, value = self._collect(self._post(Op.GET_FUNC, slot, 0, name), f"get_global_func({name!r})",
+                                          not_found_ok=True)
+            if status == Status.NOT_FOUND:
+                raise UnknownFunctionError(f"{self.name}: {value[0]}")
+            f = self._funcs[name] = DFunction(self, slot, name)
+        return f
+
+    def import_module(self, module: str) -> None:
+        """Import `module` on every worker (so that what it registers exists there)."""
+        self._collect(self._post(Op.IMPORT, 0, 0, module), f"import_module({module!r})")
+
+    def broadcast(self, value: Any) -> DRef:
+        """A DRef to a copy of `value` on every worker."""
+        rid = next(self._ids)
+        self._post(Op.BROADCAST, 0, rid, value)
+        return DRef(self, rid)
+
+    def scatter(self, array, axis: int = 0) -> DRef:
+        """Split `array` evenly along `axis`; worker i gets part i."""
+        array = np.asarray(array)
+        if array.ndim == 0:
+            raise SessionError(f"{self.name}.scatter: expected an array with at least 1 dimension, got a scalar")
+        ax = axis + array.ndim if axis < 0 else axis
+        if not 0 <= ax < array.ndim:
+            raise SessionError(f"{self.name}.scatter: axis {axis} out of range for shape {array.shape}")
+        if array.shape[ax] % self.num_workers:
+            raise SessionError(
+                f"{self.name}.scatter: cannot split axis {axis} of shape {array.shape} evenly over "
+                f"{self.num_workers} workers ({array.shape[ax]} % {self.num_workers} != 0)")
+        rid = next(self._ids)
+        self._post(Op.SCATTER, ax, rid, array)
+        return DRef(self, rid)
+
+    def fetch(self, ref: DRef, worker: int = 0) -> Any:
+        """A copy of `worker`'s object behind `ref`."""
+        self._own(ref, "fetch")
+        if not 0 <= worker < self.num_workers:
+            raise SessionError(f"{self.name}.fetch: worker {worker} out of range [0, {self.num_workers})")
+        seq = self._post(Op.FETCH, ref._id, worker, None)
+        return self._collect(seq, f"fetch of DRef {ref._id}", workers=(worker,))[0]
+
+    def gather(self, ref: DRef, axis: int = 0) -> np.ndarray:
+        """Every worker's array behind `ref`, concatenated along `axis` in worker order."""
+        self._own(ref, "gather")
+        values = self._collect(self._post(Op.GATHER, ref._id, 0, None), f"gather of DRef {ref._id}")
+        return np.concatenate([np.asarray(v) for v in values], axis=axis)
+
+    def sync(self) -> None:
+        """Wait until every worker has run every command sent so far; raise their errors."""
+        self._collect(self._post(Op.SYNC, 0, 0, None), "sync")
+
+    def init_ccl(self, backend: str = "shm") -> None:
+        """Make a collective communicator on every worker: calls the global function
+        "disco.ccl.init"(backend, group_name) on all workers (importing disco.ccl there
+        if needed), with a group name unique to this call, and waits for it."""
+        group = f"disco-{os.getpid()}-{uuid.uuid4().hex[:12]}"
+        self.get_global_func("disco.ccl.init")(backend, group)
+        self.sync()
+
+    def shutdown(self) -> None:
+        """End the workers (each finishes the commands before SHUTDOWN). Idempotent."""
+        if self._closed:
+            return
+        try:
+            self._stopping = True
+            if self._failure is None:
+                self._to_free.clear()
+                self._deadline = time.monotonic() + 10.0
+                self._collect(self._post(Op.SHUTDOWN, 0, 0, None), "shutdown")
+        except DiscoError:
+            pass  # a failing worker must not keep the others alive
+        finally:
+            self._closed = True
+            self._chan.close()
+            self._stop_workers(timeout_s=5.0)
+            self._release(force=True)
+            self._chan.set_liveness(None)
+
+    def __enter__(self) -> "Session":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.shutdown()
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else ("failed" if self._failure else "running")
+        return f"<{self.name} num_workers={self.num_workers} {state}>"
+
+    # -- the plumbing -----------------------------------------------------------------
+    def _post(self, op: int, a: int, b: int, payload: Any) -> int:
+        if self._to_free:
+            self._flush_free()
+        if self._failure is not None or self._closed:
+            self._raise_unusable()
+        try:
+            seq = self._chan.post(op, a, b, payload)
+        except TypeError:
+            self._explain_foreign(payload)
+            raise
+        if self._transfer.outgoing:
+            self._pending.append((seq, self._transfer.take()))
+        return seq
+
+    def _collect(self, seq: int, what: str, workers=None, not_found_ok: bool = False):
+        """Wait for the replies to `seq`; their values, or raise the first worker error."""
+        chan = self._chan
+        values, errors, not_found = [], [], None
+        for w in range(self.num_workers) if workers is None else workers:
+            chan.wait(w, seq)
+            status, value = chan.reply(w)
+            if status == Status.NOT_FOUND and not_found_ok:
+                not_found = not_found or (status, value)
+            elif status != Status.OK:
+                errors.append((w, value))
+            values.append(value)
+        if self._pending:
+            self._release()
+        if not_found and not errors:
+            return not_found
+        if errors:
+            w, (summary, tb) = errors[0]
+            others = f" (workers {[e[0] for e in errors]} failed)" if len(errors) > 1 else ""
+            raise WorkerError(f"{self.name}: worker {w}: {summary}{others}\n"
+                              f"--- remote traceback (worker {w}) ---\n{tb}", w, tb)
+        return (Status.OK, values[0]) if not_found_ok else values
+
+    def _flush_free(self) -> None:
+        ids, self._to_free = self._to_free, []
+        if self._failure is None and not self._closed:
+            self._chan.post(Op.FREE, 0, 0, tuple(ids))
+
+    def _release(self, force: bool = False) -> None:
+        """Close buffers that every worker has read past."""
+        done = None if force else min(self._chan.consumed(w) for w in range(self.num_workers))
+        keep = []
+        for seq, fds in self._pending:
+            if done is None or seq <= done:
+                for fd in fds:
+                    os.close(fd)
+            else:
+                keep.append((seq, fds))
+        self._pending = keep
+
+    def _check_alive(self) -> None:
+        """Between timed waits: raise if a worker died or shutdown's deadline passed."""
+        if self._failure is None:
+            self._failure = self._check_workers()
+        if self._failure is not None:
+            self._raise_unusable()
+        if self._deadline is not None and time.monotonic() > self._deadline:
+            raise SessionError(f"{self.name}: workers did not answer before the shutdown deadline")
+
+    def _raise_unusable(self):
+        if self._failure is not None:
+            f = self._failure
+            raise WorkerError(str(f), f.worker_id, f.remote_traceback)
+        raise SessionError(f"{self.name} is shut down; start a new session")
+
+    def _wait_attached(self, timeout_s: float) -> None:
+        t0 = time.monotonic()
+        while not all(self._chan.attached(w) for w in range(self.num_workers)):
+            self._check_alive()
+            if time.monotonic() - t0 > timeout_s:
+                self.shutdown()
+                raise SessionError(f"{self.name}: workers did not start within {timeout_s} s")
+            time.sleep(0.001)
+
+    def _own(self, ref: Any, what: str) -> None:
+        if not isinstance(ref, DRef):
+            raise SessionError(f"{self.name}.{what}: expected a DRef, got {type(ref).__name__}")
+        if ref._tok is not self._tok:
+            raise _foreign(self, ref, what)
+
+    def _explain_foreign(self, payload: Any) -> None:
+        stack = [payload]
+        while stack:
+            x = stack.pop()
+            if isinstance(x, (tuple, list)):
+                stack.extend(x)
+            elif isinstance(x, DRef) and x._tok is not self._tok:
+                raise _foreign(self, x, "call")
+
+
+def _foreign(sess: Session, ref: DRef, what: str) -> SessionError:
+    return SessionError(f"{sess.name}.{what}: {ref!r} belongs to {ref._sess.name}, not to {sess.name}; "
+                        "a DRef is valid only in the session that made it (fetch it and pass the value)")

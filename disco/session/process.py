@@ -1,0 +1,109 @@
+"""ProcessSession: workers are child processes (`python -m disco.session.worker`).
+
+Each child inherits the channel's fd (the segment is already unlinked, so nothing is
+left in /dev/shm whoever dies), gets the controller's sys.path, and asks the kernel
+for SIGKILL when the controller dies (PR_SET_PDEATHSIG). A watcher thread waits on the
+children's pidfds, so a dead worker is noticed at once and the next operation raises
+WorkerError; waits also poll the children every 50 ms.
+"""
+from __future__ import annotations
+
+import os
+import select
+import signal
+import subprocess
+import sys
+import threading
+import weakref
+
+from disco.errors import WorkerError
+from disco.session.base import Session
+
+
+# `python -m disco.session.worker` would import the module twice (the package imports it).
+_WORKER_MAIN = "import sys; from disco.session.worker import main; main(sys.argv[1:])"
+
+
+class ProcessSession(Session):
+    """`num_workers` worker processes on this host; see `Session` for the API.
+
+    PR_SET_PDEATHSIG ties the workers to the thread that started them: create a
+    ProcessSession in a thread that outlives it (normally the main thread)."""
+
+    def _start_workers(self) -> None:
+        fd = self._chan.fd
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(p or os.getcwd() for p in sys.path)
+        self._procs = [
+            subprocess.Popen(
+                [sys.executable, "-c", _WORKER_MAIN, "--fd", str(fd), "--worker-id", str(w),
+                 "--num-workers", str(self.num_workers), "--ppid", str(os.getpid())],
+                pass_fds=(fd,), env=env, stdin=subprocess.DEVNULL)
+            for w in range(self.num_workers)
+        ]
+        self._finalizer = weakref.finalize(self, _kill_all, self._procs)
+        self._stop_r, self._stop_w = os.pipe()
+        threading.Thread(target=_watch, args=(weakref.ref(self), self._procs, self._stop_r),
+                         name="disco-process-watcher", daemon=True).start()
+
+    def _check_workers(self) -> WorkerError | None:
+        for w, p in enumerate(self._procs):
+            rc = p.poll()
+            if rc is not None:
+                return _death(self, w, p, rc)
+        return None
+
+    def _stop_workers(self, timeout_s: float) -> None:
+        try:
+            os.write(self._stop_w, b"x")
+        except BrokenPipeError:  # the watcher saw every worker end already
+            pass
+        for p in self._procs:
+            try:
+                p.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+        self._finalizer()
+        os.close(self._stop_w)
+
+    @property
+    def pids(self) -> list[int]:
+        """The worker processes' ids, in worker order."""
+        return [p.pid for p in self._procs]
+
+
+def _death(sess: Session, w: int, p: subprocess.Popen, rc: int) -> WorkerError:
+    how = f"killed by signal {signal.Signals(-rc).name}" if rc < 0 else f"exited with status {rc}"
+    return WorkerError(f"{sess.name}: worker {w} (pid {p.pid}) died: {how}; the session is unusable, "
+                       "call shutdown() and start a new one", w, None)
+
+
+def _watch(sess_ref, procs: list[subprocess.Popen], stop_r: int) -> None:
+    """Record the first worker death in the session (holding only a weak reference)."""
+    pidfds = {os.pidfd_open(p.pid): w for w, p in enumerate(procs)}
+    try:
+        while pidfds:
+            ready, _, _ = select.select([stop_r, *pidfds], [], [])
+            if stop_r in ready:
+                return
+            for fd in ready:
+                w = pidfds.pop(fd)
+                os.close(fd)
+                rc = procs[w].wait()
+                sess = sess_ref()
+                if sess is None or sess._stopping:
+                    return
+                if sess._failure is None:
+                    sess._failure = _death(sess, w, procs[w], rc)
+    finally:
+        for fd in pidfds:
+            os.close(fd)
+        os.close(stop_r)
+
+
+def _kill_all(procs: list[subprocess.Popen]) -> None:
+    for p in procs:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
