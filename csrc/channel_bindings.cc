@@ -97,7 +97,7 @@ class PyChannel {
       for (Py_ssize_t i = 0; i < n; ++i) Encode(tup ? PyTuple_GET_ITEM(o, i) : PyList_GET_ITEM(o, i), out, depth + 1);
       return;
     } else if (dref_type && PyObject_TypeCheck(o, reinterpret_cast<PyTypeObject*>(dref_type.ptr()))) {
-      if (py::object(h.attr("_sess")).ptr() != owner.ptr()) throw py::type_error("disco channel: DRef of another session");
+      if (py::object(h.attr("_tok")).ptr() != owner.ptr()) throw py::type_error("disco channel: DRef of another session");
       put<uint8_t>(out, kDRef);
       return put<int64_t>(out, h.attr("_id").cast<int64_t>());
     } else if (py::array::check_(h)) {

@@ -1,0 +1,184 @@
+"""Sessions against numpy and hand-derived results, for every session kind and size."""
+from __future__ import annotations
+
+import gc
+import os
+
+import ml_dtypes
+import numpy as np
+import pytest
+
+import disco
+from disco.errors import SessionError
+
+pytestmark = pytest.mark.timeout(120)
+
+KINDS = [disco.ThreadedSession, disco.ProcessSession]
+SIZES = [1, 2, 4]
+
+
+@pytest.fixture(params=[(k, n) for k in KINDS for n in SIZES], ids=lambda p: f"{p[0].__name__}-{p[1]}")
+def sess(request):
+    kind, n = request.param
+    with kind(n) as s:
+        s.import_module("worker_funcs")
+        yield s
+
+
+@pytest.fixture(params=KINDS, ids=lambda k: k.__name__)
+def sess2(request):
+    with request.param(2) as s:
+        s.import_module("worker_funcs")
+        yield s
+
+
+def test_worker_identity(sess):
+    n = sess.num_workers
+    ids = sess.get_global_func("disco.worker_id")()
+    assert [ids.fetch(w) for w in range(n)] == list(range(n))
+    assert sess.get_global_func("disco.num_workers")().fetch(n - 1) == n
+    info = sess.get_global_func("test.worker_info")()
+    assert [info.fetch(w) for w in range(n)] == [(w, n) for w in range(n)]
+
+
+def test_scatter_call_gather(sess):
+    n = sess.num_workers
+    a = np.arange(8 * n * 3, dtype=np.float32).reshape(8 * n, 3)
+    b = np.linspace(0, 1, 3, dtype=np.float32)
+    out = sess.get_global_func("test.add")(sess.scatter(a), sess.broadcast(b))
+    np.testing.assert_array_equal(sess.gather(out), a + b)
+    np.testing.assert_array_equal(out.fetch(n - 1), (a + b)[8 * (n - 1):])
+
+
+@pytest.mark.parametrize("axis", [1, -2])
+def test_scatter_gather_other_axis(sess, axis):
+    n = sess.num_workers
+    a = np.random.default_rng(0).standard_normal((3, 2 * n, 2))
+    x = sess.scatter(a, axis=axis)
+    np.testing.assert_array_equal(x.fetch(n - 1), np.split(a, n, axis=axis)[n - 1])
+    np.testing.assert_array_equal(sess.gather(x, axis=axis), a)
+
+
+def test_scatter_uneven_raises(sess2):
+    with pytest.raises(SessionError, match=r"cannot split axis 0 of shape \(5, 2\) evenly over 2 workers"):
+        sess2.scatter(np.zeros((5, 2)))
+    with pytest.raises(SessionError, match="axis 2 out of range"):
+        sess2.scatter(np.zeros((4, 2)), axis=2)
+    sess2.sync()
+
+
+def test_large_arrays_use_buffers_and_roundtrip(sess):
+    n = sess.num_workers
+    big = np.random.default_rng(1).standard_normal((512 * n, 300))  # ~1.2 MB per worker
+    x = sess.scatter(big)
+    y = sess.get_global_func("test.times_worker")(x)
+    expect = np.concatenate([p * (w + 1) for w, p in enumerate(np.split(big, n))])
+    np.testing.assert_array_equal(sess.gather(y), expect)
+    # A large argument, and in-place writes on workers stay private to each worker.
+    z = sess.get_global_func("test.add_inplace")(big, 1.0)
+    for w in range(n):
+        np.testing.assert_array_equal(z.fetch(w), big + 1.0)
+    b = sess.broadcast(big)
+    sess.get_global_func("test.add_inplace")(b, sess.get_global_func("disco.worker_id")())
+    np.testing.assert_array_equal(b.fetch(n - 1), big + (n - 1))
+    np.testing.assert_array_equal(b.fetch(0), big)
+
+
+VALUES = [
+    0, -7, 2**63 - 1, 2**70, 3.5, float("inf"), True, False, None, "", "héllo", b"\x00bytes",
+    (1, (2.0, ("three", None))), [1, [2]], {"a": 1}, np.int64(5), np.float32(2.5),
+    np.arange(6, dtype=np.int16).reshape(2, 3), np.arange(12.0).reshape(3, 4)[:, ::2],
+    np.ones((3, 2), dtype=ml_dtypes.bfloat16), np.zeros((0, 4)), np.array(7.0),
+    np.arange(40000, dtype=np.float64),
+]
+
+
+def test_argument_and_result_encoding(sess2):
+    echo = sess2.get_global_func("test.echo")
+    got = echo(*VALUES).fetch(1)
+    assert len(got) == len(VALUES)
+    for g, v in zip(got, VALUES):
+        if isinstance(v, np.ndarray):
+            assert g.dtype == v.dtype and g.shape == v.shape
+            np.testing.assert_array_equal(g.astype(np.float64), v.astype(np.float64))
+        else:
+            assert type(g) is type(v) and (g == v or g != g)
+
+
+def test_drefs_resolve_per_worker_and_nested(sess):
+    n = sess.num_workers
+    ids = sess.get_global_func("disco.worker_id")()
+    pair = sess.get_global_func("test.echo")((ids, 10), "s", None)
+    for w in range(n):
+        assert pair.fetch(w) == ((w, 10), "s", None)
+
+
+def test_pipelined_calls_run_in_order(sess):
+    add = sess.get_global_func("test.counter_add")
+    for k in range(1000):
+        add(k)
+    log = sess.get_global_func("test.counter_log")()
+    for w in range(sess.num_workers):
+        assert log.fetch(w) == tuple(range(1000))
+
+
+def test_drefs_are_freed_when_dropped(sess):
+    make = sess.get_global_func("test.make_tracked")
+    live = sess.get_global_func("test.live_count")
+    refs = [make() for _ in range(100)]
+    assert live().fetch(sess.num_workers - 1) == 100
+    del refs
+    gc.collect()
+    sess.sync()
+    assert [live().fetch(w) for w in range(sess.num_workers)] == [0] * sess.num_workers
+
+
+def test_import_module_registers_on_workers():
+    mod = "worker_funcs_extra"
+    path = os.path.join(os.path.dirname(__file__), f"{mod}.py")
+    with open(path, "w") as f:
+        f.write("import disco\n@disco.register_func('test.extra_triple', override=True)\n"
+                "def triple(x):\n    return 3 * x\n")
+    try:
+        with disco.ProcessSession(2) as s:
+            with pytest.raises(disco.registry.UnknownFunctionError, match="test.extra_triple"):
+                s.get_global_func("test.extra_triple")
+            s.import_module(mod)
+            assert s.get_global_func("test.extra_triple")(5).fetch(1) == 15
+    finally:
+        os.remove(path)
+
+
+def test_fetch_unpicklable_result_raises_clearly(sess2):
+    r = sess2.get_global_func("test.unpicklable")()
+    with pytest.raises(disco.WorkerError, match="sending the reply"):
+        r.fetch(0)
+    sess2.sync()
+
+
+def test_shutdown_and_context_manager():
+    for kind in KINDS:
+        with kind(2) as s:
+            f = s.get_global_func("disco.worker_id")
+            r = f()
+        assert "closed" in repr(s)
+        s.shutdown()  # idempotent
+        with pytest.raises(SessionError, match="is shut down"):
+            f()
+        with pytest.raises(SessionError, match="is shut down"):
+            r.fetch(0)
+
+
+def test_init_ccl_calls_the_hook(sess):
+    pytest.importorskip("disco.ccl")
+    n = sess.num_workers
+    a = np.arange(4 * n, dtype=np.float32)
+    sess.init_ccl("shm")
+    total = sess.get_global_func("ccl.allreduce")(sess.scatter(a))
+    np.testing.assert_allclose(total.fetch(n - 1), np.sum(np.split(a, n), axis=0))
+
+
+def test_session_attributes(sess):
+    assert sess.num_workers in SIZES
+    assert type(sess).__name__ in repr(sess)
+    assert isinstance(sess, disco.Session)

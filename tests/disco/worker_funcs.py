@@ -1,0 +1,96 @@
+"""Functions the session tests run on workers; imported there with sess.import_module."""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+import disco
+from disco._context import current_context
+
+
+@disco.register_func("test.add")
+def add(a, b):
+    return a + b
+
+
+@disco.register_func("test.echo")
+def echo(*args):
+    return args
+
+
+@disco.register_func("test.identity")
+def identity(x):
+    return x
+
+
+@disco.register_func("test.times_worker")
+def times_worker(x):
+    """x * (worker_id + 1): differs per worker."""
+    return x * (disco.worker_id() + 1)
+
+
+@disco.register_func("test.worker_info")
+def worker_info():
+    return (disco.worker_id(), disco.num_workers())
+
+
+@disco.register_func("test.add_inplace")
+def add_inplace(x, v):
+    x += v
+    return x
+
+
+@disco.register_func("test.counter_add")
+def counter_add(k):
+    """Append k to this worker's log (to check order of pipelined calls)."""
+    log = current_context().state.setdefault("test.log", [])
+    log.append(k)
+
+
+@disco.register_func("test.counter_log")
+def counter_log():
+    return tuple(current_context().state.pop("test.log", []))
+
+
+class Tracked:
+    """Counts live instances per worker, to observe DRef frees."""
+
+    def __init__(self):
+        self.state = current_context().state
+        self.state["test.live"] = self.state.get("test.live", 0) + 1
+
+    def __del__(self):
+        self.state["test.live"] -= 1
+
+
+@disco.register_func("test.make_tracked")
+def make_tracked():
+    return Tracked()
+
+
+@disco.register_func("test.live_count")
+def live_count():
+    return current_context().state.get("test.live", 0)
+
+
+@disco.register_func("test.fail_on")
+def fail_on(worker, message):
+    if disco.worker_id() == worker:
+        raise ValueError(f"{message} on worker {worker}")
+    return disco.worker_id()
+
+
+@disco.register_func("test.sleep")
+def sleep(seconds):
+    time.sleep(seconds)
+
+
+@disco.register_func("test.unpicklable")
+def unpicklable():
+    return lambda: None
+
+
+@disco.register_func("test.arange")
+def arange(n, dtype):
+    return np.arange(n, dtype=dtype) + disco.worker_id()
