@@ -1,0 +1,176 @@
+"""Failure behaviour: worker exceptions, dead workers, a dead controller, misuse."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+
+import disco
+from disco.errors import SessionError, WorkerError
+from disco.registry import UnknownFunctionError
+
+pytestmark = pytest.mark.timeout(60)
+
+KINDS = [disco.ThreadedSession, disco.ProcessSession]
+
+
+@pytest.fixture(params=[(k, n) for k in KINDS for n in (1, 2, 4)], ids=lambda p: f"{p[0].__name__}-{p[1]}")
+def sess(request):
+    kind, n = request.param
+    with kind(n) as s:
+        s.import_module("worker_funcs")
+        yield s
+
+
+def test_worker_exception_reaches_controller(sess):
+    n = sess.num_workers
+    bad = n - 1
+    r = sess.get_global_func("test.fail_on")(bad, "boom")  # pipelined: raises at the next sync
+    with pytest.raises(WorkerError) as info:
+        sess.sync()
+    e = info.value
+    assert e.worker_id == bad
+    assert f"worker {bad}" in str(e) and "ValueError: boom on worker" in str(e)
+    assert "fail_on" in e.remote_traceback and "raise ValueError" in e.remote_traceback
+    # The session stays usable; good workers kept their results, the failed one has none.
+    sess.sync()
+    if n > 1:
+        assert r.fetch(0) == 0
+    with pytest.raises(WorkerError, match=f"DRef {r._id} has no value on worker {bad}"):
+        r.fetch(bad)
+    assert sess.get_global_func("test.add")(2, 3).fetch(bad) == 5
+
+
+def test_error_reported_at_fetch_too(sess):
+    fail, add = sess.get_global_func("test.fail_on"), sess.get_global_func("test.add")
+    fail(0, "early")
+    ok = add(1, 1)
+    with pytest.raises(WorkerError, match="early on worker 0"):
+        ok.fetch(0)
+    assert ok.fetch(0) == 2  # reported once; later calls were still run
+
+
+def test_using_a_failed_result_fails_clearly(sess):
+    fail, identity = sess.get_global_func("test.fail_on"), sess.get_global_func("test.identity")
+    identity(fail(0, "x"))
+    with pytest.raises(WorkerError, match="x on worker 0"):
+        sess.sync()
+
+
+def test_unknown_function_name(sess):
+    with pytest.raises(UnknownFunctionError, match=r"'test.ad'.*close names: test.add"):
+        sess.get_global_func("test.ad")
+    assert sess.get_global_func("test.add")(1, 2).fetch(0) == 3
+
+
+def test_dref_from_another_session():
+    with disco.ThreadedSession(2) as a, disco.ThreadedSession(2) as b:
+        x = a.broadcast(1)
+        f = b.get_global_func("disco.worker_id")
+        identity = b.get_global_func("disco.num_workers")
+        pattern = rf"{x!r} belongs to {a.name}, not to {b.name}"
+        with pytest.raises(SessionError, match=pattern.replace("(", r"\(").replace(")", r"\)")):
+            f(x)
+        with pytest.raises(SessionError, match="belongs to"):
+            identity((1, [x]))
+        with pytest.raises(SessionError, match="belongs to"):
+            b.fetch(x)
+        with pytest.raises(SessionError, match="belongs to"):
+            b.gather(x)
+        b.sync()
+        assert x.fetch(1) == 1
+
+
+def test_fetch_bad_worker_index(sess):
+    r = sess.broadcast(1)
+    with pytest.raises(SessionError, match=r"worker 9 out of range"):
+        r.fetch(9)
+
+
+def _gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    try:  # a zombie counts as gone
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(")")[-1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
+
+
+def _wait_until(cond, timeout_s: float) -> bool:
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout_s:
+        if cond():
+            return True
+        time.sleep(0.02)
+    return cond()
+
+
+@pytest.mark.parametrize("op", ["sync", "call", "blocked"])
+def test_killed_worker_raises_within_2s(op):
+    s = disco.ProcessSession(3)
+    try:
+        s.import_module("worker_funcs")
+        pids = s.pids
+        if op == "blocked":  # the controller is already waiting when the worker dies
+            s.get_global_func("test.sleep")(0.3)
+        os.kill(pids[1], signal.SIGKILL)
+        t0 = time.monotonic()
+        with pytest.raises(WorkerError) as info:
+            if op == "call":
+                deadline = time.monotonic() + 2.0
+                f = s.get_global_func("test.add")
+                while time.monotonic() < deadline:
+                    f(1, 2)
+                    time.sleep(0.001)
+            s.sync()
+        assert time.monotonic() - t0 < 2.0
+        assert info.value.worker_id == 1 and "SIGKILL" in str(info.value)
+        with pytest.raises(WorkerError):  # stays failed
+            s.sync()
+    finally:
+        s.shutdown()
+    assert _wait_until(lambda: all(_gone(p) for p in pids), 5.0)
+
+
+def _disco_shm(pid: int) -> list[str]:
+    return [n for n in os.listdir("/dev/shm") if n.startswith("disco-") and f"-{pid}-" in n]
+
+
+def test_segments_are_private_and_unlinked():
+    with disco.ProcessSession(2) as s:
+        mode = os.stat(f"/proc/self/fd/{s._chan.fd}").st_mode & 0o777
+        assert mode == 0o600
+        assert _disco_shm(os.getpid()) == []
+
+
+def test_killed_controller_leaves_nothing_behind(tmp_path):
+    script = textwrap.dedent("""
+        import sys, time, numpy as np, disco
+        s = disco.ProcessSession(2)
+        s.broadcast(np.ones(1 << 20))  # a data buffer too
+        s.sync()
+        print(" ".join(map(str, s.pids)), flush=True)
+        time.sleep(60)
+    """)
+    ctrl = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    try:
+        pids = [int(p) for p in ctrl.stdout.readline().split()]
+        assert len(pids) == 2
+        ctrl.kill()
+        ctrl.wait()
+        assert _wait_until(lambda: all(_gone(p) for p in pids), 5.0), "workers outlived the controller"
+        assert _disco_shm(ctrl.pid) == []
+        for p in pids:
+            assert _disco_shm(p) == []
+    finally:
+        if ctrl.poll() is None:
+            ctrl.kill()
