@@ -20,13 +20,14 @@ from disco.registry import UnknownFunctionError
 from disco.session.protocol import INLINE_ARRAY_BYTES, Op, Status, Transfer
 
 _session_numbers = itertools.count(1)
-_FREE_BATCH = 64  # free DRefs on the workers once this many are dropped (or at the next command)
 
 
 class DRef:
     """A handle to one object per worker (worker i's result of the call that made it).
 
-    Dropping the last reference frees the objects on the workers (batched)."""
+    Dropping the last reference frees the objects on the workers: the ids collect in a
+    list and go out as one FREE command before the session's next command (never from
+    `__del__` itself, which may run in the middle of sending one)."""
 
     __slots__ = ("_sess", "_id", "_tok")
 
@@ -49,7 +50,8 @@ class DRef:
     def __del__(self):
         try:  # only a list append: safe in any context, even at interpreter shutdown
             sess = self._sess
-            sess._to_free.append(self._id)
+            if not sess._closed:
+                sess._to_free.append(self._id)
         except Exception:
             pass
 
@@ -102,7 +104,11 @@ class Session:
         me = weakref.ref(self)
         self._chan.set_liveness(lambda: (s := me()) is not None and s._check_alive())
         self._start_workers()
-        self._wait_attached(timeout_s=60.0)
+        try:
+            self._wait_attached(timeout_s=60.0)
+        except BaseException:
+            self.shutdown()
+            raise
 
     # -- for subclasses ---------------------------------------------------------------
     def _start_workers(self) -> None:
@@ -285,7 +291,6 @@ class Session:
         while not all(self._chan.attached(w) for w in range(self.num_workers)):
             self._check_alive()
             if time.monotonic() - t0 > timeout_s:
-                self.shutdown()
                 raise SessionError(f"{self.name}: workers did not start within {timeout_s} s")
             time.sleep(0.001)
 
