@@ -182,3 +182,23 @@ def test_session_attributes(sess):
     assert sess.num_workers in SIZES
     assert type(sess).__name__ in repr(sess)
     assert isinstance(sess, disco.Session)
+
+
+@pytest.mark.parametrize("kind", KINDS, ids=lambda k: k.__name__)
+def test_small_ring_wraps_and_applies_backpressure(kind):
+    with kind(2, ring_bytes=1 << 16) as s:  # 64 KiB ring; ~1.7 MB of commands wrap it ~25 times
+        s.import_module("worker_funcs")
+        add, log = s.get_global_func("test.counter_add"), s.get_global_func("test.counter_log")
+        echo = s.get_global_func("test.echo")
+        pad = "p" * 999
+        for k in range(3000):
+            add(k)
+            echo(pad[: k % 1000])
+        assert log().fetch(1) == tuple(range(3000))
+
+
+def test_process_workers_do_not_import_the_compiler():
+    with disco.ProcessSession(1) as s:
+        s.import_module("worker_funcs")
+        assert s.get_global_func("test.imported")("compiler").fetch(0) is False
+        assert s.get_global_func("test.imported")("disco.session.worker").fetch(0) is True

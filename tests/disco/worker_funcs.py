@@ -94,3 +94,9 @@ def unpicklable():
 @disco.register_func("test.arange")
 def arange(n, dtype):
     return np.arange(n, dtype=dtype) + disco.worker_id()
+
+
+@disco.register_func("test.imported")
+def imported(name):
+    import sys
+    return name in sys.modules
