@@ -55,8 +55,9 @@ class Source:
 
 @dataclass(frozen=True)
 class ModuleRef:
-    """`cls` / `Module` inside an `@I.ir_module` class."""
-    functions: tuple[str, ...]
+    """`cls` / `Module` inside an `@I.ir_module` class; `functions` is None when a
+    single function is parsed on its own (any `cls.f` is then taken on trust)."""
+    functions: Optional[tuple[str, ...]]
 
 
 @dataclass(frozen=True)
@@ -216,7 +217,7 @@ class Evaluator:
             raise self.err(node, f"{name} must be called: expected {name}(...)")
         base = self.eval(node.value)
         if isinstance(base, ModuleRef):
-            if node.attr not in base.functions:
+            if base.functions is not None and node.attr not in base.functions:
                 close = difflib.get_close_matches(node.attr, base.functions, n=1)
                 hint = f"; did you mean {close[0]}?" if close else ""
                 raise self.err(node, f"the module has no function '{node.attr}'{hint}")
@@ -333,10 +334,10 @@ class Evaluator:
             raise self.err(node, f"unknown function {name}; expected one of "
                                  f"{', '.join(sorted(k for k in self.calls if k[0] == name[0]))[:400]}")
         from ..op import script_namespace
-        from ..op.registry import _BY_SCRIPT
-        opdef = _BY_SCRIPT.get(name)
+        table = script_namespace()
+        opdef = table.get(name)
         if opdef is None:
-            known = list(script_namespace()) + list(self.calls)
+            known = list(table) + list(self.calls)
             close = difflib.get_close_matches(name, known, n=1)
             hint = f"; did you mean {close[0]}?" if close else ""
             raise self.err(node, f"unknown operator {name}{hint}")

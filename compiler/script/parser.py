@@ -132,7 +132,7 @@ def _parse_tree(src: Source, tree: ast.Module) -> Any:
             from .parser_tir import TIRParser
             return TIRParser(src, fdef, kwargs, None, None).parse()
         from .parser_relax import RelaxParser
-        return RelaxParser(src, fdef, kwargs, None, None, None).parse()
+        return RelaxParser(src, fdef, kwargs, None, ModuleRef(None), None).parse()
     if not stmts:
         raise ParseError("empty script: expected an @I.ir_module class or one decorated function")
     raise src.error(stmts[0], "expected exactly one @I.ir_module class, or one @R.function / "

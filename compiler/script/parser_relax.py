@@ -370,6 +370,10 @@ class RelaxParser:
         if ann is not None:
             _check_annotation(self, ann_node, ann, sinfo)
             sinfo = ann
+            if isinstance(value, G.Call) and value.struct_info is not None:
+                # A variable's struct info is its value's (as the builder makes them);
+                # the annotation may only refine it, e.g. a shape the rule cannot prove.
+                value = value.with_struct_info(ann)
         if sinfo is None:
             raise self.err(value_node, f"cannot infer the struct info of '{name}'; annotate it: "
                                        f"`{name}: R.Tensor(...) = ...`")

@@ -231,7 +231,9 @@ def value_text(v: Any, expr_fn, sinfo_fn) -> str:
         return str(int(v))
     if isinstance(v, (float, np.floating)):
         f = float(v)
-        return f"float({float_text(f)})" if math.isnan(f) or math.isinf(f) else repr(f)
+        if math.isnan(f) or math.isinf(f):
+            return f"float({float_text(f)})"
+        return repr(v) if isinstance(v, float) else repr(f)
     if isinstance(v, (list, tuple)):
         return "[" + ", ".join(value_text(x, expr_fn, sinfo_fn) for x in v) + "]"
     if isinstance(v, (dict, Attrs)):

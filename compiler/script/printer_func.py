@@ -29,9 +29,37 @@ def _indent(lines: list[str]) -> list[str]:
     return [_INDENT + line for line in lines]
 
 
+class _Short(float):
+    """A float printed with the shortest text that gives back the same value in its
+    own dtype (0.1 rather than 0.10000000149011612 for float32)."""
+
+    def __repr__(self) -> str:
+        return self.text
+
+
+def _short(v: float, np_dtype: Any) -> float:
+    if not np.isfinite(v):
+        return v
+    text = repr(np_dtype.type(v)) if hasattr(np_dtype, "type") else repr(v)
+    text = text[text.find("(") + 1:text.rfind(")")] if "(" in text else text
+    try:
+        same = np.asarray(float(text), dtype=np_dtype).tobytes() == np.asarray(v, dtype=np_dtype).tobytes()
+    except ValueError:
+        same = False
+    if not same:
+        return v
+    out = _Short(v)
+    out.text = text
+    return out
+
+
 def _np_list(data: np.ndarray) -> Any:
     if data.dtype.kind == "f" or str(data.dtype) == "bfloat16":
-        return data.astype(np.float64).tolist()
+        values = data.astype(np.float64)
+        flat = [_short(float(v), data.dtype) for v in values.reshape(-1)]
+        if data.ndim == 0:
+            return flat[0]
+        return np.array(flat, dtype=object).reshape(data.shape).tolist() if flat else values.tolist()
     return data.tolist()
 
 
