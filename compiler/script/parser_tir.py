@@ -147,7 +147,11 @@ class TIRParser:
             if v is not None:
                 params.append(v)
                 continue
-            buf = ev.eval(arg.annotation)
+            ann = arg.annotation
+            if not (isinstance(ann, ast.Call) and dotted(ann.func) == "T.Buffer"):
+                raise self.err(ann, f"expected T.Buffer(...) or T.int64 annotation for "
+                                    f"parameter '{arg.arg}'")
+            buf = ev.eval(ann)
             if not isinstance(buf, T.Buffer):
                 raise self.err(arg.annotation, f"expected T.Buffer(...) or T.int64 annotation for "
                                                f"parameter '{arg.arg}'")
