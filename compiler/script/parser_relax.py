@@ -39,7 +39,7 @@ class RelaxEvaluator(Evaluator):
             "R.Object": lambda node: S.ObjectStructInfo(), "R.Prim": self.r_prim,
             "R.Callable": self.r_callable, "R.DTensor": self.r_dtensor,
             "R.const": self.r_const, "R.ExternFunc": lambda node, name: G.ExternFunc(name),
-            "R.device_mesh": self.r_device_mesh, "I.Range": lambda node, a, b=None:
+            "R.device_mesh": self.r_device_mesh, "R.Call": self.r_call, "I.Range": lambda node, a, b=None:
                 range(a) if b is None else range(a, b),
         })
         for dt in E.DTYPES:
@@ -112,6 +112,12 @@ class RelaxEvaluator(Evaluator):
             from ..ir.module import IRModule  # noqa: F401
             raise
         return DeviceMesh(tuple(shape), device_ids)
+
+    def r_call(self, node, op_name, args, attrs=None, sinfo_args=(), struct_info=None):
+        """`R.Call("relax.my_op", (x,), attrs={...}, sinfo_args=[...], struct_info=...)`:
+        a call of an operator that is not registered, spelt out."""
+        fields = self.to_expr(tuple(args), node).fields
+        return G.Call(G.Op(op_name), fields, Attrs(attrs or {}), tuple(sinfo_args or ()), struct_info)
 
     def call_value(self, node, callee, args, kwargs):
         if kwargs:

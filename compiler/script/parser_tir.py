@@ -169,6 +169,9 @@ class TIRParser:
     # statements ------------------------------------------------------------------------
 
     def stmts(self, body: list[ast.stmt], top: bool = False) -> T.Stmt:
+        return _seq(self._stmt_list(body, top))
+
+    def _stmt_list(self, body: list[ast.stmt], top: bool = False) -> list[T.Stmt]:
         out: list[T.Stmt] = []
         ev = self.ev
         for i, s in enumerate(body):
@@ -224,7 +227,7 @@ class TIRParser:
                 raise self.err(s, "unexpected statement in a T.prim_func; expected a loop, "
                                   "`with T.block(...)`, a store `Y[i] = ...`, if/else, "
                                   "T.evaluate(...) or `x = value`")
-        return _seq(out)
+        return out
 
     def scoped(self, body: list[ast.stmt]) -> T.Stmt:
         self.ev.push()
@@ -361,6 +364,12 @@ class TIRParser:
             return self.block(s, call)
         if name == "T.init":
             raise self.err(s, "`with T.init():` is only valid directly inside a block")
+        if name == "T.seq":
+            ev.push()
+            try:
+                return T.SeqStmt(tuple(self._stmt_list(s.body)))
+            finally:
+                ev.pop()
         if name in ("T.LetStmt", "T.allocate"):
             if not isinstance(item.optional_vars, ast.Name):
                 raise self.err(s, f"expected `with {name}(...) as x:`")

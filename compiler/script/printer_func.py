@@ -160,8 +160,17 @@ class FunctionPrinter:
 
     def call(self, c: G.Call) -> str:
         if isinstance(c.op, G.Op):
-            from ..op.registry import get_op
-            opdef = get_op(c.op.name)
+            from ..op.registry import _OPS
+            opdef = _OPS.get(c.op.name)
+            if opdef is None:   # an operator nobody registered: spell the call out
+                parts = [q(c.op.name), self.expr(G.Tuple(c.args))]
+                if len(c.attrs):
+                    parts.append(f"attrs={self.value(c.attrs)}")
+                if c.sinfo_args:
+                    parts.append(f"sinfo_args={self.value(list(c.sinfo_args))}")
+                if c.struct_info is not None:
+                    parts.append(f"struct_info={self.sinfo(c.struct_info)}")
+                return f"R.Call({', '.join(parts)})"
             pos, kws = opdef.script_parts(c)
             args = [q(a.global_symbol) if isinstance(a, G.ExternFunc) else self.value(a) for a in pos]
             args += [f"{k}={self.value(v)}" for k, v in kws]
@@ -265,9 +274,15 @@ class FunctionPrinter:
 
     def stmt(self, s: T.Stmt) -> list[str]:
         if isinstance(s, T.SeqStmt):
+            if len(s.stmts) < 2:
+                return ["with T.seq():"] + _indent([line for x in s.stmts for line in self.stmt(x)]
+                                                   or ["pass"])
             out: list[str] = []
             for i, x in enumerate(s.stmts):
-                if isinstance(x, T.LetStmt) and i < len(s.stmts) - 1:
+                if isinstance(x, T.SeqStmt):   # a nested sequence stays one statement
+                    out += ["with T.seq():"] + _indent(self.stmt(x)) if len(x.stmts) >= 2 \
+                        else self.stmt(x)
+                elif isinstance(x, T.LetStmt) and i < len(s.stmts) - 1:
                     value = self.prim_value_text(x.value)
                     name = self.namer.define(x.var, x.var.name)
                     out += [f"with T.LetStmt({value}, dtype={q(x.var.dtype)}) as {name}:"]

@@ -566,3 +566,23 @@ def test_print_single_nodes():
     n = E.Var("n")
     assert script.print(E.FloorDiv(n * 2 + 1, E.IntImm(4))) == "(n * 2 + 1) // 4"
     assert script.print(E.Sub(n, E.Sub(n, E.IntImm(1)))) == "n - (n - 1)"
+
+
+def test_nested_sequences_and_unregistered_operators_round_trip():
+    A = T_.Buffer("A", (4,), "float32")
+    i = E.Var("i")
+    store = T_.BufferStore(A, E.FloatImm(1.0), (E.IntImm(0),))
+    body = T_.SeqStmt((store, T_.SeqStmt((store, T_.For(i, E.IntImm(0), E.IntImm(4), "serial", store))),
+                       T_.SeqStmt((store,)), T_.SeqStmt(())))
+    f = PrimFunc((A,), body)
+    text = check(IRModule.from_dict({"f": f}))
+    assert "with T.seq():" in text
+
+    from compiler.ir import Call, Op
+    x = Var("x", tsi(4))
+    call = Call(Op("relax.not_registered"), (x, x), Attrs(axis=1), (tsi(4),), tsi(4))
+    y = Var("y", tsi(4))
+    func = Function((x,), __import__("compiler.ir", fromlist=["SeqExpr"]).SeqExpr(
+        (BindingBlock((VarBinding(y, call),)),), y, tsi(4)), tsi(4))
+    text = check(IRModule.from_dict({"main": func}))
+    assert 'R.Call("relax.not_registered", (x, x), attrs={"axis": 1}' in text
