@@ -106,11 +106,7 @@ class RelaxEvaluator(Evaluator):
         return const(_floats(value), dtype)
 
     def r_device_mesh(self, node, shape, device_ids):
-        try:
-            from ..distributed import DeviceMesh
-        except ImportError:   # pragma: no cover - compiler.distributed is part of the project
-            from ..ir.module import IRModule  # noqa: F401
-            raise
+        from ..distributed import DeviceMesh
         return DeviceMesh(tuple(shape), device_ids)
 
     def r_call(self, node, op_name, args, attrs=None, sinfo_args=(), struct_info=None):

@@ -51,6 +51,7 @@ class TIREvaluator(Evaluator):
             dtype, op, tuple(E.as_expr(a) for a in args))
         c["T.StringImm"] = lambda node, value: E.StringImm(value)
         c["T.Buffer"] = self.buffer
+        c["T.let"] = lambda node, value: E.as_expr(value)   # `x = T.let(v)` reads as `x = v`
         for name in E.INTRINSICS:
             if name not in ("max", "min"):
                 c["T." + name] = self._intrinsic(name)

@@ -11,7 +11,7 @@ from ..ir import graph as G
 from ..ir import struct_info as S
 from ..ir import tir as T
 from ..ir.errors import CompilerError
-from .printer import _ATOM, _INDENT, _TRUE, ExprPrinter, Namer, collect_vars, float_text, value_text
+from .printer import _INDENT, _TRUE, ExprPrinter, Namer, collect_vars, value_text
 
 _ZERO = E.IntImm(0)
 _LOOP_FN = {"serial": "T.serial", "parallel": "T.parallel", "vectorized": "T.vectorized",
@@ -399,4 +399,4 @@ class FunctionPrinter:
         return [f"with T.block({q(b.name)}):"] + _indent(inner)
 
 
-__all__ = ["FunctionPrinter", "q", "float_text", "_ATOM"]
+__all__ = ["FunctionPrinter", "q"]

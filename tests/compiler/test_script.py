@@ -459,7 +459,7 @@ class Module:
         for i in T.parallel(2, 2 + n):
             for j in T.vectorized(4, annotations={"pragma": "x"}):
                 x = i * 4 + j
-                y: T.int32 = T.int32(7)
+                y: T.int32 = T.let(T.int32(7))
                 T.evaluate(T.floordiv(x, 3) + T.floormod(x, 3) + x // 2 + T.max(x, 1) - T.min(x, n))
         for k in T.unroll(3):
             with T.allocate((4,), "float32", scope="shared") as S:
