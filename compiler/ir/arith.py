@@ -245,9 +245,12 @@ def _fold_divmod(f: Form) -> Form:
             c = atom.b.value
             x = canonical_form(atom.a)
             if isinstance(atom, FloorMod):
-                div = (FloorDiv(atom.a, atom.b, atom.dtype),)
-                if d.get(div) == k * c:                 # k*(x % c) + k*c*(x // c) -> k*x
-                    d.pop(m), d.pop(div)
+                # x // c in canonical form: ((y // 2) // 2 is already y // 4 in f)
+                div = _floordiv(x, _const_form(c), atom.dtype)
+                if div and all(md != m and d.get(md) == k * c * kd for md, kd in div):
+                    d.pop(m)                            # k*(x % c) + k*c*(x // c) -> k*x
+                    for md, _ in div:
+                        d.pop(md)
                     f = _add(_form(d), x, k)
                     changed = True
                     break

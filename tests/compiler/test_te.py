@@ -409,7 +409,7 @@ def test_structure_matches_tvm_layout(roundtrip):
         block.iter_vars[0].var, block.iter_vars[1].var))
     assert block.annotations["op"] == "matmul"
     from compiler.ir.module import IRModule
-    roundtrip(IRModule({"mm": func}))
+    roundtrip(IRModule.from_dict({"mm": func}))
 
 
 def test_var_only_in_compound_dims_becomes_scalar_param():
