@@ -7,6 +7,7 @@ bytecode for every graph function and collects the constants.
 from __future__ import annotations
 
 import importlib
+import os
 from typing import Callable, Optional, Sequence
 
 from disco.executable import Executable, KernelInfo
@@ -44,6 +45,19 @@ def default_passes(target: str) -> list[Callable[[IRModule], IRModule]]:
     return [legalize] if legalize is not None else []
 
 
+def check_script_roundtrip(mod: IRModule, what: str) -> None:
+    """Raise unless `parse(mod.script())` is structurally equal to `mod`: every state
+    of a module must print and read back. `build` runs this on its input and after
+    each pass when DISCO_TP_CHECK_ROUNDTRIP=1 (the test suite sets it)."""
+    from .ir.structural import assert_structural_equal
+    from .script import parse
+    text = mod.script()
+    try:
+        assert_structural_equal(parse(text), mod)
+    except Exception as e:
+        raise BuildError(f"script round trip of {what} failed: {e}\n--- script ---\n{text}") from None
+
+
 def build(mod: IRModule, target: str = "cpu", *,
           passes: Optional[Sequence[Callable[[IRModule], IRModule]]] = None,
           metadata: Optional[dict] = None) -> Executable:
@@ -54,11 +68,16 @@ def build(mod: IRModule, target: str = "cpu", *,
         raise BuildError(f"unknown target {target!r}; supported: {', '.join(TARGETS)}")
     if not isinstance(mod, IRModule):
         raise BuildError(f"build expects an IRModule, got {type(mod).__name__}")
+    check = os.environ.get("DISCO_TP_CHECK_ROUNDTRIP") == "1"
+    if check:
+        check_script_roundtrip(mod, "the input module")
     for p in (default_passes(target) if passes is None else passes):
         mod = p(mod)
         if not isinstance(mod, IRModule):
             raise BuildError(f"pass {getattr(p, '__name__', p)!r} returned "
                              f"{type(mod).__name__}, not an IRModule")
+        if check:
+            check_script_roundtrip(mod, f"the output of {getattr(p, '__name__', p)}")
 
     from .codegen import build_kernels
     from .codegen.vm_codegen import codegen_vm

@@ -199,7 +199,10 @@ class _Walker:
             self.array(a, b)
         elif is_dataclass(a):
             self.token(type(a).__name__)
+            derived = isinstance(a, G.Expr) and not isinstance(a, (G.Var, G.Constant))
             for f in fields(a):
+                if derived and f.name == "struct_info":
+                    continue    # follows from the node's fields; a hand-built node may lack it
                 self.at("." + f.name, getattr(a, f.name), getattr(b, f.name))
         else:
             if a != b:

@@ -1,9 +1,12 @@
 """Shared fixtures for compiler tests.
 
-`roundtrip(mod)`: every test that builds a module calls it, so the script printer
-and parser are exercised on every IR shape the tests produce. Until
-`compiler.script.parse` exists the check is skipped (the call returns None); once
-it exists, `parse(mod.script())` must be structurally equal to `mod`.
+The script round trip (`parse(mod.script())` structurally equal to `mod`) is applied
+to every module the tests make, three ways:
+- `roundtrip(mod)`: a fixture tests call on modules they construct;
+- every module a `BlockBuilder.get()` returns during a test is checked when the test
+  ends (autouse fixture below);
+- `compiler.build` checks its input and every pass's output (tests/conftest.py sets
+  DISCO_TP_CHECK_ROUNDTRIP=1).
 """
 from __future__ import annotations
 
@@ -40,3 +43,24 @@ def check_roundtrip(mod: IRModule) -> IRModule | None:
 @pytest.fixture
 def roundtrip():
     return check_roundtrip
+
+
+@pytest.fixture(autouse=True)
+def _roundtrip_builder_modules(monkeypatch):
+    """Check the round trip of every module `BlockBuilder.get()` returned in the test."""
+    from compiler.ir.builder import BlockBuilder
+    made: list[IRModule] = []
+    original = BlockBuilder.get
+
+    def recording_get(self):
+        mod = original(self)
+        made.append(mod)
+        return mod
+
+    monkeypatch.setattr(BlockBuilder, "get", recording_get)
+    yield
+    seen: set[int] = set()
+    for mod in made:
+        if id(mod) not in seen:
+            seen.add(id(mod))
+            check_roundtrip(mod)

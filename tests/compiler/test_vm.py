@@ -14,6 +14,7 @@ from compiler.ir import expr as E
 from compiler.ir import graph as G
 from compiler.ir import struct_info as S
 from compiler.ir import tir as T
+from compiler import op
 from compiler.ir.module import IRModule
 from disco.errors import SignatureError
 from disco.vm import VirtualMachine
@@ -264,8 +265,7 @@ def test_packed_call_returning_value_and_match_cast(register):
     lv = G.Var("lv", S.TensorStructInfo(None, "float32", 2))
     lv2 = G.Var("lv2", tensor((m, 32)))
     gv = G.Var("gv", tensor((m, 32)))
-    call = G.Call(G.ExternFunc("test_vm.double"), (x,), sinfo_args=(lv.struct_info,),
-                  struct_info=lv.struct_info)
+    call = op.call_packed("test_vm.double", x, sinfo_args=lv.struct_info)
     main = G.Function((x,), G.SeqExpr((G.BindingBlock((
         G.VarBinding(lv, call), G.MatchCast(lv2, lv, tensor((m, 32))),
         G.VarBinding(gv, call_tir("relu", [lv2], tensor((m, 32)))))),), gv), tensor((m, 32)))
@@ -370,8 +370,7 @@ def test_packed_result_checked_on_every_planned_call(register):
     lv = G.Var("lv", S.TensorStructInfo(None, "float32", 2))
     lv2 = G.Var("lv2", tensor((n, 32)))
     gv = G.Var("gv", tensor((n, 32)))
-    call = G.Call(G.ExternFunc("test_vm.maybe_grow"), (x,), sinfo_args=(lv.struct_info,),
-                  struct_info=lv.struct_info)
+    call = op.call_packed("test_vm.maybe_grow", x, sinfo_args=lv.struct_info)
     main = G.Function((x,), G.SeqExpr((G.BindingBlock((
         G.VarBinding(lv, call), G.MatchCast(lv2, lv, tensor((n, 32))),
         G.VarBinding(gv, call_tir("relu", [lv2], tensor((n, 32)))))),), gv), tensor((n, 32)))
