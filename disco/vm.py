@@ -738,6 +738,8 @@ class VirtualMachine:
         f = self._packed_funcs.get(name)
         if f is None:
             from . import registry
+            if name.startswith("disco.blas."):
+                from . import blas  # noqa: F401  (registers the BLAS functions)
             try:
                 f = registry.get_global_func(name)
             except KeyError:
