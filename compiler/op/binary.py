@@ -9,7 +9,10 @@ from __future__ import annotations
 
 from ..ir.graph import Call
 from ..ir.struct_info import StructInfo, TensorStructInfo
+from .. import te
+from ..ir import expr as E
 from . import _infer as I
+from ._legalize import call_te, out_shape
 from .registry import BROADCAST, OpDef, make_call, register_op
 
 
@@ -56,6 +59,48 @@ less = define_binary("less", compare=True)
 less_equal = define_binary("less_equal", compare=True)
 greater = define_binary("greater", compare=True)
 greater_equal = define_binary("greater_equal", compare=True)
+
+
+
+def broadcast_legalizer(fn):
+    """Legalization of a binary op: `out[i] = fn(x1[bcast(i)], x2[bcast(i)])`."""
+
+    def legalize(bb, call: Call):
+        name = call.op.name.rsplit(".", 1)[-1]
+        return call_te(bb, call, lambda a, b: te.broadcast_compute(fn, a, b, name=name,
+                                                                   out_shape=out_shape(call)),
+                       call.args[0], call.args[1])
+
+    return legalize
+
+
+def _divide(a, b):
+    if E.is_float_dtype(a.dtype):
+        return a / b
+    return E.Div(a, b, a.dtype)     # integers: C division, truncating toward zero (as TVM)
+
+
+def _power(a, b):
+    if E.is_float_dtype(a.dtype):
+        return te.pow(a, b)
+    # Integers through float64 (exact while the result fits in 53 bits).
+    return te.cast(te.pow(te.cast(a, "float64"), te.cast(b, "float64")), a.dtype)
+
+
+add.legalizer(broadcast_legalizer(lambda a, b: a + b))
+subtract.legalizer(broadcast_legalizer(lambda a, b: a - b))
+multiply.legalizer(broadcast_legalizer(lambda a, b: a * b))
+divide.legalizer(broadcast_legalizer(_divide))
+floor_divide.legalizer(broadcast_legalizer(lambda a, b: a // b))
+power.legalizer(broadcast_legalizer(_power))
+maximum.legalizer(broadcast_legalizer(lambda a, b: te.max(a, b)))
+minimum.legalizer(broadcast_legalizer(lambda a, b: te.min(a, b)))
+equal.legalizer(broadcast_legalizer(te.eq))
+not_equal.legalizer(broadcast_legalizer(te.ne))
+less.legalizer(broadcast_legalizer(lambda a, b: a < b))
+less_equal.legalizer(broadcast_legalizer(lambda a, b: a <= b))
+greater.legalizer(broadcast_legalizer(lambda a, b: a > b))
+greater_equal.legalizer(broadcast_legalizer(lambda a, b: a >= b))
 
 BINARY_OPS = ("add", "subtract", "multiply", "divide", "floor_divide", "power", "maximum",
               "minimum", "equal", "not_equal", "less", "less_equal", "greater", "greater_equal")

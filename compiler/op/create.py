@@ -15,9 +15,11 @@ from typing import Any, Optional
 from ..ir import arith
 from ..ir.errors import ShapeError, StructInfoError
 from ..ir.expr import FloatImm, IntImm, PrimExpr, is_float_dtype
-from ..ir.graph import Call, Expr, PrimValue
+from ..ir.graph import Call, Constant, Expr, PrimValue
 from ..ir.struct_info import PrimStructInfo, StructInfo, TensorStructInfo
+from .. import te
 from . import _infer as I
+from ._legalize import call_te, out_dtype, out_shape
 from .registry import ELEMWISE, INJECTIVE, make_call, register_op
 
 
@@ -53,6 +55,22 @@ def _full(call: Call) -> StructInfo:
     return _from_shape(op, call.args[0], call.attrs.get("dtype") or v.dtype)
 
 
+
+def _fill_legalize(bb, call: Call):
+    """full / full_like: every element is the 0-d fill_value tensor, cast to the dtype;
+    a constant fill_value is written into the program instead of passed to it."""
+    name, dtype, value = call.op.name.rsplit(".", 1)[-1], out_dtype(call), call.args[1]
+    if isinstance(value, Constant):
+        v = value.data.item()
+        v = float(v) if is_float_dtype(dtype) else bool(v) if dtype == "bool" else int(v)
+        return call_te(bb, call, lambda: te.compute(out_shape(call), lambda *i: te.const(v, dtype),
+                                                    name=name))
+    return call_te(bb, call, lambda v: te.compute(out_shape(call), lambda *i: te.cast(v[()], dtype),
+                                                  name=name), value)
+
+
+full.legalizer(_fill_legalize)
+
 def _from_shape(op: str, shape_arg: Expr, dtype: str) -> StructInfo:
     values = I.shape_values(op, shape_arg, "shape")
     if values is None:
@@ -78,6 +96,7 @@ def _full_like(call: Call) -> StructInfo:
     _scalar(op, call, 1, "fill_value")
     return TensorStructInfo(x.shape, call.attrs.get("dtype") or x.dtype, x.ndim)
 
+full_like.legalizer(_fill_legalize)
 
 def _define_const_fill(name: str, value: int):
     canonical, script = f"relax.{name}", f"R.{name}"
@@ -114,6 +133,18 @@ def _define_const_fill(name: str, value: int):
 zeros, zeros_like = _define_const_fill("zeros", 0)
 ones, ones_like = _define_const_fill("ones", 1)
 
+
+
+def _const_fill_legalizer(value: int):
+    def legalize(bb, call: Call):
+        name = call.op.name.rsplit(".", 1)[-1]
+        return call_te(bb, call, lambda: te.compute(out_shape(call), lambda *i: value,
+                                                    name=name, dtype=out_dtype(call)))
+    return legalize
+
+
+for _opdef, _value in ((zeros, 0), (zeros_like, 0), (ones, 1), (ones_like, 1)):
+    _opdef.legalizer(_const_fill_legalizer(_value))
 
 # arange ---------------------------------------------------------------------------------------
 
@@ -170,3 +201,14 @@ def _arange(call: Call) -> StructInfo:
     if k != 1:
         n = (n + (k - 1)) // k
     return TensorStructInfo((arith.simplify(n),), dtype)
+
+
+
+@arange.legalizer
+def _arange_legalize(bb, call: Call):
+    """out[i] = start + i * step in the result dtype; symbolic bounds become scalar
+    parameters of the program (call_tir's tir_vars)."""
+    dtype = out_dtype(call)
+    start, step = (te.cast(a.value, dtype) for a in (call.args[0], call.args[2]))
+    return call_te(bb, call, lambda: te.compute(
+        out_shape(call), lambda i: start + te.cast(i, dtype) * step, name="arange"))

@@ -10,7 +10,9 @@ from __future__ import annotations
 from ..ir.errors import ShapeError
 from ..ir.graph import Call
 from ..ir.struct_info import StructInfo, TensorStructInfo
+from .. import te
 from . import _infer as I
+from ._legalize import acc_dtype, call_te, out_dtype, out_shape
 from .registry import OUT_EWISE_FUSABLE, make_call, register_op
 
 
@@ -56,3 +58,31 @@ def _matmul(call: Call) -> StructInfo:
                          f"shape {I.fmt_shape(b.shape)} (batch {I.fmt_shape(b.shape[:-2])})") from None
     out = batch + ((a.shape[-2],) if a.ndim >= 2 else ()) + ((b.shape[-1],) if b.ndim >= 2 else ())
     return TensorStructInfo(out, dtype)
+
+
+@matmul.legalizer
+def _matmul_legalize(bb, call: Call):
+    """out[batch, i, j] = sum_k x1[batch', i, k] * x2[batch'', k, j], batch dims broadcast;
+    a 1-D operand has no i (x1) or j (x2). float16/bfloat16 accumulate in float32."""
+    dtype, shape = out_dtype(call), out_shape(call)
+    acc = acc_dtype(dtype)
+
+    def f(a, b):
+        nbatch = len(shape) - (a.ndim >= 2) - (b.ndim >= 2)
+        batch_shape = shape[:nbatch]
+        k = te.reduce_axis(0, a.shape[-1], "k")
+
+        def element(*i):
+            batch = i[:nbatch]
+            ai = (te.broadcast_index(batch_shape, a.shape[:-2], batch) + (i[nbatch], k)) \
+                if a.ndim >= 2 else (k,)
+            bi = (te.broadcast_index(batch_shape, b.shape[:-2], batch) + (k, i[-1])) \
+                if b.ndim >= 2 else (k,)
+            return te.sum(te.cast(a[ai], acc) * te.cast(b[bi], acc), axis=k)
+
+        if acc == dtype:
+            return te.compute(shape, element, name="matmul")
+        total = te.compute(shape, element, name="matmul_acc")
+        return te.compute(shape, lambda *i: te.cast(total[i], dtype), name="matmul")
+
+    return call_te(bb, call, f, call.args[0], call.args[1])

@@ -17,7 +17,9 @@ from ..ir.errors import ShapeError, StructInfoError
 from ..ir.expr import IntImm, PrimExpr, as_expr
 from ..ir.graph import Call
 from ..ir.struct_info import StructInfo, TensorStructInfo, TupleStructInfo
+from .. import te
 from . import _infer as I
+from ._legalize import axes_of, call_te, int_attr, out_shape
 from .registry import BROADCAST, ELEMWISE, INJECTIVE, make_call, register_op
 
 _BIG = 2**31 - 1   # bounds at or past this mean "to the end" (as in TVM / numpy slices)
@@ -70,6 +72,15 @@ def _reshape(call: Call) -> StructInfo:
     return TensorStructInfo(new, x.dtype)
 
 
+
+@reshape.legalizer
+def _reshape_legalize(bb, call: Call):
+    # out[i] = x[unravel(ravel(i, out shape), x shape)]: row-major order is kept.
+    shape = out_shape(call)
+    return call_te(bb, call, lambda x: te.compute(
+        shape, lambda *i: x[te.unravel_index(te.ravel_index(i, shape), x.shape)], name="reshape"),
+        call.args[0])
+
 # permute_dims, expand_dims, squeeze -----------------------------------------------------
 
 
@@ -99,6 +110,22 @@ def _permute_dims(call: Call) -> StructInfo:
     return TensorStructInfo(tuple(x.shape[a] for a in order), x.dtype)
 
 
+
+@permute_dims.legalizer
+def _permute_dims_legalize(bb, call: Call):
+    def f(x):
+        axes = call.attrs.get("axes")
+        order = tuple(reversed(range(x.ndim))) if axes is None else \
+            tuple(int_attr(a) % x.ndim for a in axes)
+
+        def element(*i):
+            idx = [None] * x.ndim
+            for k, a in enumerate(order):     # output dim k is x's dim a
+                idx[a] = i[k]
+            return x[tuple(idx)]
+        return te.compute(out_shape(call), element, name="permute_dims")
+    return call_te(bb, call, f, call.args[0])
+
 @register_op("relax.expand_dims", script="R.expand_dims", args=("x",), attrs=("axis",),
              pattern=INJECTIVE)
 def expand_dims(x, axis) -> Call:
@@ -123,6 +150,15 @@ def _expand_dims(call: Call) -> StructInfo:
     return TensorStructInfo(tuple(IntImm(1) if i in where else next(dims) for i in range(ndim)),
                             x.dtype)
 
+
+
+@expand_dims.legalizer
+def _expand_dims_legalize(bb, call: Call):
+    shape = out_shape(call)
+    new = set(axes_of(call.attrs["axis"], len(shape), "R.expand_dims"))
+    return call_te(bb, call, lambda x: te.compute(
+        shape, lambda *i: x[tuple(v for k, v in enumerate(i) if k not in new)], name="expand_dims"),
+        call.args[0])
 
 @register_op("relax.squeeze", script="R.squeeze", args=("x",), attrs=("axis",),
              pattern=INJECTIVE)
@@ -154,6 +190,20 @@ def _squeeze(call: Call) -> StructInfo:
                              f": its size is {I.fmt_expr(x.shape[a])}, expected 1")
     return TensorStructInfo(tuple(d for i, d in enumerate(x.shape) if i not in axes), x.dtype)
 
+
+
+@squeeze.legalizer
+def _squeeze_legalize(bb, call: Call):
+    def f(x):
+        axis = call.attrs.get("axis")
+        gone = {d for d, s in enumerate(x.shape) if isinstance(s, IntImm) and s.value == 1} \
+            if axis is None else set(axes_of(axis, x.ndim, "R.squeeze"))
+
+        def element(*i):
+            it = iter(i)
+            return x[tuple(IntImm(0) if d in gone else next(it) for d in range(x.ndim))]
+        return te.compute(out_shape(call), element, name="squeeze")
+    return call_te(bb, call, f, call.args[0])
 
 # concat, split ------------------------------------------------------------------------
 
@@ -201,6 +251,29 @@ def _concat(call: Call) -> StructInfo:
     return TensorStructInfo(shape, dtype)
 
 
+
+@concat.legalizer
+def _concat_legalize(bb, call: Call):
+    def f(parts):
+        shape = out_shape(call)
+        axis = axes_of(call.attrs["axis"], len(shape), "R.concat")[0]
+        offsets = [IntImm(0)]
+        for t in parts[:-1]:
+            offsets.append(arith.simplify(offsets[-1] + t.shape[axis]))
+
+        def element(*i):
+            def load(j):
+                idx = list(i)
+                idx[axis] = i[axis] - offsets[j] if j else i[axis]
+                return parts[j][tuple(idx)]
+            # Nested selects, last part innermost; only the chosen side is read.
+            value = load(len(parts) - 1)
+            for j in range(len(parts) - 2, -1, -1):
+                value = te.select(i[axis] < offsets[j + 1], load(j), value)
+            return value
+        return te.compute(shape, element, name="concat")
+    return call_te(bb, call, f, call.args[0])
+
 @register_op("relax.split", script="R.split", args=("x",), attrs=("indices_or_sections", "axis"),
              pattern=INJECTIVE)
 def split(x, indices_or_sections, axis=0) -> Call:
@@ -245,6 +318,48 @@ def _split(call: Call) -> StructInfo:
     return TupleStructInfo(tuple(
         TensorStructInfo(x.shape[:axis] + (e,) + x.shape[axis + 1:], x.dtype) for e in extents))
 
+
+
+@split.legalizer
+def _split_legalize(bb, call: Call):
+    def f(x):
+        axis = axes_of(call.attrs["axis"], x.ndim, "R.split")[0]
+        dim = x.shape[axis]
+        ios = call.attrs["indices_or_sections"]
+        outs = call.struct_info.fields
+        if isinstance(ios, tuple):
+            starts = [IntImm(0)] + [_start(dim, b, 1) for b in ios]
+        else:
+            starts = [arith.simplify(j * outs[0].shape[axis]) if j else IntImm(0) for j in range(ios)]
+        return [_slice_compute(x, s.shape, {axis: (b, 1)}, f"split_{j}")
+                for j, (s, b) in enumerate(zip(outs, starts))]
+    return call_te(bb, call, f, call.args[0])
+
+
+def _slice_compute(x, shape, starts: dict, name: str):
+    """out[i] = x[i], except x[start + i * stride] on the axes in `starts`."""
+    def index(d: int, v: PrimExpr) -> PrimExpr:
+        if d not in starts:
+            return v
+        start, stride = starts[d]
+        step = v if stride == 1 else v * stride
+        return step if isinstance(start, IntImm) and start.value == 0 else start + step
+
+    return te.compute(shape, lambda *i: x[tuple(index(d, v) for d, v in enumerate(i))], name=name)
+
+
+def _start(dim: PrimExpr, begin: Any, stride: int) -> PrimExpr:
+    """The first index `range(dim)[begin::stride]` reads: exact for constants (numpy
+    clamping); symbolic dims or bounds are assumed in range, as in `_extent`."""
+    b = as_expr(begin)
+    if isinstance(dim, IntImm) and isinstance(b, IntImm):
+        return IntImm(slice(b.value, None, stride).indices(dim.value)[0])
+    if isinstance(b, IntImm):
+        if b.value >= _BIG:
+            return dim if stride > 0 else arith.simplify(dim - 1)
+        if b.value < 0:
+            return arith.simplify(dim + b)
+    return b
 
 def _extent(dim: PrimExpr, begin: Any, end: Any, stride: int) -> PrimExpr:
     """Length of `range(dim)[begin:end:stride]`: exact for constants, in-bounds otherwise."""
@@ -316,6 +431,18 @@ def _strided_slice(call: Call) -> StructInfo:
     return TensorStructInfo(tuple(shape), x.dtype)
 
 
+
+@strided_slice.legalizer
+def _strided_slice_legalize(bb, call: Call):
+    def f(x):
+        a = call.attrs
+        strides = a["strides"] or (1,) * len(a["axes"])
+        axes = [int_attr(ax) % x.ndim for ax in a["axes"]]
+        starts = {ax: (_start(x.shape[ax], b, int_attr(s)), int_attr(s))
+                  for ax, b, s in zip(axes, a["begin"], strides)}
+        return _slice_compute(x, out_shape(call), starts, "strided_slice")
+    return call_te(bb, call, f, call.args[0])
+
 @register_op("relax.take", script="R.take", args=("x", "indices"), attrs=("axis",),
              pattern=INJECTIVE)
 def take(x, indices, axis=None) -> Call:
@@ -341,6 +468,29 @@ def _take(call: Call) -> StructInfo:
         return I.unknown_tensor(x.dtype, -1 if idx.ndim < 0 else x.ndim - 1 + idx.ndim)
     return TensorStructInfo(x.shape[:axis] + idx.shape + x.shape[axis + 1:], x.dtype)
 
+
+
+@take.legalizer
+def _take_legalize(bb, call: Call):
+    def f(x, indices):
+        axis = call.attrs.get("axis")
+
+        def position(v, size):
+            v = te.cast(v, "int64")
+            return te.select(v < 0, v + size, v)     # negative indices count from the end
+
+        if axis is None:
+            total = I.product(x.shape)
+            return te.compute(out_shape(call), lambda *i: x[te.unravel_index(
+                position(indices[i], total), x.shape)], name="take")
+        ax = axes_of(axis, x.ndim, "R.take")[0]
+        k = indices.ndim
+
+        def element(*i):
+            pos = position(indices[i[ax:ax + k]], x.shape[ax])
+            return x[i[:ax] + (pos,) + i[ax + k:]]
+        return te.compute(out_shape(call), element, name="take")
+    return call_te(bb, call, f, call.args[0], call.args[1])
 
 # broadcast_to, where, astype -----------------------------------------------------------
 
@@ -373,6 +523,14 @@ def _broadcast_to(call: Call) -> StructInfo:
     return TensorStructInfo(target, x.dtype)
 
 
+
+@broadcast_to.legalizer
+def _broadcast_to_legalize(bb, call: Call):
+    shape = out_shape(call)
+    return call_te(bb, call, lambda x: te.compute(
+        shape, lambda *i: x[te.broadcast_index(shape, x.shape, i)], name="broadcast_to"),
+        call.args[0])
+
 @register_op("relax.where", script="R.where", args=("condition", "x1", "x2"), pattern=BROADCAST)
 def where(condition, x1, x2) -> Call:
     """`R.where(condition, x1, x2)`: condition is bool; the three shapes broadcast."""
@@ -394,6 +552,12 @@ def _where(call: Call) -> StructInfo:
         TensorStructInfo(shape, dtype)
 
 
+
+@where.legalizer
+def _where_legalize(bb, call: Call):
+    return call_te(bb, call, lambda c, a, b: te.broadcast_compute(
+        te.select, c, a, b, name="where", out_shape=out_shape(call)), *call.args)
+
 @register_op("relax.astype", script="R.astype", args=("x",), attrs=("dtype",), pattern=ELEMWISE)
 def astype(x, dtype) -> Call:
     """`R.astype(x, "float16")`."""
@@ -405,3 +569,10 @@ def astype(x, dtype) -> Call:
 def _astype(call: Call) -> StructInfo:
     x = I.tensor_arg("R.astype", call, 0, "x")
     return TensorStructInfo(x.shape, call.attrs["dtype"], x.ndim)
+
+
+@astype.legalizer
+def _astype_legalize(bb, call: Call):
+    dtype = call.attrs["dtype"]
+    return call_te(bb, call, lambda x: te.compute(
+        out_shape(call), lambda *i: te.cast(x[i], dtype), name="astype"), call.args[0])

@@ -11,9 +11,13 @@ from ..ir.errors import ShapeError
 from ..ir.expr import IntImm
 from ..ir.graph import Call
 from ..ir.struct_info import StructInfo, TensorStructInfo
+import math
+
+from .. import te
 from . import _infer as I
+from ._legalize import acc_dtype, axes_of, call_te, count, out_shape
 from .registry import INJECTIVE, OPAQUE, make_call, register_op
-from .unary import define_elementwise
+from .unary import define_elementwise, elementwise_legalizer
 
 relu = define_elementwise("nn.relu", False, "data")
 gelu = define_elementwise("nn.gelu", True, "data", doc="`R.nn.gelu(data)`: erf-based GELU.")
@@ -21,6 +25,23 @@ gelu_tanh = define_elementwise("nn.gelu_tanh", True, "data",
                                doc="`R.nn.gelu_tanh(data)`: tanh-approximated GELU.")
 silu = define_elementwise("nn.silu", True, "data", doc="`R.nn.silu(data)`: data * sigmoid(data).")
 
+
+
+def _gelu(v):
+    # 0.5 * x * (1 + erf(x / sqrt(2)))
+    return te.const(0.5, v.dtype) * v * (te.const(1.0, v.dtype) + te.erf(v * te.const(math.sqrt(0.5), v.dtype)))
+
+
+def _gelu_tanh(v):
+    # 0.5 * x * (1 + tanh(sqrt(2 / pi) * (x + 0.044715 * x**3)))
+    inner = te.const(math.sqrt(2.0 / math.pi), v.dtype) * (v + te.const(0.044715, v.dtype) * v * v * v)
+    return te.const(0.5, v.dtype) * v * (te.const(1.0, v.dtype) + te.tanh(inner))
+
+
+relu.legalizer(elementwise_legalizer(lambda v: te.max(v, te.const(0, v.dtype))))
+gelu.legalizer(elementwise_legalizer(_gelu))
+gelu_tanh.legalizer(elementwise_legalizer(_gelu_tanh))
+silu.legalizer(elementwise_legalizer(lambda v: v * te.sigmoid(v)))
 
 # softmax -------------------------------------------------------------------------------
 
@@ -46,6 +67,44 @@ def softmax(data, axis=-1) -> Call:
 softmax.infer(_softmax_rule("R.nn.softmax"))
 
 
+
+def _softmax_legalizer(log: bool):
+    """Numerically stable: m = max(x), s = sum(exp(x - m)) along the axis, then
+    exp(x - m) / s (softmax) or x - m - log(s) (log_softmax); float16/bfloat16 in float32."""
+
+    def legalize(bb, call: Call):
+        name = call.op.name.rsplit(".", 1)[-1]
+        shape = out_shape(call)
+
+        def f(x):
+            axis = axes_of(call.attrs["axis"], x.ndim, f"R.nn.{name}")[0]
+            acc = acc_dtype(x.dtype)
+
+            def row(i, k):       # i with the axis index replaced by k
+                return i[:axis] + (k,) + i[axis + 1:]
+
+            def elem(idx):
+                return te.cast(x[idx], acc)
+
+            red = row(shape, 1)     # keepdims shape of the row statistics
+            k1 = te.reduce_axis(0, x.shape[axis], "k")
+            m = te.compute(red, lambda *i: te.max(elem(row(i, k1)), axis=k1), name=f"{name}_max")
+            k2 = te.reduce_axis(0, x.shape[axis], "k")
+            z = te.compute(red, lambda *i: te.sum(te.exp(elem(row(i, k2)) - m[row(i, 0)]), axis=k2),
+                           name=f"{name}_sum")
+            if log:
+                body = lambda *i: elem(i) - m[row(i, 0)] - te.log(z[row(i, 0)])  # noqa: E731
+            else:
+                body = lambda *i: te.exp(elem(i) - m[row(i, 0)]) / z[row(i, 0)]  # noqa: E731
+            return te.compute(shape, lambda *i: te.cast(body(*i), x.dtype), name=name)
+
+        return call_te(bb, call, f, call.args[0])
+
+    return legalize
+
+
+softmax.legalizer(_softmax_legalizer(log=False))
+
 @register_op("relax.nn.log_softmax", script="R.nn.log_softmax", args=("data",), attrs=("axis",),
              pattern=OPAQUE)
 def log_softmax(data, axis=-1) -> Call:
@@ -56,6 +115,7 @@ def log_softmax(data, axis=-1) -> Call:
 
 log_softmax.infer(_softmax_rule("R.nn.log_softmax"))
 
+log_softmax.legalizer(_softmax_legalizer(log=True))
 
 # normalisation ---------------------------------------------------------------------------
 
@@ -100,6 +160,40 @@ def _rms_norm(call: Call) -> StructInfo:
     return TensorStructInfo(x.shape, x.dtype, x.ndim)
 
 
+
+def _reduced(x, axes, shape, fn, name):
+    """A keepdims-shaped stage: `sum over axes of fn(index)` at every position whose
+    normalised axes are 0 (the stage has the data's rank, size 1 on `axes`)."""
+    ks = {a: te.reduce_axis(0, x.shape[a], f"k{a}") for a in axes}
+    red_shape = tuple(1 if d in ks else s for d, s in enumerate(shape))
+    return te.compute(red_shape, lambda *i: te.sum(
+        fn(tuple(ks.get(d, v) for d, v in enumerate(i))), axis=list(ks.values())), name=name)
+
+
+def _at(axes, i):
+    """Index of a keepdims-shaped stage for output index i."""
+    return tuple(0 if d in axes else v for d, v in enumerate(i))
+
+
+@rms_norm.legalizer
+def _rms_norm_legalize(bb, call: Call):
+    """As PyTorch: x * rsqrt(mean(x**2 over axes) + eps) * weight, in float32 for
+    float16/bfloat16 data."""
+    shape = out_shape(call)
+
+    def f(x, w):
+        axes = axes_of(call.attrs["axes"], x.ndim, "R.nn.rms_norm")
+        acc = acc_dtype(x.dtype)
+        eps = te.const(float(call.attrs["epsilon"]), acc)
+        sq = _reduced(x, axes, shape, lambda idx: te.cast(x[idx], acc) * te.cast(x[idx], acc),
+                      "rms_norm_sq")
+        n = count(x.shape, axes, acc)
+        return te.compute(shape, lambda *i: te.cast(
+            te.cast(x[i], acc) * te.rsqrt(sq[_at(axes, i)] / n + eps) *
+            te.cast(w[tuple(i[a] for a in axes)], acc), x.dtype), name="rms_norm")
+
+    return call_te(bb, call, f, call.args[0], call.args[1])
+
 @register_op("relax.nn.layer_norm", script="R.nn.layer_norm", args=("data", "gamma", "beta"),
              attrs=("axes", "epsilon", "center", "scale"), pattern=OPAQUE)
 def layer_norm(data, gamma, beta, axes, epsilon=1e-5, center=True, scale=True) -> Call:
@@ -123,6 +217,38 @@ def _layer_norm(call: Call) -> StructInfo:
         _check_param(op, x, call.attrs["axes"], name, p)
     return TensorStructInfo(x.shape, x.dtype, x.ndim)
 
+
+
+@layer_norm.legalizer
+def _layer_norm_legalize(bb, call: Call):
+    """As PyTorch: (x - mean) * rsqrt(var + eps) * gamma + beta over `axes`, with the
+    biased variance computed from the centred data (two passes, stable); gamma is
+    left out when scale=False and beta when center=False."""
+    shape = out_shape(call)
+    a = call.attrs
+
+    def f(x, gamma, beta):
+        axes = axes_of(a["axes"], x.ndim, "R.nn.layer_norm")
+        acc = acc_dtype(x.dtype)
+        n = count(x.shape, axes, acc)
+        eps = te.const(float(a["epsilon"]), acc)
+        total = _reduced(x, axes, shape, lambda idx: te.cast(x[idx], acc), "layer_norm_sum")
+        mean = lambda i: total[_at(axes, i)] / n  # noqa: E731
+        sq = _reduced(x, axes, shape, lambda idx: (te.cast(x[idx], acc) - mean(idx)) *
+                      (te.cast(x[idx], acc) - mean(idx)), "layer_norm_sq")
+
+        def element(*i):
+            p = tuple(i[d] for d in axes)
+            v = (te.cast(x[i], acc) - mean(i)) * te.rsqrt(sq[_at(axes, i)] / n + eps)
+            if a["scale"]:
+                v = v * te.cast(gamma[p], acc)
+            if a["center"]:
+                v = v + te.cast(beta[p], acc)
+            return te.cast(v, x.dtype)
+
+        return te.compute(shape, element, name="layer_norm")
+
+    return call_te(bb, call, f, *call.args)
 
 # rotary embedding ---------------------------------------------------------------------------
 
@@ -170,3 +296,25 @@ def _rotary_embedding(call: Call) -> StructInfo:
                                  f"{I.fmt_shape(x.shape)}; expected {name} of shape "
                                  f"{I.fmt_shape((x.shape[-3], d))} (seq, head_dim)")
     return TensorStructInfo(x.shape, x.dtype, x.ndim)
+
+
+
+@rotary_embedding.legalizer
+def _rotary_embedding_legalize(bb, call: Call):
+    """out[..., s, h, j] = x[..., s, h, j] * cos[s, j] + rot[..., s, h, j] * sin[s, j] with
+    rot = -x[..., j + d/2] for j < d/2, else x[..., j - d/2]: both are x[..., (j + d/2) % d]."""
+    shape = out_shape(call)
+
+    def f(x, cos, sin):
+        d = x.shape[-1]
+        half = d // 2
+
+        def element(*i):
+            s, j = i[-3], i[-1]
+            other = x[i[:-1] + ((j + half) % d,)]
+            rot = te.select(j < half, te.const(0.0, x.dtype) - other, other)
+            return x[i] * cos[s, j] + rot * sin[s, j]
+
+        return te.compute(shape, element, name="rotary_embedding")
+
+    return call_te(bb, call, f, *call.args)

@@ -11,7 +11,9 @@ from __future__ import annotations
 from ..ir.expr import IntImm
 from ..ir.graph import Call
 from ..ir.struct_info import StructInfo, TensorStructInfo
+from .. import te
 from . import _infer as I
+from ._legalize import acc_dtype, axes_of, call_te, count, out_shape
 from .registry import COMM_REDUCE, OpDef, make_call, register_op
 
 
@@ -63,5 +65,69 @@ min = define_reduce("min")  # noqa: A001
 prod = define_reduce("prod")
 argmax = define_reduce("argmax", index=True)
 argmin = define_reduce("argmin", index=True)
+
+
+
+def reduce_legalizer(combiner: str, mean: bool = False):
+    """Legalization of sum/mean/max/min/prod: one reduction stage (sum, mean and
+    prod of float16/bfloat16 in float32), then a divide and/or cast stage if needed."""
+
+    def legalize(bb, call: Call):
+        name = call.op.name.rsplit(".", 1)[-1]
+        shape = out_shape(call)
+
+        def f(x):
+            acc = acc_dtype(x.dtype) if combiner != "max" and combiner != "min" else x.dtype
+            axes = axes_of(call.attrs.get("axis"), x.ndim, f"R.{name}")
+            stage = name if acc == x.dtype and not mean else f"{name}_acc"
+            if axes:
+                total = te.reduce_tensor(x, axes, call.attrs.get("keepdims", False), combiner,
+                                         name=stage, element=lambda v: te.cast(v, acc))
+            else:   # nothing to reduce (a 0-d tensor or axis=[]): the elements themselves
+                total = te.compute(shape, lambda *i: te.cast(x[i], acc), name=stage)
+            if stage == name:
+                return total
+            n = count(x.shape, axes, acc)
+            return te.compute(shape, lambda *i: te.cast(total[i] / n if mean else total[i], x.dtype),
+                              name=name)
+
+        return call_te(bb, call, f, call.args[0])
+
+    return legalize
+
+
+def arg_reduce_legalizer(kind: str):
+    """argmax/argmin: te.argmax along one axis; over the flattened tensor (axis None),
+    the first flat index holding the extreme value."""
+
+    def legalize(bb, call: Call):
+        shape = out_shape(call)
+
+        def f(x):
+            axis, keepdims = call.attrs.get("axis"), call.attrs.get("keepdims", False)
+            if axis is not None:
+                return (te.argmax if kind == "argmax" else te.argmin)(x, axis, keepdims, "int64", kind)
+            if x.ndim == 0:
+                return te.compute(shape, lambda *i: te.const(0, "int64"), name=kind)
+            reducer = te.max if kind == "argmax" else te.min
+            ks = [te.reduce_axis(0, d, f"k{a}") for a, d in enumerate(x.shape)]
+            best = te.compute(shape, lambda *i: reducer(x[tuple(ks)], axis=ks), name=f"{kind}_value")
+            ks2 = [te.reduce_axis(0, d, f"k{a}") for a, d in enumerate(x.shape)]
+            last = I.product(x.shape)           # past every flat index: loses every min
+            return te.compute(shape, lambda *i: te.min(te.select(
+                te.eq(x[tuple(ks2)], best[i]), te.ravel_index(ks2, x.shape), last), axis=ks2), name=kind)
+
+        return call_te(bb, call, f, call.args[0])
+
+    return legalize
+
+
+sum.legalizer(reduce_legalizer("sum"))
+mean.legalizer(reduce_legalizer("sum", mean=True))
+max.legalizer(reduce_legalizer("max"))
+min.legalizer(reduce_legalizer("min"))
+prod.legalizer(reduce_legalizer("prod"))
+argmax.legalizer(arg_reduce_legalizer("argmax"))
+argmin.legalizer(arg_reduce_legalizer("argmin"))
 
 REDUCE_OPS = ("sum", "mean", "max", "min", "prod", "argmax", "argmin")

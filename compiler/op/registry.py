@@ -12,6 +12,15 @@ Writing an operator:
     @add.infer
     def _(call): ...                # -> StructInfo, raises ShapeError / DTypeError
 
+Legalization (`@add.legalizer`, run by compiler.transform.legalize_ops.LegalizeOps):
+`fn(bb: BlockBuilder, call: Call) -> Expr` returns an expression with the call's
+struct info that computes the same value without the operator, usually
+`R.call_tir(gvar, args, out_sinfo)` of a tensor program added with `bb.add_func`
+(which reuses an equal one). Write it with compiler.te through
+`compiler.op._legalize.call_te`, which also sets the program's attr `op_pattern`
+(this op's `pattern`, read by FuseOps). A legalizer may add functions to `bb`
+but not emit bindings; it raises a CompilerError for calls it cannot lower.
+
 Calls are built by `make_call`, which infers struct info eagerly when every argument
 already has it, so an ill-typed program fails where it is written.
 
@@ -63,7 +72,7 @@ class OpDef:
     constructor: Callable[..., Call]
     pattern: OpPattern = OPAQUE
     infer_struct_info: Optional[Callable[[Call], StructInfo]] = None
-    legalize: Optional[Callable[..., Any]] = None       # compiler.te legalization (build issue)
+    legalize: Optional[Callable[..., Any]] = None       # (bb, call) -> Expr, see the docstring
     sharding_rule: Optional[Callable[..., Any]] = None  # compiler.distributed rule
     extra: dict[str, Any] = field(default_factory=dict)
 

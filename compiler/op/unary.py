@@ -10,7 +10,10 @@ from typing import Callable
 
 from ..ir.graph import Call
 from ..ir.struct_info import StructInfo, TensorStructInfo
+from .. import te
+from ..ir.expr import is_float_dtype
 from . import _infer as I
+from ._legalize import call_te, out_shape
 from .registry import ELEMWISE, OpDef, make_call, register_op
 
 
@@ -53,6 +56,38 @@ cos = define_elementwise("cos", True)
 negative = define_elementwise("negative", False)
 abs = define_elementwise("abs", False)  # noqa: A001 - TVM's name
 square = define_elementwise("square", False)
+
+
+
+def elementwise_legalizer(fn: Callable):
+    """Legalization of a one-tensor elementwise op: `out[i] = fn(x[i])`, computed by
+    te in x's dtype (the C backend widens float16/bfloat16 to float for the math)."""
+
+    def legalize(bb, call: Call):
+        name = call.op.name.rsplit(".", 1)[-1]
+        return call_te(bb, call, lambda x: te.compute(out_shape(call), lambda *i: fn(x[i]), name=name),
+                       call.args[0])
+
+    return legalize
+
+
+def _negative(v):
+    # -1.0 * v (not 0 - v) so that -(0.0) is -0.0, as in numpy.
+    return te.const(-1.0, v.dtype) * v if is_float_dtype(v.dtype) else te.const(0, v.dtype) - v
+
+
+exp.legalizer(elementwise_legalizer(te.exp))
+log.legalizer(elementwise_legalizer(te.log))
+sqrt.legalizer(elementwise_legalizer(te.sqrt))
+rsqrt.legalizer(elementwise_legalizer(te.rsqrt))
+tanh.legalizer(elementwise_legalizer(te.tanh))
+sigmoid.legalizer(elementwise_legalizer(te.sigmoid))
+erf.legalizer(elementwise_legalizer(te.erf))
+sin.legalizer(elementwise_legalizer(te.sin))
+cos.legalizer(elementwise_legalizer(te.cos))
+negative.legalizer(elementwise_legalizer(_negative))
+abs.legalizer(elementwise_legalizer(te.abs))
+square.legalizer(elementwise_legalizer(lambda v: v * v))
 
 UNARY_OPS = ("exp", "log", "sqrt", "rsqrt", "tanh", "sigmoid", "erf", "sin", "cos",
              "negative", "abs", "square")

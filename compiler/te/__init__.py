@@ -13,7 +13,7 @@ makes the loop nest (one block per stage) that schedules and codegen work on:
                    name="rms")
     func = te.create_prim_func([X, W, Y])               # params X, W, Y; `sq` is an intermediate
 
-Pieces: `placeholder`, `compute`, `var`, `reduce_axis` (tensor.py); `sum/max/min`
+Pieces: `placeholder`, `compute`, `var`, `reduce_axis` (tensor.py); `sum/max/min/prod`
 reductions, `reduce_tensor` (numpy-style axes) and `argmax/argmin` (reduce.py); math
 helpers (elementwise.py); broadcasting (`broadcast_shape/index/compute`), axes and
 row-major index maps for reshapes (index.py); `create_prim_func` (lower.py).
@@ -27,14 +27,14 @@ from .elementwise import (abs, all, any, cast, ceil, const, cos, eq, erf, exp, e
 from .index import (broadcast_compute, broadcast_index, broadcast_shape, normalize_axes, normalize_axis, ravel_index,
                     reduce_shape, unravel_index)
 from .lower import create_prim_func
-from .reduce import argmax, argmin, identity, max, max_value, min, min_value, reduce_tensor, sum
+from .reduce import argmax, argmin, identity, max, max_value, min, min_value, prod, reduce_tensor, sum
 from .tensor import (Reduce, ReduceAxis, TEError, Tensor, TensorLoad, compute, placeholder, reduce_axis,
                      var)
 
 __all__ = [
     "Tensor", "TensorLoad", "ReduceAxis", "Reduce", "TEError",
     "placeholder", "compute", "var", "reduce_axis", "create_prim_func",
-    "sum", "max", "min", "argmax", "argmin", "reduce_tensor", "identity", "min_value", "max_value",
+    "sum", "max", "min", "prod", "argmax", "argmin", "reduce_tensor", "identity", "min_value", "max_value",
     "exp", "log", "sqrt", "rsqrt", "tanh", "erf", "sigmoid", "exp2", "log2", "sin", "cos", "floor",
     "ceil", "round", "pow", "abs", "cast", "const", "select", "if_then_else", "eq", "ne", "all", "any",
     "logical_not",

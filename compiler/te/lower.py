@@ -21,7 +21,7 @@ from dataclasses import fields, is_dataclass, replace
 from typing import Any, Callable, Mapping, Optional, Sequence, Union
 
 from ..ir.attrs import Attrs
-from ..ir.expr import Add, IntImm, Max, Min, PrimExpr, Var
+from ..ir.expr import Add, IntImm, Max, Min, Mul, PrimExpr, Var
 from ..ir.tir import (Allocate, Block, BlockRealize, Buffer, BufferLoad, BufferStore, For, IterVar,
                       PrimFunc, Range, SeqStmt, Stmt)
 from .tensor import Reduce, ReduceAxis, Tensor, TensorLoad, TEError
@@ -32,6 +32,7 @@ _COMBINE: dict[str, Callable[[PrimExpr, PrimExpr, str], PrimExpr]] = {
     "sum": lambda a, b, dt: Add(a, b, dt),
     "max": lambda a, b, dt: Max(a, b, dt),
     "min": lambda a, b, dt: Min(a, b, dt),
+    "prod": lambda a, b, dt: Mul(a, b, dt),
 }
 _TRUE = IntImm(1, "bool")
 

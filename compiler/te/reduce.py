@@ -1,4 +1,4 @@
-"""Reductions: `te.sum`, `te.max`, `te.min` over reduce axes, and `argmax`/`argmin`.
+"""Reductions: `te.sum`, `te.max`, `te.min`, `te.prod` over reduce axes, and `argmax`/`argmin`.
 
 `te.max` and `te.min` serve two purposes, as in TVM: with `axis=` (or a reduce axis
 as second argument) they reduce; with two operands they are the elementwise
@@ -16,7 +16,7 @@ from .elementwise import _pair, cast
 from .index import normalize_axes, normalize_axis, reduce_shape
 from .tensor import Reduce, ReduceAxis, Tensor, TEError, compute, reduce_axis
 
-__all__ = ["sum", "max", "min", "argmax", "argmin", "reduce_tensor", "identity", "min_value", "max_value"]
+__all__ = ["sum", "max", "min", "prod", "argmax", "argmin", "reduce_tensor", "identity", "min_value", "max_value"]
 
 AxisLike = Union[ReduceAxis, Sequence[ReduceAxis]]
 
@@ -44,9 +44,11 @@ def max_value(dtype: str) -> PrimExpr:
 
 
 def identity(combiner: str, dtype: str) -> PrimExpr:
-    """The neutral element of a combiner: 0 for sum, lowest for max, highest for min."""
+    """The neutral element of a combiner: 0 for sum, 1 for prod, lowest for max, highest for min."""
     if combiner == "sum":
         return const(0.0 if is_float_dtype(dtype) else 0, dtype)
+    if combiner == "prod":
+        return const(1.0 if is_float_dtype(dtype) else 1, dtype)
     return min_value(dtype) if combiner == "max" else max_value(dtype)
 
 
@@ -87,6 +89,11 @@ def _reduce(combiner: str, expr, axis: AxisLike, init, where_cond) -> Reduce:
 def sum(expr, axis: AxisLike, init=None, where=None) -> Reduce:  # noqa: A001 (TVM's name)
     """Sum of `expr` over `axis` (one reduce axis or a list); `where` masks elements."""
     return _reduce("sum", expr, axis, init, where)
+
+
+def prod(expr, axis: AxisLike, init=None, where=None) -> Reduce:
+    """Product of `expr` over `axis` (one reduce axis or a list); `where` masks elements."""
+    return _reduce("prod", expr, axis, init, where)
 
 
 def _minmax(combiner: str, a, b, axis, init, where_cond):
@@ -166,12 +173,12 @@ def argmin(x: Tensor, axis: int = -1, keepdims: bool = False, index_dtype: str =
 
 def reduce_tensor(x: Tensor, axes=None, keepdims: bool = False, combiner: str = "sum",
                   name: Optional[str] = None, element=None) -> Tensor:
-    """`x` reduced over `axes` (None: all) with "sum", "max" or "min", numpy-style
+    """`x` reduced over `axes` (None: all) with "sum", "max", "min" or "prod", numpy-style
     (`keepdims` keeps reduced dims as 1). `element(load)` maps each element before
     reducing, e.g. `lambda v: te.cast(v, "float32")` or `lambda v: v * v`."""
-    reducer = {"sum": sum, "max": max, "min": min}.get(combiner)
+    reducer = {"sum": sum, "max": max, "min": min, "prod": prod}.get(combiner)
     if reducer is None:
-        raise TEError(f"te.reduce_tensor: combiner {combiner!r}; expected 'sum', 'max' or 'min'")
+        raise TEError(f"te.reduce_tensor: combiner {combiner!r}; expected 'sum', 'max', 'min' or 'prod'")
     if not isinstance(x, Tensor):
         raise TEError(f"te.reduce_tensor: expected a Tensor, got {type(x).__name__}")
     red = normalize_axes(axes, x.ndim, f"te.reduce_tensor({x.name!r})")

@@ -122,7 +122,7 @@ class ReduceAxis(PrimExpr):
 class Reduce(PrimExpr):
     """A commutative reduction of `source` over `axes`, starting from `init`.
 
-    `combiner` is "sum", "max" or "min"; it must be the whole body of a compute
+    `combiner` is "sum", "max", "min" or "prod"; it must be the whole body of a compute
     (as in TVM), which becomes a block with an init statement and an update."""
     combiner: str
     source: PrimExpr
