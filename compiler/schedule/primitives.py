@@ -14,7 +14,7 @@ from ..ir import arith
 from ..ir import expr as E
 from ..ir import tir as T
 from ._tree import (ScheduleError, find_block, find_loop, reduction_loop_ids, replace_node,
-                    rewrite, substitute, vars_in, with_body)
+                    rewrite, substitute, vars_in, walk, with_body)
 
 Factor = Union[int, E.PrimExpr, None]
 
@@ -246,14 +246,112 @@ def _is_true(e: E.PrimExpr) -> bool:
     return isinstance(e, E.IntImm) and e.value != 0
 
 
-def cache_read(func: T.PrimFunc, block_name: str, buffer_index: int, scope: str):
-    """Hook for GPU schedules (stage a read buffer in shared/local memory): not yet implemented."""
-    raise NotImplementedError("cache_read is planned with the CUDA backend; CPU schedules do not need it")
+def _reads_writes(block: T.Block) -> tuple[list[T.Buffer], list[T.Buffer]]:
+    """Buffers a block reads and writes, each in order of first appearance (the
+    `buffer_index` of cache_read / cache_write counts in these lists)."""
+    reads, writes = [], []
+    stmts = [block.init, block.body] if block.init is not None else [block.body]
+    for stmt in stmts:
+        for n in walk(stmt):
+            if isinstance(n, T.BufferLoad) and not any(n.buffer is b for b in reads):
+                reads.append(n.buffer)
+            elif isinstance(n, T.BufferStore) and not any(n.buffer is b for b in writes):
+                writes.append(n.buffer)
+    own = [b for b in reads if any(b is w for w in writes)]
+    return [b for b in reads if not any(b is o for o in own)], writes
 
 
-def cache_write(func: T.PrimFunc, block_name: str, buffer_index: int, scope: str):
-    """Hook for GPU schedules (accumulate in a local buffer, then write back): not yet implemented."""
-    raise NotImplementedError("cache_write is planned with the CUDA backend; CPU schedules do not need it")
+def _with_root(func: T.PrimFunc) -> tuple[T.BlockRealize, list[T.Stmt]]:
+    """The root block realize (made if missing) and its top-level statements."""
+    body = func.body
+    if not (isinstance(body, T.BlockRealize) and not body.block.iter_vars and body.block.init is None):
+        body = T.BlockRealize((), E.IntImm(1, "bool"), T.Block("root", (), body))
+    inner = body.block.body
+    return body, list(inner.stmts) if isinstance(inner, T.SeqStmt) else [inner]
+
+
+def _top_index(stmts: list[T.Stmt], block_name: str) -> int:
+    for k, s in enumerate(stmts):
+        if any(isinstance(n, T.Block) and n.name == block_name for n in walk(s)):
+            return k
+    raise ScheduleError(f"block {block_name!r} is not under the root block's statements")
+
+
+def _copy_nest(name: str, dst: T.Buffer, src: T.Buffer) -> T.Stmt:
+    """for v...: block name: dst[v...] = src[v...] over the whole buffer."""
+    loops = [E.Var(f"{name}_l{k}") for k in range(len(src.shape))]
+    ivars = [E.Var(f"{name}_v{k}") for k in range(len(src.shape))]
+    ivs = tuple(T.IterVar(v, T.Range(E.IntImm(0), d), "S") for v, d in zip(ivars, src.shape))
+    store = T.BufferStore(dst, T.BufferLoad(src, tuple(ivars)), tuple(ivars))
+    body: T.Stmt = T.BlockRealize(tuple(loops), E.IntImm(1, "bool"), T.Block(name, ivs, store))
+    for v, d in reversed(list(zip(loops, src.shape))):
+        body = T.For(v, E.IntImm(0), d, "serial", body)
+    return body
+
+
+def _retarget(stmt, old: T.Buffer, new: T.Buffer, loads: bool, stores: bool):
+    def pre(n):
+        if loads and isinstance(n, T.BufferLoad) and n.buffer is old:
+            return T.BufferLoad(new, tuple(rewrite(i, pre) for i in n.indices))
+        if stores and isinstance(n, T.BufferStore) and n.buffer is old:
+            return T.BufferStore(new, rewrite(n.value, pre), tuple(rewrite(i, pre) for i in n.indices))
+        return None
+    return rewrite(stmt, pre)
+
+
+_SCOPES = ("global", "shared", "local")
+
+
+def cache_read(func: T.PrimFunc, block_name: str, buffer_index: int, scope: str,
+               consumer_blocks: Optional[Sequence[str]] = None) -> tuple[T.PrimFunc, T.Buffer]:
+    """Stage the `buffer_index`-th buffer that block `block_name` reads in a new buffer of
+    `scope` ("shared": GPU shared memory): a copy block `<buffer>_<scope>` over the whole
+    buffer runs before the first consumer's loop nest, and the consumers (`block_name`,
+    plus `consumer_blocks`) read the copy. Returns (func, cache buffer). The GPU schedule
+    keeps one row of such a copy per thread block."""
+    if scope not in _SCOPES:
+        raise ScheduleError(f"cache_read: unknown scope {scope!r}; expected one of {_SCOPES}")
+    _, realize = find_block(func, block_name)
+    reads, _ = _reads_writes(realize.block)
+    if not 0 <= buffer_index < len(reads):
+        raise ScheduleError(f"cache_read: block {block_name!r} reads {len(reads)} buffers "
+                            f"({[b.name for b in reads]}); index {buffer_index} is out of range")
+    src = reads[buffer_index]
+    cache = T.Buffer(f"{src.name}_{scope}", src.shape, src.dtype, scope)
+    names = [block_name] + [b for b in (consumer_blocks or ()) if b != block_name]
+    root, stmts = _with_root(func)
+    for name in names:
+        _, r = find_block(func, name)
+        stmts = [replace_node(s, r, dataclasses.replace(
+            r, block=_retarget(r.block, src, cache, loads=True, stores=False))) for s in stmts]
+    first = min(_top_index(stmts, n) for n in names)
+    stmts.insert(first, _copy_nest(cache.name, cache, src))
+    block = dataclasses.replace(root.block, body=T.SeqStmt(tuple(stmts)),
+                                alloc_buffers=root.block.alloc_buffers + (cache,))
+    return with_body(func, dataclasses.replace(root, block=block)), cache
+
+
+def cache_write(func: T.PrimFunc, block_name: str, buffer_index: int, scope: str) -> tuple[T.PrimFunc, T.Buffer]:
+    """Make block `block_name` compute its `buffer_index`-th written buffer into a new
+    buffer of `scope`, copied back (block `<buffer>_<scope>`) right after the block's
+    loop nest. Returns (func, cache buffer)."""
+    if scope not in _SCOPES:
+        raise ScheduleError(f"cache_write: unknown scope {scope!r}; expected one of {_SCOPES}")
+    _, realize = find_block(func, block_name)
+    _, writes = _reads_writes(realize.block)
+    if not 0 <= buffer_index < len(writes):
+        raise ScheduleError(f"cache_write: block {block_name!r} writes {len(writes)} buffers "
+                            f"({[b.name for b in writes]}); index {buffer_index} is out of range")
+    dst = writes[buffer_index]
+    cache = T.Buffer(f"{dst.name}_{scope}", dst.shape, dst.dtype, scope)
+    root, stmts = _with_root(func)
+    new_block = _retarget(realize.block, dst, cache, loads=True, stores=True)
+    stmts = [replace_node(s, realize, dataclasses.replace(realize, block=new_block)) for s in stmts]
+    k = _top_index(stmts, block_name)
+    stmts.insert(k + 1, _copy_nest(f"{dst.name}_{scope}", dst, cache))
+    block = dataclasses.replace(root.block, body=T.SeqStmt(tuple(stmts)),
+                                alloc_buffers=root.block.alloc_buffers + (cache,))
+    return with_body(func, dataclasses.replace(root, block=block)), cache
 
 
 def loop_extent(func: T.PrimFunc, loop: E.Var) -> E.PrimExpr:

@@ -58,11 +58,14 @@ class Schedule:
     def decompose_reduction(self, block_name: str, loop: E.Var) -> None:
         self.func = P.decompose_reduction(self.func, block_name, loop)
 
-    def cache_read(self, block_name: str, buffer_index: int, scope: str):
-        return P.cache_read(self.func, block_name, buffer_index, scope)
+    def cache_read(self, block_name: str, buffer_index: int, scope: str,
+                   consumer_blocks: Sequence[str] = ()) -> T.Buffer:
+        self.func, buf = P.cache_read(self.func, block_name, buffer_index, scope, consumer_blocks)
+        return buf
 
-    def cache_write(self, block_name: str, buffer_index: int, scope: str):
-        return P.cache_write(self.func, block_name, buffer_index, scope)
+    def cache_write(self, block_name: str, buffer_index: int, scope: str) -> T.Buffer:
+        self.func, buf = P.cache_write(self.func, block_name, buffer_index, scope)
+        return buf
 
     def extent(self, loop: E.Var) -> E.PrimExpr:
         return P.loop_extent(self.func, loop)

@@ -142,8 +142,8 @@ def test_illegal_primitives_raise():
         sch.vectorize(E.Var("zz"))
     with pytest.raises(ScheduleError, match="block"):
         sch.get_loops("nope")
-    with pytest.raises(NotImplementedError):
-        sch.cache_read("Y", 0, "shared")
+    with pytest.raises(ScheduleError, match="out of range"):
+        sch.cache_read("Y", 5, "shared")
 
 
 def test_default_schedule_matmul_structure_and_result():

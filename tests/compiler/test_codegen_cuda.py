@@ -1,0 +1,274 @@
+"""CUDA backend, CPU side: the GPU default schedule keeps each program's meaning (run
+by the reference TIR interpreter against numpy), the generated CUDA source has the
+expected structure and launch configuration, and it compiles with nvcc (one nvcc call
+for all kernels; skipped without nvcc). Running the kernels needs a GPU: tests/gpu."""
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from compiler.codegen import build_kernels
+from compiler.codegen.c import CodegenError
+from compiler.codegen.cuda import generate_cuda
+from compiler.ir import IRModule
+from compiler.ir import expr as E
+from compiler.ir import tir as T
+from compiler.schedule import Schedule, ScheduleError
+from compiler.schedule import primitives as P
+from compiler.transform.gpu_schedule import DefaultGPUSchedule, schedule_gpu
+
+from _tir_interp import run_prim_func
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "gpu"))
+import te_kernels as K  # noqa: E402
+
+TOL = {"float32": 2e-5, "float16": 2e-3, "bfloat16": 1.6e-2}
+
+
+def _loops(func):
+    out = []
+
+    def visit(n):
+        if isinstance(n, T.For):
+            out.append(n)
+            visit(n.body)
+        elif isinstance(n, T.SeqStmt):
+            for s in n.stmts:
+                visit(s)
+        elif isinstance(n, T.BlockRealize):
+            visit(n.block.body)
+        elif isinstance(n, (T.Allocate, T.LetStmt)):
+            visit(n.body)
+        elif isinstance(n, T.IfThenElse):
+            visit(n.then_case)
+    visit(func.body)
+    return out
+
+
+def _alloc_buffers(func):
+    return list(func.body.block.alloc_buffers) if isinstance(func.body, T.BlockRealize) else []
+
+
+def _interp(func, inputs, out_shape, out_dtype):
+    out = np.full(out_shape, np.nan, dtype=out_dtype)
+    run_prim_func(func, [*inputs, out])
+    return out
+
+
+# -- the schedule keeps the program's meaning -------------------------------------------
+
+CASES = [("softmax", 3, 70, "float32"), ("softmax", 2, 40, "float16"), ("rms_norm", 2, 50, "float32"),
+         ("rms_norm", 2, 33, "bfloat16"), ("add_rms_norm", 2, 40, "float16"), ("layer_norm", 2, 45, "float32"),
+         ("silu_mul", 3, 37, "float32"), ("rotary", 3, 8, "float32"), ("row_sum", 3, 65, "float32"),
+         ("col_sum", 5, 7, "float32"), ("total_sum", 5, 9, "float32")]
+
+
+@pytest.mark.parametrize("name,n,m,dtype", CASES)
+def test_gpu_schedule_matches_numpy(name, n, m, dtype, roundtrip):
+    func, ref = K.MAKERS[name](m=m, dtype=dtype)
+    sched = schedule_gpu(func)
+    roundtrip(IRModule.from_dict({name: sched}))
+    inputs = K.inputs_for(name, n, m, dtype)
+    expected = ref(*inputs)
+    got = _interp(sched, inputs, expected.shape, expected.dtype)
+    np.testing.assert_allclose(got.astype(np.float64), expected.astype(np.float64),
+                               rtol=TOL[dtype], atol=TOL[dtype])
+
+
+@pytest.mark.parametrize("name", ["softmax", "rms_norm", "layer_norm", "row_sum"])
+def test_row_reductions_become_one_block_per_row(name):
+    func, _ = K.MAKERS[name](m=4096)
+    sched = schedule_gpu(func)
+    loops = _loops(sched)
+    assert loops[0].thread_tag == "blockIdx.x"
+    assert isinstance(loops[0].extent, E.Var) and loops[0].extent.name == "n"   # one block per row
+    tx = [f for f in loops if f.thread_tag == "threadIdx.x"]
+    assert tx and all(f.extent == E.IntImm(1024) for f in tx)
+    assert not [f for f in loops[1:] if f.thread_tag == "blockIdx.x"]
+    # per-row intermediates live in shared memory, with the row dim dropped
+    for b in _alloc_buffers(sched):
+        assert b.scope == "shared" and all(isinstance(d, E.IntImm) for d in b.shape)
+    src = generate_cuda({name: sched}).source
+    assert "__shfl_xor_sync" in src and "disco_block_allreduce<float>" in src
+
+
+def test_rms_norm_fp16_stages_input_row_in_shared_memory():
+    func, _ = K.rms_norm(m=4096, dtype="float16")
+    sched = schedule_gpu(func)
+    shared = {b.name: b for b in _alloc_buffers(sched)}
+    assert "X_shared_shared" in shared or "X_shared" in shared
+    x_copy = next(b for b in shared.values() if b.name.startswith("X_shared"))
+    assert x_copy.shape == (E.IntImm(4096),) and x_copy.dtype == "float16"
+    # X is read from global memory once (by the copy), the two stages read the copy
+    src = generate_cuda({"rms": sched}).source
+    assert src.count("X[") == 1
+
+
+def test_elementwise_launch_configuration():
+    func, _ = K.silu_mul(m=33)
+    mod = generate_cuda({"silu_mul": schedule_gpu(func)})
+    (k,) = mod.functions["silu_mul"].kernels
+    assert k.block == ["256", "1", "1"]
+    for n in (1, 7, 100):
+        d = [n, 33, n, 33, n, 33]
+        grid = eval(k.grid[0], {"d": d, "max": max, "min": min})  # noqa: S307 (our own expression)
+        assert grid == -(-n * 33 // 256)
+
+
+def test_odd_row_width_rounds_threads_to_warps():
+    func, _ = K.softmax(m=70)
+    mod = generate_cuda({"sm": schedule_gpu(func)})
+    (k,) = mod.functions["sm"].kernels
+    assert k.grid == ["d[0]", "1", "1"] and k.block == ["96", "1", "1"]
+
+
+def test_unscheduled_function_runs_as_single_thread_kernels():
+    func, _ = K.softmax(m=16)
+    mod = generate_cuda({"sm": func})
+    kernels = mod.functions["sm"].kernels
+    assert len(kernels) == 4 and all(k.grid == ["1"] * 3 and k.block == ["1"] * 3 for k in kernels)
+    ws = mod.functions["sm"].workspaces
+    assert [w["name"] for w in ws] == ["mx", "e", "s"]
+    assert ws[1]["shape"] == ["d[0]", "16"]
+
+
+def test_codegen_errors_name_the_problem():
+    n = E.Var("n")
+    A = T.Buffer("A", (n,)); B = T.Buffer("B", (n,))
+    i, j = E.Var("i"), E.Var("j")
+    # a thread extent that depends on another loop
+    inner = T.For(j, E.IntImm(0), i + 1, "thread_binding",
+                  T.BufferStore(B, A[j], (j,)), thread_tag="threadIdx.x")
+    bad = T.PrimFunc((A, B), T.For(i, E.IntImm(0), n, "thread_binding", inner, thread_tag="blockIdx.x"))
+    with pytest.raises(CodegenError, match="not a buffer dim"):
+        generate_cuda({"bad": bad})
+    # unknown thread tag
+    tag = T.PrimFunc((A, B), T.For(i, E.IntImm(0), n, "thread_binding",
+                                   T.BufferStore(B, A[i], (i,)), thread_tag="warpIdx.x"))
+    with pytest.raises(CodegenError, match="warpIdx.x"):
+        generate_cuda({"tag": tag})
+    # a symbolic shared buffer
+    S = T.Buffer("S", (n,), scope="shared")
+    body = T.BlockRealize((), E.IntImm(1, "bool"), T.Block("root", (), T.For(
+        i, E.IntImm(0), n, "serial", T.BufferStore(S, A[i], (i,))), alloc_buffers=(S,)))
+    with pytest.raises(CodegenError, match="symbolic shape"):
+        generate_cuda({"sym": T.PrimFunc((A, B), body)})
+
+
+# -- cache_read / cache_write -------------------------------------------------------------
+
+def _matmul(n=5, k=12, m=7):
+    from compiler import te
+    X = te.placeholder((n, k), "float32", "X")
+    W = te.placeholder((k, m), "float32", "W")
+    r = te.reduce_axis(0, k, "r")
+    Y = te.compute((n, m), lambda i, j: te.sum(X[i, r] * W[r, j], axis=r), name="Y")
+    return te.create_prim_func([X, W, Y], name="mm")
+
+
+def _call_c(func, *arrays):
+    import ctypes
+    lib = build_kernels({"f": func})
+    fn = getattr(ctypes.CDLL(str(lib.so_path)), lib.kernel_names["f"])
+    fn.restype = None
+    ptrs = (ctypes.c_void_p * len(arrays))(*[a.ctypes.data for a in arrays])
+    dims = [d for a in arrays for d in a.shape]
+    fn(ptrs, (ctypes.c_int64 * len(dims))(*dims))
+
+
+@pytest.fixture
+def _kernel_cache(tmp_path_factory, monkeypatch):
+    monkeypatch.setenv("DISCO_TP_CACHE", str(tmp_path_factory.getbasetemp() / "kernels"))
+
+
+@pytest.mark.parametrize("scope", ["shared", "local", "global"])
+def test_cache_read_and_write_keep_results(scope, roundtrip, _kernel_cache):
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((5, 12)).astype(np.float32)
+    w = rng.standard_normal((12, 7)).astype(np.float32)
+    sch = Schedule(_matmul())
+    xc = sch.cache_read("Y", 0, scope)          # reads: X (0), W (1)
+    yc = sch.cache_write("Y", 0, scope)
+    func = sch.func
+    roundtrip(IRModule.from_dict({"mm": func}))
+    assert xc.scope == scope and xc.shape == (E.IntImm(5), E.IntImm(12)) and yc.scope == scope
+    blocks = [n.block.name for n in _walk_realizes(func)]
+    assert blocks == [xc.name, "Y", f"Y_{scope}"]
+    y_block = next(n.block for n in _walk_realizes(func) if n.block.name == "Y")
+    loaded = {n.buffer.name for n in _walk_loads(y_block.body)}
+    assert "X" not in loaded and xc.name in loaded
+    assert y_block.body.buffer is yc
+    y = np.full((5, 7), np.nan, np.float32)
+    _call_c(func, x, w, y)
+    np.testing.assert_allclose(y, x @ w, rtol=1e-5, atol=1e-5)
+    y2 = _interp(func, [x, w], (5, 7), np.float32)
+    np.testing.assert_allclose(y2, x @ w, rtol=1e-5, atol=1e-5)
+
+
+def test_cache_read_consumer_blocks_and_errors():
+    func, _ = K.rms_norm(m=8)
+    out, cache = P.cache_read(func, "sq", 0, "shared", consumer_blocks=["Y"])
+    for r in _walk_realizes(out):
+        if r.block.name in ("sq", "Y"):
+            assert "X" not in {n.buffer.name for n in _walk_loads(r.block.body)}
+    with pytest.raises(ScheduleError, match="out of range"):
+        P.cache_read(func, "sq", 3, "shared")
+    with pytest.raises(ScheduleError, match="unknown scope"):
+        P.cache_write(func, "sq", 0, "texture")
+
+
+def _walk_realizes(func):
+    from compiler.schedule._tree import walk
+    return [n for n in walk(func.body) if isinstance(n, T.BlockRealize) and n.block.iter_vars]
+
+
+def _walk_loads(stmt):
+    from compiler.schedule._tree import walk
+    return [n for n in walk(stmt) if isinstance(n, T.BufferLoad)]
+
+
+def test_default_gpu_schedule_pass_leaves_bound_functions_alone():
+    func, _ = K.silu_mul(m=33)
+    sched = schedule_gpu(func)
+    mod = DefaultGPUSchedule(IRModule.from_dict({"a": func, "b": sched}))
+    assert mod["b"] is sched
+    assert any(f.thread_tag == "blockIdx.x" for f in _loops(mod["a"]))
+
+
+# -- nvcc compile check -----------------------------------------------------------------------
+
+def _all_kernels():
+    funcs = {}
+    for dtype in ("float32", "float16", "bfloat16"):
+        for name in ("softmax", "rms_norm", "add_rms_norm", "layer_norm", "silu_mul", "rotary"):
+            m = 128 if name == "rotary" else 4096
+            funcs[f"{name}_{dtype}"] = schedule_gpu(K.MAKERS[name](m=m, dtype=dtype)[0])
+    funcs["row_sum"] = schedule_gpu(K.row_sum(m=1000)[0])
+    funcs["col_sum"] = schedule_gpu(K.col_sum()[0])
+    funcs["total_sum"] = schedule_gpu(K.total_sum()[0])
+    funcs["softmax_unscheduled"] = K.softmax(m=64)[0]
+    sch = Schedule(_matmul())
+    sch.cache_read("Y", 0, "shared")
+    funcs["mm_cached"] = schedule_gpu(sch.func)
+    return funcs
+
+
+@pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc is not installed")
+def test_generated_cuda_compiles_with_nvcc(tmp_path):
+    mod = generate_cuda(_all_kernels())
+    src = tmp_path / "kernels.cu"
+    src.write_text(mod.source)
+    out = subprocess.run(["nvcc", "-std=c++17", "--ptx", "-diag-suppress", "177", str(src),
+                          "-o", str(tmp_path / "kernels.ptx")], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-4000:]
+    ptx = (tmp_path / "kernels.ptx").read_text()
+    symbols = [k.symbol for f in mod.functions.values() for k in f.kernels]
+    assert len(symbols) > 20
+    for sym in symbols:
+        assert f".entry {sym}(" in ptx, sym
+    assert "shfl.sync.bfly" in ptx
