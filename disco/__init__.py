@@ -12,6 +12,7 @@ _LAZY = {
     "ThreadedSession": "disco.session", "ProcessSession": "disco.session",
     "Executable": "disco.executable", "load_executable": "disco.executable",
     "VirtualMachine": "disco.vm",
+    "MPISession": "disco.session.mpi", "start": "disco.start",
 }
 
 __all__ = ["register_func", "get_global_func", "list_global_funcs", "worker_id", "num_workers",

@@ -27,6 +27,8 @@ workers die with their controller (PR_SET_PDEATHSIG plus a getppid check).
 
 Kinds: `ThreadedSession` (workers are threads; same channel and loop) and
 `ProcessSession` (workers are processes). Both are `Session`s; the API is defined once.
+`MPISession` (disco.session.mpi, workers are MPI ranks; imported on first use so that
+mpi4py is needed only there).
 """
 from disco.session.base import DFunction, DRef, Session
 from disco.session.process import ProcessSession

@@ -1,0 +1,389 @@
+"""MPISession: the workers are the ranks of an MPI job (mpiexec / mpirun).
+
+Rank 0 is the controller and also hosts worker 0 (a thread, as in ThreadedSession);
+rank r is worker r. `disco.start()` builds this on rank 0 and runs `serve_rank` on
+the other ranks; nothing else in the runtime knows about MPI.
+
+Commands, same host. Ranks on the controller's host attach to its shared-memory
+channel through /proc/<controller pid>/fd/<fd> (checked by device and inode), so they
+run the very same ring, codec and worker loop as a ProcessSession, at the same cost.
+
+Commands, other hosts. A rank that cannot map the segment gets every command over MPI
+as well (pickled, DRefs as ids, sent non-blocking so calls stay pipelined), and a
+relay thread in rank 0 stands in for it on the ring: it consumes that rank's copy of
+each command and copies the rank's MPI reply into its reply slot. The base Session's
+waiting, errors and freeing are therefore unchanged. DISCO_MPI_TRANSPORT=mpi sends
+every rank this way (to test the path on one host).
+
+Liveness. Rank 0 holds a pidfd of every same-host worker rank: a death is seen at the
+next wait (every 50 ms) and raised as WorkerError. A worker rank watches the
+controller's pid and exits when it is gone, even from inside a blocked collective.
+Across hosts the MPI launcher ends the job when a rank dies (its default).
+"""
+from __future__ import annotations
+
+import atexit
+import io
+import os
+import pickle
+import select
+import struct
+import sys
+import threading
+import time
+import traceback
+import weakref
+
+from disco import _native
+from disco._context import WorkerContext, set_worker_context
+from disco.errors import SessionError, WorkerError
+from disco.session.base import DRef, Session
+from disco.session.protocol import INLINE_ARRAY_BYTES, Op, Spill, Transfer
+from disco.session.worker import serve
+
+TAG_BOOT, TAG_CMD, TAG_REPLY = 7301, 7302, 7303
+_CLOSE = 0  # op of the MPI-only message that tells a remote rank the channel closed
+BOOT_TIMEOUT_S = float(os.environ.get("DISCO_MPI_BOOT_TIMEOUT_S", "60"))
+
+
+def _expects_reply(op: int, b: int, w: int) -> bool:
+    """Whether worker `w` answers command `op` (protocol.py's table)."""
+    return op in (Op.GET_FUNC, Op.GATHER, Op.SYNC, Op.IMPORT, Op.SHUTDOWN) or (op == Op.FETCH and b == w)
+
+
+def _recv_bytes(comm, source: int, tag: int, deadline: float | None, check=None, what: str = "a message"):
+    """Receive one pickled message, polling (MPI's blocking receive spins a core), so that
+    `check()` can raise and a deadline can end the wait."""
+    from mpi4py import MPI
+
+    status = MPI.Status()
+    t0 = time.monotonic()
+    sleep = 0.0
+    while not comm.Iprobe(source=source, tag=tag, status=status):
+        now = time.monotonic()
+        if deadline is not None and now > deadline:
+            raise SessionError(f"MPISession: no {what} from rank {source} within "
+                               f"{deadline - t0:.0f} s; is every rank running disco.start()?")
+        if check is not None:
+            check()
+        if now - t0 > 0.002:  # spin 2 ms, then sleep in growing steps up to 1 ms
+            sleep = min(1e-3, sleep + 5e-5)
+            time.sleep(sleep)
+    buf = bytearray(status.Get_count(MPI.BYTE))
+    comm.Recv([buf, MPI.BYTE], source=status.Get_source(), tag=tag)
+    return buf
+
+
+class _DRefPickler(pickle.Pickler):
+    def persistent_id(self, obj):
+        return obj._id if type(obj) is DRef else None
+
+
+class _RefUnpickler(pickle.Unpickler):
+    def __init__(self, data, objects: dict):
+        super().__init__(io.BytesIO(data))
+        self.objects, self.missing = objects, -1
+
+    def persistent_load(self, ref_id):
+        if ref_id in self.objects:
+            return self.objects[ref_id]
+        if self.missing < 0:
+            self.missing = ref_id
+        return None
+
+
+_HEADER = struct.Struct("<qqqq")  # seq, op, a, b; then the pickled payload
+
+
+def _encode_command(seq: int, op: int, a: int, b: int, payload) -> bytes:
+    f = io.BytesIO()
+    f.write(_HEADER.pack(seq, op, a, b))
+    _DRefPickler(f, protocol=pickle.HIGHEST_PROTOCOL).dump(payload)
+    return f.getvalue()
+
+
+class MPISession(Session):
+    """Workers are the ranks of `comm` (default COMM_WORLD); build it on rank 0 while
+    every other rank calls `serve_rank(comm)` (disco.start() does both). See `Session`."""
+
+    def __init__(self, comm=None, *, device: str = "cpu", **options):
+        from mpi4py import MPI
+
+        comm = MPI.COMM_WORLD if comm is None else comm
+        if comm.rank != 0:
+            raise SessionError(f"MPISession is made on rank 0 only, this is rank {comm.rank}; "
+                               "the other ranks call disco.session.mpi.serve_rank() (disco.start() does)")
+        if comm.size > 1 and MPI.Query_thread() < MPI.THREAD_MULTIPLE:
+            raise SessionError("MPISession needs MPI_THREAD_MULTIPLE (worker 0 and a relay are threads of "
+                               f"rank 0); this MPI gives level {MPI.Query_thread()}")
+        self._comm = comm.Dup()  # collective: serve_rank dups too; keeps our tags private
+        self.device = device
+        self._remote: list[int] = []
+        self._sends: list = []  # (request, buffer) of commands in flight to remote ranks
+        super().__init__(comm.size, **options)
+        me = weakref.ref(self)
+        atexit.register(lambda: (s := me()) is not None and s._at_exit())
+
+    # -- Session hooks ----------------------------------------------------------------
+    def _start_workers(self) -> None:
+        n, fd = self.num_workers, self._chan.fd
+        st = os.fstat(fd)
+        transport = os.environ.get("DISCO_MPI_TRANSPORT", "auto")
+        info = pickle.dumps({"pid": os.getpid(), "fd": fd, "dev": st.st_dev, "ino": st.st_ino,
+                             "transport": transport, "device": self.device})
+        sends = [self._comm.Isend([info, _byte()], dest=r, tag=TAG_BOOT) for r in range(1, n)]
+        self._crashes: dict[int, str] = {}
+        self._thread = threading.Thread(target=_run_worker0, args=(fd, n, self.device, self._crashes),
+                                        name="disco-worker-0", daemon=True)
+        self._thread.start()
+        self._pidfds: dict[int, int] = {}
+        self.pids = [os.getpid()] + [0] * (n - 1)
+        deadline = time.monotonic() + BOOT_TIMEOUT_S
+        for r in range(1, n):
+            pid, local = pickle.loads(_recv_bytes(self._comm, r, TAG_BOOT, deadline, what="start-up reply"))
+            self.pids[r] = pid
+            if local:
+                self._pidfds[r] = os.pidfd_open(pid)
+            else:
+                self._remote.append(r)
+        for req in sends:
+            req.Wait()
+        self._relay = None
+        if self._remote:
+            self._relay = _Relay(self, self._remote)
+
+    def _check_workers(self) -> WorkerError | None:
+        if not self._thread.is_alive() and not self._closed:
+            tb = self._crashes.get(0)
+            return WorkerError(f"{self.name}: worker 0 (a thread of rank 0) ended unexpectedly"
+                               + (f":\n{tb}" if tb else ""), 0, tb)
+        if self._pidfds:
+            ready, _, _ = select.select(list(self._pidfds.values()), [], [], 0)
+            for w, fd in self._pidfds.items():
+                if fd in ready:
+                    return WorkerError(f"{self.name}: worker {w} (MPI rank {w}, pid {self.pids[w]}) died; "
+                                       "the session is unusable and the job should end", w, None)
+        if self._relay is not None and self._relay.error is not None:
+            return WorkerError(f"{self.name}: {self._relay.error}", self._relay.error_worker, None)
+        return None
+
+    def _stop_workers(self, timeout_s: float) -> None:
+        if self._failure is not None:
+            self._send_remote(0, _CLOSE, 0, 0, None)  # remote ranks get no SHUTDOWN then
+        deadline = time.monotonic() + timeout_s
+        self._thread.join(timeout_s)
+        if self._relay is not None:
+            self._relay.stop(max(0.0, deadline - time.monotonic()))
+        for fd in self._pidfds.values():
+            os.close(fd)  # same-host ranks leave on SHUTDOWN or when the channel closes
+        self._pidfds = {}
+        self._sends = [(r, d) for r, d in self._sends if not r.Test()]
+
+    # -- commands to ranks on other hosts ---------------------------------------------
+    def _post(self, op: int, a: int, b: int, payload) -> int:
+        seq = super()._post(op, a, b, payload)
+        if self._remote:
+            self._send_remote(seq, op, a, b, payload)
+        return seq
+
+    def _flush_free(self) -> None:
+        ids, self._to_free = tuple(self._to_free), []
+        if self._failure is None and not self._closed:
+            seq = self._chan.post(Op.FREE, 0, 0, ids)
+            if self._remote:
+                self._send_remote(seq, Op.FREE, 0, 0, ids)
+
+    def _send_remote(self, seq: int, op: int, a: int, b: int, payload) -> None:
+        if not self._remote:
+            return
+        data = _encode_command(seq, op, a, b, payload)
+        self._sends = [(r, d) for r, d in self._sends if not r.Test()]
+        for rank in self._remote:
+            self._sends.append((self._comm.Isend([data, _byte()], dest=rank, tag=TAG_CMD), data))
+
+    def _at_exit(self) -> None:
+        """At interpreter exit: shut down; after a worker death end the whole job (a
+        blocked MPI call would otherwise hang MPI_Finalize)."""
+        failed = self._failure is not None
+        self.shutdown()
+        if failed:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            self._comm.Abort(1)
+
+
+def _byte():
+    from mpi4py import MPI
+    return MPI.BYTE
+
+
+def _run_worker0(fd: int, n: int, device: str, crashes: dict[int, str]) -> None:
+    try:
+        chan = _native.Channel.attach(fd, 0)
+        ctx = WorkerContext(worker_id=0, num_workers=n, device=device)
+        set_worker_context(ctx)  # thread-local: the controller thread stays the controller
+        serve(chan, ctx)
+    except BaseException:
+        crashes[0] = traceback.format_exc()
+
+
+class _Relay:
+    """Rank 0's stand-in on the ring for the ranks on other hosts (see the module doc)."""
+
+    def __init__(self, sess: MPISession, ranks: list[int]):
+        self.error: str | None = None
+        self.error_worker = -1
+        self._comm = sess._comm
+        self._stop = threading.Event()
+        self._chans = {}
+        self._transfers = {}
+        for w in ranks:
+            chan = _native.Channel.attach(sess._chan.fd, w)
+            t = self._transfers[w] = Transfer()
+            chan.set_codec(None, None, t.encode, _discard, None, INLINE_ARRAY_BYTES)
+            self._chans[w] = chan
+        self._thread = threading.Thread(target=self._loop, name="disco-mpi-relay", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout_s: float) -> None:
+        self._stop.set()
+        self._thread.join(timeout_s)
+
+    def _check(self) -> None:
+        if self._stop.is_set():
+            raise _Stopped()
+
+    def _loop(self) -> None:
+        w = -1
+        try:
+            first, *others = self._chans
+            while not self._stop.is_set():
+                cmd = self._chans[first].next(0.05)
+                if cmd is None:
+                    if self._chans[first].closed:
+                        return
+                    continue
+                for w in self._transfers:
+                    self._transfers[w].release()  # the controller read our last replies
+                for w in others:  # the same message in the other relayed slots
+                    while (c := self._chans[w].next(0.05)) is None:
+                        self._check()
+                op, seq, _, b = cmd[0], cmd[1], cmd[2], cmd[3]
+                for w in self._chans:
+                    if _expects_reply(op, b, w):
+                        data = _recv_bytes(self._comm, w, TAG_REPLY, None, self._check, "reply")
+                        rseq, status, value = pickle.loads(data)
+                        if rseq != seq:
+                            raise SessionError(f"reply to command {rseq} while waiting for {seq}")
+                        try:
+                            self._chans[w].send_reply(seq, status, value)
+                        except OverflowError:
+                            self._chans[w].send_reply(seq, status, Spill(value))
+        except _Stopped:
+            pass
+        except BaseException as e:
+            self.error_worker = w
+            self.error = f"relay for MPI rank {w} failed: {type(e).__name__}: {e}"
+
+
+class _Stopped(Exception):
+    pass
+
+
+def _discard(value):
+    return None  # the relay never looks at payloads; do not map their buffers
+
+
+# -- the worker ranks ---------------------------------------------------------------------
+class _MPIChannel:
+    """The worker side of a channel, over MPI: what `serve` needs of `_native.Channel`."""
+
+    def __init__(self, comm):
+        self._comm = comm
+        self._objects: dict = {}
+        self.closed = False
+
+    def set_codec(self, dref_type, owner, ext_encode, ext_decode, objects, inline_bytes) -> None:
+        self._objects = objects
+
+    def next(self, timeout_s: float):
+        try:
+            data = _recv_bytes(self._comm, 0, TAG_CMD, time.monotonic() + timeout_s)
+        except SessionError:
+            return None
+        seq, op, a, b = _HEADER.unpack_from(data)
+        if op == _CLOSE:
+            self.closed = True
+            return None
+        u = _RefUnpickler(memoryview(data)[_HEADER.size:], self._objects)
+        try:
+            payload = u.load()
+        except Exception as e:  # reported by the worker loop like a codec error
+            return (op, seq, a, b, e, -2)
+        return (op, seq, a, b, payload, u.missing)
+
+    def send_reply(self, seq: int, status: int, value) -> None:
+        if isinstance(value, Spill):
+            value = value.value
+        self._comm.Send([pickle.dumps((seq, int(status), value), protocol=pickle.HIGHEST_PROTOCOL), _byte()],
+                        dest=0, tag=TAG_REPLY)
+
+
+def serve_rank(comm=None, device: str = "cpu") -> int:
+    """Run worker `comm.rank` until the controller (rank 0) shuts the session down.
+
+    Returns 0 then; returns 1 (and the process should exit) if the controller died."""
+    from mpi4py import MPI
+
+    comm = (MPI.COMM_WORLD if comm is None else comm).Dup()
+    w, n = comm.rank, comm.size
+    info = pickle.loads(_recv_bytes(comm, 0, TAG_BOOT, time.monotonic() + BOOT_TIMEOUT_S, what="start-up message"))
+    device = info.get("device", device)
+    chan, pidfd = None, None
+    if info["transport"] != "mpi":
+        chan, pidfd = _attach_same_host(info, w)
+    comm.Send([pickle.dumps((os.getpid(), chan is not None)), MPI.BYTE], dest=0, tag=TAG_BOOT)
+    done = threading.Event()
+    if pidfd is not None:
+        threading.Thread(target=_watch_controller, args=(pidfd, done), name="disco-watch-controller",
+                         daemon=True).start()
+    ctx = WorkerContext(worker_id=w, num_workers=n, device=device)
+    set_worker_context(ctx, process_wide=True)
+    if chan is not None:
+        alive = lambda: not select.select([pidfd], [], [], 0)[0]  # noqa: E731
+        serve(chan, ctx, alive=alive)
+        lost = not alive()
+    else:
+        serve(_MPIChannel(comm), ctx)
+        lost = False
+    done.set()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    return 1 if lost else 0
+
+
+def _attach_same_host(info: dict, w: int):
+    """(channel, controller pidfd) if this rank can map the controller's segment, else (None, None)."""
+    try:
+        fd = os.open(f"/proc/{info['pid']}/fd/{info['fd']}", os.O_RDWR)
+    except OSError:
+        return None, None
+    try:
+        st = os.fstat(fd)
+        if (st.st_dev, st.st_ino) != (info["dev"], info["ino"]):  # a pid of another host's process
+            return None, None
+        return _native.Channel.attach(fd, w), os.pidfd_open(info["pid"])
+    finally:
+        os.close(fd)
+
+
+def _watch_controller(pidfd: int, done: threading.Event) -> None:
+    """End this rank when the controller is gone, even from inside a blocked MPI call
+    (or an MPI_Finalize that waits for it): status 0 if the session had ended, else 1."""
+    select.select([pidfd], [], [])
+    if done.wait(2.0):
+        time.sleep(2.0)  # a clean finish: MPI_Finalize normally returns well before this
+        os._exit(0)
+    sys.stderr.write(f"disco worker rank (pid {os.getpid()}): the controller (rank 0) died; exiting\n")
+    sys.stderr.flush()
+    os._exit(1)
