@@ -24,6 +24,11 @@ of `n`, `m`, ... bound from argument shapes). Shape expressions are Python
 expression strings over the heap `h`, e.g. "h[0] * 2" (checked at load: only
 integer arithmetic, comparisons, min/max). The instruction set is `Op` below.
 
+Memory: ALLOC gives a fresh tensor; ALLOC_STORAGE a byte buffer and ALLOC_VIEW a
+tensor viewing it at a byte offset (memory planned by the compiler: tensors with
+disjoint lifetimes view the same storage). The VM allocates storages once per
+plan key and reuses them across calls, except storages whose views are returned.
+
 Shape patterns (signatures and match_cast) are JSON objects:
 
     {"kind": "tensor", "dtype": "float32" | null, "ndim": 2 | -1, "shape": [dim, ...] | null}
@@ -72,6 +77,8 @@ class Op(IntEnum):
     MAKE_TUPLE = 9   # dst, [reg, ...]
     TUPLE_GET = 10   # dst, src, index
     RET = 11         # src
+    ALLOC_STORAGE = 12  # dst, nbytes_expr, dtype     flat byte buffer (PlanMemory's storage)
+    ALLOC_VIEW = 13     # dst, storage, offset_expr, dtype, [expr, ...]   tensor viewing storage
 
 
 @dataclass

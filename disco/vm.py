@@ -164,6 +164,11 @@ class _Fn:
                 ins = (op, ins[1], compile_exprs(ins[2], what))
             elif op is Op.ALLOC:
                 ins = (op, ins[1], np_dtype(ins[2]), compile_exprs(ins[3], what))
+            elif op is Op.ALLOC_STORAGE:
+                ins = (op, ins[1], _compile_expr(ins[2], what), ins[3])
+            elif op is Op.ALLOC_VIEW:
+                ins = (op, ins[1], ins[2], _compile_expr(ins[3], what), np_dtype(ins[4]),
+                       compile_exprs(ins[5], what))
             elif op is Op.CALL_KERNEL:
                 if not 0 <= ins[1] < len(kernels):
                     raise DiscoError(f"{what}: kernel index {ins[1]} out of range "
@@ -307,6 +312,8 @@ class _Recorder:
         self.volatile: set = set()    # slots whose value is not fixed by the plan key
         self.tuples: dict = {}        # slot -> field slots, for tuples made here
         self.allocs: dict = {}        # slot -> (shape, dtype)
+        self.storages: dict = {}      # slot -> nbytes, storages made here (ALLOC_STORAGE)
+        self.views: dict = {}         # slot -> its storage's slot (ALLOC_VIEW)
         self.param_slots: list = []
         self.cacheable = True
 
@@ -343,6 +350,16 @@ class _Recorder:
                 s = regs[ins[1]] = self.new(vm.device.empty(shape, ins[2]))
                 self.allocs[s] = (shape, ins[2])
                 self.events.append(("alloc", s))
+            elif op is Op.ALLOC_VIEW:
+                st, offset, dtype, shape = regs[ins[2]], ins[3](h), ins[4], ins[5](h)
+                s = regs[ins[1]] = self.new(_view(fn.name, vals[st], offset, shape, dtype))
+                self.views[s] = st
+                self.events.append(("view", s, st, offset, shape, dtype, fn.name))
+            elif op is Op.ALLOC_STORAGE:
+                nbytes = int(ins[2](h))
+                s = regs[ins[1]] = self.new(vm.device.empty((nbytes,), np.uint8))
+                self.storages[s] = nbytes
+                self.events.append(("storage", s, nbytes))
             elif op is Op.CALL_PACKED:
                 dst, name, slots = ins[1], ins[2], [regs[r] for r in ins[3]]
                 func = vm._packed(name)
@@ -422,7 +439,11 @@ class _Recorder:
                     walk(f)
             elif s in self.allocs:
                 escaping.add(s)
+            elif s in self.views:
+                escaping.add(self.views[s])
         walk(ret)
+        # A returned view: its storage, and every view of it, are made afresh each call.
+        escaping |= {v for v, st in self.views.items() if st in escaping}
         dynamic = set(self.param_slots) | self.volatile | escaping
         for ev in self.events:           # tuples of fresh values are rebuilt each call
             if ev[0] == "tuple" and any(f in dynamic for f in ev[2]):
@@ -517,6 +538,10 @@ class _Plan:
                 self.keep.append((ptrs, dimsarr))
                 steps.append(functools.partial(k.fn, ctypes.addressof(ptrs),
                                                ctypes.addressof(dimsarr)))
+            elif kind == "storage" and ev[1] in escaping:
+                steps.append(_storage_step(vals, ev[1], ev[2], device))
+            elif kind == "view" and ev[1] in escaping:
+                steps.append(_view_step(vals, *ev[1:6], patches[ev[1]], device, ev[6]))
             elif kind == "alloc" and ev[1] in escaping:
                 s = ev[1]
                 shape, dtype = rec.allocs[s]
@@ -548,6 +573,36 @@ def _patch(pl, a, device):
     p = device.ptr(a)
     for arr, i in pl:
         arr[i] = p
+
+
+def _view(where: str, storage, offset: int, shape: tuple, dtype) -> Any:
+    """A tensor of `shape` and `dtype` viewing `storage` (a flat byte buffer) from `offset`."""
+    n = 1
+    for d in shape:
+        n *= d
+    end = offset + n * dtype.itemsize
+    if offset < 0 or end > storage.nbytes:
+        raise DiscoError(f"{where}: a tensor of shape {tuple(shape)} {dtype_name(dtype)} at byte "
+                         f"offset {offset} needs {end} bytes, but its storage has "
+                         f"{storage.nbytes}; a symbolic dim is larger than the upper bound the "
+                         "memory plan assumed (function attr tir_var_upper_bound)")
+    return storage[offset:end].view(dtype).reshape(shape)
+
+
+def _storage_step(vals, s, nbytes, device):
+    empty = device.empty
+
+    def step():
+        vals[s] = empty((nbytes,), np.uint8)
+    return step
+
+
+def _view_step(vals, s, st, offset, shape, dtype, pl, device, where):
+    def step():
+        v = vals[s] = _view(where, vals[st], offset, shape, dtype)
+        if pl:
+            _patch(pl, v, device)
+    return step
 
 
 def _alloc_step(vals, s, shape, dtype, pl, device):

@@ -12,8 +12,10 @@ Each graph function becomes a `disco.executable.VMFunction`:
 Supported calls: `relax.call_tir` (allocate outputs, call the kernel),
 `relax.call_dps_packed` (allocate outputs, call a runtime function by name),
 calls of an `ExternFunc` (a runtime function returning a value), calls of another
-graph function of the module, and `relax.builtin.alloc_tensor`. Any other operator
-must have been legalized before codegen.
+graph function of the module, `relax.builtin.alloc_tensor`, and the planned-memory
+forms (compiler/op/memory.py): `relax.memory.alloc_storage` / `alloc_tensor`
+(ALLOC_STORAGE / ALLOC_VIEW) and `relax.memory.call_tir` / `call_dps_packed`
+(the outputs are given). Any other operator must have been legalized before codegen.
 """
 from __future__ import annotations
 
@@ -34,6 +36,10 @@ CALL_TIR = "relax.call_tir"
 CALL_DPS_PACKED = "relax.call_dps_packed"
 PACKED_CALLS = ("relax.call_packed", "relax.call_pure_packed")
 ALLOC_TENSOR = "relax.builtin.alloc_tensor"
+ALLOC_STORAGE = "relax.memory.alloc_storage"
+ALLOC_VIEW = "relax.memory.alloc_tensor"
+MEM_CALL_TIR = "relax.memory.call_tir"
+MEM_CALL_DPS_PACKED = "relax.memory.call_dps_packed"
 
 
 def codegen_vm(mod: IRModule, kernel_index: dict[str, int],
@@ -282,6 +288,14 @@ class _FunctionCodegen:
                 return self.call_dps(call)
             if op.name in PACKED_CALLS:
                 return self.packed(_extern_name(call.args[0], self), call.args[1:])
+            if op.name == MEM_CALL_TIR:
+                return self.call_tir(call, given_outs=True)
+            if op.name == MEM_CALL_DPS_PACKED:
+                return self.call_dps(call, given_outs=True)
+            if op.name == ALLOC_STORAGE:
+                return self.alloc_storage(call)
+            if op.name == ALLOC_VIEW:
+                return self.alloc_view(call)
             if op.name == ALLOC_TENSOR:
                 shape, dtype = call.args[0], call.args[1]
                 if not isinstance(shape, G.ShapeExpr) or not isinstance(dtype, G.DataTypeImm):
@@ -336,17 +350,46 @@ class _FunctionCodegen:
         self.emit(Op.MAKE_TUPLE, r, outs)
         return r
 
-    def call_tir(self, call: G.Call) -> int:
+    def _given_outputs(self, call: G.Call) -> tuple[list[int], bool]:
+        """The outputs of a planned destination-passing call; (registers, is_tuple)."""
+        outs = [self.expr(a) for a in _arg_list(call.args[2])]
+        return outs, len(outs) != 1
+
+    def alloc_storage(self, call: G.Call) -> int:
+        size, dtype = call.args[0], call.args[1]
+        if not isinstance(size, G.ShapeExpr) or len(size.values) != 1 \
+                or not isinstance(dtype, G.DataTypeImm):
+            raise self.error("R.memory.alloc_storage needs a literal R.shape([nbytes]) and dtype")
+        r = self.new_reg()
+        self.emit(Op.ALLOC_STORAGE, r, self.dim(size.values[0]), dtype.value)
+        return r
+
+    def alloc_view(self, call: G.Call) -> int:
+        storage, offset, shape, dtype = call.args
+        if not isinstance(offset, G.PrimValue) or not isinstance(shape, G.ShapeExpr) \
+                or not isinstance(dtype, G.DataTypeImm):
+            raise self.error("R.memory.alloc_tensor needs a literal offset, shape and dtype")
+        st = self.expr(storage)
+        r = self.new_reg()
+        self.emit(Op.ALLOC_VIEW, r, st, self.dim(offset.value), dtype.value,
+                  [self.dim(v) for v in shape.values])
+        return r
+
+    def call_tir(self, call: G.Call, given_outs: bool = False) -> int:
         gv = call.args[0]
         name = gv.name_hint if isinstance(gv, G.GlobalVar) else None
         if name is None or name not in self.kernel_index:
             raise self.error(f"call_tir of {gv!r}, which is not a tensor program of the module")
         prim = self.mod[name]
         ins = [self.expr(a) for a in _arg_list(call.args[1])]
-        outs, is_tuple = self._outputs(call, f"call_tir {name}")
+        if given_outs:
+            outs, is_tuple = self._given_outputs(call)
+        else:
+            outs, is_tuple = self._outputs(call, f"call_tir {name}")
         scalars = []
-        if len(call.args) > 2 and call.args[2] is not None:
-            tv = call.args[2]
+        tv_index = 3 if given_outs else 2
+        if len(call.args) > tv_index and call.args[tv_index] is not None:
+            tv = call.args[tv_index]
             values = tv.values if isinstance(tv, G.ShapeExpr) else None
             if values is None:
                 raise self.error(f"call_tir {name}: tir_vars must be a shape expression")
@@ -362,10 +405,13 @@ class _FunctionCodegen:
         self.emit(Op.CALL_KERNEL, self.kernel_index[name], ins + outs, scalars)
         return self._result(outs, is_tuple)
 
-    def call_dps(self, call: G.Call) -> int:
+    def call_dps(self, call: G.Call, given_outs: bool = False) -> int:
         name = _extern_name(call.args[0], self)
         ins = [self.expr(a) for a in _arg_list(call.args[1])]
-        outs, is_tuple = self._outputs(call, f"call_dps_packed {name}")
+        if given_outs:
+            outs, is_tuple = self._given_outputs(call)
+        else:
+            outs, is_tuple = self._outputs(call, f"call_dps_packed {name}")
         self.emit(Op.CALL_PACKED, -1, name, ins + outs)
         return self._result(outs, is_tuple)
 
