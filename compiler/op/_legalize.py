@@ -25,6 +25,7 @@ from dataclasses import replace
 from typing import Any, Callable, Optional, Sequence
 
 from .. import te
+from ..ir import arith
 from ..ir import expr as E
 from ..ir.errors import CompilerError, ShapeError
 from ..ir.graph import Call, Expr, Tuple, TupleGetItem
@@ -178,6 +179,38 @@ def axes_of(attr: Any, ndim: int, where: str) -> tuple[int, ...]:
     if any(not -ndim <= int_attr(a) < ndim for a in items):
         raise ShapeError(f"{where}: axes {list(items)} out of range for rank {ndim}")
     return tuple(out)
+
+
+def broadcast_indices(in_shape: Sequence[E.PrimExpr], shape: Sequence[E.PrimExpr],
+                      idx: Sequence[E.PrimExpr]) -> tuple[E.PrimExpr, ...]:
+    """The index into a tensor of `in_shape` for index `idx` of its numpy broadcast to
+    `shape` (trailing dims align).
+
+    A dim of 1 reads 0. A dim not provably equal to the output's (`m` against `n`,
+    or `n` against 4: the struct-info rules accept both) reads `idx % dim`, which is
+    right whether it turns out to be 1 or equal at run time, and never out of bounds."""
+    lead = len(shape) - len(in_shape)
+    out: list[E.PrimExpr] = []
+    for k, d in enumerate(in_shape):
+        o, i = shape[lead + k], idx[lead + k]
+        if isinstance(d, E.IntImm) and d.value == 1:
+            out.append(E.IntImm(0))
+        elif d is o or arith.prove_equal(d, o):
+            out.append(i)
+        else:
+            out.append(i % d)
+    return tuple(out)
+
+
+def broadcast_load(t: te.Tensor, shape: Sequence[E.PrimExpr], idx: Sequence[E.PrimExpr]) -> E.PrimExpr:
+    """`t` read at index `idx` of its broadcast to `shape` (see broadcast_indices)."""
+    return t[broadcast_indices(t.shape, shape, idx)]
+
+
+def broadcast_compute(fn: Callable, *tensors: te.Tensor, shape: Sequence[E.PrimExpr],
+                      name: str) -> te.Tensor:
+    """`fn(element of each tensor)` over `shape`, the tensors broadcast to it."""
+    return te.compute(shape, lambda *i: fn(*(broadcast_load(t, shape, i) for t in tensors)), name=name)
 
 
 def count(shape: Sequence[E.PrimExpr], axes: Sequence[int], dtype: str) -> E.PrimExpr:

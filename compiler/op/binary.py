@@ -12,7 +12,7 @@ from ..ir.struct_info import StructInfo, TensorStructInfo
 from .. import te
 from ..ir import expr as E
 from . import _infer as I
-from ._legalize import call_te, out_shape
+from ._legalize import broadcast_compute, call_te, out_shape
 from .registry import BROADCAST, OpDef, make_call, register_op
 
 
@@ -67,8 +67,7 @@ def broadcast_legalizer(fn):
 
     def legalize(bb, call: Call):
         name = call.op.name.rsplit(".", 1)[-1]
-        return call_te(bb, call, lambda a, b: te.broadcast_compute(fn, a, b, name=name,
-                                                                   out_shape=out_shape(call)),
+        return call_te(bb, call, lambda a, b: broadcast_compute(fn, a, b, shape=out_shape(call), name=name),
                        call.args[0], call.args[1])
 
     return legalize

@@ -12,7 +12,7 @@ from ..ir.graph import Call
 from ..ir.struct_info import StructInfo, TensorStructInfo
 from .. import te
 from . import _infer as I
-from ._legalize import acc_dtype, call_te, out_dtype, out_shape
+from ._legalize import acc_dtype, broadcast_indices, call_te, out_dtype, out_shape
 from .registry import OUT_EWISE_FUSABLE, make_call, register_op
 
 
@@ -74,10 +74,8 @@ def _matmul_legalize(bb, call: Call):
 
         def element(*i):
             batch = i[:nbatch]
-            ai = (te.broadcast_index(batch_shape, a.shape[:-2], batch) + (i[nbatch], k)) \
-                if a.ndim >= 2 else (k,)
-            bi = (te.broadcast_index(batch_shape, b.shape[:-2], batch) + (k, i[-1])) \
-                if b.ndim >= 2 else (k,)
+            ai = broadcast_indices(a.shape[:-2], batch_shape, batch) + (i[nbatch], k) if a.ndim >= 2 else (k,)
+            bi = broadcast_indices(b.shape[:-2], batch_shape, batch) + (k, i[-1]) if b.ndim >= 2 else (k,)
             return te.sum(te.cast(a[ai], acc) * te.cast(b[bi], acc), axis=k)
 
         if acc == dtype:

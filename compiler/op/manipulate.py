@@ -19,7 +19,7 @@ from ..ir.graph import Call
 from ..ir.struct_info import StructInfo, TensorStructInfo, TupleStructInfo
 from .. import te
 from . import _infer as I
-from ._legalize import axes_of, call_te, int_attr, out_shape
+from ._legalize import axes_of, broadcast_compute, call_te, int_attr, out_shape
 from .registry import BROADCAST, ELEMWISE, INJECTIVE, make_call, register_op
 
 _BIG = 2**31 - 1   # bounds at or past this mean "to the end" (as in TVM / numpy slices)
@@ -526,10 +526,8 @@ def _broadcast_to(call: Call) -> StructInfo:
 
 @broadcast_to.legalizer
 def _broadcast_to_legalize(bb, call: Call):
-    shape = out_shape(call)
-    return call_te(bb, call, lambda x: te.compute(
-        shape, lambda *i: x[te.broadcast_index(shape, x.shape, i)], name="broadcast_to"),
-        call.args[0])
+    return call_te(bb, call, lambda x: broadcast_compute(
+        lambda v: v, x, shape=out_shape(call), name="broadcast_to"), call.args[0])
 
 @register_op("relax.where", script="R.where", args=("condition", "x1", "x2"), pattern=BROADCAST)
 def where(condition, x1, x2) -> Call:
@@ -555,8 +553,8 @@ def _where(call: Call) -> StructInfo:
 
 @where.legalizer
 def _where_legalize(bb, call: Call):
-    return call_te(bb, call, lambda c, a, b: te.broadcast_compute(
-        te.select, c, a, b, name="where", out_shape=out_shape(call)), *call.args)
+    return call_te(bb, call, lambda c, a, b: broadcast_compute(
+        te.select, c, a, b, shape=out_shape(call), name="where"), *call.args)
 
 @register_op("relax.astype", script="R.astype", args=("x",), attrs=("dtype",), pattern=ELEMWISE)
 def astype(x, dtype) -> Call:

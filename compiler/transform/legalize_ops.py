@@ -9,9 +9,10 @@ for the whole module, so equal programs (two `R.add` of the same shapes, in any
 function) become one.
 
 Calls left alone: the graph-level builtins (call_tir, call_dps_packed,
-call_pure_packed, call_packed, builtin.alloc_tensor), collectives and distributed
-ops without a legalizer (`relax.ccl.*`, `relax.dist.*`: the runtime runs them),
-and the operators named in `skip`. Any other operator without a legalizer is an
+call_pure_packed, call_packed, builtin.alloc_tensor), explicit memory ops
+(`relax.memory.*`, written by PlanMemory), collectives and distributed ops without
+a legalizer (`relax.ccl.*`, `relax.dist.*`: the runtime runs them), and the
+operators named in `skip`. Any other operator without a legalizer is an
 error that names the operator, the function and the variable.
 """
 from __future__ import annotations
@@ -30,13 +31,14 @@ __all__ = ["LegalizeOps", "LegalizeError", "BUILTINS", "is_left_alone"]
 
 BUILTINS = frozenset({"relax.call_tir", "relax.call_dps_packed", "relax.call_pure_packed",
                       "relax.call_packed", "relax.builtin.alloc_tensor"})
-_RUNTIME_PREFIXES = ("relax.ccl.", "relax.dist.")
+_LOW_LEVEL_PREFIXES = ("relax.memory.", "relax.ccl.", "relax.dist.")
 
 
 def is_left_alone(op_name: str) -> bool:
-    """Operators that stay as they are when they have no legalizer: builtins the VM
-    runs directly, and collectives / distributed ops (lowered elsewhere)."""
-    return op_name in BUILTINS or op_name.startswith(_RUNTIME_PREFIXES)
+    """Operators that need no tensor program: builtins and memory ops the VM runs
+    directly, collectives and distributed ops (lowered elsewhere). They stay as they
+    are unless they have a legalizer of their own."""
+    return op_name in BUILTINS or op_name.startswith(_LOW_LEVEL_PREFIXES)
 
 
 def LegalizeOps(mod: IRModule, *, skip: Iterable[str] = ()) -> IRModule:

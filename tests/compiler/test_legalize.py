@@ -5,7 +5,8 @@ legalizer or a case here fails `test_every_operator_has_a_legalizer_and_a_case`)
 has cases in CASES. All cases become graph functions of ONE module, legalized and
 compiled by ONE `compiler.build(mod, passes=[LegalizeOps])`; each function then runs
 for several values of the symbolic size "n" (1, 7 and 128 from that one build) and
-is compared with numpy on random inputs.
+is compared with numpy on random inputs. A second size "m" is always 1 at run time:
+it checks broadcasting that the struct info could not prove (`(n, 4) + (m, 4)`).
 """
 from __future__ import annotations
 
@@ -200,6 +201,9 @@ def _cases() -> list[Case]:
              tol=2e-3, id="f16"),
         Case("relax.add", [T(("n", 4), "bfloat16"), T(("n", 4), "bfloat16")], lambda n, a, b: op.add(a, b),
              np.add, tol=1e-2, id="bf16"),
+        Case("relax.add", [T(("n", 4)), T(("m", 4))], lambda n, a, b: op.add(a, b), np.add, id="unproven"),
+        Case("relax.subtract", [T((2, "m")), T((3, 1, 4))], lambda n, a, b: op.subtract(a, b), np.subtract,
+             id="unproven_vs_const"),
         Case("relax.multiply", [T(("n", 4), "int32"), T((4,), "int32")], lambda n, a, b: op.multiply(a, b),
              np.multiply, id="int"),
         Case("relax.divide", [T(("n", 4), "int32"), T((4,), "int32", nonzero)], lambda n, a, b: op.divide(a, b),
@@ -237,6 +241,8 @@ def _cases() -> list[Case]:
         Case("relax.concat", [T(("n", 4), "int32"), T((3, 4), "int32")], lambda n, a, b: op.concat([a, b], 0),
              lambda a, b: np.concatenate([a, b], 0), id="axis0"),
         Case("relax.split", [T(("n", 6))], lambda n, x: op.split(x, 3, axis=1), lambda x: tuple(np.split(x, 3, 1))),
+        Case("relax.concat", [T(("n", 6))], lambda n, x: op.concat(op.split(x, [1, 4], axis=1), axis=1),
+             lambda x: x, id="of_tuple_var"),
         Case("relax.split", [T(("n", 6))], lambda n, x: op.split(x, [2, 5], axis=-1),
              lambda x: tuple(np.split(x, [2, 5], -1)), id="indices"),
         Case("relax.strided_slice", [T(("n", 10))],
@@ -257,8 +263,12 @@ def _cases() -> list[Case]:
              lambda x, i: np.take(x, i), id="flat"),
         Case("relax.broadcast_to", [T(("n", 1))], lambda n, x: op.broadcast_to(x, shape(2, n, 4)),
              lambda x: np.broadcast_to(x, (2, x.shape[0], 4))),
+        Case("relax.broadcast_to", [T(("m", 3))], lambda n, x, v: op.broadcast_to(x, shape(n, 3)),
+             lambda x, v: np.broadcast_to(x, (len(v), 3)), id="unproven", needs=[(("n",), "float32")]),
         Case("relax.where", [T(("n", 4), "bool"), T(("n", 4)), T((4,))], lambda n, c, a, b: op.where(c, a, b),
              np.where),
+        Case("relax.where", [T(("n", 1), "bool"), T((3,)), T(("m", 3))], lambda n, c, a, b: op.where(c, a, b),
+             np.where, id="unproven"),
         Case("relax.astype", [T(("n", 4))], lambda n, x: op.astype(x, "float16"), lambda x: x.astype(np.float16),
              tol=1e-3),
         Case("relax.astype", [T(("n", 4))], lambda n, x: op.astype(x, "bfloat16"),
@@ -273,6 +283,8 @@ def _cases() -> list[Case]:
         Case("relax.matmul", [T(("n", 64)), T((64, 32))], lambda n, a, b: op.matmul(a, b), np.matmul, tol=1e-4),
         Case("relax.matmul", [T((2, 1, "n", 8)), T((3, 8, 5))], lambda n, a, b: op.matmul(a, b), np.matmul,
              tol=1e-4, id="batch_broadcast"),
+        Case("relax.matmul", [T((2, "n", 8)), T(("m", 8, 5))], lambda n, a, b: op.matmul(a, b), np.matmul,
+             tol=1e-4, id="unproven_batch"),
         Case("relax.matmul", [T((8,)), T(("n", 8, 5))], lambda n, a, b: op.matmul(a, b), np.matmul, tol=1e-4,
              id="vector_matrix"),
         Case("relax.matmul", [T(("n", 8)), T((8,))], lambda n, a, b: op.matmul(a, b), np.matmul, tol=1e-4,
@@ -381,17 +393,18 @@ def case_name(i: int, c: Case) -> str:
     return f"f{i}_{c.op.split('.')[-1]}" + (f"_{c.id}" if c.id else "")
 
 
-def _param(name, shape, dtype, n):
-    return Var(name, TensorStructInfo(tuple(n if d == "n" else d for d in shape), dtype))
+def _param(name, shape, dtype, sizes):
+    return Var(name, TensorStructInfo(tuple(sizes.get(d, d) for d in shape), dtype))
 
 
 def make_module(cases) -> IRModule:
     """One graph function per case: params (the case's inputs, then `needs`), one call."""
     bb = BlockBuilder()
     for i, c in enumerate(cases):
-        n = bb.size_var("n")
-        params = [_param(f"x{k}", s, d, n) for k, (s, d, _) in enumerate(c.inputs)]
-        extra = [_param(f"v{k}", s, d, n) for k, (s, d) in enumerate(c.needs)]
+        sizes = {"n": bb.size_var("n"), "m": bb.size_var("m")}
+        n = sizes["n"]
+        params = [_param(f"x{k}", s, d, sizes) for k, (s, d, _) in enumerate(c.inputs)]
+        extra = [_param(f"v{k}", s, d, sizes) for k, (s, d) in enumerate(c.needs)]
         with bb.function(case_name(i, c), params + extra):
             with bb.dataflow():
                 out = bb.emit_output(c.make(n, *params, *extra))
@@ -401,7 +414,7 @@ def make_module(cases) -> IRModule:
 
 def run_case(vm, i: int, c: Case, n: int, rng) -> None:
     def concrete(s):
-        return tuple(n if d == "n" else d for d in s)
+        return tuple({"n": n, "m": 1}.get(d, d) for d in s)
 
     args = [gen(rng, concrete(s), d) for s, d, gen in c.inputs]
     extra = [normal(rng, concrete(s), d) for s, d in c.needs]
@@ -469,8 +482,8 @@ def test_prim_funcs_carry_op_pattern_and_readable_names(legalized):
     _, out = legalized
     by_op = {}
     for name, func in out.graph_functions().items():
-        call = func.body.blocks[0].bindings[0].value
-        by_op.setdefault(name, call.args[0].name_hint)
+        call = func.body.blocks[0].bindings[-1].value        # the case's operator call
+        by_op[name] = call.args[0].name_hint
     for i, c in enumerate(CASES):
         kernel = by_op[case_name(i, c)]
         func = out[kernel]
