@@ -216,6 +216,16 @@ class Session:
         state = "closed" if self._closed else ("failed" if self._failure else "running")
         return f"<{self.name} num_workers={self.num_workers} {state}>"
 
+    def _check_mesh_size(self, mesh_size: int, what: str = "the model") -> None:
+        """Raise SessionError unless a device mesh of `mesh_size` fits this session
+        exactly (one worker per mesh device); loaders call it before sending weights."""
+        if mesh_size != self.num_workers:
+            raise SessionError(
+                f"{self.name}: {what} is sharded over a device mesh of {mesh_size} devices but the session "
+                f"has {self.num_workers} workers; start it with {mesh_size} workers (disco-launch -n "
+                f"{mesh_size}, mpiexec -n {mesh_size}, or disco.start({mesh_size})) or compile the model "
+                f"for a mesh of {self.num_workers}")
+
     # -- the plumbing -----------------------------------------------------------------
     def _post(self, op: int, a: int, b: int, payload: Any) -> int:
         if self._to_free:
