@@ -1,12 +1,11 @@
 """`compiler.build(mod, target="cpu") -> disco.Executable`.
 
-Runs the target's pipeline (`compiler.pipeline`, or, until it exists, LegalizeOps
-when available), compiles every tensor program into one shared object, generates
-bytecode for every graph function and collects the constants.
+Runs the target's pipeline (`compiler.pipeline`), compiles every tensor program into
+one shared object, generates bytecode for every graph function and collects the
+constants.
 """
 from __future__ import annotations
 
-import importlib
 import os
 from typing import Callable, Optional, Sequence
 
@@ -22,27 +21,10 @@ class BuildError(CompilerError):
     """A module that cannot be built for the target."""
 
 
-def _optional(module: str, *names: str) -> Optional[Callable]:
-    """The first of `names` found in `module` (or the module itself if callable)."""
-    try:
-        m = importlib.import_module(module)
-    except ImportError:
-        return None
-    for n in names:
-        f = getattr(m, n, None)
-        if callable(f):
-            return f
-    return m if callable(m) else None
-
-
 def default_passes(target: str) -> list[Callable[[IRModule], IRModule]]:
-    """The passes `build` runs: the project pipeline when it exists, else LegalizeOps."""
-    get = _optional("compiler.pipeline", "get_pipeline", "default_pipeline", "build_pipeline")
-    if get is not None:
-        passes = get(target)
-        return list(passes) if isinstance(passes, (list, tuple)) else [passes]
-    legalize = _optional("compiler.transform.legalize_ops", "legalize_ops", "LegalizeOps")
-    return [legalize] if legalize is not None else []
+    """The passes `build` runs: the target's pipeline (compiler.pipeline)."""
+    from .pipeline import get_pipeline
+    return get_pipeline(target)
 
 
 def check_script_roundtrip(mod: IRModule, what: str) -> None:

@@ -200,7 +200,7 @@ class Executable:
                 z.writestr("kernels.so", self.library)
             for entry, c in zip(manifest["constants"], self.constants):
                 buf = io.BytesIO()
-                np.save(buf, _storable(np.ascontiguousarray(c)), allow_pickle=False)
+                np.save(buf, _storable(np.asarray(c, order="C")), allow_pickle=False)  # keeps 0-d
                 z.writestr(entry["file"], buf.getvalue())
 
 

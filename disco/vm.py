@@ -512,7 +512,7 @@ def _normalize(r: Any) -> Any:
     if isinstance(r, np.generic):
         return r.item()
     if is_array_like(r):
-        return np.ascontiguousarray(as_numpy(r))
+        return np.asarray(as_numpy(r), order="C")   # (ascontiguousarray makes 0-d 1-d)
     return r
 
 

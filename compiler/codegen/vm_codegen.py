@@ -237,7 +237,7 @@ class _FunctionCodegen:
             key = id(e.data)
             if key not in self.const_ids:
                 self.const_ids[key] = len(self.constants)
-                self.constants.append(np.ascontiguousarray(e.data))
+                self.constants.append(_contiguous(e.data))
             r = self.new_reg()
             self.emit(Op.LOAD_CONST, r, self.const_ids[key])
             return r
@@ -414,6 +414,11 @@ class _FunctionCodegen:
             outs, is_tuple = self._outputs(call, f"call_dps_packed {name}")
         self.emit(Op.CALL_PACKED, -1, name, ins + outs)
         return self._result(outs, is_tuple)
+
+
+def _contiguous(a: np.ndarray) -> np.ndarray:
+    # Not np.ascontiguousarray: it turns a 0-d array into a 1-d one.
+    return a if a.flags.c_contiguous else np.array(a, order="C")
 
 
 def _arg_list(args: G.Expr) -> tuple:
