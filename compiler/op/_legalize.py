@@ -218,4 +218,4 @@ def count(shape: Sequence[E.PrimExpr], axes: Sequence[int], dtype: str) -> E.Pri
     n: E.PrimExpr = E.IntImm(1)
     for a in axes:
         n = n * shape[a]
-    return te.cast(n, dtype)
+    return te.cast(arith.simplify(n), dtype)

@@ -48,10 +48,13 @@ def LegalizeOps(mod: IRModule, *, skip: Iterable[str] = ()) -> IRModule:
     to keep as calls, e.g. for a later pass that dispatches them to a library."""
     skipped = {get_op(name).name for name in skip}
     bb = BlockBuilder(mod)
+    changed = {}
     for name, func in mod.graph_functions().items():
         new = _Legalizer(bb, name, skipped).visit_expr(func)
         if new is not func:
-            bb.update_func(name, new)
+            changed[name] = new
+    for name, new in changed.items():     # after all add_func calls: update_func resets bb's index
+        bb.update_func(name, new)
     return bb.get()
 
 

@@ -151,6 +151,10 @@ def f32(x):
     return np.asarray(x, dtype=np.float32)
 
 
+def dim0(v):
+    return v.struct_info.shape[0]
+
+
 def shape(*dims):
     return op.shape(list(dims))
 
@@ -255,6 +259,9 @@ def _cases() -> list[Case]:
         Case("relax.strided_slice", [T(("n", 10))],
              lambda n, x: op.strided_slice(x, axes=[0], begin=[n - 1], end=[n]), lambda x: x[-1:],
              id="symbolic_begin"),
+        Case("relax.strided_slice", [T(("n", 10))],    # m is no dim of x: the kernel takes it as a scalar
+             lambda n, x, v: op.strided_slice(x, axes=[1], begin=[dim0(v) + 2], end=[dim0(v) + 6]),
+             lambda x, v: x[:, 3:7], id="scalar_param", needs=[(("m",), "float32")]),
         Case("relax.take", [T(("n", 5)), T((3,), "int32", small_ints(-5, 5))], lambda n, x, i: op.take(x, i, axis=1),
              lambda x, i: np.take(x, i, axis=1)),
         Case("relax.take", [T((10, 4)), T(("n",), "int64", small_ints(0, 10))], lambda n, x, i: op.take(x, i, 0),
@@ -382,6 +389,8 @@ def _cases() -> list[Case]:
              id="float", needs=[(("n",), "float32")]),
         Case("relax.arange", [], lambda n, v: op.arange(n, n * 3, 2), lambda v: np.arange(len(v), 3 * len(v), 2),
              id="symbolic_start", needs=[(("n",), "float32")]),
+        Case("relax.arange", [], lambda n, v, w: op.arange(dim0(w), dim0(w) + n),
+             lambda v, w: np.arange(1, 1 + len(v)), id="scalar_param", needs=[(("n",), "float32"), (("m",), "float32")]),
     ]
     return cases
 
