@@ -5,19 +5,24 @@ expression with the call's struct info that computes the same value without the
 operator, normally `R.call_tir(gvar, args, out_sinfo)` of a tensor program it
 added with `bb.add_func`. `call_te` does all of that from a compute definition:
 
-    @add.legalizer
+    @exp.legalizer
     def _(bb, call):
-        return call_te(bb, call, lambda a, b: te.broadcast_compute(lambda x, y: x + y, a, b,
-                                                                  out_shape=out_shape(call)),
-                       call.args[0], call.args[1])
+        return call_te(bb, call, lambda x: te.compute(out_shape(call), lambda *i: te.exp(x[i]),
+                                                      name="exp"), call.args[0])
 
 Each graph tensor argument becomes a `te.placeholder` with the argument's own
-shape expressions, so the symbolic sizes of the tensor program are the graph
-function's (`n` stays `n`); sizes that no buffer holds as a bare dim (begin of a
-slice, `n` in a dim `n * 2`) become scalar parameters, passed as `tir_vars`.
+shape expressions, so the program's sizes are the graph's (`n` stays `n`; the
+finished program gets its own copies of those vars, since one program may serve
+calls in several functions). Sizes that no buffer holds as a bare dim (the begin
+of a slice, `m` in a dim `m * 2`) become scalar parameters, passed as `tir_vars`.
 The program gets attr `op_pattern` (the operator's fusion kind, read by FuseOps)
 and a readable name: the operator's short name, suffixed when taken ("add_1");
 `bb.add_func` reuses a structurally equal program instead of adding a copy.
+
+Output shapes come from the call's struct info (`out_shape(call)`), so the graph's
+types stay exactly as they were. Reductions and normalisations of float16/bfloat16
+compute in float32 (`acc_dtype`); elementwise math stays in the storage dtype (the
+C backend widens half types to float for the arithmetic anyway).
 """
 from __future__ import annotations
 

@@ -477,6 +477,21 @@ def test_matches_numpy(vm, i):
         run_case(vm, i, c, n, rng)
 
 
+def test_every_case_through_the_default_pipeline():
+    """The same module built by `compiler.build(mod)` (library dispatch, legalization,
+    schedules, memory planning, ...): every case still matches numpy."""
+    vm = VirtualMachine(build(make_module(CASES)))
+    failures = []
+    for i, c in enumerate(CASES):
+        rng = np.random.default_rng(i)
+        try:
+            for n in (1, 7):
+                run_case(vm, i, c, n, rng)
+        except Exception as e:      # collect them all: one message names every broken case
+            failures.append(f"{case_name(i, c)}: {type(e).__name__}: {str(e)[:300]}")
+    assert not failures, "\n".join(failures)
+
+
 def test_legalized_module_round_trips_and_has_no_operator_calls(legalized, roundtrip):
     mod, out = legalized
     roundtrip(out)
