@@ -14,7 +14,7 @@ from disco.executable import Executable, KernelInfo
 from .ir.errors import CompilerError
 from .ir.module import IRModule
 
-TARGETS = ("cpu",)
+TARGETS = ("cpu", "cuda")
 
 
 class BuildError(CompilerError):
@@ -67,7 +67,20 @@ def build(mod: IRModule, target: str = "cpu", *,
     prim_funcs = mod.prim_funcs()
     kernels: list[KernelInfo] = []
     library = None
-    if prim_funcs:
+    if prim_funcs and target == "cuda":
+        # CUDA: the source and launch descriptions go in metadata["cuda"]; the runtime
+        # compiles them with NVRTC (disco/cuda.py). No shared object.
+        from .codegen import signature_of
+        from .codegen.cuda import generate_cuda
+        cuda = generate_cuda(prim_funcs)
+        metadata = dict(metadata or {}, cuda=cuda.to_json())
+        for name, func in prim_funcs.items():
+            sig = signature_of(cuda.kernel_names[name], func)
+            kernels.append(KernelInfo(
+                sig.symbol,
+                [{"name": b.name, "dtype": b.dtype, "ndim": b.ndim} for b in sig.buffers],
+                [s.name for s in sig.scalars]))
+    elif prim_funcs:
         lib = build_kernels(prim_funcs)
         library = lib.so_bytes
         for name in prim_funcs:

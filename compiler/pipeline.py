@@ -32,7 +32,11 @@ _CPU_STAGES = (
     ("compiler.transform.plan_memory", "PlanMemory"),
 )
 
-STAGES = {"cpu": _CPU_STAGES}
+# CUDA: the same stages, with the GPU default schedule (blocks/threads, row kernels).
+_CUDA_STAGES = tuple(("compiler.transform.gpu_schedule", "DefaultGPUSchedule")
+                     if name == "DefaultSchedule" else (module, name) for module, name in _CPU_STAGES)
+
+STAGES = {"cpu": _CPU_STAGES, "cuda": _CUDA_STAGES}
 
 
 def _load(module: str, name: str):

@@ -24,8 +24,8 @@ match_cast binding a symbol from a packed function's result) are not cached and 
 interpreted on every call. A VM is not meant to be shared by threads; a call that
 finds its plan busy (another thread, re-entry) falls back to interpreting.
 
-Devices: "cpu" (numpy). The `_Device` class is the hook for "cuda" (cupy arrays and
-kernels launched through cupy), which a later issue adds.
+Devices: "cpu" (numpy; `_Device`) and "cuda"/"cuda:N" (cupy arrays, NVRTC kernels,
+cuBLAS, optional CUDA graphs; `disco.cuda.CudaDevice`, same interface).
 """
 from __future__ import annotations
 
@@ -70,13 +70,29 @@ class _Device:
         a = as_numpy(x)
         return a if a.flags.c_contiguous else np.ascontiguousarray(a)
 
+    @staticmethod
+    def is_tensor(x: Any) -> bool:
+        """Whether `x` is a tensor of this device (kernels take it as is)."""
+        return isinstance(x, np.ndarray)
 
-def _make_device(device: str, ex: Executable) -> _Device:
+    def packed(self, name: str) -> Optional[Callable]:
+        """A device-specific variant of packed function `name`, or None (use the registry's)."""
+        return None
+
+    def wrap_handle(self, handle: "VMFunctionHandle") -> Any:
+        """What `vm[name]` returns (the CUDA device wraps it for CUDA graphs)."""
+        return handle
+
+
+def _make_device(device: str, ex: Executable, **options: Any) -> _Device:
     if device == "cpu":
+        if options:
+            raise DiscoError(f"device 'cpu' takes no options, got {sorted(options)}")
         return _Device(ex)
-    if device.startswith("cuda"):
-        raise DiscoError(f"device {device!r} is not supported by the VM yet (CPU only for now)")
-    raise DiscoError(f"unknown device {device!r}; expected 'cpu'")
+    if device == "cuda" or device.startswith("cuda:"):
+        from .cuda import CudaDevice     # cupy arrays, NVRTC kernels, CUDA graphs (disco/cuda.py)
+        return CudaDevice(ex, device, **options)
+    raise DiscoError(f"unknown device {device!r}; expected 'cpu', 'cuda' or 'cuda:N'")
 
 
 # -- shape expressions --------------------------------------------------------------
@@ -213,12 +229,12 @@ class _Matcher:
     def convert(self, pat: _Pattern, x: Any, where: str, is_param: bool) -> Any:
         kind = pat.kind
         if kind == "tensor":
-            if not isinstance(x, np.ndarray):
+            if not self.device.is_tensor(x):
                 if not is_array_like(x):
                     self._fail(where, f"expects a tensor {pat.text}, got {_got_text(x)}")
                 x = self.device.to_tensor(x) if is_param else as_numpy(x)
             elif is_param and not x.flags.c_contiguous:
-                x = np.ascontiguousarray(x)
+                x = self.device.to_tensor(x)
             if pat.ndim >= 0 and x.ndim != pat.ndim:
                 shape = f" of shape {format_shape(pat.text_dims)}" if pat.dims is not None else ""
                 self._fail(where, f"expects a {pat.ndim}-d tensor{shape}, got {_got_text(x)}")
@@ -368,7 +384,7 @@ class _Recorder:
                 if dst >= 0:
                     s = regs[dst] = self.new(r)
                     self.volatile.add(s)
-                guard = (r.shape, r.dtype) if isinstance(r, np.ndarray) else None
+                guard = (r.shape, r.dtype) if vm.device.is_tensor(r) else None
                 self.events.append(("packed", func, name, slots, s, guard))
             elif op is Op.LOAD_CONST:
                 regs[ins[1]] = self.new(vm.executable.constants[ins[2]])
@@ -419,12 +435,12 @@ class _Recorder:
             raise DiscoError(f"{fn.name}: kernel {info.name} takes {len(k.dtypes)} buffers, "
                              f"got {len(arrays)}")
         for a, dt, b in zip(arrays, k.dtypes, info.buffers):
-            if not isinstance(a, np.ndarray) or a.dtype != dt or a.ndim != b["ndim"] \
+            if not self.vm.device.is_tensor(a) or a.dtype != dt or a.ndim != b["ndim"] \
                     or not a.flags.c_contiguous:
                 raise DiscoError(f"{fn.name}: kernel {info.name} buffer {b['name']!r} expects a "
                                  f"contiguous {b['ndim']}-d {b['dtype']} array, got {_got_text(a)}")
         dims = [d for a in arrays for d in a.shape] + [int(v) for v in scalars]
-        ptrs = (ctypes.c_void_p * max(len(arrays), 1))(*[data_ptr(a) for a in arrays])
+        ptrs = (ctypes.c_void_p * max(len(arrays), 1))(*[self.vm.device.ptr(a) for a in arrays])
         dimsarr = (ctypes.c_int64 * max(len(dims), 1))(*dims)
         k.fn(ctypes.addressof(ptrs), ctypes.addressof(dimsarr))
         self.events.append(("kernel", k, slots, ptrs, dimsarr))
@@ -500,13 +516,15 @@ class _Recorder:
                 if ev[0] == "kernel":
                     for j, s in enumerate(ev[2]):
                         if s in moved:
-                            ev[3][j] = data_ptr(moved[s])
+                            ev[3][j] = self.vm.device.ptr(moved[s])
 
 
 def _normalize(r: Any) -> Any:
     """What a packed function returns, as VM values (numpy arrays, tuples, scalars)."""
     if isinstance(r, np.ndarray):
         return r if r.flags.c_contiguous else np.ascontiguousarray(r)
+    if type(r).__module__.startswith("cupy"):   # a CUDA device's tensor stays on the device
+        return r if r.flags.c_contiguous else r.copy()
     if isinstance(r, (tuple, list)):
         return tuple(_normalize(v) for v in r)
     if isinstance(r, np.generic):
@@ -529,6 +547,7 @@ class _Plan:
         self.params = [(s, patches.get(s) or None) for s in rec.param_slots]
         steps = self.steps = []
         device = rec.vm.device
+        self.ptr = device.ptr
         exact = {ev[1] for ev in rec.events if ev[0] == "match" and ev[3].kind == "tensor"
                  and ev[3].dims is not None and ev[3].dtype is not None}
         for ev in rec.events:
@@ -561,7 +580,7 @@ class _Plan:
         for (s, pl), a in zip(self.params, args):
             vals[s] = a
             if pl:
-                p = data_ptr(a)
+                p = self.ptr(a)
                 for arr, i in pl:
                     arr[i] = p
         for step in self.steps:
@@ -621,13 +640,13 @@ def _packed_step(vals, func, name, slots, dst, guard, pl, device):
         if dst is not None:
             r = vals[dst] = _normalize(r)
             if guard is not None:
-                if not isinstance(r, np.ndarray) or r.shape != guard[0] or r.dtype != guard[1]:
+                if not device.is_tensor(r) or r.shape != guard[0] or r.dtype != guard[1]:
                     raise DiscoError(
                         f"packed function {name!r} returned {_got_text(r)}, but with the same "
                         f"argument shapes it returned shape {guard[0]} {dtype_name(guard[1])} "
                         "before; its result shape must depend only on its arguments' shapes")
             if pl:
-                if not isinstance(r, np.ndarray):
+                if not device.is_tensor(r):
                     raise DiscoError(f"packed function {name!r} returned {_got_text(r)}, "
                                      "where a tensor was expected")
                 _patch(pl, r, device)
@@ -754,9 +773,10 @@ class VMFunctionHandle:
 class VirtualMachine:
     """Runs the graph functions of an `Executable` on one device."""
 
-    def __init__(self, executable: Executable, device: str = "cpu"):
+    def __init__(self, executable: Executable, device: str = "cpu", **device_options: Any):
+        """`device_options` go to the device: "cuda" takes cuda_graph=True (disco/cuda.py)."""
         self.executable = executable
-        self.device = _make_device(device, executable)
+        self.device = _make_device(device, executable, **device_options)
         self._kernels = [_Kernel(k, self.device.kernel(k.name)) for k in executable.kernels]
         self._fns = {name: _Fn(f, self._kernels, self.device)
                      for name, f in executable.functions.items()}
@@ -777,7 +797,7 @@ class VirtualMachine:
     def __getitem__(self, name: str) -> VMFunctionHandle:
         h = self._handles.get(name)
         if h is None:
-            h = self._handles[name] = VMFunctionHandle(self, self._fn(name))
+            h = self._handles[name] = self.device.wrap_handle(VMFunctionHandle(self, self._fn(name)))
         return h
 
     def __contains__(self, name: str) -> bool:
@@ -791,6 +811,8 @@ class VirtualMachine:
 
     def _packed(self, name: str) -> Callable:
         f = self._packed_funcs.get(name)
+        if f is None:
+            f = self._packed_funcs[name] = self.device.packed(name)
         if f is None:
             from . import registry
             if name.startswith("disco.blas."):

@@ -36,7 +36,7 @@ OPS = ("sum", "prod", "min", "max")
 # Backends: name -> factory(group_name, rank, world, **options) -> Communicator.
 # Backends listed in _LAZY are imported on first use and register themselves.
 _BACKENDS: dict[str, Callable[..., "Communicator"]] = {}
-_LAZY = {"shm": "disco.ccl.shm", "mpi": "disco.ccl.mpi"}
+_LAZY = {"shm": "disco.ccl.shm", "mpi": "disco.ccl.mpi", "nccl": "disco.ccl.nccl"}
 
 
 class Communicator:
