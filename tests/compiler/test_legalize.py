@@ -12,15 +12,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Callable, Optional
+from typing import Callable
 
 import ml_dtypes
 import numpy as np
 import pytest
 
 from compiler import build, op
-from compiler.ir import BlockBuilder, IRModule, SizeVar, Var
-from compiler.ir.graph import Call, Function, Op
+from compiler.ir import BlockBuilder, IRModule, Var
+from compiler.ir.graph import Function, Op
 from compiler.ir.struct_info import TensorStructInfo
 from compiler.ir.tir import PrimFunc
 from compiler.op import get_op, list_ops
@@ -208,6 +208,8 @@ def _cases() -> list[Case]:
         Case("relax.add", [T(("n", 4)), T(("m", 4))], lambda n, a, b: op.add(a, b), np.add, id="unproven"),
         Case("relax.subtract", [T((2, "m")), T((3, 1, 4))], lambda n, a, b: op.subtract(a, b), np.subtract,
              id="unproven_vs_const"),
+        Case("relax.multiply", [T(("n", 4))], lambda n, x: op.multiply(x, op.const(2.5, "float32")),
+             lambda x: x * np.float32(2.5), id="scalar_const"),
         Case("relax.multiply", [T(("n", 4), "int32"), T((4,), "int32")], lambda n, a, b: op.multiply(a, b),
              np.multiply, id="int"),
         Case("relax.divide", [T(("n", 4), "int32"), T((4,), "int32", nonzero)], lambda n, a, b: op.divide(a, b),
@@ -390,7 +392,8 @@ def _cases() -> list[Case]:
         Case("relax.arange", [], lambda n, v: op.arange(n, n * 3, 2), lambda v: np.arange(len(v), 3 * len(v), 2),
              id="symbolic_start", needs=[(("n",), "float32")]),
         Case("relax.arange", [], lambda n, v, w: op.arange(dim0(w), dim0(w) + n),
-             lambda v, w: np.arange(1, 1 + len(v)), id="scalar_param", needs=[(("n",), "float32"), (("m",), "float32")]),
+             lambda v, w: np.arange(1, 1 + len(v)), id="scalar_param",
+             needs=[(("n",), "float32"), (("m",), "float32")]),
     ]
     return cases
 
