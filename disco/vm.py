@@ -32,6 +32,7 @@ from __future__ import annotations
 import ast
 import ctypes
 import functools
+import importlib
 import re
 import threading
 from typing import Any, Callable, Optional
@@ -458,6 +459,10 @@ class _Recorder:
             elif s in self.views:
                 escaping.add(self.views[s])
         walk(ret)
+        for ev in self.events:    # a packed function's result may be one of its arguments
+            if ev[0] == "packed" and ev[4] is not None:
+                for s in ev[3]:
+                    walk(s)
         # A returned view: its storage, and every view of it, are made afresh each call.
         escaping |= {v for v, st in self.views.items() if st in escaping}
         dynamic = set(self.param_slots) | self.volatile | escaping
@@ -816,7 +821,7 @@ class VirtualMachine:
         if f is None:
             from . import registry
             if name.startswith("disco.blas."):
-                from . import blas  # noqa: F401  (registers the BLAS functions)
+                importlib.import_module("disco.blas")   # registers the BLAS functions
             try:
                 f = registry.get_global_func(name)
             except KeyError:
