@@ -105,6 +105,33 @@ __device__ __forceinline__ T disco_block_allreduce(T v, T identity, T* smem, Op 
 }
 """
 
+# CUDA device functions a kernel name must not shadow (extern "C" clashes with overloads).
+CUDA_RESERVED = set("""
+rsqrt rsqrtf max min umin umax llmin llmax ullmin ullmax fmaxf fminf exp10 exp10f sincos sincosf
+sincospi sincospif saturate norm rnorm norm3d rnorm3d norm4d rnorm4d rcbrt rcbrtf erfinv erfinvf
+erfcinv erfcinvf erfcx erfcxf normcdf normcdff normcdfinv normcdfinvf lgammaf tgammaf signbit isnan
+isinf isfinite abs labs llabs mul24 umul24 mulhi umulhi mul64hi umul64hi brev brevll clz clzll ffs
+ffsll popc popcll byte_perm fdividef fdivide sinpi sinpif cospi cospif cyl_bessel_i0 j0 j1 y0 y1
+jn yn scalbn scalbln ilogb logb nextafter copysign nan nanf powi powif rhypot rhypotf hypotf
+float2half half2float
+""".split())
+
+
+def cuda_kernel_names(names) -> dict[str, str]:
+    """kernel_names(names), with names that clash with CUDA device functions suffixed."""
+    base = kernel_names(names)
+    used, out = set(), {}
+    for name, ident in base.items():
+        if ident in CUDA_RESERVED or ident.startswith("__"):
+            ident = ident.lstrip("_") + "_kernel"
+        cand, k = ident, 1
+        while cand in used:
+            cand, k = f"{ident}_{k}", k + 1
+        used.add(cand)
+        out[name] = cand
+    return out
+
+
 _OP_FUNCTOR = {"+": "DiscoSum", "*": "DiscoProd", "max": "DiscoMax", "min": "DiscoMin"}
 
 
@@ -150,7 +177,7 @@ class CudaModule:
 
 def generate_cuda(prim_funcs: dict[str, T.PrimFunc]) -> CudaModule:
     """CUDA source and launch descriptions for all of `prim_funcs`."""
-    names = kernel_names(prim_funcs)
+    names = cuda_kernel_names(prim_funcs)
     parts = [PRELUDE]
     functions: dict[str, FunctionLaunch] = {}
     for name, func in prim_funcs.items():
@@ -295,8 +322,11 @@ class _CudaKernel(_FuncCodegen):
         exts = self.extents.get(tag)
         if not exts:
             return "1"
-        texts = list(dict.fromkeys(self.py(x, f"the extent of {tag}") for x in exts))
-        text = texts[0] if len(texts) == 1 else f"max({', '.join(texts)})"
+        if all(isinstance(x, E.IntImm) for x in exts):
+            text = str(max(x.value for x in exts))
+        else:
+            texts = list(dict.fromkeys(self.py(x, f"the extent of {tag}") for x in exts))
+            text = texts[0] if len(texts) == 1 else f"max({', '.join(texts)})"
         if tag == "threadIdx.x" and self.cross:
             text = str(-(-int(text) // 32) * 32) if text.isdigit() else f"(({text} + 31) // 32 * 32)"
         return text
