@@ -9,9 +9,10 @@ are no longer called and values that are no longer read; each costs compile time
   (`R.ExternFunc`), calls of graph functions declared `pure=False`. A `match_cast`
   stays when it binds a symbolic size (its check is how the size is known).
 - A function is removed when no entry function reaches it (through calls and
-  `call_tir`). Entries default to every graph function not marked private with
-  attr `{"private": True}` (the script has no other mark; `@R.function(private=True)`
-  is accepted and dropped by the parser, so a helper is private only by that attr).
+  `call_tir`). Entries default to the public graph functions: those with attr
+  `global_symbol`, and those not marked private by attr `{"private": True}` or
+  `{"Primitive": True}` (fused groups, as TVM). The script has no other mark:
+  `@R.function(private=True)` is accepted and dropped by the parser.
 """
 from __future__ import annotations
 
@@ -49,7 +50,8 @@ def DeadCodeElimination(mod: IRModule, entry_functions: Optional[Iterable[str]] 
 
 def public_functions(mod: IRModule) -> list[str]:
     """The graph functions callers outside the module may call (see the module docstring)."""
-    return [name for name, f in mod.graph_functions().items() if not f.attrs.get("private")]
+    return [name for name, f in mod.graph_functions().items()
+            if "global_symbol" in f.attrs or not (f.attrs.get("private") or f.attrs.get("Primitive"))]
 
 
 # -- functions --------------------------------------------------------------------------

@@ -1,6 +1,7 @@
 """DispatchLibrary, DeadCodeElimination and PlanMemory: structure of the modules they
 write (hand-derived expectations) and results of the built modules against numpy."""
 import sys
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -174,6 +175,9 @@ def dce_module(with_dead: bool):
         ux = Var("ux", TS((4, 8), "float32"))
         with bb.function("public_unused", [ux]):
             bb.emit_func_output(bb.emit(op.sqrt(ux)))
+        fx = Var("fx", TS((4, 8), "float32"))
+        with bb.function("fused_unused", [fx], attrs={"Primitive": True}):
+            bb.emit_func_output(bb.emit(op.exp(fx)))
     with bb.function("main", [x]):
         with bb.dataflow():
             a = bb.emit(op.add(x, x))
@@ -194,8 +198,12 @@ def test_dce_removes_unused_bindings_and_functions(roundtrip):
     after = DeadCodeElimination(before)
     roundtrip(after)
     expected = dce_module(with_dead=False)
-    # public_unused is public: it stays by default
+    # public_unused is public: it stays by default; private and Primitive ones go
     assert after.names() == ["helper", "public_unused", "main"]
+    private = before["private_unused"]
+    exported = replace(private, attrs=private.attrs.replace(global_symbol="private_unused"))
+    kept = DeadCodeElimination(before.with_function("private_unused", exported))
+    assert "private_unused" in kept.names()       # a global_symbol makes it public
     assert_structural_equal(after["main"], expected["main"])
     assert_structural_equal(after["helper"], expected["helper"])
     only_main = DeadCodeElimination(before, entry_functions=["main"])
