@@ -449,3 +449,16 @@ def test_planned_module_survives_more_passes():
     assert_structural_equal(again, mod)
     x = np.random.default_rng(0).standard_normal((4, 8)).astype("float32")
     np.testing.assert_allclose(run(again, x), six_ref(x), rtol=1e-5)
+
+
+@needs_legalize
+def test_planned_executable_exports_and_loads(tmp_path):
+    from disco.executable import load_executable
+    bb = BlockBuilder()
+    n = bb.size_var("n")
+    mod = PlanMemory(LegalizeOps(chain_module((n, 8), SIX, attrs={"tir_var_upper_bound": {"n": 16}})))
+    build(mod, passes=[]).export(tmp_path / "six.disco")
+    ex = load_executable(tmp_path / "six.disco")
+    assert "ALLOC_STORAGE" in ex.as_text() and "ALLOC_VIEW" in ex.as_text()
+    x = np.random.default_rng(0).standard_normal((7, 8)).astype("float32")
+    np.testing.assert_allclose(VirtualMachine(ex)["main"](x), six_ref(x), rtol=1e-5)
