@@ -8,12 +8,13 @@ Worker i holds arange(6) * (i + 1); after `ccl.allreduce` each holds the sum ove
 workers, arange(6) * n(n+1)/2. The controller prints the results, which are the same
 in every mode for the same number of workers. `--ccl mpi` uses the MPI collectives
 (needs an MPI launch); `--hello` makes every worker print a line (prefixed with its id
-by disco-launch); `--fail-rank R` makes worker R die (tests of the failure path).
+by disco-launch); `--fail-rank R` kills worker R (R > 0; tests of the failure path).
 """
 from __future__ import annotations
 
 import argparse
 import os
+import signal
 import time
 
 import numpy as np
@@ -40,7 +41,7 @@ def hello() -> None:
 @disco.register_func("launch_app.die_on", override=True)
 def die_on(worker: int) -> None:
     if disco.worker_id() == worker:
-        os._exit(17)
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def main() -> None:

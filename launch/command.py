@@ -88,16 +88,20 @@ def build_plan(n: int, app: str, args: list[str], *, mode: str = "auto", hosts: 
             cmd += ["-x", f"{k}={v}"]
         return Plan("mpi", tuple(cmd + app_argv(app, args)), {})
     if flavor == "mpich":
-        if not (hosts or hostfile):
-            # One host: let the controller see a dead rank and raise (it then ends the
-            # job itself). Across hosts keep Hydra's default of killing the job, since a
-            # worker on another host cannot watch the controller's pid.
+        one_host = not (hosts or hostfile)
+        if one_host:
+            # Let the controller see a dead rank and raise (it then ends the job itself):
+            # no cleanup by Hydra, and each rank under a keeper (launch/rank.py) that
+            # turns a death by signal into an exit status. Across hosts keep Hydra's
+            # default of ending the job, since a worker on another host cannot watch
+            # the controller's pid.
             cmd.append("-disable-auto-cleanup")
         cmd += ["-hosts", hosts] if hosts else []
         cmd += ["-f", hostfile] if hostfile else []
         for k, v in extra.items():
             cmd += ["-genv", k, v]
-        return Plan("mpi", tuple(cmd + app_argv(app, args)), {})
+        keeper = [sys.executable, "-m", "launch.rank"] if one_host else []
+        return Plan("mpi", tuple(cmd + keeper + app_argv(app, args)), {})
     if hosts or hostfile:
         raise LaunchError(f"disco-launch: cannot tell which MPI {mpiexec} is (not MPICH/Hydra, not Open MPI), "
                           "so it does not know how to pass --hosts/--hostfile; run mpiexec yourself")

@@ -332,7 +332,7 @@ class _MPIChannel:
 def serve_rank(comm=None, device: str = "cpu") -> int:
     """Run worker `comm.rank` until the controller (rank 0) shuts the session down.
 
-    Returns 0 then; returns 1 (and the process should exit) if the controller died."""
+    Returns 0 then; if the controller dies, the process exits (status 1) from here."""
     from mpi4py import MPI
 
     comm = (MPI.COMM_WORLD if comm is None else comm).Dup()
@@ -343,23 +343,23 @@ def serve_rank(comm=None, device: str = "cpu") -> int:
     if info["transport"] != "mpi":
         chan, pidfd = _attach_same_host(info, w)
     comm.Send([pickle.dumps((os.getpid(), chan is not None)), MPI.BYTE], dest=0, tag=TAG_BOOT)
-    done = threading.Event()
     if pidfd is not None:
-        threading.Thread(target=_watch_controller, args=(pidfd, done), name="disco-watch-controller",
-                         daemon=True).start()
+        _start_watcher(info["pid"])
     ctx = WorkerContext(worker_id=w, num_workers=n, device=device)
     set_worker_context(ctx, process_wide=True)
     if chan is not None:
         alive = lambda: not select.select([pidfd], [], [], 0)[0]  # noqa: E731
         serve(chan, ctx, alive=alive)
-        lost = not alive()
+        if not alive():  # no MPI_Finalize: it would wait for the dead controller forever
+            sys.stderr.write(f"disco worker {w} (MPI rank {w}, pid {os.getpid()}): the controller "
+                             f"(rank 0, pid {info['pid']}) died; exiting\n")
+            sys.stderr.flush()
+            os._exit(1)
     else:
         serve(_MPIChannel(comm), ctx)
-        lost = False
-    done.set()
     sys.stdout.flush()
     sys.stderr.flush()
-    return 1 if lost else 0
+    return 0
 
 
 def _attach_same_host(info: dict, w: int):
@@ -377,13 +377,33 @@ def _attach_same_host(info: dict, w: int):
         os.close(fd)
 
 
-def _watch_controller(pidfd: int, done: threading.Event) -> None:
-    """End this rank when the controller is gone, even from inside a blocked MPI call
-    (or an MPI_Finalize that waits for it): status 0 if the session had ended, else 1."""
-    select.select([pidfd], [], [])
-    if done.wait(2.0):
-        time.sleep(2.0)  # a clean finish: MPI_Finalize normally returns well before this
-        os._exit(0)
-    sys.stderr.write(f"disco worker rank (pid {os.getpid()}): the controller (rank 0) died; exiting\n")
-    sys.stderr.flush()
-    os._exit(1)
+_WATCHER = """
+import os, select, signal, sys
+controller, worker, grace = int(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3])
+try:
+    w = os.pidfd_open(worker)
+except OSError:
+    sys.exit(0)
+try:
+    c = os.pidfd_open(controller)
+except OSError:
+    c = None  # already gone
+if c is None or w not in select.select([c, w], [], [])[0]:
+    if not select.select([w], [], [], grace)[0]:
+        sys.stderr.write(f"disco: controller pid {controller} died; ending worker pid {worker}\\n")
+        os.kill(worker, signal.SIGKILL)
+"""
+
+
+def _start_watcher(controller_pid: int, grace_s: float = 2.0) -> None:
+    """End this rank if the controller dies, even while it is blocked in an MPI call (or in
+    an MPI_Finalize that waits for the controller) holding the GIL: a small separate
+    process waits on both pids and sends SIGKILL after `grace_s`."""
+    import subprocess
+
+    _watchers.append(subprocess.Popen(
+        [sys.executable, "-c", _WATCHER, str(controller_pid), str(os.getpid()), str(grace_s)],
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL))
+
+
+_watchers: list = []  # keeps the Popen objects (and their warnings) away from the GC

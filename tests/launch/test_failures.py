@@ -1,0 +1,74 @@
+"""Failure behaviour of launched jobs: a worker that dies makes the controller raise and
+the job exit non-zero; a controller that dies takes its workers with it; no process of
+the job is left afterwards; a wrong worker count is named with both numbers."""
+from __future__ import annotations
+
+import sys
+import textwrap
+
+import pytest
+
+import disco
+from disco.errors import SessionError
+from launch_helpers import APP, Job, mpiexec_path, needs_mpi, python
+
+pytestmark = pytest.mark.timeout(120)
+mpi = [pytest.mark.mpi, needs_mpi]
+
+
+@pytest.mark.parametrize("mode,n", [("local", 2), pytest.param("mpi", 3, marks=mpi)])
+def test_dead_worker_makes_the_controller_raise(mode, n):
+    bad = n - 1
+    job = Job(python("-m", "launch", "-n", str(n), "--mode", mode, APP, "--fail-rank", str(bad)))
+    assert job.rc != 0
+    assert "killing worker" in job.out and "controller noticed after" in job.out, job.out
+    assert "disco.errors.WorkerError" in job.err and f"worker {bad} " in job.err and "died" in job.err, job.err
+    assert job.leftovers() == []
+
+
+@pytest.mark.mpi
+@needs_mpi
+def test_dead_rank_under_plain_mpiexec_ends_the_job():
+    # Hydra's default: one rank killed, the launcher ends the others and fails.
+    job = Job([mpiexec_path(), "-n", "2", sys.executable, APP, "--fail-rank", "1"])
+    assert job.rc != 0
+    assert job.leftovers() == []
+
+
+DIE_APP = textwrap.dedent("""
+    import os, signal
+    import disco
+
+    sess = disco.start()
+    sess.sync()
+    print("controller dies", flush=True)
+    os.kill(os.getpid(), signal.SIGKILL)
+""")
+
+
+@pytest.mark.parametrize("mode", ["local", pytest.param("mpi", marks=mpi)])
+def test_dead_controller_takes_its_workers(tmp_path, mode):
+    app = tmp_path / "die.py"
+    app.write_text(DIE_APP)
+    job = Job(python("-m", "launch", "-n", "2", "--mode", mode, str(app)))
+    assert "controller dies" in job.out, (job.out, job.err)
+    assert job.rc != 0
+    assert job.leftovers() == []
+
+
+@pytest.mark.mpi
+@needs_mpi
+def test_worker_count_mismatch_names_both_numbers(tmp_path):
+    app = tmp_path / "four.py"
+    app.write_text("import disco\ndisco.start(4)\nprint('unreachable')\n")
+    job = Job([mpiexec_path(), "-n", "2", sys.executable, str(app)])
+    assert job.rc != 0 and "unreachable" not in job.out
+    assert "num_workers=4 but the MPI job has 2 ranks" in job.err, job.err
+    assert job.leftovers() == []
+
+
+def test_mesh_size_check_names_both_numbers():
+    with disco.ThreadedSession(2) as sess:
+        sess._check_mesh_size(2)  # fits: no error
+        with pytest.raises(SessionError, match=r"device mesh of 4 devices but the session has 2 workers.*-n 4"):
+            sess._check_mesh_size(4)
