@@ -462,3 +462,27 @@ def test_planned_executable_exports_and_loads(tmp_path):
     assert "ALLOC_STORAGE" in ex.as_text() and "ALLOC_VIEW" in ex.as_text()
     x = np.random.default_rng(0).standard_normal((7, 8)).astype("float32")
     np.testing.assert_allclose(VirtualMachine(ex)["main"](x), six_ref(x), rtol=1e-5)
+
+
+@needs_legalize
+def test_tuple_outputs_and_their_items_are_planned():
+    """e = exp(x) [S0]; p0, p1 = split(e) [S1, S2: S0 is read]; a = -p0 [S0, e is dead];
+    b = exp(p1) [S1, p0 is dead]; c = a + b [S2, p1 is dead]; y = -c returned."""
+    bb = BlockBuilder()
+    x = Var("x", TS((4, 8), "float32"))
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            e = bb.emit(op.exp(x))
+            parts = bb.emit(op.split(e, 2, axis=1))
+            a = bb.emit(op.negative(TupleGetItem(parts, 0)))
+            b = bb.emit(op.exp(TupleGetItem(parts, 1)))
+            c = bb.emit(op.add(a, b))
+            y = bb.emit_output(op.negative(c))
+        bb.emit_func_output(y)
+    mod = PlanMemory(LegalizeOps(bb.get()))
+    owners = list(storage_of(mod).values())
+    s0, s1, s2 = owners[:3]
+    assert len({s0, s1, s2}) == 3 and owners[3:] == [s0, s1, s2]
+    x = np.random.default_rng(0).standard_normal((4, 8)).astype("float32")
+    ex = np.exp(x)
+    np.testing.assert_allclose(run(mod, x), ex[:, :4] - np.exp(ex[:, 4:]), rtol=1e-5)
