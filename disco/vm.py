@@ -374,7 +374,7 @@ class _Recorder:
                 self.events.append(("view", s, st, offset, shape, dtype, fn.name))
             elif op is Op.ALLOC_STORAGE:
                 nbytes = int(ins[2](h))
-                s = regs[ins[1]] = self.new(vm.device.empty((nbytes,), np.uint8))
+                s = regs[ins[1]] = self.new(vm.device.empty((nbytes,), _BYTES))
                 self.storages[s] = nbytes
                 self.events.append(("storage", s, nbytes))
             elif op is Op.CALL_PACKED:
@@ -599,6 +599,9 @@ def _patch(pl, a, device):
         arr[i] = p
 
 
+_BYTES = np.dtype("uint8")       # a storage's element type (a dtype, as every device takes)
+
+
 def _view(where: str, storage, offset: int, shape: tuple, dtype) -> Any:
     """A tensor of `shape` and `dtype` viewing `storage` (a flat byte buffer) from `offset`."""
     n = 1
@@ -617,7 +620,7 @@ def _storage_step(vals, s, nbytes, device):
     empty = device.empty
 
     def step():
-        vals[s] = empty((nbytes,), np.uint8)
+        vals[s] = empty((nbytes,), _BYTES)
     return step
 
 
