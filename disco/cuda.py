@@ -90,23 +90,48 @@ def device_index(device: str) -> int:
 
 # -- compiling ------------------------------------------------------------------------------
 
-def _include_dirs() -> list[str]:
-    """Where cuda_fp16.h / cuda_bf16.h may be for NVRTC (toolkit or pip wheels)."""
+def _include_dirs(nvrtc_major: Optional[int] = None) -> list[str]:
+    """Where cuda_fp16.h / cuda_bf16.h are for NVRTC (pip wheels or a toolkit): the
+    directories whose headers match NVRTC's major version first (headers of another
+    CUDA major version may not compile), the others only when none matches."""
     dirs = []
+    for base in sys.path:
+        for sub in ("nvidia/cuda_runtime/include", "nvidia/cuda_nvrtc/include", "nvidia/cu13/include"):
+            dirs.append(os.path.join(base, sub))
     for root in (os.environ.get("CUDA_PATH"), os.environ.get("CUDA_HOME"), "/usr/local/cuda"):
         if root:
             dirs.append(os.path.join(root, "include"))
-    for base in sys.path:
-        for sub in ("nvidia/cuda_runtime/include", "nvidia/cuda_nvrtc/include"):
-            dirs.append(os.path.join(base, sub))
-    return [d for d in dict.fromkeys(dirs) if os.path.isfile(os.path.join(d, "cuda_fp16.h"))]
+    found = [d for d in dict.fromkeys(dirs) if os.path.isfile(os.path.join(d, "cuda_fp16.h"))]
+    if nvrtc_major is None:
+        return found
+    same = [d for d in found if _cuda_major(d) == nvrtc_major]
+    return same or found
+
+
+def _cuda_major(include_dir: str) -> Optional[int]:
+    """CUDA_VERSION // 1000 from the directory's cuda.h (None if unknown)."""
+    try:
+        with open(os.path.join(include_dir, "cuda.h"), errors="replace") as f:
+            for line in f:
+                if line.startswith("#define CUDA_VERSION"):
+                    return int(line.split()[2]) // 1000
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def _nvrtc_major(cp) -> Optional[int]:
+    try:
+        return int(cp.cuda.nvrtc.getVersion()[0])
+    except Exception:
+        return None
 
 
 def compile_module(source: str, options=("-std=c++17",)):
     """A cupy.RawModule for `source`, compiled once per (source, options, GPU arch)."""
     cp = cupy_module()
     arch = cp.cuda.Device().compute_capability
-    opts = tuple(options) + tuple(f"-I{d}" for d in _include_dirs())
+    opts = tuple(options) + tuple(f"-I{d}" for d in _include_dirs(_nvrtc_major(cp)))
     key = hashlib.sha256("\0".join((source, *opts, arch)).encode()).hexdigest()
     with _lock:
         mod = _MODULES.get(key)

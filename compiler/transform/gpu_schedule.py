@@ -85,7 +85,7 @@ def _cache_shared_inputs(func: T.PrimFunc) -> Optional[T.PrimFunc]:
     if not stages or not all(st is not None for st in stages):
         return None
     red = [st for st in stages if st.reduction]
-    if not red:
+    if not red or not all(isinstance(st.realize, T.BlockRealize) for st in stages):
         return None
     r = len(red[0].spatial)
     written = {id(n.buffer) for st in stages for n in walk(st.realize.block) if isinstance(n, T.BufferStore)}
@@ -165,8 +165,12 @@ def _rebuild_root(root, allocs, body):
 @dataclasses.dataclass
 class _Stage:
     loops: list[T.For]          # the perfect nest, outermost first
-    realize: T.BlockRealize
+    realize: T.Stmt             # the block (or a bare BufferStore) under the loops
     kinds: list[str]            # "S" | "R" per loop
+
+    @property
+    def name(self) -> str:
+        return self.realize.block.name if isinstance(self.realize, T.BlockRealize) else "s"
 
     @property
     def spatial(self):
@@ -184,6 +188,14 @@ def _stage(stmt) -> Optional[_Stage]:
     while isinstance(node, T.For):
         loops.append(node)
         node = node.body
+    if isinstance(node, T.BufferStore) and loops:
+        # A bare store: independent iterations when every loop indexes the written element
+        # and the value does not read the written buffer.
+        idx = vars_in(node.indices)
+        if all(id(f.loop_var) in idx for f in loops) and \
+                not any(isinstance(n, T.BufferLoad) and n.buffer is node.buffer for n in walk(node.value)):
+            return _Stage(loops, node, ["S"] * len(loops))
+        return None
     if not isinstance(node, T.BlockRealize) or not loops:
         return None
     kind_of: dict[int, str] = {}
@@ -274,10 +286,10 @@ def _bind_stage(st: _Stage, threads: int, row_threads: int) -> T.Stmt:
     if not spatial:
         # A full reduction: one block, threads across the reduction loops.
         n = _threads_for(_extent_product(reduction), row_threads)
-        return _strided(reduction, st.realize, n, st.realize.block.name, {})
+        return _strided(reduction, st.realize, n, st.name, {})
     # Spatial loops fused, split into blocks x threads; reductions serial per thread.
-    flat_b = E.Var(f"{st.realize.block.name}_bx")
-    flat_t = E.Var(f"{st.realize.block.name}_tx")
+    flat_b = E.Var(f"{st.name}_bx")
+    flat_t = E.Var(f"{st.name}_tx")
     S = _extent_product(spatial)
     n = threads if not isinstance(S, E.IntImm) else max(1, min(threads, S.value))
     flat = flat_b * n + flat_t
@@ -303,7 +315,7 @@ def _bind_stage(st: _Stage, threads: int, row_threads: int) -> T.Stmt:
 def _row_kernel(func: T.PrimFunc, stages: list[_Stage], allocs: list[T.Buffer], row_threads: int):
     """(body, allocs) of the merged row kernel, or None when the rule does not apply."""
     red = [st for st in stages if st.reduction]
-    if not red:
+    if not red or not all(isinstance(st.realize, T.BlockRealize) for st in stages):
         return None
     r = len(red[0].spatial)
     rows = [f.extent for f in red[0].spatial]

@@ -335,3 +335,112 @@ def test_every_operator_builds_for_cuda_and_compiles_with_nvcc(tmp_path):
     single = [f["name"] for f in meta["functions"].values()
               if all(k["block"] == ["1", "1", "1"] for k in f["kernels"])]
     assert not single, f"left unscheduled (single-thread kernels): {single}"
+
+
+# -- the runtime's launcher (disco.cuda) without a GPU: ABI decoding and launch sizes ----------
+
+class _FakeKernel:
+    def __init__(self, name, log):
+        self.name, self.log = name, log
+
+    def __call__(self, grid, block, args):
+        self.log.append((self.name, grid, block, args))
+
+
+class _FakeModule:
+    def __init__(self):
+        self.log = []
+
+    def get_function(self, name):
+        return _FakeKernel(name, self.log)
+
+
+class _FakeArray:
+    _next = [0x7000_0000]
+
+    def __init__(self, shape, dtype):
+        self.shape, self.dtype = shape, dtype
+        self.data = type("Mem", (), {"ptr": _FakeArray._next[0]})()
+        _FakeArray._next[0] += 0x1000
+
+
+def test_launcher_decodes_the_vm_abi_and_evaluates_launch_sizes(monkeypatch):
+    import ctypes
+    import struct
+
+    import disco.cuda as dc
+    monkeypatch.setattr(dc, "cupy_module", lambda: type("cp", (), {"empty": staticmethod(_FakeArray)}))
+    # a scalar float parameter, and an unscheduled program with workspaces
+    n = E.Var("n")
+    X = T.Buffer("X", (n, 70)); Y = T.Buffer("Y", (n, 70))
+    alpha = E.Var("alpha", "float32")
+    i, j = E.Var("i"), E.Var("j")
+    scale = T.PrimFunc((X, Y, alpha), T.For(i, E.IntImm(0), n, "serial", T.For(
+        j, E.IntImm(0), E.IntImm(70), "serial", T.BufferStore(Y, X[i, j] * alpha, (i, j)))))
+    funcs = {"scale": schedule_gpu(scale), "softmax": K.softmax(m=70)[0]}
+    mod = generate_cuda(funcs)
+    raw = _FakeModule()
+    fns = {k: dc.CudaFunction(raw, mod.functions[k].to_json()) for k in funcs}
+
+    entry = fns["scale"].vm_entry()
+    ptrs = (ctypes.c_void_p * 2)(0x1000, 0x2000)
+    bits = struct.unpack("<q", struct.pack("<d", 0.5))[0]
+    dims = (ctypes.c_int64 * 5)(9, 70, 9, 70, bits)
+    entry(ctypes.addressof(ptrs), ctypes.addressof(dims))
+    (name, grid, block, args), = raw.log
+    assert name == "scale" and block == (256, 1, 1) and grid == (-(-9 * 70 // 256), 1, 1)
+    assert [int(a) for a in args[:2]] == [0x1000, 0x2000]
+    assert [int(a) for a in args[2:6]] == [9, 70, 9, 70]
+    assert isinstance(args[6], np.float64) and args[6] == 0.5
+
+    raw.log.clear()
+    fns["softmax"].launch([0x1000, 0x2000], [3, 70, 3, 70])
+    assert [r[0] for r in raw.log] == [f"softmax_k{k}" for k in range(4)]
+    assert all(r[1] == (1, 1, 1) and r[2] == (1, 1, 1) for r in raw.log)
+    ws = raw.log[0][3][2:5]              # mx (3,), e (3, 70), s (3,): allocated by the launcher
+    assert len({int(p) for p in ws}) == 3
+    assert [int(a) for a in raw.log[0][3][5:]] == [3, 70, 3, 70]
+    raw.log.clear()
+    fns["scale"].launch([0x1000, 0x2000], [0, 70, 0, 70, 0.5])   # no rows: a 0-block grid is not launched
+    assert raw.log == []
+
+
+def test_launch_expressions_are_restricted():
+    from disco.cuda import compile_launch_expr
+    from disco.errors import DiscoError
+    assert compile_launch_expr("((d[0] * 33) + 255) // 256")([100]) == 13
+    assert compile_launch_expr("max(d[0], d[1])")([3, 4]) == 4
+    with pytest.raises(DiscoError, match="not allowed|unknown name"):
+        compile_launch_expr("__import__('os')")
+    with pytest.raises(DiscoError, match="not allowed"):
+        compile_launch_expr("d.__class__")
+
+
+def _nvrtc():
+    """cupy's NVRTC bindings when cupy and libnvrtc are installed (no GPU needed)."""
+    try:
+        from cupy_backends.cuda.libs import nvrtc
+        nvrtc.getVersion()
+        return nvrtc
+    except Exception:
+        return None
+
+
+@pytest.mark.skipif(_nvrtc() is None, reason="cupy's NVRTC is not available")
+def test_generated_cuda_compiles_with_nvrtc():
+    """The runtime's compiler (NVRTC, no host headers) with the include directories
+    disco.cuda picks; nvcc above checks the same source with the host toolchain."""
+    import disco.cuda as dc
+    nvrtc = _nvrtc()
+    inc = dc._include_dirs(nvrtc.getVersion()[0])
+    mod = generate_cuda(_all_kernels())
+    prog = nvrtc.createProgram(mod.source, "kernels.cu", (), ())
+    try:
+        nvrtc.compileProgram(prog, ("-std=c++17", "-arch=compute_80", *[f"-I{d}" for d in inc]))
+    except Exception as e:
+        pytest.fail(f"NVRTC rejected the source ({e}):\n{nvrtc.getProgramLog(prog)[-4000:]}")
+    ptx = nvrtc.getPTX(prog)
+    ptx = ptx.decode() if isinstance(ptx, bytes) else ptx
+    for f in mod.functions.values():
+        for k in f.kernels:
+            assert f".entry {k.symbol}(" in ptx, k.symbol
