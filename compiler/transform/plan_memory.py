@@ -44,9 +44,10 @@ from ..op import builtin, memory
 
 __all__ = ["PlanMemory", "upper_bound", "dtype_class"]
 
-_DPS = {"relax.call_tir": memory.call_tir, "relax.call_dps_packed": memory.call_dps_packed}
-# Calls that read their tensor arguments and return fresh values (the operators).
-_PURE_READERS_EXCLUDED = {"relax.call_packed", "relax.call_pure_packed"}
+_DPS = frozenset({"relax.call_tir", "relax.call_dps_packed"})   # outputs allocated by the call
+# Operators whose result may be one of their arguments (a runtime function's choice);
+# every other operator reads its arguments and returns a fresh value.
+_MAY_RETURN_ARGS = {"relax.call_packed", "relax.call_pure_packed"}
 
 
 def PlanMemory(mod: IRModule) -> IRModule:
@@ -212,7 +213,7 @@ class _Analysis:
             else:
                 self.alias[b.var] = _Alias(src.tensors)
         elif isinstance(value, G.Call) and isinstance(value.op, G.Op) \
-                and value.op.name not in _PURE_READERS_EXCLUDED:
+                and value.op.name not in _MAY_RETURN_ARGS:
             self.use(value, i, False)      # an operator: reads its inputs, returns a new value
         else:                              # may keep or return what it is given
             self.alias[b.var] = _Alias(self.use(value, i, True))
