@@ -1,15 +1,17 @@
-"""All-reduce latency and bandwidth of the shared-memory collectives, 16 B to 64 MiB.
+"""All-reduce latency and bandwidth of the collective backends, 16 B to 64 MiB.
 
 Two worker processes (one per core on the reference machine) all-reduce float32
-arrays with op sum through `disco.ccl` (backend `shm`). With --compare-mpi the same
-sizes also run through mpi4py's `Allreduce` under `mpiexec -n 2`, in the same run,
-and the table shows the ratio MPI time / shm time (> 1: shm is faster).
+arrays with op sum through `disco.ccl`: backend `shm`, and (when mpiexec and mpi4py
+are installed; --no-mpi skips them) backend `mpi` under `mpiexec -n 2`, next to
+mpi4py's own `Allreduce` as the baseline, all in the same run. The table shows each
+side by side and the ratios MPI time / shm time (> 1: shm is faster) and disco-mpi
+time / mpi4py time (the cost of the `mpi` backend's layer; ~1 expected).
 
 Both sides write into a preallocated output (`out=` / recvbuf), time a loop of calls
 between two barriers, repeat it `--repeats` times per round over `--rounds`
 alternating rounds and keep the best, and report rank 0's time per call. Bandwidth is algorithm bandwidth: bytes / time.
 
-    python benchmarks/ccl.py --compare-mpi     # prints a table, writes benchmarks/results/ccl.json
+    python benchmarks/ccl.py     # prints a table, writes benchmarks/results/ccl.json
 """
 from __future__ import annotations
 
@@ -80,28 +82,45 @@ def run_shm(sizes, budget_s: float, repeats: int, world: int = 2) -> dict[int, f
     return times
 
 
-def mpi_worker(sizes, budget_s: float, repeats: int, path: str) -> None:
-    """Runs under mpiexec: mpi4py Allreduce on the same sizes."""
+def mpi_worker(sizes, budget_s: float, repeats: int, path: str, backend: str = "mpi4py") -> None:
+    """Runs under mpiexec: mpi4py Allreduce, or disco.ccl backend `mpi`, on the same sizes."""
     from mpi4py import MPI
 
     comm = MPI.COMM_WORLD
+    if backend == "disco":
+        from disco import ccl
+        from disco._context import WorkerContext, set_worker_context
+
+        set_worker_context(WorkerContext(worker_id=comm.rank, num_workers=comm.size), process_wide=True)
+        ccl.init("mpi", "bench")
+        allreduce, barrier = (lambda x, out: ccl.allreduce(x, out=out)), ccl.barrier
+    else:
+        allreduce, barrier = (lambda x, out: comm.Allreduce(x, out, op=MPI.SUM)), comm.Barrier
     times = {}
     for nbytes in sizes:
         x = np.full(nbytes // 4, comm.rank + 1, np.float32)
         out = np.empty_like(x)
-        comm.Allreduce(x, out, op=MPI.SUM)
+        allreduce(x, out)
+        assert out[0] == comm.size * (comm.size + 1) / 2, out[:4]
         iters = iterations(nbytes, budget_s)
-        times[nbytes] = time_loop(lambda: comm.Allreduce(x, out, op=MPI.SUM), comm.Barrier, iters, repeats)
+        times[nbytes] = time_loop(lambda: allreduce(x, out), barrier, iters, repeats)
     if comm.rank == 0:
         with open(path, "w") as f:
             json.dump({str(k): v for k, v in times.items()}, f)
 
 
-def run_mpi(sizes, budget_s: float, repeats: int, world: int = 2) -> dict[int, float]:
-    mpiexec = shutil.which("mpiexec") or os.path.join(os.path.dirname(sys.executable), "mpiexec")
+def mpiexec_path() -> str | None:
+    import importlib.util
+
+    found = shutil.which("mpiexec") or os.path.join(os.path.dirname(sys.executable), "mpiexec")
+    return found if os.access(found, os.X_OK) and importlib.util.find_spec("mpi4py") else None
+
+
+def run_mpi(sizes, budget_s: float, repeats: int, world: int = 2, backend: str = "mpi4py") -> dict[int, float]:
+    mpiexec = mpiexec_path()
     with tempfile.TemporaryDirectory() as d:
         path = os.path.join(d, "mpi.json")
-        cmd = [mpiexec, "-n", str(world), sys.executable, os.path.abspath(__file__), "--mpi-worker",
+        cmd = [mpiexec, "-n", str(world), sys.executable, os.path.abspath(__file__), "--mpi-worker", backend,
                "--budget", str(budget_s), "--repeats", str(repeats), "--mpi-out", path,
                "--sizes", ",".join(map(str, sizes))]
         subprocess.run(cmd, check=True, timeout=900)
@@ -122,33 +141,41 @@ def fmt_time(t: float) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--compare-mpi", action="store_true", help="also run mpi4py Allreduce under mpiexec -n 2")
+    ap.add_argument("--compare-mpi", action="store_true", help="fail if mpiexec/mpi4py are missing (they run by default)")
+    ap.add_argument("--no-mpi", action="store_true", help="run backend shm only")
     ap.add_argument("--budget", type=float, default=0.1, help="seconds per timed loop (default 0.1)")
     ap.add_argument("--repeats", type=int, default=5, help="timed loops per size; the best is kept")
     ap.add_argument("--rounds", type=int, default=2, help="alternating shm / mpi rounds; the best is kept")
     ap.add_argument("--sizes", default=",".join(map(str, SIZES)), help="message sizes in bytes, comma-separated")
     ap.add_argument("--out", default=RESULTS, help="JSON output path")
-    ap.add_argument("--mpi-worker", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--mpi-worker", choices=("mpi4py", "disco"), help=argparse.SUPPRESS)
     ap.add_argument("--mpi-out", help=argparse.SUPPRESS)
     args = ap.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
     if args.mpi_worker:
-        return mpi_worker(sizes, args.budget, args.repeats, args.mpi_out)
+        return mpi_worker(sizes, args.budget, args.repeats, args.mpi_out, args.mpi_worker)
+    use_mpi = not args.no_mpi and mpiexec_path() is not None
+    if args.compare_mpi and not use_mpi:
+        raise SystemExit("--compare-mpi: no mpiexec with mpi4py found (pip install mpich mpi4py)")
 
     # Both run in this process tree, in alternating rounds on the same sizes; the best
     # time of each is kept, so a burst of load from elsewhere does not decide a ratio.
     shm: dict[int, float] = {}
     mpi: dict[int, float] = {}
+    dmpi: dict[int, float] = {}
     for _ in range(args.rounds):
         for n, t in run_shm(sizes, args.budget, args.repeats).items():
             shm[n] = min(t, shm.get(n, t))
-        if args.compare_mpi:
+        if use_mpi:
             for n, t in run_mpi(sizes, args.budget, args.repeats).items():
                 mpi[n] = min(t, mpi.get(n, t))
+            for n, t in run_mpi(sizes, args.budget, args.repeats, backend="disco").items():
+                dmpi[n] = min(t, dmpi.get(n, t))
     rows = []
     head = f"{'size':>8} | {'shm time':>12} {'shm GB/s':>9}"
     if mpi:
-        head += f" | {'mpi time':>12} {'mpi GB/s':>9} | {'mpi/shm':>7}"
+        head += (f" | {'disco mpi':>12} {'GB/s':>7} | {'mpi4py':>12} {'GB/s':>7}"
+                 f" | {'mpi4py/shm':>10} {'dmpi/mpi4py':>11}")
     print("all-reduce, float32 sum, 2 workers (processes)")
     print(head)
     print("-" * len(head))
@@ -156,8 +183,11 @@ def main() -> None:
         row = {"bytes": n, "shm_s": shm[n], "shm_GBps": n / shm[n] / 1e9}
         line = f"{fmt_size(n):>8} | {fmt_time(shm[n]):>12} {row['shm_GBps']:9.2f}"
         if mpi:
-            row.update(mpi_s=mpi[n], mpi_GBps=n / mpi[n] / 1e9, ratio_mpi_over_shm=mpi[n] / shm[n])
-            line += f" | {fmt_time(mpi[n]):>12} {row['mpi_GBps']:9.2f} | {row['ratio_mpi_over_shm']:6.2f}x"
+            row.update(mpi_s=mpi[n], mpi_GBps=n / mpi[n] / 1e9, ratio_mpi_over_shm=mpi[n] / shm[n],
+                       disco_mpi_s=dmpi[n], disco_mpi_GBps=n / dmpi[n] / 1e9,
+                       ratio_disco_mpi_over_mpi4py=dmpi[n] / mpi[n])
+            line += (f" | {fmt_time(dmpi[n]):>12} {row['disco_mpi_GBps']:7.2f} | {fmt_time(mpi[n]):>12}"
+                     f" {row['mpi_GBps']:7.2f} | {row['ratio_mpi_over_shm']:9.2f}x {row['ratio_disco_mpi_over_mpi4py']:10.2f}x")
         rows.append(row)
         print(line)
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
@@ -165,6 +195,7 @@ def main() -> None:
         json.dump({"benchmark": "ccl.allreduce", "dtype": "float32", "op": "sum", "workers": 2,
                    "repeats": args.repeats, "rounds": args.rounds, "budget_s": args.budget,
                    "baseline": "mpi4py Allreduce (mpiexec -n 2)" if mpi else None,
+                   "backends": ["shm", "mpi"] if mpi else ["shm"],
                    "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
                    "rows": rows}, f, indent=1)
     print(f"wrote {args.out}")

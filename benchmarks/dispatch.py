@@ -1,8 +1,11 @@
 """Dispatch cost of Disco sessions: round trip (call + sync) and pipelined calls.
 
-For ThreadedSession and ProcessSession with 2 workers: the latency of one call of a
-registered no-op followed by sync (`round trip`), and the cost per call of 10,000 calls
-sent back to back and then one sync (`pipelined`). Each is timed `--repeats` times and
+For ThreadedSession, ProcessSession and MPISession with 2 workers: the latency of one
+call of a registered no-op followed by sync (`round trip`), and the cost per call of
+10,000 calls sent back to back and then one sync (`pipelined`). MPISession runs in a
+child job (`mpiexec -n W python dispatch.py --mpi-child`) twice: with its same-host
+shared-memory ring, and with DISCO_MPI_TRANSPORT=mpi, the path of ranks on other hosts
+(commands over MPI, relayed into the ring by rank 0). Each is timed `--repeats` times and
 the median is reported. Apache TVM's Disco ProcessSession on the reference machine
 (2 cores) is the baseline; TVM is not installed here, so its figures are the ones
 measured there, printed next to ours with the ratio TVM / ours (> 1: we are faster).
@@ -12,11 +15,14 @@ measured there, printed next to ours with the ratio TVM / ours (> 1: we are fast
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import platform
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -46,17 +52,49 @@ def pipelined(sess, f, calls: int, *args) -> float:
 
 def measure(kind, workers: int, repeats: int, iters: int, calls: int) -> dict:
     with kind(workers) as sess:
-        sess.import_module("dispatch")  # registers disco.bench.args on process workers
-        noop = sess.get_global_func("disco.worker_id")  # registered everywhere, no arguments
-        x = sess.broadcast(1)
-        round_trip(sess, noop, iters // 4)  # warm up
-        pipelined(sess, noop, calls // 4)
-        rt = statistics.median(round_trip(sess, noop, iters) for _ in range(repeats))
-        pp = statistics.median(pipelined(sess, noop, calls) for _ in range(repeats))
-        # The same with arguments (an int, a float, a str, a DRef): the codec's share.
-        ppa = statistics.median(pipelined_args(sess, calls, x) for _ in range(repeats))
-    return {"session": kind.__name__, "workers": workers, "round_trip_s": rt, "pipelined_s": pp,
+        return measure_session(sess, kind.__name__, repeats, iters, calls)
+
+
+def measure_session(sess, name: str, repeats: int, iters: int, calls: int) -> dict:
+    workers = sess.num_workers
+    sess.import_module("dispatch")  # registers disco.bench.args on process workers
+    noop = sess.get_global_func("disco.worker_id")  # registered everywhere, no arguments
+    x = sess.broadcast(1)
+    round_trip(sess, noop, iters // 4)  # warm up
+    pipelined(sess, noop, calls // 4)
+    rt = statistics.median(round_trip(sess, noop, iters) for _ in range(repeats))
+    pp = statistics.median(pipelined(sess, noop, calls) for _ in range(repeats))
+    # The same with arguments (an int, a float, a str, a DRef): the codec's share.
+    ppa = statistics.median(pipelined_args(sess, calls, x) for _ in range(repeats))
+    return {"session": name, "workers": workers, "round_trip_s": rt, "pipelined_s": pp,
             "pipelined_with_args_s": ppa}
+
+
+def measure_mpi(transport: str, workers: int, repeats: int, iters: int, calls: int) -> dict | None:
+    """MPISession rows, measured in a child job under mpiexec; None without an MPI."""
+    from launch import find_mpiexec
+
+    mpiexec = find_mpiexec()
+    if mpiexec is None or importlib.util.find_spec("mpi4py") is None:
+        print("(no mpiexec/mpi4py: MPISession skipped)")
+        return None
+    with tempfile.TemporaryDirectory() as d:
+        out = os.path.join(d, "row.json")
+        env = {**os.environ, "DISCO_MPI_TRANSPORT": transport}
+        subprocess.run([mpiexec, "-n", str(workers), sys.executable, os.path.abspath(__file__), "--mpi-child", out,
+                        "--repeats", str(repeats), "--iters", str(iters), "--calls", str(calls)],
+                       env=env, check=True, timeout=600)
+        with open(out) as f:
+            return json.load(f)
+
+
+def mpi_child(path: str, a) -> None:
+    sess = disco.start()  # ranks > 0 serve inside and exit
+    with sess:
+        name = "MPISession" if os.environ.get("DISCO_MPI_TRANSPORT", "auto") != "mpi" else "MPISession/relay"
+        row = measure_session(sess, name, a.repeats, a.iters, a.calls)
+    with open(path, "w") as f:
+        json.dump(row, f)
 
 
 def pipelined_args(sess, calls: int, x) -> float:
@@ -77,23 +115,31 @@ def main() -> None:
     p.add_argument("--iters", type=int, default=2000, help="round trips per timing")
     p.add_argument("--calls", type=int, default=10000, help="pipelined calls per timing")
     p.add_argument("--out", default=RESULTS)
+    p.add_argument("--no-mpi", action="store_true", help="skip MPISession")
+    p.add_argument("--mpi-child", help=argparse.SUPPRESS)
     a = p.parse_args()
+    if a.mpi_child:
+        return mpi_child(a.mpi_child, a)
 
     rows = []
     for kind in (disco.ThreadedSession, disco.ProcessSession):
         rows.append(measure(kind, a.workers, a.repeats, a.iters, a.calls))
+    for transport in () if a.no_mpi else ("auto", "mpi"):
+        row = measure_mpi(transport, a.workers, a.repeats, a.iters, a.calls)
+        if row is not None:
+            rows.append(row)
 
     us = 1e6
     print(f"Disco dispatch, {a.workers} workers, median of {a.repeats} "
           f"({os.cpu_count()} CPUs, {platform.python_implementation()} {platform.python_version()})")
-    print(f"{'session':<16}{'round trip':>14}{'pipelined/call':>17}{'  + 4 args':>12}"
+    print(f"{'session':<18}{'round trip':>14}{'pipelined/call':>17}{'  + 4 args':>12}"
           f"{'TVM rt':>10}{'TVM pipe':>10}{'rt ratio':>10}{'pipe ratio':>12}")
     for r in rows:
         r["tvm_round_trip_s"] = TVM_REFERENCE["round_trip_s"]
         r["tvm_pipelined_s"] = TVM_REFERENCE["pipelined_s"]
         r["ratio_tvm_over_ours_round_trip"] = TVM_REFERENCE["round_trip_s"] / r["round_trip_s"]
         r["ratio_tvm_over_ours_pipelined"] = TVM_REFERENCE["pipelined_s"] / r["pipelined_s"]
-        print(f"{r['session']:<16}{r['round_trip_s'] * us:>11.1f} us{r['pipelined_s'] * us:>14.2f} us"
+        print(f"{r['session']:<18}{r['round_trip_s'] * us:>11.1f} us{r['pipelined_s'] * us:>14.2f} us"
               f"{r['pipelined_with_args_s'] * us:>9.2f} us"
               f"{TVM_REFERENCE['round_trip_s'] * us:>7.0f} us{TVM_REFERENCE['pipelined_s'] * us:>7.0f} us"
               f"{r['ratio_tvm_over_ours_round_trip']:>9.1f}x{r['ratio_tvm_over_ours_pipelined']:>11.1f}x")
