@@ -206,7 +206,7 @@ class CudaFunction:
         launches, ws, dims_args, _ = self._config(tuple(dims))
         args = tuple(np.uint64(p or 0) for p in ptrs) + ws + dims_args
         for kernel, grid, block in launches:
-            if min(grid) <= 0:
+            if min(grid) <= 0 or min(block) <= 0:
                 continue            # an empty extent: nothing to do
             kernel(grid, block, args)
 

@@ -167,7 +167,7 @@ def test_one_rank_nccl_allreduce_allgather(kind):
         np.testing.assert_array_equal(host(s).fetch(0), np.arange(1, 9, dtype=np.float32))
         np.testing.assert_array_equal(host(g).fetch(0), np.arange(1, 9, dtype=np.float32))
         dev = sess.get_global_func("test.gpu.device_of")().fetch(0)
-        assert dev == ["cuda:0", 0]
+        assert list(dev) == ["cuda:0", 0]
 
 
 def test_process_session_gpu_worker_runs_compiled_mlp(tmp_path):
