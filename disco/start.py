@@ -7,7 +7,8 @@ OMPI_COMM_WORLD_RANK/SIZE from Open MPI, PMIX_RANK) rank 0 gets an `MPISession` 
 all ranks, and every other rank serves as a worker inside this call and then exits,
 so the code after `disco.start()` runs on the controller only. Otherwise it returns
 a `ProcessSession` with `num_workers` workers (the argument, else DISCO_NUM_WORKERS
-as set by `disco-launch`, else 1).
+as set by `disco-launch`, else 1). device="cuda" binds worker i to GPU i modulo the
+GPUs of its host (ranks laid out host by host, as mpiexec does by default).
 
 DISCO_PREFIX_OUTPUT=1 (set by `disco-launch`) makes what workers print start with
 "[<worker id>] ", so their lines can be told from the controller's.
@@ -39,20 +40,32 @@ def mpi_environment(environ=None) -> tuple[int, int | None] | None:
 def start(num_workers: int | None = None, device: str = "cpu"):
     """A session for this program: MPISession under mpiexec (on rank 0; other ranks
     never return), ProcessSession otherwise. See the module docstring."""
+    if device not in ("cpu", "cuda"):
+        raise SessionError(f"disco.start: device must be 'cpu' or 'cuda' (one GPU per worker), got {device!r}")
     env = mpi_environment()
     if env is not None:
-        return _start_mpi(env, num_workers, device)
+        return _with_devices(_start_mpi(env, num_workers, device), device)
     n = num_workers if num_workers is not None else _env_workers()
     from disco.session.process import ProcessSession
 
-    if device != "cpu":
-        raise SessionError(f"disco.start: device {device!r} needs an MPI launch (one rank per device); "
-                           "outside MPI only device='cpu' is supported")
     sess = ProcessSession(n)
     if _prefix_wanted():
         sess.import_module("disco.start")
         sess.get_global_func("disco.start.prefix_output")()
         sess.sync()
+    return _with_devices(sess, device)
+
+
+def _with_devices(sess, device: str):
+    """device='cuda': bind worker i to GPU i modulo the GPUs of its host (disco.cuda)."""
+    if device == "cuda":
+        try:
+            from disco.cuda import bind_session_devices
+
+            bind_session_devices(sess)
+        except BaseException:
+            sess.shutdown()
+            raise
     return sess
 
 

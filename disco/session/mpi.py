@@ -120,6 +120,10 @@ class MPISession(Session):
         self.device = device
         self._remote: list[int] = []
         self._sends: list = []  # (request, buffer) of commands in flight to remote ranks
+        self._thread: threading.Thread | None = None
+        self._relay: _Relay | None = None
+        self._pidfds: dict[int, int] = {}
+        self._crashes: dict[int, str] = {}
         super().__init__(comm.size, **options)
         me = weakref.ref(self)
         atexit.register(lambda: (s := me()) is not None and s._at_exit())
@@ -132,11 +136,9 @@ class MPISession(Session):
         info = pickle.dumps({"pid": os.getpid(), "fd": fd, "dev": st.st_dev, "ino": st.st_ino,
                              "transport": transport, "device": self.device})
         sends = [self._comm.Isend([info, _byte()], dest=r, tag=TAG_BOOT) for r in range(1, n)]
-        self._crashes: dict[int, str] = {}
         self._thread = threading.Thread(target=_run_worker0, args=(fd, n, self.device, self._crashes),
                                         name="disco-worker-0", daemon=True)
         self._thread.start()
-        self._pidfds: dict[int, int] = {}
         self.pids = [os.getpid()] + [0] * (n - 1)
         deadline = time.monotonic() + BOOT_TIMEOUT_S
         for r in range(1, n):
@@ -148,12 +150,11 @@ class MPISession(Session):
                 self._remote.append(r)
         for req in sends:
             req.Wait()
-        self._relay = None
         if self._remote:
             self._relay = _Relay(self, self._remote)
 
     def _check_workers(self) -> WorkerError | None:
-        if not self._thread.is_alive() and not self._closed:
+        if self._thread is not None and not self._thread.is_alive() and not self._closed:
             tb = self._crashes.get(0)
             return WorkerError(f"{self.name}: worker 0 (a thread of rank 0) ended unexpectedly"
                                + (f":\n{tb}" if tb else ""), 0, tb)
@@ -171,7 +172,8 @@ class MPISession(Session):
         if self._failure is not None:
             self._send_remote(0, _CLOSE, 0, 0, None)  # remote ranks get no SHUTDOWN then
         deadline = time.monotonic() + timeout_s
-        self._thread.join(timeout_s)
+        if self._thread is not None:
+            self._thread.join(timeout_s)
         if self._relay is not None:
             self._relay.stop(max(0.0, deadline - time.monotonic()))
         for fd in self._pidfds.values():
