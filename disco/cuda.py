@@ -146,6 +146,11 @@ def compile_module(source: str, options=("-std=c++17",)):
     return mod
 
 
+def device_ptr(a) -> int:
+    """The device address of a cupy array's first element."""
+    return a.data.ptr
+
+
 # -- launch expressions -----------------------------------------------------------------------
 
 _OK = (ast.Expression, ast.BinOp, ast.Constant, ast.Name, ast.Load, ast.Subscript, ast.Call,
@@ -194,7 +199,7 @@ class CudaFunction:
             dims = []
             for i, v in enumerate(d):
                 dims.append(np.float64(v) if i in self.float_slots else np.int64(v))
-            cfg = (launches, tuple(np.uint64(w.data.ptr) for w in ws), tuple(dims), ws)
+            cfg = (launches, tuple(np.uint64(device_ptr(w)) for w in ws), tuple(dims), ws)
             if len(self._configs) > 64:
                 self._configs.clear()
             self._configs[d] = cfg
@@ -219,7 +224,7 @@ class CudaFunction:
                 raise DiscoError(f"kernel {self.name}: buffer {b['name']!r} expects a contiguous "
                                  f"{b['ndim']}-d {b['dtype']} array, got shape {a.shape}")
         dims = [int(s) for a in arrays for s in a.shape] + list(scalars)
-        self.launch([a.data.ptr for a in arrays], dims)
+        self.launch([device_ptr(a) for a in arrays], dims)
 
     def vm_entry(self) -> Callable[[int, int], None]:
         """The VM's kernel ABI: (address of the pointer array, address of the dims array);
@@ -266,7 +271,7 @@ class CudaDevice:
 
     @staticmethod
     def ptr(a) -> int:
-        return a.data.ptr
+        return device_ptr(a)
 
     def is_tensor(self, a) -> bool:
         return isinstance(a, self.cp.ndarray)

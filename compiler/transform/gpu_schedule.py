@@ -134,10 +134,15 @@ def _schedule(func: T.PrimFunc, threads: int, row_threads: int) -> T.PrimFunc:
 # -- structure ---------------------------------------------------------------------------
 
 def _serialize(func: T.PrimFunc) -> T.PrimFunc:
-    """Loops marked parallel/vectorized (a CPU schedule) become serial again."""
+    """Loops marked parallel/vectorized (a CPU schedule) become serial again, and loops
+    of extent 1 (keepdims axes: `sq[i, 0]`) disappear, their var replaced by the min,
+    so that a reduction's rows line up with its consumers' rows."""
     def pre(n):
-        if isinstance(n, T.For) and n.kind in ("parallel", "vectorized"):
-            return dataclasses.replace(n, kind="serial", body=rewrite(n.body, pre))
+        if isinstance(n, T.For) and n.kind in ("serial", "parallel", "vectorized", "unrolled"):
+            if isinstance(n.extent, E.IntImm) and n.extent.value == 1:
+                return rewrite(substitute(n.body, {id(n.loop_var): n.min}), pre)
+            if n.kind in ("parallel", "vectorized"):
+                return dataclasses.replace(n, kind="serial", body=rewrite(n.body, pre))
         return None
     return dataclasses.replace(func, body=rewrite(func.body, pre))
 

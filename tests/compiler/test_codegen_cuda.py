@@ -444,3 +444,103 @@ def test_generated_cuda_compiles_with_nvrtc():
     for f in mod.functions.values():
         for k in f.kernels:
             assert f".entry {k.symbol}(" in ptx, k.symbol
+
+
+# -- the VM on device "cuda" without a GPU: a stand-in cupy (numpy arrays) whose kernels are
+#    the C builds of the same GPU-scheduled programs (thread loops made serial) -------------
+
+class _CKernelModule:
+    """get_function(symbol) -> a launcher that calls the C kernel of the same program with
+    the buffer pointers and dims slots of the CUDA ABI (workspaces are the C kernel's own)."""
+
+    def __init__(self, lib, funcs, cuda_mod):
+        import ctypes
+        self.calls = []
+        self.kernels = {}
+        for name in funcs:
+            sym = cuda_mod.kernel_names[name]
+            info = cuda_mod.functions[sym]
+            fn = getattr(ctypes.CDLL(str(lib.so_path)), lib.kernel_names[name])
+            fn.restype = None
+            nbuf, nws = len(info.buffers), len(info.workspaces)
+            for k, launch in enumerate(info.kernels):
+                self.kernels[launch.symbol] = (fn, nbuf, nws, k == 0)
+
+    def get_function(self, symbol):
+        import ctypes
+        fn, nbuf, nws, first = self.kernels[symbol]
+
+        def launch(grid, block, args):
+            self.calls.append(symbol)
+            if not first:       # the C kernel runs the whole program at the first launch
+                return
+            ptrs = (ctypes.c_void_p * max(nbuf, 1))(*[int(a) for a in args[:nbuf]])
+            dims = [a for a in args[nbuf + nws:]]
+            buf = (ctypes.c_int64 * max(len(dims), 1))(*[
+                int(d) if isinstance(d, np.integer) else np.array(d, np.float64).view(np.int64).item()
+                for d in dims])
+            fn(ptrs, buf)
+        return launch
+
+
+def _fake_cupy():
+    class _Dev:
+        def __init__(self, i=0):
+            self.id = i
+
+        def use(self):
+            pass
+
+    cuda = type("cuda", (), {"Device": _Dev, "runtime": type("rt", (), {
+        "getDevice": staticmethod(lambda: 0), "getDeviceCount": staticmethod(lambda: 1)})})
+    return type("cp", (), {"ndarray": np.ndarray, "empty": staticmethod(np.empty),
+                           "asarray": staticmethod(np.asarray), "matmul": staticmethod(np.matmul),
+                           "float32": np.float32,
+                           "ascontiguousarray": staticmethod(np.ascontiguousarray), "cuda": cuda})
+
+
+def test_vm_on_cuda_device_runs_through_the_launcher_abi(monkeypatch, _kernel_cache):
+    import disco.cuda as dc
+    from compiler import build, op
+    from compiler.ir import BlockBuilder, Var
+    from compiler.ir.struct_info import TensorStructInfo
+    from compiler.pipeline import get_pipeline
+    from disco.tensor import data_ptr
+    from disco.vm import VirtualMachine
+
+    bb = BlockBuilder()
+    n = bb.size_var("n")
+    x = Var("x", TensorStructInfo((n, 64), "float32"))
+    w = Var("w", TensorStructInfo((64, 96), "float32"))
+    g = Var("g", TensorStructInfo((64,), "float32"))
+    with bb.function("f", [x, w, g]):
+        with bb.dataflow():
+            h = bb.emit(op.nn.rms_norm(x, g, axes=[-1], epsilon=1e-5))
+            y = bb.emit_output(op.nn.softmax(op.nn.silu(op.matmul(h, w)), axis=-1))
+        bb.emit_func_output(y)
+    mod = bb.get()
+    for p in get_pipeline("cuda"):
+        mod = p(mod)
+    ex = build(mod, "cuda", passes=[])
+    funcs = mod.prim_funcs()
+    lib = build_kernels(_unbind(mod).prim_funcs())
+    fake = _CKernelModule(lib, funcs, generate_cuda(funcs))
+    monkeypatch.setattr(dc, "cupy_module", _fake_cupy)
+    monkeypatch.setattr(dc, "compile_module", lambda source, options=(): fake)
+    monkeypatch.setattr(dc, "device_ptr", data_ptr)
+    vm = VirtualMachine(ex, device="cuda:0")
+    assert vm.device.name == "cuda:0"
+    rng = np.random.default_rng(0)
+    for rows in (3, 5, 3):              # the second call with 3 rows replays the cached plan
+        xv = rng.standard_normal((rows, 64)).astype(np.float32)
+        wv = (rng.standard_normal((64, 96)) / 8).astype(np.float32)
+        gv = (rng.standard_normal(64) + 1).astype(np.float32)
+        got = vm["f"](xv, wv, gv)
+        h = xv / np.sqrt((xv.astype(np.float64) ** 2).mean(-1, keepdims=True) + 1e-5) * gv
+        u = h @ wv
+        u = u / (1 + np.exp(-u))
+        e = np.exp(u - u.max(-1, keepdims=True))
+        np.testing.assert_allclose(got, e / e.sum(-1, keepdims=True), rtol=1e-4, atol=1e-6)
+    assert {c.split("_k")[0] for c in fake.calls} == {fake_name for fake_name in
+                                                      (generate_cuda(funcs).kernel_names[k] for k in funcs)}
+    assert len(fake.calls) == 3 * sum(len(f.kernels) for f in generate_cuda(funcs).functions.values())
