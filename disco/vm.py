@@ -13,7 +13,9 @@ plan, cached per key, in which all that can be decided from the key already is:
 - symbolic dims, allocation shapes, kernel `dims` arrays: constants;
 - intermediate tensors: allocated once, reused by every later call with that key
   (tensors that are returned are allocated fresh on each call, so results never
-  alias storage the next call overwrites);
+  alias storage the next call overwrites). Storages the compiler planned
+  (ALLOC_STORAGE, sized for upper bounds) are shared by all plans of a function, so
+  one set serves every key; those plans share one lock;
 - kernel calls: `functools.partial(cfunc, args_addr, dims_addr)` over prebuilt ctypes
   arrays; the pointers of values that change per call (arguments, returned tensors,
   results of packed functions) are patched into those arrays once, when the value
@@ -330,6 +332,8 @@ class _Recorder:
         self.tuples: dict = {}        # slot -> field slots, for tuples made here
         self.allocs: dict = {}        # slot -> (shape, dtype)
         self.storages: dict = {}      # slot -> nbytes, storages made here (ALLOC_STORAGE)
+        self.pool: Optional[list] = None   # the handle's storages, when this call may use them
+        self.pool_slots: dict = {}    # slot -> index in the pool
         self.views: dict = {}         # slot -> its storage's slot (ALLOC_VIEW)
         self.param_slots: list = []
         self.cacheable = True
@@ -374,7 +378,7 @@ class _Recorder:
                 self.events.append(("view", s, st, offset, shape, dtype, fn.name))
             elif op is Op.ALLOC_STORAGE:
                 nbytes = int(ins[2](h))
-                s = regs[ins[1]] = self.new(vm.device.empty((nbytes,), _BYTES))
+                s = regs[ins[1]] = self.new(self.storage(nbytes))
                 self.storages[s] = nbytes
                 self.events.append(("storage", s, nbytes))
             elif op is Op.CALL_PACKED:
@@ -429,6 +433,49 @@ class _Recorder:
                 raise DiscoError(f"{fn.name}: unknown instruction {op!r}")
         raise DiscoError(f"{fn.name}: bytecode ends without RET")
 
+    def storage(self, nbytes: int) -> Any:
+        """A storage of at least `nbytes`: the pool's k-th one for the k-th ALLOC_STORAGE of
+        the call (every call of a function runs the same ones in the same order)."""
+        pool = self.pool
+        if pool is None:
+            return self.vm.device.empty((nbytes,), _BYTES)
+        k = len(self.pool_slots)
+        if k == len(pool):
+            pool.append(None)
+        buf = pool[k]
+        if buf is None or buf.nbytes < nbytes:
+            buf = pool[k] = self.vm.device.empty((nbytes,), _BYTES)
+        self.pool_slots[len(self.vals)] = k     # the slot `new` gives it next
+        return buf
+
+    def escaping(self, ret: int) -> set:
+        """Allocations and storages the result may hold: those it returns (directly or in
+        tuples), and those handed to a packed function whose result may be one of them."""
+        escaping: set = set()
+
+        def walk(s):
+            if s in self.tuples:
+                for f in self.tuples[s]:
+                    walk(f)
+            elif s in self.allocs:
+                escaping.add(s)
+            elif s in self.views:
+                escaping.add(self.views[s])
+        walk(ret)
+        for ev in self.events:
+            if ev[0] == "packed" and ev[4] is not None:
+                for s in ev[3]:
+                    walk(s)
+        return escaping
+
+    def release_pool(self, ret: int) -> None:
+        """Give up pool storages the result may view: the caller keeps them, so later
+        calls must not write them."""
+        for s in self.escaping(ret):
+            k = self.pool_slots.get(s)
+            if k is not None:
+                self.pool[k] = None
+
     def kernel(self, fn: _Fn, k: _Kernel, slots: list, scalars: tuple) -> None:
         arrays = [self.vals[s] for s in slots]
         info = k.info
@@ -446,23 +493,9 @@ class _Recorder:
         k.fn(ctypes.addressof(ptrs), ctypes.addressof(dimsarr))
         self.events.append(("kernel", k, slots, ptrs, dimsarr))
 
-    def finalize(self, ret: int) -> "_Plan":
+    def finalize(self, ret: int, lock: Optional[threading.Lock] = None) -> "_Plan":
         """Turn the recording into a plan; see the module docstring."""
-        escaping: set = set()
-
-        def walk(s):
-            if s in self.tuples:
-                for f in self.tuples[s]:
-                    walk(f)
-            elif s in self.allocs:
-                escaping.add(s)
-            elif s in self.views:
-                escaping.add(self.views[s])
-        walk(ret)
-        for ev in self.events:    # a packed function's result may be one of its arguments
-            if ev[0] == "packed" and ev[4] is not None:
-                for s in ev[3]:
-                    walk(s)
+        escaping = self.escaping(ret)
         # A returned view: its storage, and every view of it, are made afresh each call.
         escaping |= {v for v, st in self.views.items() if st in escaping}
         dynamic = set(self.param_slots) | self.volatile | escaping
@@ -476,7 +509,7 @@ class _Recorder:
                 for i, s in enumerate(ev[2]):
                     if s in dynamic:
                         patches[s].append((ev[3], i))
-        return _Plan(self, ret, dynamic, escaping, patches)
+        return _Plan(self, ret, dynamic, escaping, patches, lock)
 
 
     def share_storage(self, escaping: set) -> None:
@@ -542,8 +575,9 @@ def _normalize(r: Any) -> Any:
 class _Plan:
     """A recorded call, replayable for arguments with the same plan key."""
 
-    def __init__(self, rec: _Recorder, ret: int, dynamic: set, escaping: set, patches: dict):
-        self.lock = threading.Lock()
+    def __init__(self, rec: _Recorder, ret: int, dynamic: set, escaping: set, patches: dict,
+                 lock: Optional[threading.Lock] = None):
+        self.lock = lock or threading.Lock()
         vals = self.vals = list(rec.vals)
         for s in dynamic:
             vals[s] = None                 # no references to the recording call's values
@@ -710,6 +744,10 @@ class VMFunctionHandle:
         self.vm = vm
         self.fn = fn
         self.plans: dict = {}
+        # Plans of one function share the storages the compiler planned (PlanMemory: sized
+        # for upper bounds, so one set serves every shape key) and hence one lock.
+        self.pool: list = []
+        self.lock = threading.Lock()
         # How each argument enters the plan key: 0 tensor (shape, dtype), 1 not at all (a
         # scalar no shape depends on), 2 its structure and shapes (tuples, shapes, objects).
         self.kinds = []
@@ -766,12 +804,21 @@ class VMFunctionHandle:
             finally:
                 plan.lock.release()
         rec = _Recorder(self.vm)
-        ret = rec.call_top(fn, args)
-        result = rec.vals[ret]
-        if rec.cacheable and key is not None and plan is None:
-            if len(self.plans) >= _PLAN_CACHE_SIZE:
-                self.plans.pop(next(iter(self.plans)))
-            self.plans[key] = rec.finalize(ret)
+        pooled = self.lock.acquire(False)   # else a plan runs (another thread, re-entry)
+        try:
+            if pooled:
+                rec.pool = self.pool
+            ret = rec.call_top(fn, args)
+            result = rec.vals[ret]
+            if pooled:
+                rec.release_pool(ret)
+            if rec.cacheable and key is not None and plan is None:
+                if len(self.plans) >= _PLAN_CACHE_SIZE:
+                    self.plans.pop(next(iter(self.plans)))
+                self.plans[key] = rec.finalize(ret, self.lock)
+        finally:
+            if pooled:
+                self.lock.release()
         return result
 
     def __repr__(self) -> str:

@@ -486,3 +486,44 @@ def test_tuple_outputs_and_their_items_are_planned():
     x = np.random.default_rng(0).standard_normal((4, 8)).astype("float32")
     ex = np.exp(x)
     np.testing.assert_allclose(run(mod, x), ex[:, :4] - np.exp(ex[:, 4:]), rtol=1e-5)
+
+
+@needs_legalize
+def test_planned_storages_serve_every_shape_key():
+    """One set of storages (sized for the bound) for all argument shapes of a function."""
+    bb = BlockBuilder()
+    n = bb.size_var("n")
+    mod = PlanMemory(LegalizeOps(chain_module((n, 8), SIX, attrs={"tir_var_upper_bound": {"n": 64}})))
+    vm = VirtualMachine(build(mod, passes=[]))
+    results = []
+    for rows in (3, 5, 64, 3):
+        x = np.random.default_rng(rows).standard_normal((rows, 8)).astype("float32")
+        results.append((vm["main"](x), six_ref(x)))
+    for got, want in results:
+        np.testing.assert_allclose(got, want, rtol=1e-5)
+    pool = vm["main"].pool
+    assert len(pool) == 2 and all(s.nbytes == 64 * 8 * 4 for s in pool)
+
+
+@needs_legalize
+def test_a_returned_view_of_a_storage_is_never_overwritten():
+    """Written by hand (PlanMemory never does this): the result views a storage."""
+    bb0 = BlockBuilder()
+    n = bb0.size_var("n")
+    leg = LegalizeOps(chain_module((n, 8), [op.exp]))
+    (exp_name,) = leg.prim_funcs()
+    bb = BlockBuilder(leg)
+    n = bb.size_var("n")                 # each function has its own symbolic sizes
+    x = Var("x", TS((n, 8), "float32"))
+    with bb.function("returns_view", [x], attrs={"tir_var_upper_bound": {"n": 16}}):
+        st = bb.emit(op.memory.alloc_storage([16 * 8 * 4], "float32"))
+        with bb.dataflow():
+            t = bb.emit(op.memory.alloc_tensor(st, 0, [n, 8], "float32"))
+            y = bb.emit_output(op.memory.call_tir(leg.get_global_var(exp_name), [x], [t]))
+        bb.emit_func_output(y)
+    vm = VirtualMachine(build(bb.get(), passes=[]))
+    xs = [np.random.default_rng(i).standard_normal((r, 8)).astype("float32")
+          for i, r in enumerate((3, 5, 3, 16))]
+    got = [vm["returns_view"](x) for x in xs]
+    for g, x in zip(got, xs):
+        np.testing.assert_allclose(g, np.exp(x), rtol=1e-6)
