@@ -16,6 +16,7 @@ _LAZY = {
     "FuseTIR": "compiler.transform.fuse_tir",
     "DispatchLibrary": "compiler.transform.dispatch_library",
     "DefaultSchedule": "compiler.transform.default_schedule",
+    "DefaultGPUSchedule": "compiler.transform.gpu_schedule",
     "PlanMemory": "compiler.transform.plan_memory",
     "DeadCodeElimination": "compiler.transform.dead_code",
 }
