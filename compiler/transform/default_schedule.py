@@ -16,6 +16,14 @@ Other nests (several blocks under one loop, e.g. a fused softmax row) get the ou
 loop parallelized when every write under it depends on it, and the rules above
 applied to their inner nests without parallelism. Functions come back with attr
 `scheduled` so that later runs leave them alone.
+
+Row merging comes first: when a program's stages (top-level loop nests; softmax,
+rms_norm, layer_norm and what FuseTIR merged into them) all start with the same
+"row" loops (the spatial loops of the first reduction stage), each has work inside
+its rows, and every stage reads and writes the buffers the program computes only in
+its own row, the stages are moved under one loop nest over rows (unit keepdims loops
+dropped first). A row is then read from memory once and stays in cache for the
+following stages, and the row loop runs in parallel.
 """
 from __future__ import annotations
 
@@ -27,7 +35,9 @@ from ..ir import expr as E
 from ..ir import tir as T
 from ..ir.module import IRModule
 from ..schedule import primitives as P
-from ..schedule._tree import dedup_loop_vars, find_loop, reduction_loop_ids, vars_in, walk
+from ..ir import arith
+from ..schedule._tree import (dedup_loop_vars, find_loop, reduction_loop_ids, rewrite, substitute,
+                              vars_in, walk)
 
 PARALLEL_MIN_WORK = 1 << 15    # loop iterations below which threads cost more than they save
 PARALLEL_MIN_EXTENT = 16        # outer extents below this are fused with the next loop
@@ -44,6 +54,7 @@ def DefaultSchedule(mod: IRModule) -> IRModule:
 
 def schedule_prim_func(func: T.PrimFunc) -> T.PrimFunc:
     func = dedup_loop_vars(func)
+    func = merge_rows(func) or func
     for loop in _root_loops(func.body):
         func = _schedule_nest(func, loop, allow_parallel=True)
     return dataclasses.replace(func, attrs=func.attrs.replace(scheduled=True))
@@ -227,3 +238,109 @@ def _writes_depend_on(loop: T.For) -> bool:
 
     visit(loop.body, {id(loop.loop_var)})
     return ok
+
+
+# -- row merging ----------------------------------------------------------------------------
+
+def merge_rows(func: T.PrimFunc) -> Optional[T.PrimFunc]:
+    """`func` with its stages under one nest of row loops (see the module docstring), or
+    None when the rule does not apply."""
+    body = func.body
+    if not (isinstance(body, T.BlockRealize) and not body.block.iter_vars and body.block.init is None):
+        return None
+    stmts = list(body.block.body.stmts) if isinstance(body.block.body, T.SeqStmt) else [body.block.body]
+    stages = [_row_stage(_drop_unit_loops(s)) for s in stmts]
+    if len(stages) < 2 or any(st is None for st in stages):
+        return None
+    red = [st for st in stages if "R" in st[2]]
+    if not red:
+        return None
+    r = red[0][2].index("R")
+    rows = [f.extent for f in red[0][0][:r]]
+    if r == 0:
+        return None
+    row_ivars = []
+    for loops, realize, kinds in stages:
+        if len(loops) <= r or kinds[:r] != ["S"] * r:
+            return None
+        if not all(_const(f.min) == 0 and arith.prove_equal(f.extent, e) for f, e in zip(loops, rows)):
+            return None
+        bound = {id(v): iv.var for iv, v in zip(realize.block.iter_vars, realize.iter_values)
+                 if isinstance(v, E.Var)}
+        row_ivars.append([bound[id(f.loop_var)] for f in loops[:r]])
+    written = {id(n.buffer) for _, realize, _ in stages for n in walk(realize.block)
+               if isinstance(n, T.BufferStore)}
+    for (_, realize, _), ivars in zip(stages, row_ivars):
+        for n in walk(realize.block):
+            if isinstance(n, (T.BufferStore, T.BufferLoad)) and id(n.buffer) in written:
+                if len(n.indices) < r or any(i is not v for i, v in zip(n.indices[:r], ivars)):
+                    return None
+    row_vars = [E.Var(f.loop_var.name, f.loop_var.dtype) for f in red[0][0][:r]]
+    parts = []
+    for loops, realize, _ in stages:
+        inner: T.Stmt = realize
+        for f in reversed(loops[r:]):
+            inner = dataclasses.replace(f, body=inner)
+        parts.append(substitute(inner, {id(f.loop_var): v for f, v in zip(loops, row_vars)}))
+    merged: T.Stmt = T.SeqStmt(tuple(parts))
+    allocs = []
+    for buf in body.block.alloc_buffers:
+        row = _row_buffer(buf, r) if id(buf) in written else None
+        if row is None:
+            allocs.append(buf)
+        else:
+            merged = T.Allocate(row, _drop_row_indices(merged, buf, row, r))
+    for v, extent in reversed(list(zip(row_vars, rows))):
+        merged = T.For(v, E.IntImm(0), extent, "serial", merged)
+    return dataclasses.replace(func, body=dataclasses.replace(
+        body, block=dataclasses.replace(body.block, body=merged, alloc_buffers=tuple(allocs))))
+
+
+def _row_buffer(buf: T.Buffer, r: int) -> Optional[T.Buffer]:
+    """A buffer holding one row of `buf` (its dims after the first r), when that is a
+    constant size small enough for the stack: private to the thread that runs the row,
+    and known not to alias anything, so the C compiler keeps it in registers/L1."""
+    rest = buf.shape[r:]
+    if not all(isinstance(d, E.IntImm) for d in rest):
+        return None
+    from ..codegen.c import DTYPE_BYTES, STACK_ALLOC_LIMIT
+    if math.prod(d.value for d in rest) * DTYPE_BYTES.get(buf.dtype, 8) > STACK_ALLOC_LIMIT:
+        return None
+    return T.Buffer(buf.name, tuple(rest) or (E.IntImm(1),), buf.dtype, "local")
+
+
+def _drop_row_indices(stmt: T.Stmt, buf: T.Buffer, row: T.Buffer, r: int) -> T.Stmt:
+    def idx(indices):
+        return tuple(indices[r:]) or (E.IntImm(0),)
+
+    def pre(n):
+        if isinstance(n, T.BufferLoad) and n.buffer is buf:
+            return T.BufferLoad(row, tuple(rewrite(i, pre) for i in idx(n.indices)))
+        if isinstance(n, T.BufferStore) and n.buffer is buf:
+            return T.BufferStore(row, rewrite(n.value, pre), tuple(rewrite(i, pre) for i in idx(n.indices)))
+        return None
+    return rewrite(stmt, pre)
+
+
+def _drop_unit_loops(stmt: T.Stmt) -> T.Stmt:
+    """Serial loops of extent 1 (keepdims axes) removed, their var replaced by the min."""
+    def pre(n):
+        if isinstance(n, T.For) and n.kind == "serial" and _const(n.extent) == 1:
+            return rewrite(substitute(n.body, {id(n.loop_var): n.min}), pre)
+        return None
+    return rewrite(stmt, pre)
+
+
+def _row_stage(stmt: T.Stmt):
+    """(loops, realize, kind per loop) of a perfect serial nest over one block whose
+    iterators are bound to single loops in order (or constants); else None."""
+    loops = []
+    while isinstance(stmt, T.For) and stmt.kind == "serial":
+        loops.append(stmt)
+        stmt = stmt.body
+    if not isinstance(stmt, T.BlockRealize) or not loops:
+        return None
+    pairs = [(iv, v) for iv, v in zip(stmt.block.iter_vars, stmt.iter_values) if not isinstance(v, E.IntImm)]
+    if len(pairs) != len(loops) or any(v is not f.loop_var for (_, v), f in zip(pairs, loops)):
+        return None
+    return loops, stmt, [iv.kind for iv, _ in pairs]

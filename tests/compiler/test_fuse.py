@@ -292,8 +292,8 @@ CASES = {
     "silu_mul": ([("n", 64), ("n", 64)], lambda bb, x, y: op.multiply(op.nn.silu(x), y),
                  lambda x, y: [silu(x) * y]),
     "add_rms_norm": ([("n", 64), ("n", 64), (64,)],
-                     lambda bb, x, r, g: [bb.emit_output(op.add(x, r)),
-                                          op.nn.rms_norm(op.add(x, r), g, axes=[-1], epsilon=EPS)],
+                     lambda bb, x, r, g: (lambda a: [a, op.nn.rms_norm(a, g, axes=[-1], epsilon=EPS)])(
+                         bb.emit_output(op.add(x, r))),
                      lambda x, r, g: [x + r, rms(x + r, g)]),
     "rotary_chain": ([("n", 32), ("n", 8), ("n", 8)],
                      lambda bb, x, c, s: op.permute_dims(op.nn.rotary_embedding(
@@ -330,3 +330,51 @@ def test_fused_only_state_builds_unfused_calls_through_the_vm():
     got = run(mod, inputs, passes=[])
     for g, w in zip(got, ref(*inputs)):
         np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-4)
+
+
+# -- DefaultSchedule of fused programs: row merging ---------------------------------------------
+
+def scheduled(mod, roundtrip):
+    out = DefaultSchedule(FuseTIR(FuseOps(LegalizeOps(mod))))
+    roundtrip(out)
+    return out
+
+
+def test_row_stages_merge_under_one_parallel_loop(roundtrip):
+    shapes, body, ref = CASES["add_rms_norm"]
+    mod = module(shapes, body)
+    prog = scheduled(mod, roundtrip)["fused_add_rms_norm"]
+    stmts = prog.body.block.body
+    assert isinstance(stmts, T.For) and stmts.kind == "parallel"      # one loop over rows
+    row = stmts.body
+    assert isinstance(row, T.Allocate) and row.buffer.name == "rms_norm_sq"   # per-row scalar
+    assert [int(d) for d in row.buffer.shape] == [1]
+    inner = row.body.stmts
+    assert [n.block.name for s in inner for n in walk(s) if isinstance(n, T.BlockRealize)] == \
+        ["add", "rms_norm_sq", "rms_norm"]
+    assert prog.body.block.alloc_buffers == ()
+    inputs = rand(shapes, 9)
+    for g, w in zip(run(mod, inputs, FUSED_SCHEDULED), ref(*inputs)):
+        np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-4)
+
+
+def test_rows_not_merged_when_a_stage_reads_another_row(roundtrip):
+    # x - sum(x, axis=0) on a square matrix: the sum's "rows" are columns; the
+    # subtract reads s[j] in row i, so the stages must stay apart.
+    def body(bb, x):
+        return op.subtract(x, op.sum(x, axis=[0], keepdims=False))
+    mod = module([(16, 16)], body)
+    out = scheduled(mod, roundtrip)
+    (prog,) = out.prim_funcs().values()
+    stmts = prog.body.block.body
+    assert isinstance(stmts, T.SeqStmt) and len(stmts.stmts) == 2
+    (x,) = rand([(16, 16)], 0)
+    got = run(mod, [x], FUSED_SCHEDULED)[0]
+    np.testing.assert_allclose(got, x - x.sum(0), rtol=1e-5, atol=1e-5)
+
+
+def test_matmul_epilogue_keeps_its_own_nests(roundtrip):
+    prog = scheduled(module(DECODER_SHAPES, decoder_piece), roundtrip)["fused_matmul_silu_multiply"]
+    stmts = prog.body.block.body
+    assert isinstance(stmts, T.SeqStmt) and len(stmts.stmts) >= 2
+    assert [b.name for b in prog.body.block.alloc_buffers] == ["matmul"]
