@@ -52,10 +52,11 @@ def FuseOps(mod: IRModule) -> IRModule:
     """`mod` with the fusible calls of every graph function grouped into Primitive functions."""
     bb = BlockBuilder(mod)
     changed = {}
+    patterns: dict[str, OpPattern] = {}     # program name -> its kind, computed once
     for name, func in mod.graph_functions().items():
         if func.attrs.get("Primitive"):
             continue
-        new = _fuse_function(mod, bb, func)
+        new = _fuse_function(mod, bb, func, patterns)
         if new is not func:
             changed[name] = new
     for name, new in changed.items():
@@ -145,7 +146,8 @@ def _used_vars(value: G.Expr) -> list[G.Var]:
     return out
 
 
-def _fusible(mod: IRModule, binding: G.Binding) -> Optional[tuple[OpPattern, str]]:
+def _fusible(mod: IRModule, binding: G.Binding, patterns: dict[str, OpPattern]
+             ) -> Optional[tuple[OpPattern, str]]:
     """(pattern, callee name) of a call_tir binding that may be fused, else None."""
     if not isinstance(binding, G.VarBinding):
         return None
@@ -163,15 +165,18 @@ def _fusible(mod: IRModule, binding: G.Binding) -> Optional[tuple[OpPattern, str
     callee = mod[gvar.name_hint] if gvar.name_hint in mod else None
     if not isinstance(callee, T.PrimFunc):
         return None
-    pattern = op_pattern(callee)
+    if gvar.name_hint not in patterns:
+        patterns[gvar.name_hint] = op_pattern(callee)
+    pattern = patterns[gvar.name_hint]
     return (pattern, gvar.name_hint) if pattern <= OUT_EWISE_FUSABLE else None
 
 
-def _group_block(mod: IRModule, bindings: tuple[G.Binding, ...]) -> tuple[_Groups, list]:
+def _group_block(mod: IRModule, bindings: tuple[G.Binding, ...], uses: list[list[G.Var]],
+                 patterns: dict[str, OpPattern]) -> tuple[_Groups, list]:
     n = len(bindings)
-    info = [_fusible(mod, b) for b in bindings]
+    info = [_fusible(mod, b, patterns) for b in bindings]
     producer = {b.var: i for i, b in enumerate(bindings)}
-    deps = [sorted({producer[v] for v in _used_vars(b.value) if v in producer}) for b in bindings]
+    deps = [sorted({producer[v] for v in used if v in producer}) for used in uses]
     groups = _Groups(n)
     for i, fi in enumerate(info):
         if fi is not None:
@@ -210,7 +215,8 @@ def _creates_cycle(groups: _Groups, deps: list[list[int]], ra: int, rb: int, las
 
 # -- rewriting ------------------------------------------------------------------------------
 
-def _fuse_function(mod: IRModule, bb: BlockBuilder, func: G.Function) -> G.Function:
+def _fuse_function(mod: IRModule, bb: BlockBuilder, func: G.Function,
+                   patterns: dict[str, OpPattern]) -> G.Function:
     blocks = list(func.body.blocks)
     new_blocks = []
     changed = False
@@ -222,7 +228,7 @@ def _fuse_function(mod: IRModule, bb: BlockBuilder, func: G.Function) -> G.Funct
         for other in blocks[bi + 1:]:
             for b in other.bindings:
                 outside.update(_used_vars(b.value))
-        new = _fuse_block(mod, bb, block, outside)
+        new = _fuse_block(mod, bb, block, outside, patterns)
         changed |= new is not block
         new_blocks.append(new)
     if not changed:
@@ -230,10 +236,15 @@ def _fuse_function(mod: IRModule, bb: BlockBuilder, func: G.Function) -> G.Funct
     return replace(func, body=replace(func.body, blocks=tuple(new_blocks)))
 
 
-def _fuse_block(mod: IRModule, bb: BlockBuilder, block: G.DataflowBlock,
-                outside: set[G.Var]) -> G.DataflowBlock:
+def _fuse_block(mod: IRModule, bb: BlockBuilder, block: G.DataflowBlock, outside: set[G.Var],
+                patterns: dict[str, OpPattern]) -> G.DataflowBlock:
     bindings = block.bindings
-    groups, deps = _group_block(mod, bindings)
+    uses = [_used_vars(b.value) for b in bindings]
+    groups, deps = _group_block(mod, bindings, uses, patterns)
+    users: dict[G.Var, set[int]] = {}       # var -> indices of the bindings that read it
+    for k, used in enumerate(uses):
+        for v in used:
+            users.setdefault(v, set()).add(k)
     members: dict[int, list[int]] = {}
     for i in range(len(bindings)):
         members.setdefault(groups.find(i), []).append(i)
@@ -242,7 +253,7 @@ def _fuse_block(mod: IRModule, bb: BlockBuilder, block: G.DataflowBlock,
     emitted: dict[int, list[G.Binding]] = {}
     for root, idx in members.items():
         if len(idx) >= 2:
-            made = _make_group(mod, bb, bindings, idx, deps, outside)
+            made = _make_group(bb, bindings, idx, users, outside)
             if made is not None:
                 nodes.append(idx)
                 emitted[idx[0]] = made
@@ -280,21 +291,15 @@ def _topo_order(nodes: list[list[int]], deps: list[list[int]]) -> list[list[int]
     return out
 
 
-def _make_group(mod: IRModule, bb: BlockBuilder, bindings, idx: list[int], deps,
+def _make_group(bb: BlockBuilder, bindings, idx: list[int], users: dict[G.Var, set[int]],
                 outside: set[G.Var]) -> Optional[list[G.Binding]]:
     """The bindings that replace group `idx` in the block (a call of a new Primitive
     function, then one TupleGetItem per output when several), or None when the
     function's symbolic sizes could not all be bound by its parameters."""
     inside = set(idx)
     defined = {bindings[i].var for i in idx}
-    users: dict[G.Var, bool] = {}
-    for k, b in enumerate(bindings):
-        if k not in inside:
-            for v in _used_vars(b.value):
-                if v in defined:
-                    users[v] = True
     outputs = [bindings[i].var for i in idx
-               if users.get(bindings[i].var) or bindings[i].var in outside
+               if users.get(bindings[i].var, set()) - inside or bindings[i].var in outside
                or not isinstance(bindings[i].var, G.DataflowVar)]
     inputs: list[G.Expr] = []
     seen: set[int] = set()

@@ -21,7 +21,6 @@ calls any more are removed. Stages that end up with the same outer "row" loops
 """
 from __future__ import annotations
 
-from dataclasses import replace
 from typing import Optional
 
 from ..ir import arith
@@ -33,7 +32,7 @@ from ..ir.errors import CompilerError
 from ..ir.module import IRModule
 from ..ir.struct_info import TensorStructInfo
 from ..ir.visitor import ExprMutator, StmtExprMutator, post_order_visit
-from ..schedule._tree import rewrite, substitute
+from ..schedule._tree import rewrite, substitute, walk
 from .fuse_ops import root_parts
 
 __all__ = ["FuseTIR", "fuse_primitive", "inline_injective_stages"]
@@ -263,18 +262,13 @@ def _injective_stage(stmt: T.Stmt) -> Optional[tuple[T.Buffer, tuple[E.Var, ...]
             return None
     if len(store.indices) != len(ivs) or any(i is not iv.var for i, iv in zip(store.indices, ivs)):
         return None
-    if any(isinstance(n, T.BufferLoad) and n.buffer is store.buffer for n in _walk_expr(store.value)):
+    if any(isinstance(n, T.BufferLoad) and n.buffer is store.buffer for n in walk(store.value)):
         return None
     return store.buffer, tuple(iv.var for iv in ivs), store.value
 
 
 def _is_zero(e: E.PrimExpr) -> bool:
     return isinstance(e, E.IntImm) and e.value == 0
-
-
-def _walk_expr(e):
-    from ..schedule._tree import walk
-    return walk(e)
 
 
 def inline_injective_stages(stages: list[T.Stmt], allocs: list[T.Buffer],
@@ -305,6 +299,6 @@ def inline_injective_stages(stages: list[T.Stmt], allocs: list[T.Buffer],
 def _writers(stages: list[T.Stmt], buffer: T.Buffer) -> int:
     count = 0
     for s in stages:
-        if any(isinstance(n, T.BufferStore) and n.buffer is buffer for n in _walk_expr(s)):
+        if any(isinstance(n, T.BufferStore) and n.buffer is buffer for n in walk(s)):
             count += 1
     return count
