@@ -12,7 +12,8 @@ are concatenated into one PrimFunc, in the group's order:
   block with spatial iterators only, storing to a local buffer at exactly its
   iterators) is inlined into the stages that read it, and its buffer disappears:
   `add` before `rms_norm` is recomputed inside the sum and the output loop instead
-  of being written to memory and read back twice.
+  of being written to memory and read back twice. A stage whose inlining would add
+  more than MAX_INLINED_NODES expression nodes keeps its local buffer.
 
 The call of the group becomes `R.call_tir` of the new program (named after the
 group, e.g. "fused_add_rms_norm"); the Primitive functions and the programs nobody
@@ -38,6 +39,7 @@ from .fuse_ops import root_parts
 __all__ = ["FuseTIR", "fuse_primitive", "inline_injective_stages"]
 
 _TRUE = E.IntImm(1, "bool")
+MAX_INLINED_NODES = 512     # above this, a stage is kept as a local buffer rather than recomputed
 
 
 class FuseTIRError(CompilerError):
@@ -280,7 +282,8 @@ def inline_injective_stages(stages: list[T.Stmt], allocs: list[T.Buffer],
     k = 0
     while k < len(stages):
         found = _injective_stage(stages[k])
-        if found is None or id(found[0]) not in local or _writers(stages, found[0]) != 1:
+        if found is None or id(found[0]) not in local or _writers(stages, found[0]) != 1 \
+                or _inlined_size(stages[k + 1:], found) > MAX_INLINED_NODES:
             k += 1
             continue
         buffer, ivars, value = found
@@ -294,6 +297,15 @@ def inline_injective_stages(stages: list[T.Stmt], allocs: list[T.Buffer],
         stages = stages[:k] + [rewrite(s, pre) for s in stages[k + 1:]]
         allocs = [b for b in allocs if b is not buffer]
     return stages, allocs
+
+
+def _inlined_size(consumers: list[T.Stmt], found) -> int:
+    """Expression nodes the inlining would add: the value's size times its readers'
+    loads (a chain whose stages each read the previous one twice would grow as 2^k)."""
+    buffer, _, value = found
+    size = sum(1 for _ in walk(value))
+    loads = sum(1 for s in consumers for n in walk(s) if isinstance(n, T.BufferLoad) and n.buffer is buffer)
+    return size * loads
 
 
 def _writers(stages: list[T.Stmt], buffer: T.Buffer) -> int:

@@ -378,3 +378,24 @@ def test_matmul_epilogue_keeps_its_own_nests(roundtrip):
     stmts = prog.body.block.body
     assert isinstance(stmts, T.SeqStmt) and len(stmts.stmts) >= 2
     assert [b.name for b in prog.body.block.alloc_buffers] == ["matmul"]
+
+
+def test_deep_chain_that_reads_twice_stays_bounded(roundtrip):
+    # silu reads its input twice: inlining 12 of them into each other would make an
+    # expression of 2^12 loads; FuseTIR keeps some stages as local buffers instead.
+    def body(bb, x):
+        v = x
+        for _ in range(12):
+            v = bb.emit(op.nn.silu(v))
+        return v
+    mod = module([("n", 8)], body)
+    merged = FuseTIR(FuseOps(LegalizeOps(mod)))
+    roundtrip(merged)
+    (prog,) = merged.prim_funcs().values()
+    assert sum(1 for _ in walk(prog.body)) < 20000
+    assert 1 < len(prog.body.block.body.stmts) < 12
+    (x,) = rand([("n", 8)], 4)
+    want = x.astype(np.float64)
+    for _ in range(12):
+        want = silu(want)
+    np.testing.assert_allclose(run(merged, [x], passes=[DefaultSchedule])[0], want, rtol=1e-4, atol=1e-5)
