@@ -17,7 +17,8 @@ are concatenated into one PrimFunc, in the group's order:
 
 The call of the group becomes `R.call_tir` of the new program (named after the
 group, e.g. "fused_add_rms_norm"); the Primitive functions and the programs nobody
-calls any more are removed. Stages that end up with the same outer "row" loops
+calls any more are removed. A Primitive function of another form (say, PlanMemory
+ran in between and made its allocations explicit) is left as it is: the VM calls it. Stages that end up with the same outer "row" loops
 (softmax, rms_norm) are what DefaultSchedule turns into one parallel row loop.
 """
 from __future__ import annotations
@@ -49,7 +50,8 @@ class FuseTIRError(CompilerError):
 def FuseTIR(mod: IRModule) -> IRModule:
     """`mod` with every call of a Primitive function replaced by `R.call_tir` of one
     merged tensor program."""
-    primitives = {name: f for name, f in mod.graph_functions().items() if f.attrs.get("Primitive")}
+    primitives = {name: f for name, f in mod.graph_functions().items()
+                  if f.attrs.get("Primitive") and is_mergeable(mod, f)}
     if not primitives:
         return mod
     rest = mod
@@ -76,6 +78,24 @@ def FuseTIR(mod: IRModule) -> IRModule:
         if name in out and name not in {g.name_hint for g in fused.values()}:
             out = out.without(name)
     return out
+
+
+def is_mergeable(mod: IRModule, func: G.Function) -> bool:
+    """Whether a Primitive function is what FuseOps makes: one dataflow block of
+    call_tir bindings (without tir_vars) of tensor programs. Others (e.g. rewritten
+    by PlanMemory into explicit allocations) stay graph functions that the VM calls."""
+    blocks = func.body.blocks
+    if len(blocks) != 1 or not isinstance(blocks[0], G.DataflowBlock):
+        return False
+    for b in blocks[0].bindings:
+        call = b.value
+        if not (isinstance(b, G.VarBinding) and isinstance(call, G.Call) and isinstance(call.op, G.Op)
+                and call.op.name == "relax.call_tir" and len(call.args) == 2
+                and isinstance(call.args[1], G.Tuple)
+                and isinstance(mod[call.args[0].name_hint] if call.args[0].name_hint in mod else None,
+                               T.PrimFunc)):
+            return False
+    return True
 
 
 def _called_programs(func: G.Function) -> set[str]:

@@ -399,3 +399,15 @@ def test_deep_chain_that_reads_twice_stays_bounded(roundtrip):
     for _ in range(12):
         want = silu(want)
     np.testing.assert_allclose(run(merged, [x], passes=[DefaultSchedule])[0], want, rtol=1e-4, atol=1e-5)
+
+
+def test_fuse_tir_leaves_a_primitive_function_plan_memory_rewrote(roundtrip):
+    from compiler.transform import PlanMemory
+    shapes, body, ref = CASES["add_rms_norm"]
+    planned = PlanMemory(FuseOps(LegalizeOps(module(shapes, body))))
+    out = FuseTIR(planned)
+    roundtrip(out)
+    assert list(groups(out)) == ["fused_add_rms_norm"]          # still a graph function
+    inputs = rand(shapes, 6)
+    for g, w in zip(run(out, inputs, passes=[]), ref(*inputs)):
+        np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-4)
