@@ -11,6 +11,9 @@ FuseOps + FuseTIR + DefaultSchedule, run through disco.VirtualMachine, against t
 numpy composite of the same operators. Rows of 4096 float32 (1024 of them, and a
 smaller 64-row case), median of repeated runs. Target: >= 2x over numpy.
 
+vm overhead, compile time: see benchmarks/vm_overhead.py (VM cost per op over direct
+kernel calls, target <= 3 us/op; 32-layer decoder build cold < 60 s, warm < 5 s).
+
     python benchmarks/ops.py                       # every section; writes results/ops.json
     python benchmarks/ops.py --only "fused kernels" --repeat 50
 """
@@ -139,8 +142,20 @@ def bench_fused_kernels(args) -> dict:
     return {"target_speedup": TARGET_SPEEDUP, "cases": results}
 
 
+def bench_vm_overhead(args) -> dict:
+    import vm_overhead
+    return vm_overhead.report_overhead(vm_overhead.vm_overhead(1000, max(args.repeat, 20)))
+
+
+def bench_compile_time(args) -> dict:
+    import vm_overhead
+    return vm_overhead.report_compile_time(vm_overhead.compile_time(32))
+
+
 SECTIONS: list[tuple[str, Callable[[argparse.Namespace], dict]]] = [
     ("fused kernels", bench_fused_kernels),
+    ("vm overhead", bench_vm_overhead),      # benchmarks/vm_overhead.py
+    ("compile time", bench_compile_time),    # benchmarks/vm_overhead.py
 ]
 
 

@@ -1,7 +1,7 @@
 """VM overhead per operator, and compile time of a 32-layer decoder.
 
 vm overhead: a graph function of 1000 tiny ops (adds of 1-element tensors, built with
-the default CPU pipeline, memory planned) run by `disco.VirtualMachine`, against the
+the default CPU pipeline minus fusion, memory planned) run by `disco.VirtualMachine`, against the
 same 1000 calls of the same compiled kernel made directly through ctypes from a
 Python loop (the floor for anything driven from Python), and against 1000
 `numpy.add(a, b, out=c)`. Prints microseconds per op and the VM's overhead over the
@@ -15,8 +15,7 @@ Targets: cold < 60 s, warm < 5 s.
 
     python benchmarks/vm_overhead.py      # prints both tables, writes results/vm_overhead.json
 
-(benchmarks/ops.py, where these sections are meant to live, did not exist when this
-was written; move them into its `main()` when it does.)
+benchmarks/ops.py runs both as its sections "vm overhead" and "compile time".
 """
 from __future__ import annotations
 
@@ -71,8 +70,12 @@ def _time_per_op(f, n_ops: int, repeats: int) -> float:
 
 def vm_overhead(n_ops: int, repeats: int) -> dict:
     from compiler import build
+    from compiler.pipeline import get_pipeline
     from disco.vm import VirtualMachine
-    ex = build(tiny_ops_module(n_ops))
+    # Without fusion: FuseOps would merge the chain into one kernel, and this measures
+    # the VM's cost per instruction, not how many instructions are left.
+    passes = [p for p in get_pipeline("cpu") if p.__name__ not in ("FuseOps", "FuseTIR")]
+    ex = build(tiny_ops_module(n_ops), passes=passes)
     vm = VirtualMachine(ex)
     main = vm["main"]
     x, y = np.zeros(1, "float32"), np.ones(1, "float32")
@@ -182,6 +185,30 @@ def compile_time(layers: int) -> dict:
     return out
 
 
+def report_overhead(ov: dict) -> dict:
+    print(f"== vm overhead: {ov['n_ops']} adds of 1-element tensors "
+          f"({ov['storages']} planned storages) ==")
+    print(f"{'runner':<28s}{'us/op':>10s}")
+    print(f"{'disco VM':<28s}{ov['vm_us_per_op']:>10.3f}")
+    print(f"{'ctypes, same kernel':<28s}{ov['ctypes_direct_us_per_op']:>10.3f}")
+    print(f"{'numpy.add(out=)':<28s}{ov['numpy_us_per_op']:>10.3f}")
+    print(f"VM overhead over direct calls: {ov['overhead_us_per_op']:.3f} us/op "
+          f"(target <= {TARGETS['overhead_us_per_op']}); VM / direct = "
+          f"{ov['vm_us_per_op'] / ov['ctypes_direct_us_per_op']:.2f}x, "
+          f"VM / numpy = {ov['vm_us_per_op'] / ov['numpy_us_per_op']:.2f}x")
+    return ov
+
+
+def report_compile_time(ct: dict) -> dict:
+    print(f"== compile time: {ct['layers']}-layer decoder, {ct['kernels']} kernels, "
+          f"{ct['instructions']} VM instructions ==")
+    print(f"cold (empty kernel cache): {ct['compile_cold_s']:.2f} s (target < "
+          f"{TARGETS['compile_cold_s']:.0f} s), C compiler runs: {ct['c_compiler_runs_cold']}")
+    print(f"warm (cache filled):       {ct['compile_warm_s']:.2f} s (target < "
+          f"{TARGETS['compile_warm_s']:.0f} s), C compiler runs: {ct['c_compiler_runs_warm']}")
+    return ct
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--ops", type=int, default=1000)
@@ -193,25 +220,9 @@ def main() -> None:
         _compile_once(a.compile_once)
         return
 
-    ov = vm_overhead(a.ops, a.repeats)
-    print(f"== vm overhead: {ov['n_ops']} adds of 1-element tensors "
-          f"({ov['storages']} planned storages) ==")
-    print(f"{'runner':<28s}{'us/op':>10s}")
-    print(f"{'disco VM':<28s}{ov['vm_us_per_op']:>10.3f}")
-    print(f"{'ctypes, same kernel':<28s}{ov['ctypes_direct_us_per_op']:>10.3f}")
-    print(f"{'numpy.add(out=)':<28s}{ov['numpy_us_per_op']:>10.3f}")
-    print(f"VM overhead over direct calls: {ov['overhead_us_per_op']:.3f} us/op "
-          f"(target <= {TARGETS['overhead_us_per_op']}); VM / direct = "
-          f"{ov['vm_us_per_op'] / ov['ctypes_direct_us_per_op']:.2f}x, "
-          f"VM / numpy = {ov['vm_us_per_op'] / ov['numpy_us_per_op']:.2f}x")
-
-    ct = compile_time(a.layers)
-    print(f"\n== compile time: {ct['layers']}-layer decoder, {ct['kernels']} kernels, "
-          f"{ct['instructions']} VM instructions ==")
-    print(f"cold (empty kernel cache): {ct['compile_cold_s']:.2f} s (target < "
-          f"{TARGETS['compile_cold_s']:.0f} s), C compiler runs: {ct['c_compiler_runs_cold']}")
-    print(f"warm (cache filled):       {ct['compile_warm_s']:.2f} s (target < "
-          f"{TARGETS['compile_warm_s']:.0f} s), C compiler runs: {ct['c_compiler_runs_warm']}")
+    ov = report_overhead(vm_overhead(a.ops, a.repeats))
+    print()
+    ct = report_compile_time(compile_time(a.layers))
 
     os.makedirs(os.path.dirname(RESULTS), exist_ok=True)
     with open(RESULTS, "w") as f:
