@@ -95,4 +95,16 @@ def build(mod: IRModule, target: str = "cpu", *,
         raise BuildError("the module has no graph function to run")
     meta = dict(metadata or {})
     meta.setdefault("kernel_functions", list(prim_funcs))
+    if "distributed" in mod.attrs:   # parameter placements and mesh (DistributedLowering)
+        meta.setdefault("distributed", _plain(mod.attrs["distributed"]))
     return Executable(functions, kernels, library, constants, meta, target)
+
+
+def _plain(value):
+    """Attrs / tuples -> dicts / lists, for the executable's JSON metadata."""
+    from collections.abc import Mapping
+    if isinstance(value, Mapping):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value

@@ -13,6 +13,7 @@ _LAZY = {
     "Executable": "disco.executable", "load_executable": "disco.executable",
     "VirtualMachine": "disco.vm",
     "MPISession": "disco.session.mpi", "start": "disco.start",
+    "DModule": "disco.dmodule", "load_shards": "disco.shards",
 }
 
 __all__ = ["register_func", "get_global_func", "list_global_funcs", "worker_id", "num_workers",

@@ -8,6 +8,8 @@ such as `R.const`) to what the script's call should invoke.
 from .registry import OpDef, OpPattern, get_op, list_ops, make_call, infer_call, register_op
 from . import _infer, builtin, binary, create, linear_algebra, manipulate, nn, reduce, unary
 from . import memory  # R.memory.*: explicit storage, written by PlanMemory
+from . import dist  # R.dist.*: sharding annotations and conversions
+from . import ccl  # R.ccl.*: collectives of the local view, written by LowerToLocalView
 from .unary import exp, log, sqrt, rsqrt, tanh, sigmoid, erf, sin, cos, negative, abs, square
 from .binary import (add, subtract, multiply, divide, floor_divide, power, maximum, minimum,
                      equal, not_equal, less, less_equal, greater, greater_equal)

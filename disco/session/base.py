@@ -187,6 +187,12 @@ class Session:
         self.get_global_func("disco.ccl.init")(backend, group)
         self.sync()
 
+    def load_module(self, executable, **options: Any):
+        """A `disco.dmodule.DModule`: `executable` (a compiled, possibly tensor-parallel
+        module) loaded on every worker; call its functions with `dmod["main"](*args)`."""
+        from disco.dmodule import load_module
+        return load_module(self, executable, **options)
+
     def shutdown(self) -> None:
         """End the workers (each finishes the commands before SHUTDOWN). Idempotent."""
         if self._closed:

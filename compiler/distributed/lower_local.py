@@ -1,0 +1,429 @@
+"""LowerToLocalView: a module whose tensors all carry placements (DTensor struct info,
+the output of PropagateSharding) -> the per-device program every worker runs.
+
+- Struct info: a DTensor becomes the Tensor one worker holds: each sharded dim is
+  divided by the extent of the mesh axes that shard it. A symbolic sharded dim `n`
+  stays symbolic: `n // 2` where some parameter binds `n` whole, otherwise `n` is
+  replaced by `n_local * 2` everywhere and the sharded dims become `n_local` (the
+  controller checks that the global size is divisible before splitting it).
+- Operators: rebuilt on their local arguments (struct info re-inferred and checked
+  against the placement's local shape); shape arguments (reshape, broadcast_to, full,
+  ...) take the local shape; `mean` over a sharded dim (a Partial sum) is scaled by
+  the shard count; `take` from a row-sharded table becomes `R.ccl.masked_take`.
+- Conversions `R.dist.redistribute(x, mesh, placement)` become collectives
+  (compiler/op/ccl.py): Partial->Replicate all-reduce, Shard->Replicate all-gather,
+  Replicate->Shard local slice, Partial->Shard reduce-scatter, Shard(i)->Shard(j)
+  all-gather then local slice.
+
+The result has no DTensor left; `lowered_signature` describes what the caller must
+know (global shapes and placements of the parameters and results).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+from typing import Any, Optional
+
+from ..ir import arith
+from ..ir import graph as G
+from ..ir.errors import ShapeError, ShardingError
+from ..ir.expr import IntImm, PrimExpr, Var as SymVar
+from ..ir.module import IRModule
+from ..ir.struct_info import (DTensorStructInfo, FuncStructInfo, StructInfo, TensorStructInfo,
+                              TupleStructInfo)
+from ..ir.visitor import post_order_visit
+from ..op import ccl
+from ..op.registry import get_op, infer_call, make_call
+from .mesh import DeviceMesh, lookup_mesh
+from .placement import Partial, Replicate, Shard, format_placement, normalize_placement
+
+# Operators whose shape argument (args[1] or args[0]) is the result's shape.
+_SHAPE_ARG = {"relax.reshape": 1, "relax.broadcast_to": 1, "relax.full": 0, "relax.zeros": 0,
+              "relax.ones": 0}
+_REDISTRIBUTE = "relax.dist.redistribute"
+_ANNOTATE = "relax.dist.annotate_sharding"
+
+
+def has_dtensor(mod: IRModule) -> bool:
+    """Whether any graph function of `mod` mentions a DTensor."""
+    found = []
+
+    def visit(node):
+        if not found and isinstance(node, (G.Var, G.Call)) and \
+                _mentions_dtensor(node.struct_info):
+            found.append(node)
+
+    for func in mod.graph_functions().values():
+        if _mentions_dtensor(func.ret_struct_info):
+            return True
+        post_order_visit(func, visit)
+        if found:
+            return True
+    return False
+
+
+def _mentions_dtensor(s: Any) -> bool:
+    if isinstance(s, DTensorStructInfo):
+        return True
+    if isinstance(s, TupleStructInfo):
+        return any(_mentions_dtensor(f) for f in s.fields)
+    return False
+
+
+def LowerToLocalView(mod: IRModule) -> IRModule:
+    """`mod` with every graph function that uses DTensors rewritten to the local view."""
+    out = mod
+    for name, func in mod.graph_functions().items():
+        if _function_mentions_dtensor(func):
+            out = out.with_function(name, _Lowerer(mod, name, func).run())
+    return out
+
+
+def _function_mentions_dtensor(func: G.Function) -> bool:
+    return has_dtensor(IRModule.from_dict({"f": func}))
+
+
+# -- placements -------------------------------------------------------------------------
+
+
+class _Layout:
+    """A DTensor's placement resolved against its mesh: shard factor per tensor dim."""
+
+    def __init__(self, sinfo: DTensorStructInfo, mesh: DeviceMesh, where: str):
+        t = sinfo.tensor
+        if t.shape is None:
+            raise ShardingError(f"{where}: a distributed tensor needs a known shape, got "
+                                f"{sinfo.tensor}")
+        self.spec = normalize_placement(sinfo.placement, t.ndim)
+        if len(self.spec) != mesh.ndim:
+            raise ShardingError(f"{where}: placement {sinfo.placement!r} has {len(self.spec)} "
+                                f"entries but mesh {sinfo.device_mesh} has {mesh.ndim} axes "
+                                f"(shape {mesh.shape})")
+        self.factors = [1] * t.ndim
+        for axis, p in enumerate(self.spec):
+            if isinstance(p, Shard):
+                self.factors[p.dim] *= mesh.shape[axis]
+
+
+# -- the rewrite of one function ------------------------------------------------------------
+
+
+class _Lowerer:
+    def __init__(self, mod: IRModule, name: str, func: G.Function):
+        self.mod, self.name, self.func = mod, name, func
+        self.mesh_ref, self.mesh = self._find_mesh()
+        self.remap: dict[G.Var, G.Expr] = {}
+        self.sym: dict[SymVar, PrimExpr] = {}      # n -> n_local * k where n is not bound whole
+        self.div_vars: set[SymVar] = set()
+        self._plan_symbols()
+        self.bindings: list[G.Binding] = []
+        self.counter = 0
+
+    # mesh and symbols ------------------------------------------------------------------
+
+    def _all_dtensors(self) -> list[tuple[str, DTensorStructInfo]]:
+        found: list[tuple[str, DTensorStructInfo]] = []
+
+        def add(where: str, s: Any) -> None:
+            if isinstance(s, DTensorStructInfo):
+                found.append((where, s))
+            elif isinstance(s, TupleStructInfo):
+                for i, f in enumerate(s.fields):
+                    add(f"{where}[{i}]", f)
+
+        for p in self.func.params:
+            add(f"parameter {p.name_hint!r}", p.struct_info)
+        for block in self.func.body.blocks:
+            for b in block.bindings:
+                add(f"variable {b.var.name_hint!r}", b.var.struct_info)
+        add("the result", self.func.ret_struct_info)
+        return found
+
+    def _find_mesh(self) -> tuple[str, DeviceMesh]:
+        refs = {s.device_mesh for _, s in self._all_dtensors()}
+        if len(refs) != 1:
+            raise ShardingError(f"function {self.name!r}: LowerToLocalView supports one device "
+                                f"mesh per function, found {sorted(refs)}")
+        ref = refs.pop()
+        return ref, lookup_mesh(self.mod.global_infos, ref)
+
+    def _plan_symbols(self) -> None:
+        factors: dict[SymVar, int] = {}
+        for where, s in self._all_dtensors():
+            lay = _Layout(s, self.mesh, f"function {self.name!r}, {where}")
+            for d, f in zip(s.tensor.shape, lay.factors):
+                if f > 1 and isinstance(d, SymVar):
+                    factors[d] = math.lcm(factors.get(d, 1), f)
+        whole: set[SymVar] = set()      # bound as an unsharded param dim
+        for p in self.func.params:
+            s = p.struct_info
+            if isinstance(s, DTensorStructInfo):
+                lay = _Layout(s, self.mesh, f"parameter {p.name_hint!r}")
+                whole.update(d for d, f in zip(s.tensor.shape, lay.factors)
+                             if f == 1 and isinstance(d, SymVar))
+            elif isinstance(s, TensorStructInfo) and s.shape is not None:
+                whole.update(d for d in s.shape if isinstance(d, SymVar))
+        for v, k in factors.items():
+            if v in whole:
+                self.div_vars.add(v)
+            else:
+                self.sym[v] = SymVar(f"{v.name}_local", v.dtype) * IntImm(k)
+
+    def subst(self, e: PrimExpr) -> PrimExpr:
+        return arith.simplify(arith.substitute(e, self.sym)) if self.sym else e
+
+    # struct info -------------------------------------------------------------------------
+
+    def local_sinfo(self, s: Optional[StructInfo], where: str) -> Optional[StructInfo]:
+        if isinstance(s, DTensorStructInfo):
+            if s.device_mesh != self.mesh_ref:
+                raise ShardingError(f"function {self.name!r}, {where}: on mesh {s.device_mesh}, "
+                                    f"but the function uses {self.mesh_ref}")
+            lay = _Layout(s, self.mesh, f"function {self.name!r}, {where}")
+            shape = []
+            for i, (d, f) in enumerate(zip(s.tensor.shape, lay.factors)):
+                d = self.subst(d)
+                if f > 1:
+                    if isinstance(d, IntImm) and d.value % f:
+                        raise ShardingError(
+                            f"function {self.name!r}, {where}: dim {i} of shape "
+                            f"{_fmt(s.tensor.shape)} is {d.value}, not divisible by the {f} devices "
+                            f"of placement {s.placement!r} on mesh {self.mesh_ref} {self.mesh.shape}")
+                    d = arith.simplify(d // f)
+                shape.append(d)
+            return TensorStructInfo(tuple(shape), s.tensor.dtype)
+        if isinstance(s, TensorStructInfo):
+            if s.shape is None or not self.sym:
+                return s
+            return TensorStructInfo(tuple(self.subst(d) for d in s.shape), s.dtype)
+        if isinstance(s, TupleStructInfo):
+            return TupleStructInfo(tuple(self.local_sinfo(f, f"{where}[{i}]")
+                                         for i, f in enumerate(s.fields)))
+        if isinstance(s, FuncStructInfo):
+            return s
+        return s
+
+    def layout(self, s: DTensorStructInfo, where: str) -> _Layout:
+        return _Layout(s, self.mesh, f"function {self.name!r}, {where}")
+
+    # driver ------------------------------------------------------------------------------
+
+    def run(self) -> G.Function:
+        params = []
+        for p in self.func.params:
+            new = G.Var(p.name_hint, self.local_sinfo(p.struct_info, f"parameter {p.name_hint!r}"))
+            self.remap[p] = new
+            params.append(new)
+        blocks = []
+        for block in self.func.body.blocks:
+            self.bindings = []
+            self.in_dataflow = isinstance(block, G.DataflowBlock)
+            for b in block.bindings:
+                self.lower_binding(b)
+            blocks.append(type(block)(tuple(self.bindings)))
+        body_expr = self.expr(self.func.body.body)
+        ret = self.local_sinfo(self.func.ret_struct_info, "the result")
+        body = G.SeqExpr(tuple(blocks), body_expr, ret)
+        attrs = self.func.attrs
+        return replace(self.func, params=tuple(params), body=body, ret_struct_info=ret,
+                       attrs=attrs, struct_info=None)
+
+    def expr(self, e: G.Expr) -> G.Expr:
+        if isinstance(e, G.Var):
+            return self.remap.get(e, e)
+        if isinstance(e, G.Tuple):
+            fields = tuple(self.expr(f) for f in e.fields)
+            return G.Tuple(fields, TupleStructInfo(tuple(f.struct_info for f in fields)))
+        if isinstance(e, G.TupleGetItem):
+            t = self.expr(e.tuple_value)
+            return G.TupleGetItem(t, e.index, t.struct_info.fields[e.index]
+                                  if isinstance(t.struct_info, TupleStructInfo) else None)
+        if isinstance(e, G.ShapeExpr):
+            return G.ShapeExpr(tuple(self.subst(v) for v in e.values), e.struct_info) \
+                if self.sym else e
+        return e
+
+    def emit(self, value: G.Expr, hint: str, dataflow: bool = True) -> G.Var:
+        self.counter += 1
+        var = (G.DataflowVar if dataflow else G.Var)(f"{hint}_{self.counter}", value.struct_info)
+        self.bindings.append(G.VarBinding(var, value))
+        return var
+
+    def lower_binding(self, b: G.Binding) -> None:
+        where = f"variable {b.var.name_hint!r}"
+        want = self.local_sinfo(b.var.struct_info, where)
+        if isinstance(b, G.MatchCast):
+            value = self.expr(b.value)
+            sinfo = self.local_sinfo(b.struct_info, where)
+            var = type(b.var)(b.var.name_hint, sinfo)
+            self.remap[b.var] = var
+            self.bindings.append(G.MatchCast(var, value, sinfo))
+            return
+        value = b.value
+        dataflow = self.in_dataflow
+        if isinstance(value, G.Call) and isinstance(value.op, G.Op):
+            new = self.lower_call(value, b.var, want, where, dataflow)
+        else:
+            new = self.expr(value)
+        sinfo = want if want is not None else new.struct_info
+        if isinstance(sinfo, TensorStructInfo) and isinstance(new.struct_info, TensorStructInfo):
+            self._check_same(new.struct_info, sinfo, where)
+        if isinstance(new, G.Call):
+            new = new.with_struct_info(sinfo)
+        var = type(b.var)(b.var.name_hint, sinfo)
+        self.remap[b.var] = var
+        self.bindings.append(G.VarBinding(var, new))
+
+    def _check_same(self, got: TensorStructInfo, want: TensorStructInfo, where: str) -> None:
+        ok = got.dtype == want.dtype and (got.shape is None or want.shape is None or (
+            len(got.shape) == len(want.shape) and
+            all(arith.prove_equal(a, b) for a, b in zip(got.shape, want.shape))))
+        if not ok:
+            raise ShardingError(f"function {self.name!r}, {where}: the local operator gives "
+                                f"{_fmt_sinfo(got)} but its placement needs {_fmt_sinfo(want)}; "
+                                "the placements of this operator's arguments and result do not "
+                                "match its sharding rule")
+
+    # calls ---------------------------------------------------------------------------------
+
+    def lower_call(self, call: G.Call, var: G.Var, want, where: str, dataflow: bool) -> G.Expr:
+        name = call.op.name
+        args = tuple(self.expr(a) for a in call.args)
+        if name == _REDISTRIBUTE:
+            return self.redistribute(call, args[0], var, where, dataflow)
+        if name == _ANNOTATE:
+            src = call.args[0].struct_info
+            if isinstance(src, DTensorStructInfo) and isinstance(var.struct_info, DTensorStructInfo) \
+                    and self.layout(src, where).spec != self.layout(var.struct_info, where).spec:
+                raise ShardingError(f"function {self.name!r}, {where}: annotate_sharding changes "
+                                    f"the placement from {src.placement!r} to "
+                                    f"{var.struct_info.placement!r}; run PropagateSharding first, "
+                                    "which turns such conflicts into R.dist.redistribute")
+            return args[0]
+        if name in ("relax.call_tir", "relax.call_dps_packed", "relax.call_pure_packed",
+                    "relax.call_packed"):
+            sinfo_args = tuple(self.local_sinfo(s, where) for s in call.sinfo_args)
+            return G.Call(call.op, args, call.attrs, sinfo_args,
+                          want if want is not None else sinfo_args[0])
+        if name in _SHAPE_ARG and isinstance(want, TensorStructInfo) and want.shape is not None:
+            i = _SHAPE_ARG[name]
+            args = args[:i] + (G.ShapeExpr(want.shape),) + args[i + 1:]
+        if name == "relax.take" and self._is_vocab_take(call, var, where):
+            opdef_args = dict(mesh_shape=self.mesh.shape, mesh_axis=self._vocab_axis(call, where))
+            return ccl.masked_take(args[0], args[1], **opdef_args)
+        new = infer_call(G.Call(call.op, args, call.attrs, call.sinfo_args))
+        if name == "relax.mean":
+            k = self._mean_shards(call, var, where)
+            if k > 1:
+                m = self.emit(new, "mean", dataflow)
+                from ..op.builtin import const
+                return make_call("relax.divide", (m, const(float(k), m.struct_info.dtype)))
+        return new
+
+    def _is_vocab_take(self, call: G.Call, var: G.Var, where: str) -> bool:
+        x = call.args[0].struct_info
+        if not isinstance(x, DTensorStructInfo):
+            return False
+        axis = call.attrs.get("axis")
+        rows_sharded = any(isinstance(p, Shard) and p.dim == 0 for p in self.layout(x, where).spec)
+        if rows_sharded and axis not in (0, -x.tensor.ndim):
+            raise ShardingError(f"function {self.name!r}, {where}: take along axis {axis} of a table "
+                                f"sharded along dim 0 ({x.placement!r}) is not supported")
+        return rows_sharded
+
+    def _vocab_axis(self, call: G.Call, where: str) -> int:
+        spec = self.layout(call.args[0].struct_info, where).spec
+        axes = [a for a, p in enumerate(spec) if isinstance(p, Shard) and p.dim == 0]
+        if len(axes) != 1:
+            raise ShardingError(f"function {self.name!r}, {where}: take on a table sharded along "
+                                f"dim 0 over {len(axes)} mesh axes is not supported (one expected)")
+        return axes[0]
+
+    def _mean_shards(self, call: G.Call, var: G.Var, where: str) -> int:
+        x = call.args[0].struct_info
+        if not isinstance(x, DTensorStructInfo):
+            return 1
+        ndim = x.tensor.ndim
+        axes = call.attrs.get("axis")
+        axes = range(ndim) if axes is None else [a % ndim for a in
+                                                 (axes if isinstance(axes, tuple) else (axes,))]
+        lay = self.layout(x, where)
+        return math.prod(lay.factors[a] for a in axes)
+
+    # redistribute ------------------------------------------------------------------------
+
+    def redistribute(self, call: G.Call, x: G.Expr, var: G.Var, where: str, dataflow: bool):
+        src_s, dst_s = call.args[0].struct_info, var.struct_info
+        if not isinstance(src_s, DTensorStructInfo) or not isinstance(dst_s, DTensorStructInfo):
+            raise ShardingError(f"function {self.name!r}, {where}: redistribute needs DTensor "
+                                f"argument and result, got {type(src_s).__name__} -> "
+                                f"{type(dst_s).__name__}")
+        src, dst = self.layout(src_s, where).spec, self.layout(dst_s, where).spec
+        group = dict(mesh_shape=self.mesh.shape)
+        steps: list = []
+        # 1. pending reductions, 2. gathers (last mesh axis first), 3. slices.
+        for a, (s, d) in enumerate(zip(src, dst)):
+            if isinstance(s, Partial):
+                if isinstance(d, Replicate):
+                    steps.append(lambda e, a=a, s=s: ccl.allreduce(e, s.op, mesh_axis=a, **group))
+                elif isinstance(d, Shard):
+                    steps.append(lambda e, a=a, s=s, d=d: ccl.reduce_scatter(
+                        e, d.dim, s.op, mesh_axis=a, **group))
+                elif d != s:
+                    raise ShardingError(f"function {self.name!r}, {where}: cannot convert "
+                                        f"{format_placement(src)} to {format_placement(dst)}")
+            elif isinstance(d, Partial):
+                raise ShardingError(f"function {self.name!r}, {where}: redistribute to a Partial "
+                                    f"placement ({format_placement(src)} -> "
+                                    f"{format_placement(dst)}) is not supported")
+        for a in reversed(range(len(src))):
+            s, d = src[a], dst[a]
+            if isinstance(s, Shard) and s != d:
+                steps.append(lambda e, a=a, s=s: ccl.allgather(e, s.dim, mesh_axis=a, **group))
+        for a, (s, d) in enumerate(zip(src, dst)):
+            if isinstance(d, Shard) and s != d and not isinstance(s, Partial):
+                steps.append(lambda e, a=a, d=d: ccl.local_slice(e, d.dim, mesh_axis=a, **group))
+        if not steps:
+            return x
+        e = x
+        for i, step in enumerate(steps):
+            value = step(e)
+            if i == len(steps) - 1:
+                return value
+            e = self.emit(value, var.name_hint, dataflow)
+        return e
+
+
+def _fmt(shape) -> str:
+    from ..op._infer import fmt_shape
+    return fmt_shape(shape)
+
+
+def _fmt_sinfo(s: TensorStructInfo) -> str:
+    from ..op._infer import fmt_sinfo
+    return fmt_sinfo(s)
+
+
+def lowered_signature(func: G.Function, mod: IRModule) -> dict:
+    """Parameters and result of a (not yet lowered) function: name, global shape (ints or
+    symbol names), dtype and placement text ("R" for plain tensors), for the runtime."""
+
+    def describe(s: Any) -> Any:
+        if isinstance(s, DTensorStructInfo):
+            t = s.tensor
+            return {"shape": [_dim(d) for d in t.shape], "dtype": t.dtype,
+                    "placement": format_placement(normalize_placement(s.placement, t.ndim))}
+        if isinstance(s, TensorStructInfo):
+            return {"shape": None if s.shape is None else [_dim(d) for d in s.shape],
+                    "dtype": s.dtype, "placement": None}
+        if isinstance(s, TupleStructInfo):
+            return {"fields": [describe(f) for f in s.fields]}
+        return {"object": type(s).__name__}
+
+    params = [dict(name=p.name_hint, **describe(p.struct_info)) for p in func.params]
+    return {"params": params, "result": describe(func.ret_struct_info)}
+
+
+def _dim(d: PrimExpr) -> Any:
+    v = arith.as_int(d)
+    return v if v is not None else str(d.name) if isinstance(d, SymVar) else _fmt([d])[1:-1]

@@ -1,0 +1,334 @@
+"""DModule: a compiled tensor-parallel module loaded on every worker of a session.
+
+    ex = compiler.build(mod)                 # metadata["distributed"]: placements, mesh
+    dmod = sess.load_module(ex)              # the executable on every worker
+    y = dmod["main"](x, w1, w2).fetch()      # numpy in, global numpy out
+
+Arguments follow the placements recorded at build time: a replicated parameter is
+broadcast, a sharded one split so that each worker gets only its shard (one scatter);
+DRefs pass through unchanged, so weights placed once with `dmod.place(...)` (or
+`disco.load_shards`) are not sent again. A call returns a `DTensorRef`: a DRef to each
+worker's local result whose `fetch()` assembles the global value (worker 0's copy when
+replicated, gathered when sharded, summed when partial).
+
+Worker side: the functions registered here ("disco.dmodule.*") load the executable
+into a VM per worker (cached by content hash) and run its functions.
+"""
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import tempfile
+from typing import Any, Optional, Sequence
+
+import numpy as np
+
+from disco import spmd  # noqa: F401  (registers the runtime functions of R.ccl.* here too)
+from disco._context import current_context
+from disco.errors import DiscoError, SessionError
+from disco.registry import register_func
+from disco.session.base import DRef, Session
+
+# -- placements (text form as in the compiler: "S[1]", "R", "P[sum]", "S[0]R") ---------------
+
+
+def parse_placement(text: str) -> list[tuple[str, Any]]:
+    """"S[0]R" -> [("S", 0), ("R", None)]; disco does not import the compiler."""
+    import re
+    out, pos = [], 0
+    token = re.compile(r"S\[(-?\d+)\]|R|P\[(\w+)\]")
+    while pos < len(text):
+        m = token.match(text, pos)
+        if m is None:
+            raise DiscoError(f"bad placement text {text!r} at position {pos}")
+        out.append(("S", int(m.group(1))) if m.group(1) is not None else
+                   ("P", m.group(2)) if m.group(2) is not None else ("R", None))
+        pos = m.end()
+    return out
+
+
+class Layout:
+    """Where each worker's piece of a global array lies, for one placement on a mesh."""
+
+    def __init__(self, placement: Optional[str], mesh_shape: Sequence[int], ndim: int):
+        self.mesh_shape = tuple(int(s) for s in mesh_shape)
+        self.text = placement or "R" * len(self.mesh_shape)
+        spec = parse_placement(self.text)
+        if len(spec) != len(self.mesh_shape):
+            raise DiscoError(f"placement {self.text!r} has {len(spec)} entries for a mesh of "
+                             f"shape {self.mesh_shape}")
+        self.spec = [(k, (v + ndim if k == "S" and v < 0 else v)) for k, v in spec]
+        self.ndim = ndim
+        self.factors = [1] * ndim
+        for a, (k, v) in enumerate(self.spec):
+            if k == "S":
+                self.factors[v] *= self.mesh_shape[a]
+
+    @property
+    def replicated(self) -> bool:
+        return all(k == "R" for k, _ in self.spec)
+
+    @property
+    def partial(self) -> bool:
+        return any(k == "P" for k, _ in self.spec)
+
+    def single_shard_dim(self) -> Optional[int]:
+        """The dim when exactly one mesh axis shards and it spans all workers (1-D split)."""
+        shards = [(a, v) for a, (k, v) in enumerate(self.spec) if k == "S"]
+        if len(shards) == 1 and not self.partial and \
+                self.mesh_shape[shards[0][0]] == math.prod(self.mesh_shape):
+            return shards[0][1]
+        return None
+
+    def block(self, worker: int, shape: Sequence[int]) -> tuple[slice, ...]:
+        """Worker `worker`'s block of a global array of `shape` (dims sharded by several
+        mesh axes split by the first axis, then within that by the next)."""
+        coord = spmd.mesh_coordinate(worker, self.mesh_shape)
+        start, size = [0] * len(shape), list(shape)
+        for a, (k, v) in enumerate(self.spec):
+            if k == "S":
+                size[v] //= self.mesh_shape[a]
+                start[v] += coord[a] * size[v]
+        return tuple(slice(s, s + n) for s, n in zip(start, size))
+
+    def check(self, shape: Sequence[int], what: str) -> None:
+        for d, f in enumerate(self.factors):
+            if f > 1 and shape[d] % f:
+                raise SessionError(
+                    f"{what}: dim {d} of shape {tuple(shape)} is {shape[d]}, which is not divisible "
+                    f"by the {f} devices it is split over (placement {self.text!r} on a mesh of "
+                    f"shape {self.mesh_shape})")
+
+    def is_lead(self, worker: int) -> bool:
+        """Whether `worker` holds a distinct piece (coordinate 0 along replicated axes)."""
+        coord = spmd.mesh_coordinate(worker, self.mesh_shape)
+        return all(c == 0 for c, (k, _) in zip(coord, self.spec) if k == "R")
+
+
+def place(sess: Session, array: Any, layout: Layout, what: str = "array") -> DRef:
+    """A DRef to each worker's piece of `array` under `layout`."""
+    if isinstance(array, DRef):
+        return array
+    a = np.asarray(array)
+    if layout.partial:
+        raise SessionError(f"{what}: cannot place a value with a Partial placement "
+                           f"({layout.text!r}); pass its full value replicated or sharded")
+    if a.ndim != layout.ndim:
+        raise SessionError(f"{what}: expected a {layout.ndim}-d array, got shape {a.shape}")
+    layout.check(a.shape, what)
+    if layout.replicated:
+        return sess.broadcast(np.ascontiguousarray(a))
+    dim = layout.single_shard_dim()
+    if dim is not None:
+        return sess.scatter(np.ascontiguousarray(a), axis=dim)
+    stacked = np.stack([a[layout.block(w, a.shape)] for w in range(sess.num_workers)])
+    return sess.get_global_func("disco.dmodule.unstack")(sess.scatter(stacked, axis=0))
+
+
+def assemble(sess: Session, ref: DRef, layout: Layout, shape: Optional[Sequence] = None) -> np.ndarray:
+    """The global array behind per-worker pieces `ref` under `layout`."""
+    if layout.replicated:
+        return np.asarray(sess.fetch(ref, 0))
+    dim = layout.single_shard_dim()
+    if dim is not None:
+        return sess.gather(ref, axis=dim)
+    pieces = {w: np.asarray(sess.fetch(ref, w)) for w in range(sess.num_workers) if layout.is_lead(w)}
+    first = next(iter(pieces.values()))
+    gshape = [n * f for n, f in zip(first.shape, layout.factors)]
+    out = np.zeros(gshape, first.dtype)
+    for w, piece in pieces.items():
+        if layout.partial:
+            out[layout.block(w, gshape)] += piece
+        else:
+            out[layout.block(w, gshape)] = piece
+    return out
+
+
+class DTensorRef(DRef):
+    """A DRef to each worker's local piece of a distributed value; `fetch()` gives the
+    global value, `fetch_local(worker)` one worker's piece."""
+
+    __slots__ = ("layout",)
+
+    def __init__(self, sess: Session, ref_id: int, layout: Layout):
+        super().__init__(sess, ref_id)
+        self.layout = layout
+
+    def fetch(self, worker: Optional[int] = None) -> Any:
+        if worker is not None:
+            return self._sess.fetch(self, worker)
+        return assemble(self._sess, self, self.layout)
+
+    def fetch_local(self, worker: int = 0) -> Any:
+        return self._sess.fetch(self, worker)
+
+
+def _as_dtensor_ref(ref: DRef, layout: Layout) -> DTensorRef:
+    out = DTensorRef(ref._sess, ref._id, layout)
+    ref._sess = _Detached    # the id now belongs to `out`; `ref` must not free it
+    return out
+
+
+class _DetachedSession:
+    _closed = True
+
+
+_Detached = _DetachedSession()
+
+
+# -- the controller side -----------------------------------------------------------------
+
+
+class DFunctionHandle:
+    """`dmod["main"]`: call with numpy arrays / DRefs; returns DTensorRef(s)."""
+
+    def __init__(self, dmod: "DModule", name: str, info: Optional[dict]):
+        self.dmod, self.name, self.info = dmod, name, info
+        mesh = dmod.mesh_shape
+        self.params = []
+        if info is not None:
+            for p in info["params"]:
+                ndim = len(p["shape"]) if p.get("shape") is not None else 0
+                self.params.append((p["name"], Layout(p.get("placement"), mesh, ndim), p))
+        self.result = info["result"] if info is not None else None
+
+    def place(self, *args: Any) -> list:
+        """Each argument placed on the workers per its parameter (DRefs unchanged)."""
+        sess = self.dmod.session
+        if self.info is not None and len(args) != len(self.params):
+            names = ", ".join(n for n, _, _ in self.params)
+            raise SessionError(f"{self.name}: expected {len(self.params)} arguments ({names}), "
+                               f"got {len(args)}")
+        out = []
+        for i, a in enumerate(args):
+            if isinstance(a, DRef) or self.info is None:
+                out.append(a if isinstance(a, DRef) else sess.broadcast(a))
+                continue
+            name, layout, p = self.params[i]
+            out.append(place(sess, a, layout, f"{self.name}: parameter {name!r}"))
+        return out
+
+    def __call__(self, *args: Any):
+        sess = self.dmod.session
+        placed = self.place(*args)
+        ref = sess.get_global_func("disco.dmodule.call")(self.dmod._vm, self.name, *placed)
+        return self._wrap(ref, self.result)
+
+    def _wrap(self, ref: DRef, result: Optional[dict]):
+        sess = self.dmod.session
+        if result is not None and "fields" in result:
+            getter = sess.get_global_func("disco.dmodule.tuple_get")
+            return tuple(self._wrap(getter(ref, i), f) for i, f in enumerate(result["fields"]))
+        if result is None or result.get("shape") is None:
+            return ref
+        layout = Layout(result.get("placement"), self.dmod.mesh_shape, len(result["shape"]))
+        return _as_dtensor_ref(ref, layout)
+
+    def __repr__(self) -> str:
+        return f"<DModule function {self.name!r} of {self.dmod.session.name}>"
+
+
+class DModule:
+    """An Executable loaded on every worker of `session` (see the module docstring)."""
+
+    def __init__(self, session: Session, executable, *, ccl_backend: Optional[str] = "shm"):
+        self.session = session
+        self.executable = executable
+        dist = executable.metadata.get("distributed") or {}
+        self.functions_info: dict = dist.get("functions", {})
+        self.mesh_shape = tuple(dist.get("mesh_shape") or (session.num_workers,))
+        ids = dist.get("device_ids")
+        size = math.prod(self.mesh_shape)
+        session._check_mesh_size(size, f"the executable (device mesh of shape {self.mesh_shape})")
+        if ids is not None and list(ids) != list(range(size)):
+            raise SessionError(f"{session.name}: the executable's device mesh lists device ids "
+                               f"{ids}; loading expects workers 0..{size - 1} in order")
+        session.import_module("disco.dmodule")
+        if ccl_backend is not None and session.num_workers > 1 and dist:
+            if not getattr(session, "_dmodule_ccl", None):
+                session.init_ccl(ccl_backend)
+                session._dmodule_ccl = ccl_backend
+        data, digest = _executable_bytes(executable)
+        self._vm = session.get_global_func("disco.dmodule.load")(data, digest)
+        session.sync()
+
+    def __getitem__(self, name: str) -> DFunctionHandle:
+        if name not in self.executable.functions:
+            raise SessionError(f"DModule has no function {name!r}; it has "
+                               f"{sorted(self.executable.functions)}")
+        return DFunctionHandle(self, name, self.functions_info.get(name))
+
+    def place(self, params: dict, function: str = "main") -> dict:
+        """Place named arguments of `function` once (e.g. the weights); returns name -> DRef,
+        to pass in later calls instead of the arrays."""
+        h = self[function]
+        by_name = {n: (layout, n) for n, layout, _ in h.params}
+        out = {}
+        for name, value in params.items():
+            if name not in by_name:
+                raise SessionError(f"DModule.place: {function!r} has no parameter {name!r}; it "
+                                   f"has {[n for n, _, _ in h.params]}")
+            out[name] = place(self.session, value, by_name[name][0],
+                              f"{function}: parameter {name!r}")
+        return out
+
+    def placements(self, function: str = "main") -> dict:
+        """Parameter name -> placement text of `function`."""
+        return {n: layout.text for n, layout, _ in self[function].params}
+
+
+def _executable_bytes(ex) -> tuple[np.ndarray, str]:
+    cached = getattr(ex, "_dmodule_bytes", None)
+    if cached is None:
+        with tempfile.TemporaryDirectory() as d:
+            path = os.path.join(d, "module.disco")
+            ex.export(path)
+            with open(path, "rb") as f:
+                raw = f.read()
+        cached = (np.frombuffer(raw, np.uint8).copy(), hashlib.sha256(raw).hexdigest()[:20])
+        ex._dmodule_bytes = cached
+    return cached
+
+
+def load_module(sess: Session, executable, **options: Any) -> DModule:
+    """`sess.load_module(ex)`."""
+    return DModule(sess, executable, **options)
+
+
+# -- the worker side --------------------------------------------------------------------
+
+
+_EXECUTABLES: dict[str, Any] = {}     # content hash -> Executable (per process)
+
+
+@register_func("disco.dmodule.load", override=True)
+def _load(data, digest: str):
+    """This worker's VM of the executable in `data` (bytes of its exported file)."""
+    from disco.executable import load_executable
+    from disco.vm import VirtualMachine
+    ex = _EXECUTABLES.get(digest)
+    if ex is None:
+        fd, path = tempfile.mkstemp(suffix=".disco")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(np.asarray(data, np.uint8).tobytes())
+            ex = _EXECUTABLES[digest] = load_executable(path)
+        finally:
+            os.unlink(path)
+    return VirtualMachine(ex, current_context().device)
+
+
+@register_func("disco.dmodule.call", override=True)
+def _call(vm, name: str, *args):
+    return vm[name](*args)
+
+
+@register_func("disco.dmodule.unstack", override=True)
+def _unstack(x):
+    return np.ascontiguousarray(x[0])
+
+
+@register_func("disco.dmodule.tuple_get", override=True)
+def _tuple_get(t, i):
+    return t[i]

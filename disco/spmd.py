@@ -1,0 +1,126 @@
+"""Runtime functions of the compiled SPMD programs (the `R.ccl.*` ops legalize to them).
+
+Each runs inside a worker, on that worker's arrays. A mesh is row-major over worker ids
+0..N-1; an op over `mesh_axis` involves the workers whose coordinates differ from the
+caller's only along that axis. When that axis spans every worker the collective of
+`disco.ccl` runs directly; otherwise (a sub-group of a 2-D mesh) the values of every
+worker are all-gathered and the group's combined locally, which is correct everywhere
+and costs more traffic (no sub-communicators yet).
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from disco import ccl
+from disco._context import current_context
+from disco.errors import DiscoError
+from disco.registry import register_func
+
+_REDUCE = {"sum": np.add, "prod": np.multiply, "min": np.minimum, "max": np.maximum}
+
+
+def mesh_coordinate(worker: int, mesh_shape) -> tuple[int, ...]:
+    """Row-major coordinate of `worker` in a mesh of `mesh_shape`."""
+    coord = []
+    for extent in reversed(tuple(mesh_shape)):
+        coord.append(worker % extent)
+        worker //= extent
+    return tuple(reversed(coord))
+
+
+def group_members(worker: int, mesh_shape, mesh_axis: int) -> list[int]:
+    """Worker ids of `worker`'s group along `mesh_axis`, in coordinate order."""
+    mesh_shape = tuple(mesh_shape)
+    coord = list(mesh_coordinate(worker, mesh_shape))
+    strides = [math.prod(mesh_shape[i + 1:]) for i in range(len(mesh_shape))]
+    base = sum(c * s for i, (c, s) in enumerate(zip(coord, strides)) if i != mesh_axis)
+    return [base + j * strides[mesh_axis] for j in range(mesh_shape[mesh_axis])]
+
+
+def _me(mesh_shape) -> tuple[int, int]:
+    ctx = current_context()
+    size = math.prod(tuple(mesh_shape))
+    if size != ctx.num_workers:
+        raise DiscoError(f"worker {ctx.worker_id}: the program was compiled for a device mesh of "
+                         f"{size} devices {tuple(mesh_shape)} but the session has {ctx.num_workers} "
+                         "workers")
+    return ctx.worker_id, ctx.num_workers
+
+
+def _whole(mesh_shape, mesh_axis: int) -> bool:
+    return tuple(mesh_shape)[mesh_axis] == math.prod(tuple(mesh_shape))
+
+
+def _group_values(x: np.ndarray, mesh_shape, mesh_axis: int) -> list[np.ndarray]:
+    """Every group member's x, in coordinate order (through an all-gather of everyone's)."""
+    me, _ = _me(mesh_shape)
+    everyone = ccl.allgather(np.ascontiguousarray(x)[None], 0)
+    return [everyone[w] for w in group_members(me, mesh_shape, mesh_axis)]
+
+
+def _split(x: np.ndarray, axis: int, parts: int, index: int, what: str) -> np.ndarray:
+    size = x.shape[axis]
+    if size % parts:
+        raise DiscoError(f"{what}: dim {axis} of shape {x.shape} is {size}, not divisible by the "
+                         f"{parts} workers it is split over")
+    n = size // parts
+    return np.ascontiguousarray(np.take(x, np.arange(index * n, (index + 1) * n), axis=axis))
+
+
+@register_func("spmd.allreduce", override=True)
+def allreduce(x, op, mesh_shape, mesh_axis):
+    if _whole(mesh_shape, mesh_axis):
+        _me(mesh_shape)
+        return ccl.allreduce(np.ascontiguousarray(x), op)
+    vals = _group_values(x, mesh_shape, mesh_axis)
+    return np.ascontiguousarray(_REDUCE[op].reduce(np.stack(vals), axis=0).astype(x.dtype, copy=False))
+
+
+@register_func("spmd.allgather", override=True)
+def allgather(x, axis, mesh_shape, mesh_axis):
+    axis = int(axis) % max(x.ndim, 1)
+    if _whole(mesh_shape, mesh_axis):
+        _me(mesh_shape)
+        return ccl.allgather(np.ascontiguousarray(x), axis)
+    return np.ascontiguousarray(np.concatenate(_group_values(x, mesh_shape, mesh_axis), axis=axis))
+
+
+@register_func("spmd.reduce_scatter", override=True)
+def reduce_scatter(x, axis, op, mesh_shape, mesh_axis):
+    axis = int(axis) % max(x.ndim, 1)
+    if _whole(mesh_shape, mesh_axis):
+        _me(mesh_shape)
+        return ccl.reduce_scatter(np.ascontiguousarray(x), op, axis)
+    me, _ = _me(mesh_shape)
+    total = allreduce(x, op, mesh_shape, mesh_axis)
+    return _split(total, axis, mesh_shape[mesh_axis], mesh_coordinate(me, mesh_shape)[mesh_axis],
+                  "R.ccl.reduce_scatter")
+
+
+@register_func("spmd.local_slice", override=True)
+def local_slice(x, axis, mesh_shape, mesh_axis):
+    me, _ = _me(mesh_shape)
+    axis = int(axis) % max(x.ndim, 1)
+    return _split(x, axis, mesh_shape[mesh_axis], mesh_coordinate(me, mesh_shape)[mesh_axis],
+                  "R.ccl.local_slice")
+
+
+@register_func("spmd.masked_take", override=True)
+def masked_take(table, indices, mesh_shape, mesh_axis):
+    """Rows of this worker's slice of a table split along dim 0; zero rows for indices
+    that belong to another worker's slice."""
+    me, _ = _me(mesh_shape)
+    rows = table.shape[0]
+    start = mesh_coordinate(me, mesh_shape)[mesh_axis] * rows
+    local = np.asarray(indices).astype(np.int64) - start
+    inside = (local >= 0) & (local < rows)
+    out = table[np.where(inside, local, 0)]
+    out[~inside] = 0
+    return np.ascontiguousarray(out)
+
+
+@register_func("spmd.broadcast_from_worker0", override=True)
+def broadcast_from_worker0(x):
+    return ccl.broadcast_from_worker0(np.ascontiguousarray(x))
