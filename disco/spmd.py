@@ -53,6 +53,12 @@ def _whole(mesh_shape, mesh_axis: int) -> bool:
     return tuple(mesh_shape)[mesh_axis] == math.prod(tuple(mesh_shape))
 
 
+def _alone(mesh_shape, mesh_axis: int) -> bool:
+    """A group of one worker: every collective is the identity."""
+    _me(mesh_shape)
+    return tuple(mesh_shape)[mesh_axis] == 1
+
+
 def _group_values(x: np.ndarray, mesh_shape, mesh_axis: int) -> list[np.ndarray]:
     """Every group member's x, in coordinate order (through an all-gather of everyone's)."""
     me, _ = _me(mesh_shape)
@@ -71,6 +77,8 @@ def _split(x: np.ndarray, axis: int, parts: int, index: int, what: str) -> np.nd
 
 @register_func("spmd.allreduce", override=True)
 def allreduce(x, op, mesh_shape, mesh_axis):
+    if _alone(mesh_shape, mesh_axis):
+        return np.ascontiguousarray(x)
     if _whole(mesh_shape, mesh_axis):
         _me(mesh_shape)
         return ccl.allreduce(np.ascontiguousarray(x), op)
@@ -80,6 +88,8 @@ def allreduce(x, op, mesh_shape, mesh_axis):
 
 @register_func("spmd.allgather", override=True)
 def allgather(x, axis, mesh_shape, mesh_axis):
+    if _alone(mesh_shape, mesh_axis):
+        return np.ascontiguousarray(x)
     axis = int(axis) % max(x.ndim, 1)
     if _whole(mesh_shape, mesh_axis):
         _me(mesh_shape)
@@ -89,6 +99,8 @@ def allgather(x, axis, mesh_shape, mesh_axis):
 
 @register_func("spmd.reduce_scatter", override=True)
 def reduce_scatter(x, axis, op, mesh_shape, mesh_axis):
+    if _alone(mesh_shape, mesh_axis):
+        return np.ascontiguousarray(x)
     axis = int(axis) % max(x.ndim, 1)
     if _whole(mesh_shape, mesh_axis):
         _me(mesh_shape)
@@ -123,4 +135,6 @@ def masked_take(table, indices, mesh_shape, mesh_axis):
 
 @register_func("spmd.broadcast_from_worker0", override=True)
 def broadcast_from_worker0(x):
+    if current_context().num_workers == 1:
+        return np.ascontiguousarray(x)
     return ccl.broadcast_from_worker0(np.ascontiguousarray(x))

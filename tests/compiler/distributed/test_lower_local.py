@@ -1,0 +1,229 @@
+"""LowerToLocalView and DistributedLowering at the IR level: local shapes, the
+collectives each conversion becomes, symbolic sharded dims, errors; every lowered
+module round-trips through the script. Numerics are in tests/e2e/test_tp_*.py."""
+from __future__ import annotations
+
+import pytest
+
+from compiler import script
+from compiler.distributed.lower_local import LowerToLocalView
+from compiler.distributed.lowering import DistributedLowering
+from compiler.ir import graph as G
+from compiler.ir.errors import ShardingError
+from compiler.ir.expr import IntImm, Var as SymVar
+from compiler.ir.struct_info import DTensorStructInfo, TensorStructInfo
+from compiler.ir.visitor import post_order_visit
+
+MLP = '''
+@I.ir_module
+class M:
+    I.module_global_infos({{"mesh": [R.device_mesh(({k},), I.Range(0, {k}))]}})
+    @R.function
+    def main(x: R.DTensor(("n", 8), "float32", "mesh[0]", "R"), w1: R.DTensor((8, 16), "float32", "mesh[0]", "S[1]"), w2: R.DTensor((16, 8), "float32", "mesh[0]", "S[0]")) -> R.DTensor(("n", 8), "float32", "mesh[0]", "R"):
+        n = T.int64()
+        with R.dataflow():
+            h: R.DTensor((n, 16), "float32", "mesh[0]", "S[1]") = R.matmul(x, w1)
+            a: R.DTensor((n, 16), "float32", "mesh[0]", "S[1]") = R.nn.relu(h)
+            y: R.DTensor((n, 8), "float32", "mesh[0]", "P[sum]") = R.matmul(a, w2)
+            z: R.DTensor((n, 8), "float32", "mesh[0]", "R") = R.dist.redistribute(y, "mesh[0]", "R")
+            R.output(z)
+        return z
+'''
+
+
+def convert(src: str, dst: str, shape=(8, 12), mesh="(2,)", ids=2) -> str:
+    dims = ", ".join(str(d) for d in shape)
+    return f'''
+@I.ir_module
+class M:
+    I.module_global_infos({{"mesh": [R.device_mesh({mesh}, I.Range(0, {ids}))]}})
+    @R.function
+    def main(x: R.DTensor(({dims}), "float32", "mesh[0]", "{src}")) -> R.DTensor(({dims}), "float32", "mesh[0]", "{dst}"):
+        with R.dataflow():
+            y: R.DTensor(({dims}), "float32", "mesh[0]", "{dst}") = R.dist.redistribute(x, "mesh[0]", "{dst}")
+            R.output(y)
+        return y
+'''
+
+
+def calls(func) -> list[G.Call]:
+    found = []
+    post_order_visit(func, lambda n: found.append(n) if isinstance(n, G.Call) and
+                     isinstance(n.op, G.Op) else None)
+    return found
+
+
+def op_names(func) -> list[str]:
+    return [c.op.name for c in calls(func)]
+
+
+def shape_of(sinfo) -> tuple:
+    return tuple(d.value if isinstance(d, IntImm) else d for d in sinfo.shape)
+
+
+def no_dtensor(mod) -> bool:
+    bad = []
+    post_order_visit(mod["main"], lambda n: bad.append(n) if isinstance(getattr(n, "struct_info", None),
+                                                                       DTensorStructInfo) else None)
+    return not bad
+
+
+def test_megatron_mlp_one_allreduce_and_local_shapes(roundtrip):
+    mod = script.parse(MLP.format(k=2))
+    low = LowerToLocalView(mod)
+    roundtrip(low)
+    f = low["main"]
+    assert no_dtensor(low)
+    assert op_names(f).count("relax.ccl.allreduce") == 1
+    assert [c for c in op_names(f) if c.startswith("relax.ccl.")] == ["relax.ccl.allreduce"]
+    x, w1, w2 = f.params
+    assert shape_of(w1.struct_info) == (8, 8) and shape_of(w2.struct_info) == (8, 8)
+    n = x.struct_info.shape[0]
+    assert isinstance(n, SymVar) and shape_of(x.struct_info) == (n, 8)
+    ar = next(c for c in calls(f) if c.op.name == "relax.ccl.allreduce")
+    assert ar.attrs["op"] == "sum" and tuple(ar.attrs["mesh_shape"]) == (2,)
+    # the activations stay sharded: the hidden layer is (n, 16 / 2) on each worker
+    h = f.body.blocks[0].bindings[0].var
+    assert shape_of(h.struct_info) == (n, 8)
+
+
+def test_four_way_split_divides_by_four(roundtrip):
+    low = LowerToLocalView(script.parse(MLP.format(k=4)))
+    roundtrip(low)
+    assert shape_of(low["main"].params[1].struct_info) == (8, 4)
+
+
+@pytest.mark.parametrize("src,dst,ops,local", [
+    ("P[sum]", "R", ["relax.ccl.allreduce"], (8, 12)),
+    ("S[0]", "R", ["relax.ccl.allgather"], (8, 12)),
+    ("S[1]", "R", ["relax.ccl.allgather"], (8, 12)),
+    ("R", "S[1]", ["relax.ccl.local_slice"], (8, 6)),
+    ("P[sum]", "S[0]", ["relax.ccl.reduce_scatter"], (4, 12)),
+    ("S[0]", "S[1]", ["relax.ccl.allgather", "relax.ccl.local_slice"], (8, 6)),
+    ("S[1]", "S[1]", [], (8, 6)),
+])
+def test_redistribute_becomes_collectives(roundtrip, src, dst, ops, local):
+    low = LowerToLocalView(script.parse(convert(src, dst)))
+    roundtrip(low)
+    f = low["main"]
+    assert [c for c in op_names(f) if c.startswith("relax.")] == ops
+    assert shape_of(f.ret_struct_info) == local
+
+
+def test_2x2_mesh_gathers_each_axis(roundtrip):
+    low = LowerToLocalView(script.parse(convert("S[0]S[1]", "RR", mesh="(2, 2)", ids=4)))
+    roundtrip(low)
+    f = low["main"]
+    assert shape_of(f.params[0].struct_info) == (4, 6)
+    gathers = [c for c in calls(f) if c.op.name == "relax.ccl.allgather"]
+    # last mesh axis first: dim 1 over mesh axis 1, then dim 0 over mesh axis 0
+    assert [(c.attrs["axis"], c.attrs["mesh_axis"]) for c in gathers] == [(1, 1), (0, 0)]
+
+
+def test_symbolic_sharded_dim_gets_a_local_symbol(roundtrip):
+    src = '''
+@I.ir_module
+class M:
+    I.module_global_infos({"mesh": [R.device_mesh((2,), I.Range(0, 2))]})
+    @R.function
+    def main(x: R.DTensor(("n", 8), "float32", "mesh[0]", "S[0]")) -> R.DTensor(("n", 8), "float32", "mesh[0]", "R"):
+        n = T.int64()
+        with R.dataflow():
+            y: R.DTensor((n, 8), "float32", "mesh[0]", "S[0]") = R.exp(x)
+            z: R.DTensor((n, 8), "float32", "mesh[0]", "R") = R.dist.redistribute(y, "mesh[0]", "R")
+            R.output(z)
+        return z
+'''
+    low = LowerToLocalView(script.parse(src))
+    roundtrip(low)
+    f = low["main"]
+    n_local = f.params[0].struct_info.shape[0]
+    assert isinstance(n_local, SymVar) and n_local.name == "n_local"
+    # the gathered result is 2 * n_local rows
+    ret = f.ret_struct_info.shape[0]
+    assert str(script.parse(low.script())["main"].ret_struct_info.shape[0]) == str(ret)
+    assert not isinstance(ret, SymVar)
+
+
+def test_symbolic_dim_bound_whole_elsewhere_is_divided(roundtrip):
+    src = '''
+@I.ir_module
+class M:
+    I.module_global_infos({"mesh": [R.device_mesh((2,), I.Range(0, 2))]})
+    @R.function
+    def main(x: R.DTensor(("n", 8), "float32", "mesh[0]", "R")) -> R.DTensor(("n", 8), "float32", "mesh[0]", "S[0]"):
+        n = T.int64()
+        with R.dataflow():
+            y: R.DTensor((n, 8), "float32", "mesh[0]", "S[0]") = R.dist.redistribute(x, "mesh[0]", "S[0]")
+            R.output(y)
+        return y
+'''
+    low = LowerToLocalView(script.parse(src))
+    roundtrip(low)
+    f = low["main"]
+    n = f.params[0].struct_info.shape[0]
+    assert isinstance(n, SymVar) and n.name == "n"
+    assert shape_of(f.ret_struct_info)[1] == 8
+    assert "R.Tensor((n // 2, 8)" in low.script()
+
+
+def test_vocab_parallel_take_is_masked(roundtrip):
+    src = '''
+@I.ir_module
+class M:
+    I.module_global_infos({"mesh": [R.device_mesh((2,), I.Range(0, 2))]})
+    @R.function
+    def main(ids: R.DTensor((5,), "int64", "mesh[0]", "R"), table: R.DTensor((16, 4), "float32", "mesh[0]", "S[0]")) -> R.DTensor((5, 4), "float32", "mesh[0]", "R"):
+        with R.dataflow():
+            e: R.DTensor((5, 4), "float32", "mesh[0]", "P[sum]") = R.take(table, ids, axis=0)
+            y: R.DTensor((5, 4), "float32", "mesh[0]", "R") = R.dist.redistribute(e, "mesh[0]", "R")
+            R.output(y)
+        return y
+'''
+    low = LowerToLocalView(script.parse(src))
+    roundtrip(low)
+    assert op_names(low["main"]) == ["relax.ccl.masked_take", "relax.ccl.allreduce"]
+
+
+def test_indivisible_static_dim_names_the_variable():
+    with pytest.raises(ShardingError, match=r"parameter 'x'.*7.*not divisible by the 2 devices"):
+        LowerToLocalView(script.parse(convert("S[0]", "R", shape=(7, 4))))
+
+
+def test_mismatched_local_operator_is_an_error():
+    # relu cannot turn S[1] into S[0]: the placements contradict the operator's rule
+    src = '''
+@I.ir_module
+class M:
+    I.module_global_infos({"mesh": [R.device_mesh((2,), I.Range(0, 2))]})
+    @R.function
+    def main(x: R.DTensor((8, 4), "float32", "mesh[0]", "S[1]")) -> R.DTensor((8, 4), "float32", "mesh[0]", "S[0]"):
+        with R.dataflow():
+            y: R.DTensor((8, 4), "float32", "mesh[0]", "S[0]") = R.nn.relu(x)
+            R.output(y)
+        return y
+'''
+    with pytest.raises(ShardingError, match=r"variable 'y'.*\(8, 2\).*\(4, 4\)"):
+        LowerToLocalView(script.parse(src))
+
+
+def test_distributed_lowering_records_placements(roundtrip):
+    low = DistributedLowering(script.parse(MLP.format(k=2)))
+    roundtrip(low)
+    info = low.attrs["distributed"]
+    assert tuple(info["mesh_shape"]) == (2,)
+    params = info["functions"]["main"]["params"]
+    assert [(p["name"], p["placement"]) for p in params] == [("x", "R"), ("w1", "S[1]"), ("w2", "S[0]")]
+    assert tuple(params[1]["shape"]) == (8, 16)
+    assert info["functions"]["main"]["result"]["placement"] == "R"
+    # a second run (or a module without DTensors) is left alone
+    assert DistributedLowering(low) is low
+
+
+def test_build_metadata_has_placements():
+    import compiler
+    ex = compiler.build(script.parse(MLP.format(k=2)))
+    dist = ex.metadata["distributed"]
+    assert dist["mesh_shape"] == [2]
+    assert [p["placement"] for p in dist["functions"]["main"]["params"]] == ["R", "S[1]", "S[0]"]
+    assert dist["functions"]["main"]["params"][0]["shape"] == ["n", 8]
