@@ -1,0 +1,218 @@
+"""Tensor-parallel test models in the form PropagateSharding produces (every variable
+with its DTensor placement, conversions explicit), each with a numpy reference.
+
+`k` is the mesh size (1, 2 or 4): the text is formatted with it."""
+from __future__ import annotations
+
+import numpy as np
+
+HEADER = '''
+@I.ir_module
+class M:
+    I.module_global_infos({{"mesh": [R.device_mesh({mesh}, I.Range(0, {size}))]}})
+'''
+
+
+def _mod(body: str, k: int, mesh=None) -> str:
+    mesh = mesh or (k,)
+    import math
+    return HEADER.format(mesh=str(tuple(mesh)), size=math.prod(mesh)) + body
+
+
+def D(shape, placement, dtype="float32") -> str:
+    return f'R.DTensor({shape}, "{dtype}", "mesh[0]", "{placement}")'
+
+
+# -- Megatron MLP: w1 column-parallel, w2 row-parallel, one all-reduce -------------------------
+
+def mlp(k: int) -> str:
+    return _mod(f'''
+    @R.function
+    def main(x: {D('("n", 16)', "R")}, w1: {D("(16, 32)", "S[1]")}, w2: {D("(32, 16)", "S[0]")}) -> {D('("n", 16)', "R")}:
+        n = T.int64()
+        with R.dataflow():
+            h: {D("(n, 32)", "S[1]")} = R.matmul(x, w1)
+            a: {D("(n, 32)", "S[1]")} = R.nn.gelu(h)
+            y: {D("(n, 16)", "P[sum]")} = R.matmul(a, w2)
+            z: {D("(n, 16)", "R")} = R.dist.redistribute(y, "mesh[0]", "R")
+            R.output(z)
+        return z
+''', k)
+
+
+def mlp_ref(x, w1, w2):
+    from math import erf
+    h = x @ w1
+    g = 0.5 * h * (1 + np.vectorize(erf)(h / np.sqrt(2)))
+    return (g.astype(np.float32) @ w2)
+
+
+# -- self-attention, heads sharded: q/k/v column-parallel, output row-parallel ----------------
+
+def attention(k: int) -> str:
+    return _mod(f'''
+    @R.function
+    def main(x: {D('("n", 16)', "R")}, wq: {D("(16, 16)", "S[1]")}, wk: {D("(16, 16)", "S[1]")}, wv: {D("(16, 16)", "S[1]")}, wo: {D("(16, 16)", "S[0]")}) -> {D('("n", 16)', "R")}:
+        n = T.int64()
+        with R.dataflow():
+            q: {D("(n, 16)", "S[1]")} = R.matmul(x, wq)
+            kk: {D("(n, 16)", "S[1]")} = R.matmul(x, wk)
+            v: {D("(n, 16)", "S[1]")} = R.matmul(x, wv)
+            q3: {D("(n, 4, 4)", "S[1]")} = R.reshape(q, R.shape([n, 4, 4]))
+            k3: {D("(n, 4, 4)", "S[1]")} = R.reshape(kk, R.shape([n, 4, 4]))
+            v3: {D("(n, 4, 4)", "S[1]")} = R.reshape(v, R.shape([n, 4, 4]))
+            qt: {D("(4, n, 4)", "S[0]")} = R.permute_dims(q3, axes=[1, 0, 2])
+            kt: {D("(4, 4, n)", "S[0]")} = R.permute_dims(k3, axes=[1, 2, 0])
+            vt: {D("(4, n, 4)", "S[0]")} = R.permute_dims(v3, axes=[1, 0, 2])
+            s: {D("(4, n, n)", "S[0]")} = R.matmul(qt, kt)
+            s2: {D("(4, n, n)", "S[0]")} = R.multiply(s, R.const(0.5, "float32"))
+            p: {D("(4, n, n)", "S[0]")} = R.nn.softmax(s2, axis=-1)
+            o: {D("(4, n, 4)", "S[0]")} = R.matmul(p, vt)
+            ot: {D("(n, 4, 4)", "S[1]")} = R.permute_dims(o, axes=[1, 0, 2])
+            o2: {D("(n, 16)", "S[1]")} = R.reshape(ot, R.shape([n, 16]))
+            y: {D("(n, 16)", "P[sum]")} = R.matmul(o2, wo)
+            z: {D("(n, 16)", "R")} = R.dist.redistribute(y, "mesh[0]", "R")
+            R.output(z)
+        return z
+''', k)
+
+
+def softmax(s):
+    e = np.exp(s - s.max(-1, keepdims=True))
+    return e / e.sum(-1, keepdims=True)
+
+
+def attention_ref(x, wq, wk, wv, wo):
+    n = x.shape[0]
+    q, kk, v = [(x @ w).reshape(n, 4, 4).transpose(1, 0, 2) for w in (wq, wk, wv)]
+    p = softmax(q @ kk.transpose(0, 2, 1) * 0.5)
+    return (p @ v).transpose(1, 0, 2).reshape(n, 16) @ wo
+
+
+# -- Llama decoder layer: RMSNorm, rotary, GQA (8 q heads, 4 kv heads), SwiGLU ----------------
+
+def llama(k: int) -> str:
+    return _mod(f'''
+    @R.function
+    def main(x: {D('("n", 32)', "R")}, cos: {D('("n", 4)', "R")}, sin: {D('("n", 4)', "R")}, mask: {D('("n", "n")', "R")}, g1: {D("(32,)", "R")}, wq: {D("(32, 32)", "S[1]")}, wk: {D("(32, 16)", "S[1]")}, wv: {D("(32, 16)", "S[1]")}, wo: {D("(32, 32)", "S[0]")}, g2: {D("(32,)", "R")}, wg: {D("(32, 64)", "S[1]")}, wu: {D("(32, 64)", "S[1]")}, wd: {D("(64, 32)", "S[0]")}) -> {D('("n", 32)', "R")}:
+        n = T.int64()
+        with R.dataflow():
+            h: {D("(n, 32)", "R")} = R.nn.rms_norm(x, g1, axes=[-1], epsilon=1e-5)
+            q: {D("(n, 32)", "S[1]")} = R.matmul(h, wq)
+            kk: {D("(n, 16)", "S[1]")} = R.matmul(h, wk)
+            v: {D("(n, 16)", "S[1]")} = R.matmul(h, wv)
+            q3: {D("(n, 8, 4)", "S[1]")} = R.reshape(q, R.shape([n, 8, 4]))
+            k3: {D("(n, 4, 4)", "S[1]")} = R.reshape(kk, R.shape([n, 4, 4]))
+            v3: {D("(n, 4, 4)", "S[1]")} = R.reshape(v, R.shape([n, 4, 4]))
+            qr: {D("(n, 8, 4)", "S[1]")} = R.nn.rotary_embedding(q3, cos, sin)
+            kr: {D("(n, 4, 4)", "S[1]")} = R.nn.rotary_embedding(k3, cos, sin)
+            q4: {D("(n, 4, 2, 4)", "S[1]")} = R.reshape(qr, R.shape([n, 4, 2, 4]))
+            qt: {D("(4, 2, n, 4)", "S[0]")} = R.permute_dims(q4, axes=[1, 2, 0, 3])
+            kt: {D("(4, 4, n)", "S[0]")} = R.permute_dims(kr, axes=[1, 2, 0])
+            kt4: {D("(4, 1, 4, n)", "S[0]")} = R.expand_dims(kt, axis=[1])
+            s: {D("(4, 2, n, n)", "S[0]")} = R.matmul(qt, kt4)
+            s2: {D("(4, 2, n, n)", "S[0]")} = R.multiply(s, R.const(0.5, "float32"))
+            s3: {D("(4, 2, n, n)", "S[0]")} = R.add(s2, mask)
+            p: {D("(4, 2, n, n)", "S[0]")} = R.nn.softmax(s3, axis=-1)
+            vt: {D("(4, n, 4)", "S[0]")} = R.permute_dims(v3, axes=[1, 0, 2])
+            vt4: {D("(4, 1, n, 4)", "S[0]")} = R.expand_dims(vt, axis=[1])
+            o: {D("(4, 2, n, 4)", "S[0]")} = R.matmul(p, vt4)
+            ot: {D("(n, 4, 2, 4)", "S[1]")} = R.permute_dims(o, axes=[2, 0, 1, 3])
+            o2: {D("(n, 32)", "S[1]")} = R.reshape(ot, R.shape([n, 32]))
+            a: {D("(n, 32)", "P[sum]")} = R.matmul(o2, wo)
+            ar: {D("(n, 32)", "R")} = R.dist.redistribute(a, "mesh[0]", "R")
+            x2: {D("(n, 32)", "R")} = R.add(x, ar)
+            h2: {D("(n, 32)", "R")} = R.nn.rms_norm(x2, g2, axes=[-1], epsilon=1e-5)
+            gate: {D("(n, 64)", "S[1]")} = R.matmul(h2, wg)
+            up: {D("(n, 64)", "S[1]")} = R.matmul(h2, wu)
+            act: {D("(n, 64)", "S[1]")} = R.nn.silu(gate)
+            gu: {D("(n, 64)", "S[1]")} = R.multiply(act, up)
+            d: {D("(n, 32)", "P[sum]")} = R.matmul(gu, wd)
+            dr: {D("(n, 32)", "R")} = R.dist.redistribute(d, "mesh[0]", "R")
+            out: {D("(n, 32)", "R")} = R.add(x2, dr)
+            R.output(out)
+        return out
+''', k)
+
+
+def rms_norm(x, g):
+    return x / np.sqrt((x * x).mean(-1, keepdims=True) + 1e-5) * g
+
+
+def rotary(x, cos, sin):
+    half = x.shape[-1] // 2
+    rot = np.concatenate([-x[..., half:], x[..., :half]], -1)
+    return x * cos[:, None, :] + rot * sin[:, None, :]
+
+
+def llama_inputs(rng, n):
+    pos = np.arange(n)[:, None] * (1.0 / 10000 ** (np.arange(0, 4, 2) / 4))[None, :]
+    ang = np.concatenate([pos, pos], -1)
+    mask = np.triu(np.full((n, n), -1e9, np.float32), 1)
+    w = lambda *s: (rng.standard_normal(s) * 0.2).astype(np.float32)  # noqa: E731
+    return dict(x=w(n, 32), cos=np.cos(ang).astype(np.float32), sin=np.sin(ang).astype(np.float32),
+                mask=mask, g1=(1 + w(32)), wq=w(32, 32), wk=w(32, 16), wv=w(32, 16), wo=w(32, 32),
+                g2=(1 + w(32)), wg=w(32, 64), wu=w(32, 64), wd=w(64, 32))
+
+
+def llama_ref(x, cos, sin, mask, g1, wq, wk, wv, wo, g2, wg, wu, wd):
+    n = x.shape[0]
+    h = rms_norm(x, g1)
+    q = rotary((h @ wq).reshape(n, 8, 4), cos, sin)
+    kk = rotary((h @ wk).reshape(n, 4, 4), cos, sin)
+    v = (h @ wv).reshape(n, 4, 4)
+    kk, v = np.repeat(kk, 2, axis=1), np.repeat(v, 2, axis=1)       # GQA: kv head h // 2
+    q, kk, v = (t.transpose(1, 0, 2) for t in (q, kk, v))
+    p = softmax(q @ kk.transpose(0, 2, 1) * 0.5 + mask)
+    x2 = x + (p @ v).transpose(1, 0, 2).reshape(n, 32) @ wo
+    h2 = rms_norm(x2, g2)
+    gate = h2 @ wg
+    return x2 + ((gate / (1 + np.exp(-gate))) * (h2 @ wu)) @ wd
+
+
+# -- vocabulary-parallel embedding + column-parallel LM head (logits all-gathered) ------------
+
+def vocab(k: int) -> str:
+    return _mod(f'''
+    @R.function
+    def main(ids: {D('("n",)', "R", "int64")}, table: {D("(16, 8)", "S[0]")}, wh: {D("(8, 16)", "S[1]")}) -> {D('("n", 16)', "R")}:
+        n = T.int64()
+        with R.dataflow():
+            e: {D("(n, 8)", "P[sum]")} = R.take(table, ids, axis=0)
+            er: {D("(n, 8)", "R")} = R.dist.redistribute(e, "mesh[0]", "R")
+            logits: {D("(n, 16)", "S[1]")} = R.matmul(er, wh)
+            full: {D("(n, 16)", "R")} = R.dist.redistribute(logits, "mesh[0]", "R")
+            R.output(full)
+        return full
+''', k)
+
+
+# -- 2x2 mesh: rows over mesh axis 0, columns over mesh axis 1 --------------------------------
+
+def mesh2x2() -> str:
+    return _mod(f'''
+    @R.function
+    def main(x: {D("(8, 16)", "S[0]R")}, w: {D("(16, 12)", "RS[1]")}) -> R.Tuple({D("(8, 12)", "RR")}, {D("(8, 12)", "S[0]S[1]")}):
+        with R.dataflow():
+            y: {D("(8, 12)", "S[0]S[1]")} = R.matmul(x, w)
+            z: {D("(8, 12)", "S[0]S[1]")} = R.exp(y)
+            r: {D("(8, 12)", "RR")} = R.dist.redistribute(z, "mesh[0]", "RR")
+            t: R.Tuple({D("(8, 12)", "RR")}, {D("(8, 12)", "S[0]S[1]")}) = (r, z)
+            R.output(t)
+        return t
+''', 4, mesh=(2, 2))
+
+
+# -- data-parallel rows over a symbolic batch (the divisibility check) ------------------------
+
+def rows(k: int) -> str:
+    return _mod(f'''
+    @R.function
+    def main(x: {D('("n", 8)', "S[0]")}, w: {D("(8, 8)", "R")}) -> {D('("n", 8)', "S[0]")}:
+        n = T.int64()
+        with R.dataflow():
+            y: {D("(n, 8)", "S[0]")} = R.matmul(x, w)
+            z: {D("(n, 8)", "S[0]")} = R.nn.relu(y)
+            R.output(z)
+        return z
+''', k)
