@@ -216,3 +216,26 @@ def rows(k: int) -> str:
             R.output(z)
         return z
 ''', k)
+
+
+# -- every conversion: Shard(0)->Shard(1), Shard->Replicate, Partial->Shard (reduce-scatter),
+#    Replicate->Shard (local slice), mean over a sharded dim (a Partial sum) ------------------
+
+def conversions(k: int) -> str:
+    out = f'R.Tuple({D("(8, 12)", "R")}, {D("(8, 8)", "S[0]")}, {D("(8,)", "R")}, {D("(8, 12)", "S[0]")})'
+    return _mod(f'''
+    @R.function
+    def main(x: {D("(8, 12)", "S[0]")}, w: {D("(12, 8)", "S[0]")}) -> {out}:
+        with R.dataflow():
+            a: {D("(8, 12)", "S[1]")} = R.dist.redistribute(x, "mesh[0]", "S[1]")
+            b: {D("(8, 12)", "S[1]")} = R.exp(a)
+            c: {D("(8, 12)", "R")} = R.dist.redistribute(b, "mesh[0]", "R")
+            d: {D("(8, 8)", "P[sum]")} = R.matmul(b, w)
+            e: {D("(8, 8)", "S[0]")} = R.dist.redistribute(d, "mesh[0]", "S[0]")
+            m: {D("(8,)", "P[sum]")} = R.mean(b, axis=[1], keepdims=False)
+            mr: {D("(8,)", "R")} = R.dist.redistribute(m, "mesh[0]", "R")
+            f: {D("(8, 12)", "S[0]")} = R.dist.redistribute(c, "mesh[0]", "S[0]")
+            t: {out} = (c, e, mr, f)
+            R.output(t)
+        return t
+''', k)

@@ -122,3 +122,18 @@ def test_mesh_size_mismatch_names_both_numbers(sess):
     with pytest.raises(SessionError, match=rf"mesh of {other} devices but the session has "
                                            rf"{sess.num_workers} workers"):
         sess.load_module(build(M.mlp(other)))
+
+
+def test_every_conversion(sess):
+    src = M.conversions(sess.num_workers)
+    assert collectives(src) == ["relax.ccl.allgather", "relax.ccl.local_slice", "relax.ccl.allgather",
+                                "relax.ccl.reduce_scatter", "relax.ccl.allreduce",
+                                "relax.ccl.local_slice"]
+    rng = np.random.default_rng(7)
+    x, w = rand(rng, 8, 12), rand(rng, 12, 8)
+    c, e, mr, f = sess.load_module(build(src))["main"](x, w)
+    b = np.exp(x)
+    np.testing.assert_allclose(c.fetch(), b, rtol=1e-6)
+    np.testing.assert_allclose(e.fetch(), b @ w, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(mr.fetch(), b.mean(1), rtol=1e-5)
+    np.testing.assert_allclose(f.fetch(), b, rtol=1e-6)
