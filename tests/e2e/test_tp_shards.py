@@ -1,0 +1,54 @@
+"""disco.load_shards: tensors of a safetensors file (written by the `safetensors`
+package) placed on the workers by name; then used as weights of a DModule."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import compiler
+import disco
+from compiler import script
+from disco.errors import DiscoError
+
+import _tp_models as M
+
+st = pytest.importorskip("safetensors.numpy")
+
+
+@pytest.fixture(scope="module", params=["threaded", "process"])
+def sess2(request):
+    s = (disco.ThreadedSession if request.param == "threaded" else disco.ProcessSession)(2)
+    yield s
+    s.shutdown()
+
+
+def test_load_shards_places_each_worker_slice(sess2, tmp_path):
+    rng = np.random.default_rng(0)
+    w1 = rng.standard_normal((16, 32)).astype(np.float32)
+    w2 = rng.standard_normal((32, 16)).astype(np.float32)
+    bias = rng.standard_normal((16,)).astype(np.float32)
+    path = tmp_path / "weights.safetensors"
+    st.save_file({"w1": w1, "w2": w2, "bias": bias}, str(path))
+    refs = disco.load_shards(sess2, str(path), {"w1": "S[1]", "w2": "S[0]", "bias": "R"})
+    assert sorted(refs) == ["bias", "w1", "w2"]
+    np.testing.assert_array_equal(refs["w1"].fetch_local(1), w1[:, 16:])
+    np.testing.assert_array_equal(refs["w2"].fetch_local(0), w2[:16])
+    np.testing.assert_array_equal(refs["bias"].fetch_local(1), bias)
+    np.testing.assert_array_equal(refs["w1"].fetch(), w1)
+
+    # the placed weights feed a compiled module directly (argument order of the other form)
+    dmod = sess2.load_module(compiler.build(script.parse(M.mlp(2))))
+    refs = disco.load_shards(str(tmp_path), dmod, sess2)       # a directory; the module's placements
+    x = rng.standard_normal((3, 16)).astype(np.float32)
+    y = dmod["main"](x, refs["w1"], refs["w2"]).fetch()
+    np.testing.assert_allclose(y, M.mlp_ref(x, w1, w2), rtol=1e-4, atol=1e-4)
+
+
+def test_load_shards_errors(sess2, tmp_path):
+    path = tmp_path / "w.safetensors"
+    st.save_file({"w": np.zeros((3, 4), np.float32)}, str(path))
+    with pytest.raises(DiscoError, match=r"no tensor named \['v'\]"):
+        disco.load_shards(sess2, str(path), {"v": "R"})
+    with pytest.raises(Exception, match=r"tensor 'w'.*dim 0 of shape \(3, 4\) is 3, which is not "
+                                        r"divisible by the 2 devices"):
+        disco.load_shards(sess2, str(path), {"w": "S[0]"})
