@@ -14,6 +14,7 @@ from ..ir import expr as E
 from . import _infer as I
 from ._legalize import broadcast_compute, call_te, out_shape
 from .registry import BROADCAST, OpDef, make_call, register_op
+from ..distributed import rules as _sharding
 
 
 def _rule(compare: bool):
@@ -42,6 +43,7 @@ def define_binary(name: str, compare: bool = False) -> OpDef:
     constructor.__doc__ = f"`{script}(x1, x2)`: elementwise {kind} with numpy broadcasting."
     opdef = register_op(canonical, script=script, args=("x1", "x2"), pattern=BROADCAST)(constructor)
     opdef.infer(_rule(compare))
+    opdef.sharding(_sharding.broadcast)
     return opdef
 
 

@@ -21,6 +21,7 @@ from .. import te
 from . import _infer as I
 from ._legalize import call_te, out_dtype, out_shape
 from .registry import ELEMWISE, INJECTIVE, make_call, register_op
+from ..distributed import rules as _sharding
 
 
 def _fill(op: str, fill_value: Any) -> Expr:
@@ -70,6 +71,7 @@ def _fill_legalize(bb, call: Call):
 
 
 full.legalizer(_fill_legalize)
+full.sharding(_sharding.creation)
 
 def _from_shape(op: str, shape_arg: Expr, dtype: str) -> StructInfo:
     values = I.shape_values(op, shape_arg, "shape")
@@ -97,6 +99,7 @@ def _full_like(call: Call) -> StructInfo:
     return TensorStructInfo(x.shape, call.attrs.get("dtype") or x.dtype, x.ndim)
 
 full_like.legalizer(_fill_legalize)
+full_like.sharding(_sharding.elementwise)
 
 def _define_const_fill(name: str, value: int):
     canonical, script = f"relax.{name}", f"R.{name}"
@@ -145,6 +148,10 @@ def _const_fill_legalizer(value: int):
 
 for _opdef, _value in ((zeros, 0), (zeros_like, 0), (ones, 1), (ones_like, 1)):
     _opdef.legalizer(_const_fill_legalizer(_value))
+for _opdef in (zeros, ones):
+    _opdef.sharding(_sharding.creation)
+for _opdef in (zeros_like, ones_like):
+    _opdef.sharding(_sharding.elementwise)
 
 # arange ---------------------------------------------------------------------------------------
 
@@ -212,3 +219,6 @@ def _arange_legalize(bb, call: Call):
     start, step = (te.cast(a.value, dtype) for a in (call.args[0], call.args[2]))
     return call_te(bb, call, lambda: te.compute(
         out_shape(call), lambda i: start + te.cast(i, dtype) * step, name="arange"))
+
+
+arange.sharding(_sharding.creation)

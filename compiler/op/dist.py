@@ -1,10 +1,11 @@
-"""Distributed operators: `R.dist.redistribute(x, "mesh[0]", "R")`.
+"""Distributed operators: `R.dist.annotate_sharding(x, "mesh[0]", "S[1]")` and
+`R.dist.redistribute(x, "mesh[0]", "R")`.
 
-Minimal version (written by the lowering side so that LowerToLocalView has its input);
-the owner of sharding propagation extends this file (annotate_sharding, sharding rules).
-
-`redistribute` is an explicit conversion of a DTensor to another placement on a mesh;
-LowerToLocalView turns it into collectives (compiler/op/ccl.py).
+`annotate_sharding` is a constraint: x must have that placement (a value identity;
+PropagateSharding reads it and removes it). `redistribute` is an explicit conversion
+of a DTensor to another placement on a mesh; LowerToLocalView turns it into
+collectives (compiler/op/ccl.py). Both are handled by PropagateSharding itself
+(compiler/distributed/propagate.py) rather than by a sharding rule.
 """
 from __future__ import annotations
 
@@ -38,3 +39,26 @@ def _redistribute(call: Call) -> StructInfo:
         raise StructInfoError(f"R.dist.redistribute: x must be a tensor, got "
                               f"{type(x).__name__ if x is not None else 'no struct info'}")
     return DTensorStructInfo(t, call.attrs["device_mesh"], call.attrs["placement"])
+
+
+@register_op("relax.dist.annotate_sharding", script="R.dist.annotate_sharding", args=("x",),
+             attrs=("device_mesh", "placement"), pattern=OPAQUE)
+def annotate_sharding(x, device_mesh: str, placement: str) -> Call:
+    """`R.dist.annotate_sharding(x, "mesh[0]", "S[1]")`: x, constrained to be laid out
+    as `placement` on `device_mesh` (checked and resolved by PropagateSharding)."""
+    from ..distributed.mesh import parse_mesh_ref
+    from ..distributed.placement import parse_placement
+    parse_mesh_ref(device_mesh)
+    parse_placement(placement)
+    return make_call("relax.dist.annotate_sharding",
+                     (I.as_expr_arg("R.dist.annotate_sharding", x, "x"),),
+                     {"device_mesh": device_mesh, "placement": placement})
+
+
+@annotate_sharding.infer
+def _annotate_sharding(call: Call) -> StructInfo:
+    x = call.args[0].struct_info
+    if not isinstance(x, (DTensorStructInfo, TensorStructInfo)):
+        raise StructInfoError(f"R.dist.annotate_sharding: x must be a tensor, got "
+                              f"{type(x).__name__ if x is not None else 'no struct info'}")
+    return x       # an identity on values; the placement is a constraint for propagation

@@ -14,6 +14,7 @@ from .. import te
 from . import _infer as I
 from ._legalize import acc_dtype, broadcast_indices, call_te, out_dtype, out_shape
 from .registry import OUT_EWISE_FUSABLE, make_call, register_op
+from ..distributed import rules as _sharding
 
 
 @register_op("relax.matmul", script="R.matmul", args=("x1", "x2"), attrs=("out_dtype",),
@@ -58,6 +59,9 @@ def _matmul(call: Call) -> StructInfo:
                          f"shape {I.fmt_shape(b.shape)} (batch {I.fmt_shape(b.shape[:-2])})") from None
     out = batch + ((a.shape[-2],) if a.ndim >= 2 else ()) + ((b.shape[-1],) if b.ndim >= 2 else ())
     return TensorStructInfo(out, dtype)
+
+
+matmul.sharding(_sharding.matmul)   # contraction dim sharded on both sides -> P[sum]
 
 
 @matmul.legalizer

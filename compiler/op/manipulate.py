@@ -21,6 +21,7 @@ from .. import te
 from . import _infer as I
 from ._legalize import axes_of, broadcast_compute, call_te, int_attr, out_shape
 from .registry import BROADCAST, ELEMWISE, INJECTIVE, make_call, register_op
+from ..distributed import rules as _sharding
 
 _BIG = 2**31 - 1   # bounds at or past this mean "to the end" (as in TVM / numpy slices)
 
@@ -73,6 +74,9 @@ def _reshape(call: Call) -> StructInfo:
 
 
 
+reshape.sharding(_sharding.reshape)
+
+
 @reshape.legalizer
 def _reshape_legalize(bb, call: Call):
     # out[i] = x[unravel(ravel(i, out shape), x shape)]: row-major order is kept.
@@ -109,6 +113,9 @@ def _permute_dims(call: Call) -> StructInfo:
         return I.unknown_tensor(x.dtype, ndim)
     return TensorStructInfo(tuple(x.shape[a] for a in order), x.dtype)
 
+
+
+permute_dims.sharding(_sharding.permute)
 
 
 @permute_dims.legalizer
@@ -152,6 +159,9 @@ def _expand_dims(call: Call) -> StructInfo:
 
 
 
+expand_dims.sharding(_sharding.expand_dims)
+
+
 @expand_dims.legalizer
 def _expand_dims_legalize(bb, call: Call):
     shape = out_shape(call)
@@ -190,6 +200,9 @@ def _squeeze(call: Call) -> StructInfo:
                              f": its size is {I.fmt_expr(x.shape[a])}, expected 1")
     return TensorStructInfo(tuple(d for i, d in enumerate(x.shape) if i not in axes), x.dtype)
 
+
+
+squeeze.sharding(_sharding.squeeze)
 
 
 @squeeze.legalizer
@@ -250,6 +263,9 @@ def _concat(call: Call) -> StructInfo:
     shape = first.shape[:axis] + (arith.simplify(total),) + first.shape[axis + 1:]
     return TensorStructInfo(shape, dtype)
 
+
+
+concat.sharding(_sharding.concat)
 
 
 @concat.legalizer
@@ -318,6 +334,9 @@ def _split(call: Call) -> StructInfo:
     return TupleStructInfo(tuple(
         TensorStructInfo(x.shape[:axis] + (e,) + x.shape[axis + 1:], x.dtype) for e in extents))
 
+
+
+split.sharding(_sharding.split)
 
 
 @split.legalizer
@@ -432,6 +451,9 @@ def _strided_slice(call: Call) -> StructInfo:
 
 
 
+strided_slice.sharding(_sharding.strided_slice)
+
+
 @strided_slice.legalizer
 def _strided_slice_legalize(bb, call: Call):
     def f(x):
@@ -468,6 +490,9 @@ def _take(call: Call) -> StructInfo:
         return I.unknown_tensor(x.dtype, -1 if idx.ndim < 0 else x.ndim - 1 + idx.ndim)
     return TensorStructInfo(x.shape[:axis] + idx.shape + x.shape[axis + 1:], x.dtype)
 
+
+
+take.sharding(_sharding.take)
 
 
 @take.legalizer
@@ -524,6 +549,9 @@ def _broadcast_to(call: Call) -> StructInfo:
 
 
 
+broadcast_to.sharding(_sharding.broadcast)
+
+
 @broadcast_to.legalizer
 def _broadcast_to_legalize(bb, call: Call):
     return call_te(bb, call, lambda x: broadcast_compute(
@@ -551,6 +579,9 @@ def _where(call: Call) -> StructInfo:
 
 
 
+where.sharding(_sharding.broadcast)
+
+
 @where.legalizer
 def _where_legalize(bb, call: Call):
     return call_te(bb, call, lambda c, a, b: broadcast_compute(
@@ -567,6 +598,9 @@ def astype(x, dtype) -> Call:
 def _astype(call: Call) -> StructInfo:
     x = I.tensor_arg("R.astype", call, 0, "x")
     return TensorStructInfo(x.shape, call.attrs["dtype"], x.ndim)
+
+
+astype.sharding(_sharding.elementwise)
 
 
 @astype.legalizer

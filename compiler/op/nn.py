@@ -18,6 +18,7 @@ from . import _infer as I
 from ._legalize import acc_dtype, axes_of, call_te, count, out_shape
 from .registry import INJECTIVE, OPAQUE, make_call, register_op
 from .unary import define_elementwise, elementwise_legalizer
+from ..distributed import rules as _sharding
 
 relu = define_elementwise("nn.relu", False, "data")
 gelu = define_elementwise("nn.gelu", True, "data", doc="`R.nn.gelu(data)`: erf-based GELU.")
@@ -104,6 +105,7 @@ def _softmax_legalizer(log: bool):
 
 
 softmax.legalizer(_softmax_legalizer(log=False))
+softmax.sharding(_sharding.normalize_over("axis"))   # the axis must be whole
 
 @register_op("relax.nn.log_softmax", script="R.nn.log_softmax", args=("data",), attrs=("axis",),
              pattern=OPAQUE)
@@ -116,6 +118,7 @@ def log_softmax(data, axis=-1) -> Call:
 log_softmax.infer(_softmax_rule("R.nn.log_softmax"))
 
 log_softmax.legalizer(_softmax_legalizer(log=True))
+log_softmax.sharding(_sharding.normalize_over("axis"))
 
 # normalisation ---------------------------------------------------------------------------
 
@@ -175,6 +178,9 @@ def _at(axes, i):
     return tuple(0 if d in axes else v for d, v in enumerate(i))
 
 
+rms_norm.sharding(_sharding.normalize_over("axes"))   # normalized dims must be whole
+
+
 @rms_norm.legalizer
 def _rms_norm_legalize(bb, call: Call):
     """As PyTorch: x * rsqrt(mean(x**2 over axes) + eps) * weight, in float32 for
@@ -217,6 +223,9 @@ def _layer_norm(call: Call) -> StructInfo:
         _check_param(op, x, call.attrs["axes"], name, p)
     return TensorStructInfo(x.shape, x.dtype, x.ndim)
 
+
+
+layer_norm.sharding(_sharding.normalize_over("axes"))
 
 
 @layer_norm.legalizer
@@ -297,6 +306,9 @@ def _rotary_embedding(call: Call) -> StructInfo:
                                  f"{I.fmt_shape((x.shape[-3], d))} (seq, head_dim)")
     return TensorStructInfo(x.shape, x.dtype, x.ndim)
 
+
+
+rotary_embedding.sharding(_sharding.rotary)   # seq/heads shardable, head_dim whole
 
 
 @rotary_embedding.legalizer

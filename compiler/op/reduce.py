@@ -15,6 +15,7 @@ from .. import te
 from . import _infer as I
 from ._legalize import acc_dtype, axes_of, call_te, count, out_shape
 from .registry import COMM_REDUCE, OpDef, make_call, register_op
+from ..distributed import rules as _sharding
 
 
 def reduce_shape(op: str, x: TensorStructInfo, axis, keepdims: bool, dtype: str) -> StructInfo:
@@ -129,5 +130,11 @@ min.legalizer(reduce_legalizer("min"))
 prod.legalizer(reduce_legalizer("prod"))
 argmax.legalizer(arg_reduce_legalizer("argmax"))
 argmin.legalizer(arg_reduce_legalizer("argmin"))
+
+# Sharding: a sharded reduced dim gives Partial(kind); mean is a Partial sum that the
+# lowering scales by 1/shards; argmax/argmin need the reduced dim gathered.
+for _opdef, _kind in ((sum, "sum"), (mean, "sum"), (max, "max"), (min, "min"), (prod, "prod"),
+                      (argmax, None), (argmin, None)):
+    _opdef.sharding(_sharding.reduction(_kind))
 
 REDUCE_OPS = ("sum", "mean", "max", "min", "prod", "argmax", "argmin")

@@ -15,6 +15,7 @@ from ..ir.expr import is_float_dtype
 from . import _infer as I
 from ._legalize import call_te, out_shape
 from .registry import ELEMWISE, OpDef, make_call, register_op
+from ..distributed import rules as _sharding
 
 
 def elementwise_rule(require_float: bool, arg: str = "x") -> Callable[[Call], StructInfo]:
@@ -41,6 +42,7 @@ def define_elementwise(name: str, require_float: bool, arg: str = "x", doc: str 
     constructor.__doc__ = doc or f"`{script}({arg})`: elementwise {name}."
     opdef = register_op(canonical, script=script, args=(arg,), pattern=ELEMWISE)(constructor)
     opdef.infer(elementwise_rule(require_float, arg))
+    opdef.sharding(_sharding.elementwise)
     return opdef
 
 
