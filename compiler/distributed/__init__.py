@@ -5,6 +5,8 @@ from .placement import (Partial, Placement, PlacementSpec, Replicate, Shard, for
 
 # Passes load on first use (they import the operators, which import this package).
 _LAZY_PASSES = {"LowerToLocalView": "lower_local", "DistributedLowering": "lowering"}
+_LAZY_PASSES.update(PropagateSharding="propagate", describe="report",
+                    ShardingReport="report")
 
 
 def __getattr__(name: str):
