@@ -239,3 +239,36 @@ def conversions(k: int) -> str:
             R.output(t)
         return t
 ''', k)
+
+
+# -- what an author writes (PropagateSharding fills in the rest) ------------------------------
+
+def mlp_weights_annotated(k: int) -> str:
+    """Only the two weights carry placements."""
+    return _mod(f'''
+    @R.function
+    def main(x: R.Tensor(("n", 16), "float32"), w1: {D("(16, 32)", "S[1]")}, w2: {D("(32, 16)", "S[0]")}) -> R.Tensor(("n", 16), "float32"):
+        n = T.int64()
+        with R.dataflow():
+            h = R.matmul(x, w1)
+            a = R.nn.gelu(h)
+            y = R.matmul(a, w2)
+            R.output(y)
+        return y
+''', k)
+
+
+def mlp_activation_annotated(k: int) -> str:
+    """Only the hidden activation is annotated; the weights' placements are inferred."""
+    return _mod('''
+    @R.function
+    def main(x: R.Tensor(("n", 16), "float32"), w1: R.Tensor((16, 32), "float32"), w2: R.Tensor((32, 16), "float32")) -> R.Tensor(("n", 16), "float32"):
+        n = T.int64()
+        with R.dataflow():
+            h = R.matmul(x, w1)
+            hs = R.dist.annotate_sharding(h, "mesh[0]", "S[1]")
+            a = R.nn.gelu(hs)
+            y = R.matmul(a, w2)
+            R.output(y)
+        return y
+''', k)

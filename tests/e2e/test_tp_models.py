@@ -137,3 +137,21 @@ def test_every_conversion(sess):
     np.testing.assert_allclose(e.fetch(), b @ w, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(mr.fetch(), b.mean(1), rtol=1e-5)
     np.testing.assert_allclose(f.fetch(), b, rtol=1e-6)
+
+
+@pytest.mark.parametrize("model,placements", [
+    (M.mlp_weights_annotated, ["R", "S[1]", "S[0]"]),
+    (M.mlp_activation_annotated, ["R", "S[1]", "S[0]"]),
+])
+def test_mlp_from_annotations(sess, model, placements):
+    pytest.importorskip("compiler.distributed.propagate")
+    k = sess.num_workers
+    src = model(k)
+    assert collectives(src) == ["relax.ccl.allreduce"]
+    ex = build(src)
+    got = [p["placement"] for p in ex.metadata["distributed"]["functions"]["main"]["params"]]
+    assert got == placements
+    rng = np.random.default_rng(8)
+    x, w1, w2 = rand(rng, 4, 16), rand(rng, 16, 32), rand(rng, 32, 16)
+    y = sess.load_module(ex)["main"](x, w1, w2).fetch()
+    np.testing.assert_allclose(y, M.mlp_ref(x, w1, w2), rtol=1e-4, atol=1e-5)
