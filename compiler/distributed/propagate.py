@@ -51,7 +51,8 @@ def PropagateSharding(mod: IRModule, nominal_dim: int = NOMINAL_DIM) -> IRModule
     out = mod
     for name, func in mod.graph_functions().items():
         if uses_mesh(func):
-            out = out.with_function(name, _Propagator(mod, name, func, nominal_dim).run())
+            out = out.with_function(name, _Propagator(mod, name, flatten_calls(func),
+                                                      nominal_dim).run())
     return out
 
 
@@ -69,6 +70,50 @@ def uses_mesh(func: G.Function) -> bool:
     post_order_visit(func, visit)
     return bool(found) or any(isinstance(p.struct_info, DTensorStructInfo) for p in func.params) \
         or isinstance(func.ret_struct_info, DTensorStructInfo)
+
+
+def flatten_calls(func: G.Function) -> G.Function:
+    """`func` with nested operator calls bound to their own variables (`lv0`, ...), so
+    every tensor an operator reads is a variable that can carry a placement."""
+    used = {p.name_hint for p in func.params} | {b.var.name_hint for blk in func.body.blocks
+                                                  for b in blk.bindings}
+    counter = [0]
+
+    def name() -> str:
+        while f"lv{counter[0]}" in used:
+            counter[0] += 1
+        used.add(f"lv{counter[0]}")
+        return f"lv{counter[0]}"
+
+    blocks = []
+    for blk in func.body.blocks:
+        out: list = []
+        cls = G.DataflowVar if isinstance(blk, G.DataflowBlock) else G.Var
+
+        def hoist(e: G.Expr) -> G.Expr:
+            if isinstance(e, G.Tuple):
+                fields = tuple(hoist(f) for f in e.fields)
+                return e if all(a is b for a, b in zip(fields, e.fields)) else \
+                    G.Tuple(fields, e.struct_info)
+            if isinstance(e, G.Call) and isinstance(e.op, G.Op) and e.struct_info is not None:
+                v = cls(name(), e.struct_info)
+                out.append(G.VarBinding(v, inner(e)))
+                return v
+            return e
+
+        def inner(call: G.Call) -> G.Call:
+            args = tuple(hoist(a) for a in call.args)
+            return call if all(a is b for a, b in zip(args, call.args)) else \
+                G.Call(call.op, args, call.attrs, call.sinfo_args, call.struct_info)
+
+        for b in blk.bindings:
+            if isinstance(b, G.VarBinding) and isinstance(b.value, G.Call):
+                out.append(G.VarBinding(b.var, inner(b.value)))
+            else:
+                out.append(b)
+        blocks.append(type(blk)(tuple(out)))
+    from dataclasses import replace
+    return replace(func, body=G.SeqExpr(tuple(blocks), func.body.body, func.body.struct_info))
 
 
 def _is_tensor(sinfo: Any) -> bool:

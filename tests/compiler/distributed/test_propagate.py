@@ -1,0 +1,405 @@
+"""PropagateSharding: placements inferred forwards and backwards, the conversions it
+inserts, errors. Expectations are derived by hand from Megatron-style tensor
+parallelism (column-parallel then row-parallel matmuls need one all-reduce)."""
+from __future__ import annotations
+
+import pytest
+
+from compiler import script
+from compiler.distributed import PropagateSharding, describe
+from compiler.ir import graph as G
+from compiler.ir.errors import ShardingError
+from compiler.ir.struct_info import DTensorStructInfo, TupleStructInfo
+from compiler.ir.visitor import post_order_visit
+
+HEAD = '''
+@I.ir_module
+class M:
+    I.module_global_infos({{"mesh": [R.device_mesh({mesh}, I.Range(0, {ids}))]}})
+'''
+
+
+def module(body: str, mesh="(2,)", ids=2):
+    return script.parse(HEAD.format(mesh=mesh, ids=ids) + body)
+
+
+def bindings(mod, func="main"):
+    return [b for blk in mod[func].body.blocks for b in blk.bindings]
+
+
+def placements(mod, func="main") -> dict:
+    f = mod[func]
+    out = {p.name_hint: p.struct_info.placement for p in f.params}
+    for b in bindings(mod, func):
+        assert isinstance(b.var.struct_info, (DTensorStructInfo, TupleStructInfo)), b.var
+        if isinstance(b.var.struct_info, DTensorStructInfo):
+            out[b.var.name_hint] = b.var.struct_info.placement
+    return out
+
+
+def conversions(mod, func="main") -> list:
+    """(source placement, target placement) of every redistribute, in order."""
+    out = []
+    for b in bindings(mod, func):
+        if isinstance(b.value, G.Call) and b.value.op.name == "relax.dist.redistribute":
+            out.append((b.value.args[0].struct_info.placement, b.value.attrs["placement"]))
+    return out
+
+
+def op_names(mod, func="main") -> list:
+    return [b.value.op.name for b in bindings(mod, func) if isinstance(b.value, G.Call)]
+
+
+MEGATRON = '''
+    @R.function
+    def main(x: R.Tensor(("n", 8), "float32"), w1: R.DTensor((8, 16), "float32", "mesh[0]", "S[1]"), w2: R.DTensor((16, 8), "float32", "mesh[0]", "S[0]")) -> R.Tensor(("n", 8), "float32"):
+        n = T.int64()
+        with R.dataflow():
+            h = R.matmul(x, w1)
+            a = R.nn.relu(h)
+            y = R.matmul(a, w2)
+            R.output(y)
+        return y
+'''
+
+
+def test_megatron_mlp_one_allreduce(roundtrip):
+    out = PropagateSharding(module(MEGATRON))
+    roundtrip(out)
+    p = placements(out)
+    assert p["x"] == "R" and p["w1"] == "S[1]" and p["w2"] == "S[0]"
+    assert p["h"] == "S[1]" and p["a"] == "S[1]"          # activations never gathered
+    assert p["y"] == "P[sum]"
+    assert conversions(out) == [("P[sum]", "R")]           # exactly one all-reduce
+    ret = out["main"].ret_struct_info
+    assert isinstance(ret, DTensorStructInfo) and ret.placement == "R"
+    # every variable, parameters included, is a DTensor on the mesh
+    for s in [v.struct_info for v in out["main"].params] + [b.var.struct_info for b in bindings(out)]:
+        assert isinstance(s, DTensorStructInfo) and s.device_mesh == "mesh[0]"
+
+
+def test_propagation_is_idempotent(roundtrip):
+    once = PropagateSharding(module(MEGATRON))
+    twice = PropagateSharding(once)
+    roundtrip(twice)
+    assert placements(twice) == placements(once)
+    assert conversions(twice) == conversions(once)
+
+
+def test_backward_from_annotated_activation(roundtrip):
+    mod = module('''
+    @R.function
+    def main(x: R.Tensor(("n", 8), "float32"), w1: R.Tensor((8, 16), "float32"), w2: R.Tensor((16, 8), "float32")) -> R.Tensor(("n", 8), "float32"):
+        n = T.int64()
+        with R.dataflow():
+            h = R.matmul(x, w1)
+            h2 = R.dist.annotate_sharding(h, "mesh[0]", "S[1]")
+            a = R.nn.silu(h2)
+            y = R.matmul(a, w2)
+            R.output(y)
+        return y
+''')
+    out = PropagateSharding(mod)
+    roundtrip(out)
+    p = placements(out)
+    assert (p["x"], p["w1"], p["w2"]) == ("R", "S[1]", "S[0]")   # inferred backwards / forwards
+    assert p["h"] == "S[1]" and p["a"] == "S[1]" and p["y"] == "P[sum]"
+    assert "h2" not in p                                           # annotation removed
+    assert "relax.dist.annotate_sharding" not in op_names(out)
+    assert conversions(out) == [("P[sum]", "R")]
+
+
+def test_backward_from_one_weight_and_from_output(roundtrip):
+    one_weight = module('''
+    @R.function
+    def main(x: R.Tensor((4, 8), "float32"), w1: R.Tensor((8, 16), "float32"), w2: R.Tensor((16, 8), "float32")) -> R.Tensor((4, 8), "float32"):
+        with R.dataflow():
+            w1s = R.dist.annotate_sharding(w1, "mesh[0]", "S[1]")
+            h = R.matmul(x, w1s)
+            y = R.matmul(h, w2)
+            R.output(y)
+        return y
+''')
+    out = PropagateSharding(one_weight)
+    roundtrip(out)
+    p = placements(out)
+    assert (p["w1"], p["h"], p["w2"], p["y"]) == ("S[1]", "S[1]", "S[0]", "P[sum]")
+    assert conversions(out) == [("P[sum]", "R")]
+
+    # Only the result annotated (row-sharded): the batch dim flows back to x.
+    out_only = module('''
+    @R.function
+    def main(x: R.Tensor((4, 8), "float32"), w: R.Tensor((8, 16), "float32")) -> R.DTensor((4, 16), "float32", "mesh[0]", "S[0]"):
+        with R.dataflow():
+            h = R.matmul(x, w)
+            y = R.nn.relu(h)
+            R.output(y)
+        return y
+''')
+    out = PropagateSharding(out_only)
+    roundtrip(out)
+    p = placements(out)
+    assert (p["x"], p["w"], p["h"], p["y"]) == ("S[0]", "R", "S[0]", "S[0]")
+    assert conversions(out) == []
+
+
+ATTENTION = '''
+    @R.function
+    def main(x: R.DTensor(("n", 64), "float32", "mesh[0]", "R"), wq: R.DTensor((64, 64), "float32", "mesh[0]", "S[1]"), wk: R.DTensor((64, 64), "float32", "mesh[0]", "S[1]"), wv: R.DTensor((64, 64), "float32", "mesh[0]", "S[1]"), wo: R.DTensor((64, 64), "float32", "mesh[0]", "S[0]")) -> R.Tensor(("n", 64), "float32"):
+        n = T.int64()
+        with R.dataflow():
+            q = R.matmul(x, wq)
+            k = R.matmul(x, wk)
+            v = R.matmul(x, wv)
+            q3 = R.permute_dims(R.reshape(q, R.shape([n, 4, 16])), axes=[1, 0, 2])
+            k3 = R.permute_dims(R.reshape(k, R.shape([n, 4, 16])), axes=[1, 2, 0])
+            v3 = R.permute_dims(R.reshape(v, R.shape([n, 4, 16])), axes=[1, 0, 2])
+            s = R.multiply(R.matmul(q3, k3), R.const(0.25, "float32"))
+            pr = R.nn.softmax(s, axis=-1)
+            o = R.matmul(pr, v3)
+            o2 = R.reshape(R.permute_dims(o, axes=[1, 0, 2]), R.shape([n, 64]))
+            y = R.matmul(o2, wo)
+            R.output(y)
+        return y
+'''
+
+
+def test_attention_heads_sharded_one_allreduce(roundtrip):
+    out = PropagateSharding(module(ATTENTION))
+    roundtrip(out)
+    p = placements(out)
+    assert p["q"] == p["k"] == p["v"] == "S[1]"
+    assert p["pr"] == "S[0]" and p["o"] == "S[0]"           # heads dim of (heads, n, n/16)
+    assert p["o2"] == "S[1]" and p["y"] == "P[sum]"
+    assert conversions(out) == [("P[sum]", "R")]
+
+
+LLAMA = '''
+    @R.function
+    def main(x: R.DTensor(("n", 64), "float32", "mesh[0]", "R"), cos: R.Tensor(("n", 16), "float32"), sin: R.Tensor(("n", 16), "float32"), g1: R.Tensor((64,), "float32"), g2: R.Tensor((64,), "float32"), wq: R.DTensor((64, 64), "float32", "mesh[0]", "S[1]"), wk: R.DTensor((64, 32), "float32", "mesh[0]", "S[1]"), wv: R.DTensor((64, 32), "float32", "mesh[0]", "S[1]"), wo: R.DTensor((64, 64), "float32", "mesh[0]", "S[0]"), wg: R.DTensor((64, 128), "float32", "mesh[0]", "S[1]"), wu: R.DTensor((64, 128), "float32", "mesh[0]", "S[1]"), wd: R.DTensor((128, 64), "float32", "mesh[0]", "S[0]")) -> R.Tensor(("n", 64), "float32"):
+        n = T.int64()
+        with R.dataflow():
+            h = R.nn.rms_norm(x, g1, axes=[-1], epsilon=1e-5)
+            q = R.nn.rotary_embedding(R.reshape(R.matmul(h, wq), R.shape([n, 4, 16])), cos, sin)
+            k = R.nn.rotary_embedding(R.reshape(R.matmul(h, wk), R.shape([n, 2, 16])), cos, sin)
+            v = R.reshape(R.matmul(h, wv), R.shape([n, 2, 16]))
+            kr = R.reshape(R.broadcast_to(R.reshape(k, R.shape([n, 2, 1, 16])), R.shape([n, 2, 2, 16])), R.shape([n, 4, 16]))
+            vr = R.reshape(R.broadcast_to(R.reshape(v, R.shape([n, 2, 1, 16])), R.shape([n, 2, 2, 16])), R.shape([n, 4, 16]))
+            s = R.matmul(R.permute_dims(q, axes=[1, 0, 2]), R.permute_dims(kr, axes=[1, 2, 0]))
+            pr = R.nn.softmax(R.multiply(s, R.const(0.25, "float32")), axis=-1)
+            o = R.reshape(R.permute_dims(R.matmul(pr, R.permute_dims(vr, axes=[1, 0, 2])), axes=[1, 0, 2]), R.shape([n, 64]))
+            attn = R.matmul(o, wo)
+            x2 = R.add(x, attn)
+            h2 = R.nn.rms_norm(x2, g2, axes=[-1], epsilon=1e-5)
+            m = R.multiply(R.nn.silu(R.matmul(h2, wg)), R.matmul(h2, wu))
+            down = R.matmul(m, wd)
+            y = R.add(x2, down)
+            R.output(y)
+        return y
+'''
+
+
+def test_llama_layer_two_allreduces(roundtrip):
+    out = PropagateSharding(module(LLAMA))
+    roundtrip(out)
+    p = placements(out)
+    assert p["attn"] == "P[sum]" and p["down"] == "P[sum]"
+    assert p["x2"] == "R" and p["y"] == "R" and p["h2"] == "R"
+    assert p["q"] == "S[1]" and p["k"] == "S[1]" and p["kr"] == "S[1]" and p["m"] == "S[1]"
+    assert p["cos"] == "R" and p["g1"] == "R"
+    assert conversions(out) == [("P[sum]", "R"), ("P[sum]", "R")]
+    report = describe(out)
+    assert [k for _, k, _ in report.collectives] == ["allreduce", "allreduce"]
+
+
+def test_vocab_parallel_embedding_and_lm_head(roundtrip):
+    mod = module('''
+    @R.function
+    def main(ids: R.Tensor(("n",), "int64"), table: R.DTensor((32, 16), "float32", "mesh[0]", "S[0]"), g: R.Tensor((16,), "float32"), head: R.DTensor((16, 32), "float32", "mesh[0]", "S[1]")) -> R.DTensor(("n", 32), "float32", "mesh[0]", "R"):
+        n = T.int64()
+        with R.dataflow():
+            e = R.take(table, ids, axis=0)
+            h = R.nn.rms_norm(e, g, axes=[-1], epsilon=1e-5)
+            logits = R.matmul(h, head)
+            R.output(logits)
+        return logits
+''')
+    out = PropagateSharding(mod)
+    roundtrip(out)
+    p = placements(out)
+    assert p["ids"] == "R" and p["e"] == "P[sum]"            # masked lookup, pending sum
+    assert p["h"] == "R" and p["logits"] == "S[1]"
+    assert conversions(out) == [("P[sum]", "R"), ("S[1]", "R")]   # all-reduce, all-gather
+    report = describe(out)
+    assert [k for _, k, _ in report.collectives] == ["allreduce", "allgather"]
+
+
+def test_2x2_mesh(roundtrip):
+    mod = module('''
+    @R.function
+    def main(x: R.DTensor((8, 16), "float32", "mesh[0]", "S[0]R"), w: R.DTensor((16, 8), "float32", "mesh[0]", "RS[1]")):
+        with R.dataflow():
+            y = R.matmul(x, w)
+            z = R.nn.gelu(y)
+            R.output(z)
+        return z
+''', mesh="(2, 2)", ids=4)
+    out = PropagateSharding(mod)
+    roundtrip(out)
+    p = placements(out)
+    assert p["y"] == "S[0]S[1]" and p["z"] == "S[0]S[1]"
+    assert conversions(out) == []
+    assert describe(out).local_shapes["z"] == (4, 4)
+
+    # contraction sharded on mesh axis 1 only: Partial on that axis, all-reduced there
+    mod = module('''
+    @R.function
+    def main(x: R.DTensor((8, 16), "float32", "mesh[0]", "S[0]S[1]"), w: R.DTensor((16, 8), "float32", "mesh[0]", "RS[0]")) -> R.DTensor((8, 8), "float32", "mesh[0]", "S[0]R"):
+        with R.dataflow():
+            y = R.matmul(x, w)
+            R.output(y)
+        return y
+''', mesh="(2, 2)", ids=4)
+    out = PropagateSharding(mod)
+    roundtrip(out)
+    assert placements(out)["y"] == "S[0]P[sum]"
+    assert conversions(out) == [("S[0]P[sum]", "S[0]R")]
+    rep = describe(out)
+    # local y is (4, 8) float32 = 128 bytes; all-reduce over 2 moves 2*(1/2)*128 bytes
+    assert [(k, b) for _, k, b in rep.collectives] == [("allreduce", 128)]
+
+
+def test_reductions_and_softmax_over_sharded_dim(roundtrip):
+    mod = module('''
+    @R.function
+    def main(x: R.DTensor((4, 8), "float32", "mesh[0]", "S[1]")):
+        with R.dataflow():
+            s = R.sum(x, axis=[1], keepdims=False)
+            mx = R.max(x, axis=[1], keepdims=True)
+            mn = R.mean(x, axis=[0], keepdims=False)
+            sm = R.nn.softmax(x, axis=-1)
+            R.output(s, mx, mn, sm)
+        return (s, mx, mn, sm)
+''')
+    out = PropagateSharding(mod)
+    roundtrip(out)
+    p = placements(out)
+    assert p["s"] == "P[sum]" and p["mx"] == "P[max]"
+    assert p["mn"] == "S[0]"                      # mean over the unsharded dim stays sharded
+    assert p["sm"] == "R"                         # softmax needs its axis whole
+    assert ("S[1]", "R") in conversions(out)      # gather before softmax
+    # results are never Partial: both converted before returning
+    assert conversions(out).count(("P[sum]", "R")) == 1
+    assert conversions(out).count(("P[max]", "R")) == 1
+
+
+def test_reshape_maps_outer_factor_only(roundtrip):
+    mod = module('''
+    @R.function
+    def main(x: R.DTensor((4, 8), "float32", "mesh[0]", "S[1]"), y: R.DTensor((4, 8), "float32", "mesh[0]", "S[0]")):
+        with R.dataflow():
+            a = R.reshape(x, R.shape([4, 2, 4]))
+            b = R.reshape(y, R.shape([32]))
+            R.output(a, b)
+        return (a, b)
+''')
+    out = PropagateSharding(mod)
+    roundtrip(out)
+    p = placements(out)
+    assert p["a"] == "S[1]"          # 8 -> (2, 4): sharded dim maps to the outer factor 2
+    assert p["b"] == "S[0]"          # (4, 8) -> 32: the outer dim 4 maps to the merged dim
+    assert conversions(out) == []
+
+
+def test_call_tir_placements_from_access_patterns(roundtrip):
+    from compiler.transform.legalize_ops import LegalizeOps
+    plain = script.parse('''
+@I.ir_module
+class M:
+    @R.function
+    def main(x: R.Tensor((4, 8), "float32")):
+        with R.dataflow():
+            r = R.nn.relu(x)
+            s = R.sum(r, axis=[1], keepdims=False)
+            R.output(s)
+        return s
+''')
+    text = LegalizeOps(plain).script().replace(
+        'x: R.Tensor((4, 8), dtype="float32")', 'x: R.DTensor((4, 8), "float32", "mesh[0]", "S[{}]")')
+    text = text.replace("class Module:", 'class Module:\n    I.module_global_infos({"mesh": '
+                                         '[R.device_mesh((2,), I.Range(0, 2))]})', 1)
+    for d, expect_r, expect_conv in ((0, "S[0]", []), (1, "S[1]", [("S[1]", "R")])):
+        out = PropagateSharding(script.parse(text.replace("S[{}]", f"S[{d}]")))
+        roundtrip(out)
+        p = placements(out)
+        assert p["r"] == expect_r            # elementwise program: spatial dims pass through
+        # the reduction program reduces dim 1: sharded there it needs the dim gathered
+        assert conversions(out) == expect_conv
+        assert p["s"] == ("S[0]" if d == 0 else "R")
+
+
+def test_error_not_divisible_names_variable_axis_and_sizes():
+    mod = module('''
+    @R.function
+    def main(x: R.Tensor((4, 8), "float32"), w1: R.DTensor((8, 15), "float32", "mesh[0]", "S[1]")):
+        with R.dataflow():
+            h = R.matmul(x, w1)
+            R.output(h)
+        return h
+''')
+    with pytest.raises(ShardingError) as e:
+        PropagateSharding(mod)
+    msg = str(e.value)
+    assert "'w1'" in msg and "S[1]" in msg and "15" in msg and "mesh[0]" in msg and "size 2" in msg
+
+
+def test_error_contradicting_annotations():
+    mod = module('''
+    @R.function
+    def main(x: R.Tensor((4, 8), "float32")):
+        with R.dataflow():
+            a = R.dist.annotate_sharding(x, "mesh[0]", "S[0]")
+            b = R.dist.annotate_sharding(x, "mesh[0]", "S[1]")
+            c = R.add(a, b)
+            R.output(c)
+        return c
+''')
+    with pytest.raises(ShardingError) as e:
+        PropagateSharding(mod)
+    msg = str(e.value)
+    assert "'x'" in msg and "contradict" in msg and "S[0]" in msg and "S[1]" in msg
+
+
+def test_error_partial_annotation_and_param_contradiction():
+    mod = module('''
+    @R.function
+    def main(x: R.DTensor((4, 8), "float32", "mesh[0]", "S[0]")):
+        with R.dataflow():
+            a = R.dist.annotate_sharding(x, "mesh[0]", "R")
+            R.output(a)
+        return a
+''')
+    with pytest.raises(ShardingError, match=r"'x'.*contradict"):
+        PropagateSharding(mod)
+    mod = module('''
+    @R.function
+    def main(x: R.Tensor((4, 8), "float32")):
+        with R.dataflow():
+            a = R.dist.annotate_sharding(x, "mesh[0]", "P[sum]")
+            R.output(a)
+        return a
+''')
+    with pytest.raises(ShardingError, match=r"'x'.*Partial"):
+        PropagateSharding(mod)
+
+
+def test_annotate_and_redistribute_builder_and_script():
+    from compiler import op
+    from compiler.ir.struct_info import TensorStructInfo
+    x = G.Var("x", TensorStructInfo((4, 8), "float32"))
+    a = op.dist.annotate_sharding(x, "mesh[0]", "S[1]")
+    assert a.struct_info == x.struct_info                    # identity on values
+    r = op.dist.redistribute(x, "mesh[0]", "R")
+    assert r.struct_info == DTensorStructInfo(x.struct_info, "mesh[0]", "R")
+    with pytest.raises(ShardingError):
+        op.dist.annotate_sharding(x, "mesh[0]", "Q[1]")
