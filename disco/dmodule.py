@@ -164,7 +164,8 @@ class DTensorRef(DRef):
         return self._sess.fetch(self, worker)
 
 
-def _as_dtensor_ref(ref: DRef, layout: Layout) -> DTensorRef:
+def adopt(ref: DRef, layout: Layout) -> DTensorRef:
+    """A DTensorRef that takes over `ref`'s remote object (`ref` must not be used after)."""
     out = DTensorRef(ref._sess, ref._id, layout)
     ref._sess = _Detached    # the id now belongs to `out`; `ref` must not free it
     return out
@@ -223,7 +224,7 @@ class DFunctionHandle:
         if result is None or result.get("shape") is None:
             return ref
         layout = Layout(result.get("placement"), self.dmod.mesh_shape, len(result["shape"]))
-        return _as_dtensor_ref(ref, layout)
+        return adopt(ref, layout)
 
     def __repr__(self) -> str:
         return f"<DModule function {self.name!r} of {self.dmod.session.name}>"

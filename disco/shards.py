@@ -92,7 +92,7 @@ def load_shards(sess_or_path: Any, path_or_placements: Any, placements: Any = No
     `placements`: name -> placement text ("S[1]", "R", "S[0]R", ...), or a DModule (the
     placements of its "main"); tensors not named get "R" unless `names` limits the set.
     Returns name -> DTensorRef (fetch() gives the global tensor)."""
-    from disco.dmodule import DModule, DTensorRef, Layout
+    from disco.dmodule import DModule, DTensorRef, Layout, adopt
     from disco.session.base import Session
     if isinstance(sess_or_path, Session):
         sess, path, placements = sess_or_path, path_or_placements, placements
@@ -122,8 +122,7 @@ def load_shards(sess_or_path: Any, path_or_placements: Any, placements: Any = No
             layout = Layout(text, mesh_shape, len(entry["shape"]))
             layout.check(entry["shape"], f"{file!r}: tensor {name!r}")
             ref = loader(os.path.abspath(file), name, text, list(mesh_shape))
-            out[name] = DTensorRef(sess, ref._id, layout)
-            ref._sess = _Gone
+            out[name] = adopt(ref, layout)
     missing = [n for n in (names if names is not None else placements if required else ())
                if n not in out]
     if missing:
@@ -131,9 +130,3 @@ def load_shards(sess_or_path: Any, path_or_placements: Any, placements: Any = No
     sess.sync()
     return out
 
-
-class _GoneSession:
-    _closed = True
-
-
-_Gone = _GoneSession()

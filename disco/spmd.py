@@ -78,7 +78,7 @@ def _split(x: np.ndarray, axis: int, parts: int, index: int, what: str) -> np.nd
 @register_func("spmd.allreduce", override=True)
 def allreduce(x, op, mesh_shape, mesh_axis):
     if _alone(mesh_shape, mesh_axis):
-        return np.ascontiguousarray(x)
+        return np.array(x, order="C", copy=True)   # a new array, as from a collective
     if _whole(mesh_shape, mesh_axis):
         _me(mesh_shape)
         return ccl.allreduce(np.ascontiguousarray(x), op)
@@ -89,7 +89,7 @@ def allreduce(x, op, mesh_shape, mesh_axis):
 @register_func("spmd.allgather", override=True)
 def allgather(x, axis, mesh_shape, mesh_axis):
     if _alone(mesh_shape, mesh_axis):
-        return np.ascontiguousarray(x)
+        return np.array(x, order="C", copy=True)   # a new array, as from a collective
     axis = int(axis) % max(x.ndim, 1)
     if _whole(mesh_shape, mesh_axis):
         _me(mesh_shape)
@@ -100,7 +100,7 @@ def allgather(x, axis, mesh_shape, mesh_axis):
 @register_func("spmd.reduce_scatter", override=True)
 def reduce_scatter(x, axis, op, mesh_shape, mesh_axis):
     if _alone(mesh_shape, mesh_axis):
-        return np.ascontiguousarray(x)
+        return np.array(x, order="C", copy=True)   # a new array, as from a collective
     axis = int(axis) % max(x.ndim, 1)
     if _whole(mesh_shape, mesh_axis):
         _me(mesh_shape)
@@ -136,5 +136,5 @@ def masked_take(table, indices, mesh_shape, mesh_axis):
 @register_func("spmd.broadcast_from_worker0", override=True)
 def broadcast_from_worker0(x):
     if current_context().num_workers == 1:
-        return np.ascontiguousarray(x)
+        return np.array(x, order="C", copy=True)
     return ccl.broadcast_from_worker0(np.ascontiguousarray(x))

@@ -155,3 +155,22 @@ def test_mlp_from_annotations(sess, model, placements):
     x, w1, w2 = rand(rng, 4, 16), rand(rng, 16, 32), rand(rng, 32, 16)
     y = sess.load_module(ex)["main"](x, w1, w2).fetch()
     np.testing.assert_allclose(y, M.mlp_ref(x, w1, w2), rtol=1e-4, atol=1e-5)
+
+
+def test_module_without_mesh_runs_replicated(sess):
+    src = '''
+@I.ir_module
+class M:
+    @R.function
+    def main(x: R.Tensor(("n", 4), "float32"), y: R.Tensor(("n", 4), "float32")) -> R.Tensor(("n", 4), "float32"):
+        n = T.int64()
+        with R.dataflow():
+            z = R.add(x, y)
+            R.output(z)
+        return z
+'''
+    rng = np.random.default_rng(9)
+    x, y = rand(rng, 3, 4), rand(rng, 3, 4)
+    ref = sess.load_module(build(src))["main"](x, sess.broadcast(y))     # a DRef passes through
+    for w in range(sess.num_workers):
+        np.testing.assert_allclose(ref.fetch(w), x + y, rtol=1e-6)
