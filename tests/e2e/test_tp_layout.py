@@ -1,0 +1,51 @@
+"""Where each worker's piece lies (disco.spmd / disco.dmodule helpers), against
+hand-derived expectations for 1-D and 2-D meshes."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from disco import spmd
+from disco.dmodule import Layout, parse_placement
+from disco.errors import DiscoError, SessionError
+
+
+def test_mesh_coordinates_are_row_major():
+    assert [spmd.mesh_coordinate(w, (2, 2)) for w in range(4)] == [(0, 0), (0, 1), (1, 0), (1, 1)]
+    assert [spmd.mesh_coordinate(w, (4,)) for w in range(4)] == [(0,), (1,), (2,), (3,)]
+
+
+def test_group_members_along_each_axis():
+    # mesh (2, 3): worker = 3 * row + col
+    assert spmd.group_members(4, (2, 3), 0) == [1, 4]          # column 1
+    assert spmd.group_members(4, (2, 3), 1) == [3, 4, 5]       # row 1
+    assert spmd.group_members(2, (4,), 0) == [0, 1, 2, 3]
+
+
+def test_parse_placement_text():
+    assert parse_placement("S[0]R") == [("S", 0), ("R", None)]
+    assert parse_placement("P[sum]") == [("P", "sum")]
+    with pytest.raises(DiscoError, match="bad placement text 'X'"):
+        parse_placement("X")
+
+
+def test_blocks_of_a_2x2_layout():
+    a = np.arange(8 * 12).reshape(8, 12)
+    lay = Layout("S[0]S[1]", (2, 2), 2)
+    assert lay.factors == [2, 2]
+    np.testing.assert_array_equal(a[lay.block(1, a.shape)], a[:4, 6:])
+    np.testing.assert_array_equal(a[lay.block(2, a.shape)], a[4:, :6])
+    # the same dim split by both axes: axis 0 halves first, axis 1 within
+    lay = Layout("S[1]S[1]", (2, 2), 2)
+    assert [lay.block(w, a.shape)[1] for w in range(4)] == [slice(0, 3), slice(3, 6), slice(6, 9),
+                                                            slice(9, 12)]
+    # replicated along mesh axis 1: workers 0 and 1 hold the same rows
+    lay = Layout("S[0]R", (2, 2), 2)
+    assert lay.block(0, a.shape) == lay.block(1, a.shape) == (slice(0, 4), slice(0, 12))
+    assert [lay.is_lead(w) for w in range(4)] == [True, False, True, False]
+
+
+def test_layout_divisibility_message():
+    with pytest.raises(SessionError, match=r"w: dim 1 of shape \(4, 6\) is 6, which is not divisible "
+                                           r"by the 4 devices it is split over"):
+        Layout("S[1]", (4,), 2).check((4, 6), "w")
