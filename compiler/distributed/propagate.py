@@ -137,6 +137,7 @@ class _Propagator:
         self.specs: dict[int, rules.DimSpec] = {}
         self.links: list[tuple[G.Var, G.Var]] = []   # variables with one placement
         self.ret_target: Optional[tuple] = None
+        self.made_by: dict[G.Var, str] = {}     # var -> the operator computing it (errors)
 
     # -- setup ------------------------------------------------------------------------
 
@@ -231,6 +232,9 @@ class _Propagator:
                     self.links.append((v, src))
             if isinstance(value, G.Call) and op not in (ANNOTATE, REDISTRIBUTE):
                 self.specs[id(b)] = self._rule(value, v)
+                if isinstance(value.op, G.Op):
+                    from ..op.registry import get_op
+                    self.made_by[v] = get_op(value.op.name).script
         ret = self.func.ret_struct_info
         if isinstance(ret, DTensorStructInfo) and isinstance(self.func.body.body, G.Var):
             body = self.func.body.body
@@ -303,6 +307,9 @@ class _Propagator:
             if produced is None:
                 continue
             req = rules.required_inputs(spec, lab)
+            if lab is not None and not (self.splits(var.struct_info, produced, axis) and all(
+                    self.splits(o.struct_info, r, axis) for o, r in zip(ops, req))):
+                continue        # a static dim this mesh axis does not divide stays whole
             cost = sum(rules.conversion_cost(c, r, self.size(o), p)
                        for c, r, o in zip(ins, req, ops))
             if out is not None:
@@ -310,6 +317,19 @@ class _Propagator:
             if best is None or cost < best[0]:
                 best = (cost, lab, req, produced)
         return best[1], best[2], best[3]
+
+    def splits(self, sinfo: Any, p: Any, axis: int) -> bool:
+        """Whether placement `p` on mesh axis `axis` splits a tensor evenly (symbolic dims
+        are checked when the program runs)."""
+        if not isinstance(p, Shard):
+            return True
+        t = rules.result_tensor(sinfo) if isinstance(sinfo, TupleStructInfo) else \
+            rules.tensor_of(sinfo)
+        if t is None or t.shape is None or p.dim >= t.ndim:
+            return True
+        from ..ir import arith
+        n = arith.as_int(t.shape[p.dim])
+        return n is None or n % self.mesh.shape[axis] == 0
 
     def step(self, b: G.VarBinding, forward: bool) -> bool:
         spec = self.specs.get(id(b))
@@ -391,6 +411,8 @@ class _Propagator:
             n = arith.as_int(t.shape[d])
             if n is not None and n % k != 0:
                 how = self.origin.get(var, "inferred by sharding propagation")
+                if var in self.made_by:
+                    how += f"; the result of {self.made_by[var]}"
                 raise ShardingError(
                     f"{self.where(var)}: placement {format_placement(spec)!r} (from {how}) "
                     f"shards dim {d} of size {n} over mesh {self.mesh_ref} axis "

@@ -403,3 +403,21 @@ def test_annotate_and_redistribute_builder_and_script():
     assert r.struct_info == DTensorStructInfo(x.struct_info, "mesh[0]", "R")
     with pytest.raises(ShardingError):
         op.dist.annotate_sharding(x, "mesh[0]", "Q[1]")
+
+
+def test_gqa_with_more_devices_than_kv_heads_gathers_k_and_v(roundtrip):
+    # 4 devices, 2 kv heads: wk/wv S[1] give each device half a head, which the head
+    # reshape cannot keep split; k and v projections are gathered instead (an error
+    # would be wrong: the annotations themselves divide evenly).
+    out = PropagateSharding(module(LLAMA, mesh="(4,)", ids=4))
+    roundtrip(out)
+    conv = conversions(out)
+    assert conv.count(("P[sum]", "R")) == 2 and conv.count(("S[1]", "R")) == 2 and len(conv) == 4
+    p = placements(out)
+    assert p["q"] == "S[1]" and p["k"] == "R" and p["kr"] == "S[1]"
+    # describe: a local k projection is (n, 8) float32 = 32n bytes; all-gather over 4
+    # moves 3/4 of it; an all-reduce of the local (n, 64) result moves 2*3/4*256n bytes
+    rep = describe(out)
+    assert sorted((k, b) for _, k, b in rep.collectives) == [
+        ("allgather", "(n * 24)"), ("allgather", "(n * 24)"),
+        ("allreduce", "(n * 384)"), ("allreduce", "(n * 384)")]
