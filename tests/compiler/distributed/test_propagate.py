@@ -411,8 +411,8 @@ def test_gqa_with_more_devices_than_kv_heads_gathers_k_and_v(roundtrip):
     # would be wrong: the annotations themselves divide evenly).
     out = PropagateSharding(module(LLAMA, mesh="(4,)", ids=4))
     roundtrip(out)
-    conv = conversions(out)
-    assert conv.count(("P[sum]", "R")) == 2 and conv.count(("S[1]", "R")) == 2 and len(conv) == 4
+    conv = [c for c in conversions(out) if c[0] != "R"]      # R -> S is a free local slice
+    assert sorted(conv) == [("P[sum]", "R")] * 2 + [("S[1]", "R")] * 2
     p = placements(out)
     assert p["q"] == "S[1]" and p["k"] == "R" and p["kr"] == "S[1]"
     # describe: a local k projection is (n, 8) float32 = 32n bytes; all-gather over 4
