@@ -414,7 +414,7 @@ def test_gqa_with_more_devices_than_kv_heads_gathers_k_and_v(roundtrip):
     conv = [c for c in conversions(out) if c[0] != "R"]      # R -> S is a free local slice
     assert sorted(conv) == [("P[sum]", "R")] * 2 + [("S[1]", "R")] * 2
     p = placements(out)
-    assert p["q"] == "S[1]" and p["k"] == "R" and p["kr"] == "S[1]"
+    assert p["q"] == "S[1]" and p["k"] == "R" and p["v"] == "R"
     # describe: a local k projection is (n, 8) float32 = 32n bytes; all-gather over 4
     # moves 3/4 of it; an all-reduce of the local (n, 64) result moves 2*3/4*256n bytes
     rep = describe(out)
