@@ -75,7 +75,7 @@ def describe(mod: IRModule, func: str = "main") -> ShardingReport:
     report = ShardingReport(func)
     mesh_ref = _mesh_ref(f)
     if mesh_ref is None:
-        return report         # nothing distributed (or already lowered to the local view)
+        return _describe_lowered(mod, func, report)   # local view (or nothing distributed)
     mesh = lookup_mesh(mod.global_infos, mesh_ref)
     report.mesh, report.mesh_shape = mesh_ref, mesh.shape
     variables = list(f.params) + [b.var for blk in f.body.blocks for b in blk.bindings]
@@ -124,19 +124,65 @@ def conversion_collectives(src: DTensorStructInfo, dst: DTensorStructInfo, mesh)
     for axis in range(len(a)):
         kind = rules.conversion_kind(a[axis], b[axis])
         if kind:
-            cur = DTensorStructInfo(src.tensor, src.device_mesh,
-                                    "".join(str(p) for p in a))
+            # the tensor the collective works on: the input, or for an all-gather its result
+            whole = list(a)
+            if kind == "allgather":
+                whole[axis] = b[axis]
+            cur = DTensorStructInfo(src.tensor, src.device_mesh, "".join(str(p) for p in whole))
             size = 1
             for d in local_shape(cur, mesh):
                 size = size * d
-            size = size * rules.dtype_bytes(src.tensor.dtype)
-            p = mesh.shape[axis]
-            num = 2 * (p - 1) if kind == "allreduce" else (p - 1)
-            moved = arith.simplify(size * num // p) if arith.as_int(size) is None else \
-                int(arith.as_int(size)) * num // p
-            out.append((kind, _dim(moved) if not isinstance(moved, int) else moved))
+            out.append((kind, moved_bytes(kind, size * rules.dtype_bytes(src.tensor.dtype),
+                                          mesh.shape[axis])))
         a[axis] = b[axis]
     return out
+
+
+def moved_bytes(kind: str, size, p: int) -> Bytes:
+    """Bytes each device receives for a collective on a tensor of `size` bytes (for an
+    all-gather, the gathered size) over `p` devices: all-reduce 2(p-1)/p, others (p-1)/p."""
+    num = 2 * (p - 1) if kind == "allreduce" else (p - 1)
+    if arith.as_int(size) is not None:
+        return int(arith.as_int(size)) * num // p
+    return _dim(arith.simplify(size * num // p))
+
+
+_CCL = {"relax.ccl.allreduce": "allreduce", "relax.ccl.allgather": "allgather",
+        "relax.ccl.reduce_scatter": "reduce_scatter"}
+
+
+def _describe_lowered(mod: IRModule, func: str, report: ShardingReport) -> ShardingReport:
+    """A module after LowerToLocalView: placements of the entry's parameters from the
+    module attr "distributed", local shapes from the program, collectives from R.ccl.*."""
+    info = mod.attrs.get("distributed") if hasattr(mod.attrs, "get") else None
+    f = mod[func]
+    if info:
+        report.mesh = info.get("mesh", "")
+        report.mesh_shape = tuple(info.get("mesh_shape", ()))
+        sig = info.get("functions", {}).get(func, {})
+        for prm in sig.get("params", []):
+            report.placements[prm["name"]] = prm["placement"]
+            report.global_shapes[prm["name"]] = tuple(prm["shape"])
+    variables = list(f.params) + [b.var for blk in f.body.blocks for b in blk.bindings]
+    for v in variables:
+        t = rules.tensor_of(v.struct_info)
+        if t is not None and t.shape is not None:
+            report.local_shapes[v.name_hint] = tuple(_dim(d) for d in t.shape)
+    for blk in f.body.blocks:
+        for b in blk.bindings:
+            kind = _CCL.get(getattr(getattr(b.value, "op", None), "name", ""))
+            if kind is None:
+                continue
+            t = rules.tensor_of(b.value.args[0].struct_info)
+            if kind == "allgather":
+                t = rules.tensor_of(b.var.struct_info)
+            size = 1
+            for d in t.shape:
+                size = size * d
+            p = int(b.value.attrs["mesh_shape"][b.value.attrs["mesh_axis"]])
+            report.collectives.append((b.var.name_hint, kind,
+                                       moved_bytes(kind, size * rules.dtype_bytes(t.dtype), p)))
+    return report
 
 
 __all__ = ["ShardingReport", "describe", "local_shape", "conversion_collectives"]

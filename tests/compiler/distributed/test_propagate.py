@@ -415,9 +415,9 @@ def test_gqa_with_more_devices_than_kv_heads_gathers_k_and_v(roundtrip):
     assert sorted(conv) == [("P[sum]", "R")] * 2 + [("S[1]", "R")] * 2
     p = placements(out)
     assert p["q"] == "S[1]" and p["k"] == "R" and p["v"] == "R"
-    # describe: a local k projection is (n, 8) float32 = 32n bytes; all-gather over 4
-    # moves 3/4 of it; an all-reduce of the local (n, 64) result moves 2*3/4*256n bytes
+    # describe: the gathered k projection is (n, 32) float32 = 128n bytes, of which each
+    # device receives 3/4; an all-reduce of the (n, 64) result moves 2*3/4*256n bytes
     rep = describe(out)
     assert sorted((k, b) for _, k, b in rep.collectives) == [
-        ("allgather", "(n * 24)"), ("allgather", "(n * 24)"),
+        ("allgather", "(n * 96)"), ("allgather", "(n * 96)"),
         ("allreduce", "(n * 384)"), ("allreduce", "(n * 384)")]
