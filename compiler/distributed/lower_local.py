@@ -26,14 +26,14 @@ from typing import Any, Optional
 
 from ..ir import arith
 from ..ir import graph as G
-from ..ir.errors import ShapeError, ShardingError
+from ..ir.errors import ShardingError
 from ..ir.expr import IntImm, PrimExpr, Var as SymVar
 from ..ir.module import IRModule
 from ..ir.struct_info import (DTensorStructInfo, FuncStructInfo, StructInfo, TensorStructInfo,
                               TupleStructInfo)
 from ..ir.visitor import post_order_visit
 from ..op import ccl
-from ..op.registry import get_op, infer_call, make_call
+from ..op.registry import infer_call, make_call
 from .mesh import DeviceMesh, lookup_mesh
 from .placement import Partial, Replicate, Shard, format_placement, normalize_placement
 

@@ -11,7 +11,7 @@ from compiler.distributed.lowering import DistributedLowering
 from compiler.ir import graph as G
 from compiler.ir.errors import ShardingError
 from compiler.ir.expr import IntImm, Var as SymVar
-from compiler.ir.struct_info import DTensorStructInfo, TensorStructInfo
+from compiler.ir.struct_info import DTensorStructInfo
 from compiler.ir.visitor import post_order_visit
 
 MLP = '''
