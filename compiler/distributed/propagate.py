@@ -482,8 +482,10 @@ class _Propagator:
         self._used = getattr(self, "_used", set()) | {f"{base}{i}"}
         return f"{base}{i}"
 
-    def convert(self, expr: G.Expr, spec: tuple, visible: bool = False) -> G.Expr:
-        """`expr` (already remapped) as placement `spec`, through a redistribute binding."""
+    def convert(self, expr: G.Expr, spec: tuple, visible: bool = False,
+                like: Optional[G.Var] = None) -> G.Expr:
+        """`expr` (already remapped) as placement `spec`, through a redistribute binding
+        (bound to a new variable named and typed like `like` when given)."""
         s = expr.struct_info
         cur = s.placement if isinstance(s, DTensorStructInfo) else format_placement(
             (Replicate(),) * self.naxes)
@@ -495,8 +497,11 @@ class _Propagator:
             return self.cache[key]
         from ..op.dist import redistribute
         call = redistribute(expr, self.mesh_ref, text)
-        cls = G.DataflowVar if self.dataflow and not visible else G.Var
-        v = cls(self.new_name("rd"), call.struct_info)
+        if like is not None:
+            v = type(like)(like.name_hint, call.struct_info)
+        else:
+            cls = G.DataflowVar if self.dataflow and not visible else G.Var
+            v = cls(self.new_name("rd"), call.struct_info)
         self.out.append(G.VarBinding(v, call))
         self.cache[key] = v
         return v
@@ -516,7 +521,6 @@ class _Propagator:
             return
         spec = self.specs.get(id(b))
         target = tuple(self.place[var]) if var in self.place else None
-        visible = not isinstance(var, G.DataflowVar)
         if op == REDISTRIBUTE:
             x = self.sub(value.args[0])
             call = value.with_struct_info(self.dsinfo(value.struct_info, target))
@@ -541,11 +545,11 @@ class _Propagator:
             call = G.Call(value.op, args, value.attrs, value.sinfo_args,
                           self.dsinfo(sinfo, produced))
             if target is not None and produced != target:
+                # the operator's natural result, then the variable in its required placement
                 cls = G.DataflowVar if self.dataflow else G.Var
                 tmp = cls(self.new_name(var.name_hint + "_"), call.struct_info)
                 self.out.append(G.VarBinding(tmp, call))
-                nv = self.convert(tmp, target, visible)
-                self.remap[var] = nv
+                self.remap[var] = self.convert(tmp, target, like=var)
                 return
         else:
             call = self.sub(value)

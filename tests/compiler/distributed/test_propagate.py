@@ -421,3 +421,25 @@ def test_gqa_with_more_devices_than_kv_heads_gathers_k_and_v(roundtrip):
     assert sorted((k, b) for _, k, b in rep.collectives) == [
         ("allgather", "(n * 96)"), ("allgather", "(n * 96)"),
         ("allreduce", "(n * 384)"), ("allreduce", "(n * 384)")]
+
+
+def test_annotated_result_gets_reduce_scatter_and_keeps_its_name(roundtrip):
+    # y annotated row-sharded: the row-parallel matmul yields P[sum]; reduce-scatter
+    # ((p-1)/p of y) beats making the matmul itself produce rows (gathering w2).
+    mod = module('''
+    @R.function
+    def main(x: R.Tensor((4, 8), "float32"), w1: R.DTensor((8, 16), "float32", "mesh[0]", "S[1]"), w2: R.DTensor((16, 8), "float32", "mesh[0]", "S[0]")):
+        with R.dataflow():
+            h = R.matmul(x, w1)
+            y = R.matmul(h, w2)
+            ys = R.dist.annotate_sharding(y, "mesh[0]", "S[0]")
+            z = R.nn.relu(ys)
+            R.output(z)
+        return z
+''')
+    out = PropagateSharding(mod)
+    roundtrip(out)
+    p = placements(out)
+    assert p["y"] == "S[0]" and p["z"] == "S[0]" and p["h"] == "S[1]"
+    assert conversions(out) == [("P[sum]", "S[0]")]
+    assert [k for _, k, _ in describe(out).collectives] == ["reduce_scatter"]
