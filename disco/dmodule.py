@@ -231,9 +231,13 @@ class DFunctionHandle:
 
 
 class DModule:
-    """An Executable loaded on every worker of `session` (see the module docstring)."""
+    """An Executable loaded on every worker of `session` (see the module docstring).
 
-    def __init__(self, session: Session, executable, *, ccl_backend: Optional[str] = "shm"):
+    `ccl_backend`: the collectives' backend, initialised on the workers when the module
+    is distributed and the session has not got it yet: "auto" = "mpi" on an MPISession
+    (ranks may be on several hosts), "shm" otherwise; None: leave the session's as is."""
+
+    def __init__(self, session: Session, executable, *, ccl_backend: Optional[str] = "auto"):
         self.session = session
         self.executable = executable
         dist = executable.metadata.get("distributed") or {}
@@ -246,8 +250,10 @@ class DModule:
             raise SessionError(f"{session.name}: the executable's device mesh lists device ids "
                                f"{ids}; loading expects workers 0..{size - 1} in order")
         session.import_module("disco.dmodule")
+        if ccl_backend == "auto":    # MPI ranks may be on several hosts; shm is same-host only
+            ccl_backend = "mpi" if type(session).__name__ == "MPISession" else "shm"
         if ccl_backend is not None and session.num_workers > 1 and dist:
-            if not getattr(session, "_dmodule_ccl", None):
+            if getattr(session, "_dmodule_ccl", None) != ccl_backend:
                 session.init_ccl(ccl_backend)
                 session._dmodule_ccl = ccl_backend
         data, digest = _executable_bytes(executable)

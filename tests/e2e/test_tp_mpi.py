@@ -1,0 +1,49 @@
+"""Tensor-parallel modules on an MPISession under mpiexec (tp_mpi_app.py)."""
+from __future__ import annotations
+
+import importlib.util
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+APP = os.path.join(os.path.dirname(os.path.abspath(__file__)), "tp_mpi_app.py")
+
+
+def _mpiexec():
+    try:
+        from launch import find_mpiexec
+    except ImportError:
+        return None
+    return find_mpiexec()
+
+
+HAVE_MPI = _mpiexec() is not None and importlib.util.find_spec("mpi4py") is not None
+pytestmark = [pytest.mark.mpi, pytest.mark.skipif(not HAVE_MPI, reason="needs mpiexec and mpi4py"),
+              pytest.mark.timeout(180)]
+
+
+def _env() -> dict:
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("PMI_", "PMIX_", "OMPI_", "HYDRA_", "MPIR_", "DISCO_NUM_WORKERS",
+                                "DISCO_PREFIX", "DISCO_MPI_"))}
+    env["PYTHONPATH"] = os.pathsep.join([ROOT, env.get("PYTHONPATH", "")])
+    return env
+
+
+@pytest.mark.parametrize("n", [2])
+def test_tp_modules_under_mpiexec(n):
+    p = subprocess.Popen([_mpiexec(), "-n", str(n), sys.executable, APP], env=_env(), cwd=ROOT,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         start_new_session=True)
+    try:
+        out, err = p.communicate(timeout=150)
+    except subprocess.TimeoutExpired:
+        os.killpg(p.pid, signal.SIGKILL)
+        out, err = p.communicate()
+        pytest.fail(f"mpiexec job timed out\nstdout:\n{out}\nstderr:\n{err}")
+    assert p.returncode == 0, f"stdout:\n{out}\nstderr:\n{err}"
+    assert out.splitlines()[-1] == "ALL OK", out
