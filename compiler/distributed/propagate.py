@@ -492,6 +492,16 @@ class _Propagator:
         text = format_placement(tuple(spec))
         if cur == text:
             return expr
+        have = normalize_placement(cur, max(rules.tensor_of(s).ndim, 1)) if s is not None \
+            else (Replicate(),) * self.naxes
+        for a, b in zip(have, spec):
+            if rules.conversion_kind(a, b) is None:
+                what = like.name_hint if like is not None else getattr(expr, "name_hint", "?")
+                raise ShardingError(
+                    f"function {self.name!r}, variable {what!r}: placement {text!r} is requested "
+                    f"({self.origin.get(like, 'by its type') if like is not None else 'by a use'}) "
+                    f"but the value is {cur!r}; no conversion makes a Partial placement, only "
+                    f"operators that reduce over a sharded dim produce one")
         key = (id(expr), text, visible)
         if key in self.cache:
             return self.cache[key]

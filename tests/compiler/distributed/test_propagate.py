@@ -443,3 +443,32 @@ def test_annotated_result_gets_reduce_scatter_and_keeps_its_name(roundtrip):
     assert p["y"] == "S[0]" and p["z"] == "S[0]" and p["h"] == "S[1]"
     assert conversions(out) == [("P[sum]", "S[0]")]
     assert [k for _, k, _ in describe(out).collectives] == ["reduce_scatter"]
+
+
+def test_error_partial_type_on_a_value_no_operator_makes_partial():
+    mod = module('''
+    @R.function
+    def main(x: R.DTensor((4, 8), "float32", "mesh[0]", "S[1]")):
+        with R.dataflow():
+            r: R.DTensor((4, 8), "float32", "mesh[0]", "P[sum]") = R.nn.relu(x)
+            R.output(r)
+        return r
+''')
+    with pytest.raises(ShardingError, match=r"'r'.*P\[sum\].*Partial"):
+        PropagateSharding(mod)
+
+
+def test_error_annotation_on_another_mesh():
+    mod = script.parse('''
+@I.ir_module
+class M:
+    I.module_global_infos({"mesh": [R.device_mesh((2,), I.Range(0, 2)), R.device_mesh((2,), I.Range(2, 4))]})
+    @R.function
+    def main(x: R.DTensor((4, 8), "float32", "mesh[0]", "S[0]")):
+        with R.dataflow():
+            a = R.dist.annotate_sharding(R.nn.relu(x), "mesh[1]", "R")
+            R.output(a)
+        return a
+''')
+    with pytest.raises(ShardingError, match=r"mesh\[1\].*mesh\[0\]"):
+        PropagateSharding(mod)
