@@ -207,6 +207,9 @@ class DFunctionHandle:
                 out.append(a if isinstance(a, DRef) else sess.broadcast(a))
                 continue
             name, layout, p = self.params[i]
+            if "shape" not in p:            # a shape or scalar parameter: the same everywhere
+                out.append(sess.broadcast(a))
+                continue
             out.append(place(sess, a, layout, f"{self.name}: parameter {name!r}"))
         return out
 
