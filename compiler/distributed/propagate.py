@@ -36,7 +36,7 @@ from typing import Any, Optional
 from ..ir import graph as G
 from ..ir.errors import ShardingError
 from ..ir.module import IRModule
-from ..ir.struct_info import DTensorStructInfo, TensorStructInfo, TupleStructInfo
+from ..ir.struct_info import DTensorStructInfo, TupleStructInfo
 from . import rules
 from .mesh import DeviceMesh, lookup_mesh
 from .placement import Partial, Replicate, Shard, format_placement, normalize_placement
@@ -436,7 +436,6 @@ class _Propagator:
                 self.check_divisible(v, tuple(p))
         self.remap: dict[G.Var, G.Expr] = {}
         self.cache: dict[tuple, G.Var] = {}
-        self.counter = 0
         params = []
         for p in self.func.params:
             if p in self.place:

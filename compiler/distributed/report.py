@@ -15,11 +15,11 @@ from ..ir import arith
 from ..ir import graph as G
 from ..ir.errors import ShardingError
 from ..ir.module import IRModule
-from ..ir.struct_info import DTensorStructInfo, TupleStructInfo
+from ..ir.struct_info import DTensorStructInfo
 from ..ir.visitor import post_order_visit
 from . import rules
 from .mesh import lookup_mesh
-from .placement import Shard, normalize_placement, parse_placement
+from .placement import Shard, normalize_placement
 from .propagate import REDISTRIBUTE, PropagateSharding, uses_mesh
 
 Bytes = Union[int, str]

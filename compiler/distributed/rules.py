@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Optional, Sequence
+from typing import Any, Optional
 
 from ..ir import arith
 from ..ir.struct_info import DTensorStructInfo, StructInfo, TensorStructInfo, TupleStructInfo
@@ -410,7 +410,6 @@ def shardable_labels(spec: DimSpec) -> list[str]:
 
 def nbytes(tensor: TensorStructInfo, nominal: int = 128) -> int:
     """Size in bytes, symbolic dims counted as `nominal` (used only to compare costs)."""
-    from ..ir.expr import Var as SymVar
     if tensor.shape is None:
         return 0
     n = 1
