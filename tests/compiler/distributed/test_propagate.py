@@ -99,6 +99,7 @@ def test_backward_from_annotated_activation(roundtrip):
             R.output(y)
         return y
 ''')
+    roundtrip(mod)                  # annotate_sharding prints and parses back
     out = PropagateSharding(mod)
     roundtrip(out)
     p = placements(out)
