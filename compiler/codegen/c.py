@@ -18,40 +18,26 @@ KERNEL ABI (shared with disco's VM, which loads and calls these kernels):
   kernel name is the PrimFunc's global name made into a C identifier, see
   `kernel_names`. Build flags are in `cc.py`.
 
-Scalar semantics: float16 is stored as `_Float16`, bfloat16 as `uint16_t`; both are
-computed in float. Integer index arithmetic is int64. FloorDiv/FloorMod have floor
-semantics (a fast `/`, `%` is used only where both sides are provably non-negative).
-Blocks follow TVM: iterators are bound to their values as local consts, the
-predicate guards the body, and `init` runs when every reduction iterator is at the
-minimum of its domain; when the block's reduction loops are the loops directly
-around it, init is hoisted in front of them instead (so the inner loop vectorizes).
+Scalar semantics are those of every C-family backend (see `c_like`): float16 is
+stored as `_Float16`, bfloat16 as `uint16_t`, both computed in float. Here, when a
+block's reduction loops are the loops directly around it, its init is hoisted in
+front of them (so the inner loop vectorizes), and a reduction into one element is
+accumulated in a local with an `omp simd reduction`.
 """
 from __future__ import annotations
 
 import math
-import re
 from typing import Optional
 
 from ..ir import expr as E
 from ..ir import tir as T
-from ..ir.errors import CompilerError
+from .c_like import (COMPUTE_CTYPE, DTYPE_BYTES, CFamilyPrinter, CodegenError, c_identifier, check_dtype,
+                     expr_vars, is_true, loop_nest, reduction_update, split_params, storage_ctypes)
 
+__all__ = ["CodegenError", "COMPUTE_CTYPE", "DTYPE_BYTES", "STACK_ALLOC_LIMIT", "STORAGE_CTYPE",
+           "c_identifier", "generate_c", "kernel_names"]
 
-class CodegenError(CompilerError):
-    """A tensor program that the C backend cannot translate."""
-
-
-STORAGE_CTYPE = {
-    "float32": "float", "float64": "double", "float16": "_Float16", "bfloat16": "uint16_t",
-    "int8": "int8_t", "int16": "int16_t", "int32": "int32_t", "int64": "int64_t",
-    "uint8": "uint8_t", "uint16": "uint16_t", "uint32": "uint32_t", "uint64": "uint64_t",
-    "bool": "bool",
-}
-# Type in which values of a dtype are computed (half types are widened to float).
-COMPUTE_CTYPE = dict(STORAGE_CTYPE, float16="float", bfloat16="float")
-DTYPE_BYTES = {"float32": 4, "float64": 8, "float16": 2, "bfloat16": 2, "int8": 1, "int16": 2,
-               "int32": 4, "int64": 8, "uint8": 1, "uint16": 2, "uint32": 4, "uint64": 8, "bool": 1}
-
+STORAGE_CTYPE = storage_ctypes(float16="_Float16", bfloat16="uint16_t")
 STACK_ALLOC_LIMIT = 16384  # bytes; larger (or symbolic) local buffers are malloc'ed
 
 _MATH_SIMD = ("expf", "logf", "exp2f", "log2f", "tanhf", "erff", "sinf", "cosf")
@@ -97,12 +83,6 @@ memcpy memset memmove exit abort printf puts strlen qsort div labs llabs
 """.split())
 
 
-def c_identifier(name: str) -> str:
-    """`name` made into a valid C identifier (not checked against reserved names)."""
-    ident = re.sub(r"[^0-9A-Za-z_]", "_", name) or "_"
-    return "_" + ident if ident[0].isdigit() else ident
-
-
 def kernel_names(names) -> dict[str, str]:
     """Map each global name to a unique C symbol; reserved or clashing names get a suffix."""
     result: dict[str, str] = {}
@@ -126,110 +106,34 @@ def generate_c(prim_funcs: dict[str, T.PrimFunc]) -> str:
     for name, func in prim_funcs.items():
         if not isinstance(func, T.PrimFunc):
             raise CodegenError(f"generate_c: {name!r} is a {type(func).__name__}, expected a PrimFunc")
-        parts.append(_FuncCodegen(names[name], func).emit())
+        parts.append(CKernelPrinter(names[name], func).emit())
     return "\n".join(parts)
 
 
-def _is_true(e: E.PrimExpr) -> bool:
-    return isinstance(e, E.IntImm) and e.value != 0
-
-
-def _expr_vars(e, out: set) -> set:
-    """Ids of the Vars in an expression."""
-    if isinstance(e, E.Var):
-        out.add(id(e))
-    elif isinstance(e, T.BufferLoad):
-        for i in e.indices:
-            _expr_vars(i, out)
-    elif isinstance(e, E.Call):
-        for a in e.args:
-            _expr_vars(a, out)
-    elif isinstance(e, E.PrimExpr):
-        for attr in ("a", "b", "value", "condition", "true_value", "false_value"):
-            sub = getattr(e, attr, None)
-            if isinstance(sub, E.PrimExpr):
-                _expr_vars(sub, out)
-    return out
-
-
-def _float_literal(value: float, dtype: str) -> str:
-    if math.isnan(value):
-        return "NAN"
-    if math.isinf(value):
-        return "INFINITY" if value > 0 else "(-INFINITY)"
-    if dtype in ("float16", "bfloat16"):
-        import ml_dtypes
-        import numpy as np
-        value = float(np.array(value, dtype=ml_dtypes.bfloat16 if dtype == "bfloat16" else np.float16))
-    text = repr(float(value))
-    if "e" not in text and "." not in text:
-        text += ".0"
-    return text if dtype == "float64" else text + "f"
-
-
-class _FuncCodegen:
-    """Emits one kernel; keeps C names of vars/buffers and the non-negative vars."""
+class CKernelPrinter(CFamilyPrinter):
+    """Emits one C kernel: the `args`/`dims` ABI, OpenMP loops, stack or heap locals, and
+    reduction inits hoisted out of their loops."""
 
     def __init__(self, symbol: str, func: T.PrimFunc):
-        self.symbol, self.func = symbol, func
-        self.lines: list[str] = []
-        self.indent = 1
-        self.names: dict[int, str] = {}  # id(Var|Buffer) -> C name
-        self.used = set(C_RESERVED) | {symbol}
-        self.nonneg: set[int] = set()    # ids of vars known to be >= 0
-        self.strides: dict[int, list[str]] = {}  # id(Buffer) -> row-major strides (C exprs)
+        super().__init__(symbol, func, C_RESERVED)
         self.in_parallel = False
         self._skip_init: set[int] = set()  # ids of BlockRealizes whose init was hoisted
         self._accumulators: dict[int, tuple] = {}  # id(BlockRealize) -> (local, combine)
         self._simd_reduction: dict[int, str] = {}  # id(For) -> "op:acc" reduction clause
 
-    # ---- names -------------------------------------------------------------------------
-    def _fresh(self, hint: str) -> str:
-        base = c_identifier(hint)
-        if base.startswith("disco_"):
-            base = "v_" + base
-        name, k = base, 1
-        while name in self.used:
-            name, k = f"{base}_{k}", k + 1
-        self.used.add(name)
-        return name
-
-    def bind(self, node, hint: str) -> str:
-        name = self._fresh(hint)
-        self.names[id(node)] = name
-        return name
-
-    def var(self, v: E.Var) -> str:
-        try:
-            return self.names[id(v)]
-        except KeyError:
-            raise CodegenError(f"kernel {self.symbol!r}: variable {v.name!r} is used but never bound "
-                               "(not a bare buffer dim, scalar param, loop var or block iterator)") from None
-
-    def line(self, text: str) -> None:
-        self.lines.append("  " * self.indent + text)
-
     # ---- function ----------------------------------------------------------------------
     def emit(self) -> str:
-        func = self.func
-        buffers = [p for p in func.params if isinstance(p, T.Buffer)]
-        scalars = [p for p in func.params if isinstance(p, E.Var)]
+        buffers, scalars = split_params(self.func)
         for i, buf in enumerate(buffers):
             name = self.bind(buf, buf.name)
-            ct = STORAGE_CTYPE[_check_dtype(buf.dtype, self.symbol)]
+            ct = STORAGE_CTYPE[check_dtype(buf.dtype, self.symbol)]
             self.line(f"{ct}* restrict {name} = ({ct}*)args[{i}];")
-        pos = 0
-        for buf in buffers:
-            for d in buf.shape:
-                if isinstance(d, E.Var) and id(d) not in self.names:
-                    self.line(f"const int64_t {self.bind(d, d.name)} = dims[{pos}];")
-                    self.nonneg.add(id(d))
-                pos += 1
+        pos = self.bind_size_vars(buffers, lambda p: f"dims[{p}]")
         for v in scalars:
             if id(v) in self.names:
                 pos += 1
                 continue
-            ct = COMPUTE_CTYPE[_check_dtype(v.dtype, self.symbol)]
+            ct = COMPUTE_CTYPE[check_dtype(v.dtype, self.symbol)]
             name = self.bind(v, v.name)
             if E.is_float_dtype(v.dtype):
                 self.line(f"double {name}_d; memcpy(&{name}_d, &dims[{pos}], 8);")
@@ -239,81 +143,14 @@ class _FuncCodegen:
             pos += 1
         for buf in buffers:
             self._set_strides(buf)
-        self.stmt(func.body)
+        self.stmt(self.func.body)
         header = f"void {self.symbol}(void* const* args, const int64_t* dims) {{"
         return "\n".join([header, *self.lines, "}", ""])
 
-    def _set_strides(self, buf: T.Buffer) -> None:
-        strides, acc = [], "1"
-        for d in reversed(buf.shape):
-            strides.append(acc)
-            dim = self.expr(d)
-            acc = dim if acc == "1" else (str(int(acc) * d.value) if isinstance(d, E.IntImm)
-                                           and acc.isdigit() else f"({acc} * {dim})")
-        self.strides[id(buf)] = strides[::-1]
-
-    # ---- statements --------------------------------------------------------------------
-    def stmt(self, s: T.Stmt) -> None:
-        method = getattr(self, "stmt_" + type(s).__name__, None)
-        if method is None:
-            raise CodegenError(f"kernel {self.symbol!r}: no C translation for statement {type(s).__name__}")
-        method(s)
-
-    def stmt_SeqStmt(self, s: T.SeqStmt) -> None:
-        for sub in s.stmts:
-            self.stmt(sub)
-
-    def stmt_BufferStore(self, s: T.BufferStore) -> None:
-        value = self.expr(s.value)
-        dtype = s.buffer.dtype
-        if dtype == "bfloat16":
-            value = f"disco_f32_to_bf16({value})"
-        elif dtype == "float16":
-            value = f"(_Float16)({value})"
-        elif dtype == "bool":
-            value = f"(({value}) != 0)"
-        self.line(f"{self.buffer_ref(s.buffer, s.indices)} = {value};")
-
-    def stmt_Evaluate(self, s: T.Evaluate) -> None:
-        if not isinstance(s.value, (E.IntImm, E.FloatImm)):
-            self.line(f"(void)({self.expr(s.value)});")
-
-    def stmt_LetStmt(self, s: T.LetStmt) -> None:
-        self.line("{")
-        self.indent += 1
-        value = self.expr(s.value)
-        self.line(f"const {COMPUTE_CTYPE[s.var.dtype]} {self.bind(s.var, s.var.name)} = {value};")
-        if self.is_nonneg(s.value):
-            self.nonneg.add(id(s.var))
-        self.stmt(s.body)
-        self.indent -= 1
-        self.line("}")
-
-    def stmt_IfThenElse(self, s: T.IfThenElse) -> None:
-        self.line(f"if ({self.expr(s.condition)}) {{")
-        self.indent += 1
-        self.stmt(s.then_case)
-        self.indent -= 1
-        if s.else_case is not None:
-            self.line("} else {")
-            self.indent += 1
-            self.stmt(s.else_case)
-            self.indent -= 1
-        self.line("}")
-
-    def stmt_Allocate(self, s: T.Allocate) -> None:
-        self.line("{")
-        self.indent += 1
-        freed = self.alloc(s.buffer)
-        self.stmt(s.body)
-        for f in freed:
-            self.line(f)
-        self.indent -= 1
-        self.line("}")
-
     def alloc(self, buf: T.Buffer) -> list[str]:
-        """Declare a local buffer; returns the lines that release it."""
-        ct = STORAGE_CTYPE[_check_dtype(buf.dtype, self.symbol)]
+        """Declare a local buffer (on the stack when small and of constant size); returns
+        the lines that release it."""
+        ct = STORAGE_CTYPE[check_dtype(buf.dtype, self.symbol)]
         name = self.bind(buf, buf.name)
         self._set_strides(buf)
         if all(isinstance(d, E.IntImm) for d in buf.shape):
@@ -327,23 +164,19 @@ class _FuncCodegen:
         self.line(f"{ct}* restrict {name} = ({ct}*)malloc(sizeof({ct}) * (size_t)({count}) + 1);")
         return [f"free({name});"]
 
+    # ---- loops -------------------------------------------------------------------------
     def stmt_For(self, s: T.For) -> None:
-        name = self.bind(s.loop_var, s.loop_var.name)
-        lo, ext = self.expr(s.min), self.expr(s.extent)
-        if self.is_nonneg(s.min):
-            self.nonneg.add(id(s.loop_var))
+        name, lo, end = self.loop_bounds(s)
         hoisted = self._hoisted_init(s)
         if hoisted is not None:
-            self.line("{")
-            self.indent += 1
+            self.open_scope("{")
             accumulate = self._emit_hoisted_init(hoisted)
-        end = ext if lo == "0" else f"{lo} + {ext}"
         was_parallel = self.in_parallel
         if s.kind == "parallel" and not self.in_parallel:
             cond = ""
             min_extent = s.annotations.get("parallel_min_extent") if s.annotations else None
             if min_extent is not None and not isinstance(s.extent, E.IntImm):
-                cond = f" if(({ext}) >= {int(min_extent)})"
+                cond = f" if(({self.expr(s.extent)}) >= {int(min_extent)})"
             self.line(f"#pragma omp parallel for schedule(static){cond}")
             self.in_parallel = True
         elif id(s) in self._simd_reduction:
@@ -356,65 +189,30 @@ class _FuncCodegen:
         elif s.kind == "thread_binding":
             raise CodegenError(f"kernel {self.symbol!r}: loop {s.loop_var.name!r} is bound to "
                                f"{s.thread_tag!r}; thread bindings need the CUDA backend")
-        self.line(f"for (int64_t {name} = {lo}; {name} < {end}; ++{name}) {{")
-        self.indent += 1
+        self.open_for(name, lo, end)
         self.stmt(s.body)
-        self.indent -= 1
-        self.line("}")
+        self.close_scope()
         self.in_parallel = was_parallel
         if hoisted is not None:
             if accumulate is not None:
                 self.line(accumulate)
-            self.indent -= 1
-            self.line("}")
+            self.close_scope()
 
-    # Block handling -----------------------------------------------------------------------
-    def stmt_BlockRealize(self, s: T.BlockRealize) -> None:
-        block = s.block
-        skip_init = id(s) in self._skip_init
-        self.line(f"{{  // block {block.name}")
-        self.indent += 1
-        for iv, value in zip(block.iter_vars, s.iter_values):
-            name = self.bind(iv.var, iv.var.name)
-            self.line(f"const int64_t {name} = {self.expr(value)};")
-            if self.is_nonneg(value):
-                self.nonneg.add(id(iv.var))
-        guarded = not _is_true(s.predicate)
-        if guarded:
-            self.line(f"if ({self.expr(s.predicate)}) {{")
-            self.indent += 1
-        freed = [line for buf in block.alloc_buffers for line in self.alloc(buf)]
-        if block.init is not None and not skip_init:
-            conds = [f"{self.var(iv.var)} == {self.expr(iv.dom.min)}" for iv in block.iter_vars
-                     if iv.kind == "R"]
-            if conds:
-                self.line(f"if ({' && '.join(conds)}) {{")
-                self.indent += 1
-                self.stmt(block.init)
-                self.indent -= 1
-                self.line("}")
-            else:
-                self.stmt(block.init)
+    # ---- reductions: init hoisted out of the reduction loops ---------------------------
+    def init_is_hoisted(self, s: T.BlockRealize) -> bool:
+        return id(s) in self._skip_init
+
+    def block_body(self, s: T.BlockRealize) -> None:
         if id(s) in self._accumulators:
             acc, combine = self._accumulators[id(s)]
             self.line(f"{acc} = {combine(self)};")
         else:
-            self.stmt(block.body)
-        for f in freed:
-            self.line(f)
-        if guarded:
-            self.indent -= 1
-            self.line("}")
-        self.indent -= 1
-        self.line("}")
+            self.stmt(s.block.body)
 
     def _hoisted_init(self, loop: T.For):
-        """(realize, _) when `loop` starts a perfect nest of exactly the reduction loops of
-        the block under it, so that the block's init can run once before `loop`."""
-        chain, node = [], loop
-        while isinstance(node, T.For):
-            chain.append(node)
-            node = node.body
+        """(realize, loops) when `loop` starts a perfect nest of exactly the reduction loops
+        of the block under it, so that the block's init can run once before `loop`."""
+        chain, node = loop_nest(loop)
         if not isinstance(node, T.BlockRealize) or node.block.init is None:
             return None
         block = node.block
@@ -423,8 +221,8 @@ class _FuncCodegen:
         loop_ids = {id(c.loop_var) for c in chain}
         red_ids, spatial_ids = set(), set()
         for iv, value in zip(block.iter_vars, node.iter_values):
-            (red_ids if iv.kind == "R" else spatial_ids).update(_expr_vars(value, set()))
-        if red_ids & spatial_ids or (loop_ids - red_ids) or (_expr_vars(node.predicate, set()) & loop_ids):
+            (red_ids if iv.kind == "R" else spatial_ids).update(expr_vars(value, set()))
+        if red_ids & spatial_ids or (loop_ids - red_ids) or (expr_vars(node.predicate, set()) & loop_ids):
             return None
         if not red_ids & loop_ids:
             return None
@@ -446,12 +244,9 @@ class _FuncCodegen:
             if iv.kind == "R":
                 self.bind(iv.var, iv.var.name + "_init")
             else:
-                name = self.bind(iv.var, iv.var.name)
-                self.line(f"const int64_t {name} = {self.expr(value)};")
-                if self.is_nonneg(value):
-                    self.nonneg.add(id(iv.var))
+                self.bind_iter_var(iv.var, value)
         self._skip_init.add(id(realize))  # the block in the loops must not run init again
-        pattern = _accumulation(realize) if _is_true(realize.predicate) else None
+        pattern = _register_accumulation(realize) if is_true(realize.predicate) else None
         if pattern is not None:
             op, rhs = pattern
             store = block.body
@@ -466,225 +261,25 @@ class _FuncCodegen:
             self._accumulators[id(realize)] = (acc, combine)
             self._simd_reduction[id(chain[-1])] = f"{op}:{acc}"
             return f"{self.buffer_ref(store.buffer, store.indices)} = {acc};"
-        guarded = not _is_true(realize.predicate)
+        guarded = not is_true(realize.predicate)
         if guarded:
-            self.line(f"if ({self.expr(realize.predicate)}) {{")
-            self.indent += 1
+            self.open_scope(f"if ({self.expr(realize.predicate)}) {{")
         self.stmt(block.init)
         if guarded:
-            self.indent -= 1
-            self.line("}")
+            self.close_scope()
         return None
 
-    # ---- expressions -------------------------------------------------------------------
-    def buffer_ref(self, buf: T.Buffer, indices) -> str:
-        if id(buf) not in self.names:
-            raise CodegenError(f"kernel {self.symbol!r}: buffer {buf.name!r} is used but is neither "
-                               "a parameter nor allocated")
-        if len(indices) != len(buf.shape):
-            raise CodegenError(f"kernel {self.symbol!r}: buffer {buf.name!r} has {len(buf.shape)} dims, "
-                               f"indexed with {len(indices)}")
-        terms = []
-        for idx, stride in zip(indices, self.strides[id(buf)]):
-            text = self.index_expr(idx)
-            if text == "0":
-                continue
-            terms.append(text if stride == "1" else f"{text} * {stride}")
-        return f"{self.names[id(buf)]}[{' + '.join(terms) or '0'}]"
 
-    def index_expr(self, e: E.PrimExpr) -> str:
-        text = self.expr(e)
-        return text if e.dtype == "int64" or isinstance(e, E.IntImm) else f"(int64_t)({text})"
-
-    def is_nonneg(self, e: E.PrimExpr) -> bool:
-        if isinstance(e, E.IntImm):
-            return e.value >= 0
-        if isinstance(e, E.Var):
-            return id(e) in self.nonneg
-        if isinstance(e, (E.Add, E.Mul, E.FloorDiv, E.Min, E.Max)):
-            return self.is_nonneg(e.a) and self.is_nonneg(e.b)
-        if isinstance(e, E.FloorMod):
-            return self.is_nonneg(e.b)
-        return False
-
-    def expr(self, e: E.PrimExpr) -> str:
-        method = getattr(self, "expr_" + type(e).__name__, None)
-        if method is None:
-            raise CodegenError(f"kernel {self.symbol!r}: no C translation for expression {type(e).__name__}")
-        return method(e)
-
-    def expr_IntImm(self, e: E.IntImm) -> str:
-        if e.dtype == "bool":
-            return "1" if e.value else "0"
-        if e.dtype == "int64" and not -2**31 <= e.value < 2**31:
-            return f"INT64_C({e.value})"
-        return str(e.value)
-
-    def expr_FloatImm(self, e: E.FloatImm) -> str:
-        return _float_literal(e.value, e.dtype)
-
-    def expr_Var(self, e: E.Var) -> str:
-        return self.var(e)
-
-    def expr_BufferLoad(self, e: T.BufferLoad) -> str:
-        ref = self.buffer_ref(e.buffer, e.indices)
-        if e.buffer.dtype == "bfloat16":
-            return f"disco_bf16_to_f32({ref})"
-        if e.buffer.dtype == "float16":
-            return f"((float){ref})"
-        return ref
-
-    def _arith(self, e, op: str) -> str:
-        return f"({self.expr(e.a)} {op} {self.expr(e.b)})"
-
-    def expr_Add(self, e): return self._arith(e, "+")
-    def expr_Sub(self, e): return self._arith(e, "-")
-    def expr_Mul(self, e): return self._arith(e, "*")
-    def expr_LT(self, e): return self._arith(e, "<")
-    def expr_LE(self, e): return self._arith(e, "<=")
-    def expr_GT(self, e): return self._arith(e, ">")
-    def expr_GE(self, e): return self._arith(e, ">=")
-    def expr_EQ(self, e): return self._arith(e, "==")
-    def expr_NE(self, e): return self._arith(e, "!=")
-    def expr_And(self, e): return self._arith(e, "&&")
-    def expr_Or(self, e): return self._arith(e, "||")
-    def expr_Not(self, e): return f"(!{self.expr(e.a)})"
-
-    def expr_Div(self, e: E.Div) -> str:
-        if E.is_float_dtype(e.dtype):
-            ct = COMPUTE_CTYPE[e.dtype]
-            a, b = self.expr(e.a), self.expr(e.b)
-            if not E.is_float_dtype(e.a.dtype):
-                a = f"({ct}){a}"
-            if not E.is_float_dtype(e.b.dtype):
-                b = f"({ct}){b}"
-            return f"({a} / {b})"
-        return self._arith(e, "/")  # integer Div truncates, as in C
-
-    def expr_FloorDiv(self, e: E.FloorDiv) -> str:
-        if E.is_float_dtype(e.dtype):
-            f = "floorf" if COMPUTE_CTYPE[e.dtype] == "float" else "floor"
-            return f"{f}({self.expr(e.a)} / {self.expr(e.b)})"
-        if self.is_nonneg(e.a) and isinstance(e.b, E.IntImm) and e.b.value > 0:
-            return self._arith(e, "/")
-        return f"({COMPUTE_CTYPE[e.dtype]})disco_floordiv({self.expr(e.a)}, {self.expr(e.b)})"
-
-    def expr_FloorMod(self, e: E.FloorMod) -> str:
-        if E.is_float_dtype(e.dtype):
-            f = "floorf" if COMPUTE_CTYPE[e.dtype] == "float" else "floor"
-            a, b = self.expr(e.a), self.expr(e.b)
-            return f"({a} - {f}({a} / {b}) * {b})"
-        if self.is_nonneg(e.a) and isinstance(e.b, E.IntImm) and e.b.value > 0:
-            return self._arith(e, "%")
-        return f"({COMPUTE_CTYPE[e.dtype]})disco_floormod({self.expr(e.a)}, {self.expr(e.b)})"
-
-    def _minmax(self, a: E.PrimExpr, b: E.PrimExpr, op: str) -> str:
-        # Statement expression: each side evaluated once, vectorizes to min/max instructions.
-        x, y = self.expr(a), self.expr(b)
-        ct = COMPUTE_CTYPE.get(a.dtype, "int64_t")
-        return f"({{ {ct} _a = {x}; {ct} _b = {y}; _a {op} _b ? _a : _b; }})"
-
-    def expr_Min(self, e): return self._minmax(e.a, e.b, "<")
-    def expr_Max(self, e): return self._minmax(e.a, e.b, ">")
-
-    def expr_Cast(self, e: E.Cast) -> str:
-        v = self.expr(e.value)
-        if e.dtype == "bfloat16":
-            return f"disco_bf16_to_f32(disco_f32_to_bf16((float)({v})))"
-        if e.dtype == "float16":
-            return f"((float)(_Float16)({v}))"
-        if e.dtype == "bool":
-            return f"(({v}) != 0)"
-        return f"(({COMPUTE_CTYPE[_check_dtype(e.dtype, self.symbol)]})({v}))"
-
-    def expr_Select(self, e: E.Select) -> str:
-        return f"({self.expr(e.condition)} ? {self.expr(e.true_value)} : {self.expr(e.false_value)})"
-
-    def expr_Call(self, e: E.Call) -> str:
-        args = [self.expr(a) for a in e.args]
-        if e.op in ("max", "min"):
-            return self._minmax(e.args[0], e.args[1], ">" if e.op == "max" else "<")
-        if not E.is_float_dtype(e.dtype):
-            if e.op == "fabs":
-                return f"({args[0]} < 0 ? -{args[0]} : {args[0]})"
-            raise CodegenError(f"kernel {self.symbol!r}: intrinsic {e.op!r} on {e.dtype} is not supported")
-        single = COMPUTE_CTYPE[e.dtype] == "float"
-        suffix = "f" if single else ""
-        one = "1.0f" if single else "1.0"
-        if e.op == "rsqrt":
-            return f"({one} / sqrt{suffix}({args[0]}))"
-        if e.op == "sigmoid":
-            return f"({one} / ({one} + exp{suffix}(-({args[0]}))))"
-        if e.op == "round":
-            return f"nearbyint{suffix}({args[0]})"
-        if e.op not in E.INTRINSICS:
-            raise CodegenError(f"kernel {self.symbol!r}: unknown intrinsic {e.op!r}; known: {E.INTRINSICS}")
-        return f"{e.op}{suffix}({', '.join(args)})"
-
-    def expr_StringImm(self, e):
-        raise CodegenError(f"kernel {self.symbol!r}: string {e.value!r} has no C value")
-
-
-def _accumulation(realize: T.BlockRealize):
-    """(op, rhs) when the block is `B[idx] = B[idx] op rhs` with `init` a store to the
-    same element, `rhs` not reading B, and B computed in its storage type."""
-    block = realize.block
-    body, init = block.body, block.init
-    if not (isinstance(body, T.BufferStore) and isinstance(init, T.BufferStore)):
+def _register_accumulation(realize: T.BlockRealize):
+    """`reduction_update(realize)` when B can be accumulated in a local of its own C type
+    (not a half type, and the update computed in B's dtype); None otherwise."""
+    found = reduction_update(realize)
+    if found is None:
         return None
-    buf = body.buffer
-    if init.buffer is not buf or init.indices != body.indices or buf.dtype in ("float16", "bfloat16", "bool"):
+    store = realize.block.body
+    if store.buffer.dtype in ("float16", "bfloat16") or store.value.dtype != store.buffer.dtype:
         return None
-    red_vars = set()
-    for iv in block.iter_vars:
-        if iv.kind == "R":
-            red_vars.add(id(iv.var))
-    if _expr_vars_tuple(body.indices) & red_vars:
-        return None
-    own = T.BufferLoad(buf, body.indices)
-    v = body.value
-    if isinstance(v, (E.Add, E.Mul, E.Max, E.Min)):
-        op = {E.Add: "+", E.Mul: "*", E.Max: "max", E.Min: "min"}[type(v)]
-        a, b = v.a, v.b
-    elif isinstance(v, E.Call) and v.op in ("max", "min") and len(v.args) == 2:
-        op, (a, b) = v.op, v.args
-    else:
-        return None
-    rhs = b if a == own else a if b == own else None
-    if rhs is None or v.dtype != buf.dtype:
-        return None
-    if any(isinstance(n, T.BufferLoad) and n.buffer is buf for n in _loads(rhs)):
-        return None
-    return op, rhs
-
-
-def _expr_vars_tuple(exprs) -> set:
-    out: set = set()
-    for e in exprs:
-        _expr_vars(e, out)
-    return out
-
-
-def _loads(e):
-    if isinstance(e, T.BufferLoad):
-        yield e
-        for i in e.indices:
-            yield from _loads(i)
-    elif isinstance(e, E.Call):
-        for a in e.args:
-            yield from _loads(a)
-    elif isinstance(e, E.PrimExpr):
-        for attr in ("a", "b", "value", "condition", "true_value", "false_value"):
-            sub = getattr(e, attr, None)
-            if isinstance(sub, E.PrimExpr):
-                yield from _loads(sub)
-
-
-def _check_dtype(dtype: str, where: str) -> str:
-    if dtype not in STORAGE_CTYPE:
-        raise CodegenError(f"kernel {where!r}: dtype {dtype!r} is not supported by the C backend; "
-                           f"supported: {sorted(STORAGE_CTYPE)}")
-    return dtype
+    return found
 
 
 def _starts_at(value: E.PrimExpr, mins: dict, dom_min: E.PrimExpr) -> bool:

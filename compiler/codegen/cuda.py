@@ -31,22 +31,16 @@ memory, a second warp reduce), then thread 0 stores Y[s] and the block syncs.
 """
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass, field
-from typing import Optional
 
 from ..ir import expr as E
 from ..ir import tir as T
-from .c import (COMPUTE_CTYPE, DTYPE_BYTES, CodegenError, _FuncCodegen, _check_dtype, _expr_vars,
-                _is_true, _loads, kernel_names)
+from .c import C_RESERVED, kernel_names
+from .c_like import (COMPUTE_CTYPE, DTYPE_BYTES, CFamilyPrinter, CodegenError, check_dtype, expr_vars,
+                     is_true, loads, loop_nest, reduction_update, split_params, storage_ctypes)
 
-CUDA_STORAGE_CTYPE = {
-    "float32": "float", "float64": "double", "float16": "__half", "bfloat16": "__nv_bfloat16",
-    "int8": "int8_t", "int16": "int16_t", "int32": "int32_t", "int64": "int64_t",
-    "uint8": "uint8_t", "uint16": "uint16_t", "uint32": "uint32_t", "uint64": "uint64_t",
-    "bool": "bool",
-}
+CUDA_STORAGE_CTYPE = storage_ctypes(float16="__half", bfloat16="__nv_bfloat16")
 THREAD_TAGS = ("blockIdx.x", "blockIdx.y", "blockIdx.z", "threadIdx.x", "threadIdx.y", "threadIdx.z")
 SHARED_MEMORY_LIMIT = 48 * 1024   # bytes of static shared memory per block
 NVRTC_OPTIONS = ("-std=c++17",)
@@ -196,7 +190,7 @@ def _root(func: T.PrimFunc) -> tuple[list[T.Buffer], list[T.Stmt]]:
     body, allocs = func.body, []
     while True:
         if isinstance(body, T.BlockRealize) and not body.block.iter_vars and body.block.init is None \
-                and _is_true(body.predicate):
+                and is_true(body.predicate):
             allocs.extend(body.block.alloc_buffers)
             body = body.block.body
         elif isinstance(body, T.Allocate):
@@ -212,8 +206,7 @@ def _generate_function(symbol: str, func: T.PrimFunc) -> tuple[str, FunctionLaun
     allocs, stmts = _root(func)
     workspaces = [b for b in allocs if b.scope == "global"]
     block_local = [b for b in allocs if b.scope != "global"]
-    buffers = [p for p in func.params if isinstance(p, T.Buffer)]
-    scalars = [p for p in func.params if isinstance(p, E.Var)]
+    buffers, scalars = split_params(func)
     texts, kernels, ws_json = [], [], None
     for i, stmt in enumerate(stmts):
         ksym = symbol if len(stmts) == 1 else f"{symbol}_k{i}"
@@ -233,18 +226,22 @@ def _generate_function(symbol: str, func: T.PrimFunc) -> tuple[str, FunctionLaun
 
 # -- one kernel --------------------------------------------------------------------------
 
-class _CudaKernel(_FuncCodegen):
+class _CudaKernel(CFamilyPrinter):
     """Emits one `__global__` kernel for the statement `body` of `func`."""
+
+    LOAD_AS_FLOAT = {"bfloat16": "__bfloat162float({})", "float16": "__half2float({})"}
+    STORE_FROM_FLOAT = {"bfloat16": "__float2bfloat16_rn({})", "float16": "__float2half_rn({})",
+                        "bool": "(({}) != 0)"}
+    ROUND_THROUGH = {"bfloat16": "disco_cast_bf16((float)({}))", "float16": "disco_cast_f16((float)({}))"}
+    NAN, INFINITY = "DISCO_NAN", "DISCO_INF"
 
     def __init__(self, symbol: str, func: T.PrimFunc, body: T.Stmt, workspaces: list[T.Buffer],
                  block_local: list[T.Buffer]):
-        super().__init__(symbol, func)
+        super().__init__(symbol, func, C_RESERVED | {"threadIdx", "blockIdx", "blockDim", "gridDim", "half"})
         self.body, self.workspaces, self.block_local = body, workspaces, block_local
-        self.dim_pos: dict[int, int] = {}        # id(Var) -> index into d
         self.extents: dict[str, list[E.PrimExpr]] = {}
         self.red_types: set[str] = set()        # C types of cross-thread reductions
         self.thread_guard = 0                   # depth of divergent threadIdx guards
-        self.used.update({"threadIdx", "blockIdx", "blockDim", "gridDim", "half"})
         for n in _walk_stmts(body):
             if isinstance(n, T.For) and n.kind == "thread_binding":
                 if n.thread_tag not in THREAD_TAGS:
@@ -257,27 +254,18 @@ class _CudaKernel(_FuncCodegen):
                          and self._cross_thread(n) is not None for n in _walk_stmts(body))
 
     def emit(self) -> str:
-        func = self.func
-        buffers = [p for p in func.params if isinstance(p, T.Buffer)]
-        scalars = [p for p in func.params if isinstance(p, E.Var)]
+        buffers, scalars = split_params(self.func)
         params = []
         for buf in buffers + self.workspaces:
             name = self.bind(buf, buf.name)
             params.append(f"{self._storage(buf.dtype)}* __restrict__ {name}")
-        pos = 0
-        for buf in buffers:
-            for d in buf.shape:
-                params.append(f"const int64_t d{pos}")
-                if isinstance(d, E.Var) and id(d) not in self.names:
-                    self.line(f"const int64_t {self.bind(d, d.name)} = d{pos};")
-                    self.nonneg.add(id(d))
-                    self.dim_pos[id(d)] = pos
-                pos += 1
+        pos = self.bind_size_vars(buffers, lambda p: f"d{p}")
+        params += [f"const int64_t d{p}" for p in range(pos)]
         for v in scalars:
             float_scalar = E.is_float_dtype(v.dtype)
             params.append(f"const {'double' if float_scalar else 'int64_t'} d{pos}")
             if id(v) not in self.names:
-                ct = COMPUTE_CTYPE[_check_dtype(v.dtype, self.symbol)]
+                ct = COMPUTE_CTYPE[check_dtype(v.dtype, self.symbol)]
                 self.line(f"const {ct} {self.bind(v, v.name)} = ({ct})d{pos};")
                 if not float_scalar:
                     self.dim_pos[id(v)] = pos
@@ -297,7 +285,7 @@ class _CudaKernel(_FuncCodegen):
         return any(getattr(n, "buffer", None) is buf for n in _walk_all(self.body))
 
     def _storage(self, dtype: str) -> str:
-        return CUDA_STORAGE_CTYPE[_check_dtype(dtype, self.symbol)]
+        return CUDA_STORAGE_CTYPE[check_dtype(dtype, self.symbol)]
 
     # ---- launch configuration ----------------------------------------------------------
     def py(self, e: E.PrimExpr, what: str) -> str:
@@ -365,58 +353,52 @@ class _CudaKernel(_FuncCodegen):
                 if found is not None:
                     return self._emit_cross_thread(s, *found)
             return self._thread_loop(s)
-        name = self.bind(s.loop_var, s.loop_var.name)
-        lo, ext = self.expr(s.min), self.expr(s.extent)
-        if self.is_nonneg(s.min):
-            self.nonneg.add(id(s.loop_var))
-        end = ext if lo == "0" else f"{lo} + {ext}"
+        self._open_serial_loop(s)
+        self.stmt(s.body)
+        self.close_scope()
+
+    def _open_serial_loop(self, s: T.For) -> None:
+        name, lo, end = self.loop_bounds(s)
         if s.kind == "unrolled":
             self.line("#pragma unroll")
-        self.line(f"for (int64_t {name} = {lo}; {name} < {end}; ++{name}) {{")
-        self.indent += 1
-        self.stmt(s.body)
-        self.indent -= 1
-        self.line("}")
+        self.open_for(name, lo, end)
 
-    def _thread_loop(self, s: T.For) -> None:
+    def _bind_thread_index(self, s: T.For) -> str:
+        """Declare the loop var of thread-bound `s` as min + its thread index; returns the
+        loop's end (C expression)."""
         name = self.bind(s.loop_var, s.loop_var.name)
-        axis, dim = s.thread_tag.split(".")
         lo = self.expr(s.min)
-        value = f"(int64_t){axis}.{dim}" if lo == "0" else f"{lo} + (int64_t){axis}.{dim}"
+        index = f"(int64_t){s.thread_tag}"
+        self.line(f"const int64_t {name} = {index if lo == '0' else f'{lo} + {index}'};")
         if self.is_nonneg(s.min):
             self.nonneg.add(id(s.loop_var))
-        self.line(f"{{  // {s.loop_var.name} bound to {s.thread_tag}")
-        self.indent += 1
-        self.line(f"const int64_t {name} = {value};")
+        return self.expr(s.extent) if lo == "0" else f"{lo} + {self.expr(s.extent)}"
+
+    def _thread_loop(self, s: T.For) -> None:
+        self.open_scope(f"{{  // {s.loop_var.name} bound to {s.thread_tag}")
+        end = self._bind_thread_index(s)
         guard = self._needs_guard(s)
-        divergent = guard and axis == "threadIdx"
+        divergent = guard and s.thread_tag.startswith("threadIdx")
         if guard:
-            end = self.expr(s.extent) if lo == "0" else f"{lo} + {self.expr(s.extent)}"
-            self.line(f"if ({name} < {end}) {{")
-            self.indent += 1
+            self.open_scope(f"if ({self.var(s.loop_var)} < {end}) {{")
         self.thread_guard += divergent
         self.stmt(s.body)
         self.thread_guard -= divergent
         if guard:
-            self.indent -= 1
-            self.line("}")
-        self.indent -= 1
-        self.line("}")
+            self.close_scope()
+        self.close_scope()
 
     def _cross_thread(self, loop: T.For):
         """(realize, chain, op, rhs) when `loop` (threadIdx.x) starts the reduction loops
         of one block; None when it is a spatial thread loop. Raises for reductions
         across threads of another form."""
-        chain, node = [], loop
-        while isinstance(node, T.For):
-            chain.append(node)
-            node = node.body
+        chain, node = loop_nest(loop)
         loop_ids = {id(c.loop_var) for c in chain}
         if not isinstance(node, T.BlockRealize):
             return None
         red_ids, spatial_ids = set(), set()
         for iv, value in zip(node.block.iter_vars, node.iter_values):
-            (red_ids if iv.kind == "R" else spatial_ids).update(_expr_vars(value, set()))
+            (red_ids if iv.kind == "R" else spatial_ids).update(expr_vars(value, set()))
         if id(loop.loop_var) not in red_ids:
             return None
         where = (f"kernel {self.symbol!r}: loop {loop.loop_var.name!r} bound to threadIdx.x feeds "
@@ -424,7 +406,7 @@ class _CudaKernel(_FuncCodegen):
         if loop_ids & spatial_ids or any(c.kind == "thread_binding" for c in chain[1:]):
             raise CodegenError(f"{where}, but the loops under it also feed its spatial iterators "
                                "or bind other threads; keep the reduction loops innermost")
-        pattern = _accumulation_any(node)
+        pattern = reduction_update(node)
         if pattern is None or node.block.alloc_buffers:
             raise CodegenError(f"{where}; a cross-thread reduction needs a block `Y[s] = Y[s] op f` "
                                "(op: + * max min) with an init store to Y[s]")
@@ -442,80 +424,43 @@ class _CudaKernel(_FuncCodegen):
         store = block.body
         ct = COMPUTE_CTYPE[store.buffer.dtype]
         self.red_types.add(ct)
-        self.line(f"{{  // block {block.name}: reduction across threadIdx.x")
-        self.indent += 1
+        self.open_scope(f"{{  // block {block.name}: reduction across threadIdx.x")
         for iv, value in zip(block.iter_vars, realize.iter_values):
             if iv.kind == "S":
-                name = self.bind(iv.var, iv.var.name)
-                self.line(f"const int64_t {name} = {self.expr(value)};")
-                if self.is_nonneg(value):
-                    self.nonneg.add(id(iv.var))
+                self.bind_iter_var(iv.var, value)
         acc = self._fresh(f"{store.buffer.name}_acc")
         init = self.expr(block.init.value)
         self.line(f"{ct} {acc} = ({ct})({init});")
         self.line(f"const {ct} {acc}_id = {acc};")
-        tx = self.bind(loop.loop_var, loop.loop_var.name)
-        lo = self.expr(loop.min)
-        self.line(f"const int64_t {tx} = {'' if lo == '0' else lo + ' + '}(int64_t)threadIdx.x;")
-        if self.is_nonneg(loop.min):
-            self.nonneg.add(id(loop.loop_var))
-        end = self.expr(loop.extent) if lo == "0" else f"{lo} + {self.expr(loop.extent)}"
-        self.line(f"if ({tx} < {end}) {{")
-        self.indent += 1
-        closers = 1
+        end = self._bind_thread_index(loop)
+        self.open_scope(f"if ({self.var(loop.loop_var)} < {end}) {{")
         for c in chain[1:]:
-            name = self.bind(c.loop_var, c.loop_var.name)
-            clo, cext = self.expr(c.min), self.expr(c.extent)
-            if self.is_nonneg(c.min):
-                self.nonneg.add(id(c.loop_var))
-            cend = cext if clo == "0" else f"{clo} + {cext}"
-            if c.kind == "unrolled":
-                self.line("#pragma unroll")
-            self.line(f"for (int64_t {name} = {clo}; {name} < {cend}; ++{name}) {{")
-            self.indent += 1
-            closers += 1
+            self._open_serial_loop(c)
         for iv, value in zip(block.iter_vars, realize.iter_values):
             if iv.kind == "R":
-                name = self.bind(iv.var, iv.var.name)
-                self.line(f"const int64_t {name} = {self.expr(value)};")
-                if self.is_nonneg(value):
-                    self.nonneg.add(id(iv.var))
+                self.bind_iter_var(iv.var, value)
         combine = self._combine(op, acc, self.expr(rhs), ct)
-        if _is_true(realize.predicate):
+        if is_true(realize.predicate):
             self.line(f"{acc} = {combine};")
         else:
             self.line(f"if ({self.expr(realize.predicate)}) {acc} = {combine};")
-        for _ in range(closers):
-            self.indent -= 1
-            self.line("}")
+        for _ in chain:     # the serial loops and the thread-index guard
+            self.close_scope()
         self.line(f"{acc} = disco_block_allreduce<{ct}>({acc}, {acc}_id, disco_red_smem_{_tname(ct)}, "
                   f"{_OP_FUNCTOR[op]}());")
         self.line(f"if (threadIdx.x == 0) {self.buffer_ref(store.buffer, store.indices)} = "
-                  f"{self._to_storage(acc, store.buffer.dtype)};")
+                  f"{self.to_storage(acc, store.buffer.dtype)};")
         self.line("__syncthreads();")
-        self.indent -= 1
-        self.line("}")
+        self.close_scope()
 
     def _combine(self, op: str, acc: str, rhs: str, ct: str) -> str:
         if op in ("+", "*"):
             return f"{acc} {op} ({rhs})"
         return f"disco_{op}<{ct}>({acc}, {rhs})"
 
-    def _to_storage(self, value: str, dtype: str) -> str:
-        if dtype == "bfloat16":
-            return f"__float2bfloat16_rn({value})"
-        if dtype == "float16":
-            return f"__float2half_rn({value})"
-        if dtype == "bool":
-            return f"(({value}) != 0)"
-        return value
-
-    def stmt_BufferStore(self, s: T.BufferStore) -> None:
-        self.line(f"{self.buffer_ref(s.buffer, s.indices)} = {self._to_storage(self.expr(s.value), s.buffer.dtype)};")
-
     def stmt_BlockRealize(self, s: T.BlockRealize) -> None:
         for iv, value in zip(s.block.iter_vars, s.iter_values):
-            if iv.kind == "R" and _expr_vars(value, set()) & self.thread_x_ids:
+            if iv.kind == "R" and expr_vars(value, set()) & self.thread_x_ids:
                 raise CodegenError(f"kernel {self.symbol!r}: block {s.block.name!r} reduces over a "
                                    "threadIdx.x loop that is not the outermost of its reduction loops")
         super().stmt_BlockRealize(s)
@@ -541,40 +486,9 @@ class _CudaKernel(_FuncCodegen):
         self.line(f"{prefix}{ct} {name}[{size}];")
         return []
 
-    def _hoisted_init(self, loop: T.For):
-        return None     # the C backend's register accumulation is done by _cross_thread here
-
     # ---- expressions -------------------------------------------------------------------
-    def expr_IntImm(self, e: E.IntImm) -> str:
-        if e.dtype == "bool":
-            return "1" if e.value else "0"
-        if not -2**31 <= e.value < 2**31:
-            return f"{e.value}LL"
-        return str(e.value)
-
-    def expr_FloatImm(self, e: E.FloatImm) -> str:
-        v = e.value
-        if math.isnan(v):
-            return "DISCO_NAN"
-        if math.isinf(v):
-            return "DISCO_INF" if v > 0 else "(-DISCO_INF)"
-        return super().expr_FloatImm(e)
-
-    def expr_BufferLoad(self, e: T.BufferLoad) -> str:
-        ref = self.buffer_ref(e.buffer, e.indices)
-        if e.buffer.dtype == "bfloat16":
-            return f"__bfloat162float({ref})"
-        if e.buffer.dtype == "float16":
-            return f"__half2float({ref})"
-        return ref
-
-    def expr_Cast(self, e: E.Cast) -> str:
-        v = self.expr(e.value)
-        if e.dtype == "bfloat16":
-            return f"disco_cast_bf16((float)({v}))"
-        if e.dtype == "float16":
-            return f"disco_cast_f16((float)({v}))"
-        return super().expr_Cast(e)
+    def wide_int_literal(self, e: E.IntImm) -> str:
+        return f"{e.value}LL"
 
     def _minmax(self, a: E.PrimExpr, b: E.PrimExpr, op: str) -> str:
         ct = COMPUTE_CTYPE.get(a.dtype, "int64_t")
@@ -588,37 +502,6 @@ class _CudaKernel(_FuncCodegen):
 
 def _tname(ct: str) -> str:
     return ct.replace(" ", "_")
-
-
-def _accumulation_any(realize: T.BlockRealize):
-    """(op, rhs) for `B[idx] = B[idx] op rhs` with init a store to the same element; like
-    c._accumulation but also for half storage (accumulated in float, stored once)."""
-    block = realize.block
-    body, init = block.body, block.init
-    if not (isinstance(body, T.BufferStore) and isinstance(init, T.BufferStore)):
-        return None
-    buf = body.buffer
-    if init.buffer is not buf or init.indices != body.indices or buf.dtype == "bool":
-        return None
-    red_vars = {id(iv.var) for iv in block.iter_vars if iv.kind == "R"}
-    idx_vars: set = set()
-    for i in body.indices:
-        _expr_vars(i, idx_vars)
-    if idx_vars & red_vars:
-        return None
-    own = T.BufferLoad(buf, body.indices)
-    v = body.value
-    if isinstance(v, (E.Add, E.Mul, E.Max, E.Min)):
-        op = {E.Add: "+", E.Mul: "*", E.Max: "max", E.Min: "min"}[type(v)]
-        a, b = v.a, v.b
-    elif isinstance(v, E.Call) and v.op in ("max", "min") and len(v.args) == 2:
-        op, (a, b) = v.op, v.args
-    else:
-        return None
-    rhs = b if a == own else a if b == own else None
-    if rhs is None or any(n.buffer is buf for n in _loads(rhs)):
-        return None
-    return op, rhs
 
 
 def _walk_stmts(node):
@@ -646,4 +529,4 @@ def _walk_all(node):
     for s in _walk_stmts(node):
         yield s
         if isinstance(s, T.BufferStore):
-            yield from _loads(s.value)
+            yield from loads(s.value)
