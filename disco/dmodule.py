@@ -259,6 +259,14 @@ class DModule:
             if getattr(session, "_dmodule_ccl", None) != ccl_backend:
                 session.init_ccl(ccl_backend)
                 session._dmodule_ccl = ccl_backend
+                session._dmodule_groups = set()
+            groups = getattr(session, "_dmodule_groups", set())
+            if len(self.mesh_shape) > 1 and self.mesh_shape not in groups:
+                import uuid
+                session.get_global_func("spmd.init_groups")(
+                    ccl_backend, f"disco-{os.getpid()}-{uuid.uuid4().hex[:10]}", list(self.mesh_shape))
+                session.sync()
+                session._dmodule_groups = groups | {self.mesh_shape}
         data, digest = _executable_bytes(executable)
         self._vm = session.get_global_func("disco.dmodule.load")(data, digest)
         session.sync()

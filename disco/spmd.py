@@ -3,9 +3,10 @@
 Each runs inside a worker, on that worker's arrays. A mesh is row-major over worker ids
 0..N-1; an op over `mesh_axis` involves the workers whose coordinates differ from the
 caller's only along that axis. When that axis spans every worker the collective of
-`disco.ccl` runs directly; otherwise (a sub-group of a 2-D mesh) the values of every
-worker are all-gathered and the group's combined locally, which is correct everywhere
-and costs more traffic (no sub-communicators yet).
+`disco.ccl` runs directly; a sub-group of a multi-dimensional mesh uses its own
+communicator where `init_groups` made one (backend shm; `sess.load_module` does it),
+otherwise the values of every worker are all-gathered and the group's combined
+locally (correct everywhere, more traffic).
 """
 from __future__ import annotations
 
@@ -59,6 +60,47 @@ def _alone(mesh_shape, mesh_axis: int) -> bool:
     return tuple(mesh_shape)[mesh_axis] == 1
 
 
+def _group_comm(mesh_shape, mesh_axis: int):
+    """This worker's communicator for its group along `mesh_axis`, if init_groups made one."""
+    groups = current_context().state.get("spmd_groups")
+    return groups.get((tuple(mesh_shape), int(mesh_axis))) if groups else None
+
+
+@register_func("spmd.init_groups", override=True)
+def init_groups(backend: str, base_name: str, mesh_shape) -> int:
+    """Make this worker's communicators for its groups along each axis of a
+    multi-dimensional mesh (backend "shm" only; others keep the all-gather path).
+    Every worker calls it with the same arguments; returns how many it made."""
+    import importlib
+    mesh_shape = tuple(int(s) for s in mesh_shape)
+    ctx = current_context()
+    groups = ctx.state.setdefault("spmd_groups", {})
+    if backend != "shm" or len(mesh_shape) < 2:
+        return 0
+    if backend not in ccl._BACKENDS:
+        importlib.import_module(ccl._LAZY[backend])
+    me, world = _me(mesh_shape)
+    coord = mesh_coordinate(me, mesh_shape)
+    made = 0
+    for axis, extent in enumerate(mesh_shape):
+        if extent in (1, world):
+            continue
+        old = groups.pop((mesh_shape, axis), None)
+        if old is not None:
+            old.close()
+        first = group_members(me, mesh_shape, axis)[0]
+        groups[(mesh_shape, axis)] = ccl._BACKENDS[backend](f"{base_name}-a{axis}-w{first}",
+                                                            coord[axis], extent)
+        made += 1
+    return made
+
+
+@register_func("spmd.group_count", override=True)
+def group_count() -> int:
+    """How many group communicators this worker holds (for tests and diagnostics)."""
+    return len(current_context().state.get("spmd_groups") or ())
+
+
 def _group_values(x: np.ndarray, mesh_shape, mesh_axis: int) -> list[np.ndarray]:
     """Every group member's x, in coordinate order (through an all-gather of everyone's)."""
     me, _ = _me(mesh_shape)
@@ -82,6 +124,9 @@ def allreduce(x, op, mesh_shape, mesh_axis):
     if _whole(mesh_shape, mesh_axis):
         _me(mesh_shape)
         return ccl.allreduce(np.ascontiguousarray(x), op)
+    comm = _group_comm(mesh_shape, mesh_axis)
+    if comm is not None:
+        return comm.allreduce(np.ascontiguousarray(x), op, None)
     vals = _group_values(x, mesh_shape, mesh_axis)
     return np.ascontiguousarray(_REDUCE[op].reduce(np.stack(vals), axis=0).astype(x.dtype, copy=False))
 
@@ -94,6 +139,9 @@ def allgather(x, axis, mesh_shape, mesh_axis):
     if _whole(mesh_shape, mesh_axis):
         _me(mesh_shape)
         return ccl.allgather(np.ascontiguousarray(x), axis)
+    comm = _group_comm(mesh_shape, mesh_axis)
+    if comm is not None:
+        return comm.allgather(np.ascontiguousarray(x), axis, None)
     return np.ascontiguousarray(np.concatenate(_group_values(x, mesh_shape, mesh_axis), axis=axis))
 
 
@@ -105,6 +153,9 @@ def reduce_scatter(x, axis, op, mesh_shape, mesh_axis):
     if _whole(mesh_shape, mesh_axis):
         _me(mesh_shape)
         return ccl.reduce_scatter(np.ascontiguousarray(x), op, axis)
+    comm = _group_comm(mesh_shape, mesh_axis)
+    if comm is not None:
+        return comm.reduce_scatter(np.ascontiguousarray(x), op, axis, None)
     me, _ = _me(mesh_shape)
     total = allreduce(x, op, mesh_shape, mesh_axis)
     return _split(total, axis, mesh_shape[mesh_axis], mesh_coordinate(me, mesh_shape)[mesh_axis],

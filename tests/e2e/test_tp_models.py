@@ -115,6 +115,9 @@ def test_mesh_2x2(sess):
     np.testing.assert_allclose(sharded.fetch(), want, rtol=1e-5)
     # worker 3 sits at mesh coordinate (1, 1): rows 4..8, columns 6..12
     np.testing.assert_allclose(sharded.fetch_local(3), want[4:, 6:], rtol=1e-5)
+    # each worker has a communicator for its row and one for its column (shm)
+    groups = sess.get_global_func("spmd.group_count")()
+    assert [groups.fetch(i) for i in range(4)] == [2, 2, 2, 2]
 
 
 def test_mesh_size_mismatch_names_both_numbers(sess):
@@ -174,3 +177,16 @@ class M:
     ref = sess.load_module(build(src))["main"](x, sess.broadcast(y))     # a DRef passes through
     for w in range(sess.num_workers):
         np.testing.assert_allclose(ref.fetch(w), x + y, rtol=1e-6)
+
+
+def test_mesh_2x2_without_group_communicators():
+    """ccl_backend=None: the session's own communicator only, so collectives over one
+    mesh axis take the all-gather path of disco.spmd."""
+    rng = np.random.default_rng(10)
+    x, w = rand(rng, 8, 16), rand(rng, 16, 12)
+    with disco.ThreadedSession(4) as s:
+        s.init_ccl("shm")
+        gathered, sharded = s.load_module(build(M.mesh2x2()), ccl_backend=None)["main"](x, w)
+        np.testing.assert_allclose(gathered.fetch(), np.exp(x @ w), rtol=1e-5)
+        groups = s.get_global_func("spmd.group_count")()
+        assert [groups.fetch(i) for i in range(4)] == [0, 0, 0, 0]
