@@ -309,15 +309,7 @@ def cache_read(func: T.PrimFunc, block_name: str, buffer_index: int, scope: str,
     buffer runs before the first consumer's loop nest, and the consumers (`block_name`,
     plus `consumer_blocks`) read the copy. Returns (func, cache buffer). The GPU schedule
     keeps one row of such a copy per thread block."""
-    if scope not in _SCOPES:
-        raise ScheduleError(f"cache_read: unknown scope {scope!r}; expected one of {_SCOPES}")
-    _, realize = find_block(func, block_name)
-    reads, _ = _reads_writes(realize.block)
-    if not 0 <= buffer_index < len(reads):
-        raise ScheduleError(f"cache_read: block {block_name!r} reads {len(reads)} buffers "
-                            f"({[b.name for b in reads]}); index {buffer_index} is out of range")
-    src = reads[buffer_index]
-    cache = T.Buffer(f"{src.name}_{scope}", src.shape, src.dtype, scope)
+    _, src, cache = _cache_for("cache_read", func, block_name, buffer_index, scope, "reads")
     names = [block_name] + [b for b in (consumer_blocks or ()) if b != block_name]
     root, stmts = _with_root(func)
     for name in names:
@@ -326,32 +318,43 @@ def cache_read(func: T.PrimFunc, block_name: str, buffer_index: int, scope: str,
             r, block=_retarget(r.block, src, cache, loads=True, stores=False))) for s in stmts]
     first = min(_top_index(stmts, n) for n in names)
     stmts.insert(first, _copy_nest(cache.name, cache, src))
-    block = dataclasses.replace(root.block, body=T.SeqStmt(tuple(stmts)),
-                                alloc_buffers=root.block.alloc_buffers + (cache,))
-    return with_body(func, dataclasses.replace(root, block=block)), cache
+    return _rebuild_root(func, root, stmts, cache), cache
 
 
 def cache_write(func: T.PrimFunc, block_name: str, buffer_index: int, scope: str) -> tuple[T.PrimFunc, T.Buffer]:
     """Make block `block_name` compute its `buffer_index`-th written buffer into a new
     buffer of `scope`, copied back (block `<buffer>_<scope>`) right after the block's
     loop nest. Returns (func, cache buffer)."""
-    if scope not in _SCOPES:
-        raise ScheduleError(f"cache_write: unknown scope {scope!r}; expected one of {_SCOPES}")
-    _, realize = find_block(func, block_name)
-    _, writes = _reads_writes(realize.block)
-    if not 0 <= buffer_index < len(writes):
-        raise ScheduleError(f"cache_write: block {block_name!r} writes {len(writes)} buffers "
-                            f"({[b.name for b in writes]}); index {buffer_index} is out of range")
-    dst = writes[buffer_index]
-    cache = T.Buffer(f"{dst.name}_{scope}", dst.shape, dst.dtype, scope)
+    realize, dst, cache = _cache_for("cache_write", func, block_name, buffer_index, scope, "writes")
     root, stmts = _with_root(func)
     new_block = _retarget(realize.block, dst, cache, loads=True, stores=True)
     stmts = [replace_node(s, realize, dataclasses.replace(realize, block=new_block)) for s in stmts]
     k = _top_index(stmts, block_name)
-    stmts.insert(k + 1, _copy_nest(f"{dst.name}_{scope}", dst, cache))
+    stmts.insert(k + 1, _copy_nest(cache.name, dst, cache))
+    return _rebuild_root(func, root, stmts, cache), cache
+
+
+def _cache_for(primitive: str, func: T.PrimFunc, block_name: str, buffer_index: int, scope: str,
+               access: str) -> tuple[T.BlockRealize, T.Buffer, T.Buffer]:
+    """(block `block_name`, the `buffer_index`-th buffer it `access`es ("reads" or
+    "writes"), a new buffer `<buffer>_<scope>` of its shape and dtype to cache it in)."""
+    if scope not in _SCOPES:
+        raise ScheduleError(f"{primitive}: unknown scope {scope!r}; expected one of {_SCOPES}")
+    _, realize = find_block(func, block_name)
+    reads, writes = _reads_writes(realize.block)
+    buffers = reads if access == "reads" else writes
+    if not 0 <= buffer_index < len(buffers):
+        raise ScheduleError(f"{primitive}: block {block_name!r} {access} {len(buffers)} buffers "
+                            f"({[b.name for b in buffers]}); index {buffer_index} is out of range")
+    buf = buffers[buffer_index]
+    return realize, buf, T.Buffer(f"{buf.name}_{scope}", buf.shape, buf.dtype, scope)
+
+
+def _rebuild_root(func: T.PrimFunc, root: T.BlockRealize, stmts, cache: T.Buffer) -> T.PrimFunc:
+    """`func` with the root block's statements `stmts` and `cache` allocated at the root."""
     block = dataclasses.replace(root.block, body=T.SeqStmt(tuple(stmts)),
                                 alloc_buffers=root.block.alloc_buffers + (cache,))
-    return with_body(func, dataclasses.replace(root, block=block)), cache
+    return with_body(func, dataclasses.replace(root, block=block))
 
 
 def loop_extent(func: T.PrimFunc, loop: E.Var) -> E.PrimExpr:
