@@ -156,11 +156,14 @@ class DTensorRef(DRef):
         self.layout = layout
 
     def fetch(self, worker: Optional[int] = None) -> Any:
+        # sync first: a failed call then raises its own error, not "DRef has no value"
+        self._sess.sync()
         if worker is not None:
             return self._sess.fetch(self, worker)
         return assemble(self._sess, self, self.layout)
 
     def fetch_local(self, worker: int = 0) -> Any:
+        self._sess.sync()
         return self._sess.fetch(self, worker)
 
 

@@ -190,3 +190,25 @@ def test_mesh_2x2_without_group_communicators():
         np.testing.assert_allclose(gathered.fetch(), np.exp(x @ w), rtol=1e-5)
         groups = s.get_global_func("spmd.group_count")()
         assert [groups.fetch(i) for i in range(4)] == [0, 0, 0, 0]
+
+
+def test_runtime_split_of_symbolic_dim_reports_indivisible_size():
+    src = '''
+@I.ir_module
+class M:
+    I.module_global_infos({"mesh": [R.device_mesh((2,), I.Range(0, 2))]})
+    @R.function
+    def main(x: R.DTensor(("n", 4), "float32", "mesh[0]", "R")) -> R.DTensor(("n", 4), "float32", "mesh[0]", "S[0]"):
+        n = T.int64()
+        with R.dataflow():
+            y: R.DTensor((n, 4), "float32", "mesh[0]", "S[0]") = R.dist.redistribute(x, "mesh[0]", "S[0]")
+            R.output(y)
+        return y
+'''
+    with disco.ThreadedSession(2) as s:
+        f = s.load_module(build(src))["main"]
+        x = np.arange(24, dtype=np.float32).reshape(6, 4)
+        np.testing.assert_array_equal(f(x).fetch(), x)
+        with pytest.raises(disco.WorkerError, match=r"R.ccl.local_slice: dim 0 of shape \(5, 4\) is 5, "
+                                                    r"not divisible by the 2 workers"):
+            f(x[:5]).fetch()
