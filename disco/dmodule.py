@@ -281,8 +281,8 @@ class DModule:
         return DFunctionHandle(self, name, self.functions_info.get(name))
 
     def place(self, params: dict, function: str = "main") -> dict:
-        """Place named arguments of `function` once (e.g. the weights); returns name -> DRef,
-        to pass in later calls instead of the arrays."""
+        """Place named arguments of `function` once (e.g. the weights); returns name ->
+        DTensorRef, to pass in later calls instead of the arrays."""
         h = self[function]
         by_name = {n: (layout, n) for n, layout, _ in h.params}
         out = {}
@@ -290,8 +290,9 @@ class DModule:
             if name not in by_name:
                 raise SessionError(f"DModule.place: {function!r} has no parameter {name!r}; it "
                                    f"has {[n for n, _, _ in h.params]}")
-            out[name] = place(self.session, value, by_name[name][0],
-                              f"{function}: parameter {name!r}")
+            layout = by_name[name][0]
+            ref = place(self.session, value, layout, f"{function}: parameter {name!r}")
+            out[name] = ref if isinstance(value, DRef) else adopt(ref, layout)
         return out
 
     def placements(self, function: str = "main") -> dict:

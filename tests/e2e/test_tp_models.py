@@ -55,6 +55,8 @@ def test_megatron_mlp(sess):
     w1, w2 = rand(rng, 16, 32), rand(rng, 32, 16)
     dmod = sess.load_module(build(src))
     weights = dmod.place({"w1": w1, "w2": w2})                  # sent once
+    np.testing.assert_array_equal(weights["w1"].fetch_local(k - 1), w1[:, -32 // k:])
+    np.testing.assert_array_equal(weights["w2"].fetch(), w2)
     for n in (3, 5):                                            # symbolic sequence length
         x = rand(rng, n, 16)
         y = dmod["main"](x, weights["w1"], weights["w2"]).fetch()
