@@ -89,8 +89,10 @@ def load_shards(sess_or_path: Any, path_or_placements: Any, placements: Any = No
     """Place the tensors of a safetensors file (or of every one in a directory) on the
     session's workers: `load_shards(sess, path, placements)` (or `(path, placements, sess)`).
 
-    `placements`: name -> placement text ("S[1]", "R", "S[0]R", ...), or a DModule (the
-    placements of its "main"); tensors not named get "R" unless `names` limits the set.
+    `placements`: name -> placement text ("S[1]", "R", "S[0]R", ...), or a DModule or an
+    Executable (the placements of its "main" recorded at build time; parameters absent
+    from the file, such as the inputs, are skipped). Only the named tensors are loaded
+    (all of them, replicated, when `placements` is empty); `names` limits the set.
     Returns name -> DTensorRef (fetch() gives the global tensor)."""
     from disco.dmodule import DModule, DTensorRef, Layout, adopt
     from disco.session.base import Session
@@ -100,7 +102,15 @@ def load_shards(sess_or_path: Any, path_or_placements: Any, placements: Any = No
         path, placements, sess = sess_or_path, path_or_placements, placements
     if not isinstance(sess, Session):
         raise DiscoError(f"load_shards: expected a Session, got {type(sess).__name__}")
-    required = not isinstance(placements, DModule)   # a module's inputs need not be in the file
+    if hasattr(placements, "metadata") and hasattr(placements, "functions"):   # an Executable
+        dist = placements.metadata.get("distributed") or {}
+        main = dist.get("functions", {}).get("main", {})
+        mesh_shape = mesh_shape or dist.get("mesh_shape")
+        placements = {p["name"]: p["placement"] for p in main.get("params", ())
+                      if p.get("placement") is not None}
+        required = False
+    else:
+        required = not isinstance(placements, DModule)   # a module's inputs need not be in the file
     if isinstance(placements, DModule):
         mesh_shape = mesh_shape or placements.mesh_shape
         placements = placements.placements("main")

@@ -37,8 +37,11 @@ def test_load_shards_places_each_worker_slice(sess2, tmp_path):
     np.testing.assert_array_equal(refs["w1"].fetch(), w1)
 
     # the placed weights feed a compiled module directly (argument order of the other form)
-    dmod = sess2.load_module(compiler.build(script.parse(M.mlp(2))))
+    ex = compiler.build(script.parse(M.mlp(2)))
+    dmod = sess2.load_module(ex)
     refs = disco.load_shards(str(tmp_path), dmod, sess2)       # a directory; the module's placements
+    assert sorted(refs) == ["w1", "w2"]
+    assert sorted(disco.load_shards(sess2, str(path), ex)) == ["w1", "w2"]   # the executable's
     x = rng.standard_normal((3, 16)).astype(np.float32)
     y = dmod["main"](x, refs["w1"], refs["w2"]).fetch()
     np.testing.assert_allclose(y, M.mlp_ref(x, w1, w2), rtol=1e-4, atol=1e-4)
