@@ -1,11 +1,12 @@
-"""Helpers for the operator tests: build typed vars, check inferred struct info against numpy.
+"""Helpers for the operator tests: build typed vars, check inferred struct info against numpy,
+sweep a table of cases reporting every failure.
 
 The reference is numpy run on random arrays of the (concrete) input shapes; symbolic
 shapes are checked by evaluating the inferred dims at a binding of their variables.
 """
 from __future__ import annotations
 
-from typing import Callable, Mapping, Optional, Sequence
+from typing import Any, Callable, Mapping, Optional, Sequence
 
 import numpy as np
 
@@ -69,3 +70,16 @@ def static(sinfo) -> tuple[int, ...]:
 
 def same_dims(got, want) -> bool:
     return len(got) == len(want) and all(arith.prove_equal(a, b) for a, b in zip(got, want))
+
+
+def assert_all_pass(cases: Sequence, check: Callable[[int, Any], None],
+                    describe: Callable[[int, Any], str]) -> None:
+    """Run `check(i, case)` for every case, then fail once naming every case that raised:
+    a sweep over all operators reports each broken one, not only the first."""
+    failures = []
+    for i, c in enumerate(cases):
+        try:
+            check(i, c)
+        except Exception as e:
+            failures.append(f"{describe(i, c)}: {type(e).__name__}: {str(e)[:300]}")
+    assert not failures, "\n".join(failures)

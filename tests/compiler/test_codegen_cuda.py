@@ -22,6 +22,7 @@ from compiler.schedule import Schedule, ScheduleError
 from compiler.schedule import primitives as P
 from compiler.transform.gpu_schedule import DefaultGPUSchedule, schedule_gpu
 
+from _op_helpers import assert_all_pass
 from _tir_interp import run_prim_func
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "gpu"))
@@ -300,17 +301,9 @@ def test_every_operator_gpu_scheduled_matches_numpy_on_cpu(_kernel_cache):
     from compiler import build
     from compiler.pipeline import get_pipeline
     from disco.vm import VirtualMachine
-    from test_legalize import CASES, case_name, make_module, run_case
+    from test_legalize import CASES, case_name, make_module, run_case_at
     vm = VirtualMachine(build(make_module(CASES), "cpu", passes=get_pipeline("cuda") + [_unbind]))
-    failures = []
-    for i, c in enumerate(CASES):
-        rng = np.random.default_rng(i)
-        try:
-            for n in (1, 7):
-                run_case(vm, i, c, n, rng)
-        except Exception as e:      # collect them all: one message names every broken case
-            failures.append(f"{case_name(i, c)}: {type(e).__name__}: {str(e)[:300]}")
-    assert not failures, "\n".join(failures)
+    assert_all_pass(CASES, lambda i, c: run_case_at(vm, i, c, (1, 7)), case_name)
 
 
 @pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc is not installed")

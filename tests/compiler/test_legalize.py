@@ -29,6 +29,8 @@ from compiler.script import parse
 from compiler.transform.legalize_ops import LegalizeError, LegalizeOps, is_left_alone
 from disco.vm import VirtualMachine
 
+from _op_helpers import assert_all_pass
+
 BIG = 2**31 - 1
 NS = (1, 7, 128)
 
@@ -449,6 +451,13 @@ def run_case(vm, i: int, c: Case, n: int, rng) -> None:
                                        err_msg=name)
 
 
+def run_case_at(vm, i: int, c: Case, ns) -> None:
+    """Run case `i` at each size n in `ns`, inputs drawn from one generator seeded by `i`."""
+    rng = np.random.default_rng(i)
+    for n in ns:
+        run_case(vm, i, c, n, rng)
+
+
 @pytest.fixture(scope="module")
 def legalized():
     mod = make_module(CASES)
@@ -474,25 +483,14 @@ def test_every_operator_has_a_legalizer_and_a_case():
 
 @pytest.mark.parametrize("i", range(len(CASES)), ids=[case_name(i, c) for i, c in enumerate(CASES)])
 def test_matches_numpy(vm, i):
-    rng = np.random.default_rng(i)
-    c = CASES[i]
-    for n in c.ns:
-        run_case(vm, i, c, n, rng)
+    run_case_at(vm, i, CASES[i], CASES[i].ns)
 
 
 def test_every_case_through_the_default_pipeline():
     """The same module built by `compiler.build(mod)` (library dispatch, legalization,
     schedules, memory planning, ...): every case still matches numpy."""
     vm = VirtualMachine(build(make_module(CASES)))
-    failures = []
-    for i, c in enumerate(CASES):
-        rng = np.random.default_rng(i)
-        try:
-            for n in (1, 7):
-                run_case(vm, i, c, n, rng)
-        except Exception as e:      # collect them all: one message names every broken case
-            failures.append(f"{case_name(i, c)}: {type(e).__name__}: {str(e)[:300]}")
-    assert not failures, "\n".join(failures)
+    assert_all_pass(CASES, lambda i, c: run_case_at(vm, i, c, (1, 7)), case_name)
 
 
 def test_legalized_module_round_trips_and_has_no_operator_calls(legalized, roundtrip):
