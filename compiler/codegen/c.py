@@ -32,7 +32,8 @@ from typing import Optional
 from ..ir import expr as E
 from ..ir import tir as T
 from .c_like import (COMPUTE_CTYPE, DTYPE_BYTES, CFamilyPrinter, CodegenError, c_identifier, check_dtype,
-                     expr_vars, is_true, loop_nest, reduction_update, split_params, storage_ctypes)
+                     expr_vars, is_true, loop_nest, reduction_update, split_params, storage_ctypes,
+                     unique_name)
 
 __all__ = ["CodegenError", "COMPUTE_CTYPE", "DTYPE_BYTES", "STACK_ALLOC_LIMIT", "STORAGE_CTYPE",
            "c_identifier", "generate_c", "kernel_names"]
@@ -91,11 +92,7 @@ def kernel_names(names) -> dict[str, str]:
         ident = c_identifier(name)
         if ident in C_RESERVED or ident.startswith("disco_"):
             ident += "_kernel"
-        base, k = ident, 1
-        while ident in used:
-            ident, k = f"{base}_{k}", k + 1
-        used.add(ident)
-        result[name] = ident
+        result[name] = unique_name(ident, used)
     return result
 
 

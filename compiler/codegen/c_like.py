@@ -54,6 +54,15 @@ def c_identifier(name: str) -> str:
     return "_" + ident if ident[0].isdigit() else ident
 
 
+def unique_name(ident: str, used: set[str]) -> str:
+    """`ident`, or `ident_<k>` for the first k making it not in `used`; added to `used`."""
+    name, k = ident, 1
+    while name in used:
+        name, k = f"{ident}_{k}", k + 1
+    used.add(name)
+    return name
+
+
 def check_dtype(dtype: str, where: str) -> str:
     if dtype not in COMPUTE_CTYPE:
         raise CodegenError(f"kernel {where!r}: dtype {dtype!r} is not supported by the C backend; "
@@ -191,11 +200,7 @@ class CFamilyPrinter:
         base = c_identifier(hint)
         if base.startswith("disco_"):
             base = "v_" + base
-        name, k = base, 1
-        while name in self.used:
-            name, k = f"{base}_{k}", k + 1
-        self.used.add(name)
-        return name
+        return unique_name(base, self.used)
 
     def bind(self, node, hint: str) -> str:
         name = self._fresh(hint)

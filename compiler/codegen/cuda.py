@@ -38,7 +38,8 @@ from ..ir import expr as E
 from ..ir import tir as T
 from .c import C_RESERVED, kernel_names
 from .c_like import (COMPUTE_CTYPE, DTYPE_BYTES, CFamilyPrinter, CodegenError, check_dtype, expr_vars,
-                     is_true, loads, loop_nest, reduction_update, split_params, storage_ctypes)
+                     is_true, loads, loop_nest, reduction_update, split_params, storage_ctypes,
+                     unique_name)
 
 CUDA_STORAGE_CTYPE = storage_ctypes(float16="__half", bfloat16="__nv_bfloat16")
 THREAD_TAGS = ("blockIdx.x", "blockIdx.y", "blockIdx.z", "threadIdx.x", "threadIdx.y", "threadIdx.z")
@@ -118,11 +119,7 @@ def cuda_kernel_names(names) -> dict[str, str]:
     for name, ident in base.items():
         if ident in CUDA_RESERVED or ident.startswith("__"):
             ident = ident.lstrip("_") + "_kernel"
-        cand, k = ident, 1
-        while cand in used:
-            cand, k = f"{ident}_{k}", k + 1
-        used.add(cand)
-        out[name] = cand
+        out[name] = unique_name(ident, used)
     return out
 
 
