@@ -4,7 +4,8 @@ Each child inherits the channel's fd (the segment is already unlinked, so nothin
 left in /dev/shm whoever dies), gets the controller's sys.path, and asks the kernel
 for SIGKILL when the controller dies (PR_SET_PDEATHSIG). A watcher thread waits on the
 children's pidfds, so a dead worker is noticed at once and the next operation raises
-WorkerError; waits also poll the children every 50 ms.
+WorkerError; waits also poll the children every 50 ms. Workers get BLAS/OpenMP thread
+counts that share the host's cores (`worker_thread_env`) unless the user set them.
 """
 from __future__ import annotations
 
@@ -24,6 +25,17 @@ from disco.session.base import Session
 _WORKER_MAIN = "import sys; from disco.session.worker import main; main(sys.argv[1:])"
 
 
+THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "BLIS_NUM_THREADS")
+
+
+def worker_thread_env(env: dict, num_workers: int) -> dict:
+    """Thread counts for the workers' BLAS and OpenMP: the host's cores shared out
+    (at least 1 each), so N workers do not start N threads each and thrash. A count
+    the user already set is kept."""
+    share = str(max(1, (os.cpu_count() or 1) // max(1, num_workers)))
+    return {v: share for v in THREAD_VARS if v not in env}
+
+
 class ProcessSession(Session):
     """`num_workers` worker processes on this host; see `Session` for the API.
 
@@ -34,6 +46,7 @@ class ProcessSession(Session):
         fd = self._chan.fd
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(p or os.getcwd() for p in sys.path)
+        env.update(worker_thread_env(env, self.num_workers))
         self._procs = [
             subprocess.Popen(
                 [sys.executable, "-c", _WORKER_MAIN, "--fd", str(fd), "--worker-id", str(w),

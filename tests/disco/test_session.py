@@ -202,3 +202,17 @@ def test_process_workers_do_not_import_the_compiler():
         s.import_module("worker_funcs")
         assert s.get_global_func("test.imported")("compiler").fetch(0) is False
         assert s.get_global_func("test.imported")("disco.session.worker").fetch(0) is True
+
+
+def test_process_workers_share_the_cores_between_their_blas_threads(monkeypatch):
+    # N workers each starting one BLAS thread per core would oversubscribe the host.
+    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "BLIS_NUM_THREADS"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("MKL_NUM_THREADS", "7")          # a user's choice is kept
+    import os
+    expected = str(max(1, (os.cpu_count() or 1) // 2))
+    with disco.ProcessSession(2) as sess:
+        sess.import_module("worker_funcs")
+        getenv = sess.get_global_func("test.getenv")
+        for var, want in (("OMP_NUM_THREADS", expected), ("MKL_NUM_THREADS", "7")):
+            assert getenv(var).fetch(worker=1) == want

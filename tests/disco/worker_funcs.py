@@ -100,3 +100,9 @@ def arange(n, dtype):
 def imported(name):
     import sys
     return name in sys.modules
+
+
+@disco.register_func("test.getenv")
+def getenv(name):
+    import os
+    return os.environ.get(name)
