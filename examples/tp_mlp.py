@@ -11,14 +11,7 @@ runs it on two worker processes, each holding half of each weight.
 from __future__ import annotations
 
 import importlib.util
-import os
 import time
-
-# One BLAS/OpenMP thread per process: each worker runs on its own core. (Worker processes
-# inherit the environment; N workers with N threads each on N cores spend their time
-# spinning against each other: about 40x slower here.)
-for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-    os.environ.setdefault(_var, "1")
 
 import numpy as np
 
