@@ -56,20 +56,29 @@ def PropagateSharding(mod: IRModule, nominal_dim: int = NOMINAL_DIM) -> IRModule
     return out
 
 
+def dtensors(sinfo: Any) -> list:
+    """The DTensor struct infos in `sinfo` (itself, or a tuple's fields, nested)."""
+    if isinstance(sinfo, DTensorStructInfo):
+        return [sinfo]
+    if isinstance(sinfo, TupleStructInfo):
+        return [d for f in sinfo.fields for d in dtensors(f)]
+    return []
+
+
 def uses_mesh(func: G.Function) -> bool:
     """Whether `func` mentions a DTensor or a distributed operator."""
     found = []
 
     def visit(node):
-        if isinstance(node, (G.Var, G.Call)) and isinstance(node.struct_info, DTensorStructInfo):
+        if isinstance(node, (G.Var, G.Call)) and dtensors(node.struct_info):
             found.append(node)
         elif isinstance(node, G.Call) and getattr(node.op, "name", "").startswith("relax.dist."):
             found.append(node)
 
     from ..ir.visitor import post_order_visit
     post_order_visit(func, visit)
-    return bool(found) or any(isinstance(p.struct_info, DTensorStructInfo) for p in func.params) \
-        or isinstance(func.ret_struct_info, DTensorStructInfo)
+    return bool(found) or any(dtensors(p.struct_info) for p in func.params) \
+        or bool(dtensors(func.ret_struct_info))
 
 
 def flatten_calls(func: G.Function) -> G.Function:
@@ -138,6 +147,10 @@ class _Propagator:
         self.links: list[tuple[G.Var, G.Var]] = []   # variables with one placement
         self.ret_target: Optional[tuple] = None
         self.made_by: dict[G.Var, str] = {}     # var -> the operator computing it (errors)
+        self.slots: dict[G.Var, list] = {}      # tuple var -> one placeholder var per field
+        self.order: list = []                   # placeholders, in the order they were made
+        self.tuple_fields: list = []            # (slot, field var): tuple construction
+        self.demote: set = set()                # returned vars only their conversion leaves
 
     # -- setup ------------------------------------------------------------------------
 
@@ -147,11 +160,11 @@ class _Propagator:
     def _find_mesh(self) -> str:
         refs = []
         for p in self.func.params:
-            if isinstance(p.struct_info, DTensorStructInfo):
-                refs.append((p.struct_info.device_mesh, f"parameter {p.name_hint!r}"))
+            for d in dtensors(p.struct_info):
+                refs.append((d.device_mesh, f"parameter {p.name_hint!r}"))
         for b in self.bindings:
-            if isinstance(b.var.struct_info, DTensorStructInfo):
-                refs.append((b.var.struct_info.device_mesh, f"variable {b.var.name_hint!r}"))
+            for d in dtensors(b.var.struct_info):
+                refs.append((d.device_mesh, f"variable {b.var.name_hint!r}"))
             if _op_name(b.value).startswith("relax.dist."):
                 refs.append((b.value.attrs["device_mesh"], f"variable {b.var.name_hint!r}"))
         if isinstance(self.func.ret_struct_info, DTensorStructInfo):
@@ -194,13 +207,22 @@ class _Propagator:
         for p in self.func.params:
             if _is_tensor(p.struct_info):
                 self.place[p] = [None] * self.naxes
+            if isinstance(p.struct_info, TupleStructInfo):
+                self.make_slots(p, "parameter type")
             if isinstance(p.struct_info, DTensorStructInfo):
                 s = p.struct_info
                 self.fix(p, self.spec_of(p, s.placement, "its parameter type"),
                          f"parameter type R.DTensor(..., {s.device_mesh!r}, {s.placement!r})")
+        self.param_slots = len(self.order)
         for b in self.bindings:
             v, value = b.var, b.value
-            if isinstance(v.struct_info, TupleStructInfo) or _is_tensor(v.struct_info):
+            if isinstance(v.struct_info, TupleStructInfo):
+                self.make_slots(v, "binding type")
+                if isinstance(value, G.Call):
+                    # an operator's tuple result (split): every field placed as the call
+                    self.place.setdefault(v, [None] * self.naxes)
+                    self.links.extend((s, v) for s in self.slots[v] if s in self.place)
+            elif _is_tensor(v.struct_info):
                 self.place.setdefault(v, [None] * self.naxes)
             op = _op_name(value)
             if op in (ANNOTATE, REDISTRIBUTE):
@@ -224,12 +246,14 @@ class _Propagator:
                 s = v.struct_info
                 self.fix(v, self.spec_of(v, s.placement, "its type"),
                          f"binding type R.DTensor(..., {s.placement!r})")
-            elif isinstance(value, G.Var) and value in self.place:
-                self.links.append((v, value))
+            elif isinstance(value, G.Var) and (value in self.place or value in self.slots):
+                self.link_same(v, value)
             elif isinstance(value, G.TupleGetItem) and isinstance(value.tuple_value, G.Var):
-                src = self._tuple_field(value.tuple_value, value.index)
-                if src is not None:
-                    self.links.append((v, src))
+                fields = self.slots.get(value.tuple_value)
+                if fields is not None and value.index < len(fields):
+                    self.link_same(v, fields[value.index])
+            elif isinstance(value, G.Tuple) and v in self.slots:
+                self.link_fields(self.slots[v], value.fields)
             if isinstance(value, G.Call) and op not in (ANNOTATE, REDISTRIBUTE):
                 self.specs[id(b)] = self._rule(value, v)
                 if isinstance(value.op, G.Op):
@@ -240,14 +264,43 @@ class _Propagator:
             body = self.func.body.body
             self.ret_target = self.spec_of(body, ret.placement, "the return type")
 
-    def _tuple_field(self, tvar: G.Var, index: int) -> Optional[G.Var]:
-        for b in self.bindings:
-            if b.var is tvar:
-                if isinstance(b.value, G.Tuple):
-                    f = b.value.fields[index]
-                    return f if isinstance(f, G.Var) else None
-                return tvar if tvar in self.place else None
-        return None
+    def make_slots(self, var: G.Var, what: str) -> None:
+        """One placeholder variable per field of tuple-typed `var` (nested tuples get
+        their own), so that every field carries its own placement."""
+        slots = []
+        for i, f in enumerate(var.struct_info.fields):
+            s = G.Var(f"{var.name_hint}[{i}]", f)
+            slots.append(s)
+            if isinstance(f, TupleStructInfo):
+                self.make_slots(s, what)
+            elif _is_tensor(f):
+                self.place[s] = [None] * self.naxes
+                self.order.append(s)
+                if isinstance(f, DTensorStructInfo):
+                    self.fix(s, self.spec_of(s, f.placement, f"its {what}"),
+                             f"{what} R.DTensor(..., {f.device_mesh!r}, {f.placement!r})")
+        self.slots[var] = slots
+
+    def link_same(self, a: G.Var, b: G.Var) -> None:
+        """`a` and `b` hold the same value: the same placement (field by field)."""
+        if a in self.slots and b in self.slots:
+            for x, y in zip(self.slots[a], self.slots[b]):
+                self.link_same(x, y)
+        elif a in self.place and b in self.place:
+            self.links.append((a, b))
+
+    def link_fields(self, slots: list, fields: tuple) -> None:
+        """A tuple built of `fields`: each slot takes its field's placement, a Partial
+        one replicated (a tuple holds finished values; the field is converted)."""
+        for s, f in zip(slots, fields):
+            if isinstance(f, G.Tuple) and s in self.slots:
+                self.link_fields(self.slots[s], f.fields)
+            elif isinstance(f, G.Var) and s in self.slots:
+                self.link_same(s, f)
+            elif isinstance(f, G.Var) and s in self.place and f in self.place:
+                self.tuple_fields.append((s, f))
+            elif s in self.place and not isinstance(f, G.Var):
+                self.place[s] = [Replicate()] * self.naxes      # a constant
 
     def _rule(self, call: G.Call, var: G.Var) -> rules.DimSpec:
         if call.struct_info is None:
@@ -369,10 +422,21 @@ class _Propagator:
                 elif pb[axis] is None and pa[axis] is not None:
                     pb[axis] = pa[axis]
                     changed = True
+        for s, f in self.tuple_fields:
+            ps, pf = self.place[s], self.place[f]
+            for axis in range(self.naxes):
+                if ps[axis] is None and pf[axis] is not None:
+                    ps[axis] = Replicate() if isinstance(pf[axis], Partial) else pf[axis]
+                    changed = True
+                elif pf[axis] is None and ps[axis] is not None:
+                    pf[axis] = ps[axis]
+                    changed = True
         return changed
 
     def propagate(self) -> None:
-        order = list(self.func.params) + [b.var for b in self.bindings]
+        n = self.param_slots
+        order = list(self.func.params) + self.order[:n] + [b.var for b in self.bindings] + \
+            self.order[n:]
         body = self.func.body.body
         for _ in range(10 * (len(order) + 1) * self.naxes + 10):
             changed = True
@@ -428,6 +492,51 @@ class _Propagator:
         t = rules.tensor_of(sinfo)
         return DTensorStructInfo(t, self.mesh_ref, text) if t is not None else sinfo
 
+    def slot_sinfo(self, var: G.Var) -> Any:
+        """Tuple-typed `var`'s struct info with each field in its own placement."""
+        fields = []
+        for s in self.slots[var]:
+            if s in self.slots:
+                fields.append(self.slot_sinfo(s))
+            elif s in self.place:
+                fields.append(self.dsinfo(s.struct_info, self.place[s]))
+            else:
+                fields.append(s.struct_info)
+        return TupleStructInfo(tuple(fields))
+
+    def var_type(self, var: G.Var) -> type:
+        return G.DataflowVar if var in self.demote else type(var)
+
+    def return_placement(self, e: G.Expr) -> Optional[tuple]:
+        """The placement returned tensor variable `e` is converted to on its way out
+        (results are never Partial; the declared return type is honoured), or None."""
+        if not (isinstance(e, G.Var) and e in self.place and
+                not isinstance(e.struct_info, TupleStructInfo)):
+            return None
+        have = tuple(self.place[e])
+        want = self.ret_target if (self.ret_target is not None and e is self.func.body.body) \
+            else tuple(Replicate() if isinstance(p, Partial) else p for p in have)
+        return want if want != have else None
+
+    def find_demoted(self) -> set:
+        """Variables of the last dataflow block that leave it only through a conversion
+        made on return: the converted value is the block's output, they are not."""
+        blocks = self.func.body.blocks
+        if not blocks or not isinstance(blocks[-1], G.DataflowBlock):
+            return set()
+        bound = {b.var for b in blocks[-1].bindings if not isinstance(b.var, G.DataflowVar)}
+        returned: list = []
+
+        def walk(e):
+            if isinstance(e, G.Tuple):
+                for f in e.fields:
+                    walk(f)
+            else:
+                returned.append(e)
+
+        walk(self.func.body.body)
+        return {e for e in returned if e in bound and self.return_placement(e) is not None}
+
     def run(self) -> G.Function:
         self.init()
         self.propagate()
@@ -436,10 +545,12 @@ class _Propagator:
                 self.check_divisible(v, tuple(p))
         self.remap: dict[G.Var, G.Expr] = {}
         self.cache: dict[tuple, G.Var] = {}
+        self.demote = self.find_demoted()
         params = []
         for p in self.func.params:
-            if p in self.place:
-                nv = type(p)(p.name_hint, self.dsinfo(p.struct_info, self.place[p]))
+            if p in self.place or p in self.slots:
+                nv = type(p)(p.name_hint, self.dsinfo(p.struct_info, self.place[p])
+                             if p in self.place else self.slot_sinfo(p))
                 self.remap[p] = nv
                 params.append(nv)
             else:
@@ -507,7 +618,7 @@ class _Propagator:
         from ..op.dist import redistribute
         call = redistribute(expr, self.mesh_ref, text)
         if like is not None:
-            v = type(like)(like.name_hint, call.struct_info)
+            v = self.var_type(like)(like.name_hint, call.struct_info)
         else:
             cls = G.DataflowVar if self.dataflow and not visible else G.Var
             v = cls(self.new_name("rd"), call.struct_info)
@@ -518,7 +629,7 @@ class _Propagator:
     def rewrite(self, b) -> None:
         var, value = b.var, b.value
         if not isinstance(b, G.VarBinding):
-            nv = type(var)(var.name_hint, self.dsinfo(var.struct_info, self.place[var])) \
+            nv = self.var_type(var)(var.name_hint, self.dsinfo(var.struct_info, self.place[var])) \
                 if var in self.place else var
             self.remap[var] = nv
             self.out.append(type(b)(nv, self.sub(b.value), nv.struct_info))
@@ -553,25 +664,55 @@ class _Propagator:
             sinfo = value.struct_info if value.struct_info is not None else var.struct_info
             call = G.Call(value.op, args, value.attrs, value.sinfo_args,
                           self.dsinfo(sinfo, produced))
-            if target is not None and produced != target:
+            if isinstance(var.struct_info, TupleStructInfo):
+                target = produced       # fields are converted where they are taken out
+            elif target is not None and produced != target:
                 # the operator's natural result, then the variable in its required placement
                 cls = G.DataflowVar if self.dataflow else G.Var
                 tmp = cls(self.new_name(var.name_hint + "_"), call.struct_info)
                 self.out.append(G.VarBinding(tmp, call))
                 self.remap[var] = self.convert(tmp, target, like=var)
                 return
+        elif isinstance(value, G.Tuple) and var in self.slots:
+            call = self.build_tuple(value, self.slots[var])
+            target = None               # typed field by field
+        elif isinstance(value, G.TupleGetItem):
+            tv = self.sub(value.tuple_value)
+            field = tv.struct_info.fields[value.index] \
+                if isinstance(tv.struct_info, TupleStructInfo) else None
+            call = G.TupleGetItem(tv, value.index, field)
+            if isinstance(field, DTensorStructInfo) and target is not None and \
+                    field.placement != format_placement(target):
+                # the field as the tuple holds it, then the variable in its placement
+                cls = G.DataflowVar if self.dataflow else G.Var
+                tmp = cls(self.new_name(var.name_hint + "_"), field)
+                self.out.append(G.VarBinding(tmp, call))
+                self.remap[var] = self.convert(tmp, target, like=var)
+                return
+            if field is not None:
+                target = None           # typed as the field it takes
         else:
             call = self.sub(value)
-            if isinstance(value, G.TupleGetItem):
-                tv = self.sub(value.tuple_value)
-                call = G.TupleGetItem(tv, value.index,
-                                      tv.struct_info.fields[value.index]
-                                      if isinstance(tv.struct_info, TupleStructInfo) else None)
+            if var in self.slots:
+                target = None           # an alias of a tuple: its fields' types
         sinfo = self.dsinfo(var.struct_info, target) if target is not None else \
             (call.struct_info if call.struct_info is not None else var.struct_info)
-        nv = type(var)(var.name_hint, sinfo)
+        nv = self.var_type(var)(var.name_hint, sinfo)
         self.remap[var] = nv
         self.out.append(G.VarBinding(nv, call))
+
+    def build_tuple(self, value: G.Tuple, slots: list) -> G.Tuple:
+        """Tuple `value` (fields remapped) with each tensor field converted to its
+        slot's placement."""
+        fields = []
+        for f, s in zip(value.fields, slots):
+            if isinstance(f, G.Tuple) and s in self.slots:
+                fields.append(self.build_tuple(f, self.slots[s]))
+            elif s in self.place and _is_tensor(f.struct_info):
+                fields.append(self.convert(self.sub(f), tuple(self.place[s])))
+            else:
+                fields.append(self.sub(f))
+        return G.Tuple(tuple(fields), TupleStructInfo(tuple(f.struct_info for f in fields)))
 
     def finish_return(self) -> G.Expr:
         body = self.func.body.body
@@ -581,13 +722,7 @@ class _Propagator:
                 fields = tuple(ret(f) for f in e.fields)
                 return G.Tuple(fields, TupleStructInfo(tuple(f.struct_info for f in fields)))
             ne = self.sub(e)
-            if isinstance(e, G.Var) and e in self.place and not isinstance(e.struct_info,
-                                                                           TupleStructInfo):
-                have = tuple(self.place[e])
-                want = self.ret_target if (self.ret_target is not None and e is body) else \
-                    tuple(Replicate() if isinstance(p, Partial) else p for p in have)
-                if want != have:
-                    return self.convert(ne, want, visible=True)
-            return ne
+            want = self.return_placement(e)
+            return ne if want is None else self.convert(ne, want, visible=True)
 
         return ret(body)
