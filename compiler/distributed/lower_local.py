@@ -223,8 +223,6 @@ class _Lowerer:
             blocks.append(type(block)(tuple(self.bindings)))
         body_expr = self.expr(self.func.body.body)
         ret = self.local_sinfo(self.func.ret_struct_info, "the result")
-        if isinstance(ret, TupleStructInfo) and isinstance(body_expr.struct_info, TupleStructInfo):
-            ret = body_expr.struct_info
         body = G.SeqExpr(tuple(blocks), body_expr, ret)
         attrs = self.func.attrs
         return replace(self.func, params=tuple(params), body=body, ret_struct_info=ret,
@@ -263,13 +261,6 @@ class _Lowerer:
             return
         value = b.value
         dataflow = self.in_dataflow
-        if isinstance(value, G.Tuple):
-            # a tuple's type is its fields' (placements may differ per field)
-            new = self.expr(value)
-            var = type(b.var)(b.var.name_hint, new.struct_info)
-            self.remap[b.var] = var
-            self.bindings.append(G.VarBinding(var, new))
-            return
         if isinstance(value, G.Call) and isinstance(value.op, G.Op):
             new = self.lower_call(value, b.var, want, where, dataflow)
         else:
@@ -430,23 +421,7 @@ def lowered_signature(func: G.Function, mod: IRModule) -> dict:
         return {"object": type(s).__name__}
 
     params = [dict(name=p.name_hint, **describe(p.struct_info)) for p in func.params]
-    return {"params": params, "result": describe(result_sinfo(func))}
-
-
-def result_sinfo(func: G.Function) -> Any:
-    """The struct info of what `func` returns, a tuple's taken field by field from the
-    values it is built of (each field keeps its own placement)."""
-    bound = {b.var: b.value for block in func.body.blocks for b in block.bindings}
-
-    def of(e: G.Expr) -> Any:
-        if isinstance(e, G.Var) and isinstance(bound.get(e), (G.Tuple, G.Var)):
-            return of(bound[e])
-        if isinstance(e, G.Tuple):
-            return TupleStructInfo(tuple(of(f) for f in e.fields))
-        return e.struct_info
-
-    s = of(func.body.body)
-    return s if s is not None else func.ret_struct_info
+    return {"params": params, "result": describe(func.ret_struct_info)}
 
 
 def _dim(d: PrimExpr) -> Any:
