@@ -14,14 +14,22 @@ must be converted by (all-reduce 2(p-1)/p, all-gather / reduce-scatter / all-to-
 (p-1)/p of the tensor, replicate -> shard free); ties go to the first candidate in a
 fixed order (labels sharded on inputs, in operand order; the result's label; none).
 
+Tuples: every field of a tuple-typed value (parameter, tuple construction, an
+operator's tuple result such as split, TupleGetItem, the result) has its own
+placement, through one placeholder per field; an operator's tuple result has its
+rule's placement in every field, and a field taken out in another placement is
+converted there; a Partial field is reduced before the tuple is built.
+
 Output contract (LowerToLocalView's input): every tensor variable (parameters,
-bindings, results) has DTensorStructInfo (global shape, mesh, placement); no
-annotate_sharding is left; every conversion is an explicit `R.dist.redistribute`
-binding; a Partial placement only on the result of an op that produces it (matmul
-over a sharded contraction dim, sum/mean/max/min over a sharded dim, take from a
-vocabulary-sharded table) -- consumers receive it converted, and results are never
-Partial. `mean` over a sharded dim is a Partial sum that the lowering scales;
-`take` from a table sharded along dim 0 must be lowered to a masked lookup.
+bindings, results, tuple fields) has DTensorStructInfo (global shape, mesh,
+placement); a returned variable converted on return stays inside its dataflow block
+(only the converted value is in R.output); no annotate_sharding is left; every
+conversion is an explicit `R.dist.redistribute` binding; a Partial placement only on
+the result of an op that produces it (matmul over a sharded contraction dim,
+sum/mean/max/min over a sharded dim, take from a vocabulary-sharded table) --
+consumers receive it converted, and results are never Partial. `mean` over a sharded
+dim is a Partial sum that the lowering scales; `take` from a table sharded along dim 0
+must be lowered to a masked lookup.
 
 Errors (ShardingError) name the function, the variable and the annotation: a static
 dim not divisible by the mesh axes that shard it; two annotations of one variable

@@ -201,7 +201,8 @@ def test_tuple_propagation_is_idempotent(roundtrip):
     twice = PropagateSharding(once)
     roundtrip(twice)
     for name in ("a", "b", "t", "u"):
-        assert placement_of(var(twice, name).struct_info) == placement_of(var(once, name).struct_info)
+        assert placement_of(var(twice, name).struct_info) == \
+            placement_of(var(once, name).struct_info)
     assert placement_of(var(once, "t").struct_info) == ("R", "S[1]")
     assert placement_of(twice["main"].ret_struct_info) == (("R", "S[1]"), "S[1]")
 
