@@ -185,6 +185,33 @@ def test_partial_field_is_reduced_before_the_tuple(roundtrip):
     assert placement_of(out["main"].ret_struct_info) == ("S[1]", "R")
 
 
+def test_nested_tuple_parameter_result_and_alias(roundtrip):
+    out = propagate('''
+    @R.function
+    def main(p: R.Tuple(R.Tuple(R.DTensor((4, 8), "float32", "mesh[0]", "S[0]"), R.Tensor((4, 8), "float32")), R.Tensor((8, 8), "float32"))):
+        with R.dataflow():
+            q = p[0]
+            a = q[0]
+            w = p[1]
+            ws = R.dist.annotate_sharding(w, "mesh[0]", "S[1]")
+            b = R.matmul(a, ws)
+            c = q[1]
+            t = ((a, b), c)
+            t2 = t
+            R.output(t2)
+        return t2
+''', roundtrip)
+    # the annotation reaches p's field through w = p[1]; the unconstrained field is R
+    assert placement_of(out["main"].params[0].struct_info) == (("S[0]", "R"), "S[1]")
+    # a column-parallel matmul needs a whole: gathering a (4x8) is cheaper than w (8x8)
+    assert conversions(out) == [("S[0]", "R")]
+    assert placement_of(var(out, "b").struct_info) == "S[1]"
+    want = (("S[0]", "S[1]"), "R")
+    assert placement_of(var(out, "t").struct_info) == want
+    assert placement_of(var(out, "t2").struct_info) == want
+    assert placement_of(out["main"].ret_struct_info) == want
+
+
 def test_tuple_propagation_is_idempotent(roundtrip):
     src = '''
     @R.function
