@@ -1,8 +1,15 @@
-"""Tensor-parallel test models in the form PropagateSharding produces (every variable
-with its DTensor placement, conversions explicit), each with a numpy reference.
+"""Tensor-parallel test models as script text, each with a numpy reference; the one
+place the distributed compiler tests and the end-to-end tests take their models from.
 
-`k` is the mesh size (1, 2 or 4): the text is formatted with it."""
+Most models are in the form PropagateSharding produces (every variable with its DTensor
+placement, conversions explicit); `k` is the mesh size (1, 2 or 4) and sizes are
+parameters, so an IR test can use small shapes and an end-to-end test runnable ones.
+The `*_annotated` builders are what an author writes (PropagateSharding fills in the
+rest). Tests outside tests/e2e import this module by name: see
+tests/compiler/distributed/conftest.py."""
 from __future__ import annotations
+
+import math
 
 import numpy as np
 
@@ -13,28 +20,43 @@ class M:
 '''
 
 
-def _mod(body: str, k: int, mesh=None) -> str:
-    mesh = mesh or (k,)
-    import math
+def module_text(body: str, mesh=(2,)) -> str:
+    """`body` (one or more functions) in a module with one device mesh of shape `mesh`."""
     return HEADER.format(mesh=str(tuple(mesh)), size=math.prod(mesh)) + body
+
+
+def _mod(body: str, k: int, mesh=None) -> str:
+    return module_text(body, mesh or (k,))
 
 
 def D(shape, placement, dtype="float32") -> str:
     return f'R.DTensor({shape}, "{dtype}", "mesh[0]", "{placement}")'
 
 
+def _dims(shape, quoted: bool) -> str:
+    """A shape as script text: symbolic dims (str) quoted in a signature, bare in a body."""
+    parts = [f'"{d}"' if quoted and isinstance(d, str) else str(d) for d in shape]
+    return "(" + ", ".join(parts) + ("," if len(parts) == 1 else "") + ")"
+
+
+def _symbols(shape) -> str:
+    """The `n = T.int64()` lines that bind a signature's symbolic dims in the body."""
+    return "".join(f"        {d} = T.int64()\n" for d in dict.fromkeys(shape) if isinstance(d, str))
+
+
 # -- Megatron MLP: w1 column-parallel, w2 row-parallel, one all-reduce -------------------------
 
-def mlp(k: int) -> str:
+def mlp(k: int, dim: int = 16, hidden: int = 32, act: str = "gelu") -> str:
+    """x (n, dim) replicated; `act` is an R.nn operator applied to the hidden layer."""
     return _mod(f'''
     @R.function
-    def main(x: {D('("n", 16)', "R")}, w1: {D("(16, 32)", "S[1]")}, w2: {D("(32, 16)", "S[0]")}) -> {D('("n", 16)', "R")}:
+    def main(x: {D(f'("n", {dim})', "R")}, w1: {D(f"({dim}, {hidden})", "S[1]")}, w2: {D(f"({hidden}, {dim})", "S[0]")}) -> {D(f'("n", {dim})', "R")}:
         n = T.int64()
         with R.dataflow():
-            h: {D("(n, 32)", "S[1]")} = R.matmul(x, w1)
-            a: {D("(n, 32)", "S[1]")} = R.nn.gelu(h)
-            y: {D("(n, 16)", "P[sum]")} = R.matmul(a, w2)
-            z: {D("(n, 16)", "R")} = R.dist.redistribute(y, "mesh[0]", "R")
+            h: {D(f"(n, {hidden})", "S[1]")} = R.matmul(x, w1)
+            a: {D(f"(n, {hidden})", "S[1]")} = R.nn.{act}(h)
+            y: {D(f"(n, {dim})", "P[sum]")} = R.matmul(a, w2)
+            z: {D(f"(n, {dim})", "R")} = R.dist.redistribute(y, "mesh[0]", "R")
             R.output(z)
         return z
 ''', k)
@@ -47,6 +69,16 @@ def mlp_ref(x, w1, w2):
     return (g.astype(np.float32) @ w2)
 
 
+def _project_heads(src: str, q_heads: int, kv_heads: int, head: int = 4) -> str:
+    """Body lines: column-parallel q/kk/v projections of `src` (weights wq, wk, wv) and
+    their (n, heads, head) views q3, k3, v3, all sharded over heads."""
+    lines = [f'{name}: {D(f"(n, {heads * head})", "S[1]")} = R.matmul({src}, {w})'
+             for name, w, heads in (("q", "wq", q_heads), ("kk", "wk", kv_heads), ("v", "wv", kv_heads))]
+    lines += [f'{name}: {D(f"(n, {heads}, {head})", "S[1]")} = R.reshape({of}, R.shape([n, {heads}, {head}]))'
+              for name, of, heads in (("q3", "q", q_heads), ("k3", "kk", kv_heads), ("v3", "v", kv_heads))]
+    return ("\n" + " " * 12).join(lines)
+
+
 # -- self-attention, heads sharded: q/k/v column-parallel, output row-parallel ----------------
 
 def attention(k: int) -> str:
@@ -55,12 +87,7 @@ def attention(k: int) -> str:
     def main(x: {D('("n", 16)', "R")}, wq: {D("(16, 16)", "S[1]")}, wk: {D("(16, 16)", "S[1]")}, wv: {D("(16, 16)", "S[1]")}, wo: {D("(16, 16)", "S[0]")}) -> {D('("n", 16)', "R")}:
         n = T.int64()
         with R.dataflow():
-            q: {D("(n, 16)", "S[1]")} = R.matmul(x, wq)
-            kk: {D("(n, 16)", "S[1]")} = R.matmul(x, wk)
-            v: {D("(n, 16)", "S[1]")} = R.matmul(x, wv)
-            q3: {D("(n, 4, 4)", "S[1]")} = R.reshape(q, R.shape([n, 4, 4]))
-            k3: {D("(n, 4, 4)", "S[1]")} = R.reshape(kk, R.shape([n, 4, 4]))
-            v3: {D("(n, 4, 4)", "S[1]")} = R.reshape(v, R.shape([n, 4, 4]))
+            {_project_heads("x", q_heads=4, kv_heads=4)}
             qt: {D("(4, n, 4)", "S[0]")} = R.permute_dims(q3, axes=[1, 0, 2])
             kt: {D("(4, 4, n)", "S[0]")} = R.permute_dims(k3, axes=[1, 2, 0])
             vt: {D("(4, n, 4)", "S[0]")} = R.permute_dims(v3, axes=[1, 0, 2])
@@ -98,12 +125,7 @@ def llama(k: int) -> str:
         n = T.int64()
         with R.dataflow():
             h: {D("(n, 32)", "R")} = R.nn.rms_norm(x, g1, axes=[-1], epsilon=1e-5)
-            q: {D("(n, 32)", "S[1]")} = R.matmul(h, wq)
-            kk: {D("(n, 16)", "S[1]")} = R.matmul(h, wk)
-            v: {D("(n, 16)", "S[1]")} = R.matmul(h, wv)
-            q3: {D("(n, 8, 4)", "S[1]")} = R.reshape(q, R.shape([n, 8, 4]))
-            k3: {D("(n, 4, 4)", "S[1]")} = R.reshape(kk, R.shape([n, 4, 4]))
-            v3: {D("(n, 4, 4)", "S[1]")} = R.reshape(v, R.shape([n, 4, 4]))
+            {_project_heads("h", q_heads=8, kv_heads=4)}
             qr: {D("(n, 8, 4)", "S[1]")} = R.nn.rotary_embedding(q3, cos, sin)
             kr: {D("(n, 4, 4)", "S[1]")} = R.nn.rotary_embedding(k3, cos, sin)
             q4: {D("(n, 4, 2, 4)", "S[1]")} = R.reshape(qr, R.shape([n, 4, 2, 4]))
@@ -243,32 +265,55 @@ def conversions(k: int) -> str:
 
 # -- what an author writes (PropagateSharding fills in the rest) ------------------------------
 
-def mlp_weights_annotated(k: int) -> str:
-    """Only the two weights carry placements."""
+def mlp_weights_annotated(k: int, dim: int = 16, hidden: int = 32, act: str = "gelu", batch="n") -> str:
+    """Only the two weights carry placements; `batch` is x's row count, a symbol or an int."""
+    x = _dims((batch, dim), quoted=True)
     return _mod(f'''
     @R.function
-    def main(x: R.Tensor(("n", 16), "float32"), w1: {D("(16, 32)", "S[1]")}, w2: {D("(32, 16)", "S[0]")}) -> R.Tensor(("n", 16), "float32"):
-        n = T.int64()
-        with R.dataflow():
+    def main(x: R.Tensor({x}, "float32"), w1: {D(f"({dim}, {hidden})", "S[1]")}, w2: {D(f"({hidden}, {dim})", "S[0]")}) -> R.Tensor({x}, "float32"):
+{_symbols((batch,))}        with R.dataflow():
             h = R.matmul(x, w1)
-            a = R.nn.gelu(h)
+            a = R.nn.{act}(h)
             y = R.matmul(a, w2)
             R.output(y)
         return y
 ''', k)
 
 
-def mlp_activation_annotated(k: int) -> str:
-    """Only the hidden activation is annotated; the weights' placements are inferred."""
-    return _mod('''
+def mlp_activation_annotated(k: int, dim: int = 16, hidden: int = 32, act: str = "gelu", annotated: str = "hs") -> str:
+    """Only the hidden activation is annotated (bound to `annotated`); the weights'
+    placements are inferred."""
+    return _mod(f'''
     @R.function
-    def main(x: R.Tensor(("n", 16), "float32"), w1: R.Tensor((16, 32), "float32"), w2: R.Tensor((32, 16), "float32")) -> R.Tensor(("n", 16), "float32"):
+    def main(x: R.Tensor(("n", {dim}), "float32"), w1: R.Tensor(({dim}, {hidden}), "float32"), w2: R.Tensor(({hidden}, {dim}), "float32")) -> R.Tensor(("n", {dim}), "float32"):
         n = T.int64()
         with R.dataflow():
             h = R.matmul(x, w1)
-            hs = R.dist.annotate_sharding(h, "mesh[0]", "S[1]")
-            a = R.nn.gelu(hs)
+            {annotated} = R.dist.annotate_sharding(h, "mesh[0]", "S[1]")
+            a = R.nn.{act}({annotated})
             y = R.matmul(a, w2)
             R.output(y)
         return y
 ''', k)
+
+
+# -- one conversion, optionally after an elementwise operator ---------------------------------
+
+def redistribute(src: str, dst: str, shape=(8, 12), mesh=(2,), unary: str | None = None) -> str:
+    """x (placement `src`) converted to `dst`; symbolic dims in `shape` are str. With
+    `unary` (e.g. "R.exp"), y = unary(x) keeps `src` and z is the converted y."""
+    sig, body = _dims(shape, quoted=True), _dims(shape, quoted=False)
+    steps, last = [], "x"
+    if unary:
+        steps.append(f'y: {D(body, src)} = {unary}(x)')
+        last = "y"
+    out = "z" if unary else "y"
+    steps.append(f'{out}: {D(body, dst)} = R.dist.redistribute({last}, "mesh[0]", "{dst}")')
+    lines = "".join(f"            {line}\n" for line in steps)
+    return module_text(f'''
+    @R.function
+    def main(x: {D(sig, src)}) -> {D(sig, dst)}:
+{_symbols(shape)}        with R.dataflow():
+{lines}            R.output({out})
+        return {out}
+''', mesh)

@@ -195,18 +195,7 @@ def test_mesh_2x2_without_group_communicators():
 
 
 def test_runtime_split_of_symbolic_dim_reports_indivisible_size():
-    src = '''
-@I.ir_module
-class M:
-    I.module_global_infos({"mesh": [R.device_mesh((2,), I.Range(0, 2))]})
-    @R.function
-    def main(x: R.DTensor(("n", 4), "float32", "mesh[0]", "R")) -> R.DTensor(("n", 4), "float32", "mesh[0]", "S[0]"):
-        n = T.int64()
-        with R.dataflow():
-            y: R.DTensor((n, 4), "float32", "mesh[0]", "S[0]") = R.dist.redistribute(x, "mesh[0]", "S[0]")
-            R.output(y)
-        return y
-'''
+    src = M.redistribute("R", "S[0]", shape=("n", 4))     # rows split at run time
     with disco.ThreadedSession(2) as s:
         f = s.load_module(build(src))["main"]
         x = np.arange(24, dtype=np.float32).reshape(6, 4)

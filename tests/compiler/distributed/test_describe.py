@@ -10,19 +10,10 @@ from compiler.distributed import PropagateSharding, describe
 from compiler.distributed.lowering import DistributedLowering
 from compiler.ir.errors import ShardingError
 
-SRC = '''
-@I.ir_module
-class M:
-    I.module_global_infos({"mesh": [R.device_mesh((4,), I.Range(0, 4))]})
-    @R.function
-    def main(x: R.Tensor((4, 8), "float32"), w1: R.DTensor((8, 16), "float32", "mesh[0]", "S[1]"), w2: R.DTensor((16, 8), "float32", "mesh[0]", "S[0]")) -> R.Tensor((4, 8), "float32"):
-        with R.dataflow():
-            h = R.matmul(x, w1)
-            a = R.nn.relu(h)
-            y = R.matmul(a, w2)
-            R.output(y)
-        return y
-'''
+import _tp_models as M
+
+# Megatron MLP on 4 devices, only the weights annotated: x (4, 8), hidden 16.
+SRC = M.mlp_weights_annotated(4, dim=8, hidden=16, act="relu", batch=4)
 # y is (4, 8) float32 = 128 bytes per device; a ring all-reduce over 4 devices moves
 # 2 * 3/4 * 128 = 192 bytes per device.
 ALLREDUCE_BYTES = 192
@@ -58,8 +49,7 @@ def test_report_is_the_same_after_propagation_and_lowering_keeps_collectives(rou
 
 
 def test_report_symbolic_sizes_and_unknown_function():
-    mod = script.parse(SRC.replace("(4, 8)", '("n", 8)').replace(
-        "    with R.dataflow():", "    n = T.int64()\n        with R.dataflow():", 1))
+    mod = script.parse(M.mlp_weights_annotated(4, dim=8, hidden=16, act="relu", batch="n"))
     rep = describe(mod)
     # y is (n, 8) float32 = 32n bytes; 2 * 3/4 * 32n = 48n
     assert [(k, b) for _, k, b in rep.collectives] == [("allreduce", "(n * 48)")]

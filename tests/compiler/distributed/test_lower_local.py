@@ -14,36 +14,12 @@ from compiler.ir.expr import IntImm, Var as SymVar
 from compiler.ir.struct_info import DTensorStructInfo
 from compiler.ir.visitor import post_order_visit
 
-MLP = '''
-@I.ir_module
-class M:
-    I.module_global_infos({{"mesh": [R.device_mesh(({k},), I.Range(0, {k}))]}})
-    @R.function
-    def main(x: R.DTensor(("n", 8), "float32", "mesh[0]", "R"), w1: R.DTensor((8, 16), "float32", "mesh[0]", "S[1]"), w2: R.DTensor((16, 8), "float32", "mesh[0]", "S[0]")) -> R.DTensor(("n", 8), "float32", "mesh[0]", "R"):
-        n = T.int64()
-        with R.dataflow():
-            h: R.DTensor((n, 16), "float32", "mesh[0]", "S[1]") = R.matmul(x, w1)
-            a: R.DTensor((n, 16), "float32", "mesh[0]", "S[1]") = R.nn.relu(h)
-            y: R.DTensor((n, 8), "float32", "mesh[0]", "P[sum]") = R.matmul(a, w2)
-            z: R.DTensor((n, 8), "float32", "mesh[0]", "R") = R.dist.redistribute(y, "mesh[0]", "R")
-            R.output(z)
-        return z
-'''
+import _tp_models as M
 
 
-def convert(src: str, dst: str, shape=(8, 12), mesh="(2,)", ids=2) -> str:
-    dims = ", ".join(str(d) for d in shape)
-    return f'''
-@I.ir_module
-class M:
-    I.module_global_infos({{"mesh": [R.device_mesh({mesh}, I.Range(0, {ids}))]}})
-    @R.function
-    def main(x: R.DTensor(({dims}), "float32", "mesh[0]", "{src}")) -> R.DTensor(({dims}), "float32", "mesh[0]", "{dst}"):
-        with R.dataflow():
-            y: R.DTensor(({dims}), "float32", "mesh[0]", "{dst}") = R.dist.redistribute(x, "mesh[0]", "{dst}")
-            R.output(y)
-        return y
-'''
+# Megatron MLP as PropagateSharding leaves it: x (n, 8), hidden 16, one all-reduce
+def mlp(k: int) -> str:
+    return M.mlp(k, dim=8, hidden=16, act="relu")
 
 
 def calls(func) -> list[G.Call]:
@@ -69,7 +45,7 @@ def no_dtensor(mod) -> bool:
 
 
 def test_megatron_mlp_one_allreduce_and_local_shapes(roundtrip):
-    mod = script.parse(MLP.format(k=2))
+    mod = script.parse(mlp(2))
     low = LowerToLocalView(mod)
     roundtrip(low)
     f = low["main"]
@@ -88,7 +64,7 @@ def test_megatron_mlp_one_allreduce_and_local_shapes(roundtrip):
 
 
 def test_four_way_split_divides_by_four(roundtrip):
-    low = LowerToLocalView(script.parse(MLP.format(k=4)))
+    low = LowerToLocalView(script.parse(mlp(4)))
     roundtrip(low)
     assert shape_of(low["main"].params[1].struct_info) == (8, 4)
 
@@ -103,7 +79,7 @@ def test_four_way_split_divides_by_four(roundtrip):
     ("S[1]", "S[1]", [], (8, 6)),
 ])
 def test_redistribute_becomes_collectives(roundtrip, src, dst, ops, local):
-    low = LowerToLocalView(script.parse(convert(src, dst)))
+    low = LowerToLocalView(script.parse(M.redistribute(src, dst)))
     roundtrip(low)
     f = low["main"]
     assert [c for c in op_names(f) if c.startswith("relax.")] == ops
@@ -111,7 +87,7 @@ def test_redistribute_becomes_collectives(roundtrip, src, dst, ops, local):
 
 
 def test_2x2_mesh_gathers_each_axis(roundtrip):
-    low = LowerToLocalView(script.parse(convert("S[0]S[1]", "RR", mesh="(2, 2)", ids=4)))
+    low = LowerToLocalView(script.parse(M.redistribute("S[0]S[1]", "RR", mesh=(2, 2))))
     roundtrip(low)
     f = low["main"]
     assert shape_of(f.params[0].struct_info) == (4, 6)
@@ -121,19 +97,7 @@ def test_2x2_mesh_gathers_each_axis(roundtrip):
 
 
 def test_symbolic_sharded_dim_gets_a_local_symbol(roundtrip):
-    src = '''
-@I.ir_module
-class M:
-    I.module_global_infos({"mesh": [R.device_mesh((2,), I.Range(0, 2))]})
-    @R.function
-    def main(x: R.DTensor(("n", 8), "float32", "mesh[0]", "S[0]")) -> R.DTensor(("n", 8), "float32", "mesh[0]", "R"):
-        n = T.int64()
-        with R.dataflow():
-            y: R.DTensor((n, 8), "float32", "mesh[0]", "S[0]") = R.exp(x)
-            z: R.DTensor((n, 8), "float32", "mesh[0]", "R") = R.dist.redistribute(y, "mesh[0]", "R")
-            R.output(z)
-        return z
-'''
+    src = M.redistribute("S[0]", "R", shape=("n", 8), unary="R.exp")
     low = LowerToLocalView(script.parse(src))
     roundtrip(low)
     f = low["main"]
@@ -146,18 +110,7 @@ class M:
 
 
 def test_symbolic_dim_bound_whole_elsewhere_is_divided(roundtrip):
-    src = '''
-@I.ir_module
-class M:
-    I.module_global_infos({"mesh": [R.device_mesh((2,), I.Range(0, 2))]})
-    @R.function
-    def main(x: R.DTensor(("n", 8), "float32", "mesh[0]", "R")) -> R.DTensor(("n", 8), "float32", "mesh[0]", "S[0]"):
-        n = T.int64()
-        with R.dataflow():
-            y: R.DTensor((n, 8), "float32", "mesh[0]", "S[0]") = R.dist.redistribute(x, "mesh[0]", "S[0]")
-            R.output(y)
-        return y
-'''
+    src = M.redistribute("R", "S[0]", shape=("n", 8))
     low = LowerToLocalView(script.parse(src))
     roundtrip(low)
     f = low["main"]
@@ -187,7 +140,7 @@ class M:
 
 def test_indivisible_static_dim_names_the_variable():
     with pytest.raises(ShardingError, match=r"parameter 'x'.*7.*not divisible by the 2 devices"):
-        LowerToLocalView(script.parse(convert("S[0]", "R", shape=(7, 4))))
+        LowerToLocalView(script.parse(M.redistribute("S[0]", "R", shape=(7, 4))))
 
 
 def test_mismatched_local_operator_is_an_error():
@@ -208,7 +161,7 @@ class M:
 
 
 def test_distributed_lowering_records_placements(roundtrip):
-    low = DistributedLowering(script.parse(MLP.format(k=2)))
+    low = DistributedLowering(script.parse(mlp(2)))
     roundtrip(low)
     info = low.attrs["distributed"]
     assert tuple(info["mesh_shape"]) == (2,)
@@ -222,29 +175,16 @@ def test_distributed_lowering_records_placements(roundtrip):
 
 def test_build_metadata_has_placements():
     import compiler
-    ex = compiler.build(script.parse(MLP.format(k=2)))
+    ex = compiler.build(script.parse(mlp(2)))
     dist = ex.metadata["distributed"]
     assert dist["mesh_shape"] == [2]
     assert [p["placement"] for p in dist["functions"]["main"]["params"]] == ["R", "S[1]", "S[0]"]
     assert dist["functions"]["main"]["params"][0]["shape"] == ["n", 8]
 
 
-def _e2e_models():
-    import importlib.util
-    import os
-    path = os.path.join(os.path.dirname(__file__), "..", "..", "e2e", "_tp_models.py")
-    spec = importlib.util.spec_from_file_location("_tp_models_for_ir", path)
-    m = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(m)
-    return m
-
-
-_M = _e2e_models()
-
-
 @pytest.mark.parametrize("name,src", [
-    ("attention", _M.attention(2)), ("llama", _M.llama(2)), ("vocab", _M.vocab(4)),
-    ("mesh2x2", _M.mesh2x2()), ("conversions", _M.conversions(4)), ("rows", _M.rows(2)),
+    ("attention", M.attention(2)), ("llama", M.llama(2)), ("vocab", M.vocab(4)),
+    ("mesh2x2", M.mesh2x2()), ("conversions", M.conversions(4)), ("rows", M.rows(2)),
 ])
 def test_lowered_models_print_and_parse_back(roundtrip, name, src):
     low = DistributedLowering(script.parse(src))

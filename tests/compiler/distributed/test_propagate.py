@@ -12,15 +12,11 @@ from compiler.ir.errors import ShardingError
 from compiler.ir.struct_info import DTensorStructInfo, TupleStructInfo
 from compiler.ir.visitor import post_order_visit
 
-HEAD = '''
-@I.ir_module
-class M:
-    I.module_global_infos({{"mesh": [R.device_mesh({mesh}, I.Range(0, {ids}))]}})
-'''
+import _tp_models as M
 
 
-def module(body: str, mesh="(2,)", ids=2):
-    return script.parse(HEAD.format(mesh=mesh, ids=ids) + body)
+def module(body: str, mesh=(2,)):
+    return script.parse(M.module_text(body, mesh))
 
 
 def bindings(mod, func="main"):
@@ -50,21 +46,12 @@ def op_names(mod, func="main") -> list:
     return [b.value.op.name for b in bindings(mod, func) if isinstance(b.value, G.Call)]
 
 
-MEGATRON = '''
-    @R.function
-    def main(x: R.Tensor(("n", 8), "float32"), w1: R.DTensor((8, 16), "float32", "mesh[0]", "S[1]"), w2: R.DTensor((16, 8), "float32", "mesh[0]", "S[0]")) -> R.Tensor(("n", 8), "float32"):
-        n = T.int64()
-        with R.dataflow():
-            h = R.matmul(x, w1)
-            a = R.nn.relu(h)
-            y = R.matmul(a, w2)
-            R.output(y)
-        return y
-'''
+# only the weights annotated: w1 column-parallel, w2 row-parallel
+MEGATRON = M.mlp_weights_annotated(2, dim=8, hidden=16, act="relu")
 
 
 def test_megatron_mlp_one_allreduce(roundtrip):
-    out = PropagateSharding(module(MEGATRON))
+    out = PropagateSharding(script.parse(MEGATRON))
     roundtrip(out)
     p = placements(out)
     assert p["x"] == "R" and p["w1"] == "S[1]" and p["w2"] == "S[0]"
@@ -79,7 +66,7 @@ def test_megatron_mlp_one_allreduce(roundtrip):
 
 
 def test_propagation_is_idempotent(roundtrip):
-    once = PropagateSharding(module(MEGATRON))
+    once = PropagateSharding(script.parse(MEGATRON))
     twice = PropagateSharding(once)
     roundtrip(twice)
     assert placements(twice) == placements(once)
@@ -87,18 +74,7 @@ def test_propagation_is_idempotent(roundtrip):
 
 
 def test_backward_from_annotated_activation(roundtrip):
-    mod = module('''
-    @R.function
-    def main(x: R.Tensor(("n", 8), "float32"), w1: R.Tensor((8, 16), "float32"), w2: R.Tensor((16, 8), "float32")) -> R.Tensor(("n", 8), "float32"):
-        n = T.int64()
-        with R.dataflow():
-            h = R.matmul(x, w1)
-            h2 = R.dist.annotate_sharding(h, "mesh[0]", "S[1]")
-            a = R.nn.silu(h2)
-            y = R.matmul(a, w2)
-            R.output(y)
-        return y
-''')
+    mod = script.parse(M.mlp_activation_annotated(2, dim=8, hidden=16, act="silu", annotated="h2"))
     roundtrip(mod)                  # annotate_sharding prints and parses back
     out = PropagateSharding(mod)
     roundtrip(out)
@@ -244,7 +220,7 @@ def test_2x2_mesh(roundtrip):
             z = R.nn.gelu(y)
             R.output(z)
         return z
-''', mesh="(2, 2)", ids=4)
+''', mesh=(2, 2))
     out = PropagateSharding(mod)
     roundtrip(out)
     p = placements(out)
@@ -260,7 +236,7 @@ def test_2x2_mesh(roundtrip):
             y = R.matmul(x, w)
             R.output(y)
         return y
-''', mesh="(2, 2)", ids=4)
+''', mesh=(2, 2))
     out = PropagateSharding(mod)
     roundtrip(out)
     assert placements(out)["y"] == "S[0]P[sum]"
@@ -410,7 +386,7 @@ def test_gqa_with_more_devices_than_kv_heads_gathers_k_and_v(roundtrip):
     # 4 devices, 2 kv heads: wk/wv S[1] give each device half a head, which the head
     # reshape cannot keep split; k and v projections are gathered instead (an error
     # would be wrong: the annotations themselves divide evenly).
-    out = PropagateSharding(module(LLAMA, mesh="(4,)", ids=4))
+    out = PropagateSharding(module(LLAMA, mesh=(4,)))
     roundtrip(out)
     conv = [c for c in conversions(out) if c[0] != "R"]      # R -> S is a free local slice
     assert sorted(conv) == [("P[sum]", "R")] * 2 + [("S[1]", "R")] * 2

@@ -8,7 +8,8 @@ from compiler.distributed import PropagateSharding, rules
 from compiler.ir import graph as G
 from compiler.ir.struct_info import DTensorStructInfo, TensorStructInfo
 
-from test_propagate import HEAD, conversions, placements
+import _tp_models as M
+from test_propagate import conversions, placements
 
 # Builtins with no tensor semantics of their own (storage, packed calls, collectives of
 # the local view, the distributed operators PropagateSharding handles itself).
@@ -24,7 +25,7 @@ def test_every_operator_has_a_sharding_rule():
 
 
 def run(body: str, roundtrip):
-    out = PropagateSharding(script.parse(HEAD.format(mesh="(2,)", ids=2) + body))
+    out = PropagateSharding(script.parse(M.module_text(body)))
     roundtrip(out)
     return placements(out), conversions(out)
 

@@ -16,21 +16,14 @@ from compiler.distributed.lowering import DistributedLowering
 from compiler.ir import graph as G
 from compiler.ir.struct_info import DTensorStructInfo, TupleStructInfo
 
-HEAD = '''
-@I.ir_module
-class M:
-    I.module_global_infos({"mesh": [R.device_mesh((2,), I.Range(0, 2))]})
-'''
+import _tp_models as M
+from test_propagate import bindings, conversions
 
 
 def propagate(body: str, roundtrip):
-    out = PropagateSharding(script.parse(HEAD + body))
+    out = PropagateSharding(script.parse(M.module_text(body)))
     roundtrip(out)
     return out
-
-
-def bindings(mod, func="main"):
-    return [b for blk in mod[func].body.blocks for b in blk.bindings]
 
 
 def var(mod, name, func="main"):
@@ -45,12 +38,6 @@ def placement_of(sinfo):
         return tuple(placement_of(f) for f in sinfo.fields)
     assert isinstance(sinfo, DTensorStructInfo), sinfo
     return sinfo.placement
-
-
-def conversions(mod, func="main") -> list:
-    return [(b.value.args[0].struct_info.placement, b.value.attrs["placement"])
-            for b in bindings(mod, func)
-            if isinstance(b.value, G.Call) and b.value.op.name == "relax.dist.redistribute"]
 
 
 def outputs(mod, func="main") -> list:
@@ -319,10 +306,10 @@ def recorded_result(sig):
 
 
 def test_tuples_end_to_end_on_two_workers():
-    low = DistributedLowering(script.parse(HEAD + E2E))
+    low = DistributedLowering(script.parse(M.module_text(E2E)))
     result = low.attrs["distributed"]["functions"]["main"]["result"]
     assert recorded_result(result) == (("R", "S[1]"), "S[1]", "R")
-    ex = compiler.build(script.parse(HEAD + E2E))
+    ex = compiler.build(script.parse(M.module_text(E2E)))
     rng = np.random.default_rng(7)
     x, w1, w2 = (rng.standard_normal(s).astype(np.float32) for s in ((4, 8), (8, 8), (8, 8)))
     b = x @ w1
