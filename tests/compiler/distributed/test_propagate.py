@@ -10,13 +10,19 @@ from compiler.distributed import PropagateSharding, describe
 from compiler.ir import graph as G
 from compiler.ir.errors import ShardingError
 from compiler.ir.struct_info import DTensorStructInfo, TupleStructInfo
-from compiler.ir.visitor import post_order_visit
 
 import _tp_models as M
 
 
 def module(body: str, mesh=(2,)):
     return script.parse(M.module_text(body, mesh))
+
+
+def propagate(body: str, roundtrip, mesh=(2,)):
+    """PropagateSharding on `body` in a module on `mesh`; the result must round-trip."""
+    out = PropagateSharding(module(body, mesh))
+    roundtrip(out)
+    return out
 
 
 def bindings(mod, func="main"):
@@ -87,7 +93,7 @@ def test_backward_from_annotated_activation(roundtrip):
 
 
 def test_backward_from_one_weight_and_from_output(roundtrip):
-    one_weight = module('''
+    out = propagate('''
     @R.function
     def main(x: R.Tensor((4, 8), "float32"), w1: R.Tensor((8, 16), "float32"), w2: R.Tensor((16, 8), "float32")) -> R.Tensor((4, 8), "float32"):
         with R.dataflow():
@@ -96,15 +102,13 @@ def test_backward_from_one_weight_and_from_output(roundtrip):
             y = R.matmul(h, w2)
             R.output(y)
         return y
-''')
-    out = PropagateSharding(one_weight)
-    roundtrip(out)
+''', roundtrip)
     p = placements(out)
     assert (p["w1"], p["h"], p["w2"], p["y"]) == ("S[1]", "S[1]", "S[0]", "P[sum]")
     assert conversions(out) == [("P[sum]", "R")]
 
     # Only the result annotated (row-sharded): the batch dim flows back to x.
-    out_only = module('''
+    out = propagate('''
     @R.function
     def main(x: R.Tensor((4, 8), "float32"), w: R.Tensor((8, 16), "float32")) -> R.DTensor((4, 16), "float32", "mesh[0]", "S[0]"):
         with R.dataflow():
@@ -112,9 +116,7 @@ def test_backward_from_one_weight_and_from_output(roundtrip):
             y = R.nn.relu(h)
             R.output(y)
         return y
-''')
-    out = PropagateSharding(out_only)
-    roundtrip(out)
+''', roundtrip)
     p = placements(out)
     assert (p["x"], p["w"], p["h"], p["y"]) == ("S[0]", "R", "S[0]", "S[0]")
     assert conversions(out) == []
@@ -142,8 +144,7 @@ ATTENTION = '''
 
 
 def test_attention_heads_sharded_one_allreduce(roundtrip):
-    out = PropagateSharding(module(ATTENTION))
-    roundtrip(out)
+    out = propagate(ATTENTION, roundtrip)
     p = placements(out)
     assert p["q"] == p["k"] == p["v"] == "S[1]"
     assert p["pr"] == "S[0]" and p["o"] == "S[0]"           # heads dim of (heads, n, n/16)
@@ -177,8 +178,7 @@ LLAMA = '''
 
 
 def test_llama_layer_two_allreduces(roundtrip):
-    out = PropagateSharding(module(LLAMA))
-    roundtrip(out)
+    out = propagate(LLAMA, roundtrip)
     p = placements(out)
     assert p["attn"] == "P[sum]" and p["down"] == "P[sum]"
     assert p["x2"] == "R" and p["y"] == "R" and p["h2"] == "R"
@@ -190,7 +190,7 @@ def test_llama_layer_two_allreduces(roundtrip):
 
 
 def test_vocab_parallel_embedding_and_lm_head(roundtrip):
-    mod = module('''
+    out = propagate('''
     @R.function
     def main(ids: R.Tensor(("n",), "int64"), table: R.DTensor((32, 16), "float32", "mesh[0]", "S[0]"), g: R.Tensor((16,), "float32"), head: R.DTensor((16, 32), "float32", "mesh[0]", "S[1]")) -> R.DTensor(("n", 32), "float32", "mesh[0]", "R"):
         n = T.int64()
@@ -200,9 +200,7 @@ def test_vocab_parallel_embedding_and_lm_head(roundtrip):
             logits = R.matmul(h, head)
             R.output(logits)
         return logits
-''')
-    out = PropagateSharding(mod)
-    roundtrip(out)
+''', roundtrip)
     p = placements(out)
     assert p["ids"] == "R" and p["e"] == "P[sum]"            # masked lookup, pending sum
     assert p["h"] == "R" and p["logits"] == "S[1]"
@@ -212,7 +210,7 @@ def test_vocab_parallel_embedding_and_lm_head(roundtrip):
 
 
 def test_2x2_mesh(roundtrip):
-    mod = module('''
+    out = propagate('''
     @R.function
     def main(x: R.DTensor((8, 16), "float32", "mesh[0]", "S[0]R"), w: R.DTensor((16, 8), "float32", "mesh[0]", "RS[1]")):
         with R.dataflow():
@@ -220,25 +218,21 @@ def test_2x2_mesh(roundtrip):
             z = R.nn.gelu(y)
             R.output(z)
         return z
-''', mesh=(2, 2))
-    out = PropagateSharding(mod)
-    roundtrip(out)
+''', roundtrip, mesh=(2, 2))
     p = placements(out)
     assert p["y"] == "S[0]S[1]" and p["z"] == "S[0]S[1]"
     assert conversions(out) == []
     assert describe(out).local_shapes["z"] == (4, 4)
 
     # contraction sharded on mesh axis 1 only: Partial on that axis, all-reduced there
-    mod = module('''
+    out = propagate('''
     @R.function
     def main(x: R.DTensor((8, 16), "float32", "mesh[0]", "S[0]S[1]"), w: R.DTensor((16, 8), "float32", "mesh[0]", "RS[0]")) -> R.DTensor((8, 8), "float32", "mesh[0]", "S[0]R"):
         with R.dataflow():
             y = R.matmul(x, w)
             R.output(y)
         return y
-''', mesh=(2, 2))
-    out = PropagateSharding(mod)
-    roundtrip(out)
+''', roundtrip, mesh=(2, 2))
     assert placements(out)["y"] == "S[0]P[sum]"
     assert conversions(out) == [("S[0]P[sum]", "S[0]R")]
     rep = describe(out)
@@ -247,7 +241,7 @@ def test_2x2_mesh(roundtrip):
 
 
 def test_reductions_and_softmax_over_sharded_dim(roundtrip):
-    mod = module('''
+    out = propagate('''
     @R.function
     def main(x: R.DTensor((4, 8), "float32", "mesh[0]", "S[1]")):
         with R.dataflow():
@@ -257,9 +251,7 @@ def test_reductions_and_softmax_over_sharded_dim(roundtrip):
             sm = R.nn.softmax(x, axis=-1)
             R.output(s, mx, mn, sm)
         return (s, mx, mn, sm)
-''')
-    out = PropagateSharding(mod)
-    roundtrip(out)
+''', roundtrip)
     p = placements(out)
     assert p["s"] == "P[sum]" and p["mx"] == "P[max]"
     assert p["mn"] == "S[0]"                      # mean over the unsharded dim stays sharded
@@ -271,7 +263,7 @@ def test_reductions_and_softmax_over_sharded_dim(roundtrip):
 
 
 def test_reshape_maps_outer_factor_only(roundtrip):
-    mod = module('''
+    out = propagate('''
     @R.function
     def main(x: R.DTensor((4, 8), "float32", "mesh[0]", "S[1]"), y: R.DTensor((4, 8), "float32", "mesh[0]", "S[0]")):
         with R.dataflow():
@@ -279,9 +271,7 @@ def test_reshape_maps_outer_factor_only(roundtrip):
             b = R.reshape(y, R.shape([32]))
             R.output(a, b)
         return (a, b)
-''')
-    out = PropagateSharding(mod)
-    roundtrip(out)
+''', roundtrip)
     p = placements(out)
     assert p["a"] == "S[1]"          # 8 -> (2, 4): sharded dim maps to the outer factor 2
     assert p["b"] == "S[0]"          # (4, 8) -> 32: the outer dim 4 maps to the merged dim
@@ -386,8 +376,7 @@ def test_gqa_with_more_devices_than_kv_heads_gathers_k_and_v(roundtrip):
     # 4 devices, 2 kv heads: wk/wv S[1] give each device half a head, which the head
     # reshape cannot keep split; k and v projections are gathered instead (an error
     # would be wrong: the annotations themselves divide evenly).
-    out = PropagateSharding(module(LLAMA, mesh=(4,)))
-    roundtrip(out)
+    out = propagate(LLAMA, roundtrip, mesh=(4,))
     conv = [c for c in conversions(out) if c[0] != "R"]      # R -> S is a free local slice
     assert sorted(conv) == [("P[sum]", "R")] * 2 + [("S[1]", "R")] * 2
     p = placements(out)
@@ -403,7 +392,7 @@ def test_gqa_with_more_devices_than_kv_heads_gathers_k_and_v(roundtrip):
 def test_annotated_result_gets_reduce_scatter_and_keeps_its_name(roundtrip):
     # y annotated row-sharded: the row-parallel matmul yields P[sum]; reduce-scatter
     # ((p-1)/p of y) beats making the matmul itself produce rows (gathering w2).
-    mod = module('''
+    out = propagate('''
     @R.function
     def main(x: R.Tensor((4, 8), "float32"), w1: R.DTensor((8, 16), "float32", "mesh[0]", "S[1]"), w2: R.DTensor((16, 8), "float32", "mesh[0]", "S[0]")):
         with R.dataflow():
@@ -413,9 +402,7 @@ def test_annotated_result_gets_reduce_scatter_and_keeps_its_name(roundtrip):
             z = R.nn.relu(ys)
             R.output(z)
         return z
-''')
-    out = PropagateSharding(mod)
-    roundtrip(out)
+''', roundtrip)
     p = placements(out)
     assert p["y"] == "S[0]" and p["z"] == "S[0]" and p["h"] == "S[1]"
     assert conversions(out) == [("P[sum]", "S[0]")]

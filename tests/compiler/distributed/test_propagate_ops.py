@@ -3,13 +3,12 @@ derived by hand from the operator's meaning (which dims pass through, which must
 whole, which reduce)."""
 from __future__ import annotations
 
-from compiler import op, script
-from compiler.distributed import PropagateSharding, rules
+from compiler import op
+from compiler.distributed import rules
 from compiler.ir import graph as G
-from compiler.ir.struct_info import DTensorStructInfo, TensorStructInfo
+from compiler.ir.struct_info import TensorStructInfo
 
-import _tp_models as M
-from test_propagate import conversions, placements
+from test_propagate import conversions, placements, propagate
 
 # Builtins with no tensor semantics of their own (storage, packed calls, collectives of
 # the local view, the distributed operators PropagateSharding handles itself).
@@ -25,8 +24,7 @@ def test_every_operator_has_a_sharding_rule():
 
 
 def run(body: str, roundtrip):
-    out = PropagateSharding(script.parse(M.module_text(body)))
-    roundtrip(out)
+    out = propagate(body, roundtrip)
     return placements(out), conversions(out)
 
 

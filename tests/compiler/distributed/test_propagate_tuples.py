@@ -6,7 +6,6 @@ operand gives R, a sharded contraction dim gives P[sum], which results never are
 from __future__ import annotations
 
 import numpy as np
-import pytest
 
 import compiler
 import disco
@@ -17,13 +16,7 @@ from compiler.ir import graph as G
 from compiler.ir.struct_info import DTensorStructInfo, TupleStructInfo
 
 import _tp_models as M
-from test_propagate import bindings, conversions
-
-
-def propagate(body: str, roundtrip):
-    out = PropagateSharding(script.parse(M.module_text(body)))
-    roundtrip(out)
-    return out
+from test_propagate import bindings, conversions, propagate
 
 
 def var(mod, name, func="main"):
