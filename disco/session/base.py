@@ -79,8 +79,12 @@ class Session:
 
     Calls are pipelined: `f(x)` returns at once; a worker's failure is raised as
     WorkerError at the next `sync`, `fetch`, `gather`, `import_module` or
-    `get_global_func`, after which the session is usable again. A dead worker makes
-    every later operation raise WorkerError; `shutdown` then ends the others.
+    `get_global_func`, after which the session is usable again. Each failure is
+    raised once: several since the last report are one WorkerError (the earliest
+    first, the others on "also failed:" lines), and a call that failed on several
+    workers is one failure. Fetching or gathering a DRef whose call failed raises
+    that call's error (every time: it has no value). A dead worker makes every later
+    operation raise WorkerError; `shutdown` then ends the others.
     A session is driven by one thread at a time."""
 
     def __init__(self, num_workers: int, *, ring_bytes: int = 16 << 20, spin_us: float = 20.0):
@@ -94,6 +98,7 @@ class Session:
         self._to_free: list[int] = []
         self._pending: list[tuple[int, list[int]]] = []  # (seq, buffer fds) until consumed
         self._failure: WorkerError | None = None
+        self._reported: set[int] = set()  # seqs of failed commands raised since every worker last replied
         self._closed = False
         self._stopping = False  # shutdown began: workers exiting is expected
         self._deadline: float | None = None
@@ -248,27 +253,54 @@ class Session:
         return seq
 
     def _collect(self, seq: int, what: str, workers=None, not_found_ok: bool = False):
-        """Wait for the replies to `seq`; their values, or raise the first worker error."""
+        """Wait for the replies to `seq`; their values, or raise the worker failures they
+        report (worker.py's docstring gives the ERROR reply's value)."""
         chan = self._chan
-        values, errors, not_found = [], [], None
-        for w in range(self.num_workers) if workers is None else workers:
+        every = workers is None
+        values, own, deferred, not_found = [], [], [], None
+        for w in range(self.num_workers) if every else workers:
             chan.wait(w, seq)
             status, value = chan.reply(w)
             if status == Status.NOT_FOUND and not_found_ok:
                 not_found = not_found or (status, value)
+            elif status == Status.ERROR:
+                summary, tb, failed_seq, later, value = value
+                if summary is not None:  # this command's own failure, always raised
+                    own.append((failed_seq, w, summary, tb))
+                deferred.extend((s, w, m, t) for s, m, t in later)
             elif status != Status.OK:
-                errors.append((w, value))
+                own.append((seq, w, value[0], value[1]))
             values.append(value)
         if self._pending:
             self._release()
-        if not_found and not errors:
+        # A deferred failure already raised (e.g. at a fetch from another worker) is not raised again.
+        fresh = sorted((d for d in deferred if d[0] == 0 or d[0] not in self._reported),
+                       key=lambda d: (d[0] == 0, d[0]))
+        failures = own + fresh
+        if every:  # every worker has now reported everything before `seq`
+            self._reported.clear()
+        else:
+            self._reported.update(f[0] for f in failures if f[0])
+        if failures:
+            raise self._worker_error(failures)
+        if not_found:
             return not_found
-        if errors:
-            w, (summary, tb) = errors[0]
-            others = f" (workers {[e[0] for e in errors]} failed)" if len(errors) > 1 else ""
-            raise WorkerError(f"{self.name}: worker {w}: {summary}{others}\n"
-                              f"--- remote traceback (worker {w}) ---\n{tb}", w, tb)
         return (Status.OK, values[0]) if not_found_ok else values
+
+    def _worker_error(self, failures: list[tuple[int, int, str, str]]) -> WorkerError:
+        """One WorkerError for (seq, worker, summary, traceback) failures, the first one
+        leading; failures of one command on several workers are named together."""
+        groups: dict[int, list] = {}
+        for f in failures:
+            groups.setdefault(f[0] or -len(groups) - 1, []).append(f)
+        lines = []
+        for group in groups.values():
+            _, w, summary, _ = group[0]
+            ws = sorted({f[1] for f in group})
+            lines.append(f"worker {w}: {summary}" + (f" (workers {ws} failed)" if len(ws) > 1 else ""))
+        _, w, _, tb = failures[0]
+        also = "".join(f"\nalso failed: {line}" for line in lines[1:])
+        return WorkerError(f"{self.name}: {lines[0]}{also}\n--- remote traceback (worker {w}) ---\n{tb}", w, tb)
 
     def _flush_free(self) -> None:
         ids, self._to_free = self._to_free, []

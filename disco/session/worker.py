@@ -5,6 +5,19 @@ ThreadedSession's threads and a ProcessSession's processes; as a program
 (`python -m disco.session.worker --fd N --worker-id W --num-workers K --ppid P`) it
 attaches to the channel inherited as fd N and serves until SHUTDOWN or until its
 controller dies. It imports `disco` only, never `compiler`.
+
+Failures. A command without a reply (CALL, FREE, BROADCAST, SCATTER) that fails is
+recorded twice: under its result id in `failed` (so a FETCH or GATHER of that DRef, or
+a call taking it as an argument, raises that call's own error rather than "no value"),
+and in `deferred`, the failures since this worker's last reply, every one of which
+rides on that next reply (up to _MAX_DEFERRED of them, then a count). An ERROR reply's
+value is `(summary, traceback, seq, deferred, ok_value)`: the failure of the command
+itself (seq: the command that failed; for a failed DRef, the call that should have
+made it) or `summary None` and the command's value `ok_value` when only deferred
+failures are reported; `deferred` is a tuple of (seq, summary, traceback). The
+controller (base.Session._collect) raises the first and mentions the others, and drops
+a deferred failure whose command it already reported, so a collective that failed on
+every worker is raised once, not again at the next sync.
 """
 from __future__ import annotations
 
@@ -22,28 +35,59 @@ from disco._context import WorkerContext, set_worker_context
 from disco.session.protocol import INLINE_ARRAY_BYTES, Op, Spill, Status, Transfer
 
 _WAIT_S = 0.25  # longest sleep between liveness checks
+_MAX_DEFERRED = 16  # failures kept for the next reply; more are only counted
+
+
+class FailedInputError(RuntimeError):
+    """A call's argument is a DRef whose own call failed on this worker."""
 
 
 def serve(chan, ctx: WorkerContext, alive: Callable[[], bool] | None = None) -> None:
     """Run commands from `chan` as worker `ctx.worker_id` until SHUTDOWN, the channel
     closing, or `alive()` turning False (checked whenever no command came for _WAIT_S)."""
     objects: dict[int, object] = {}  # DRef id -> this worker's object
+    failed: dict[int, tuple[int, str, str]] = {}  # DRef id -> (seq, summary, tb) of the call that failed
     funcs: dict[int, Callable] = {}  # function slot -> callable
     transfer = Transfer()
     chan.set_codec(None, None, transfer.encode, transfer.decode, objects, INLINE_ARRAY_BYTES)
     w, n = ctx.worker_id, ctx.num_workers
-    error: tuple[str, str] | None = None  # first failure of a command without a reply
+    deferred: list[tuple[int, str, str]] = []  # failures of commands without a reply, since the last reply
+    uncounted = 0  # failures beyond _MAX_DEFERRED since the last reply
 
-    def reply(seq: int, status: Status, value) -> None:
-        nonlocal error
-        if error is not None and status == Status.OK:
-            status, value, error = Status.ERROR, error, None
+    def send(seq: int, status: Status, value, carried: tuple = ()) -> None:
         try:
             chan.send_reply(seq, status, value)
         except OverflowError:
             chan.send_reply(seq, status, Spill(value))
-        except Exception as e:  # e.g. an unpicklable result
-            chan.send_reply(seq, Status.ERROR, _describe(e, f"sending the reply to command {seq}"))
+        except Exception as e:  # e.g. an unpicklable result; `carried`: the deferred failures in it
+            summary, tb = _describe(e, f"sending the reply to command {seq}")
+            chan.send_reply(seq, Status.ERROR, (summary, tb, seq, carried, None))
+
+    def take_deferred(own_seq: int = 0) -> tuple:
+        nonlocal uncounted
+        out = [d for d in deferred if d[0] != own_seq]
+        if uncounted:
+            out.append((0, f"and {uncounted} more failed commands on worker {w} (not shown)", ""))
+        deferred.clear()
+        uncounted = 0
+        return tuple(out)
+
+    def reply(seq: int, status: Status, value) -> None:
+        if (deferred or uncounted) and status == Status.OK:
+            carried = take_deferred()
+            send(seq, Status.ERROR, (None, None, 0, carried, value), carried)
+        else:
+            send(seq, status, value)
+
+    def reply_error(seq: int, failure: tuple[int, str, str]) -> None:
+        fseq, summary, tb = failure
+        carried = take_deferred(fseq)
+        send(seq, Status.ERROR, (summary, tb, fseq, carried, None), carried)
+
+    def lookup(ref_id: int):
+        if ref_id in failed:
+            raise _Failed(failed[ref_id])
+        return _lookup(objects, ref_id, w)
 
     while True:
         cmd = chan.next(_WAIT_S)
@@ -56,13 +100,14 @@ def serve(chan, ctx: WorkerContext, alive: Callable[[], bool] | None = None) -> 
         op, seq, a, b, payload, missing = cmd
         try:
             if missing != -1:
-                raise _bad_payload(op, payload, missing)
+                raise _bad_payload(payload, missing, failed.get(missing), w)
             match op:
                 case Op.CALL:
                     objects[b] = funcs[a](*payload)
                 case Op.FREE:
                     for i in payload:
                         objects.pop(i, None)
+                        failed.pop(i, None)
                 case Op.SYNC:
                     reply(seq, Status.OK, None)
                 case Op.GET_FUNC:
@@ -75,9 +120,9 @@ def serve(chan, ctx: WorkerContext, alive: Callable[[], bool] | None = None) -> 
                         reply(seq, Status.OK, None)
                 case Op.FETCH:
                     if b == w:
-                        reply(seq, Status.OK, _lookup(objects, a, w))
+                        reply(seq, Status.OK, lookup(a))
                 case Op.GATHER:
-                    reply(seq, Status.OK, _lookup(objects, a, w))
+                    reply(seq, Status.OK, lookup(a))
                 case Op.BROADCAST:
                     objects[b] = payload
                 case Op.SCATTER:
@@ -91,14 +136,29 @@ def serve(chan, ctx: WorkerContext, alive: Callable[[], bool] | None = None) -> 
                     return
                 case _:
                     raise ValueError(f"unknown command op={op} (a closed enum: {[o.name for o in Op]})")
+        except _Failed as f:  # FETCH or GATHER of a DRef whose call failed: that call's error
+            reply_error(seq, f.failure)
         except BaseException as e:  # a worker reports, it never dies of its functions
             if isinstance(e, (SystemExit, KeyboardInterrupt)) and op != Op.CALL:
                 raise
-            desc = _describe(e, _what(op, a, funcs))
+            summary, tb = _describe(e, _what(op, a, funcs))
             if op in (Op.CALL, Op.FREE, Op.BROADCAST, Op.SCATTER):
-                error = error or desc
+                if op != Op.FREE:
+                    failed[b] = (seq, summary, tb)
+                if len(deferred) < _MAX_DEFERRED:
+                    deferred.append((seq, summary, tb))
+                else:
+                    uncounted += 1
             elif op != Op.FETCH or b == w:
-                chan.send_reply(seq, Status.ERROR, desc)
+                reply_error(seq, (seq, summary, tb))
+
+
+class _Failed(Exception):
+    """Raised by `lookup` for a DRef whose call failed; carries (seq, summary, tb)."""
+
+    def __init__(self, failure: tuple[int, str, str]):
+        super().__init__(failure[1])
+        self.failure = failure
 
 
 def _resolve(name: str) -> Callable | None:
@@ -117,9 +177,12 @@ def _lookup(objects: dict, ref_id: int, w: int):
                        "failed, or it was freed") from None
 
 
-def _bad_payload(op: int, payload, missing: int) -> Exception:
+def _bad_payload(payload, missing: int, failure: tuple[int, str, str] | None, w: int) -> Exception:
     if missing == -2:
         return payload  # the codec's decoding error
+    if failure is not None:
+        return FailedInputError(f"argument DRef {missing} has no value on worker {w} because the call that "
+                                f"should have made it failed: {failure[1]}")
     return KeyError(f"argument DRef {missing} has no value on this worker: the call that should have "
                     "made it failed, or it was freed")
 
