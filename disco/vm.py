@@ -214,6 +214,8 @@ class _Kernel:
 def _got_text(x: Any) -> str:
     if isinstance(x, np.ndarray):
         return f"a {x.ndim}-d {dtype_name(x.dtype) if x.dtype.kind != 'O' else 'object'} array of shape {tuple(x.shape)}"
+    if isinstance(x, (tuple, list)):  # its arity, not its (possibly huge) contents
+        return f"a {type(x).__name__} of {len(x)} field{'' if len(x) == 1 else 's'}"
     return f"{type(x).__name__} {x!r}"[:80]
 
 
@@ -267,7 +269,7 @@ class _Matcher:
             return x
         if kind == "tuple":
             if not isinstance(x, (tuple, list)) or len(x) != len(pat.fields):
-                self._fail(where, f"expects a tuple {pat.text}, got {_got_text(x)}")
+                self._fail(where, f"expects a tuple of {len(pat.fields)} fields {pat.text}, got {_got_text(x)}")
             return tuple(self.convert(f, v, f"{where} field {i}", is_param)
                          for i, (f, v) in enumerate(zip(pat.fields, x)))
         return x

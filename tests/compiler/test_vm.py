@@ -299,6 +299,22 @@ def test_scalars_shapes_and_tuples_in_and_out():
         vm["main"](np.arange(4), 1, (5, 3), (np.arange(4), 1))
 
 
+def test_tuple_argument_with_wrong_field_count_names_the_count():
+    """A tuple argument of the wrong arity is described by its field count, not its contents."""
+    n = E.Var("n")
+    t = G.Var("t", S.TupleStructInfo((tensor((n, 4)), tensor((n, 4)))))
+    y = G.Var("y", tensor((n, 4)))
+    main = function([t], [G.VarBinding(y, call_tir("relu", [G.TupleGetItem(t, 0)], tensor((n, 4))))], y)
+    vm = VirtualMachine(build(IRModule.from_dict({"relu": prim_relu(4), "main": main}), passes=[]))
+    x = np.ones((2, 4), np.float32)
+    np.testing.assert_array_equal(vm["main"]((x, x)), x)
+    with pytest.raises(SignatureError, match=r"parameter 't' expects a tuple of 2 fields .*got a tuple of 1 field$") as info:
+        vm["main"]((x,))
+    assert "array(" not in str(info.value) and "1." not in str(info.value)
+    with pytest.raises(SignatureError, match=r"got a list of 3 fields$"):
+        vm["main"]([x, x, x])
+
+
 def test_call_other_graph_function():
     n = E.Var("n")
     a = G.Var("a", tensor((n, 32))); r = G.Var("r", tensor((n, 32)))
