@@ -62,8 +62,12 @@ def build(mod: IRModule, target: str = "cpu", *,
             check_script_roundtrip(mod, f"the output of {getattr(p, '__name__', p)}")
 
     from .codegen import build_kernels
+    from .codegen.verify_calls import verify_calls
     from .codegen.vm_codegen import codegen_vm
 
+    # Tensor shapes vs. buffer shapes of every call_tir: mismatches fail here, before the
+    # kernels compile; calls it cannot decide get a run-time check (CHECK_KERNEL).
+    unproved_calls = verify_calls(mod)
     prim_funcs = mod.prim_funcs()
     kernels: list[KernelInfo] = []
     library = None
@@ -90,7 +94,7 @@ def build(mod: IRModule, target: str = "cpu", *,
                 [{"name": b.name, "dtype": b.dtype, "ndim": b.ndim} for b in sig.buffers],
                 [s.name for s in sig.scalars]))
     kernel_index = {name: i for i, name in enumerate(prim_funcs)}
-    functions, constants = codegen_vm(mod, kernel_index)
+    functions, constants = codegen_vm(mod, kernel_index, unproved_calls=unproved_calls)
     if not functions:
         raise BuildError("the module has no graph function to run")
     meta = dict(metadata or {})

@@ -39,6 +39,14 @@ Shape patterns (signatures and match_cast) are JSON objects:
 
 where a dim is an int, ["b", heap_index, "n"] (binds symbol n: its first bare
 occurrence) or ["e", "h[0] * 2", "n * 2"] (checks against an expression).
+
+CHECK_KERNEL precedes a CALL_KERNEL (same kernel, registers and scalar expressions)
+whose argument shapes the compiler could not prove to fit the kernel's buffers. Its
+`check` is {"tir": PrimFunc name, "syms": [name, ...], "buffers": [{"where": "buffer
+'Y' (output 0)", "pattern": tensor pattern}, ...], "scalars": [{"where", "pattern":
+prim pattern}, ...]}: patterns over a heap of the kernel's own size vars. The VM
+matches the arrays and scalars against them when it records a plan (once per plan
+key), raising SignatureError on a mismatch.
 """
 from __future__ import annotations
 
@@ -79,6 +87,7 @@ class Op(IntEnum):
     RET = 11         # src
     ALLOC_STORAGE = 12  # dst, nbytes_expr, dtype     flat byte buffer (PlanMemory's storage)
     ALLOC_VIEW = 13     # dst, storage, offset_expr, dtype, [expr, ...]   tensor viewing storage
+    CHECK_KERNEL = 14   # kernel_index, [reg, ...], [expr, ...], check   (see below)
 
 
 @dataclass

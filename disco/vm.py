@@ -21,6 +21,10 @@ plan, cached per key, in which all that can be decided from the key already is:
   results of packed functions) are patched into those arrays once, when the value
   is produced, so calling a kernel costs one ctypes call (which releases the GIL).
 
+Shapes the compiler could not prove to fit a kernel's buffers are checked by a
+CHECK_KERNEL instruction before the kernel runs; like argument checks, that happens
+while recording, so a plan keyed on the same shapes does not repeat it.
+
 A plan run is a flat loop over steps. Functions whose shapes depend on data (a
 match_cast binding a symbol from a packed function's result) are not cached and are
 interpreted on every call. A VM is not meant to be shared by threads; a call that
@@ -195,9 +199,40 @@ class _Fn:
                 ins = (op, kernels[ins[1]], list(ins[2]), compile_exprs(ins[3], what))
             elif op is Op.MATCH:
                 ins = (op, ins[1], _Pattern(ins[2], what), ins[3])
+            elif op is Op.CHECK_KERNEL:
+                if not 0 <= ins[1] < len(kernels):
+                    raise DiscoError(f"{what}: kernel index {ins[1]} out of range "
+                                     f"({len(kernels)} kernels)")
+                ins = (op, _KernelCheck(f.name, ins[4], what), list(ins[2]),
+                       compile_exprs(ins[3], what))
             else:
                 ins = (op, *ins[1:])
             self.code.append(ins)
+
+
+class _KernelCheck:
+    """A CHECK_KERNEL operand decoded: the kernel's buffer and scalar patterns over its
+    own heap of size vars. `name` and `sym_names` are what `_Matcher` reports."""
+    __slots__ = ("name", "sym_names", "buffers", "scalars")
+
+    def __init__(self, fn_name: str, check: dict, what: str):
+        self.name = f"{fn_name}: call_tir of tensor program {check['tir']!r}"
+        self.sym_names = list(check["syms"])
+        self.buffers = [(_Pattern(b["pattern"], what), b["where"]) for b in check["buffers"]]
+        self.scalars = [(_Pattern(b["pattern"], what), b["where"]) for b in check["scalars"]]
+
+    def run(self, arrays: list, scalars: tuple, device: "_Device") -> None:
+        """Raise SignatureError unless `arrays` and `scalars` fit the kernel's parameters."""
+        if len(arrays) != len(self.buffers) or len(scalars) != len(self.scalars):
+            raise SignatureError(f"{self.name}: the kernel takes {len(self.buffers)} buffers and "
+                                 f"{len(self.scalars)} scalars, got {len(arrays)} and "
+                                 f"{len(scalars)}")
+        m = _Matcher(self, [0] * len(self.sym_names), {}, device)
+        for (pat, where), a in zip(self.buffers, arrays):
+            m.convert(pat, a, where, False)
+        for (pat, where), v in zip(self.scalars, scalars):
+            m.convert(pat, v, where, False)
+        m.finish()
 
 
 class _Kernel:
@@ -368,6 +403,8 @@ class _Recorder:
             op = ins[0]
             if op is Op.CALL_KERNEL:
                 self.kernel(fn, ins[1], [regs[r] for r in ins[2]], ins[3](h))
+            elif op is Op.CHECK_KERNEL:      # checked when recording: plans need not repeat it
+                ins[1].run([vals[regs[r]] for r in ins[2]], ins[3](h), vm.device)
             elif op is Op.ALLOC:
                 shape = ins[3](h)
                 s = regs[ins[1]] = self.new(vm.device.empty(shape, ins[2]))

@@ -16,6 +16,11 @@ graph function of the module, `relax.builtin.alloc_tensor`, and the planned-memo
 forms (compiler/op/memory.py): `relax.memory.alloc_storage` / `alloc_tensor`
 (ALLOC_STORAGE / ALLOC_VIEW) and `relax.memory.call_tir` / `call_dps_packed`
 (the outputs are given). Any other operator must have been legalized before codegen.
+
+A tensor-program call whose tensor shapes `verify_calls` could not prove equal to the
+PrimFunc's buffer shapes is preceded by a CHECK_KERNEL instruction: the kernel's buffer
+shapes as patterns over their own symbols, which the VM matches against the actual
+arrays when it records a plan (so the check is not on a plan's hot path).
 """
 from __future__ import annotations
 
@@ -43,14 +48,22 @@ MEM_CALL_DPS_PACKED = "relax.memory.call_dps_packed"
 
 
 def codegen_vm(mod: IRModule, kernel_index: dict[str, int],
-               constants: Optional[list] = None) -> tuple[dict[str, VMFunction], list[np.ndarray]]:
+               constants: Optional[list] = None, *,
+               unproved_calls: Optional[set[int]] = None,
+               ) -> tuple[dict[str, VMFunction], list[np.ndarray]]:
     """Bytecode for every graph function of `mod`. `kernel_index` maps PrimFunc names to
-    their index in the executable's kernel list. Returns (functions, constants)."""
+    their index in the executable's kernel list. `unproved_calls` is what
+    `verify_calls(mod)` returned (computed here when not given): the calls that get a
+    run-time shape check. Returns (functions, constants)."""
+    if unproved_calls is None:
+        from .verify_calls import verify_calls
+        unproved_calls = verify_calls(mod)
     constants = [] if constants is None else constants
     const_ids: dict[int, int] = {}
     functions = {}
     for name, func in mod.graph_functions().items():
-        functions[name] = _FunctionCodegen(mod, name, kernel_index, constants, const_ids).run(func)
+        functions[name] = _FunctionCodegen(mod, name, kernel_index, constants, const_ids,
+                                           unproved_calls).run(func)
     return functions, constants
 
 
@@ -92,8 +105,10 @@ def _vars_in(e: E.PrimExpr, out: list) -> list:
 
 class _FunctionCodegen:
     def __init__(self, mod: IRModule, name: str, kernel_index: dict[str, int],
-                 constants: list, const_ids: dict):
+                 constants: list, const_ids: dict, unproved_calls: frozenset = frozenset()):
         self.mod = mod
+        self.unproved_calls = unproved_calls
+        self.kernel_checks: dict[str, dict] = {}   # PrimFunc name -> CHECK_KERNEL operand
         self.name = name
         self.kernel_index = kernel_index
         self.constants = constants
@@ -402,8 +417,46 @@ class _FunctionCodegen:
         if n_scalar != len(scalars):
             raise self.error(f"call_tir {name}: the tensor program takes {n_scalar} scalar "
                              f"parameters, the call passes {len(scalars)} tir_vars")
+        if id(call) in self.unproved_calls:
+            self.emit(Op.CHECK_KERNEL, self.kernel_index[name], ins + outs, scalars,
+                      self.kernel_check(name, prim, len(ins)))
         self.emit(Op.CALL_KERNEL, self.kernel_index[name], ins + outs, scalars)
         return self._result(outs, is_tuple)
+
+    def kernel_check(self, name: str, prim: PrimFunc, num_ins: int) -> dict:
+        """The CHECK_KERNEL operand of tensor program `name`: its buffers' and integer
+        scalars' patterns over a heap of its own size vars (bound, as the kernel binds
+        them, at the first bare buffer dim, then by the scalar parameter)."""
+        key = f"{name}/{num_ins}"
+        if key in self.kernel_checks:
+            return self.kernel_checks[key]
+        cg = _FunctionCodegen(self.mod, f"{self.name}: call_tir {name}", {}, [], {})
+        buffers = [p for p in prim.params if isinstance(p, Buffer)]
+        scalars = [p for p in prim.params if isinstance(p, E.Var)]
+        for b in buffers:
+            cg._prebind(S.TensorStructInfo(b.shape, b.dtype))
+        for v in scalars:
+            if E.is_int_dtype(v.dtype):
+                cg._prebind(S.PrimStructInfo(v.dtype, v))
+        entries = []
+        for i, b in enumerate(buffers):
+            role = f"argument {i}" if i < num_ins else f"output {i - num_ins}"
+            try:
+                pat = cg.pattern(S.TensorStructInfo(b.shape, b.dtype), True, f"buffer {b.name!r}")
+            except CodegenError:   # a dim the call cannot bind: check dtype and rank only
+                pat = {"kind": "tensor", "dtype": b.dtype, "ndim": len(b.shape), "shape": None}
+            entries.append({"where": f"buffer {b.name!r} ({role})", "pattern": pat})
+        scalar_entries = []
+        for i, v in enumerate(scalars):
+            try:
+                pat = cg.pattern(S.PrimStructInfo(v.dtype, v if E.is_int_dtype(v.dtype) else None),
+                                 True, f"scalar {v.name!r}")
+            except CodegenError:
+                pat = {"kind": "prim", "dtype": v.dtype, "value": None}
+            scalar_entries.append({"where": f"scalar {v.name!r} (tir_vars[{i}])", "pattern": pat})
+        check = self.kernel_checks[key] = {"tir": name, "syms": cg.sym_names,
+                                           "buffers": entries, "scalars": scalar_entries}
+        return check
 
     def call_dps(self, call: G.Call, given_outs: bool = False) -> int:
         name = _extern_name(call.args[0], self)
