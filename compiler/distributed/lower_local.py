@@ -73,9 +73,15 @@ def _mentions_dtensor(s: Any) -> bool:
 def LowerToLocalView(mod: IRModule) -> IRModule:
     """`mod` with every graph function that uses DTensors rewritten to the local view."""
     out = mod
+    taken: set[str] = set()
+    programs: dict = {}         # local copies of tensor programs, shared by all functions
     for name, func in mod.graph_functions().items():
         if _function_mentions_dtensor(func):
-            out = out.with_function(name, _Lowerer(mod, name, func).run())
+            lowerer = _Lowerer(mod, name, func)
+            lowerer.taken_names, lowerer.local_programs = taken, programs
+            out = out.with_function(name, lowerer.run())
+    for gvar, prim in programs.values():
+        out = out.with_function(gvar.name_hint, prim)
     return out
 
 
@@ -118,6 +124,8 @@ class _Lowerer:
         self._plan_symbols()
         self.bindings: list[G.Binding] = []
         self.counter = 0
+        self.local_programs: dict = {}      # (callee, factors) -> (GlobalVar, local PrimFunc)
+        self.taken_names: set[str] = set()
 
     # mesh and symbols ------------------------------------------------------------------
 
@@ -300,9 +308,12 @@ class _Lowerer:
                                     f"{var.struct_info.placement!r}; run PropagateSharding first, "
                                     "which turns such conflicts into R.dist.redistribute")
             return args[0]
-        if name in ("relax.call_tir", "relax.call_dps_packed", "relax.call_pure_packed",
-                    "relax.call_packed"):
+        if name == "relax.call_tir":
+            return self.call_tir(call, args, var, want, where)
+        if name in ("relax.call_dps_packed", "relax.call_pure_packed", "relax.call_packed"):
             sinfo_args = tuple(self.local_sinfo(s, where) for s in call.sinfo_args)
+            if name == "relax.call_dps_packed" and want is not None:
+                sinfo_args = (want,)        # the bound variable's local (= replicated) type
             return G.Call(call.op, args, call.attrs, sinfo_args,
                           want if want is not None else sinfo_args[0])
         if name in _SHAPE_ARG and isinstance(want, TensorStructInfo) and want.shape is not None:
@@ -319,6 +330,65 @@ class _Lowerer:
                 from ..op.builtin import const
                 return make_call("relax.divide", (m, const(float(k), m.struct_info.dtype)))
         return new
+
+    def call_tir(self, call: G.Call, args: tuple, var: G.Var, want, where: str) -> G.Call:
+        """A call of the local copy of the tensor program: out_sinfo is the bound variable's
+        local type, the copy's buffers take the local shapes (local_program.localize)."""
+        gvar = call.args[0]
+        out_sinfo = want if want is not None else self.local_sinfo(call.sinfo_args[0], where)
+        operands = list(call.args[1].fields) if isinstance(call.args[1], G.Tuple) else [call.args[1]]
+        in_s = [o.struct_info for o in operands]
+        if isinstance(call.args[1], G.Var) and isinstance(call.args[1].struct_info, TupleStructInfo):
+            in_s = list(call.args[1].struct_info.fields)
+        out_s = list(var.struct_info.fields) if isinstance(var.struct_info, TupleStructInfo) \
+            else [var.struct_info]
+        factors = [self.layout(s, where).factors if isinstance(s, DTensorStructInfo) else None
+                   for s in in_s + out_s]
+        self._check_partial(call, var, in_s, out_s, where)
+        if all(f is None or all(x == 1 for x in f) for f in factors):
+            callee = gvar
+        else:
+            callee = self.local_program(gvar, factors, in_s + out_s, where)
+        sinfo_args = (out_sinfo,)
+        return G.Call(call.op, (callee,) + args[1:], call.attrs, sinfo_args, out_sinfo)
+
+    def local_program(self, gvar: G.GlobalVar, factors: list, sinfos: list, where: str):
+        from .local_program import localize
+        key = (gvar.name_hint, tuple(None if f is None else tuple(f) for f in factors))
+        if key in self.local_programs:
+            return self.local_programs[key][0]
+        placements = ", ".join(s.placement if isinstance(s, DTensorStructInfo) else "R"
+                               for s in sinfos)
+        what = (f"function {self.name!r}, {where}: R.call_tir of tensor program "
+                f"{gvar.name_hint!r} with placements ({placements})")
+        prim = localize(self.mod[gvar.name_hint], factors, what)
+        if prim is self.mod[gvar.name_hint]:        # only symbolic sizes: bound locally
+            self.local_programs[key] = (gvar, prim)
+            return gvar
+        taken = set(self.mod) | self.taken_names
+        new_name = f"{gvar.name_hint}_local"
+        i = 1
+        while new_name in taken:
+            new_name = f"{gvar.name_hint}_local_{i}"
+            i += 1
+        self.taken_names.add(new_name)
+        if prim.attrs and "global_symbol" in prim.attrs:
+            prim = replace(prim, attrs=prim.attrs.replace(global_symbol=new_name))
+        new_gvar = G.GlobalVar(new_name, gvar.struct_info)
+        self.local_programs[key] = (new_gvar, prim)
+        return new_gvar
+
+    def _check_partial(self, call, var, in_s, out_s, where: str) -> None:
+        """A result that PropagateSharding typed Partial must come from a summed reduction
+        dim sharded on the inputs (the local program then yields this worker's partial sum)."""
+        for s in out_s:
+            if not isinstance(s, DTensorStructInfo):
+                continue
+            for p in self.layout(s, where).spec:
+                if isinstance(p, Partial) and p.op != "sum":
+                    raise ShardingError(f"function {self.name!r}, {where}: R.call_tir of "
+                                        f"{call.args[0].name_hint!r} cannot produce "
+                                        f"{s.placement!r} (only a summed reduction gives P[sum])")
 
     def _is_vocab_take(self, call: G.Call, var: G.Var, where: str) -> bool:
         x = call.args[0].struct_info

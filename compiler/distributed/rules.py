@@ -325,8 +325,9 @@ def rotary(call) -> DimSpec:
 def call_tir_rule(call, prim_func) -> DimSpec:
     """Placements of a tensor program from its access patterns: a loop variable used
     as a plain index of the output buffer and of an input buffer is a shared spatial
-    dim; a loop variable that indexes inputs only is a reduction dim, which needs the
-    dim replicated (the combiner is not analysed); any other index expression
+    dim; a loop variable that indexes inputs only is a reduction dim, which is summed
+    (a Partial sum result) when the program is one `init 0; Y = Y + f(...)` block
+    and must be replicated otherwise; any other index expression
     (i + 1, i * 2, a constant) makes that dim replicated."""
     from ..ir import tir as T
     from ..ir.visitor import post_order_visit
@@ -362,12 +363,49 @@ def call_tir_rule(call, prim_func) -> DimSpec:
         for other in out_bufs[1:]:
             if tuple(plain(stores.get(other.name, []), len(other.shape))) != out_labels:
                 out_labels = (None,) * len(ob.shape)
-    keep = {l for l in out_labels if l is not None}
+    summed = _summed_iterators(prim_func, out_bufs, out_labels)
+    keep = {l for l in out_labels if l is not None} | set(summed)
     inputs = []
     for b in in_bufs:
         lab = plain(loads.get(b.name, []), len(b.shape))
         inputs.append(tuple(l if l in keep else None for l in lab))
-    return DimSpec(inputs, out_labels)
+    return DimSpec(inputs, out_labels, {l: "sum" for l in summed})
+
+
+def _summed_iterators(prim_func, out_bufs, out_labels) -> list[str]:
+    """Reduction iterators of a program that is one block of the form
+    `with T.init(): Y[i..] = 0` / `Y[i..] = Y[i..] + f(inputs)`: a sum whose partial
+    sums over slices of those iterators add up to the whole (sharding one gives P[sum])."""
+    from ..ir import expr as E
+    from ..ir import tir as T
+    from ..ir.visitor import post_order_visit
+    blocks: list = []
+    post_order_visit(prim_func.body, lambda n: blocks.append(n) if isinstance(n, T.Block) else None)
+    if len(out_bufs) != 1 or len(blocks) != 1:
+        return []
+    blk, out = blocks[0], out_bufs[0]
+    init, body = blk.init, blk.body
+    if not (isinstance(init, T.BufferStore) and isinstance(body, T.BufferStore)
+            and init.buffer is out and body.buffer is out
+            and isinstance(init.value, (E.IntImm, E.FloatImm)) and init.value.value == 0
+            and _same_vars(init.indices, body.indices) and isinstance(body.value, E.Add)):
+        return []
+    a, b = body.value.a, body.value.b
+    acc, rest = (a, b) if isinstance(a, T.BufferLoad) and a.buffer is out else (b, a)
+    if not (isinstance(acc, T.BufferLoad) and acc.buffer is out and
+            _same_vars(acc.indices, body.indices)):
+        return []
+    uses: list = []
+    post_order_visit(rest, lambda n: uses.append(n) if isinstance(n, T.BufferLoad)
+                     and n.buffer is out else None)
+    if uses:
+        return []
+    spatial = {l for l in out_labels if l is not None}
+    return [iv.var.name for iv in blk.iter_vars if iv.kind == "R" and iv.var.name not in spatial]
+
+
+def _same_vars(xs, ys) -> bool:
+    return len(xs) == len(ys) and all(x is y for x, y in zip(xs, ys))
 
 
 # -- placements under a rule (one mesh axis) ---------------------------------------------

@@ -317,3 +317,127 @@ def redistribute(src: str, dst: str, shape=(8, 12), mesh=(2,), unary: str | None
 {lines}            R.output({out})
         return {out}
 ''', mesh)
+
+
+# -- R.call_tir / R.call_dps_packed in a sharded module ----------------------------------------
+
+def seed_calltir(k: int, x: str = "R", w: str = "S[1]", rows="n", inner: int = 128,
+                 cols: int = 64) -> str:
+    """The seed example (a hand-written matmul tensor program, then relu) with placements
+    on X (rows x inner) and W (inner x cols) only; `rows` is a symbol or an int."""
+    r = f'"{rows}"' if isinstance(rows, str) else str(rows)
+    sym = f"        {rows} = T.int64()\n" if isinstance(rows, str) else ""
+    return _mod(f'''
+    @T.prim_func
+    def mm(X: T.Buffer(({r}, {inner}), "float32"), W: T.Buffer(({inner}, {cols}), "float32"), Y: T.Buffer(({r}, {cols}), "float32")):
+{sym}        for i, j, k in T.grid({rows}, {cols}, {inner}):
+            with T.block("Y"):
+                vi, vj, vk = T.axis.remap("SSR", [i, j, k])
+                with T.init():
+                    Y[vi, vj] = T.float32(0)
+                Y[vi, vj] = Y[vi, vj] + X[vi, vk] * W[vk, vj]
+
+    @R.function
+    def main(X: {D(_dims((rows, inner), True), x)}, W: {D(_dims((inner, cols), True), w)}):
+{sym}        with R.dataflow():
+            lv0 = R.call_tir(M.mm, (X, W), R.Tensor({_dims((rows, cols), False)}, "float32"))
+            gv0 = R.nn.relu(lv0)
+            R.output(gv0)
+        return gv0
+''', k)
+
+
+def seed_ref(x, w):
+    return np.maximum(x @ w, 0)
+
+
+DPS_FUNC = "tp_models.matmul_plus_one"
+
+
+def _matmul_plus_one(x, w, out):
+    np.matmul(x, w, out=out)
+    out += 1
+
+
+def register_dps_funcs() -> None:
+    """Registers DPS_FUNC in this process (workers: sess.import_module("_tp_models"))."""
+    import disco
+    disco.register_func(DPS_FUNC, _matmul_plus_one, override=True)
+
+
+register_dps_funcs()
+
+
+def dps_packed(k: int) -> str:
+    """A call_dps_packed to DPS_FUNC between a column-parallel matmul and a
+    row-parallel one: the external call sees the whole (replicated) tensor."""
+    return _mod(f'''
+    @R.function
+    def main(x: {D('("n", 16)', "R")}, w1: {D("(16, 32)", "S[1]")}, w2: {D("(32, 16)", "R")}, w3: {D("(16, 8)", "S[0]")}):
+        n = T.int64()
+        with R.dataflow():
+            h = R.nn.relu(R.matmul(x, w1))
+            p = R.call_dps_packed("{DPS_FUNC}", (h, w2), R.Tensor((n, 16), "float32"))
+            y = R.matmul(p, w3)
+            R.output(y)
+        return y
+''', k)
+
+
+def dps_packed_ref(x, w1, w2, w3):
+    return (np.maximum(x @ w1, 0) @ w2 + 1) @ w3
+
+
+# -- the Llama layer as an author writes it: placements on the weights only -------------------
+
+LLAMA_WEIGHTS_ONLY = '''
+    @R.function
+    def main(x: R.DTensor(("n", 64), "float32", "mesh[0]", "R"), cos: R.Tensor(("n", 16), "float32"), sin: R.Tensor(("n", 16), "float32"), g1: R.Tensor((64,), "float32"), g2: R.Tensor((64,), "float32"), wq: R.DTensor((64, 64), "float32", "mesh[0]", "S[1]"), wk: R.DTensor((64, 32), "float32", "mesh[0]", "S[1]"), wv: R.DTensor((64, 32), "float32", "mesh[0]", "S[1]"), wo: R.DTensor((64, 64), "float32", "mesh[0]", "S[0]"), wg: R.DTensor((64, 128), "float32", "mesh[0]", "S[1]"), wu: R.DTensor((64, 128), "float32", "mesh[0]", "S[1]"), wd: R.DTensor((128, 64), "float32", "mesh[0]", "S[0]")) -> R.Tensor(("n", 64), "float32"):
+        n = T.int64()
+        with R.dataflow():
+            h = R.nn.rms_norm(x, g1, axes=[-1], epsilon=1e-5)
+            q = R.nn.rotary_embedding(R.reshape(R.matmul(h, wq), R.shape([n, 4, 16])), cos, sin)
+            k = R.nn.rotary_embedding(R.reshape(R.matmul(h, wk), R.shape([n, 2, 16])), cos, sin)
+            v = R.reshape(R.matmul(h, wv), R.shape([n, 2, 16]))
+            kr = R.reshape(R.broadcast_to(R.reshape(k, R.shape([n, 2, 1, 16])), R.shape([n, 2, 2, 16])), R.shape([n, 4, 16]))
+            vr = R.reshape(R.broadcast_to(R.reshape(v, R.shape([n, 2, 1, 16])), R.shape([n, 2, 2, 16])), R.shape([n, 4, 16]))
+            s = R.matmul(R.permute_dims(q, axes=[1, 0, 2]), R.permute_dims(kr, axes=[1, 2, 0]))
+            pr = R.nn.softmax(R.multiply(s, R.const(0.25, "float32")), axis=-1)
+            o = R.reshape(R.permute_dims(R.matmul(pr, R.permute_dims(vr, axes=[1, 0, 2])), axes=[1, 0, 2]), R.shape([n, 64]))
+            attn = R.matmul(o, wo)
+            x2 = R.add(x, attn)
+            h2 = R.nn.rms_norm(x2, g2, axes=[-1], epsilon=1e-5)
+            m = R.multiply(R.nn.silu(R.matmul(h2, wg)), R.matmul(h2, wu))
+            down = R.matmul(m, wd)
+            y = R.add(x2, down)
+            R.output(y)
+        return y
+'''
+
+
+def llama_weights_only(k: int) -> str:
+    return _mod(LLAMA_WEIGHTS_ONLY, k)
+
+
+def llama_weights_only_inputs(rng, n):
+    pos = np.arange(n)[:, None] * (1.0 / 10000 ** (np.arange(0, 16, 2) / 16))[None, :]
+    ang = np.concatenate([pos, pos], -1)
+    w = lambda *s: (rng.standard_normal(s) * 0.15).astype(np.float32)  # noqa: E731
+    return dict(x=w(n, 64), cos=np.cos(ang).astype(np.float32), sin=np.sin(ang).astype(np.float32),
+                g1=(1 + w(64)), g2=(1 + w(64)), wq=w(64, 64), wk=w(64, 32), wv=w(64, 32),
+                wo=w(64, 64), wg=w(64, 128), wu=w(64, 128), wd=w(128, 64))
+
+
+def llama_weights_only_ref(x, cos, sin, g1, g2, wq, wk, wv, wo, wg, wu, wd):
+    n = x.shape[0]
+    h = rms_norm(x, g1)
+    q = rotary((h @ wq).reshape(n, 4, 16), cos, sin)
+    kk = rotary((h @ wk).reshape(n, 2, 16), cos, sin)
+    v = (h @ wv).reshape(n, 2, 16)
+    kk, v = np.repeat(kk, 2, axis=1), np.repeat(v, 2, axis=1)       # GQA: kv head h // 2
+    q, kk, v = (t.transpose(1, 0, 2) for t in (q, kk, v))
+    p = softmax(q @ kk.transpose(0, 2, 1) * 0.25)
+    x2 = x + (p @ v).transpose(1, 0, 2).reshape(n, 64) @ wo
+    h2 = rms_norm(x2, g2)
+    gate = h2 @ wg
+    return x2 + ((gate / (1 + np.exp(-gate))) * (h2 @ wu)) @ wd

@@ -9,6 +9,7 @@ from compiler import script
 from compiler.distributed.lower_local import LowerToLocalView
 from compiler.distributed.lowering import DistributedLowering
 from compiler.ir import graph as G
+from compiler.ir import tir as T
 from compiler.ir.errors import ShardingError
 from compiler.ir.expr import IntImm, Var as SymVar
 from compiler.ir.struct_info import DTensorStructInfo
@@ -191,3 +192,141 @@ def test_lowered_models_print_and_parse_back(roundtrip, name, src):
     roundtrip(low)
     assert no_dtensor(low)
     assert not [n for n in op_names(low["main"]) if n.startswith("relax.dist.")]
+
+
+# -- R.call_tir: the local copy of the tensor program ------------------------------------------
+
+def lowered(src: str):
+    return DistributedLowering(script.parse(src))
+
+
+def collectives(mod) -> list[str]:
+    return [n for n in op_names(mod["main"]) if n.startswith("relax.ccl.")]
+
+
+def call_tir_callees(mod) -> list[str]:
+    return [c.args[0].name_hint for c in calls(mod["main"]) if c.op.name == "relax.call_tir"]
+
+
+def buffer_shapes(prim) -> list[tuple]:
+    return [tuple(d.value if isinstance(d, IntImm) else d.name for d in b.shape)
+            for b in prim.params if isinstance(b, T.Buffer)]
+
+
+def loop_extents(prim) -> list:
+    found = []
+    post_order_visit(prim.body, lambda n: found.append(
+        n.extent.value if isinstance(n.extent, IntImm) else n.extent.name)
+        if isinstance(n, T.For) else None)
+    return sorted(found, key=str)
+
+
+@pytest.mark.parametrize("k", [2, 4])
+def test_column_sharded_weight_gets_local_program(k, roundtrip):
+    low = lowered(M.seed_calltir(k, x="R", w="S[1]"))
+    roundtrip(low)
+    assert call_tir_callees(low) == ["mm_local"]
+    assert buffer_shapes(low["mm_local"]) == [("n", 128), (128, 64 // k), ("n", 64 // k)]
+    assert loop_extents(low["mm_local"]) == sorted([128, 64 // k, "n"], key=str)
+    assert buffer_shapes(low["mm"]) == [("n", 128), (128, 64), ("n", 64)]   # original kept
+    call = next(c for c in (b.value for b in low["main"].body.blocks[0].bindings)
+                if isinstance(c, G.Call) and c.op.name == "relax.call_tir")
+    assert [getattr(d, "value", None) for d in call.sinfo_args[0].shape][1] == 64 // k
+    assert collectives(low) == []
+
+
+def test_row_sharded_symbolic_rows_keep_the_program(roundtrip):
+    # only the symbolic row count is split: the program binds n from the local buffer
+    low = lowered(M.seed_calltir(2, x="S[0]", w="R"))
+    roundtrip(low)
+    assert call_tir_callees(low) == ["mm"]
+    x = low["main"].params[0]
+    assert x.struct_info.shape[0].name == "n_local"
+    assert collectives(low) == []
+
+
+def test_sharded_contraction_dim_is_a_partial_sum(roundtrip):
+    low = lowered(M.seed_calltir(2, x="S[1]", w="S[0]"))
+    roundtrip(low)
+    assert call_tir_callees(low) == ["mm_local"]
+    assert buffer_shapes(low["mm_local"]) == [("n", 64), (64, 64), ("n", 64)]
+    assert 64 in loop_extents(low["mm_local"]) and 128 not in loop_extents(low["mm_local"])
+    assert collectives(low) == ["relax.ccl.allreduce"]
+
+
+def test_two_placements_two_local_copies(roundtrip):
+    src = M.module_text('''
+    @T.prim_func
+    def mm(X: T.Buffer((8, 16), "float32"), W: T.Buffer((16, 8), "float32"), Y: T.Buffer((8, 8), "float32")):
+        for i, j, k in T.grid(8, 8, 16):
+            with T.block("Y"):
+                vi, vj, vk = T.axis.remap("SSR", [i, j, k])
+                with T.init():
+                    Y[vi, vj] = T.float32(0)
+                Y[vi, vj] = Y[vi, vj] + X[vi, vk] * W[vk, vj]
+
+    @R.function
+    def main(X: R.DTensor((8, 16), "float32", "mesh[0]", "R"), W: R.DTensor((16, 8), "float32", "mesh[0]", "S[1]"), V: R.DTensor((16, 8), "float32", "mesh[0]", "S[0]")):
+        with R.dataflow():
+            a = R.call_tir(M.mm, (X, W), R.Tensor((8, 8), "float32"))
+            b = R.call_tir(M.mm, (X, V), R.Tensor((8, 8), "float32"))
+            c = R.call_tir(M.mm, (X, W), R.Tensor((8, 8), "float32"))
+            R.output(a, b, c)
+        return (a, b, c)
+''')
+    low = lowered(src)
+    roundtrip(low)
+    names = call_tir_callees(low)
+    assert names[0] == names[2] != names[1] and set(names) == {"mm_local", "mm_local_1"}
+    by_w = {tuple(buffer_shapes(low[n])[1]) for n in names}
+    assert by_w == {(16, 4), (8, 8)}     # W column split; V (via X) rows split to 8
+
+
+@pytest.mark.parametrize("body,why", [
+    ("Y[vi, vj] = X[vi, vj] + T.Cast(\"float32\", vj)", "arithmetic"),
+    ("Y[vi, vj] = X[vi, vj] * T.float32(0.5) + T.Cast(\"float32\", 64)", "extent 64"),
+])
+def test_global_index_or_extent_in_arithmetic_is_an_error(body, why):
+    src = M.module_text(f'''
+    @T.prim_func
+    def f(X: T.Buffer((8, 64), "float32"), Y: T.Buffer((8, 64), "float32")):
+        for i, j in T.grid(8, 64):
+            with T.block("Y"):
+                vi, vj = T.axis.remap("SS", [i, j])
+                {body}
+
+    @R.function
+    def main(X: R.DTensor((8, 64), "float32", "mesh[0]", "S[1]")):
+        with R.dataflow():
+            y = R.call_tir(M.f, (X,), R.Tensor((8, 64), "float32"))
+            R.output(y)
+        return y
+''')
+    with pytest.raises(ShardingError, match=why) as e:
+        lowered(src)
+    assert "'f'" in str(e.value) and "S[1]" in str(e.value)
+
+
+def test_non_sum_reduction_over_a_sharded_dim_is_gathered_first(roundtrip):
+    # a max over k is not a sum: PropagateSharding keeps k replicated (all-gather)
+    src = M.module_text('''
+    @T.prim_func
+    def rowmax(X: T.Buffer((8, 16), "float32"), Y: T.Buffer((8,), "float32")):
+        for i, k in T.grid(8, 16):
+            with T.block("Y"):
+                vi, vk = T.axis.remap("SR", [i, k])
+                with T.init():
+                    Y[vi] = T.float32(-1e30)
+                Y[vi] = T.max(Y[vi], X[vi, vk])
+
+    @R.function
+    def main(X: R.DTensor((8, 16), "float32", "mesh[0]", "S[1]")):
+        with R.dataflow():
+            y = R.call_tir(M.rowmax, (X,), R.Tensor((8,), "float32"))
+            R.output(y)
+        return y
+''')
+    low = lowered(src)
+    roundtrip(low)
+    assert collectives(low) == ["relax.ccl.allgather"]
+    assert call_tir_callees(low) == ["rowmax"]
