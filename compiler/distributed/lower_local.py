@@ -10,6 +10,12 @@ the output of PropagateSharding) -> the per-device program every worker runs.
   against the placement's local shape); shape arguments (reshape, broadcast_to, full,
   ...) take the local shape; `mean` over a sharded dim (a Partial sum) is scaled by
   the shard count; `take` from a row-sharded table becomes `R.ccl.masked_take`.
+- `R.call_tir`: out_sinfo is the bound variable's local type and the callee a local copy
+  of the tensor program (`<name>_local`, one per distinct placement) whose buffers and
+  loops over sharded dims have the local extents (compiler/distributed/local_program.py
+  checks the program indexes sharded dims plainly, else ShardingError); a summed
+  reduction dim sharded on the inputs yields this worker's partial sum (P[sum]).
+  `R.call_dps_packed` is replicated (PropagateSharding) and keeps the whole shape.
 - Conversions `R.dist.redistribute(x, mesh, placement)` become collectives
   (compiler/op/ccl.py): Partial->Replicate all-reduce, Shard->Replicate all-gather,
   Replicate->Shard local slice, Partial->Shard reduce-scatter, Shard(i)->Shard(j)

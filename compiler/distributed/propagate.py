@@ -90,8 +90,9 @@ def uses_mesh(func: G.Function) -> bool:
 
 
 def flatten_calls(func: G.Function) -> G.Function:
-    """`func` with nested operator calls bound to their own variables (`lv0`, ...), so
-    every tensor an operator reads is a variable that can carry a placement."""
+    """`func` with nested operator calls and tuple fields (`f(t[0])`) bound to their own
+    variables (`lv0`, ...), so every tensor an operator reads is a variable that can
+    carry a placement."""
     used = {p.name_hint for p in func.params} | {b.var.name_hint for blk in func.body.blocks
                                                   for b in blk.bindings}
     counter = [0]
@@ -115,6 +116,12 @@ def flatten_calls(func: G.Function) -> G.Function:
             if isinstance(e, G.Call) and isinstance(e.op, G.Op) and e.struct_info is not None:
                 v = cls(name(), e.struct_info)
                 out.append(G.VarBinding(v, inner(e)))
+                return v
+            if isinstance(e, G.TupleGetItem) and e.struct_info is not None:
+                # `f(t[0])`: the field gets its own variable, which carries its placement
+                v = cls(name(), e.struct_info)
+                out.append(G.VarBinding(v, G.TupleGetItem(hoist(e.tuple_value), e.index,
+                                                          e.struct_info)))
                 return v
             return e
 

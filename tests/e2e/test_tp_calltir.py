@@ -114,3 +114,28 @@ def test_llama_weights_only(sess):
     inputs = M.llama_weights_only_inputs(np.random.default_rng(9), 5)
     y = sess.load_module(build(src))["main"](*inputs.values()).fetch()
     np.testing.assert_allclose(y, M.llama_weights_only_ref(**inputs), rtol=1e-4, atol=1e-4)
+
+
+TWO_OUTPUTS = '''
+    @T.prim_func
+    def f(X: T.Buffer((8, 16), "float32"), Y: T.Buffer((8, 16), "float32"), Z: T.Buffer((8, 16), "float32")):
+        for i in T.serial(8):
+            for j in T.serial(16):
+                Y[i, j] = X[i, j] * T.float32(2)
+                Z[i, j] = X[i, j] + T.float32(1)
+
+    @R.function
+    def main(X: R.DTensor((8, 16), "float32", "mesh[0]", "S[1]")):
+        with R.dataflow():
+            y = R.call_tir(M.f, (X,), [R.Tensor((8, 16), "float32"), R.Tensor((8, 16), "float32")])
+            c = R.add(y[0], y[1])
+            R.output(c)
+        return c
+'''
+
+
+def test_loops_without_blocks_and_two_outputs(sess):
+    src = M.module_text(TWO_OUTPUTS, (sess.num_workers,))
+    x = rand(np.random.default_rng(10), 8, 16)
+    y = sess.load_module(build(src))["main"](x).fetch()
+    np.testing.assert_allclose(y, 3 * x + 1, rtol=1e-6, atol=1e-6)

@@ -330,3 +330,30 @@ def test_non_sum_reduction_over_a_sharded_dim_is_gathered_first(roundtrip):
     roundtrip(low)
     assert collectives(low) == ["relax.ccl.allgather"]
     assert call_tir_callees(low) == ["rowmax"]
+
+
+@pytest.mark.parametrize("x,w,result,conv", [
+    ("R", "S[1]", "S[1]", []),                         # spatial column dim: stays split
+    ("S[0]", "R", "S[0]", []),                         # spatial (symbolic) row dim
+    ("S[1]", "S[0]", "P[sum]", [("P[sum]", "R")]),     # summed dim: partial, then all-reduce
+])
+def test_propagation_places_call_tir_from_its_accesses(roundtrip, x, w, result, conv):
+    from compiler.distributed import PropagateSharding
+    out = PropagateSharding(script.parse(M.seed_calltir(2, x=x, w=w)))
+    roundtrip(out)
+    binds = {b.var.name_hint: b for blk in out["main"].body.blocks for b in blk.bindings}
+    assert binds["lv0"].var.struct_info.placement == result
+    got = [(b.value.args[0].struct_info.placement, b.value.attrs["placement"])
+           for b in binds.values() if isinstance(b.value, G.Call) and
+           b.value.op.name == "relax.dist.redistribute"]
+    assert got == conv
+
+
+def test_sum_with_nonzero_init_is_not_partial(roundtrip):
+    # Y = 1 + sum_k: partial sums would count the 1 on every device -> k must be gathered
+    src = M.seed_calltir(2, x="S[1]", w="S[0]").replace("Y[vi, vj] = T.float32(0)",
+                                                         "Y[vi, vj] = T.float32(1)")
+    low = lowered(src)
+    roundtrip(low)
+    assert collectives(low) == ["relax.ccl.allgather", "relax.ccl.allgather"]
+    assert call_tir_callees(low) == ["mm"]
