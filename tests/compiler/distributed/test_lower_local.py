@@ -357,3 +357,28 @@ def test_sum_with_nonzero_init_is_not_partial(roundtrip):
     roundtrip(low)
     assert collectives(low) == ["relax.ccl.allgather", "relax.ccl.allgather"]
     assert call_tir_callees(low) == ["mm"]
+
+
+def test_symbolic_size_of_a_sharded_and_an_unsharded_dim_is_an_error():
+    # n sizes the sharded rows of X and the unsharded columns of Y: the local program
+    # would bind n to the local row count and shrink Y's columns too
+    src = M.module_text('''
+    @T.prim_func
+    def outer(X: T.Buffer(("n",), "float32"), Y: T.Buffer(("n", "n"), "float32")):
+        n = T.int64()
+        for i, j in T.grid(n, n):
+            with T.block("Y"):
+                vi, vj = T.axis.remap("SS", [i, j])
+                Y[vi, vj] = X[vi]
+
+    @R.function
+    def main(X: R.DTensor(("n",), "float32", "mesh[0]", "S[0]")):
+        n = T.int64()
+        with R.dataflow():
+            y = R.call_tir(M.outer, (X,), R.Tensor((n, n), "float32"))
+            R.output(y)
+        return y
+''')
+    with pytest.raises(ShardingError, match="also sizes the unsharded dim 1 of buffer 'Y'") as e:
+        lowered(src)
+    assert "'outer'" in str(e.value)
