@@ -214,3 +214,52 @@ def test_legalized_module_builds_without_run_time_checks_and_runs(roundtrip):
     bias = rng.standard_normal(8).astype("float32")
     want = np.maximum(x.astype("float64") @ w + bias, 0).transpose(1, 0, 2).reshape(6, 8).sum(0)
     np.testing.assert_allclose(VirtualMachine(ex)["main"](x, w, bias), want, rtol=1e-4, atol=1e-4)
+
+
+TILE = """
+from compiler.script import I, R, T
+
+@I.ir_module
+class Module:
+    @T.prim_func
+    def tile2(A: T.Buffer(("m",), "float32"), B: T.Buffer(("k",), "float32"), k: T.int64):
+        m = T.int64()
+        for i in range(k):
+            with T.block("B"):
+                vi = T.axis.remap("S", [i])
+                B[vi] = A[vi % m]
+
+    @R.function
+    def main(X: R.Tensor(("n",), "float32")):
+        n = T.int64()
+        y = R.call_tir(cls.tile2, (X,), out_sinfo=R.Tensor((n * 2,), "float32"),
+                       tir_vars=R.shape([TIR_VAR]))
+        return y
+"""
+
+
+def test_tir_vars_are_unified_with_the_buffer_dims_they_share_a_var_with(roundtrip):
+    # tile2's k is bound by B's dim (n * 2) and passed again as a scalar.
+    ok = parse(TILE.replace("TIR_VAR", "n * 2"))
+    roundtrip(ok)
+    ex = build(ok, passes=[])
+    assert "CHECK_KERNEL" not in ex.as_text()
+    np.testing.assert_array_equal(VirtualMachine(ex)["main"](np.arange(3, dtype="float32")),
+                                  np.tile(np.arange(3), 2))
+
+    bad = parse(TILE.replace("TIR_VAR", "n"))
+    roundtrip(bad)
+    with pytest.raises(CallShapeError, match=r"^main: call_tir of tensor program 'tile2': "
+                                             r"tir_vars\[0\] gives tile2's k = n, but buffer 'B' "
+                                             r"\(output 0\) binds k = n \* 2$"):
+        build(bad, passes=[])
+
+    undecided = parse(TILE.replace("TIR_VAR", "n + 3"))   # equal to n * 2 only for n = 3
+    roundtrip(undecided)
+    vm = VirtualMachine(build(undecided, passes=[]))
+    np.testing.assert_array_equal(vm["main"](np.arange(3, dtype="float32")),
+                                  np.tile(np.arange(3), 2))
+    with pytest.raises(SignatureError, match=r"^main: call_tir of tensor program 'tile2': scalar "
+                                             r"'k' \(tir_vars\[0\]\) expects value k with k=4 "
+                                             r"\(bound by buffer 'B' \(output 0\)\), got 5$"):
+        vm["main"](np.arange(2, dtype="float32"))
