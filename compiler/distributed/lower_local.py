@@ -42,6 +42,7 @@ from ..op import ccl
 from ..op.registry import infer_call, make_call
 from .mesh import DeviceMesh, lookup_mesh
 from .placement import Partial, Replicate, Shard, format_placement, normalize_placement
+from .report import record_variables
 
 # Operators whose shape argument (args[1] or args[0]) is the result's shape.
 _SHAPE_ARG = {"relax.reshape": 1, "relax.broadcast_to": 1, "relax.full": 0, "relax.zeros": 0,
@@ -88,7 +89,7 @@ def LowerToLocalView(mod: IRModule) -> IRModule:
             out = out.with_function(name, lowerer.run())
     for gvar, prim in programs.values():
         out = out.with_function(gvar.name_hint, prim)
-    return out
+    return record_variables(mod, out)
 
 
 def _function_mentions_dtensor(func: G.Function) -> bool:

@@ -5,7 +5,10 @@ infos) is propagated (PropagateSharding, where that pass exists) and lowered to 
 local view (LowerToLocalView). What the runtime needs to feed and read the lowered
 functions -- each entry function's parameters and result with their global shapes
 and placements, and the mesh -- goes in the module attr "distributed"; `compiler.build`
-copies it into the Executable's metadata, where `sess.load_module` reads it.
+copies it into the Executable's metadata, where `sess.load_module` reads it. For
+`describe` (report.py) the attr also keeps every variable's placement ("variables",
+recorded by LowerToLocalView) and the names the user bound with annotate_sharding
+("aliases": function -> [[name, annotated variable]]), which propagation removes.
 
 Modules without DTensors are returned unchanged.
 """
@@ -48,6 +51,9 @@ def DistributedLowering(mod: IRModule) -> IRModule:
     """PropagateSharding + LowerToLocalView, recording placements in attr "distributed"."""
     if not _needs_lowering(mod):
         return mod
+    from .report import annotated_names
+    aliases = {name: [[a, t] for a, t in annotated_names(func).items()]
+               for name, func in mod.graph_functions().items()}
     mod = _propagate(mod)
     functions = {}
     mesh_ref = None
@@ -59,7 +65,13 @@ def DistributedLowering(mod: IRModule) -> IRModule:
     if mesh_ref is None and mod.global_infos.get("mesh"):
         mesh_ref = "mesh[0]"
     lowered = LowerToLocalView(mod)
+    recorded = lowered.attrs.get("distributed") or {}
     info = dict(functions=functions)
+    if recorded.get("variables"):
+        info["variables"] = recorded["variables"]
+    aliases = {name: pairs for name, pairs in aliases.items() if pairs and name in functions}
+    if aliases:
+        info["aliases"] = aliases
     if mesh_ref is not None:
         mesh = lookup_mesh(mod.global_infos, mesh_ref)
         info.update(mesh=mesh_ref, mesh_shape=list(mesh.shape), device_ids=list(mesh.device_ids))

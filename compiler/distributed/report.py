@@ -5,6 +5,16 @@ collective the placements imply, with the bytes each device moves per call under
 cost model PropagateSharding uses (all-reduce 2(p-1)/p, all-gather / reduce-scatter /
 all-to-all (p-1)/p of the tensor's per-device size before the conversion; p = the
 mesh axis extent). Symbolic sizes are reported as expressions.
+
+It accepts a module at any stage: annotated (propagated first), propagated, lowered
+to the local view (LowerToLocalView, DistributedLowering) and legalized. Once the
+DTensor types are gone, placements and global shapes come from the module attr
+"distributed" (key "variables", recorded by `record_variables` when LowerToLocalView
+runs), local shapes from the program, collectives from its R.ccl.* calls (or the
+"spmd.*" packed calls they legalize to). A variable the user bound with
+`R.dist.annotate_sharding` is listed under its own name, next to the variable it
+annotates: from the annotated module itself, or from key "aliases" (recorded by
+DistributedLowering); PropagateSharding alone does not keep those names.
 """
 from __future__ import annotations
 
@@ -20,7 +30,7 @@ from ..ir.visitor import post_order_visit
 from . import rules
 from .mesh import lookup_mesh
 from .placement import Shard, normalize_placement
-from .propagate import REDISTRIBUTE, PropagateSharding, uses_mesh
+from .propagate import ANNOTATE, REDISTRIBUTE, PropagateSharding, uses_mesh
 
 Bytes = Union[int, str]
 
@@ -69,6 +79,7 @@ def describe(mod: IRModule, func: str = "main") -> ShardingReport:
     if func not in mod.graph_functions():
         raise ShardingError(f"describe: no graph function {func!r} in the module; it has "
                             f"{sorted(mod.graph_functions())}")
+    aliases = annotated_names(mod[func])
     if uses_mesh(mod[func]):
         mod = PropagateSharding(mod)
     f = mod[func]
@@ -78,8 +89,7 @@ def describe(mod: IRModule, func: str = "main") -> ShardingReport:
         return _describe_lowered(mod, func, report)   # local view (or nothing distributed)
     mesh = lookup_mesh(mod.global_infos, mesh_ref)
     report.mesh, report.mesh_shape = mesh_ref, mesh.shape
-    variables = list(f.params) + [b.var for blk in f.body.blocks for b in blk.bindings]
-    for v in variables:
+    for v in _variables(f):
         s = v.struct_info
         if isinstance(s, DTensorStructInfo):
             report.placements[v.name_hint] = s.placement
@@ -91,7 +101,71 @@ def describe(mod: IRModule, func: str = "main") -> ShardingReport:
                 src = b.value.args[0].struct_info
                 for kind, nbytes in conversion_collectives(src, b.var.struct_info, mesh):
                     report.collectives.append((b.var.name_hint, kind, nbytes))
+    _add_aliases(report, aliases)
     return report
+
+
+def _variables(f: G.Function) -> list:
+    return list(f.params) + [b.var for blk in f.body.blocks for b in blk.bindings]
+
+
+def annotated_names(f: G.Function) -> dict:
+    """name bound by `R.dist.annotate_sharding(x, ...)` -> the name of the variable x it
+    annotates (through chains of annotations); PropagateSharding replaces the former by
+    the latter, so a report lists the user's name beside it."""
+    out: dict = {}
+    for blk in f.body.blocks:
+        for b in blk.bindings:
+            v = b.value
+            if isinstance(v, G.Call) and getattr(v.op, "name", "") == ANNOTATE \
+                    and isinstance(v.args[0], G.Var):
+                target = v.args[0].name_hint
+                out[b.var.name_hint] = out.get(target, target)
+    return out
+
+
+def _add_aliases(report: ShardingReport, aliases) -> None:
+    """List each alias right after its target, with the target's placement and shapes."""
+    aliases = {a: t for a, t in dict(aliases).items() if t in report.placements and a not in report.placements}
+    if not aliases:
+        return
+    for table in ("placements", "global_shapes", "local_shapes"):
+        old, new = getattr(report, table), {}
+        for name, value in old.items():
+            new[name] = value
+            for alias, target in aliases.items():
+                if target == name and target in old:
+                    new[alias] = value
+        setattr(report, table, new)
+
+
+def record_variables(placed: IRModule, lowered: IRModule) -> IRModule:
+    """`lowered` (LowerToLocalView of `placed`) with what `describe` needs once DTensor
+    types are gone, in module attr "distributed": "variables" (function -> [{name,
+    placement, shape (global)}] of every DTensor variable, in program order) and, unless
+    recorded already, "mesh" and "mesh_shape". Modules with no function lowered are
+    returned unchanged."""
+    info = dict(lowered.attrs.get("distributed") or {})
+    variables = dict(info.get("variables") or {})
+    mesh_ref = None
+    for name, f in placed.graph_functions().items():
+        if name not in lowered or lowered[name] is f:
+            continue            # not lowered (no DTensor in it)
+        entries = []
+        for v in _variables(f):
+            s = v.struct_info
+            if isinstance(s, DTensorStructInfo):
+                mesh_ref = mesh_ref or s.device_mesh
+                entries.append({"name": v.name_hint, "placement": s.placement,
+                                "shape": [_dim(d) for d in s.tensor.shape or ()]})
+        variables[name] = entries
+    if mesh_ref is None:
+        return lowered
+    info["variables"] = variables
+    if "mesh" not in info:
+        info["mesh"] = mesh_ref
+        info["mesh_shape"] = list(lookup_mesh(placed.global_infos, mesh_ref).shape)
+    return IRModule(lowered.functions, lowered.attrs.replace(distributed=info), lowered.global_infos)
 
 
 def _mesh_ref(f: G.Function):
@@ -149,40 +223,64 @@ def moved_bytes(kind: str, size, p: int) -> Bytes:
 
 _CCL = {"relax.ccl.allreduce": "allreduce", "relax.ccl.allgather": "allgather",
         "relax.ccl.reduce_scatter": "reduce_scatter"}
+_LEGALIZED_CCL = {"spmd.allreduce": "allreduce", "spmd.allgather": "allgather",
+                  "spmd.reduce_scatter": "reduce_scatter"}    # compiler/op/ccl.py's legalizers
+
+
+def _collective(call) -> tuple | None:
+    """(kind, group size) of an R.ccl.* collective, or of the R.call_pure_packed("spmd.*",
+    x, ..., mesh_shape, mesh_axis) it legalizes to; None for anything else."""
+    if not isinstance(call, G.Call):
+        return None
+    name = getattr(call.op, "name", "")
+    if name in _CCL:
+        return _CCL[name], int(call.attrs["mesh_shape"][call.attrs["mesh_axis"]])
+    if name == "relax.call_pure_packed" and isinstance(call.args[0], G.ExternFunc):
+        kind = _LEGALIZED_CCL.get(call.args[0].global_symbol)
+        if kind is not None:
+            shape, axis = call.args[-2], call.args[-1]
+            return kind, int(arith.as_int(shape.values[int(arith.as_int(axis.value))]))
+    return None
 
 
 def _describe_lowered(mod: IRModule, func: str, report: ShardingReport) -> ShardingReport:
-    """A module after LowerToLocalView: placements of the entry's parameters from the
-    module attr "distributed", local shapes from the program, collectives from R.ccl.*."""
+    """A module after LowerToLocalView: placements and global shapes from the module attr
+    "distributed" (every variable where recorded, else the entry's parameters), local
+    shapes from the program, collectives from R.ccl.* (or their legalized calls)."""
     info = mod.attrs.get("distributed") if hasattr(mod.attrs, "get") else None
     f = mod[func]
+    aliases = {}
     if info:
         report.mesh = info.get("mesh", "")
         report.mesh_shape = tuple(info.get("mesh_shape", ()))
-        sig = info.get("functions", {}).get(func, {})
-        for prm in sig.get("params", []):
-            report.placements[prm["name"]] = prm["placement"]
-            report.global_shapes[prm["name"]] = tuple(prm["shape"])
-    variables = list(f.params) + [b.var for blk in f.body.blocks for b in blk.bindings]
-    for v in variables:
+        recorded = (info.get("variables") or {}).get(func)
+        if recorded is None:   # recorded before variables were
+            recorded = info.get("functions", {}).get(func, {}).get("params", [])
+        for v in recorded:
+            if v.get("placement") is not None:
+                report.placements[v["name"]] = v["placement"]
+                report.global_shapes[v["name"]] = tuple(v["shape"])
+        aliases = dict((info.get("aliases") or {}).get(func, ()))
+    for v in _variables(f):
         t = rules.tensor_of(v.struct_info)
         if t is not None and t.shape is not None:
             report.local_shapes[v.name_hint] = tuple(_dim(d) for d in t.shape)
     for blk in f.body.blocks:
         for b in blk.bindings:
-            kind = _CCL.get(getattr(getattr(b.value, "op", None), "name", ""))
-            if kind is None:
+            found = _collective(b.value)
+            if found is None:
                 continue
-            t = rules.tensor_of(b.value.args[0].struct_info)
-            if kind == "allgather":
-                t = rules.tensor_of(b.var.struct_info)
+            kind, p = found
+            x = b.value.args[1] if b.value.op.name == "relax.call_pure_packed" else b.value.args[0]
+            t = rules.tensor_of(b.var.struct_info if kind == "allgather" else x.struct_info)
             size = 1
             for d in t.shape:
                 size = size * d
-            p = int(b.value.attrs["mesh_shape"][b.value.attrs["mesh_axis"]])
             report.collectives.append((b.var.name_hint, kind,
                                        moved_bytes(kind, size * rules.dtype_bytes(t.dtype), p)))
+    _add_aliases(report, aliases)
     return report
 
 
-__all__ = ["ShardingReport", "describe", "local_shape", "conversion_collectives"]
+__all__ = ["ShardingReport", "describe", "local_shape", "conversion_collectives", "annotated_names",
+           "record_variables"]

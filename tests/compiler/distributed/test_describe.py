@@ -9,6 +9,7 @@ from compiler import script
 from compiler.distributed import PropagateSharding, describe
 from compiler.distributed.lowering import DistributedLowering
 from compiler.ir.errors import ShardingError
+from compiler.transform import LegalizeOps
 
 import _tp_models as M
 
@@ -35,17 +36,33 @@ def test_report_of_annotated_module():
     assert "allreduce" in text and str(ALLREDUCE_BYTES) in text and "P[sum]" in text
 
 
-def test_report_is_the_same_after_propagation_and_lowering_keeps_collectives(roundtrip):
+def _table(rep):
+    return rep.mesh, rep.mesh_shape, rep.placements, rep.global_shapes, rep.local_shapes, rep.collectives
+
+
+def test_report_is_the_same_at_every_stage(roundtrip):
     mod = script.parse(SRC)
     before = describe(mod)
     placed = PropagateSharding(mod)
     roundtrip(placed)
-    after = describe(placed)
-    assert after.placements == before.placements and after.collectives == before.collectives
-    low = describe(DistributedLowering(mod))
-    assert [(k, b) for _, k, b in low.collectives] == [("allreduce", ALLREDUCE_BYTES)]
-    assert low.placements == {"x": "R", "w1": "S[1]", "w2": "S[0]"}
-    assert low.local_shapes["w1"] == (8, 4)
+    assert _table(describe(placed)) == _table(before)
+    lowered = DistributedLowering(mod)
+    roundtrip(lowered)                    # the recorded placements survive the script
+    assert _table(describe(lowered)) == _table(before)
+    legalized = LegalizeOps(lowered)      # collectives are packed spmd.* calls by now
+    assert "R.ccl." not in legalized.script()
+    assert _table(describe(legalized)) == _table(before)
+
+
+def test_annotated_name_is_listed_beside_its_variable_at_every_stage():
+    mod = script.parse(M.mlp_activation_annotated(2, dim=8, hidden=16, act="relu", annotated="hs"))
+    for stage in (mod, DistributedLowering(mod)):
+        rep = describe(stage)
+        names = list(rep.placements)
+        assert names[names.index("h") + 1] == "hs"
+        assert rep.placements["hs"] == rep.placements["h"] == "S[1]"
+        assert rep.global_shapes["hs"] == ("n", 16) and rep.local_shapes["hs"] == ("n", 8)
+        assert rep.placements["w1"] == "S[1]" and rep.placements["w2"] == "S[0]"
 
 
 def test_report_symbolic_sizes_and_unknown_function():
