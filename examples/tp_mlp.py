@@ -10,7 +10,6 @@ runs it on two worker processes, each holding half of each weight.
 """
 from __future__ import annotations
 
-import importlib.util
 import time
 
 import numpy as np
@@ -18,6 +17,7 @@ import numpy as np
 import compiler
 import disco
 from compiler import script
+from compiler.distributed import DistributedLowering, describe
 
 DIM, HIDDEN = 512, 2048
 
@@ -40,27 +40,6 @@ class MLP:
         return y
 '''
 
-# The same module with every placement written out, as PropagateSharding produces it
-# (used where the propagation pass is not installed).
-PROPAGATED = f'''
-@I.ir_module
-class MLP:
-    I.module_global_infos({{"mesh": [R.device_mesh((2,), I.Range(0, 2))]}})
-
-    @R.function
-    def main(x: R.DTensor(("n", {DIM}), "float32", "mesh[0]", "R"),
-             w1: R.DTensor(({DIM}, {HIDDEN}), "float32", "mesh[0]", "S[1]"),
-             w2: R.DTensor(({HIDDEN}, {DIM}), "float32", "mesh[0]", "S[0]")) -> R.DTensor(("n", {DIM}), "float32", "mesh[0]", "R"):
-        n = T.int64()
-        with R.dataflow():
-            h: R.DTensor((n, {HIDDEN}), "float32", "mesh[0]", "S[1]") = R.matmul(x, w1)
-            a: R.DTensor((n, {HIDDEN}), "float32", "mesh[0]", "S[1]") = R.nn.gelu(h)
-            y: R.DTensor((n, {DIM}), "float32", "mesh[0]", "P[sum]") = R.matmul(a, w2)
-            z: R.DTensor((n, {DIM}), "float32", "mesh[0]", "R") = R.dist.redistribute(y, "mesh[0]", "R")
-            R.output(z)
-        return z
-'''
-
 
 def reference(x, w1, w2):
     """The same MLP in numpy, float64, on one device."""
@@ -70,18 +49,11 @@ def reference(x, w1, w2):
 
 
 def main() -> None:
-    have_propagation = importlib.util.find_spec("compiler.distributed.propagate") is not None
-    mod = script.parse(ANNOTATED if have_propagation else PROPAGATED)
-    print("input module" + ("" if have_propagation else " (placements written out: "
-                            "PropagateSharding is not installed)") + ":")
+    mod = script.parse(ANNOTATED)
+    print("input module:")
     print(mod.script())
+    print(describe(mod, "main"))
 
-    describe = getattr(importlib.import_module("compiler.distributed"), "describe", None) \
-        if have_propagation else None
-    if describe is not None:
-        print(describe(mod, "main"))
-
-    from compiler.distributed import DistributedLowering
     print("per-worker program (after DistributedLowering):")
     print(DistributedLowering(mod).script())
 
