@@ -113,7 +113,11 @@ class Evaluator:
         self.module = module
         self.class_name = class_name
         self.scopes: list[dict[str, Any]] = [{}]
-        self.calls: dict[str, Callable[..., Any]] = {}
+        # T.min / T.max are how the printer writes Min / Max in shapes and in tensor programs
+        self.calls: dict[str, Callable[..., Any]] = {
+            "T.max": lambda node, a, b, dtype=None: binary(E.Max, a, b, dtype),
+            "T.min": lambda node, a, b, dtype=None: binary(E.Min, a, b, dtype),
+        }
         self.defining_sizes = False   # inside a string size: unknown names are new sizes
 
     # scopes ------------------------------------------------------------------------

@@ -43,8 +43,6 @@ class TIREvaluator(Evaluator):
             c["T." + dt] = self._scalar(dt)
         c["T.Cast"] = lambda node, dtype, value: E.Cast(dtype, E.as_expr(value))
         c["T.Select"] = c["T.if_then_else"] = self.select
-        c["T.max"] = lambda node, a, b, dtype=None: binary(E.Max, a, b, dtype)
-        c["T.min"] = lambda node, a, b, dtype=None: binary(E.Min, a, b, dtype)
         c["T.floordiv"] = lambda node, a, b: binary(E.FloorDiv, a, b)
         c["T.floormod"] = lambda node, a, b: binary(E.FloorMod, a, b)
         c["T.call_intrin"] = lambda node, dtype, op, *args: E.Call(
