@@ -99,10 +99,16 @@ class VMFunction:
     code: list[list]              # instructions
     num_regs: int
     sym_names: list[str] = field(default_factory=list)   # heap slot -> symbol name
+    # symbol name -> the largest value the memory plan assumed (function attr
+    # tir_var_upper_bound); the VM refuses larger values when the call binds them
+    upper_bounds: dict[str, int] = field(default_factory=dict)
 
     def to_json(self) -> dict:
-        return {"name": self.name, "params": self.params, "ret": self.ret, "code": self.code,
-                "num_regs": self.num_regs, "sym_names": self.sym_names}
+        d = {"name": self.name, "params": self.params, "ret": self.ret, "code": self.code,
+             "num_regs": self.num_regs, "sym_names": self.sym_names}
+        if self.upper_bounds:
+            d["upper_bounds"] = self.upper_bounds
+        return d
 
     @staticmethod
     def from_json(d: dict) -> "VMFunction":
@@ -113,7 +119,8 @@ class VMFunction:
             except ValueError:
                 raise DiscoError(f"function {d['name']!r}: unknown opcode {ins[0]!r}") from None
         return VMFunction(d["name"], d["params"], d["ret"], code, d["num_regs"],
-                          list(d.get("sym_names", [])))
+                          list(d.get("sym_names", [])),
+                          {str(k): int(v) for k, v in (d.get("upper_bounds") or {}).items()})
 
     def signature_text(self) -> str:
         params = ", ".join(f"{p['name']}: {format_pattern(p['pattern'])}" for p in self.params)

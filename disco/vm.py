@@ -175,6 +175,8 @@ class _Fn:
         self.num_regs = f.num_regs
         self.num_syms = len(f.sym_names)
         self.sym_names = f.sym_names
+        self.upper_bounds = [(i, name, f.upper_bounds[name]) for i, name in enumerate(f.sym_names)
+                             if name in f.upper_bounds]
         self.param_names = [p["name"] for p in f.params]
         self.params = [_Pattern(p["pattern"], f"{f.name}: parameter {p['name']!r}") for p in f.params]
         self.code = []
@@ -214,6 +216,7 @@ class _KernelCheck:
     """A CHECK_KERNEL operand decoded: the kernel's buffer and scalar patterns over its
     own heap of size vars. `name` and `sym_names` are what `_Matcher` reports."""
     __slots__ = ("name", "sym_names", "buffers", "scalars")
+    upper_bounds = ()     # a kernel's sizes are bounded by its buffers, not by a plan
 
     def __init__(self, fn_name: str, check: dict, what: str):
         self.name = f"{fn_name}: call_tir of tensor program {check['tir']!r}"
@@ -332,6 +335,12 @@ class _Matcher:
                 self._fail(where, f"expects shape {format_shape(pat.text_dims)}{with_}, "
                                   f"got {tuple(got)}")
         self.checks.clear()
+        for i, name, bound in self.fn.upper_bounds:
+            if i in self.binders and h[i] > bound:
+                raise SignatureError(
+                    f"{self.fn.name}: size {name}={h[i]} (bound by {self.binders[i]}) exceeds its "
+                    f"upper bound {bound} (function attr tir_var_upper_bound), which the "
+                    f"memory plan assumed")
 
     def _fail(self, where: str, msg: str):
         raise SignatureError(f"{self.fn.name}: {where} {msg}")

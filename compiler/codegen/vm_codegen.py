@@ -226,8 +226,10 @@ class _FunctionCodegen:
                            "pattern": self.pattern(p.struct_info, True, f"parameter {p.name_hint!r}")})
         ret = self.expr(func.body)
         self.emit(Op.RET, ret)
+        bounds = func.attrs.get("tir_var_upper_bound", None) or {}
         return VMFunction(self.name, params, self.ret_pattern(func.ret_struct_info), self.code,
-                          self.num_regs, self.sym_names)
+                          self.num_regs, self.sym_names,
+                          {str(k): int(v) for k, v in dict(bounds).items()})
 
     def _prebind(self, sinfo) -> None:
         for d in _bare_dims(sinfo):

@@ -18,7 +18,7 @@ from compiler.transform.dead_code import DeadCodeElimination
 from compiler.transform.dispatch_library import DispatchLibrary
 from compiler.transform.plan_memory import PlanMemory
 from disco import registry
-from disco.errors import DiscoError
+from disco.errors import DiscoError, SignatureError
 from disco.executable import Op as VMOp
 from disco.vm import VirtualMachine
 
@@ -362,8 +362,10 @@ def test_symbolic_size_with_upper_bound_is_planned_statically():
     for rows in (1, 5, 64):
         x = np.random.default_rng(rows).standard_normal((rows, 8)).astype("float32")
         np.testing.assert_allclose(vm["main"](x), six_ref(x), rtol=1e-5)
-    with pytest.raises(DiscoError, match="upper bound"):
+    with pytest.raises(SignatureError, match=r"^main: size n=65 \(bound by 'x'\) exceeds its upper "
+                                             r"bound 64 \(function attr tir_var_upper_bound\)"):
         vm["main"](np.zeros((65, 8), "float32"))
+    np.testing.assert_allclose(vm["main"](x), six_ref(x), rtol=1e-5)   # still usable
 
 
 def test_upper_bounds_of_shape_expressions():
@@ -527,3 +529,48 @@ def test_a_returned_view_of_a_storage_is_never_overwritten():
     got = [vm["returns_view"](x) for x in xs]
     for g, x in zip(got, xs):
         np.testing.assert_allclose(g, np.exp(x), rtol=1e-6)
+
+
+MATCH_CAST_BOUNDED = """
+from compiler.script import I, R, T
+
+@I.ir_module
+class Module:
+    @R.function
+    def main(x: R.Tensor(("n", 8), "float32")):
+        n = T.int64()
+        m = T.int64()
+        R.func_attr(ATTR)
+        with R.dataflow():
+            y = R.match_cast(x, R.Tensor((SHAPE, 8), "float32"))
+            a = R.exp(y)
+            b = R.negative(a)
+            c = R.exp(b)
+            R.output(c)
+        return c
+"""
+
+
+@needs_legalize
+@pytest.mark.parametrize("shape, attr, limit", [
+    ("T.min(n, 16)", "{}", None),                            # bounded by the shape itself
+    ("m", '{"tir_var_upper_bound": {"m": 16}}', "m"),       # a new symbol with a bound
+])
+def test_match_cast_bound_is_planned_statically(shape, attr, limit, roundtrip):
+    from compiler import script
+    from compiler.transform import LegalizeOps
+    mod = script.parse(MATCH_CAST_BOUNDED.replace("SHAPE", shape).replace("ATTR", attr))
+    roundtrip(mod)
+    planned = PlanMemory(LegalizeOps(mod))
+    sizes = [b.value.args[0].values[0].value for b in bindings(planned)
+             if isinstance(b.value, G.Call) and b.value.op.name == "relax.memory.alloc_storage"]
+    assert sizes == [16 * 8 * 4] * 2          # a and b: float32 (16, 8) at most, both live at b
+    assert count(planned, "relax.builtin.alloc_tensor") == 1    # the result, which the caller keeps
+    vm = VirtualMachine(build(planned, passes=[]))
+    for rows in (1, 9, 16):
+        x = np.random.default_rng(rows).standard_normal((rows, 8)).astype("float32")
+        np.testing.assert_allclose(vm["main"](x), np.exp(-np.exp(x)), rtol=1e-5)
+    if limit is not None:
+        with pytest.raises(SignatureError, match=r"size m=17 \(bound by match_cast of 'y'\) exceeds "
+                                                 r"its upper bound 16"):
+            vm["main"](np.zeros((17, 8), "float32"))
