@@ -4,9 +4,11 @@ split, strided_slice, take, broadcast_to, where, astype.
 Axes are kept in the attributes as the user wrote them (negative axes stay
 negative, so the printed text matches the source) and normalised by the rules.
 Symbolic dims follow the policy in _infer.py, except reshape, which (as TVM)
-requires the element counts to be provably equal. Slicing and splitting with symbolic
-bounds assume the bounds are in range (numpy would clamp them); with constant dims
-and bounds the result is exact, clamping included.
+requires the element counts to be provably equal (a -1 dim: the count provably
+divisible by the other dims), and split into equal sections, which requires the dim
+provably divisible. Slicing and splitting at symbolic points assume the bounds are
+in range (numpy would clamp them); with constant dims and bounds the result is
+exact, clamping included.
 """
 from __future__ import annotations
 
@@ -52,14 +54,7 @@ def _reshape(call: Call) -> StructInfo:
         return I.unknown_tensor(x.dtype, len(new)) if holes else TensorStructInfo(new, x.dtype)
     in_count = I.product(x.shape)
     if holes:
-        known = I.product([d for i, d in enumerate(new) if i != holes[0]])
-        if isinstance(known, IntImm) and known.value == 0 or (
-                isinstance(known, IntImm) and isinstance(in_count, IntImm)
-                and in_count.value % known.value != 0):
-            raise ShapeError(f"{op}: cannot reshape x of shape {I.fmt_shape(x.shape)} "
-                             f"({I.fmt_expr(in_count)} elements) to {I.fmt_shape(new)}: "
-                             f"{I.fmt_expr(in_count)} is not divisible by {I.fmt_expr(known)}")
-        dim = arith.simplify(in_count // known) if not I.is_const(known, 1) else in_count
+        dim = _inferred_dim(op, x.shape, new, in_count, holes[0])
         new = new[:holes[0]] + (dim,) + new[holes[0] + 1:]
     else:
         out_count = I.product(new)
@@ -72,6 +67,28 @@ def _reshape(call: Call) -> StructInfo:
                              f"({I.fmt_expr(out_count)} elements); expected equal counts{hint}")
     return TensorStructInfo(new, x.dtype)
 
+
+
+def _inferred_dim(op: str, shape: tuple, new: tuple, in_count: PrimExpr, hole: int) -> PrimExpr:
+    """The dim a -1 in `new` stands for: the element count divided by the other dims.
+    As TVM, the division must be provably exact; a possibly inexact one (`n * 4`
+    elements into rows of 3) is an error, not a silently rounded dim."""
+    known = I.product([d for i, d in enumerate(new) if i != hole])
+    if I.is_const(known, 1):
+        return in_count
+    where = (f"{op}: cannot reshape x of shape {I.fmt_shape(shape)} "
+             f"({I.fmt_expr(in_count)} elements) to {I.fmt_shape(new)}")
+    if I.is_const(known, 0):
+        raise ShapeError(f"{where}: the other dims have 0 elements, so -1 is undetermined")
+    if isinstance(known, IntImm) and isinstance(in_count, IntImm):
+        if in_count.value % known.value:
+            raise ShapeError(f"{where}: {in_count.value} is not divisible by {known.value}")
+    elif not arith.prove_divisible(in_count, known):
+        raise ShapeError(f"{where}: cannot prove {I.fmt_expr(in_count)} is divisible by "
+                         f"{I.fmt_expr(known)}, so -1 has no exact size; state the relation "
+                         f"with R.match_cast (e.g. to a shape whose element count is a "
+                         f"multiple of {I.fmt_expr(known)})")
+    return arith.simplify(in_count // known)
 
 
 reshape.sharding(_sharding.reshape)
@@ -319,21 +336,33 @@ def _split(call: Call) -> StructInfo:
         return TupleStructInfo(tuple(I.unknown_tensor(x.dtype, x.ndim) for _ in range(count)))
     dim = x.shape[axis]
     if isinstance(ios, int):
-        if isinstance(dim, IntImm):
-            if dim.value % ios:
-                raise ShapeError(f"{op}: cannot split axis {axis} of x with shape "
-                                 f"{I.fmt_shape(x.shape)} into {ios} equal sections "
-                                 f"({dim.value} is not divisible by {ios})")
-            part: PrimExpr = IntImm(dim.value // ios)
-        else:
-            part = arith.simplify(dim // ios) if ios != 1 else dim
-        extents = [part] * ios
+        extents = [_section(op, x.shape, axis, ios)] * ios
     else:
         bounds = [IntImm(0)] + [as_expr(i) for i in ios] + [dim]
         extents = [_extent(dim, bounds[i], bounds[i + 1], 1) for i in range(len(ios) + 1)]
     return TupleStructInfo(tuple(
         TensorStructInfo(x.shape[:axis] + (e,) + x.shape[axis + 1:], x.dtype) for e in extents))
 
+
+
+def _section(op: str, shape: tuple, axis: int, sections: int) -> PrimExpr:
+    """Length of each of `sections` equal parts of `shape[axis]`. The dim must be
+    provably divisible (numpy rejects unequal splits; `n // 2` parts of an odd `n`
+    would silently drop an element)."""
+    dim = shape[axis]
+    if sections == 1:
+        return dim
+    where = (f"{op}: cannot split axis {axis} of x with shape {I.fmt_shape(shape)} into "
+             f"{sections} equal sections")
+    if isinstance(dim, IntImm):
+        if dim.value % sections:
+            raise ShapeError(f"{where} ({dim.value} is not divisible by {sections})")
+        return IntImm(dim.value // sections)
+    if not arith.prove_divisible(dim, sections):
+        raise ShapeError(f"{where}: cannot prove {I.fmt_expr(dim)} is divisible by {sections}; "
+                         f"state the relation with R.match_cast (e.g. to a dim "
+                         f"`m * {sections}`) or give split points")
+    return arith.simplify(dim // sections)
 
 
 split.sharding(_sharding.split)

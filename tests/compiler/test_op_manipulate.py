@@ -68,6 +68,28 @@ def test_reshape_errors():
         op.reshape(tvar((n, 4)), [n, 5])
 
 
+
+def test_reshape_minus_one_needs_provable_divisibility():
+    """-1 is the element count divided by the other dims; symbolically that division
+    must be exact for every value of the sizes (numpy: `reshape(-1, 3)` of 4*n elements
+    fails unless 3 divides n), else the op asks for R.match_cast."""
+    n = SizeVar("n")
+    with pytest.raises(ShapeError, match=r"R\.reshape: cannot reshape x of shape \(n, 4\) "
+                                         r".*to \(-1, 3\): cannot prove .* divisible by 3.*"
+                                         r"R\.match_cast"):
+        op.reshape(tvar((n, 4)), [-1, 3])
+    with pytest.raises(ShapeError, match=r"R\.reshape: .*\(8,\).*divisible by n.*R\.match_cast"):
+        op.reshape(tvar((8,)), [-1, n])
+    with pytest.raises(ShapeError, match=r"R\.reshape: .*\(-1, 0\).*0 elements"):
+        op.reshape(tvar((0, 4)), [-1, 0])       # numpy: cannot reshape size 0 into (-1, 0)
+    # Provable cases: n*4 elements in rows of 2 -> n*2 rows; n*8 in rows of n -> 8 rows.
+    assert same_dims(op.reshape(tvar((n, 4)), [-1, 2]).struct_info.shape, (n * 2, 2))
+    assert same_dims(op.reshape(tvar((n * 8,)), [-1, n]).struct_info.shape, (8, n))
+    for k in (1, 3, 5):
+        check_against_numpy(lambda a: op.reshape(a, [-1, 2]), lambda a: a.reshape(-1, 2),
+                            [(n, 4)], binding={n: k})
+
+
 # permute_dims / expand_dims / squeeze -------------------------------------------------------
 
 
@@ -195,6 +217,24 @@ def test_split_symbolic_and_errors():
         op.split(tvar((2, 5)), 2, axis=1)
     with pytest.raises(ShapeError, match=r"R\.split: axis -3 is out of range"):
         op.split(tvar((2, 5)), 1, axis=-3)
+
+
+
+def test_split_equal_sections_needs_provable_divisibility():
+    """numpy rejects an unequal split (np.split(arange(5), 2) raises); a symbolic dim
+    must be provably divisible by the section count."""
+    n = SizeVar("n")
+    for dim in (n, n * 2 + 1, n + 2):
+        with pytest.raises(ShapeError, match=r"R\.split: cannot split axis 0 of x with shape "
+                                             r"\(.*\) into 2 equal sections: cannot prove .*"
+                                             r"divisible by 2.*R\.match_cast"):
+            op.split(tvar((dim, 3)), 2)
+    assert len(op.split(tvar((n,)), 1).struct_info.fields) == 1
+    for k in (1, 2, 7):
+        check_against_numpy(lambda x: op.split(x, 3, axis=1),
+                            lambda a: np.split(a, 3, axis=1), [(2, n * 6)], binding={n: k})
+        check_against_numpy(lambda x: op.split(x, 2), lambda a: np.split(a, 2),
+                            [(n * 4 + 2,)], binding={n: k})
 
 
 # strided_slice / take / broadcast_to -----------------------------------------------------------
