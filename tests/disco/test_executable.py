@@ -124,8 +124,25 @@ def test_load_in_process_without_compiler(so_bytes, tmp_path):
     assert out.stdout.strip() == "ok"
 
 
-def test_built_executable_exports_and_loads_without_compiler(tmp_path, monkeypatch):
-    """compiler.build output, exported, run in a process that blocks `compiler`."""
+MATMUL_RELU = """
+from compiler.script import I, R, T
+
+@I.ir_module
+class Module:
+    @R.function
+    def main(x: R.Tensor(("n", 64), "float32"), w: R.Tensor((64, 32), "float32")):
+        n = T.int64()
+        with R.dataflow():
+            y = R.nn.relu(R.matmul(x, w))
+            R.output(y)
+        return y
+"""
+
+
+@pytest.mark.parametrize("pipeline", ["no passes", "default"])
+def test_built_executable_exports_and_loads_without_compiler(pipeline, tmp_path, monkeypatch):
+    """compiler.build output, exported, run in a process that blocks `compiler`; the default
+    pipeline's build calls the BLAS library function (disco.blas), found without it."""
     pytest.importorskip("compiler.codegen")
     spec = importlib.util.spec_from_file_location(
         "_vm_seed_module", os.path.join(os.path.dirname(__file__), "..", "compiler", "test_vm.py"))
@@ -134,7 +151,13 @@ def test_built_executable_exports_and_loads_without_compiler(tmp_path, monkeypat
     from compiler.build import build
     path = tmp_path / "seed.disco"
     monkeypatch.setenv("DISCO_TP_CACHE", str(tmp_path / "cc"))
-    build(tv.seed_module(), passes=[]).export(path)
+    if pipeline == "no passes":
+        ex = build(tv.seed_module(), passes=[])      # the hand-written mm tensor program
+    else:
+        from compiler import script
+        ex = build(script.parse(MATMUL_RELU))
+        assert "disco.blas.matmul" in ex.as_text()
+    ex.export(path)
     script = textwrap.dedent(f"""
         import sys
         sys.modules["compiler"] = None
@@ -147,6 +170,8 @@ def test_built_executable_exports_and_loads_without_compiler(tmp_path, monkeypat
         for n in (1, 7, 128):
             x = rng.standard_normal((n, 64), dtype=np.float32)
             np.testing.assert_allclose(vm["main"](x, w), np.maximum(x @ w, 0), rtol=1e-4, atol=1e-4)
+        assert not any(m == "compiler" or m.startswith("compiler.") for m in sys.modules
+                       if sys.modules[m] is not None)
         print("ok")
     """)
     env = dict(os.environ, DISCO_CACHE_DIR=str(tmp_path / "cache"))
