@@ -785,6 +785,9 @@ def _deep_key(x: Any) -> Any:
     raise _Uncacheable
 
 
+_MISSING = object()     # a parameter no argument was given for
+
+
 class VMFunctionHandle:
     """`vm["main"]`: call it with arrays; `.signature` describes its parameters."""
 
@@ -811,8 +814,30 @@ class VMFunctionHandle:
     def signature(self) -> str:
         return self.fn.vmf.signature_text()
 
-    def __call__(self, *args: Any) -> Any:
+    def _by_name(self, args: tuple, kwargs: dict) -> tuple:
+        """Positional arguments followed by keyword arguments, in parameter order."""
+        names = self.fn.param_names
+        out = list(args) + [_MISSING] * (len(names) - len(args))
+        for name, value in kwargs.items():
+            if name not in names:
+                raise SignatureError(f"{self.fn.name} has no parameter {name!r}; its parameters "
+                                     f"are ({', '.join(names)})")
+            i = names.index(name)
+            if i < len(args):
+                raise SignatureError(f"{self.fn.name}: parameter {name!r} given both by position "
+                                     f"(argument {i}) and by name")
+            out[i] = value
+        missing = [n for n, v in zip(names, out) if v is _MISSING]
+        if missing:
+            raise SignatureError(f"{self.fn.name}: missing argument{'s' if len(missing) > 1 else ''} "
+                                 f"{', '.join(repr(n) for n in missing)} (parameters: "
+                                 f"{', '.join(names)})")
+        return tuple(out)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
         fn = self.fn
+        if kwargs:
+            args = self._by_name(args, kwargs)
         if len(args) != len(self.kinds):
             raise SignatureError(
                 f"{fn.name} expects {len(self.kinds)} argument{'s' if len(self.kinds) != 1 else ''}"

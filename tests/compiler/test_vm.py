@@ -206,6 +206,23 @@ def test_signature_errors_name_parameter_symbols_and_shapes(seed_ex):
         vm["main"](x, 3)
 
 
+def test_arguments_by_name_as_in_a_python_call(seed_ex):
+    vm = VirtualMachine(seed_ex)
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((5, 64), dtype=np.float32)
+    w = rng.standard_normal((64, 32), dtype=np.float32)
+    want = np.maximum(x @ w, 0)
+    np.testing.assert_allclose(vm["main"](w=w, x=x), want, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(vm["main"](x, w=w), want, rtol=1e-4, atol=1e-4)
+    with pytest.raises(SignatureError, match=r"^main has no parameter 'W'; its parameters are \(x, w\)$"):
+        vm["main"](x, W=w)
+    with pytest.raises(SignatureError, match=r"^main: parameter 'x' given both by position \(argument 0\) "
+                                             r"and by name$"):
+        vm["main"](x, x=x)
+    with pytest.raises(SignatureError, match=r"^main: missing argument 'w' \(parameters: x, w\)$"):
+        vm["main"](x=x)
+
+
 def test_symbolic_relation_between_parameters():
     n = E.Var("n")
     x = G.Var("X", tensor((n, 32))); w = G.Var("W", tensor((n, 32)))
