@@ -1,6 +1,9 @@
 """Compile C source into a shared object with the system C compiler, with a disk cache.
 
-The cache key is the sha256 of (source, flags, compiler version); the object lives
+The cache key is the sha256 of (source, flags, compiler version, and the macros the
+compiler predefines for `-march=native` here, which name the host's instruction set: a
+cache shared by machines with different CPUs never hands one an object built for the
+other); the object lives
 under `$DISCO_TP_CACHE` (default `~/.cache/disco-tp/kernels`) as `<key>.so`, next
 to its source `<key>.c`. Writes are atomic (a temporary file renamed into place),
 so concurrent builds of the same source from several processes are safe.
@@ -54,6 +57,15 @@ def compiler_version(cc: str) -> str:
 
 
 @functools.lru_cache(maxsize=None)
+def native_target(cc: str) -> str:
+    """What `-march=native` means on this host: the compiler's predefined macros
+    (__AVX2__, __AVX512F__, ...), which gcc and clang both print with -dM -E."""
+    out = subprocess.run([cc, "-march=native", "-dM", "-E", "-x", "c", os.devnull],
+                         capture_output=True, text=True, timeout=60)
+    return "\n".join(sorted(out.stdout.splitlines()))
+
+
+@functools.lru_cache(maxsize=None)
 def _libmvec_flags(cc: str) -> tuple[str, ...]:
     """Vector math (glibc's libmvec) when the toolchain has it."""
     out = subprocess.run([cc, "-print-file-name=libmvec.so"], capture_output=True, text=True, timeout=60)
@@ -71,7 +83,8 @@ def compile_shared_object(source: str) -> Path:
     global compile_count
     cc = compiler_command()
     flags = compile_flags(cc)
-    key = hashlib.sha256("\0".join([source, " ".join(flags), compiler_version(cc)]).encode()).hexdigest()
+    key = hashlib.sha256("\0".join([source, " ".join(flags), compiler_version(cc),
+                                    native_target(cc)]).encode()).hexdigest()
     directory = cache_dir()
     target = directory / f"{key}.so"
     if target.exists():

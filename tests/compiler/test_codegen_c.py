@@ -267,6 +267,16 @@ def test_compile_cache_hit_does_not_invoke_compiler():
     assert lib1.so_bytes[:4] == b"\x7fELF"
 
 
+def test_cache_entry_is_per_host_instruction_set(monkeypatch):
+    """Another CPU (other -march=native macros) never reuses this host's object."""
+    func = make_matmul(n=4, k=8, m=8)
+    here = build_kernels({"mm_isa": func}).so_path
+    monkeypatch.setattr(cc, "native_target", lambda _cc: "#define __SOME_OTHER_CPU__ 1")
+    count = cc.compile_count
+    other = build_kernels({"mm_isa": func}).so_path
+    assert cc.compile_count == count + 1 and other != here
+
+
 def test_compile_error_shows_message_and_source():
     with pytest.raises(cc.CCompileError, match=r"(?s)error.*offending source lines.*>>.*not_a_type"):
         cc.compile_shared_object("void f(void) { not_a_type x = 1; }\n")
