@@ -37,12 +37,13 @@ and each constructor accepts exactly what the printer writes (lists for tuples).
 from __future__ import annotations
 
 import difflib
+import inspect
 from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import Any, Callable, Optional
 
 from ..ir.attrs import Attrs
-from ..ir.errors import CompilerError
+from ..ir.errors import CompilerError, StructInfoError
 from ..ir.graph import Call, Expr, Op
 from ..ir.struct_info import StructInfo
 
@@ -102,7 +103,52 @@ class OpDef:
         return list(call.args), [(a, call.attrs[a]) for a in self.attrs if a in call.attrs]
 
     def __call__(self, *args, **kwargs) -> Call:
-        return self.constructor(*args, **kwargs)
+        try:
+            return self.constructor(*args, **kwargs)
+        except TypeError as e:
+            if isinstance(e, CompilerError):
+                raise
+            check_arguments(f"{self.script} ({self.name})", self.constructor, args, kwargs)
+            raise       # the arguments fit: a TypeError from inside the constructor
+
+
+
+def check_arguments(label: str, fn: Callable[..., Any], args: tuple, kwargs: dict,
+                    skip: int = 0) -> None:
+    """Raise StructInfoError naming `label` and `fn`'s parameters when `args` / `kwargs`
+    do not fit them (unknown or repeated keyword, too many or missing arguments), so the
+    user reads `R.sum: unexpected keyword 'axes'`, not a Python closure's name. `skip`
+    leading parameters are filled by the caller (the parser's `node`)."""
+    sig = inspect.signature(fn)
+    params = list(sig.parameters.values())[skip:]
+    sig = sig.replace(parameters=params)
+    try:
+        sig.bind(*args, **kwargs)
+    except TypeError as e:
+        problem = str(e)
+        names = [p.name for p in params if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+        unknown = [k for k in kwargs if k not in names]
+        if unknown:
+            close = difflib.get_close_matches(unknown[0], names, n=1)
+            problem = f"unexpected keyword argument {unknown[0]!r}" + \
+                (f" (did you mean {close[0]}?)" if close else "")
+        raise StructInfoError(f"{label}: {problem}; accepted parameters: "
+                              f"{parameter_list(params)}") from None
+
+
+def parameter_list(params: list) -> str:
+    """`x, axis=None, keepdims=False` (no annotations) for messages."""
+    out = []
+    for p in params:
+        if p.kind is p.VAR_POSITIONAL:
+            out.append(f"*{p.name}")
+        elif p.kind is p.VAR_KEYWORD:
+            out.append(f"**{p.name}")
+        elif p.default is p.empty:
+            out.append(p.name)
+        else:
+            out.append(f"{p.name}={p.default!r}")
+    return ", ".join(out)
 
 
 _OPS: dict[str, OpDef] = {}

@@ -328,7 +328,8 @@ class Evaluator:
         if name is not None:
             handler = self.calls.get(name)
             if handler is not None:
-                return self._with_pos(node, lambda: handler(node, *args, **kwargs))
+                return self._with_pos(node, lambda: checked_call(name, handler, (node, *args),
+                                                                 kwargs, skip=1))
             return self.call_op(node, name, args, kwargs)
         callee = self.eval(node.func)
         return self.call_value(node, callee, args, kwargs)
@@ -345,10 +346,24 @@ class Evaluator:
             close = difflib.get_close_matches(name, known, n=1)
             hint = f"; did you mean {close[0]}?" if close else ""
             raise self.err(node, f"unknown operator {name}{hint}")
-        return self._with_pos(node, lambda: opdef(*args, **kwargs))
+        return self._with_pos(node, lambda: checked_call(name, opdef, args, kwargs))
 
     def call_value(self, node: ast.Call, callee: Any, args: list, kwargs: dict) -> Any:
         raise self.err(node, f"cannot call a {type(callee).__name__}")
+
+
+def checked_call(name: str, fn: Callable[..., Any], args: tuple, kwargs: dict,
+                 skip: int = 0) -> Any:
+    """`fn(*args, **kwargs)`; arguments that do not fit its parameters are a
+    StructInfoError naming script function `name` (operators check their own)."""
+    try:
+        return fn(*args, **kwargs)
+    except TypeError as e:
+        if isinstance(e, CompilerError):
+            raise
+        from ..op.registry import check_arguments
+        check_arguments(name, fn, args, kwargs, skip)
+        raise
 
 
 def _message(e: Exception) -> str:

@@ -230,6 +230,28 @@ def test_errors_are_typed_and_say_what_to_do():
     assert bb.get().names() == []
 
 
+def test_operator_arguments_that_do_not_fit_name_the_operator():
+    """Python's own message would name a closure (`define_reduce.<locals>.constructor()`);
+    the operator's error names it and lists the parameters it accepts."""
+    x = Var("x", tsi(4))
+    params = r"accepted parameters: x, axis=None, keepdims=False"
+    cases = [(lambda: op.sum(x, axes=[0]), r"unexpected keyword argument 'axes' \(did you mean axis\?\)"),
+             (lambda: op.sum(x, [0], False, 1), r"too many positional arguments"),
+             (lambda: op.sum(x, [0], axis=[0]), r"multiple values for argument 'axis'")]
+    for build, problem in cases:
+        with pytest.raises(StructInfoError, match=r"^R\.sum \(relax\.sum\): " + problem + "; " + params):
+            build()
+    with pytest.raises(StructInfoError, match=r"R\.call_tir \(relax\.call_tir\): missing a required "
+                                              r"argument: 'out_sinfo'; accepted parameters: gvar, "
+                                              r"args, out_sinfo, tir_vars=None"):
+        op.call_tir(GlobalVar("f"), (x,))
+    with pytest.raises(StructInfoError, match=r"R\.add .*missing .*'x2'; accepted parameters: x1, x2"):
+        op.add(x)
+    # A fitting call still reports the rule's own error, not an argument mismatch.
+    with pytest.raises(CompilerError, match=r"R\.sum: axis 3 is out of range"):
+        op.sum(x, axis=3)
+
+
 def test_builder_continues_an_existing_module(roundtrip):
     bb = BlockBuilder()
     bb.add_func(tir_copy(), "copy")

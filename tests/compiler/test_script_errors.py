@@ -77,6 +77,31 @@ def test_dtype_error_names_the_operator():
     assert "R.add" in str(e) and "int32" in str(e)
 
 
+def test_arguments_that_do_not_fit_an_operator():
+    for expr, message in [
+            ("R.sum(lv0, axes=[0])", "R.sum (relax.sum): unexpected keyword argument 'axes' "
+                                     "(did you mean axis?); accepted parameters: x, axis=None, "
+                                     "keepdims=False"),
+            ("R.add(lv0, lv0, lv0)", "R.add (relax.add): too many positional arguments; "
+                                     "accepted parameters: x1, x2"),
+            ("R.call_tir(cls.main, (lv0,))", "R.call_tir (relax.call_tir): missing a required "
+                                             "argument: 'out_sinfo'"),
+            ("R.shape([4], 2)", "R.shape: too many positional arguments; accepted parameters: values")]:
+        text = MODULE.format(expr=expr)
+        e = error_of(text)
+        assert (e.lineno, e.col) == where(text, expr), expr
+        assert message in str(e), (expr, str(e))
+
+
+def test_arguments_that_do_not_fit_a_struct_info_constructor():
+    text = MODULE.format(expr="R.add(lv0, lv0)").replace(
+        'R.Tensor(("n", 4), "float32")', 'R.Tensor(("n", 4), dtyp="float32")')
+    e = error_of(text)
+    assert (e.lineno, e.col) == where(text, "R.Tensor(")
+    assert "R.Tensor: unexpected keyword argument 'dtyp' (did you mean dtype?); accepted " \
+           "parameters: shape=None, dtype='float32', ndim=-1" in str(e)
+
+
 def test_dataflow_variable_used_after_its_block():
     text = '''
 @R.function
