@@ -118,7 +118,8 @@ def bench_fused_kernels(args) -> dict:
     width = 4096
     results = []
     print(f"\n== fused kernels: float32 rows of {width}, median of {args.repeat} runs ==")
-    print(f"{'kernel':<14} {'rows':>5} {'project ms':>11} {'numpy ms':>10} {'speedup':>8}")
+    print(f"{'kernel':<14} {'rows':>5} {'project ms':>11} {'numpy ms':>10} {'speedup':>8}  "
+          f"target >= {TARGET_SPEEDUP:g}x")
     for name, (body, shapes, ref) in _fused_cases(width).items():
         if args.case and name not in args.case:
             continue
@@ -136,7 +137,8 @@ def bench_fused_kernels(args) -> dict:
             t_proj = median_seconds(lambda: main(*inputs), args.repeat)
             t_np = median_seconds(lambda: ref(*inputs), args.repeat)
             ratio = t_np / t_proj
-            print(f"{name:<14} {n:>5} {t_proj * 1e3:>11.3f} {t_np * 1e3:>10.3f} {ratio:>7.2f}x")
+            verdict = "met" if ratio >= TARGET_SPEEDUP else "MISSED"
+            print(f"{name:<14} {n:>5} {t_proj * 1e3:>11.3f} {t_np * 1e3:>10.3f} {ratio:>7.2f}x  {verdict}")
             results.append({"kernel": name, "rows": n, "width": width, "project_s": t_proj,
                             "numpy_s": t_np, "speedup": ratio, "kernels": kernels})
     return {"target_speedup": TARGET_SPEEDUP, "cases": results}
