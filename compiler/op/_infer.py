@@ -168,6 +168,16 @@ def simplify_shape(shape: Sequence[PrimExpr]) -> Shape:
     return tuple(arith.simplify(as_expr(d)) for d in shape)
 
 
+def require_nonnegative_dims(op: str, dims: Sequence[PrimExpr], name: str = "shape") -> None:
+    """Reject a dim that is (or simplifies to) a negative constant, as numpy does
+    ("negative dimensions are not allowed"); symbolic sizes are non-negative by rule."""
+    for i, d in enumerate(dims):
+        value = d.value if isinstance(d, IntImm) else arith.as_int(d)
+        if value is not None and value < 0:
+            raise ShapeError(f"{op}: {name} {fmt_shape(dims)} has the negative dim {value} at "
+                             f"position {i}; expected every dim >= 0")
+
+
 def broadcast_shapes(op: str, named: Sequence[tuple[str, TensorStructInfo]]) -> Optional[Shape]:
     """Numpy broadcasting of the arguments' shapes; None when any shape is unknown."""
     if any(s.shape is None for _, s in named):

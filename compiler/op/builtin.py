@@ -230,4 +230,5 @@ def _alloc_tensor(call: Call) -> StructInfo:
     values = I.shape_values(op, call.args[0], "shape")
     if values is None:
         return I.unknown_tensor(dt.value, I.shape_ndim(op, call.args[0], "shape"))
+    I.require_nonnegative_dims(op, values)
     return TensorStructInfo(values, dt.value)

@@ -77,6 +77,7 @@ def _from_shape(op: str, shape_arg: Expr, dtype: str) -> StructInfo:
     values = I.shape_values(op, shape_arg, "shape")
     if values is None:
         return I.unknown_tensor(dtype, I.shape_ndim(op, shape_arg, "shape"))
+    I.require_nonnegative_dims(op, values)
     return TensorStructInfo(values, dtype)
 
 

@@ -42,6 +42,8 @@ def _alloc_storage(call: Call) -> StructInfo:
     values = I.shape_values(op, call.args[0], "size")
     if values is not None and len(values) != 1:
         raise StructInfoError(f"{op}: size must be one dim (bytes), got {I.fmt_shape(values)}")
+    if values is not None:
+        I.require_nonnegative_dims(op, values, "size")
     if not isinstance(call.args[1], DataTypeImm):
         raise StructInfoError(f"{op}: dtype must be R.dtype(...), got {type(call.args[1]).__name__}")
     return ObjectStructInfo()
@@ -70,6 +72,7 @@ def _alloc_tensor(call: Call) -> StructInfo:
     values = I.shape_values(op, call.args[2], "shape")
     if values is None:
         return I.unknown_tensor(dt.value, I.shape_ndim(op, call.args[2], "shape"))
+    I.require_nonnegative_dims(op, values)
     return TensorStructInfo(values, dt.value)
 
 

@@ -126,6 +126,39 @@ def test_full_zeros_ones():
         op.zeros([2], "float")
 
 
+def test_creation_and_allocation_reject_negative_dims():
+    """numpy: `np.zeros((2, -1))` raises "negative dimensions are not allowed"; a dim
+    of 0 is an empty tensor. Symbolic sizes are non-negative, so only constants (or
+    expressions that simplify to one) can be negative."""
+    for shape in [(2, -1), (-3,)]:
+        with pytest.raises(ValueError, match="negative dimensions"):
+            np.zeros(shape)
+    n = SizeVar("n")
+    cases = {"R.full": lambda s: op.full(s, op.const(0.5, "float32")),
+             "R.zeros": lambda s: op.zeros(s, "float32"),
+             "R.ones": lambda s: op.ones(s, "int32"),
+             "R.builtin.alloc_tensor": lambda s: op.alloc_tensor(op.shape(s), "float32")}
+    for name, build in cases.items():
+        with pytest.raises(ShapeError, match=rf"{name.replace('.', '[.]')}: shape \(2, -1\) has "
+                                             r"the negative dim -1 at position 1"):
+            build([2, -1])
+        with pytest.raises(ShapeError, match=rf"{name.replace('.', '[.]')}: shape \(.*n - n.*\) has "
+                                             r"the negative dim -3 at position 0"):
+            build([n - n - 3])
+        assert static(build([0, 3]).struct_info) == np.zeros((0, 3)).shape
+        assert same_dims(build([n - 1, 2]).struct_info.shape, (n - 1, 2))
+    from compiler.op import memory
+    with pytest.raises(ShapeError, match=r"R\.memory\.alloc_storage: size \(-8,\) has the negative"):
+        memory.alloc_storage(op.shape([-8]), "float32")
+    storage = memory.alloc_storage(op.shape([64]), "float32")
+    storage_var = Var("s", storage.struct_info)
+    with pytest.raises(ShapeError, match=r"R\.memory\.alloc_tensor: shape \(4, -4\) has the negative"):
+        memory.alloc_tensor(storage_var, 0, op.shape([4, -4]), "float32")
+    assert static(memory.alloc_tensor(storage_var, 0, op.shape([4, 4]), "float32").struct_info) == (4, 4)
+    # An impossible arange range is empty in numpy, not an error; the same here.
+    assert static(op.arange(5, 0).struct_info) == np.arange(5, 0).shape == (0,)
+
+
 @pytest.mark.parametrize("args", [(5,), (2, 9), (2, 9, 3), (9, 2, -2), (0, 1, 0.25),
                                   (1.5, 4.0), (3, 3)])
 def test_arange_static(args):
