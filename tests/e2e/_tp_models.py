@@ -390,20 +390,27 @@ def dps_packed_ref(x, w1, w2, w3):
 
 # -- the Llama layer as an author writes it: placements on the weights only -------------------
 
-LLAMA_WEIGHTS_ONLY = '''
+def llama_weights_annotated(k: int, q_heads: int = 4, kv_heads: int = 2, head: int = 16) -> str:
+    """RMSNorm, rotary, grouped-query attention (kv head j serves q heads j*g .. j*g+g-1,
+    g = q_heads // kv_heads), SwiGLU; hidden = q_heads * head, MLP 2 * hidden. Only the
+    seven projection weights carry placements (column-parallel S[1], row-parallel S[0])."""
+    dim, kv, g = q_heads * head, kv_heads * head, q_heads // kv_heads
+    mlp = 2 * dim
+    t = lambda *shape: f'R.Tensor({_dims(shape, quoted=True)}, "float32")'  # noqa: E731
+    return _mod(f'''
     @R.function
-    def main(x: R.DTensor(("n", 64), "float32", "mesh[0]", "R"), cos: R.Tensor(("n", 16), "float32"), sin: R.Tensor(("n", 16), "float32"), g1: R.Tensor((64,), "float32"), g2: R.Tensor((64,), "float32"), wq: R.DTensor((64, 64), "float32", "mesh[0]", "S[1]"), wk: R.DTensor((64, 32), "float32", "mesh[0]", "S[1]"), wv: R.DTensor((64, 32), "float32", "mesh[0]", "S[1]"), wo: R.DTensor((64, 64), "float32", "mesh[0]", "S[0]"), wg: R.DTensor((64, 128), "float32", "mesh[0]", "S[1]"), wu: R.DTensor((64, 128), "float32", "mesh[0]", "S[1]"), wd: R.DTensor((128, 64), "float32", "mesh[0]", "S[0]")) -> R.Tensor(("n", 64), "float32"):
+    def main(x: {t("n", dim)}, cos: {t("n", head)}, sin: {t("n", head)}, g1: {t(dim)}, g2: {t(dim)}, wq: {D(f"({dim}, {dim})", "S[1]")}, wk: {D(f"({dim}, {kv})", "S[1]")}, wv: {D(f"({dim}, {kv})", "S[1]")}, wo: {D(f"({dim}, {dim})", "S[0]")}, wg: {D(f"({dim}, {mlp})", "S[1]")}, wu: {D(f"({dim}, {mlp})", "S[1]")}, wd: {D(f"({mlp}, {dim})", "S[0]")}) -> {t("n", dim)}:
         n = T.int64()
         with R.dataflow():
             h = R.nn.rms_norm(x, g1, axes=[-1], epsilon=1e-5)
-            q = R.nn.rotary_embedding(R.reshape(R.matmul(h, wq), R.shape([n, 4, 16])), cos, sin)
-            k = R.nn.rotary_embedding(R.reshape(R.matmul(h, wk), R.shape([n, 2, 16])), cos, sin)
-            v = R.reshape(R.matmul(h, wv), R.shape([n, 2, 16]))
-            kr = R.reshape(R.broadcast_to(R.reshape(k, R.shape([n, 2, 1, 16])), R.shape([n, 2, 2, 16])), R.shape([n, 4, 16]))
-            vr = R.reshape(R.broadcast_to(R.reshape(v, R.shape([n, 2, 1, 16])), R.shape([n, 2, 2, 16])), R.shape([n, 4, 16]))
+            q = R.nn.rotary_embedding(R.reshape(R.matmul(h, wq), R.shape([n, {q_heads}, {head}])), cos, sin)
+            k = R.nn.rotary_embedding(R.reshape(R.matmul(h, wk), R.shape([n, {kv_heads}, {head}])), cos, sin)
+            v = R.reshape(R.matmul(h, wv), R.shape([n, {kv_heads}, {head}]))
+            kr = R.reshape(R.broadcast_to(R.reshape(k, R.shape([n, {kv_heads}, 1, {head}])), R.shape([n, {kv_heads}, {g}, {head}])), R.shape([n, {q_heads}, {head}]))
+            vr = R.reshape(R.broadcast_to(R.reshape(v, R.shape([n, {kv_heads}, 1, {head}])), R.shape([n, {kv_heads}, {g}, {head}])), R.shape([n, {q_heads}, {head}]))
             s = R.matmul(R.permute_dims(q, axes=[1, 0, 2]), R.permute_dims(kr, axes=[1, 2, 0]))
             pr = R.nn.softmax(R.multiply(s, R.const(0.25, "float32")), axis=-1)
-            o = R.reshape(R.permute_dims(R.matmul(pr, R.permute_dims(vr, axes=[1, 0, 2])), axes=[1, 0, 2]), R.shape([n, 64]))
+            o = R.reshape(R.permute_dims(R.matmul(pr, R.permute_dims(vr, axes=[1, 0, 2])), axes=[1, 0, 2]), R.shape([n, {dim}]))
             attn = R.matmul(o, wo)
             x2 = R.add(x, attn)
             h2 = R.nn.rms_norm(x2, g2, axes=[-1], epsilon=1e-5)
@@ -412,32 +419,90 @@ LLAMA_WEIGHTS_ONLY = '''
             y = R.add(x2, down)
             R.output(y)
         return y
-'''
+''', k)
 
 
-def llama_weights_only(k: int) -> str:
-    return _mod(LLAMA_WEIGHTS_ONLY, k)
-
-
-def llama_weights_only_inputs(rng, n):
-    pos = np.arange(n)[:, None] * (1.0 / 10000 ** (np.arange(0, 16, 2) / 16))[None, :]
+def llama_weights_annotated_inputs(rng, n, q_heads: int = 4, kv_heads: int = 2, head: int = 16):
+    dim, kv = q_heads * head, kv_heads * head
+    pos = np.arange(n)[:, None] * (1.0 / 10000 ** (np.arange(0, head, 2) / head))[None, :]
     ang = np.concatenate([pos, pos], -1)
     w = lambda *s: (rng.standard_normal(s) * 0.15).astype(np.float32)  # noqa: E731
-    return dict(x=w(n, 64), cos=np.cos(ang).astype(np.float32), sin=np.sin(ang).astype(np.float32),
-                g1=(1 + w(64)), g2=(1 + w(64)), wq=w(64, 64), wk=w(64, 32), wv=w(64, 32),
-                wo=w(64, 64), wg=w(64, 128), wu=w(64, 128), wd=w(128, 64))
+    return dict(x=w(n, dim), cos=np.cos(ang).astype(np.float32), sin=np.sin(ang).astype(np.float32),
+                g1=(1 + w(dim)), g2=(1 + w(dim)), wq=w(dim, dim), wk=w(dim, kv), wv=w(dim, kv),
+                wo=w(dim, dim), wg=w(dim, 2 * dim), wu=w(dim, 2 * dim), wd=w(2 * dim, dim))
 
 
-def llama_weights_only_ref(x, cos, sin, g1, g2, wq, wk, wv, wo, wg, wu, wd):
-    n = x.shape[0]
+def llama_weights_annotated_ref(x, cos, sin, g1, g2, wq, wk, wv, wo, wg, wu, wd):
+    n, dim = x.shape
+    head = cos.shape[1]
+    q_heads, kv_heads = dim // head, wk.shape[1] // head
     h = rms_norm(x, g1)
-    q = rotary((h @ wq).reshape(n, 4, 16), cos, sin)
-    kk = rotary((h @ wk).reshape(n, 2, 16), cos, sin)
-    v = (h @ wv).reshape(n, 2, 16)
-    kk, v = np.repeat(kk, 2, axis=1), np.repeat(v, 2, axis=1)       # GQA: kv head h // 2
+    q = rotary((h @ wq).reshape(n, q_heads, head), cos, sin)
+    kk = rotary((h @ wk).reshape(n, kv_heads, head), cos, sin)
+    v = (h @ wv).reshape(n, kv_heads, head)
+    g = q_heads // kv_heads
+    kk, v = np.repeat(kk, g, axis=1), np.repeat(v, g, axis=1)       # GQA: kv head j // g
     q, kk, v = (t.transpose(1, 0, 2) for t in (q, kk, v))
     p = softmax(q @ kk.transpose(0, 2, 1) * 0.25)
-    x2 = x + (p @ v).transpose(1, 0, 2).reshape(n, 64) @ wo
+    x2 = x + (p @ v).transpose(1, 0, 2).reshape(n, dim) @ wo
     h2 = rms_norm(x2, g2)
     gate = h2 @ wg
     return x2 + ((gate / (1 + np.exp(-gate))) * (h2 @ wu)) @ wd
+
+
+# -- self-attention as an author writes it: q/k/v column-parallel, output row-parallel -------
+
+def attention_weights_annotated(k: int) -> str:
+    """`attention`'s model (4 heads of 4, x (n, 16)) with placements on the weights only."""
+    return _mod(f'''
+    @R.function
+    def main(x: R.Tensor(("n", 16), "float32"), wq: {D("(16, 16)", "S[1]")}, wk: {D("(16, 16)", "S[1]")}, wv: {D("(16, 16)", "S[1]")}, wo: {D("(16, 16)", "S[0]")}) -> R.Tensor(("n", 16), "float32"):
+        n = T.int64()
+        with R.dataflow():
+            q = R.permute_dims(R.reshape(R.matmul(x, wq), R.shape([n, 4, 4])), axes=[1, 0, 2])
+            kt = R.permute_dims(R.reshape(R.matmul(x, wk), R.shape([n, 4, 4])), axes=[1, 2, 0])
+            v = R.permute_dims(R.reshape(R.matmul(x, wv), R.shape([n, 4, 4])), axes=[1, 0, 2])
+            p = R.nn.softmax(R.multiply(R.matmul(q, kt), R.const(0.5, "float32")), axis=-1)
+            o = R.reshape(R.permute_dims(R.matmul(p, v), axes=[1, 0, 2]), R.shape([n, 16]))
+            y = R.matmul(o, wo)
+            R.output(y)
+        return y
+''', k)
+
+
+# -- vocabulary-parallel embedding + column-parallel LM head as an author writes it ----------
+
+def vocab_weights_annotated(k: int, gathered: bool = True) -> str:
+    """`vocab`'s model with placements on the table (S[0]) and the head (S[1]) only. With
+    `gathered` the declared result type asks for whole logits on every device (the
+    column-parallel head's S[1] result is all-gathered); otherwise the result keeps S[1]
+    and the controller assembles it when fetched."""
+    ret = D('("n", 16)', "R") if gathered else 'R.Tensor(("n", 16), "float32")'
+    return _mod(f'''
+    @R.function
+    def main(ids: R.Tensor(("n",), "int64"), table: {D("(16, 8)", "S[0]")}, wh: {D("(8, 16)", "S[1]")}) -> {ret}:
+        n = T.int64()
+        with R.dataflow():
+            e = R.take(table, ids, axis=0)
+            logits = R.matmul(e, wh)
+            R.output(logits)
+        return logits
+''', k)
+
+
+# -- 2-D tensor parallelism on a 2x2 mesh: weights sharded over both mesh axes -----------------
+
+def mlp2d_weights_annotated(dim: int = 16, hidden: int = 32, out: int = 8) -> str:
+    """x (n, dim) @ w1 (S[0]S[1]: rows over mesh axis 0, columns over axis 1), gelu,
+    @ w2 (S[1]S[0]: columns over axis 0, rows over axis 1)."""
+    return _mod(f'''
+    @R.function
+    def main(x: R.Tensor(("n", {dim}), "float32"), w1: {D(f"({dim}, {hidden})", "S[0]S[1]")}, w2: {D(f"({hidden}, {out})", "S[1]S[0]")}) -> R.Tensor(("n", {out}), "float32"):
+        n = T.int64()
+        with R.dataflow():
+            h = R.matmul(x, w1)
+            a = R.nn.gelu(h)
+            y = R.matmul(a, w2)
+            R.output(y)
+        return y
+''', 4, mesh=(2, 2))

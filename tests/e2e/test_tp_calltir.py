@@ -4,7 +4,7 @@ sess.load_module on ThreadedSession and ProcessSession with 2 and 4 workers, eac
 result against numpy. Each worker must run a local copy of the tensor program whose
 buffers and loops have the local extents (a global-shaped program reads and writes
 past the local arrays); a sharded contraction dim gives partial sums and one
-all-reduce. Plus the weights-only Llama layer (PropagateSharding places the rest)."""
+all-reduce."""
 from __future__ import annotations
 
 import numpy as np
@@ -106,14 +106,6 @@ def test_call_dps_packed_stays_replicated(sess):
     args = [rand(rng, 5, 16), rand(rng, 16, 32), rand(rng, 32, 16), rand(rng, 16, 8)]
     y = sess.load_module(build(src))["main"](*args).fetch()
     np.testing.assert_allclose(y, M.dps_packed_ref(*args), rtol=1e-4, atol=1e-4)
-
-
-def test_llama_weights_only(sess):
-    src = M.llama_weights_only(sess.num_workers)
-    assert collectives(lowered(src)).count("relax.ccl.allreduce") == 2
-    inputs = M.llama_weights_only_inputs(np.random.default_rng(9), 5)
-    y = sess.load_module(build(src))["main"](*inputs.values()).fetch()
-    np.testing.assert_allclose(y, M.llama_weights_only_ref(**inputs), rtol=1e-4, atol=1e-4)
 
 
 TWO_OUTPUTS = '''

@@ -152,33 +152,15 @@ def test_attention_heads_sharded_one_allreduce(roundtrip):
     assert conversions(out) == [("P[sum]", "R")]
 
 
-LLAMA = '''
-    @R.function
-    def main(x: R.DTensor(("n", 64), "float32", "mesh[0]", "R"), cos: R.Tensor(("n", 16), "float32"), sin: R.Tensor(("n", 16), "float32"), g1: R.Tensor((64,), "float32"), g2: R.Tensor((64,), "float32"), wq: R.DTensor((64, 64), "float32", "mesh[0]", "S[1]"), wk: R.DTensor((64, 32), "float32", "mesh[0]", "S[1]"), wv: R.DTensor((64, 32), "float32", "mesh[0]", "S[1]"), wo: R.DTensor((64, 64), "float32", "mesh[0]", "S[0]"), wg: R.DTensor((64, 128), "float32", "mesh[0]", "S[1]"), wu: R.DTensor((64, 128), "float32", "mesh[0]", "S[1]"), wd: R.DTensor((128, 64), "float32", "mesh[0]", "S[0]")) -> R.Tensor(("n", 64), "float32"):
-        n = T.int64()
-        with R.dataflow():
-            h = R.nn.rms_norm(x, g1, axes=[-1], epsilon=1e-5)
-            q = R.nn.rotary_embedding(R.reshape(R.matmul(h, wq), R.shape([n, 4, 16])), cos, sin)
-            k = R.nn.rotary_embedding(R.reshape(R.matmul(h, wk), R.shape([n, 2, 16])), cos, sin)
-            v = R.reshape(R.matmul(h, wv), R.shape([n, 2, 16]))
-            kr = R.reshape(R.broadcast_to(R.reshape(k, R.shape([n, 2, 1, 16])), R.shape([n, 2, 2, 16])), R.shape([n, 4, 16]))
-            vr = R.reshape(R.broadcast_to(R.reshape(v, R.shape([n, 2, 1, 16])), R.shape([n, 2, 2, 16])), R.shape([n, 4, 16]))
-            s = R.matmul(R.permute_dims(q, axes=[1, 0, 2]), R.permute_dims(kr, axes=[1, 2, 0]))
-            pr = R.nn.softmax(R.multiply(s, R.const(0.25, "float32")), axis=-1)
-            o = R.reshape(R.permute_dims(R.matmul(pr, R.permute_dims(vr, axes=[1, 0, 2])), axes=[1, 0, 2]), R.shape([n, 64]))
-            attn = R.matmul(o, wo)
-            x2 = R.add(x, attn)
-            h2 = R.nn.rms_norm(x2, g2, axes=[-1], epsilon=1e-5)
-            m = R.multiply(R.nn.silu(R.matmul(h2, wg)), R.matmul(h2, wu))
-            down = R.matmul(m, wd)
-            y = R.add(x2, down)
-            R.output(y)
-        return y
-'''
+def llama(roundtrip, k: int):
+    """The Llama layer annotated on its weights only (4 q heads, 2 kv heads of 16)."""
+    out = PropagateSharding(script.parse(M.llama_weights_annotated(k)))
+    roundtrip(out)
+    return out
 
 
 def test_llama_layer_two_allreduces(roundtrip):
-    out = propagate(LLAMA, roundtrip)
+    out = llama(roundtrip, 2)
     p = placements(out)
     assert p["attn"] == "P[sum]" and p["down"] == "P[sum]"
     assert p["x2"] == "R" and p["y"] == "R" and p["h2"] == "R"
@@ -376,7 +358,7 @@ def test_gqa_with_more_devices_than_kv_heads_gathers_k_and_v(roundtrip):
     # 4 devices, 2 kv heads: wk/wv S[1] give each device half a head, which the head
     # reshape cannot keep split; k and v projections are gathered instead (an error
     # would be wrong: the annotations themselves divide evenly).
-    out = propagate(LLAMA, roundtrip, mesh=(4,))
+    out = llama(roundtrip, 4)
     conv = [c for c in conversions(out) if c[0] != "R"]      # R -> S is a free local slice
     assert sorted(conv) == [("P[sum]", "R")] * 2 + [("S[1]", "R")] * 2
     p = placements(out)
