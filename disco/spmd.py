@@ -7,10 +7,15 @@ caller's only along that axis. When that axis spans every worker the collective 
 communicator where `init_groups` made one (backend shm; `sess.load_module` does it),
 otherwise the values of every worker are all-gathered and the group's combined
 locally (correct everywhere, more traffic).
+
+Arrays stay on their device: each function works with the array module of its input
+(numpy for host arrays, cupy for GPU arrays), so the same compiled program runs its
+collectives on CPU workers (shm, mpi) and GPU workers (nccl).
 """
 from __future__ import annotations
 
 import math
+import sys
 
 import numpy as np
 
@@ -19,7 +24,25 @@ from disco._context import current_context
 from disco.errors import DiscoError
 from disco.registry import register_func
 
-_REDUCE = {"sum": np.add, "prod": np.multiply, "min": np.minimum, "max": np.maximum}
+_REDUCE = {"sum": "sum", "prod": "prod", "min": "min", "max": "max"}   # op -> numpy/cupy reduction
+
+
+def _xp(x):
+    """The array module of `x`: cupy for a cupy array (only when cupy is already loaded,
+    as it is on a GPU worker), numpy otherwise."""
+    cp = sys.modules.get("cupy")
+    if cp is not None and isinstance(x, cp.ndarray):
+        return cp
+    return np
+
+
+def _contiguous(x):
+    return _xp(x).ascontiguousarray(x)
+
+
+def _copy(x):
+    """A new C-contiguous array equal to x, as a collective returns."""
+    return _xp(x).array(x, order="C", copy=True)
 
 
 def mesh_coordinate(worker: int, mesh_shape) -> tuple[int, ...]:
@@ -104,7 +127,7 @@ def group_count() -> int:
 def _group_values(x: np.ndarray, mesh_shape, mesh_axis: int) -> list[np.ndarray]:
     """Every group member's x, in coordinate order (through an all-gather of everyone's)."""
     me, _ = _me(mesh_shape)
-    everyone = ccl.allgather(np.ascontiguousarray(x)[None], 0)
+    everyone = ccl.allgather(_contiguous(x)[None], 0)
     return [everyone[w] for w in group_members(me, mesh_shape, mesh_axis)]
 
 
@@ -114,48 +137,54 @@ def _split(x: np.ndarray, axis: int, parts: int, index: int, what: str) -> np.nd
         raise DiscoError(f"{what}: dim {axis} of shape {x.shape} is {size}, not divisible by the "
                          f"{parts} workers it is split over")
     n = size // parts
-    return np.ascontiguousarray(np.take(x, np.arange(index * n, (index + 1) * n), axis=axis))
+    xp = _xp(x)
+    return xp.ascontiguousarray(xp.take(x, xp.arange(index * n, (index + 1) * n), axis=axis))
 
 
 @register_func("spmd.allreduce", override=True)
 def allreduce(x, op, mesh_shape, mesh_axis):
     if _alone(mesh_shape, mesh_axis):
-        return np.array(x, order="C", copy=True)   # a new array, as from a collective
+        return _copy(x)
     if _whole(mesh_shape, mesh_axis):
         _me(mesh_shape)
-        return ccl.allreduce(np.ascontiguousarray(x), op)
+        return ccl.allreduce(_contiguous(x), op)
     comm = _group_comm(mesh_shape, mesh_axis)
     if comm is not None:
-        return comm.allreduce(np.ascontiguousarray(x), op, None)
+        return comm.allreduce(_contiguous(x), op, None)
     vals = _group_values(x, mesh_shape, mesh_axis)
-    return np.ascontiguousarray(_REDUCE[op].reduce(np.stack(vals), axis=0).astype(x.dtype, copy=False))
+    xp = _xp(x)
+    if op not in _REDUCE:
+        raise DiscoError(f"R.ccl.allreduce: unknown op {op!r}; expected one of {sorted(_REDUCE)}")
+    total = getattr(xp, _REDUCE[op])(xp.stack(vals), axis=0)
+    return xp.ascontiguousarray(total.astype(x.dtype, copy=False))
 
 
 @register_func("spmd.allgather", override=True)
 def allgather(x, axis, mesh_shape, mesh_axis):
     if _alone(mesh_shape, mesh_axis):
-        return np.array(x, order="C", copy=True)   # a new array, as from a collective
+        return _copy(x)
     axis = int(axis) % max(x.ndim, 1)
     if _whole(mesh_shape, mesh_axis):
         _me(mesh_shape)
-        return ccl.allgather(np.ascontiguousarray(x), axis)
+        return ccl.allgather(_contiguous(x), axis)
     comm = _group_comm(mesh_shape, mesh_axis)
     if comm is not None:
-        return comm.allgather(np.ascontiguousarray(x), axis, None)
-    return np.ascontiguousarray(np.concatenate(_group_values(x, mesh_shape, mesh_axis), axis=axis))
+        return comm.allgather(_contiguous(x), axis, None)
+    xp = _xp(x)
+    return xp.ascontiguousarray(xp.concatenate(_group_values(x, mesh_shape, mesh_axis), axis=axis))
 
 
 @register_func("spmd.reduce_scatter", override=True)
 def reduce_scatter(x, axis, op, mesh_shape, mesh_axis):
     if _alone(mesh_shape, mesh_axis):
-        return np.array(x, order="C", copy=True)   # a new array, as from a collective
+        return _copy(x)
     axis = int(axis) % max(x.ndim, 1)
     if _whole(mesh_shape, mesh_axis):
         _me(mesh_shape)
-        return ccl.reduce_scatter(np.ascontiguousarray(x), op, axis)
+        return ccl.reduce_scatter(_contiguous(x), op, axis)
     comm = _group_comm(mesh_shape, mesh_axis)
     if comm is not None:
-        return comm.reduce_scatter(np.ascontiguousarray(x), op, axis, None)
+        return comm.reduce_scatter(_contiguous(x), op, axis, None)
     me, _ = _me(mesh_shape)
     total = allreduce(x, op, mesh_shape, mesh_axis)
     return _split(total, axis, mesh_shape[mesh_axis], mesh_coordinate(me, mesh_shape)[mesh_axis],
@@ -175,17 +204,18 @@ def masked_take(table, indices, mesh_shape, mesh_axis):
     """Rows of this worker's slice of a table split along dim 0; zero rows for indices
     that belong to another worker's slice."""
     me, _ = _me(mesh_shape)
+    xp = _xp(table)
     rows = table.shape[0]
     start = mesh_coordinate(me, mesh_shape)[mesh_axis] * rows
-    local = np.asarray(indices).astype(np.int64) - start
+    local = xp.asarray(indices).astype(xp.int64) - start
     inside = (local >= 0) & (local < rows)
-    out = table[np.where(inside, local, 0)]
+    out = table[xp.where(inside, local, 0)]
     out[~inside] = 0
-    return np.ascontiguousarray(out)
+    return xp.ascontiguousarray(out)
 
 
 @register_func("spmd.broadcast_from_worker0", override=True)
 def broadcast_from_worker0(x):
     if current_context().num_workers == 1:
-        return np.array(x, order="C", copy=True)
-    return ccl.broadcast_from_worker0(np.ascontiguousarray(x))
+        return _copy(x)
+    return ccl.broadcast_from_worker0(_contiguous(x))

@@ -1,0 +1,72 @@
+"""disco.spmd, the runtime side of R.ccl.*: every collective over one axis of a 2x2 mesh,
+through group communicators and through the all-gather fallback, against numpy
+reductions of the group members' arrays."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import disco
+from disco import spmd
+
+MESH = (2, 2)
+
+
+@disco.register_func("test_spmd.value", override=True)
+def _value(seed: int) -> np.ndarray:
+    """Worker w's array: a (4, 6) int-valued float32 array that differs per worker."""
+    rng = np.random.default_rng(seed + disco.worker_id())
+    return rng.integers(-3, 4, size=(4, 6)).astype(np.float32)
+
+
+def _values(seed):
+    return [np.random.default_rng(seed + w).integers(-3, 4, size=(4, 6)).astype(np.float32)
+            for w in range(4)]
+
+
+@pytest.fixture(params=["groups", "fallback"])
+def sess(request):
+    with disco.ThreadedSession(4) as s:
+        s.init_ccl("shm")
+        if request.param == "groups":
+            made = s.get_global_func("spmd.init_groups")("shm", f"test-spmd-{id(s)}", list(MESH))
+            assert [made.fetch(w) for w in range(4)] == [2] * 4
+        yield s
+
+
+@pytest.mark.parametrize("axis", [0, 1])
+@pytest.mark.parametrize("op, ref", [("sum", np.sum), ("prod", np.prod), ("min", np.min),
+                                     ("max", np.max)])
+def test_allreduce_over_one_mesh_axis(sess, axis, op, ref):
+    x = sess.get_global_func("test_spmd.value")(11)
+    y = sess.get_global_func("spmd.allreduce")(x, op, list(MESH), axis)
+    vals = _values(11)
+    for w in range(4):
+        group = spmd.group_members(w, MESH, axis)
+        np.testing.assert_array_equal(y.fetch(w), ref(np.stack([vals[g] for g in group]), axis=0))
+
+
+@pytest.mark.parametrize("axis", [0, 1])
+def test_allgather_and_reduce_scatter_over_one_mesh_axis(sess, axis):
+    x = sess.get_global_func("test_spmd.value")(5)
+    gathered = sess.get_global_func("spmd.allgather")(x, 1, list(MESH), axis)
+    scattered = sess.get_global_func("spmd.reduce_scatter")(x, 0, "sum", list(MESH), axis)
+    vals = _values(5)
+    for w in range(4):
+        group = spmd.group_members(w, MESH, axis)
+        np.testing.assert_array_equal(gathered.fetch(w), np.concatenate([vals[g] for g in group], 1))
+        total = np.sum([vals[g] for g in group], axis=0)
+        i = spmd.mesh_coordinate(w, MESH)[axis]
+        np.testing.assert_array_equal(scattered.fetch(w), total[i * 2:(i + 1) * 2])
+
+
+def test_masked_take_gives_zero_rows_for_other_workers_ids():
+    table = np.arange(12, dtype=np.float32).reshape(6, 2)      # the global table, 6 rows
+    ids = np.array([0, 5, 2, 3], dtype=np.int64)
+    with disco.ThreadedSession(2) as s:
+        local = s.scatter(table)                               # 3 rows each
+        out = s.get_global_func("spmd.masked_take")(local, ids, [2], 0)
+        mine = [ids < 3, ids >= 3]
+        for w in range(2):
+            want = np.where(mine[w][:, None], table[ids], 0)
+            np.testing.assert_array_equal(out.fetch(w), want)
