@@ -18,7 +18,11 @@ every rank this way (to test the path on one host).
 Liveness. Rank 0 holds a pidfd of every same-host worker rank: a death is seen at the
 next wait (every 50 ms) and raised as WorkerError. A worker rank watches the
 controller's pid and exits when it is gone, even from inside a blocked collective.
-Across hosts the MPI launcher ends the job when a rank dies (its default).
+A relayed rank has no pid rank 0 can watch, so the two exchange heartbeats over MPI
+(`_Pulse`, every BEAT_EVERY_S): the relay raises WorkerError for a rank silent for
+SILENCE_LIMIT_S (DISCO_MPI_SILENCE_LIMIT_S), and a relayed rank whose controller is
+silent that long exits, from a thread of its own, so a blocked collective cannot keep
+it. Across hosts the MPI launcher also ends the job when a rank dies (its default).
 """
 from __future__ import annotations
 
@@ -41,9 +45,11 @@ from disco.session.base import DRef, Session
 from disco.session.protocol import INLINE_ARRAY_BYTES, Op, Spill, Transfer
 from disco.session.worker import serve
 
-TAG_BOOT, TAG_CMD, TAG_REPLY = 7301, 7302, 7303
+TAG_BOOT, TAG_CMD, TAG_REPLY, TAG_BEAT = 7301, 7302, 7303, 7304
 _CLOSE = 0  # op of the MPI-only message that tells a remote rank the channel closed
 BOOT_TIMEOUT_S = float(os.environ.get("DISCO_MPI_BOOT_TIMEOUT_S", "60"))
+BEAT_EVERY_S = 0.5  # heartbeats between rank 0 and each relayed rank
+SILENCE_LIMIT_S = float(os.environ.get("DISCO_MPI_SILENCE_LIMIT_S", "3"))
 
 
 def _expects_reply(op: int, b: int, w: int) -> bool:
@@ -72,6 +78,54 @@ def _recv_bytes(comm, source: int, tag: int, deadline: float | None, check=None,
     buf = bytearray(status.Get_count(MPI.BYTE))
     comm.Recv([buf, MPI.BYTE], source=status.Get_source(), tag=tag)
     return buf
+
+
+class _Pulse:
+    """Heartbeats with peers that no pidfd can watch (relayed ranks, see the module doc):
+    send one to each peer every BEAT_EVERY_S, note when each was last heard, and name a
+    peer silent for longer than `limit_s`. Before a peer's first heartbeat it may take
+    `first_within_s` (the other side may still be starting). A heartbeat counts as heard
+    when it is read, so a listener that was itself held up does not blame its peers."""
+
+    _BEAT = b"\x01"
+
+    def __init__(self, comm, peers, limit_s: float = SILENCE_LIMIT_S, first_within_s: float | None = None):
+        now = time.monotonic()
+        self._comm, self.limit_s = comm, limit_s
+        self._first_within_s = limit_s if first_within_s is None else first_within_s
+        self._heard = {p: now for p in peers}
+        self._heard_once: set[int] = set()
+        self._sends: list = []
+        self._next_beat = self._next_tick = now
+
+    def tick(self) -> tuple[int, float] | None:
+        """Send the heartbeats that are due, read those that came; (peer, seconds silent)
+        of a peer silent for too long, else None. Cheap to call often (acts every 20 ms)."""
+        now = time.monotonic()
+        if now < self._next_tick:
+            return None
+        self._next_tick = now + 0.02
+        if now >= self._next_beat:
+            self._sends = [r for r in self._sends if not r.Test()]
+            self._sends += [self._comm.Isend([self._BEAT, _byte()], dest=p, tag=TAG_BEAT) for p in self._heard]
+            self._next_beat = now + BEAT_EVERY_S
+        for p in self._heard:
+            if self._drain(p):
+                self._heard[p] = now
+                self._heard_once.add(p)
+        for p, heard in self._heard.items():
+            limit = self.limit_s if p in self._heard_once else self._first_within_s
+            if now - heard > limit:
+                return p, now - heard
+        return None
+
+    def _drain(self, peer: int) -> bool:
+        """Read every heartbeat waiting from `peer`; whether there was one."""
+        got, buf = False, bytearray(len(self._BEAT))
+        while self._comm.Iprobe(source=peer, tag=TAG_BEAT):
+            self._comm.Recv([buf, _byte()], source=peer, tag=TAG_BEAT)
+            got = True
+        return got
 
 
 class _DRefPickler(pickle.Pickler):
@@ -151,7 +205,7 @@ class MPISession(Session):
         for req in sends:
             req.Wait()
         if self._remote:
-            self._relay = _Relay(self, self._remote)
+            self._relay = _Relay(self, self._remote, self.pids)
 
     def _check_workers(self) -> WorkerError | None:
         if self._thread is not None and not self._thread.is_alive() and not self._closed:
@@ -232,10 +286,12 @@ def _run_worker0(fd: int, n: int, device: str, crashes: dict[int, str]) -> None:
 class _Relay:
     """Rank 0's stand-in on the ring for the ranks on other hosts (see the module doc)."""
 
-    def __init__(self, sess: MPISession, ranks: list[int]):
+    def __init__(self, sess: MPISession, ranks: list[int], pids: list[int]):
         self.error: str | None = None
         self.error_worker = -1
         self._comm = sess._comm
+        self._pids = pids
+        self._pulse = _Pulse(self._comm, ranks)
         self._stop = threading.Event()
         self._chans = {}
         self._transfers = {}
@@ -252,8 +308,12 @@ class _Relay:
         self._thread.join(timeout_s)
 
     def _check(self) -> None:
+        """Called in every wait of the relay: end it on stop(), fail it for a silent rank."""
         if self._stop.is_set():
             raise _Stopped()
+        silent = self._pulse.tick()
+        if silent is not None:
+            raise _Silent(*silent)
 
     def _loop(self) -> None:
         w = -1
@@ -264,6 +324,7 @@ class _Relay:
                 if cmd is None:
                     if self._chans[first].closed:
                         return
+                    self._check()  # a rank that dies while the session is idle is named at the next wait
                     continue
                 for w in self._transfers:
                     self._transfers[w].release()  # the controller read our last replies
@@ -281,8 +342,16 @@ class _Relay:
                             self._chans[w].send_reply(seq, status, value)
                         except OverflowError:
                             self._chans[w].send_reply(seq, status, Spill(value))
+                if op == Op.SHUTDOWN:
+                    return  # the relayed ranks answered SHUTDOWN and go quiet now
         except _Stopped:
             pass
+        except _Silent as e:
+            self.error_worker = e.rank
+            self.error = (f"worker {e.rank} (MPI rank {e.rank}, pid {self._pids[e.rank]}, commands relayed over MPI) "
+                          f"sent no heartbeat for {e.silent_s:.1f} s (limit {self._pulse.limit_s:g} s, "
+                          "DISCO_MPI_SILENCE_LIMIT_S): it died or stopped responding; the session is unusable "
+                          "and the job should end")
         except BaseException as e:
             self.error_worker = w
             self.error = f"relay for MPI rank {w} failed: {type(e).__name__}: {e}"
@@ -290,6 +359,14 @@ class _Relay:
 
 class _Stopped(Exception):
     pass
+
+
+class _Silent(Exception):
+    """A relayed rank sent no heartbeat for too long."""
+
+    def __init__(self, rank: int, silent_s: float):
+        super().__init__(rank, silent_s)
+        self.rank, self.silent_s = rank, silent_s
 
 
 def _discard(value):
@@ -358,10 +435,33 @@ def serve_rank(comm=None, device: str = "cpu") -> int:
             sys.stderr.flush()
             os._exit(1)
     else:
-        serve(_MPIChannel(comm), ctx)
+        stop = threading.Event()
+        beats = threading.Thread(target=_watch_controller, args=(comm, info["pid"], stop), daemon=True,
+                                 name=f"disco-mpi-heartbeat-{w}")
+        beats.start()
+        try:
+            serve(_MPIChannel(comm), ctx)
+        finally:
+            stop.set()
+            beats.join()
     sys.stdout.flush()
     sys.stderr.flush()
     return 0
+
+
+def _watch_controller(comm, controller_pid: int, stop: threading.Event) -> None:
+    """On a relayed rank, until `stop`: heartbeats with rank 0; if rank 0 falls silent
+    (it died, or its host did), end this process even if it is blocked in MPI."""
+    pulse = _Pulse(comm, [0], first_within_s=BOOT_TIMEOUT_S)  # rank 0 starts beating once all ranks booted
+    while not stop.wait(0.05):
+        silent = pulse.tick()
+        if silent is not None:
+            sys.stderr.write(f"disco worker {comm.rank} (MPI rank {comm.rank}, pid {os.getpid()}): no heartbeat "
+                             f"from the controller (rank 0, pid {controller_pid}) for {silent[1]:.1f} s (limit "
+                             f"{pulse.limit_s:g} s, DISCO_MPI_SILENCE_LIMIT_S); it died or stopped responding; "
+                             "exiting\n")
+            sys.stderr.flush()
+            os._exit(1)
 
 
 def _attach_same_host(info: dict, w: int):

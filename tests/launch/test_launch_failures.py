@@ -1,8 +1,12 @@
 """Failure behaviour of launched jobs: a worker that dies makes the controller raise and
 the job exit non-zero; a controller that dies takes its workers with it; no process of
-the job is left afterwards; a wrong worker count is named with both numbers."""
+the job is left afterwards; a wrong worker count is named with both numbers.
+
+Under MPI each case runs on the same-host path (pidfds) and on the relayed path of
+ranks on other hosts (DISCO_MPI_TRANSPORT=mpi: heartbeats over MPI)."""
 from __future__ import annotations
 
+import re
 import sys
 import textwrap
 
@@ -16,13 +20,21 @@ pytestmark = pytest.mark.timeout(120)
 mpi = [pytest.mark.mpi, needs_mpi]
 
 
-@pytest.mark.parametrize("mode,n", [("local", 2), pytest.param("mpi", 3, marks=mpi)])
-def test_dead_worker_makes_the_controller_raise(mode, n):
+RELAYED = ["--env", "DISCO_MPI_TRANSPORT=mpi"]
+LAUNCHES = [pytest.param("local", [], id="local"), pytest.param("mpi", [], marks=mpi, id="mpi"),
+            pytest.param("mpi", RELAYED, marks=mpi, id="mpi-relayed")]
+
+
+@pytest.mark.parametrize("mode,extra", LAUNCHES)
+def test_dead_worker_makes_the_controller_raise(mode, extra):
+    n = 2 if mode == "local" else 3
     bad = n - 1
-    job = Job(python("-m", "launch", "-n", str(n), "--mode", mode, APP, "--fail-rank", str(bad)))
+    job = Job(python("-m", "launch", "-n", str(n), "--mode", mode, *extra, APP, "--fail-rank", str(bad)))
     assert job.rc != 0
     assert "killing worker" in job.out and "controller noticed after" in job.out, job.out
     assert "disco.errors.WorkerError" in job.err and f"worker {bad} " in job.err and "died" in job.err, job.err
+    if extra:  # the relayed path says how long the rank was silent
+        assert re.search(rf"worker {bad} \(MPI rank {bad},[^\n]* no heartbeat for \d+\.\d s", job.err), job.err
     assert job.leftovers() == []
 
 
@@ -46,13 +58,15 @@ DIE_APP = textwrap.dedent("""
 """)
 
 
-@pytest.mark.parametrize("mode", ["local", pytest.param("mpi", marks=mpi)])
-def test_dead_controller_takes_its_workers(tmp_path, mode):
+@pytest.mark.parametrize("mode,extra", LAUNCHES)
+def test_dead_controller_takes_its_workers(tmp_path, mode, extra):
     app = tmp_path / "die.py"
     app.write_text(DIE_APP)
-    job = Job(python("-m", "launch", "-n", "2", "--mode", mode, str(app)))
+    job = Job(python("-m", "launch", "-n", "2", "--mode", mode, *extra, str(app)))
     assert "controller dies" in job.out, (job.out, job.err)
     assert job.rc != 0
+    if extra:
+        assert "no heartbeat from the controller (rank 0" in job.out + job.err, (job.out, job.err)
     assert job.leftovers() == []
 
 
