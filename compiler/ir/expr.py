@@ -12,12 +12,30 @@ proper lives in arith.py. `==` stays Python equality (so nodes can key dicts); u
 """
 from __future__ import annotations
 
+import difflib
 from dataclasses import dataclass, field
 from typing import Union
 
+from .errors import DTypeError
+
+# The dtypes the project knows (the runtime's table, disco/tensor.py, holds the same
+# names). Tensors, buffers and struct info accept only these.
 INT_DTYPES = ("int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64", "bool")
 FLOAT_DTYPES = ("float16", "bfloat16", "float32", "float64")
 DTYPES = INT_DTYPES + FLOAT_DTYPES
+_DTYPE_SET = frozenset(DTYPES)
+
+
+def check_dtype(dtype, where: str) -> str:
+    """`dtype` when it is one of DTYPES; else a DTypeError naming `where`, the given
+    dtype, the closest known name and the known ones (a typo like "flot32" would
+    otherwise travel silently until codegen)."""
+    if isinstance(dtype, str) and dtype in _DTYPE_SET:
+        return dtype
+    close = difflib.get_close_matches(dtype, DTYPES, n=1) if isinstance(dtype, str) else []
+    hint = f" (did you mean {close[0]}?)" if close else ""
+    raise DTypeError(f"{where}: unknown dtype {dtype!r}{hint}; expected one of "
+                     f"{', '.join(DTYPES)}")
 
 
 def is_int_dtype(dtype: str) -> bool:

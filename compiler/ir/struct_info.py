@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-from .expr import PrimExpr, as_expr
+from .expr import PrimExpr, as_expr, check_dtype
 
 
 class StructInfo:
@@ -29,6 +29,9 @@ class PrimStructInfo(StructInfo):
     """A scalar of `dtype`; `value` when it is a known (possibly symbolic) expression."""
     dtype: str = "int64"
     value: Optional[PrimExpr] = None
+
+    def __post_init__(self):
+        check_dtype(self.dtype, "R.Prim (PrimStructInfo)")
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,6 +54,7 @@ class TensorStructInfo(StructInfo):
     ndim: int = -1
 
     def __post_init__(self):
+        check_dtype(self.dtype, "R.Tensor (TensorStructInfo)")
         if self.shape is not None:
             object.__setattr__(self, "shape", tuple(as_expr(v) for v in self.shape))
             object.__setattr__(self, "ndim", len(self.shape))

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Optional, Union
 
 from .attrs import Attrs
-from .expr import PrimExpr, Var, as_expr
+from .expr import PrimExpr, Var, as_expr, check_dtype
 from .graph import BaseFunc
 
 
@@ -26,6 +26,7 @@ class Buffer:
     scope: str = "global"
 
     def __post_init__(self):
+        check_dtype(self.dtype, f"T.Buffer {self.name!r}")
         object.__setattr__(self, "shape", tuple(as_expr(d) for d in self.shape))
 
     def __getitem__(self, indices) -> "BufferLoad":

@@ -60,7 +60,7 @@ class RelaxEvaluator(Evaluator):
     # struct info -------------------------------------------------------------------
 
     def r_tensor(self, node, shape=None, dtype="float32", ndim=-1):
-        if isinstance(shape, str) and shape in E.DTYPES:   # R.Tensor("float32") / dtype first
+        if isinstance(shape, str):   # R.Tensor("float32"): the dtype alone
             shape, dtype = None, shape
         if shape is None:
             return S.TensorStructInfo(None, dtype, ndim)

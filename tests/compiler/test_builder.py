@@ -252,6 +252,30 @@ def test_operator_arguments_that_do_not_fit_name_the_operator():
         op.sum(x, axis=3)
 
 
+# Every dtype the project uses (numpy's names, plus bfloat16), written out by hand.
+KNOWN_DTYPES = ["bool", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64",
+                "float16", "bfloat16", "float32", "float64"]
+
+
+def test_struct_info_and_buffers_reject_unknown_dtypes():
+    from compiler.ir import DTypeError, PrimStructInfo
+    from compiler.script import R as script_R, T as script_T
+    for dtype in KNOWN_DTYPES:
+        assert TensorStructInfo((4,), dtype).dtype == dtype
+        assert PrimStructInfo(dtype).dtype == dtype
+        assert T.Buffer("A", (4,), dtype).dtype == dtype
+    bad = [(lambda: TensorStructInfo((4,), "flot32"), r"R\.Tensor .*'flot32' \(did you mean float32\?\)"),
+           (lambda: script_R.Tensor((4,), "flot32"), r"R\.Tensor .*'flot32'"),
+           (lambda: script_R.Tensor(dtype="float8", ndim=2), r"R\.Tensor .*'float8'"),
+           (lambda: PrimStructInfo("int33"), r"R\.Prim .*'int33'"),
+           (lambda: T.Buffer("A", (4,), "flaot16"), r"T\.Buffer 'A': unknown dtype 'flaot16'"),
+           (lambda: script_T.Buffer((4,), "int"), r"T\.Buffer .*'int'"),
+           (lambda: TensorStructInfo((4,), None), r"unknown dtype None")]
+    for build, message in bad:
+        with pytest.raises(DTypeError, match=message + r".*expected one of .*float32"):
+            build()
+
+
 def test_builder_continues_an_existing_module(roundtrip):
     bb = BlockBuilder()
     bb.add_func(tir_copy(), "copy")

@@ -102,6 +102,26 @@ def test_arguments_that_do_not_fit_a_struct_info_constructor():
            "parameters: shape=None, dtype='float32', ndim=-1" in str(e)
 
 
+def test_unknown_dtype_in_annotations():
+    for old, new in [('R.Tensor(("n", 4), "float32")', 'R.Tensor(("n", 4), "flot32")'),
+                     ('R.Tensor(("n", 4), "float32")', 'R.Tensor("flot32")')]:
+        text = MODULE.format(expr="R.add(lv0, lv0)").replace(old, new)
+        e = error_of(text)
+        assert (e.lineno, e.col) == where(text, "R.Tensor(")
+        assert "unknown dtype 'flot32' (did you mean float32?)" in str(e)
+    text = '''
+@T.prim_func
+def f(A: T.Buffer((4,), "float32")):
+    B = T.alloc_buffer((4,), "flaot16")
+    for i in range(4):
+        A[i] = T.float32(0)
+'''
+    assert parse(text.replace("flaot16", "float16")) is not None
+    e = error_of(text)
+    assert (e.lineno, e.col) == where(text, "T.alloc_buffer")
+    assert "unknown dtype 'flaot16' (did you mean float16?)" in str(e)
+
+
 def test_dataflow_variable_used_after_its_block():
     text = '''
 @R.function
