@@ -20,8 +20,16 @@ using namespace disco::ccl;
 
 namespace {
 
-// The Meta of an array argument (or of "no array" when x is None).
-Meta meta_of(const py::object& x, int dtype, const std::string& dtype_name, int op, int axis) {
+// This rank cannot take part in `coll` with its arguments: post why, so that every
+// rank raises it (Communicator::fail_arguments). Always throws.
+[[noreturn]] void fail_arguments(Communicator& c, Coll coll, const std::string& problem) {
+  py::gil_scoped_release nogil;
+  c.fail_arguments(coll, problem);
+}
+
+// The Meta of an array argument of `coll` (or of "no array" when x is None).
+Meta meta_of(Communicator& c, Coll coll, const py::object& x, int dtype, const std::string& dtype_name, int op,
+             int axis) {
   Meta m{};
   m.dtype = dtype;
   m.op = op;
@@ -31,7 +39,8 @@ Meta meta_of(const py::object& x, int dtype, const std::string& dtype_name, int 
   if (x.is_none()) return m;
   py::array a = py::reinterpret_borrow<py::array>(x);
   if (a.ndim() > kMaxDims) {
-    throw CclError("ccl: arrays of at most " + std::to_string(kMaxDims) + " dims are supported, given " + std::to_string(a.ndim()));
+    fail_arguments(c, coll, "arrays of at most " + std::to_string(kMaxDims) + " dims are supported, given one of " +
+                                std::to_string(a.ndim()) + " dims");
   }
   m.ndim = static_cast<int32_t>(a.ndim());
   for (int i = 0; i < m.ndim; ++i) m.shape[i] = a.shape(i);
@@ -78,28 +87,28 @@ void bind_ccl(py::module_& m) {
       .def_property_readonly("rank", &Communicator::rank)
       .def_property_readonly("world", &Communicator::world)
       .def("allreduce", [](Communicator& c, py::object x, py::object out, int dtype, std::string dname, int op) {
-        Meta mt = meta_of(x, dtype, dname, op, 0);
+        Meta mt = meta_of(c, Coll::kAllreduce, x, dtype, dname, op, 0);
         const void* in = cdata(x);
         void* o = mdata(out);
         py::gil_scoped_release nogil;
         allreduce(c, mt, in, o);
       })
       .def("allgather", [](Communicator& c, py::object x, py::object out, int dtype, std::string dname, int axis) {
-        Meta mt = meta_of(x, dtype, dname, 0, axis);
+        Meta mt = meta_of(c, Coll::kAllgather, x, dtype, dname, 0, axis);
         const void* in = cdata(x);
         void* o = mdata(out);
         py::gil_scoped_release nogil;
         allgather(c, mt, in, o);
       })
       .def("reduce_scatter", [](Communicator& c, py::object x, py::object out, int dtype, std::string dname, int op, int axis) {
-        Meta mt = meta_of(x, dtype, dname, op, axis);
+        Meta mt = meta_of(c, Coll::kReduceScatter, x, dtype, dname, op, axis);
         const void* in = cdata(x);
         void* o = mdata(out);
         py::gil_scoped_release nogil;
         reduce_scatter(c, mt, in, o);
       })
       .def("gather_to_worker0", [](Communicator& c, py::object x, py::object out, int dtype, std::string dname, int axis) {
-        Meta mt = meta_of(x, dtype, dname, 0, axis);
+        Meta mt = meta_of(c, Coll::kGather, x, dtype, dname, 0, axis);
         const void* in = cdata(x);
         void* o = mdata(out);
         py::gil_scoped_release nogil;
@@ -107,7 +116,7 @@ void bind_ccl(py::module_& m) {
       })
       .def("broadcast_from_worker0", [](Communicator& c, py::object x, int dtype, std::string dname, py::function alloc) {
         // alloc(shape, dtype_code) makes the output once worker 0's shape is known.
-        Meta mt = meta_of(x, dtype, dname, 0, 0);
+        Meta mt = meta_of(c, Coll::kBroadcast, x, dtype, dname, 0, 0);
         const void* in = cdata(x);
         Meta root;
         {
@@ -123,7 +132,7 @@ void bind_ccl(py::module_& m) {
         return out;
       })
       .def("scatter_from_worker0", [](Communicator& c, py::object x, int dtype, std::string dname, int axis, py::function alloc) {
-        Meta mt = meta_of(x, dtype, dname, 0, axis);
+        Meta mt = meta_of(c, Coll::kScatter, x, dtype, dname, 0, axis);
         const void* in = cdata(x);
         Meta root;
         {
@@ -140,6 +149,11 @@ void bind_ccl(py::module_& m) {
         }
         return out;
       })
+      .def("fail_arguments", [](Communicator& c, const std::string& coll, const std::string& problem) {
+        fail_arguments(c, coll_from_name(coll), problem);
+      }, py::arg("coll"), py::arg("problem"),
+      "This worker cannot run ccl.<coll> with its arguments (`problem` says why): raise that as a "
+      "CollectiveError on every worker of the group, which stays usable.")
       .def("barrier", [](Communicator& c) {
         Meta mt{};
         mt.coll = static_cast<int32_t>(Coll::kBarrier);

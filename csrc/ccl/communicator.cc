@@ -16,6 +16,7 @@
 #include <cerrno>
 #include <chrono>
 #include <climits>
+#include <cstdio>
 #include <cstring>
 #include <sstream>
 #include <thread>
@@ -41,6 +42,7 @@ struct alignas(64) RankCtl {
   std::atomic<uint32_t> waiters;  // ranks sleeping on `arrive` (futex); wake them if > 0
   char pad[56];
   Meta meta[2];                   // one per half, see communicator.h
+  char problem[2][kProblemBytes]; // per half: why this rank's arguments were invalid
 };
 
 double now_s() {
@@ -134,6 +136,13 @@ const char* coll_name(Coll c) {
                                 "ccl.scatter_from_worker0", "ccl.gather_to_worker0"};
   int i = static_cast<int>(c);
   return i >= 0 && i < 8 ? names[i] : "ccl.unknown";
+}
+
+Coll coll_from_name(const std::string& name) {
+  for (int i = 0; i < 8; ++i) {
+    if (coll_name(static_cast<Coll>(i)) == "ccl." + name) return static_cast<Coll>(i);
+  }
+  throw CclError("ccl: no collective named '" + name + "'");
 }
 
 Communicator::Communicator(const std::string& group, int rank, int world, const Options& opts)
@@ -245,7 +254,60 @@ void Communicator::ensure_usable(Coll coll) const {
   }
 }
 
+[[noreturn]] void Communicator::fail_arguments(Coll coll, const std::string& problem) {
+  ensure_usable(coll);
+  Meta m{};
+  m.coll = static_cast<int32_t>(coll);
+  m.ndim = -1;
+  m.invalid = 1;
+  post(m);
+  char* text = ctl_at(base_, ctl_off_, rank_)->problem[epoch_ & 1];
+  std::snprintf(text, kProblemBytes, "%s", problem.c_str());
+  barrier(coll);
+  check(m, 0);  // throws: this rank's own Meta is invalid
+  throw CclError(std::string(coll_name(coll)) + ": worker " + std::to_string(rank_) + " gave invalid arguments: " + problem);
+}
+
+namespace {
+// "worker 1" or "workers 0, 2".
+std::string workers_str(const std::vector<int>& ws) {
+  std::string s = ws.size() > 1 ? "workers " : "worker ";
+  for (size_t i = 0; i < ws.size(); ++i) s += (i ? ", " : "") + std::to_string(ws[i]);
+  return s;
+}
+}  // namespace
+
+// Throws, on every rank alike, if any rank posted invalid arguments (fail_arguments);
+// ranks that posted the same problem are named together.
+void Communicator::check_arguments_valid() const {
+  std::vector<int> bad;
+  std::vector<std::pair<std::string, std::vector<int>>> problems;  // in order of first worker
+  for (int p = 0; p < world_; ++p) {
+    if (!peer_meta(p).invalid) continue;
+    bad.push_back(p);
+    const std::string text = ctl_at(base_, ctl_off_, p)->problem[(epoch_ + 1) & 1];
+    auto same = std::find_if(problems.begin(), problems.end(), [&](const auto& q) { return q.first == text; });
+    if (same == problems.end()) {
+      problems.push_back({text, {p}});
+    } else {
+      same->second.push_back(p);
+    }
+  }
+  if (bad.empty()) return;
+  std::string msg = std::string(coll_name(static_cast<Coll>(peer_meta(bad[0]).coll))) + ": invalid arguments on " +
+                    workers_str(bad);
+  if (problems.size() == 1) {
+    msg += ": " + problems[0].first;
+  } else {
+    for (size_t i = 0; i < problems.size(); ++i) {
+      msg += (i ? "; " : ": ") + workers_str(problems[i].second) + ": " + problems[i].first;
+    }
+  }
+  throw CclError(msg + " (raised on every worker; the group stays usable)");
+}
+
 const Meta& Communicator::check(const Meta& mine, unsigned flags) const {
+  check_arguments_valid();
   const Meta& root = peer_meta(0);
   const std::string cname = coll_name(static_cast<Coll>(mine.coll));
   for (int p = 0; p < world_; ++p) {

@@ -15,7 +15,10 @@
 // other without extra synchronisation. The first interval of every collective posts a
 // Meta (which collective, dtype, op, axis, shape) next to the first chunk of data, and
 // every rank checks all Metas after the first barrier, so an argument mismatch raises
-// the same CollectiveError on every rank instead of hanging one of them.
+// the same CollectiveError on every rank instead of hanging one of them. A rank whose
+// own arguments are unusable (an axis out of range, a bad `out=`) still takes part in
+// that first interval, posting an "invalid" Meta and the problem text (fail_arguments),
+// so that every rank raises it after the same barrier and the group stays in step.
 #pragma once
 
 #include <algorithm>
@@ -58,6 +61,11 @@ enum class Coll : int32_t {
   kInit = 0, kBarrier, kAllreduce, kAllgather, kReduceScatter, kBroadcast, kScatter, kGather,
 };
 const char* coll_name(Coll c);
+// The Coll whose coll_name is "ccl." + `name` ("allreduce" -> kAllreduce); CclError if none.
+Coll coll_from_name(const std::string& name);
+
+// Longest problem text a rank can post with fail_arguments (longer ones are cut).
+constexpr size_t kProblemBytes = 448;
 
 constexpr int kMaxDims = 12;
 
@@ -68,7 +76,7 @@ struct alignas(64) Meta {
   int32_t op;        // Op, for reductions
   int32_t axis;      // as given (may be negative)
   int32_t ndim;      // -1: this rank passed no array (non-root of broadcast / scatter)
-  int32_t pad;
+  int32_t invalid;   // 1: this rank's arguments were unusable; the problem text is posted too
   int64_t shape[kMaxDims];
   char dtype_name[24];
 };
@@ -98,9 +106,15 @@ class Communicator {
 
   // Post this rank's Meta for the current interval (the first of a collective).
   void post(const Meta& m);
+  // This rank cannot run `coll` with the arguments it was given (`problem` says why):
+  // take part in the collective's first interval with an invalid Meta, so that every
+  // rank's check() throws the same CclError naming this rank and its problem. Always
+  // throws; the group stays usable (every rank passed exactly one barrier).
+  [[noreturn]] void fail_arguments(Coll coll, const std::string& problem);
   // After the first barrier: check every rank's Meta against rank 0's for the fields in
-  // `flags`, and that every rank called the same collective with a supported dtype;
-  // throws the same CclError on every rank. Returns rank 0's Meta.
+  // `flags`, that no rank posted invalid arguments, and that every rank called the same
+  // collective with a supported dtype and op; throws the same CclError on every rank.
+  // Returns rank 0's Meta.
   const Meta& check(const Meta& mine, unsigned flags) const;
   const Meta& peer_meta(int peer) const;
 
@@ -112,6 +126,7 @@ class Communicator {
 
  private:
   uint8_t* slot(int r, int half, int area) const;
+  void check_arguments_valid() const;
   void wait_for(int peer, uint32_t epoch, Coll coll, double deadline);
 
   std::string name_;

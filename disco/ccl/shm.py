@@ -50,20 +50,35 @@ def _alloc(shape, code: int) -> np.ndarray:
     return np.empty(shape, _CODE_DTYPES[code])
 
 
-def _axis(coll: str, x: np.ndarray, axis: int) -> int:
+class _BadArgument(Exception):
+    """This worker's arguments to a collective are unusable; the message says how.
+    Never escapes: `ShmCommunicator._fail` posts it so every worker raises it."""
+
+
+def _axis(x: np.ndarray, axis: int) -> int:
     if not -x.ndim <= axis < x.ndim:
-        raise CollectiveError(f"ccl.{coll}: axis {axis} is out of range for an array of shape {x.shape}")
+        raise _BadArgument(f"axis {axis} is out of range for an array of shape {x.shape}")
     return axis % x.ndim
 
 
-def _out(coll: str, out, shape, dtype) -> np.ndarray:
+def _op(op) -> int:
+    code = _OP_CODES.get(op) if isinstance(op, str) else None
+    if code is None:
+        raise _BadArgument(f"unknown op {op!r}; expected one of {', '.join(OPS)}")
+    return code
+
+
+def _out(out, shape, dtype) -> np.ndarray:
     if out is None:
         return np.empty(shape, dtype)
     if not (type(out) is np.ndarray and out.shape == shape and out.dtype == dtype and out.flags.c_contiguous):
-        got = (getattr(out, "shape", None), getattr(out, "dtype", None))
-        raise CollectiveError(
-            f"ccl.{coll}: out= must be a C-contiguous numpy array of shape {tuple(shape)} and dtype {dtype}, given {got}"
-        )
+        if type(out) is np.ndarray:
+            got = f"an array of shape {out.shape} and dtype {out.dtype}" + (
+                "" if out.flags.c_contiguous else ", not C-contiguous")
+        else:
+            got = f"a {type(out).__name__}"
+        raise _BadArgument(f"out= must be a C-contiguous numpy array of shape {tuple(shape)} and dtype {dtype}, "
+                           f"given {got}")
     return out
 
 
@@ -82,7 +97,11 @@ class ShmCommunicator(Communicator):
     this size use one barrier), timeout_s (longest wait for peers before a
     CollectiveError; env DISCO_CCL_TIMEOUT_S), spin_us (spin before sleeping),
     stream_bytes (all-reduce outputs this large are written with streaming
-    stores; 0, the default: never)."""
+    stores; 0, the default: never).
+
+    Each method first checks this worker's own arguments; if they are unusable it does
+    not raise alone (its peers would wait for it until the timeout) but posts the
+    problem through the collective (`_fail`), so every worker raises it at once."""
 
     backend = "shm"
 
@@ -97,50 +116,79 @@ class ShmCommunicator(Communicator):
     def close(self) -> None:
         self._c = _Closed(self.rank)  # unmaps the segment once no call is using it
 
+    def _fail(self, coll: str, error: Exception):
+        """Raise `error` (this worker's arguments to ccl.`coll` are unusable) on every
+        worker of the group: the same CollectiveError everywhere, naming this worker."""
+        problem = str(error) if isinstance(error, _BadArgument) else f"{type(error).__name__}: {error}"
+        try:
+            self._c.fail_arguments(coll, problem)
+        except CollectiveError as shared:
+            raise shared from error
+
     def allreduce(self, x, op="sum", out=None):
-        x = _array(x)
-        code, name = _dtype(x)
-        out = _out("allreduce", out, x.shape, x.dtype) if code >= 0 else None
-        self._c.allreduce(x, out, code, name, _OP_CODES.get(op, -1))
+        try:
+            x = _array(x)
+            code, name = _dtype(x)
+            op_code = _op(op)
+            out = _out(out, x.shape, x.dtype) if code >= 0 else None
+        except Exception as e:
+            self._fail("allreduce", e)
+        self._c.allreduce(x, out, code, name, op_code)
         return out
 
     def allgather(self, x, axis=0, out=None):
-        x = _array(x)
-        axis = _axis("allgather", x, axis)
-        shape = x.shape[:axis] + (x.shape[axis] * self.world,) + x.shape[axis + 1:]
-        code, name = _dtype(x)
-        out = _out("allgather", out, shape, x.dtype) if code >= 0 else None
+        try:
+            x = _array(x)
+            axis = _axis(x, axis)
+            shape = x.shape[:axis] + (x.shape[axis] * self.world,) + x.shape[axis + 1:]
+            code, name = _dtype(x)
+            out = _out(out, shape, x.dtype) if code >= 0 else None
+        except Exception as e:
+            self._fail("allgather", e)
         self._c.allgather(x, out, code, name, axis)
         return out
 
     def reduce_scatter(self, x, op="sum", axis=0, out=None):
-        x = _array(x)
-        axis = _axis("reduce_scatter", x, axis)
-        shape = x.shape[:axis] + (x.shape[axis] // self.world,) + x.shape[axis + 1:]
-        code, name = _dtype(x)
-        out = _out("reduce_scatter", out, shape, x.dtype) if code >= 0 else None
-        self._c.reduce_scatter(x, out, code, name, _OP_CODES.get(op, -1), axis)
+        try:
+            x = _array(x)
+            axis = _axis(x, axis)
+            op_code = _op(op)
+            shape = x.shape[:axis] + (x.shape[axis] // self.world,) + x.shape[axis + 1:]
+            code, name = _dtype(x)
+            out = _out(out, shape, x.dtype) if code >= 0 else None
+        except Exception as e:
+            self._fail("reduce_scatter", e)
+        self._c.reduce_scatter(x, out, code, name, op_code, axis)
         return out
 
     def broadcast_from_worker0(self, x=None):
-        x = _array(x) if x is not None and self.rank == 0 else None
-        code, name = _dtype(x) if x is not None else (0, "")
+        try:
+            x = _array(x) if x is not None and self.rank == 0 else None
+            code, name = _dtype(x) if x is not None else (0, "")
+        except Exception as e:
+            self._fail("broadcast_from_worker0", e)
         return self._c.broadcast_from_worker0(x, code, name, _alloc)
 
     def scatter_from_worker0(self, x=None, axis=0):
-        x = _array(x) if x is not None and self.rank == 0 else None
-        if x is not None:
-            axis = _axis("scatter_from_worker0", x, axis)
-        code, name = _dtype(x) if x is not None else (0, "")
+        try:
+            x = _array(x) if x is not None and self.rank == 0 else None
+            if x is not None:
+                axis = _axis(x, axis)
+            code, name = _dtype(x) if x is not None else (0, "")
+        except Exception as e:
+            self._fail("scatter_from_worker0", e)
         return self._c.scatter_from_worker0(x, code, name, axis, _alloc)
 
     def gather_to_worker0(self, x, axis=0):
-        x = _array(x)
-        axis = _axis("gather_to_worker0", x, axis)
-        code, name = _dtype(x)
-        out = None
-        if self.rank == 0 and code >= 0:
-            out = np.empty(x.shape[:axis] + (x.shape[axis] * self.world,) + x.shape[axis + 1:], x.dtype)
+        try:
+            x = _array(x)
+            axis = _axis(x, axis)
+            code, name = _dtype(x)
+            out = None
+            if self.rank == 0 and code >= 0:
+                out = np.empty(x.shape[:axis] + (x.shape[axis] * self.world,) + x.shape[axis + 1:], x.dtype)
+        except Exception as e:
+            self._fail("gather_to_worker0", e)
         self._c.gather_to_worker0(x, out, code, name, axis)
         return out
 

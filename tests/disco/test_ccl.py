@@ -314,8 +314,9 @@ def test_other_mismatches():
     assert all("worker 1 gave dtype float64, expected float32" in m for m in msgs)
     msgs = _errors(2, lambda r: ccl.allreduce(np.ones(4), ["sum", "max"][r]))
     assert all("worker 1 gave op max, expected sum" in m for m in msgs)
-    msgs = _errors(2, lambda r: ccl.allreduce(np.ones(4), "mean"))
-    assert all("unknown op" in m for m in msgs)
+    msgs = _errors(2, lambda r: ccl.allreduce(np.ones(4), "mean" if r == 1 else "sum"))
+    assert all(m.startswith("ccl.allreduce: invalid arguments on worker 1: unknown op 'mean'; expected one of "
+                            "sum, prod, min, max") for m in msgs), msgs
     msgs = _errors(2, lambda r: ccl.allreduce(np.ones(4)) if r == 0 else ccl.allgather(np.ones(4)))
     assert all("worker 1 called ccl.allgather, expected ccl.allreduce" in m for m in msgs)
     msgs = _errors(2, lambda r: ccl.reduce_scatter(np.ones(5), "sum"))
@@ -324,6 +325,46 @@ def test_other_mismatches():
     assert all("divisible by 2" in m and "given length 3" in m for m in msgs)
     msgs = _errors(2, lambda r: ccl.broadcast_from_worker0(None))
     assert all("worker 0 must pass an array" in m for m in msgs)
+
+
+def test_bad_local_arguments_raise_on_every_worker_and_keep_the_group_usable():
+    """An argument only one worker cannot use would make it raise alone while its peers
+    wait for it until the timeout; instead every worker raises the same error, naming
+    that worker and what it gave, and the next collective works."""
+    xs = [np.arange(6.0) * (r + 1) for r in range(3)]
+    cases = {
+        "axis": (lambda r: ccl.allgather(np.ones((4,) if r == 0 else (4, 2)), axis=1),
+                 "ccl.allgather: invalid arguments on worker 0: axis 1 is out of range for an array of shape (4,)"),
+        "out": (lambda r: ccl.allreduce(np.ones(3), out=np.empty(4) if r == 2 else None),
+                "ccl.allreduce: invalid arguments on worker 2: out= must be a C-contiguous numpy array of shape (3,) "
+                "and dtype float64, given an array of shape (4,) and dtype float64"),
+        "out type": (lambda r: ccl.reduce_scatter(np.ones(6), "sum", 0, out=[0.0, 0.0] if r == 1 else None),
+                     "ccl.reduce_scatter: invalid arguments on worker 1: out= must be a C-contiguous numpy array of "
+                     "shape (2,) and dtype float64, given a list"),
+        "scatter axis": (lambda r: ccl.scatter_from_worker0(np.ones((3, 3)) if r == 0 else None, 2),
+                         "ccl.scatter_from_worker0: invalid arguments on worker 0: axis 2 is out of range for an "
+                         "array of shape (3, 3)"),
+        "two workers": (lambda r: ccl.gather_to_worker0(np.ones(2), axis=[0, 5, -9][r]),
+                        "ccl.gather_to_worker0: invalid arguments on workers 1, 2: worker 1: axis 5 is out of range "
+                        "for an array of shape (2,); worker 2: axis -9 is out of range for an array of shape (2,)"),
+        "dims": (lambda r: ccl.allgather(np.ones((1,) * (13 if r == 1 else 2))),
+                 "ccl.allgather: invalid arguments on worker 1: arrays of at most 12 dims are supported, given one of "
+                 "13 dims"),
+    }
+
+    def body(r):
+        messages = {}
+        for name, (call, _) in cases.items():
+            with pytest.raises(CollectiveError) as info:
+                call(r)
+            messages[name] = str(info.value)
+        return messages, ccl.allreduce(xs[r])
+
+    for messages, total in run_threads(3, body):  # run_threads' join timeout is the hang guard
+        for name, (_, expected) in cases.items():
+            assert messages[name].startswith(expected), (name, messages[name])
+            assert "did not arrive" not in messages[name]
+        assert_matches(total, reference_reduce(xs, "sum"))
 
 
 def test_timeout_names_missing_worker_and_never_hangs():

@@ -7,6 +7,7 @@ import pytest
 
 import disco
 from disco.errors import WorkerError
+from hang_guard import error_of
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -17,6 +18,7 @@ WORLD = 2
 def sess(request):
     s = getattr(disco, request.param)(WORLD)
     try:
+        s.import_module("worker_funcs")
         s.init_ccl("shm")
         yield s
     finally:
@@ -71,3 +73,28 @@ def test_collectives_on_inline_arrays(sess):
     for w in range(WORLD):
         np.testing.assert_array_equal(y.fetch(worker=w), x * WORLD)
         np.testing.assert_array_equal(g.fetch(worker=w), np.tile(x, WORLD).astype(np.float16))
+
+
+@pytest.mark.parametrize("case", ["axis", "out"])
+def test_bad_arguments_on_one_worker_raise_on_every_worker(sess, case):
+    """Arguments only one worker cannot use (here worker 0's axis, worker 1's out=): every
+    worker raises the same error at once (its peers do not wait for the collective's
+    30 s timeout), and the group stays usable."""
+    if case == "axis":  # worker 0 holds shape (4,), worker 1 (4, 2): axis 1 exists on worker 1 only
+        x = sess.get_global_func("test.ones_per_worker")(((4,), (4, 2)))
+        sess.get_global_func("ccl.allgather")(x, 1)
+        expected = "ccl.allgather: invalid arguments on worker 0: axis 1 is out of range for an array of shape (4,)"
+    else:
+        sess.get_global_func("test.allreduce_into")(np.ones(3, np.float32), ((3,), (4,)))
+        expected = ("ccl.allreduce: invalid arguments on worker 1: out= must be a C-contiguous numpy array of "
+                    "shape (3,) and dtype float32, given an array of shape (4,) and dtype float32")
+    error = error_of(sess.sync, guard_s=15.0)  # well below the collective timeout
+    assert isinstance(error, WorkerError), f"expected WorkerError, got {error!r}"
+    assert expected in str(error)
+    assert "(workers [0, 1] failed)" in str(error)  # raised on both, reported once
+    assert "did not arrive" not in str(error)
+
+    a = np.arange(6, dtype=np.float32)
+    y = sess.get_global_func("ccl.allreduce")(sess.get_global_func("test.times_worker")(sess.broadcast(a)), "sum")
+    for w in range(WORLD):
+        np.testing.assert_array_equal(y.fetch(worker=w), a * sum(range(1, WORLD + 1)))

@@ -6,7 +6,6 @@ import signal
 import subprocess
 import sys
 import textwrap
-import threading
 import time
 
 import numpy as np
@@ -15,6 +14,7 @@ import pytest
 import disco
 from disco.errors import SessionError, WorkerError
 from disco.registry import UnknownFunctionError
+from hang_guard import error_of
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -186,26 +186,6 @@ def _wait_until(cond, timeout_s: float) -> bool:
     return cond()
 
 
-def _error_of(operation, guard_s: float = 30.0) -> BaseException | None:
-    """What `operation()` raised (None if it returned), run in a thread; a hang guard
-    fails the test if it has not ended after `guard_s` (generous: no timing claim)."""
-    outcome: list[BaseException | None] = []
-
-    def run():
-        try:
-            operation()
-        except BaseException as e:
-            outcome.append(e)
-        else:
-            outcome.append(None)
-
-    t = threading.Thread(target=run, daemon=True)
-    t.start()
-    t.join(guard_s)
-    assert not t.is_alive(), f"{operation.__name__} still running after {guard_s} s: a dead worker became a hang"
-    return outcome[0]
-
-
 @pytest.mark.parametrize("op", ["sync", "call", "blocked"])
 def test_killed_worker_raises_instead_of_hanging(op):
     s = disco.ProcessSession(3)
@@ -224,7 +204,7 @@ def test_killed_worker_raises_instead_of_hanging(op):
                     time.sleep(0.001)
             s.sync()
 
-        error = _error_of(operation)
+        error = error_of(operation)
         assert isinstance(error, WorkerError), f"expected WorkerError, got {error!r}"
         assert error.worker_id == 1 and "SIGKILL" in str(error)
         with pytest.raises(WorkerError):  # stays failed

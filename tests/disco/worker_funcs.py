@@ -106,3 +106,16 @@ def imported(name):
 def getenv(name):
     import os
     return os.environ.get(name)
+
+
+@disco.register_func("test.ones_per_worker")
+def ones_per_worker(shapes):
+    """np.ones(shapes[worker_id]): a different array on each worker."""
+    return np.ones(shapes[disco.worker_id()], np.float32)
+
+
+@disco.register_func("test.allreduce_into")
+def allreduce_into(x, out_shapes):
+    """disco.ccl.allreduce(x, out=...) into a new array of shape out_shapes[worker_id]."""
+    from disco import ccl
+    return ccl.allreduce(x, out=np.empty(out_shapes[disco.worker_id()], x.dtype))
