@@ -240,8 +240,9 @@ class DModule:
     """An Executable loaded on every worker of `session` (see the module docstring).
 
     `ccl_backend`: the collectives' backend, initialised on the workers when the module
-    is distributed and the session has not got it yet: "auto" = "mpi" on an MPISession
-    (ranks may be on several hosts), "shm" otherwise; None: leave the session's as is."""
+    is distributed and the session has not got it yet: "auto" = "shm" (the fastest) when
+    every worker shares the controller's host, "mpi" on an MPISession with ranks relayed
+    to other hosts; None: leave the session's as is."""
 
     def __init__(self, session: Session, executable, *, ccl_backend: Optional[str] = "auto"):
         self.session = session
@@ -256,8 +257,8 @@ class DModule:
             raise SessionError(f"{session.name}: the executable's device mesh lists device ids "
                                f"{ids}; loading expects workers 0..{size - 1} in order")
         session.import_module("disco.dmodule")
-        if ccl_backend == "auto":    # MPI ranks may be on several hosts; shm is same-host only
-            ccl_backend = "mpi" if type(session).__name__ == "MPISession" else "shm"
+        if ccl_backend == "auto":    # shm is same-host only; MPISession names the ranks elsewhere
+            ccl_backend = "mpi" if getattr(session, "relayed_workers", ()) else "shm"
         if ccl_backend is not None and session.num_workers > 1 and dist:
             if getattr(session, "_dmodule_ccl", None) != ccl_backend:
                 session.init_ccl(ccl_backend)

@@ -182,6 +182,12 @@ class MPISession(Session):
         me = weakref.ref(self)
         atexit.register(lambda: (s := me()) is not None and s._at_exit())
 
+    @property
+    def relayed_workers(self) -> tuple[int, ...]:
+        """Workers whose commands go over MPI: ranks on other hosts than rank 0 (every rank
+        with DISCO_MPI_TRANSPORT=mpi). Empty: all share rank 0's host and its ring."""
+        return tuple(self._remote)
+
     # -- Session hooks ----------------------------------------------------------------
     def _start_workers(self) -> None:
         n, fd = self.num_workers, self._chan.fd

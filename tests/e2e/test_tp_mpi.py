@@ -34,9 +34,13 @@ def _env() -> dict:
     return env
 
 
-@pytest.mark.parametrize("n", [2])
-def test_tp_modules_under_mpiexec(n):
-    p = subprocess.Popen([_mpiexec(), "-n", str(n), sys.executable, APP], env=_env(), cwd=ROOT,
+# ccl_backend="auto": shm while every rank maps rank 0's ring (one host), mpi once
+# commands are relayed (other hosts; DISCO_MPI_TRANSPORT=mpi stands in for them here).
+@pytest.mark.parametrize("n,transport,expected_auto,args", [(2, "auto", "shm", []),
+                                                            (2, "mpi", "mpi", ["--auto-only"])])
+def test_tp_modules_under_mpiexec(n, transport, expected_auto, args):
+    env = dict(_env(), DISCO_MPI_TRANSPORT=transport)
+    p = subprocess.Popen([_mpiexec(), "-n", str(n), sys.executable, APP, expected_auto, *args], env=env, cwd=ROOT,
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                          start_new_session=True)
     try:
