@@ -19,7 +19,9 @@ the output of PropagateSharding) -> the per-device program every worker runs.
 - Conversions `R.dist.redistribute(x, mesh, placement)` become collectives
   (compiler/op/ccl.py): Partial->Replicate all-reduce, Shard->Replicate all-gather,
   Replicate->Shard local slice, Partial->Shard reduce-scatter, Shard(i)->Shard(j)
-  all-gather then local slice.
+  all-gather then local slice; the steps and their order are rules.conversion_steps
+  (the plan PropagateSharding prices and `describe` reports). A conversion of several
+  steps binds the last one to the conversion's variable, the others to `<name>_<i>`.
 
 The result has no DTensor left; `lowered_signature` describes what the caller must
 know (global shapes and placements of the parameters and results).
@@ -40,8 +42,9 @@ from ..ir.struct_info import (DTensorStructInfo, FuncStructInfo, StructInfo, Ten
 from ..ir.visitor import post_order_visit
 from ..op import ccl
 from ..op.registry import infer_call, make_call
+from . import rules
 from .mesh import DeviceMesh, lookup_mesh
-from .placement import Partial, Replicate, Shard, format_placement, normalize_placement
+from .placement import Partial, Shard, format_placement, normalize_placement
 from .report import record_variables
 
 # Operators whose shape argument (args[1] or args[0]) is the result's shape.
@@ -436,39 +439,29 @@ class _Lowerer:
                                 f"argument and result, got {type(src_s).__name__} -> "
                                 f"{type(dst_s).__name__}")
         src, dst = self.layout(src_s, where).spec, self.layout(dst_s, where).spec
-        group = dict(mesh_shape=self.mesh.shape)
-        steps: list = []
-        # 1. pending reductions, 2. gathers (last mesh axis first), 3. slices.
-        for a, (s, d) in enumerate(zip(src, dst)):
-            if isinstance(s, Partial):
-                if isinstance(d, Replicate):
-                    steps.append(lambda e, a=a, s=s: ccl.allreduce(e, s.op, mesh_axis=a, **group))
-                elif isinstance(d, Shard):
-                    steps.append(lambda e, a=a, s=s, d=d: ccl.reduce_scatter(
-                        e, d.dim, s.op, mesh_axis=a, **group))
-                elif d != s:
-                    raise ShardingError(f"function {self.name!r}, {where}: cannot convert "
-                                        f"{format_placement(src)} to {format_placement(dst)}")
-            elif isinstance(d, Partial):
-                raise ShardingError(f"function {self.name!r}, {where}: redistribute to a Partial "
-                                    f"placement ({format_placement(src)} -> "
-                                    f"{format_placement(dst)}) is not supported")
-        for a in reversed(range(len(src))):
-            s, d = src[a], dst[a]
-            if isinstance(s, Shard) and s != d:
-                steps.append(lambda e, a=a, s=s: ccl.allgather(e, s.dim, mesh_axis=a, **group))
-        for a, (s, d) in enumerate(zip(src, dst)):
-            if isinstance(d, Shard) and s != d and not isinstance(s, Partial):
-                steps.append(lambda e, a=a, d=d: ccl.local_slice(e, d.dim, mesh_axis=a, **group))
-        if not steps:
-            return x
+        steps = rules.conversion_steps(src, dst)
+        if steps is None:
+            raise ShardingError(f"function {self.name!r}, {where}: cannot convert "
+                                f"{format_placement(src)} to {format_placement(dst)}: no "
+                                "conversion makes a Partial placement (or changes its reduction)")
         e = x
         for i, step in enumerate(steps):
-            value = step(e)
+            value = self.conversion_step(step, e)
             if i == len(steps) - 1:
-                return value
+                return value        # bound to the conversion's own variable
             e = self.emit(value, var.name_hint, dataflow)
         return e
+
+    def conversion_step(self, step: rules.ConversionStep, e: G.Expr) -> G.Call:
+        """The R.ccl operator of one step of a conversion (rules.conversion_steps)."""
+        group = dict(mesh_shape=self.mesh.shape, mesh_axis=step.mesh_axis)
+        if step.kind == "allreduce":
+            return ccl.allreduce(e, step.op, **group)
+        if step.kind == "reduce_scatter":
+            return ccl.reduce_scatter(e, step.dim, step.op, **group)
+        if step.kind == "allgather":
+            return ccl.allgather(e, step.dim, **group)
+        return ccl.local_slice(e, step.dim, **group)
 
 
 def _fmt(shape) -> str:

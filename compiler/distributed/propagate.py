@@ -9,10 +9,14 @@ op's struct-info rule): alternately forwards (bindings in order: a call with a k
 input decides) and backwards (in reverse: a call with a known result decides), until
 nothing changes; then the first still-unknown variable (parameters first) becomes
 replicated and propagation resumes. A call decides by choosing which of its dim
-labels is sharded on the axis (or none), minimising the bytes its operands and result
-must be converted by (all-reduce 2(p-1)/p, all-gather / reduce-scatter / all-to-all
-(p-1)/p of the tensor, replicate -> shard free); ties go to the first candidate in a
-fixed order (labels sharded on inputs, in operand order; the result's label; none).
+labels is sharded on the axis (or none), minimising the bytes each device receives
+converting its operands and result (rules.conversion_cost: the steps LowerToLocalView
+emits, priced as `describe` reports them -- all-reduce 2(p-1)/p of the tensor's
+per-device size, all-gather (p-1)/p of its gathered size, reduce-scatter (p-1)/p,
+Shard(i)->Shard(j) an all-gather then a free local slice, replicate -> shard free;
+the other mesh axes as known so far, symbolic dims counted as `nominal_dim`); ties go
+to the first candidate in a fixed order (labels sharded on inputs, in operand order;
+the result's label; none).
 
 Tuples: every field of a tuple-typed value (parameter, tuple construction, an
 operator's tuple result such as split, TupleGetItem, the result) has its own
@@ -341,10 +345,28 @@ class _Propagator:
             return p[axis] if p is not None else Replicate()
         return Replicate()           # constants are the same on every device
 
-    def size(self, expr_or_sinfo: Any) -> float:
-        s = expr_or_sinfo.struct_info if isinstance(expr_or_sinfo, G.Expr) else expr_or_sinfo
+    def placed_as(self, expr: G.Expr, axis: int, p: Any) -> tuple:
+        """`expr`'s whole placement with `p` on mesh axis `axis` and, on the other axes,
+        what is known so far (unknown counted as replicated)."""
+        known = self.place.get(expr) if isinstance(expr, G.Var) else None
+        spec = [Replicate() if known is None or known[a] is None else known[a]
+                for a in range(self.naxes)]
+        spec[axis] = p
+        return tuple(spec)
+
+    def cost(self, expr: G.Expr, axis: int, have: Any, want: Any) -> float:
+        """Bytes each device receives converting `expr` from `have` to `want` on mesh
+        axis `axis` (rules.conversion_cost: the steps the lowering emits); free when
+        `have` is not known yet."""
+        if have is None:
+            return 0.0
+        s = expr.struct_info
         t = rules.result_tensor(s) if isinstance(s, TupleStructInfo) else rules.tensor_of(s)
-        return rules.nbytes(t, self.nominal) if t is not None else 0
+        if t is None:
+            return 0.0
+        return rules.conversion_cost(self.placed_as(expr, axis, have),
+                                     self.placed_as(expr, axis, want), t, self.mesh.shape,
+                                     self.nominal)
 
     def choose(self, spec: rules.DimSpec, call: G.Call, var: G.Var, axis: int):
         """The label (or None) to shard on `axis`, with its required operand placements
@@ -368,7 +390,6 @@ class _Propagator:
                         any(lab in labels for labels in spec.inputs):
                     cands.append(lab)
         cands.append(None)
-        p = self.mesh.shape[axis]
         best = None
         for lab in cands:
             produced = rules.produced_output(spec, lab)
@@ -378,10 +399,9 @@ class _Propagator:
             if lab is not None and not (self.splits(var.struct_info, produced, axis) and all(
                     self.splits(o.struct_info, r, axis) for o, r in zip(ops, req))):
                 continue        # a static dim this mesh axis does not divide stays whole
-            cost = sum(rules.conversion_cost(c, r, self.size(o), p)
-                       for c, r, o in zip(ins, req, ops))
+            cost = sum(self.cost(o, axis, c, r) for c, r, o in zip(ins, req, ops))
             if out is not None:
-                cost += rules.conversion_cost(produced, out, self.size(var), p)
+                cost += self.cost(var, axis, produced, out)
             if best is None or cost < best[0]:
                 best = (cost, lab, req, produced)
         return best[1], best[2], best[3]
@@ -619,14 +639,13 @@ class _Propagator:
             return expr
         have = normalize_placement(cur, max(rules.tensor_of(s).ndim, 1)) if s is not None \
             else (Replicate(),) * self.naxes
-        for a, b in zip(have, spec):
-            if rules.conversion_kind(a, b) is None:
-                what = like.name_hint if like is not None else getattr(expr, "name_hint", "?")
-                raise ShardingError(
-                    f"function {self.name!r}, variable {what!r}: placement {text!r} is requested "
-                    f"({self.origin.get(like, 'by its type') if like is not None else 'by a use'}) "
-                    f"but the value is {cur!r}; no conversion makes a Partial placement, only "
-                    f"operators that reduce over a sharded dim produce one")
+        if rules.conversion_steps(have, tuple(spec)) is None:
+            what = like.name_hint if like is not None else getattr(expr, "name_hint", "?")
+            raise ShardingError(
+                f"function {self.name!r}, variable {what!r}: placement {text!r} is requested "
+                f"({self.origin.get(like, 'by its type') if like is not None else 'by a use'}) "
+                f"but the value is {cur!r}; no conversion makes a Partial placement, only "
+                f"operators that reduce over a sharded dim produce one")
         key = (id(expr), text, visible)
         if key in self.cache:
             return self.cache[key]

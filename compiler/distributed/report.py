@@ -1,10 +1,12 @@
 """`describe(mod, "main")`: what the sharding annotations did, for a person to read.
 
 The report lists every variable's placement and local (per-device) shape, and every
-collective the placements imply, with the bytes each device moves per call under the
-cost model PropagateSharding uses (all-reduce 2(p-1)/p, all-gather / reduce-scatter /
-all-to-all (p-1)/p of the tensor's per-device size before the conversion; p = the
-mesh axis extent). Symbolic sizes are reported as expressions.
+collective the placements imply -- the ones LowerToLocalView emits, named after the
+conversion's variable -- with the bytes each device receives per call under the cost
+model PropagateSharding uses (rules.collective_bytes: all-reduce 2(p-1)/p of the
+tensor's per-device size, reduce-scatter (p-1)/p of it, all-gather (p-1)/p of its
+gathered size; p = the mesh axis extent; Shard(i)->Shard(j) is an all-gather and a
+local slice). Symbolic sizes are reported as expressions.
 
 It accepts a module at any stage: annotated (propagated first), propagated, lowered
 to the local view (LowerToLocalView, DistributedLowering) and legalized. Once the
@@ -190,35 +192,25 @@ def local_shape(s: DTensorStructInfo, mesh) -> tuple:
 
 
 def conversion_collectives(src: DTensorStructInfo, dst: DTensorStructInfo, mesh) -> list:
-    """(kind, bytes moved per device) for each mesh axis the conversion changes, in
-    axis order; a later axis sees the layout left by the earlier ones."""
-    out = []
-    a = list(normalize_placement(src.placement, src.tensor.ndim))
+    """(kind, bytes each device receives) of each collective of the conversion, in the
+    order LowerToLocalView emits them (rules.conversion_steps; local slices move
+    nothing and are left out)."""
+    a = normalize_placement(src.placement, src.tensor.ndim)
     b = normalize_placement(dst.placement, dst.tensor.ndim)
-    for axis in range(len(a)):
-        kind = rules.conversion_kind(a[axis], b[axis])
-        if kind:
-            # the tensor the collective works on: the input, or for an all-gather its result
-            whole = list(a)
-            if kind == "allgather":
-                whole[axis] = b[axis]
-            cur = DTensorStructInfo(src.tensor, src.device_mesh, "".join(str(p) for p in whole))
-            size = 1
-            for d in local_shape(cur, mesh):
-                size = size * d
-            out.append((kind, moved_bytes(kind, size * rules.dtype_bytes(src.tensor.dtype),
-                                          mesh.shape[axis])))
-        a[axis] = b[axis]
-    return out
+    return [(step.kind, _bytes(rules.step_bytes(step, src.tensor, mesh.shape)))
+            for step in rules.conversion_steps(a, b) or () if step.kind in rules.COLLECTIVES]
 
 
 def moved_bytes(kind: str, size, p: int) -> Bytes:
-    """Bytes each device receives for a collective on a tensor of `size` bytes (for an
-    all-gather, the gathered size) over `p` devices: all-reduce 2(p-1)/p, others (p-1)/p."""
-    num = 2 * (p - 1) if kind == "allreduce" else (p - 1)
-    if arith.as_int(size) is not None:
-        return int(arith.as_int(size)) * num // p
-    return _dim(arith.simplify(size * num // p))
+    """Bytes each device receives for collective `kind` on a tensor of `size` bytes
+    per device (for an all-gather, the gathered size) over `p` devices
+    (rules.collective_bytes), printable."""
+    return _bytes(rules.collective_bytes(kind, size, p))
+
+
+def _bytes(n) -> Bytes:
+    v = arith.as_int(n)
+    return int(v) if v is not None else _dim(n)
 
 
 _CCL = {"relax.ccl.allreduce": "allreduce", "relax.ccl.allgather": "allgather",
@@ -263,8 +255,11 @@ def _describe_lowered(mod: IRModule, func: str, report: ShardingReport) -> Shard
         aliases = dict((info.get("aliases") or {}).get(func, ()))
     for v in _variables(f):
         t = rules.tensor_of(v.struct_info)
-        if t is not None and t.shape is not None:
+        if t is not None and t.shape is not None and (
+                not report.placements or v.name_hint in report.placements):
+            # the lowering's own intermediates (steps of a conversion, ...) are not listed
             report.local_shapes[v.name_hint] = tuple(_dim(d) for d in t.shape)
+    owner = _conversion_owners(f, set(report.placements))
     for blk in f.body.blocks:
         for b in blk.bindings:
             found = _collective(b.value)
@@ -276,10 +271,33 @@ def _describe_lowered(mod: IRModule, func: str, report: ShardingReport) -> Shard
             size = 1
             for d in t.shape:
                 size = size * d
-            report.collectives.append((b.var.name_hint, kind,
+            report.collectives.append((owner.get(b.var, b.var.name_hint), kind,
                                        moved_bytes(kind, size * rules.dtype_bytes(t.dtype), p)))
     _add_aliases(report, aliases)
     return report
+
+
+def _conversion_owners(f: G.Function, placed: set) -> dict:
+    """Lowered variable -> the name of the conversion it is a step of: a conversion of
+    several steps binds its last step to the conversion's variable and the others to
+    new names (`r_1`), each read only by the next step; an intermediate is named after
+    the placed variable at the end of its chain, as in the report before lowering."""
+    bindings = [b for blk in f.body.blocks for b in blk.bindings]
+    reader: dict = {}
+    for b in bindings:
+        if isinstance(b.value, G.Call):
+            for a in b.value.args:
+                if isinstance(a, G.Var) and a not in reader:
+                    reader[a] = b.var
+    owners: dict = {}
+    for b in bindings:
+        v, seen = b.var, set()
+        while v.name_hint not in placed and v in reader and v not in seen:
+            seen.add(v)
+            v = reader[v]
+        if v is not b.var and v.name_hint in placed:
+            owners[b.var] = v.name_hint
+    return owners
 
 
 __all__ = ["ShardingReport", "describe", "local_shape", "conversion_collectives", "annotated_names",

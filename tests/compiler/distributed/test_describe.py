@@ -1,6 +1,8 @@
 """compiler.distributed.describe: the sharding report at every stage of a module
 (annotated, propagated, lowered), against hand-computed placements, local shapes and
-bytes moved (all-reduce 2(p-1)/p of the tensor, all-gather (p-1)/p of the result)."""
+bytes each device receives (all-reduce 2(p-1)/p of the tensor, reduce-scatter (p-1)/p of
+it, all-gather (p-1)/p of the gathered result; Shard(i)->Shard(j) an all-gather and a
+local slice, as the lowering runs it)."""
 from __future__ import annotations
 
 import pytest
@@ -40,9 +42,30 @@ def _table(rep):
     return rep.mesh, rep.mesh_shape, rep.placements, rep.global_shapes, rep.local_shapes, rep.collectives
 
 
-def test_report_is_the_same_at_every_stage(roundtrip):
-    mod = script.parse(SRC)
+# Every conversion on 4 devices (x (8, 12), w (12, 8) float32), as LowerToLocalView runs
+# them: a S[0]->S[1] is an all-gather of the whole (8, 12) = 384 bytes, 3/4 received,
+# then a free local slice (no all-to-all); c S[1]->R the same all-gather; e P[sum]->S[0]
+# a reduce-scatter of the (8, 8) partial sums, 3/4 of 256; mr a (8,) all-reduce, 2*3/4
+# of 32; f R->S[0] a local slice (nothing moves, not listed).
+CONVERSIONS_COLLECTIVES = [("a", "allgather", 288), ("c", "allgather", 288),
+                           ("e", "reduce_scatter", 192), ("mr", "allreduce", 48)]
+# 2x2 mesh, r S[0]S[1] -> RR of (8, 12) float32: mesh axis 1 is gathered first, into
+# S[0]R (4, 12) = 192 bytes per device, 1/2 received; then axis 0 into (8, 12) = 384
+# bytes, 1/2 received. Both steps are the conversion of r.
+MESH2X2_COLLECTIVES = [("r", "allgather", 96), ("r", "allgather", 192)]
+
+
+@pytest.mark.parametrize("src,collectives", [
+    (SRC, [(None, "allreduce", ALLREDUCE_BYTES)]),     # a name PropagateSharding makes up
+    (M.conversions(4), CONVERSIONS_COLLECTIVES),
+    (M.mesh2x2(), MESH2X2_COLLECTIVES),
+], ids=["mlp", "conversions", "mesh2x2"])
+def test_report_is_the_same_at_every_stage(roundtrip, src, collectives):
+    mod = script.parse(src)
     before = describe(mod)
+    got = [(None if want[0] is None else name, kind, nbytes)
+           for (name, kind, nbytes), want in zip(before.collectives, collectives)]
+    assert len(before.collectives) == len(collectives) and got == collectives
     placed = PropagateSharding(mod)
     roundtrip(placed)
     assert _table(describe(placed)) == _table(before)
