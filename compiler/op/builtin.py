@@ -15,7 +15,7 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
-from ..ir.errors import DTypeError, StructInfoError
+from ..ir.errors import DTypeError, ShapeError, StructInfoError
 from ..ir.expr import IntImm
 from ..ir.graph import (Call, Constant, DataTypeImm, Expr, ExternFunc, GlobalVar, Op, PrimValue,
                         ShapeExpr, StringImm, Tuple)
@@ -39,20 +39,63 @@ def const(value: Any, dtype: Optional[str] = None) -> Constant:
     int64 and bools bool (as TVM)."""
     if dtype is not None:
         I.check_dtype("R.const", dtype)
-        data = np.asarray(value, dtype=_np_dtype(dtype))
+        data = _const_data(value, dtype)
     elif isinstance(value, np.ndarray):
         data = value
     else:
-        data = np.asarray(value)
+        data = _const_data(value, None)
         if data.dtype == np.float64:
             data = data.astype(np.float32)
         elif data.dtype.kind in "iu":
-            data = data.astype(np.int64)
+            data = _const_data(value, "int64")     # 2**63 would wrap in astype
     name = str(data.dtype)
     if name not in I.E.DTYPES:
         raise DTypeError(f"R.const: unsupported dtype {name} of value {value!r}")
     sinfo = TensorStructInfo(tuple(IntImm(int(d)) for d in data.shape), name)
     return Constant(data, sinfo)
+
+
+def _const_data(value: Any, dtype: Optional[str]) -> np.ndarray:
+    """`value` as an array of `dtype`; a value out of the dtype's range (numpy's
+    OverflowError, or a finite float that would become inf) or nested lists of
+    unequal lengths are errors naming R.const, the value and the dtype."""
+    what = f"R.const: value {_short_repr(value)}" + (f" with dtype {dtype}" if dtype else "")
+    try:
+        with np.errstate(over="raise"):
+            return np.asarray(value, dtype=None if dtype is None else _np_dtype(dtype))
+    except (OverflowError, FloatingPointError):
+        raise DTypeError(f"{what}: out of the range of {dtype}{_range_of(dtype)}") from None
+    except (ValueError, TypeError) as e:
+        if _ragged(value):
+            raise ShapeError(f"{what}: nested lists of unequal lengths do not make a tensor; "
+                             f"expected a rectangular nesting (every row the same length)") from None
+        raise DTypeError(f"{what}: cannot be converted: {e}") from None
+
+
+def _range_of(dtype: Optional[str]) -> str:
+    if dtype is None or dtype == "bool":
+        return ""
+    info = np.iinfo(dtype) if I.E.is_int_dtype(dtype) else np.finfo(_np_dtype(dtype))
+    return f" ({info.min} to {info.max})"
+
+
+def _ragged(value: Any) -> bool:
+    """Whether nested lists/tuples have rows of different lengths or depths."""
+    if not isinstance(value, (list, tuple)):
+        return False
+    rows = [isinstance(v, (list, tuple, np.ndarray)) for v in value]
+    if any(rows) and not all(rows):
+        return True
+    if not any(rows):
+        return False
+    if len({len(v) for v in value}) > 1:
+        return True
+    return any(_ragged(list(v) if isinstance(v, np.ndarray) else v) for v in value)
+
+
+def _short_repr(value: Any, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 def shape(values: Sequence[Any]) -> ShapeExpr:

@@ -1,4 +1,6 @@
 """R.nn (softmax, norms, rotary), creation ops and builtins: struct info vs numpy, errors."""
+import re
+
 import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
@@ -195,6 +197,36 @@ def test_const():
     assert op.const(np.zeros((2,), "int8")).struct_info.dtype == "int8"
     with pytest.raises(DTypeError, match=r"R\.const: dtype must be one of"):
         op.const(1, "f32")
+
+
+def test_const_values_that_do_not_fit():
+    """numpy raises OverflowError for an int out of range and ValueError for ragged
+    nesting; R.const says the same with its own error types, the value and the dtype."""
+    for value, dtype, lo, hi in [(300, "int8", -128, 127), (-1, "uint8", 0, 255),
+                                 ([1, 2**16], "int16", -2**15, 2**15 - 1)]:
+        with pytest.raises(OverflowError):
+            np.asarray(value, dtype=dtype)
+        with pytest.raises(DTypeError, match=rf"R\.const: value {re.escape(repr(value))} with "
+                                             rf"dtype {dtype}: out of the range of {dtype} "
+                                             rf"\({lo} to {hi}\)"):
+            op.const(value, dtype)
+    with pytest.raises(DTypeError, match=r"R\.const: value 70000\.0 with dtype float16: out of "
+                                         r"the range of float16 \(-65504\.0 to 65504\.0\)"):
+        op.const(70000.0, "float16")          # finite, but float16's largest is 65504
+    with pytest.raises(DTypeError, match=r"R\.const: value 9223372036854775808 .*out of the range of int64"):
+        op.const(2**63)                       # the default int dtype is int64
+    for ragged in ([1, [2, 3]], [[1, 2], [3]]):
+        with pytest.raises(ValueError):
+            np.asarray(ragged, dtype="float32")
+        with pytest.raises(ShapeError, match=r"R\.const: value .* nested lists of unequal lengths"):
+            op.const(ragged, "float32")
+        with pytest.raises(ShapeError, match=r"R\.const: value .* nested lists of unequal lengths"):
+            op.const(ragged)
+    with pytest.raises(DTypeError, match=r"R\.const: value 'abc' with dtype float32: cannot be converted"):
+        op.const("abc", "float32")
+    # Values at the ends of the range, and inf, are fine.
+    assert op.const([-128, 127], "int8").data.tolist() == [-128, 127]
+    assert np.isinf(op.const(float("inf"), "float16").data)
 
 
 def test_shape_prim_value_str():

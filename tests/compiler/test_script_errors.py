@@ -122,6 +122,17 @@ def f(A: T.Buffer((4,), "float32")):
     assert "unknown dtype 'flaot16' (did you mean float16?)" in str(e)
 
 
+def test_const_out_of_range_or_ragged():
+    for expr, message in [('R.const(300, "int8")', "R.const: value 300 with dtype int8: out of the "
+                                                   "range of int8 (-128 to 127)"),
+                          ('R.const([[1.0, 2.0], [3.0]], "float32")',
+                           "nested lists of unequal lengths")]:
+        text = MODULE.format(expr=f"R.add(lv0, {expr})")
+        e = error_of(text)
+        assert (e.lineno, e.col) == where(text, "R.const"), expr
+        assert message in str(e), str(e)
+
+
 def test_dataflow_variable_used_after_its_block():
     text = '''
 @R.function
