@@ -37,7 +37,8 @@ must be lowered to a masked lookup.
 
 Errors (ShardingError) name the function, the variable and the annotation: a static
 dim not divisible by the mesh axes that shard it; two annotations of one variable
-that contradict; annotations on another mesh; a Partial requested where no operator
+that contradict (also through a chain: annotating an annotation's result annotates the
+same tensor); annotations on another mesh; a Partial requested where no operator
 produces it.
 """
 from __future__ import annotations
@@ -256,9 +257,13 @@ class _Propagator:
                     if any(isinstance(p, Partial) for p in spec):
                         raise ShardingError(f"{self.where(x)}: {what} asks for a Partial "
                                             f"placement; only operators produce partial values")
-                    self.fix(x, spec, what)
-                    self.alias[v] = x
-                    self.links.append((v, x))
+                    # an annotation of an annotation's result constrains the same tensor
+                    target = self.alias.get(x, x)
+                    if target is not x:
+                        what += f" (where {x.name_hint!r} is {target.name_hint!r} annotated)"
+                    self.fix(target, spec, what)
+                    self.alias[v] = target
+                    self.links.append((v, target))
                 else:
                     self.fix(v, spec, what)
             elif isinstance(v.struct_info, DTensorStructInfo):

@@ -319,6 +319,36 @@ def test_error_contradicting_annotations():
     assert "'x'" in msg and "contradict" in msg and "S[0]" in msg and "S[1]" in msg
 
 
+CHAINED = '''
+    @R.function
+    def main(x: R.Tensor((4, 8), "float32")):
+        with R.dataflow():
+            a = R.dist.annotate_sharding(x, "mesh[0]", "S[0]")
+            b = R.dist.annotate_sharding(a, "mesh[0]", "{second}")
+            c = R.nn.relu(b)
+            R.output(c)
+        return c
+'''
+
+
+def test_error_chained_annotations_that_contradict():
+    # b annotates a, which is x annotated: both constrain x, so S[0] then S[1] is a
+    # contradiction (not a silent conversion)
+    with pytest.raises(ShardingError) as e:
+        PropagateSharding(module(CHAINED.format(second="S[1]")))
+    msg = str(e.value)
+    assert "variable 'x'" in msg and "contradicting annotations" in msg
+    assert "R.dist.annotate_sharding(x, 'mesh[0]', 'S[0]') says 'S[0]'" in msg
+    assert "R.dist.annotate_sharding(a, 'mesh[0]', 'S[1]')" in msg and "says 'S[1]'" in msg
+    assert "'a' is 'x' annotated" in msg
+
+
+def test_chained_annotations_that_agree(roundtrip):
+    out = propagate(CHAINED.format(second="S[0]"), roundtrip)
+    assert placements(out) == {"x": "S[0]", "c": "S[0]"}
+    assert conversions(out) == []
+
+
 def test_error_partial_annotation_and_param_contradiction():
     mod = module('''
     @R.function
