@@ -45,13 +45,25 @@ struct Wrap<T, true> {
   using type = std::make_unsigned_t<T>;
 };
 
+// min and max propagate NaN like numpy's np.minimum / np.maximum: a NaN in either
+// operand is the result. `b < a ? b : a` already keeps a NaN `a` (every comparison with
+// NaN is false); a NaN `b` is selected here. Selects (compare, blend) vectorise.
+template <typename A>
+inline A or_nan(A b, A r) {
+  if constexpr (std::is_floating_point_v<A>) {
+    return b != b ? b : r;
+  } else {
+    return r;
+  }
+}
+
 template <Op kOp, typename A>
 inline A apply(A a, A b) {
   using W = typename Wrap<A>::type;
   if constexpr (kOp == Op::kSum) return static_cast<A>(static_cast<W>(a) + static_cast<W>(b));
   if constexpr (kOp == Op::kProd) return static_cast<A>(static_cast<W>(a) * static_cast<W>(b));
-  if constexpr (kOp == Op::kMin) return b < a ? b : a;
-  if constexpr (kOp == Op::kMax) return a < b ? b : a;
+  if constexpr (kOp == Op::kMin) return or_nan(b, b < a ? b : a);
+  if constexpr (kOp == Op::kMax) return or_nan(b, a < b ? b : a);
 }
 
 // Native types: the accumulator is the element type; fold source by source.

@@ -87,16 +87,40 @@ def assert_matches(got, want):
 # ---------------------------------------------------------------- all-reduce
 
 
+def with_nans(x, rank, world):
+    """x with NaNs (floating dtypes only) where only rank 0 has one, where only a later
+    rank has one, and where the first and the last rank both have one."""
+    if x.dtype.kind != "f" and x.dtype != BF16:
+        return x
+    x = x.copy()
+    x[rank + 1::world + 3] = np.nan
+    if rank in (0, world - 1):
+        x[world + 1::world + 3] = np.nan
+    return x
+
+
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("op", list(NP_OPS))
 def test_allreduce_dtypes_ops(dtype, op):
     world = 3
     for n in (1, 1031, 70001):  # one-barrier path, and the pipelined one (> small_bytes, > 1 chunk)
-        xs = [make(r, (n,), dtype, op, seed=n) for r in range(world)]
+        xs = [with_nans(make(r, (n,), dtype, op, seed=n), r, world) for r in range(world)]
         got = run_threads(world, lambda r: ccl.allreduce(xs[r], op), chunk_bytes=64 << 10)
         want = reference_reduce(xs, op)
         for g in got:
             assert_matches(g, want)
+
+
+@pytest.mark.parametrize("dtype", [d for d in DTYPES if d.kind == "f" or d == BF16], ids=str)
+def test_min_max_propagate_nan(dtype):
+    """Like np.minimum / np.maximum: a NaN on any worker is the result, whichever
+    worker holds it (the first source or a later one)."""
+    xs = [np.array([np.nan, 1, 2], dtype), np.array([0, np.nan, 3], dtype)]
+    for op, want in (("min", [np.nan, np.nan, 2]), ("max", [np.nan, np.nan, 3])):
+        for small_bytes in (16 << 10, 0):  # one-barrier path, reduce-scatter + all-gather path
+            got = run_threads(2, lambda r: ccl.allreduce(xs[r], op), small_bytes=small_bytes)
+            for g in got:
+                np.testing.assert_array_equal(g.astype(np.float64), want)  # NaN where want has NaN
 
 
 @pytest.mark.parametrize("nelem", [1, 2, 3, 17, 4095, 4097, 65537, 1_000_003])
