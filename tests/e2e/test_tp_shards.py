@@ -1,6 +1,10 @@
 """disco.load_shards: tensors of a safetensors file (written by the `safetensors`
-package) placed on the workers by name; then used as weights of a DModule."""
+package) placed on the workers by name; then used as weights of a DModule. The
+controller reads only the file's header: the workers read their own slices."""
 from __future__ import annotations
+
+import struct
+import threading
 
 import numpy as np
 import pytest
@@ -55,3 +59,57 @@ def test_load_shards_errors(sess2, tmp_path):
     with pytest.raises(Exception, match=r"tensor 'w'.*dim 0 of shape \(3, 4\) is 3, which is not "
                                         r"divisible by the 2 devices"):
         disco.load_shards(sess2, str(path), {"w": "S[0]"})
+
+
+class _CountingFile:
+    """A file opened by disco.shards: counts the bytes read, by thread."""
+
+    def __init__(self, f, reads: list):
+        self._f, self._reads = f, reads
+
+    def read(self, *args):
+        data = self._f.read(*args)
+        self._reads.append((threading.get_ident(), len(data)))
+        return data
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self._f.close()
+
+    def __getattr__(self, name):
+        return getattr(self._f, name)
+
+
+def test_load_shards_controller_reads_only_the_header(sess2, tmp_path, monkeypatch):
+    rng = np.random.default_rng(1)
+    w = rng.standard_normal((256, 512)).astype(np.float32)        # 512 KiB of data
+    b = rng.standard_normal((512,)).astype(np.float32)
+    path = tmp_path / "big.safetensors"
+    st.save_file({"w": w, "b": b}, str(path))
+    with open(path, "rb") as f:                                  # the format's header size
+        (header_len,) = struct.unpack("<Q", f.read(8))
+    assert header_len < 1024
+
+    import disco.shards as shards
+    controller = threading.get_ident()
+    reads: list = []            # (thread, bytes) read through open() in disco.shards
+    maps: list = []             # threads that memory-mapped tensor data
+    real_open, real_memmap = open, np.memmap
+    monkeypatch.setattr(shards, "open", lambda *a, **k: _CountingFile(real_open(*a, **k), reads),
+                        raising=False)
+
+    def memmap(*args, **kwargs):
+        maps.append(threading.get_ident())
+        return real_memmap(*args, **kwargs)
+
+    monkeypatch.setattr(np, "memmap", memmap)
+    refs = disco.load_shards(sess2, str(path), {"w": "S[1]", "b": "R"})
+
+    assert sum(n for t, n in reads if t == controller) == 8 + header_len
+    assert controller not in maps
+    if isinstance(sess2, disco.ThreadedSession):     # the workers' reads are seen here too
+        assert len(maps) == 2 * sess2.num_workers
+    np.testing.assert_array_equal(refs["w"].fetch_local(1), w[:, 256:])
+    np.testing.assert_array_equal(refs["b"].fetch_local(0), b)
