@@ -206,8 +206,12 @@ Communicator::Communicator(const std::string& group, int rank, int world, const 
     }
   }
   void* p = mmap(nullptr, total, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+  const int mmap_errno = errno;
   close(fd);
-  if (p == MAP_FAILED) throw CclError("ccl.init: mmap of " + name_ + " failed: " + std::strerror(errno));
+  if (p == MAP_FAILED) {
+    if (rank == 0) shm_unlink(name_.c_str());  // peers time out waiting for it; leave no name behind
+    throw CclError("ccl.init: mmap of " + name_ + " failed: " + std::strerror(mmap_errno));
+  }
   base_ = static_cast<uint8_t*>(p);
   size_ = total;
   if (rank == 0) {
@@ -220,7 +224,9 @@ Communicator::Communicator(const std::string& group, int rank, int world, const 
   try {
     barrier(Coll::kInit);  // everyone attached
   } catch (...) {
-    if (rank == 0) shm_unlink(name_.c_str());
+    // The group never formed (a rank missing or dead, worker 0 perhaps): whoever saw
+    // that unlinks the name, so that it does not outlive the group in /dev/shm.
+    shm_unlink(name_.c_str());
     munmap(base_, size_);
     base_ = nullptr;
     throw;

@@ -88,7 +88,10 @@ class Communicator {
  public:
   // Rank 0 creates the segment named after `group` (shm_open O_CREAT|O_EXCL, mode 0600);
   // the others attach, retrying until it exists. After all have attached, the name is
-  // unlinked, so nothing is left behind if the processes die.
+  // unlinked, so nothing is left behind if the processes die; if the group never forms
+  // (a rank missing past the timeout, a failed mmap), the ranks that notice unlink it.
+  // What remains: a process killed (SIGKILL) between creation and the last attach
+  // leaves the name until the next init of that group (which replaces a stale one).
   Communicator(const std::string& group, int rank, int world, const Options& opts);
   ~Communicator();
   Communicator(const Communicator&) = delete;

@@ -415,6 +415,32 @@ def test_timeout_names_missing_worker_and_never_hangs():
     assert "worker 1 called ccl.allreduce, expected ccl.barrier" in str(msgs[1])
 
 
+def test_a_group_that_never_forms_leaves_no_segment():
+    """Worker 2 never joins: the others time out at init, and the segment's name (which
+    only lives until every worker has attached) is gone from /dev/shm."""
+    group = f"never-{uuid.uuid4().hex[:12]}"
+    outcome = [None] * 2
+
+    def join(rank):
+        set_worker_context(WorkerContext(worker_id=rank, num_workers=3))
+        try:
+            ccl.init("shm", group, timeout_s=0.3)
+        except CollectiveError as e:
+            outcome[rank] = str(e)
+        finally:
+            ccl.shutdown()
+            set_worker_context(None)
+
+    threads = [threading.Thread(target=join, args=(r,), daemon=True) for r in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=30)
+        assert not t.is_alive(), "a rank hung"
+    assert all(m is not None and "ccl.init" in m and "worker(s) [2] did not arrive" in m for m in outcome), outcome
+    assert not [f for f in os.listdir("/dev/shm") if group in f], "segment left behind"
+
+
 def test_no_communicator_and_missing_backend_function():
     set_worker_context(WorkerContext(worker_id=0, num_workers=1))
     try:

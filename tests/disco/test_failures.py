@@ -214,8 +214,21 @@ def test_killed_worker_raises_instead_of_hanging(op):
     assert _wait_until(lambda: all(_gone(p) for p in pids), 5.0)
 
 
+# The names the project gives /dev/shm entries: "disco-buf-<pid>-..." for the channel and
+# array buffers (csrc/channel.cc unique_name) and "disco_ccl_<group>" for a shm
+# communicator's segment (csrc/ccl/communicator.cc shm_name), where sess.init_ccl's group
+# is "disco-<controller pid>-<hex>".
+SHM_PREFIXES = ("disco-", "disco_ccl_")
+
+
 def _disco_shm(pid: int) -> list[str]:
-    return [n for n in os.listdir("/dev/shm") if n.startswith("disco-") and f"-{pid}-" in n]
+    return [n for n in os.listdir("/dev/shm") if n.startswith(SHM_PREFIXES) and f"-{pid}-" in n]
+
+
+def _mapped_ccl_segments(pid: int) -> list[str]:
+    """The shm communicator segments process `pid` has mapped (unlinked ones included)."""
+    with open(f"/proc/{pid}/maps") as f:
+        return sorted({line.split(None, 5)[5].strip() for line in f if "/dev/shm/disco_ccl_" in line})
 
 
 def test_segments_are_private_and_unlinked():
@@ -229,8 +242,10 @@ def test_killed_controller_leaves_nothing_behind(tmp_path):
     script = textwrap.dedent("""
         import sys, time, numpy as np, disco
         s = disco.ProcessSession(2)
-        s.broadcast(np.ones(1 << 20))  # a data buffer too
-        s.sync()
+        x = s.broadcast(np.ones(1 << 20))  # a data buffer too
+        s.init_ccl("shm")  # and a communicator segment
+        total = s.get_global_func("ccl.allreduce")(x, "sum")
+        assert (total.fetch(1) == 2).all()
         print(" ".join(map(str, s.pids)), flush=True)
         time.sleep(60)
     """)
@@ -239,12 +254,13 @@ def test_killed_controller_leaves_nothing_behind(tmp_path):
     try:
         pids = [int(p) for p in ctrl.stdout.readline().split()]
         assert len(pids) == 2
+        for p in pids:  # the workers do use a communicator segment of this controller's group
+            assert any(f"disco_ccl_disco-{ctrl.pid}-" in m for m in _mapped_ccl_segments(p)), p
         ctrl.kill()
         ctrl.wait()
         assert _wait_until(lambda: all(_gone(p) for p in pids), 5.0), "workers outlived the controller"
-        assert _disco_shm(ctrl.pid) == []
-        for p in pids:
-            assert _disco_shm(p) == []
+        left = lambda: [n for p in (ctrl.pid, *pids) for n in _disco_shm(p)]  # noqa: E731
+        assert _wait_until(lambda: left() == [], 5.0), f"left in /dev/shm: {left()}"
     finally:
         if ctrl.poll() is None:
             ctrl.kill()
