@@ -352,3 +352,31 @@ def logical_and(a: ExprLike, b: ExprLike) -> PrimExpr:
 
 def logical_or(a: ExprLike, b: ExprLike) -> PrimExpr:
     return _binary(Or, a, b)
+
+
+# Short renderings for error messages --------------------------------------------------
+
+_SYM = {Add: "+", Sub: "-", Mul: "*", FloorDiv: "//", FloorMod: "%", Div: "/"}
+
+
+def fmt_expr(e) -> str:
+    """A short infix rendering of a PrimExpr for messages (`(n * 2)`)."""
+    if isinstance(e, IntImm):
+        return str(e.value)
+    if isinstance(e, FloatImm):
+        return repr(e.value)
+    if isinstance(e, Var):
+        return e.name
+    if type(e) in _SYM:
+        return f"({fmt_expr(e.a)} {_SYM[type(e)]} {fmt_expr(e.b)})"
+    if isinstance(e, (Min, Max)):
+        return f"{type(e).__name__.lower()}({fmt_expr(e.a)}, {fmt_expr(e.b)})"
+    return repr(e)
+
+
+def fmt_shape(shape) -> str:
+    """`(n, 4)` / `(4,)` / `(unknown)` for messages."""
+    if shape is None:
+        return "(unknown)"
+    inner = ", ".join(fmt_expr(d) for d in shape)
+    return f"({inner},)" if len(shape) == 1 else f"({inner})"

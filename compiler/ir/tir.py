@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 from typing import Optional, Union
 
 from .attrs import Attrs
-from .expr import PrimExpr, Var, as_expr, check_dtype
+from .errors import ShapeError
+from .expr import PrimExpr, Var, as_expr, check_dtype, fmt_expr, fmt_shape
 from .graph import BaseFunc
 
 
@@ -38,10 +39,23 @@ class Buffer:
         return f"Buffer({self.name!r}, {self.dtype})"
 
 
+def _check_index_count(node: str, buffer: Buffer, indices: tuple) -> None:
+    """One index per buffer dim: a load/store of the wrong rank is refused where it is
+    built, not discovered (or silently mis-addressed) by codegen."""
+    if len(indices) != len(buffer.shape):
+        given = ", ".join(fmt_expr(i) for i in indices)
+        raise ShapeError(f"{node} of buffer {buffer.name!r} with shape {fmt_shape(buffer.shape)} "
+                         f"(rank {len(buffer.shape)}): {len(indices)} indices given [{given}]; "
+                         f"expected {len(buffer.shape)}")
+
+
 @dataclass(frozen=True, slots=True)
 class BufferLoad(PrimExpr):
     buffer: Buffer
     indices: tuple[PrimExpr, ...]
+
+    def __post_init__(self):
+        _check_index_count("BufferLoad", self.buffer, self.indices)
 
     @property
     def dtype(self) -> str:  # type: ignore[override]
@@ -63,6 +77,9 @@ class BufferStore(Stmt):
     buffer: Buffer
     value: PrimExpr
     indices: tuple[PrimExpr, ...]
+
+    def __post_init__(self):
+        _check_index_count("BufferStore", self.buffer, self.indices)
 
 
 FOR_KINDS = ("serial", "parallel", "vectorized", "unrolled", "thread_binding")

@@ -30,29 +30,9 @@ Shape = tuple[PrimExpr, ...]
 
 # Printing values inside error messages -------------------------------------------
 
-_SYM = {E.Add: "+", E.Sub: "-", E.Mul: "*", E.FloorDiv: "//", E.FloorMod: "%", E.Div: "/"}
-
-
-def fmt_expr(e: Any) -> str:
-    """A short infix rendering of a PrimExpr for messages (`n * 2 + 1`)."""
-    if isinstance(e, IntImm):
-        return str(e.value)
-    if isinstance(e, E.FloatImm):
-        return repr(e.value)
-    if isinstance(e, E.Var):
-        return e.name
-    if type(e) in _SYM:
-        return f"({fmt_expr(e.a)} {_SYM[type(e)]} {fmt_expr(e.b)})"
-    if isinstance(e, (E.Min, E.Max)):
-        return f"{type(e).__name__.lower()}({fmt_expr(e.a)}, {fmt_expr(e.b)})"
-    return repr(e)
-
-
-def fmt_shape(shape: Optional[Sequence[PrimExpr]]) -> str:
-    if shape is None:
-        return "(unknown)"
-    inner = ", ".join(fmt_expr(d) for d in shape)
-    return f"({inner},)" if len(shape) == 1 else f"({inner})"
+# fmt_expr / fmt_shape live with the nodes (compiler/ir/expr.py) so IR constructors use
+# them too; re-exported here for the rules.
+fmt_expr, fmt_shape = E.fmt_expr, E.fmt_shape
 
 
 def fmt_sinfo(s: TensorStructInfo) -> str:

@@ -250,7 +250,7 @@ class TIRParser:
                 raise self.err(s.value, f"expected a scalar value to store into "
                                         f"{target.value.id if isinstance(target.value, ast.Name) else 'buffer'}, "
                                         f"got {value!r}") from None
-        return T.BufferStore(buf, value, tuple(E.as_expr(i) for i in idx))
+        return ev._with_pos(target, lambda: T.BufferStore(buf, value, tuple(E.as_expr(i) for i in idx)))
 
     def let(self, s: Any, target: ast.Name, rest: list[ast.stmt], top: bool) -> T.Stmt:
         ev = self.ev

@@ -276,6 +276,27 @@ def test_struct_info_and_buffers_reject_unknown_dtypes():
             build()
 
 
+def test_buffer_access_needs_one_index_per_dim():
+    from compiler.ir import ShapeError
+    n = E.Var("n")
+    A = T.Buffer("A", (n, 4))
+    i, j = E.Var("i"), E.Var("j")
+    assert A[i, j].indices == (i, j)
+    assert T.BufferStore(A, E.FloatImm(0.0), (i, j)).indices == (i, j)
+    scalar = T.Buffer("s", ())
+    assert T.BufferLoad(scalar, ()).indices == ()
+    with pytest.raises(ShapeError, match=r"BufferLoad of buffer 'A' with shape \(n, 4\) \(rank 2\): "
+                                         r"3 indices given \[i, j, 0\]; expected 2"):
+        A[i, j, 0]
+    with pytest.raises(ShapeError, match=r"BufferLoad of buffer 'A' .*1 indices given \[\(i \+ 1\)\]"):
+        T.BufferLoad(A, (i + 1,))
+    with pytest.raises(ShapeError, match=r"BufferStore of buffer 'A' .*\(rank 2\): 1 indices given \[i\]; "
+                                         r"expected 2"):
+        T.BufferStore(A, E.FloatImm(0.0), (i,))
+    with pytest.raises(ShapeError, match=r"BufferLoad of buffer 's' with shape \(\) \(rank 0\): 1 indices"):
+        scalar[0]
+
+
 def test_builder_continues_an_existing_module(roundtrip):
     bb = BlockBuilder()
     bb.add_func(tir_copy(), "copy")

@@ -228,6 +228,27 @@ def f(A: T.Buffer((4, 4), "float32")):
     assert e.lineno == 3 and "expected a size expression" in str(e)
 
 
+def test_tir_buffer_access_with_the_wrong_number_of_indices():
+    text = '''
+@T.prim_func
+def f(A: T.Buffer((4, 4), "float32"), B: T.Buffer((4, 4), "float32")):
+    for i, j in T.grid(4, 4):
+        with T.block("b"):
+            vi, vj = T.axis.remap("SS", [i, j])
+            B[vi, vj] = A[vi, vj]
+'''
+    assert parse(text) is not None
+    bad_load = text.replace("= A[vi, vj]", "= A[vi]")
+    e = error_of(bad_load)
+    assert (e.lineno, e.col) == where(bad_load, "A[vi]")
+    assert "BufferLoad of buffer 'A' with shape (4, 4) (rank 2): 1 indices given [vi]; " \
+           "expected 2" in str(e)
+    bad_store = text.replace("B[vi, vj] =", "B[vi, vj, 0] =")
+    e = error_of(bad_store)
+    assert (e.lineno, e.col) == where(bad_store, "B[vi, vj, 0]")
+    assert "BufferStore of buffer 'B' with shape (4, 4) (rank 2): 3 indices given [vi, vj, 0]" in str(e)
+
+
 def test_indented_text_reports_columns_of_the_original():
     text = textwrap.indent(MODULE.format(expr="R.nn.reluu(lv0)"), "        ")
     e = error_of(text)
