@@ -187,6 +187,12 @@ class Function(Expr, BaseFunc):
     is_pure: bool = True
     struct_info: Optional[StructInfo] = None
 
+    def script(self, name: Optional[str] = None) -> str:
+        """This function alone as script, `@R.function def <name>(...)` (name: the
+        attr global_symbol, else "main"); compiler.script.parse reads it back."""
+        from ..script.printer import print_function
+        return print_function(self, name or self.attrs.get("global_symbol", "main"))
+
 
 def call_attrs(**kwargs: Any) -> Attrs:
     return Attrs(kwargs)

@@ -167,3 +167,9 @@ class PrimFunc(BaseFunc):
     params: tuple[PrimParam, ...]
     body: Stmt
     attrs: Attrs = field(default_factory=Attrs)
+
+    def script(self, name: Optional[str] = None) -> str:
+        """This tensor program alone as script, `@T.prim_func def <name>(...)` (name: the
+        attr global_symbol, else "main"); compiler.script.parse reads it back."""
+        from ..script.printer import print_function
+        return print_function(self, name or self.attrs.get("global_symbol", "main"))

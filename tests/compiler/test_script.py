@@ -568,6 +568,23 @@ def test_print_single_nodes():
     assert script.print(E.Sub(n, E.Sub(n, E.IntImm(1)))) == "n - (n - 1)"
 
 
+def test_function_and_prim_func_script_methods_round_trip():
+    mod = parse(SEED)
+    for name in ("main", "mm"):
+        func = mod[name]
+        text = func.script()
+        assert text.splitlines()[2] == ("@R.function" if name == "main" else "@T.prim_func")
+        assert "def main(" in text            # no global_symbol attr: named main
+        back = parse(text)
+        assert type(back) is type(func)
+        assert_structural_equal(back, func)
+        assert f"def {name}(" in func.script(name)
+    kitchen = parse(PRIM_ALL)["kitchen"]      # its global_symbol names it
+    assert "def kitchen(" in kitchen.script()
+    assert_structural_equal(parse(kitchen.script()), kitchen)
+    assert not structural_equal(parse(mod["main"].script()), parse(DISPATCH)["main"])
+
+
 def test_nested_sequences_and_unregistered_operators_round_trip():
     A = T_.Buffer("A", (4,), "float32")
     i = E.Var("i")
