@@ -154,7 +154,8 @@ uint8_t* Channel::Reserve(uint64_t len, double timeout_s) {
   const uint64_t msg = align_up(sizeof(MsgHeader) + len, kAlign);
   if (msg > max_message())
     throw ChannelError("command of " + std::to_string(len) + " bytes exceeds the ring's limit of " +
-                       std::to_string(max_message()) + " bytes");
+                       std::to_string(max_message()) + " bytes (a quarter of its " + std::to_string(ring) +
+                       " bytes)");
   const uint64_t pos = hdr_->write_pos.load(std::memory_order_relaxed);
   const uint64_t off = pos % ring;
   const uint64_t skip = off + msg > ring ? ring - off : 0;  // wrap marker + padding

@@ -87,6 +87,20 @@ std::string seconds(double s) {
   return o.str();
 }
 
+// "sum, prod, min, max": the ops a collective accepts, from op_name.
+std::string accepted_ops() {
+  std::string s;
+  for (int i = 0; i < kNumOps; ++i) s += (i ? ", " : "") + std::string(op_name(static_cast<Op>(i)));
+  return s;
+}
+
+// "float32, float64, ...": the dtypes the collectives support, from dtype_name.
+std::string supported_dtypes() {
+  std::string s;
+  for (int i = 0; i < kNumDTypes; ++i) s += (i ? ", " : "") + std::string(dtype_name(static_cast<DType>(i)));
+  return s;
+}
+
 std::string shape_str(const Meta& m) {
   if (m.ndim < 0) return "None";
   std::ostringstream s;
@@ -325,10 +339,11 @@ const Meta& Communicator::check(const Meta& mine, unsigned flags) const {
     }
     if (m.ndim >= 0 && m.dtype < 0) {
       throw CclError(who + " gave dtype " + std::string(m.dtype_name) +
-                     ", which is not supported; expected one of float32, float64, float16, bfloat16, int8, int32, int64");
+                     ", which is not supported; expected one of " + supported_dtypes());
     }
     if ((flags & kCheckOp) && (m.op < 0 || m.op >= kNumOps)) {
-      throw CclError(who + " gave an unknown op; expected one of sum, prod, min, max");
+      throw CclError(who + " gave an unknown op (code " + std::to_string(m.op) + "); expected one of " +
+                     accepted_ops());
     }
     if (p == 0 || m.ndim < 0 || root.ndim < 0) continue;
     if ((flags & kCheckDType) && m.dtype != root.dtype) {

@@ -91,7 +91,7 @@ class Communicator {
   // unlinked, so nothing is left behind if the processes die; if the group never forms
   // (a rank missing past the timeout, a failed mmap), the ranks that notice unlink it.
   // What remains: a process killed (SIGKILL) between creation and the last attach
-  // leaves the name until the next init of that group (which replaces a stale one).
+  // leaves the name behind (a later init of the same group name replaces it).
   Communicator(const std::string& group, int rank, int world, const Options& opts);
   ~Communicator();
   Communicator(const Communicator&) = delete;

@@ -29,12 +29,13 @@ class DRef:
     list and go out as one FREE command before the session's next command (never from
     `__del__` itself, which may run in the middle of sending one)."""
 
-    __slots__ = ("_sess", "_id", "_tok")
+    __slots__ = ("_sess", "_id", "_tok", "_made_by")
 
-    def __init__(self, sess: "Session", ref_id: int):
+    def __init__(self, sess: "Session", ref_id: int, made_by: str = "?"):
         self._sess = sess
         self._id = ref_id
         self._tok = sess._tok
+        self._made_by = made_by  # the function (or "broadcast", "scatter") whose result it is, for errors
 
     def fetch(self, worker: int = 0) -> Any:
         """A copy of `worker`'s object on the controller."""
@@ -68,7 +69,7 @@ class DFunction:
         sess = self._sess
         rid = next(sess._ids)
         sess._post(Op.CALL, self._slot, rid, args)
-        return DRef(sess, rid)
+        return DRef(sess, rid, self.name)
 
     def __repr__(self) -> str:
         return f"<DFunction {self.name!r} of {self._sess.name}>"
@@ -148,7 +149,7 @@ class Session:
         """A DRef to a copy of `value` on every worker."""
         rid = next(self._ids)
         self._post(Op.BROADCAST, 0, rid, value)
-        return DRef(self, rid)
+        return DRef(self, rid, "broadcast")
 
     def scatter(self, array, axis: int = 0) -> DRef:
         """Split `array` evenly along `axis`; worker i gets part i."""
@@ -164,7 +165,7 @@ class Session:
                 f"{self.num_workers} workers ({array.shape[ax]} % {self.num_workers} != 0)")
         rid = next(self._ids)
         self._post(Op.SCATTER, ax, rid, array)
-        return DRef(self, rid)
+        return DRef(self, rid, "scatter")
 
     def fetch(self, ref: DRef, worker: int = 0) -> Any:
         """A copy of `worker`'s object behind `ref`."""
@@ -178,7 +179,13 @@ class Session:
         """Every worker's array behind `ref`, concatenated along `axis` in worker order."""
         self._own(ref, "gather")
         values = self._collect(self._post(Op.GATHER, ref._id, 0, None), f"gather of DRef {ref._id}")
-        return np.concatenate([np.asarray(v) for v in values], axis=axis)
+        try:
+            return np.concatenate([np.asarray(v) for v in values], axis=axis)
+        except (ValueError, TypeError) as e:  # numpy's AxisError is a ValueError
+            held = "; ".join(f"worker {w}: {_value_kind(v)}" for w, v in enumerate(values))
+            raise SessionError(
+                f"{self.name}.gather of DRef {ref._id} (result of {ref._made_by}): expected arrays that concatenate "
+                f"along axis {axis}, the workers hold {held} (numpy: {e})") from e
 
     def sync(self) -> None:
         """Wait until every worker has run every command sent so far; raise their errors."""
@@ -248,9 +255,22 @@ class Session:
         except TypeError:
             self._explain_foreign(payload)
             raise
+        except _native.ChannelError as e:  # the command does not fit in the ring
+            raise SessionError(
+                f"{self.name}: {self._command_name(op, a)}: {e}; pass large data as numpy arrays (they travel "
+                f"through shared-memory buffers, not the ring) or start the session with a larger ring "
+                f"({type(self).__name__}({self.num_workers}, ring_bytes=...), at least 4x the command)") from e
         if self._transfer.outgoing:
             self._pending.append((seq, self._transfer.take()))
         return seq
+
+    def _command_name(self, op: int, a: int) -> str:
+        """How the user wrote command `op` (a: its first operand), for error messages."""
+        if op == Op.CALL:
+            name = next((f.name for f in self._funcs.values() if f._slot == a), f"function slot {a}")
+            return f"call of {name}"
+        return {Op.BROADCAST: "broadcast", Op.SCATTER: "scatter", Op.IMPORT: "import_module",
+                Op.GET_FUNC: "get_global_func", Op.FREE: "freeing dropped DRefs"}.get(op, Op(op).name)
 
     def _collect(self, seq: int, what: str, workers=None, not_found_ok: bool = False):
         """Wait for the replies to `seq`; their values, or raise the worker failures they
@@ -356,6 +376,13 @@ class Session:
                 stack.extend(x)
             elif isinstance(x, DRef) and x._tok is not self._tok:
                 raise _foreign(self, x, "call")
+
+
+def _value_kind(value: Any) -> str:
+    """'ndarray of shape (4, 2) and dtype float32', or the type's name ('int', 'NoneType')."""
+    if isinstance(value, np.ndarray):
+        return f"ndarray of shape {value.shape} and dtype {value.dtype}"
+    return type(value).__name__
 
 
 def _foreign(sess: Session, ref: DRef, what: str) -> SessionError:

@@ -391,6 +391,21 @@ def test_bad_local_arguments_raise_on_every_worker_and_keep_the_group_usable():
         assert_matches(total, reference_reduce(xs, "sum"))
 
 
+def test_unknown_op_code_names_it_and_the_accepted_ops():
+    """disco.ccl passes op codes; a code outside the table (only reachable through the
+    native object) is named with the accepted ops rather than silently reduced."""
+    from disco import _native
+
+    comm = _native.ShmCommunicator(f"op-{uuid.uuid4().hex[:12]}", 0, 1)
+    x = np.ones(3, np.float32)
+    with pytest.raises(CollectiveError, match=r"^ccl.allreduce: worker 0 gave an unknown op \(code 9\); "
+                                              r"expected one of sum, prod, min, max$"):
+        comm.allreduce(x, np.empty_like(x), 0, "", 9)
+    out = np.empty_like(x)
+    comm.allreduce(x, out, 0, "", 0)  # sum: still usable
+    np.testing.assert_array_equal(out, x)
+
+
 def test_timeout_names_missing_worker_and_never_hangs():
     def body(r):
         if r == 0:

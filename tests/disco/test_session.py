@@ -149,6 +149,20 @@ def test_import_module_registers_on_workers():
         os.remove(path)
 
 
+def test_gather_of_values_that_do_not_concatenate_names_them(sess2):
+    ids = sess2.get_global_func("disco.worker_id")()
+    with pytest.raises(SessionError, match=rf"gather of DRef \d+ \(result of disco.worker_id\): expected arrays "
+                                           r"that concatenate along axis 0, the workers hold worker 0: int; "
+                                           r"worker 1: int \(numpy: "):
+        sess2.gather(ids)
+    mixed = sess2.get_global_func("test.ones_per_worker")(((4,), (4, 2)))
+    with pytest.raises(SessionError, match=r"result of test.ones_per_worker\): expected arrays that concatenate "
+                                           r"along axis 1, the workers hold worker 0: ndarray of shape \(4,\) and "
+                                           r"dtype float32; worker 1: ndarray of shape \(4, 2\) and dtype float32"):
+        sess2.gather(mixed, axis=1)
+    np.testing.assert_array_equal(sess2.gather(sess2.broadcast(np.arange(3))), np.tile(np.arange(3), 2))
+
+
 def test_fetch_unpicklable_result_raises_clearly(sess2):
     r = sess2.get_global_func("test.unpicklable")()
     with pytest.raises(disco.WorkerError, match="sending the reply"):
@@ -182,6 +196,20 @@ def test_session_attributes(sess):
     assert sess.num_workers in SIZES
     assert type(sess).__name__ in repr(sess)
     assert isinstance(sess, disco.Session)
+
+
+@pytest.mark.parametrize("kind", KINDS, ids=lambda k: k.__name__)
+def test_command_too_large_for_the_ring_names_the_call_and_the_remedies(kind):
+    with kind(2, ring_bytes=1 << 16) as s:  # a command may be at most 16 KiB
+        s.import_module("worker_funcs")
+        echo = s.get_global_func("test.echo")
+        with pytest.raises(SessionError, match=r"call of test.echo: command of \d+ bytes exceeds the ring's limit "
+                                               r"of 16384 bytes \(a quarter of its 65536 bytes\); pass large data as "
+                                               r"numpy arrays .* ring_bytes="):
+            echo(b"x" * 20000)
+        with pytest.raises(SessionError, match=r"broadcast: command of \d+ bytes exceeds"):
+            s.broadcast("x" * 20000)
+        assert echo(b"x" * 100).fetch(1) == (b"x" * 100,)  # nothing half-sent
 
 
 @pytest.mark.parametrize("kind", KINDS, ids=lambda k: k.__name__)
