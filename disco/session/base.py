@@ -325,7 +325,11 @@ class Session:
     def _flush_free(self) -> None:
         ids, self._to_free = self._to_free, []
         if self._failure is None and not self._closed:
-            self._chan.post(Op.FREE, 0, 0, tuple(ids))
+            # In batches that fit in the ring (an id takes 9 bytes): many DRefs dropped at
+            # once must not make one command too large for a small ring.
+            batch = max(1, self._chan.max_message // 16)
+            for i in range(0, len(ids), batch):
+                self._chan.post(Op.FREE, 0, 0, tuple(ids[i:i + batch]))
 
     def _release(self, force: bool = False) -> None:
         """Close buffers that every worker has read past."""

@@ -213,6 +213,19 @@ def test_command_too_large_for_the_ring_names_the_call_and_the_remedies(kind):
 
 
 @pytest.mark.parametrize("kind", KINDS, ids=lambda k: k.__name__)
+def test_many_drefs_dropped_at_once_are_freed_with_a_small_ring(kind):
+    with kind(2, ring_bytes=1 << 16) as s:  # 3000 ids (27 KB) exceed one 16 KiB command
+        s.import_module("worker_funcs")
+        make, live = s.get_global_func("test.make_tracked"), s.get_global_func("test.live_count")
+        refs = [make() for _ in range(3000)]
+        assert live().fetch(1) == 3000
+        del refs
+        gc.collect()
+        s.sync()
+        assert [live().fetch(w) for w in range(2)] == [0, 0]
+
+
+@pytest.mark.parametrize("kind", KINDS, ids=lambda k: k.__name__)
 def test_small_ring_wraps_and_applies_backpressure(kind):
     with kind(2, ring_bytes=1 << 16) as s:  # 64 KiB ring; ~1.7 MB of commands wrap it ~25 times
         s.import_module("worker_funcs")
