@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import gc
 import os
+import sys
 
 import ml_dtypes
 import numpy as np
@@ -133,20 +134,19 @@ def test_drefs_are_freed_when_dropped(sess):
     assert [live().fetch(w) for w in range(sess.num_workers)] == [0] * sess.num_workers
 
 
-def test_import_module_registers_on_workers():
+def test_import_module_registers_on_workers(tmp_path, monkeypatch):
     mod = "worker_funcs_extra"
-    path = os.path.join(os.path.dirname(__file__), f"{mod}.py")
-    with open(path, "w") as f:
-        f.write("import disco\n@disco.register_func('test.extra_triple', override=True)\n"
-                "def triple(x):\n    return 3 * x\n")
-    try:
-        with disco.ProcessSession(2) as s:
-            with pytest.raises(disco.registry.UnknownFunctionError, match="test.extra_triple"):
-                s.get_global_func("test.extra_triple")
-            s.import_module(mod)
-            assert s.get_global_func("test.extra_triple")(5).fetch(1) == 15
-    finally:
-        os.remove(path)
+    (tmp_path / f"{mod}.py").write_text("import disco\n@disco.register_func('test.extra_triple', override=True)\n"
+                                        "def triple(x):\n    return 3 * x\n")
+    # ProcessSession workers get the controller's sys.path (as PYTHONPATH) when they start.
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, mod, raising=False)
+    with disco.ProcessSession(2) as s:
+        with pytest.raises(disco.registry.UnknownFunctionError, match="test.extra_triple"):
+            s.get_global_func("test.extra_triple")
+        s.import_module(mod)
+        assert s.get_global_func("test.extra_triple")(5).fetch(1) == 15
+    assert mod not in sys.modules  # imported on the workers only
 
 
 def test_gather_of_values_that_do_not_concatenate_names_them(sess2):
