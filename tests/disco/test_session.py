@@ -4,6 +4,7 @@ from __future__ import annotations
 import gc
 import os
 import sys
+import time
 
 import ml_dtypes
 import numpy as np
@@ -236,6 +237,46 @@ def test_small_ring_wraps_and_applies_backpressure(kind):
             add(k)
             echo(pad[: k % 1000])
         assert log().fetch(1) == tuple(range(3000))
+
+
+def test_large_array_travels_through_buffers_not_the_ring():
+    """With a 64 KiB ring a command holds at most 16 KiB (as the bytes control shows),
+    so a 2 MiB array that arrives intact, both ways, went through shared-memory buffers."""
+    big = np.random.default_rng(2).standard_normal(1 << 18)  # 2 MiB of float64
+    with disco.ProcessSession(2, ring_bytes=1 << 16) as s:
+        s.import_module("worker_funcs")
+        with pytest.raises(SessionError, match="exceeds the ring's limit of 16384 bytes"):
+            s.broadcast(big.tobytes())
+        b = s.broadcast(big)
+        echoed = s.get_global_func("test.echo")(big)
+        for w in range(2):
+            np.testing.assert_array_equal(b.fetch(w), big)  # the reply is too large for its slot too
+            np.testing.assert_array_equal(echoed.fetch(w)[0], big)
+
+
+def _cpu_ticks(stat_path: str) -> int:
+    """utime + stime (clock ticks) from a /proc/.../stat file."""
+    with open(stat_path) as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])  # fields 14 and 15; fields[0] is field 3 (state)
+
+
+@pytest.mark.parametrize("kind", KINDS, ids=lambda k: k.__name__)
+def test_idle_workers_use_almost_no_cpu(kind):
+    """Waiting workers sleep on a futex after a short spin: over a second of idleness
+    each uses well under 0.2 s of CPU (a spinning worker would use about 1 s)."""
+    with kind(2) as s:
+        s.sync()
+        if kind is disco.ProcessSession:
+            stats = [f"/proc/{pid}/stat" for pid in s.pids]
+        else:
+            stats = [f"/proc/self/task/{t.native_id}/stat" for t in s._threads]
+        before = [_cpu_ticks(p) for p in stats]
+        time.sleep(1.0)
+        used = [_cpu_ticks(p) - b for p, b in zip(stats, before)]
+        s.sync()  # still serving
+    limit = 0.2 * os.sysconf("SC_CLK_TCK")
+    assert all(u < limit for u in used), f"CPU ticks used by idle workers in 1 s: {used} (limit {limit})"
 
 
 def test_process_workers_do_not_import_the_compiler():
