@@ -312,9 +312,10 @@ def print_module(mod: IRModule) -> str:
     body: list[str] = []
     gp = FunctionPrinter(Namer(), mod)
     if len(mod.global_infos):
-        body.append(f"I.module_global_infos({gp.value(dict(mod.global_infos.items()))})")
+        body.extend(f"I.module_global_infos({gp.wrapped_value(dict(mod.global_infos.items()), 0, 96)})"
+                    .split("\n"))
     if len(mod.attrs):
-        body.append(f"I.module_attrs({gp.value(dict(mod.attrs.items()))})")
+        body.extend(f"I.module_attrs({gp.wrapped_value(dict(mod.attrs.items()), 0, 96)})".split("\n"))
     items = mod.functions.items() if isinstance(mod.functions, dict) else mod.functions
     for name, func in items:
         if body:

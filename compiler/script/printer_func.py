@@ -83,6 +83,22 @@ class FunctionPrinter:
             return "[" + ", ".join(self.value(x) for x in v) + "]"
         return value_text(v, self.expr, self.sinfo)
 
+    def wrapped_value(self, v: Any, indent: int, width: int = 100) -> str:
+        """`value(v)`, with dicts and lists too long for one line (module attrs such as
+        "distributed") broken into one entry per line, indented below `indent` columns."""
+        flat = self.value(v)
+        is_map = isinstance(v, dict) or type(v).__name__ == "Attrs"
+        if indent + len(flat) <= width or not (is_map or isinstance(v, (list, tuple))) or not v:
+            return flat
+        pad = " " * (indent + 4)
+        if is_map:
+            items = [f"{q(str(k))}: {self.wrapped_value(x, indent + 4, width)}" for k, x in v.items()]
+            open_, close = "{", "}"
+        else:
+            items = [self.wrapped_value(x, indent + 4, width) for x in v]
+            open_, close = "[", "]"
+        return open_ + "\n" + ",\n".join(pad + item for item in items) + ",\n" + " " * indent + close
+
     def dim(self, d: E.PrimExpr, sig: bool) -> str:
         if isinstance(d, E.IntImm) and d.dtype == "int64":
             return str(d.value)

@@ -14,6 +14,7 @@ from compiler.ir import (BindingBlock, BlockBuilder, Constant, DataflowBlock, Da
 from compiler.ir import expr as E
 from compiler.ir import tir as T_
 from compiler.ir.attrs import Attrs
+from compiler.ir.module import IRModule
 from compiler.script import I, R, T, parse
 from compiler import script
 
@@ -603,3 +604,25 @@ def test_nested_sequences_and_unregistered_operators_round_trip():
         (BindingBlock((VarBinding(y, call),)),), y, tsi(4)), tsi(4))
     text = check(IRModule.from_dict({"main": func}))
     assert 'R.Call("relax.not_registered", (x, x), attrs={"axis": 1}' in text
+
+
+def test_long_module_attrs_are_printed_one_entry_per_line_and_parse_back(roundtrip):
+    params = [{"name": f"w{i}", "shape": [512, 2048], "dtype": "float32", "placement": "S[1]"}
+              for i in range(6)]
+    seed = parse(SEED)
+    mod = IRModule(seed.functions, Attrs(distributed={"functions": {"main": {"params": params}}},
+                                         short=[1, 2]), seed.global_infos)
+    text = mod.script()
+    lines = text.splitlines()
+    start = lines.index("    I.module_attrs({")
+    end = lines.index("    })", start)
+    assert max(len(line) for line in lines[start:end + 1]) <= 100
+    assert lines[start + 1] == '        "distributed": {'
+    assert lines[start + 5:start + 12] == [         # too long for one line at this depth
+        "                        {", '                            "name": "w0",',
+        '                            "shape": [512, 2048],', '                            "dtype": "float32",',
+        '                            "placement": "S[1]",', "                        },",
+        "                        {"]
+    assert '        "short": [1, 2],' in lines          # short values stay on their line
+    back = roundtrip(mod)
+    assert back.attrs["distributed"]["functions"]["main"]["params"][5]["name"] == "w5"
