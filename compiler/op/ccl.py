@@ -19,7 +19,6 @@ Each op legalizes to `R.call_pure_packed` of a runtime function of `disco.spmd`
 """
 from __future__ import annotations
 
-import math
 
 from ..ir import arith
 from ..ir.errors import ShapeError, StructInfoError
@@ -238,27 +237,3 @@ def _legalize_masked_take(bb, call: Call):
 @broadcast_from_worker0.legalizer
 def _legalize_broadcast(bb, call: Call):
     return call_pure_packed("spmd.broadcast_from_worker0", call.args[0], sinfo_args=call.struct_info)
-
-
-def bytes_moved(call: Call) -> int | None:
-    """Bytes each worker sends for one call of collective `call` (ring algorithms), or
-    None when its shape is symbolic; for reports."""
-    x = call.args[0].struct_info
-    if not isinstance(x, TensorStructInfo) or x.shape is None:
-        return None
-    dims = [arith.as_int(d) for d in x.shape]
-    if any(d is None for d in dims):
-        return None
-    import numpy as np
-    nbytes = math.prod(dims) * np.dtype(x.dtype if x.dtype != "bfloat16" else "float16").itemsize
-    k = group_size(call) if "mesh_shape" in call.attrs else 1
-    name = call.op.name
-    if name == "relax.ccl.allreduce":
-        return 2 * nbytes * (k - 1) // k
-    if name in ("relax.ccl.allgather",):
-        return nbytes * (k - 1)
-    if name == "relax.ccl.reduce_scatter":
-        return nbytes * (k - 1) // k
-    if name == "relax.ccl.broadcast_from_worker0":
-        return nbytes
-    return 0

@@ -14,7 +14,6 @@ from compiler.ir import (BindingBlock, BlockBuilder, Constant, DataflowBlock, Da
 from compiler.ir import expr as E
 from compiler.ir import tir as T_
 from compiler.ir.attrs import Attrs
-from compiler.ir.module import IRModule
 from compiler.script import I, R, T, parse
 from compiler import script
 
