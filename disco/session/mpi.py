@@ -12,17 +12,23 @@ Commands, other hosts. A rank that cannot map the segment gets every command ove
 as well (pickled, DRefs as ids, sent non-blocking so calls stay pipelined), and a
 relay thread in rank 0 stands in for it on the ring: it consumes that rank's copy of
 each command and copies the rank's MPI reply into its reply slot. The base Session's
-waiting, errors and freeing are therefore unchanged. DISCO_MPI_TRANSPORT=mpi sends
-every rank this way (to test the path on one host).
+waiting, errors and freeing are therefore unchanged.
 
-Liveness. Rank 0 holds a pidfd of every same-host worker rank: a death is seen at the
-next wait (every 50 ms) and raised as WorkerError. A worker rank watches the
+Liveness. A rank is on rank 0's host when both see the same kernel boot and pid
+namespace (`_host_identity`), so that a pid names the same process to both. Rank 0
+holds a pidfd of every such rank, whichever way its commands travel: a death is seen
+at the next wait (every 50 ms) and raised as WorkerError; the rank watches the
 controller's pid and exits when it is gone, even from inside a blocked collective.
-A relayed rank has no pid rank 0 can watch, so the two exchange heartbeats over MPI
-(`_Pulse`, every BEAT_EVERY_S): the relay raises WorkerError for a rank silent for
-SILENCE_LIMIT_S (DISCO_MPI_SILENCE_LIMIT_S), and a relayed rank whose controller is
-silent that long exits, from a thread of its own, so a blocked collective cannot keep
-it. Across hosts the MPI launcher also ends the job when a rank dies (its default).
+Ranks on other hosts have no pid to watch: they and rank 0 exchange heartbeats over
+MPI (`_Pulse`, every BEAT_EVERY_S); rank 0 raises WorkerError for one silent for
+SILENCE_LIMIT_S (DISCO_MPI_SILENCE_LIMIT_S), and a rank whose controller is silent
+that long exits. A heartbeat thread needs the GIL, so the limit leaves room for a
+worker's long GIL-holding call (importing ml_dtypes takes ~2 s). Across hosts the MPI
+launcher also ends the job when a rank dies (its default).
+
+DISCO_MPI_TRANSPORT (for tests and benchmarks on one host): "mpi" sends every rank's
+commands over MPI, the other-hosts command path; "remote" moreover treats every rank
+as on another host (heartbeats instead of pidfds, `workers_on_other_hosts` lists all).
 """
 from __future__ import annotations
 
@@ -49,7 +55,8 @@ TAG_BOOT, TAG_CMD, TAG_REPLY, TAG_BEAT = 7301, 7302, 7303, 7304
 _CLOSE = 0  # op of the MPI-only message that tells a remote rank the channel closed
 BOOT_TIMEOUT_S = float(os.environ.get("DISCO_MPI_BOOT_TIMEOUT_S", "60"))
 BEAT_EVERY_S = 0.5  # heartbeats between rank 0 and each relayed rank
-SILENCE_LIMIT_S = float(os.environ.get("DISCO_MPI_SILENCE_LIMIT_S", "3"))
+SILENCE_LIMIT_S = float(os.environ.get("DISCO_MPI_SILENCE_LIMIT_S", "10"))
+_TRANSPORTS = ("auto", "mpi", "remote")
 
 
 def _expects_reply(op: int, b: int, w: int) -> bool:
@@ -81,7 +88,7 @@ def _recv_bytes(comm, source: int, tag: int, deadline: float | None, check=None,
 
 
 class _Pulse:
-    """Heartbeats with peers that no pidfd can watch (relayed ranks, see the module doc):
+    """Heartbeats with peers that no pidfd can watch (other hosts, see the module doc):
     send one to each peer every BEAT_EVERY_S, note when each was last heard, and name a
     peer silent for longer than `limit_s`. Before a peer's first heartbeat it may take
     `first_within_s` (the other side may still be starting). A heartbeat counts as heard
@@ -172,7 +179,8 @@ class MPISession(Session):
                                f"rank 0); this MPI gives level {MPI.Query_thread()}")
         self._comm = comm.Dup()  # collective: serve_rank dups too; keeps our tags private
         self.device = device
-        self._remote: list[int] = []
+        self._relayed: list[int] = []  # workers whose commands go over MPI
+        self._other_hosts: list[int] = []  # workers watched by heartbeats, not pidfds
         self._sends: list = []  # (request, buffer) of commands in flight to remote ranks
         self._thread: threading.Thread | None = None
         self._relay: _Relay | None = None
@@ -183,18 +191,22 @@ class MPISession(Session):
         atexit.register(lambda: (s := me()) is not None and s._at_exit())
 
     @property
-    def relayed_workers(self) -> tuple[int, ...]:
-        """Workers whose commands go over MPI: ranks on other hosts than rank 0 (every rank
-        with DISCO_MPI_TRANSPORT=mpi). Empty: all share rank 0's host and its ring."""
-        return tuple(self._remote)
+    def workers_on_other_hosts(self) -> tuple[int, ...]:
+        """Workers on other hosts than rank 0 (every one with DISCO_MPI_TRANSPORT=remote);
+        empty when all share rank 0's host, where same-host means (shm) work."""
+        return tuple(self._other_hosts)
 
     # -- Session hooks ----------------------------------------------------------------
     def _start_workers(self) -> None:
         n, fd = self.num_workers, self._chan.fd
         st = os.fstat(fd)
         transport = os.environ.get("DISCO_MPI_TRANSPORT", "auto")
+        if transport not in _TRANSPORTS:
+            raise SessionError(f"MPISession: DISCO_MPI_TRANSPORT must be one of {list(_TRANSPORTS)}, "
+                               f"got {transport!r}")
+        host = None if transport == "remote" else _host_identity()
         info = pickle.dumps({"pid": os.getpid(), "fd": fd, "dev": st.st_dev, "ino": st.st_ino,
-                             "transport": transport, "device": self.device})
+                             "transport": transport, "device": self.device, "host": host})
         sends = [self._comm.Isend([info, _byte()], dest=r, tag=TAG_BOOT) for r in range(1, n)]
         self._thread = threading.Thread(target=_run_worker0, args=(fd, n, self.device, self._crashes),
                                         name="disco-worker-0", daemon=True)
@@ -202,16 +214,19 @@ class MPISession(Session):
         self.pids = [os.getpid()] + [0] * (n - 1)
         deadline = time.monotonic() + BOOT_TIMEOUT_S
         for r in range(1, n):
-            pid, local = pickle.loads(_recv_bytes(self._comm, r, TAG_BOOT, deadline, what="start-up reply"))
+            pid, on_ring, same_host = pickle.loads(
+                _recv_bytes(self._comm, r, TAG_BOOT, deadline, what="start-up reply"))
             self.pids[r] = pid
-            if local:
+            if same_host:
                 self._pidfds[r] = os.pidfd_open(pid)
             else:
-                self._remote.append(r)
+                self._other_hosts.append(r)
+            if not on_ring:
+                self._relayed.append(r)
         for req in sends:
             req.Wait()
-        if self._remote:
-            self._relay = _Relay(self, self._remote, self.pids)
+        if self._relayed:
+            self._relay = _Relay(self, self._relayed, self.pids, self._other_hosts)
 
     def _check_workers(self) -> WorkerError | None:
         if self._thread is not None and not self._thread.is_alive() and not self._closed:
@@ -244,7 +259,7 @@ class MPISession(Session):
     # -- commands to ranks on other hosts ---------------------------------------------
     def _post(self, op: int, a: int, b: int, payload) -> int:
         seq = super()._post(op, a, b, payload)
-        if self._remote:
+        if self._relayed:
             self._send_remote(seq, op, a, b, payload)
         return seq
 
@@ -252,15 +267,15 @@ class MPISession(Session):
         ids, self._to_free = tuple(self._to_free), []
         if self._failure is None and not self._closed:
             seq = self._chan.post(Op.FREE, 0, 0, ids)
-            if self._remote:
+            if self._relayed:
                 self._send_remote(seq, Op.FREE, 0, 0, ids)
 
     def _send_remote(self, seq: int, op: int, a: int, b: int, payload) -> None:
-        if not self._remote:
+        if not self._relayed:
             return
         data = _encode_command(seq, op, a, b, payload)
         self._sends = [(r, d) for r, d in self._sends if not r.Test()]
-        for rank in self._remote:
+        for rank in self._relayed:
             self._sends.append((self._comm.Isend([data, _byte()], dest=rank, tag=TAG_CMD), data))
 
     def _at_exit(self) -> None:
@@ -292,12 +307,12 @@ def _run_worker0(fd: int, n: int, device: str, crashes: dict[int, str]) -> None:
 class _Relay:
     """Rank 0's stand-in on the ring for the ranks on other hosts (see the module doc)."""
 
-    def __init__(self, sess: MPISession, ranks: list[int], pids: list[int]):
+    def __init__(self, sess: MPISession, ranks: list[int], pids: list[int], heartbeat_with: list[int]):
         self.error: str | None = None
         self.error_worker = -1
         self._comm = sess._comm
         self._pids = pids
-        self._pulse = _Pulse(self._comm, ranks)
+        self._pulse = _Pulse(self._comm, heartbeat_with)
         self._stop = threading.Event()
         self._chans = {}
         self._transfers = {}
@@ -354,10 +369,10 @@ class _Relay:
             pass
         except _Silent as e:
             self.error_worker = e.rank
-            self.error = (f"worker {e.rank} (MPI rank {e.rank}, pid {self._pids[e.rank]}, commands relayed over MPI) "
-                          f"sent no heartbeat for {e.silent_s:.1f} s (limit {self._pulse.limit_s:g} s, "
-                          "DISCO_MPI_SILENCE_LIMIT_S): it died or stopped responding; the session is unusable "
-                          "and the job should end")
+            self.error = (f"worker {e.rank} (MPI rank {e.rank}, pid {self._pids[e.rank]} on another host) sent "
+                          f"no heartbeat for {e.silent_s:.1f} s (limit {self._pulse.limit_s:g} s, "
+                          "DISCO_MPI_SILENCE_LIMIT_S): it died, hangs holding the GIL, or its host or network "
+                          "failed; the session is unusable and the job should end")
         except BaseException as e:
             self.error_worker = w
             self.error = f"relay for MPI rank {w} failed: {type(e).__name__}: {e}"
@@ -368,7 +383,7 @@ class _Stopped(Exception):
 
 
 class _Silent(Exception):
-    """A relayed rank sent no heartbeat for too long."""
+    """A rank on another host sent no heartbeat for too long."""
 
     def __init__(self, rank: int, silent_s: float):
         super().__init__(rank, silent_s)
@@ -424,40 +439,51 @@ def serve_rank(comm=None, device: str = "cpu") -> int:
     w, n = comm.rank, comm.size
     info = pickle.loads(_recv_bytes(comm, 0, TAG_BOOT, time.monotonic() + BOOT_TIMEOUT_S, what="start-up message"))
     device = info.get("device", device)
-    chan, pidfd = None, None
-    if info["transport"] != "mpi":
-        chan, pidfd = _attach_same_host(info, w)
-    comm.Send([pickle.dumps((os.getpid(), chan is not None)), MPI.BYTE], dest=0, tag=TAG_BOOT)
-    if pidfd is not None:
-        _start_watcher(info["pid"])
+    mine = None if info["transport"] == "remote" else _host_identity()
+    controller = _pidfd(info["pid"]) if mine is not None and mine == info["host"] else None
+    chan = _attach_ring(info, w) if controller is not None and info["transport"] == "auto" else None
+    comm.Send([pickle.dumps((os.getpid(), chan is not None, controller is not None)), MPI.BYTE], dest=0, tag=TAG_BOOT)
     ctx = WorkerContext(worker_id=w, num_workers=n, device=device)
     set_worker_context(ctx, process_wide=True)
-    if chan is not None:
-        alive = lambda: not select.select([pidfd], [], [], 0)[0]  # noqa: E731
-        serve(chan, ctx, alive=alive)
-        if not alive():  # no MPI_Finalize: it would wait for the dead controller forever
-            sys.stderr.write(f"disco worker {w} (MPI rank {w}, pid {os.getpid()}): the controller "
-                             f"(rank 0, pid {info['pid']}) died; exiting\n")
-            sys.stderr.flush()
-            os._exit(1)
+    chan = _MPIChannel(comm) if chan is None else chan
+    if controller is not None:
+        _start_watcher(info["pid"])
+        _serve_watching_pid(chan, ctx, controller, info["pid"])
     else:
-        stop = threading.Event()
-        beats = threading.Thread(target=_watch_controller, args=(comm, info["pid"], stop), daemon=True,
-                                 name=f"disco-mpi-heartbeat-{w}")
-        beats.start()
-        try:
-            serve(_MPIChannel(comm), ctx)
-        finally:
-            stop.set()
-            beats.join()
+        _serve_with_heartbeats(chan, ctx, comm, info["pid"])
     sys.stdout.flush()
     sys.stderr.flush()
     return 0
 
 
+def _serve_watching_pid(chan, ctx: WorkerContext, controller_fd: int, controller_pid: int) -> None:
+    """Serve a rank on the controller's host until SHUTDOWN or the controller's death."""
+    alive = lambda: not select.select([controller_fd], [], [], 0)[0]  # noqa: E731
+    serve(chan, ctx, alive=alive)
+    if not alive():  # no MPI_Finalize: it would wait for the dead controller forever
+        w = ctx.worker_id
+        sys.stderr.write(f"disco worker {w} (MPI rank {w}, pid {os.getpid()}): the controller "
+                         f"(rank 0, pid {controller_pid}) died; exiting\n")
+        sys.stderr.flush()
+        os._exit(1)
+
+
+def _serve_with_heartbeats(chan, ctx: WorkerContext, comm, controller_pid: int) -> None:
+    """Serve a rank on another host, exchanging heartbeats with rank 0 from a thread."""
+    stop = threading.Event()
+    beats = threading.Thread(target=_watch_controller, args=(comm, controller_pid, stop), daemon=True,
+                             name=f"disco-mpi-heartbeat-{ctx.worker_id}")
+    beats.start()
+    try:
+        serve(chan, ctx)
+    finally:
+        stop.set()
+        beats.join()
+
+
 def _watch_controller(comm, controller_pid: int, stop: threading.Event) -> None:
-    """On a relayed rank, until `stop`: heartbeats with rank 0; if rank 0 falls silent
-    (it died, or its host did), end this process even if it is blocked in MPI."""
+    """Until `stop`: heartbeats with rank 0; if rank 0 falls silent (it died, or its host
+    or the network did), end this process, even if it is blocked in MPI."""
     pulse = _Pulse(comm, [0], first_within_s=BOOT_TIMEOUT_S)  # rank 0 starts beating once all ranks booted
     while not stop.wait(0.05):
         silent = pulse.tick()
@@ -470,17 +496,36 @@ def _watch_controller(comm, controller_pid: int, stop: threading.Event) -> None:
             os._exit(1)
 
 
-def _attach_same_host(info: dict, w: int):
-    """(channel, controller pidfd) if this rank can map the controller's segment, else (None, None)."""
+def _host_identity() -> tuple | None:
+    """Equal on two ranks exactly when a pid names the same process to both: the same
+    kernel boot and pid namespace. None where /proc does not tell."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as f:
+            boot = f.read().strip()
+        ns = os.stat("/proc/self/ns/pid")
+    except OSError:
+        return None
+    return boot, ns.st_dev, ns.st_ino
+
+
+def _pidfd(pid: int) -> int | None:
+    try:
+        return os.pidfd_open(pid)
+    except OSError:
+        return None
+
+
+def _attach_ring(info: dict, w: int):
+    """The controller's channel if this rank can map its segment, else None."""
     try:
         fd = os.open(f"/proc/{info['pid']}/fd/{info['fd']}", os.O_RDWR)
     except OSError:
-        return None, None
+        return None
     try:
         st = os.fstat(fd)
-        if (st.st_dev, st.st_ino) != (info["dev"], info["ino"]):  # a pid of another host's process
-            return None, None
-        return _native.Channel.attach(fd, w), os.pidfd_open(info["pid"])
+        if (st.st_dev, st.st_ino) != (info["dev"], info["ino"]):
+            return None
+        return _native.Channel.attach(fd, w)
     finally:
         os.close(fd)
 
