@@ -34,10 +34,12 @@ def _env() -> dict:
     return env
 
 
-# ccl_backend="auto": shm while every rank maps rank 0's ring (one host), mpi once
-# commands are relayed (other hosts; DISCO_MPI_TRANSPORT=mpi stands in for them here).
+# ccl_backend="auto": shm while every rank is on rank 0's host, however its commands
+# travel (DISCO_MPI_TRANSPORT=mpi relays them over MPI); mpi with ranks on other hosts
+# (DISCO_MPI_TRANSPORT=remote stands in for them here).
 @pytest.mark.parametrize("n,transport,expected_auto,args", [(2, "auto", "shm", []),
-                                                            (2, "mpi", "mpi", ["--auto-only"])])
+                                                            (2, "mpi", "shm", ["--auto-only"]),
+                                                            (2, "remote", "mpi", ["--auto-only"])])
 def test_tp_modules_under_mpiexec(n, transport, expected_auto, args):
     env = dict(_env(), DISCO_MPI_TRANSPORT=transport)
     p = subprocess.Popen([_mpiexec(), "-n", str(n), sys.executable, APP, expected_auto, *args], env=env, cwd=ROOT,

@@ -4,8 +4,8 @@ MPISession (ccl backends mpi and shm), checked against numpy; prints "ALL OK".
     tp_mpi_app.py EXPECTED_AUTO [--auto-only]
 
 EXPECTED_AUTO is the backend the test expects `load_module`'s ccl_backend="auto" to
-choose for this launch (shm when all ranks share rank 0's host, mpi when commands are
-relayed); every worker's communicator is checked against it. --auto-only skips the
+choose for this launch (shm when all ranks share rank 0's host, mpi with ranks on
+other hosts); every worker's communicator is checked against it. --auto-only skips the
 explicit-backend runs."""
 from __future__ import annotations
 
