@@ -7,6 +7,7 @@ MPI (DISCO_MPI_TRANSPORT=mpi; liveness still by pidfd on one host), and as if ev
 rank were on another host (DISCO_MPI_TRANSPORT=remote: liveness by heartbeats)."""
 from __future__ import annotations
 
+import os
 import re
 import sys
 import textwrap
@@ -15,7 +16,7 @@ import pytest
 
 import disco
 from disco.errors import SessionError
-from launch_helpers import APP, Job, mpiexec_path, needs_mpi, python
+from launch_helpers import APP, ROOT, Job, mpiexec_path, needs_mpi, python
 
 pytestmark = pytest.mark.timeout(120)
 mpi = [pytest.mark.mpi, needs_mpi]
@@ -128,8 +129,46 @@ def test_worker_count_mismatch_names_both_numbers(tmp_path):
     assert job.leftovers() == []
 
 
-def test_mesh_size_check_names_both_numbers():
+MESH4_APP = textwrap.dedent("""
+    import sys
+    import compiler
+    from compiler import script
+    import disco
+
+    sess = disco.start()
+    with sess:
+        sys.path.insert(0, sys.argv[1])
+        import _tp_models as M
+        executable = compiler.build(script.parse(M.mlp(4)))  # sharded over a mesh of 4
+        print("loading on", sess.num_workers, "workers", flush=True)
+        sess.load_module(executable)
+        print("loaded")
+""")
+E2E = os.path.join(ROOT, "tests", "e2e")
+MESH_MISMATCH = r"device mesh of 4 devices but the session has 2 workers; start it with 4 workers"
+
+
+def test_mesh_size_mismatch_fails_at_load_naming_both_numbers(monkeypatch):
+    monkeypatch.syspath_prepend(E2E)
+    import _tp_models as M
+    from compiler import build, script
+
+    executable = build(script.parse(M.mlp(4)))
     with disco.ThreadedSession(2) as sess:
-        sess._check_mesh_size(2)  # fits: no error
-        with pytest.raises(SessionError, match=r"device mesh of 4 devices but the session has 2 workers.*-n 4"):
-            sess._check_mesh_size(4)
+        with pytest.raises(SessionError, match=MESH_MISMATCH + r".*-n 4"):
+            sess.load_module(executable)
+
+
+@pytest.mark.mpi
+@needs_mpi
+@pytest.mark.parametrize("launcher", ["mpiexec", "disco-launch"])
+def test_mesh_size_mismatch_under_mpi_fails_at_load_naming_both_numbers(tmp_path, launcher):
+    app = tmp_path / "mesh4.py"
+    app.write_text(MESH4_APP)
+    start = [mpiexec_path(), "-n", "2", sys.executable] if launcher == "mpiexec" else python("-m", "launch", "-n", "2")
+    job = Job(start + [str(app), E2E])
+    assert job.rc != 0
+    assert "loading on 2 workers" in job.out and "loaded" not in job.out, (job.out, job.err)
+    assert "sess.load_module(executable)" in job.err and "disco.errors.SessionError" in job.err, job.err
+    assert re.search(MESH_MISMATCH, job.err), job.err
+    assert job.leftovers() == []
