@@ -34,6 +34,9 @@ def main(path: str) -> None:
             x = sess.scatter(inputs(n, name))
             calls = {
                 "allreduce_sum": f["allreduce"](x, "sum"), "allreduce_max": f["allreduce"](x, "max"),
+                "allreduce_prod": f["allreduce"](x, "prod"), "allreduce_min": f["allreduce"](x, "min"),
+                "reduce_scatter_prod_1": f["reduce_scatter"](x, "prod", 1),
+                "reduce_scatter_min_1": f["reduce_scatter"](x, "min", 1),
                 "allgather_0": f["allgather"](x, 0), "allgather_1": f["allgather"](x, 1),
                 "reduce_scatter_1": f["reduce_scatter"](x, "sum", 1),
                 "broadcast": f["broadcast_from_worker0"](x), "scatter_1": f["scatter_from_worker0"](x, 1),

@@ -23,9 +23,11 @@ TOL = {"float16": 1e-2, "bfloat16": 3e-2}
 def references(full: np.ndarray, n: int) -> dict[str, list]:
     """Per key, worker w's expected result (None: that worker gets None), from numpy."""
     parts = np.split(full.astype(np.float64), n)
-    total = np.sum(parts, axis=0)
+    total, product, smallest = np.sum(parts, axis=0), np.prod(parts, axis=0), np.min(parts, axis=0)
     return {
         "allreduce_sum": [total] * n, "allreduce_max": [np.max(parts, axis=0)] * n,
+        "allreduce_prod": [product] * n, "allreduce_min": [smallest] * n,
+        "reduce_scatter_prod_1": np.split(product, n, axis=1), "reduce_scatter_min_1": np.split(smallest, n, axis=1),
         "allgather_0": [np.concatenate(parts, 0)] * n, "allgather_1": [np.concatenate(parts, 1)] * n,
         "reduce_scatter_1": np.split(total, n, axis=1), "broadcast": [parts[0]] * n,
         "scatter_1": np.split(parts[0], n, axis=1), "gather_1": [np.concatenate(parts, 1)] + [None] * (n - 1),
