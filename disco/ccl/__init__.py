@@ -1,12 +1,13 @@
 """Collectives for code running inside a worker: one interface, several backends.
 
-`FUNCTIONS` is the one table of collective names. Each backend (`shm` here; NCCL and
-MPI later) provides a `Communicator` subclass with a method per name it supports; the
+`FUNCTIONS` is the one table of collective names. Each backend (shm.py, mpi.py,
+nccl.py) provides a `Communicator` subclass with a method per name it supports; the
 functions below look up the calling worker's communicator (in
 `current_context().state["ccl"]`) and dispatch to it, so a backend that lacks one
 raises "no `allreduce` for backend `shm`". `init(backend, group_name)` makes the
-communicator; a session's `init_ccl(backend)` calls it on every worker through the
-global function "disco.ccl.init". The collectives are also global functions
+communicator; a session's `init_ccl(backend, **options)` calls it on every worker
+through the global function "disco.ccl.init", after `session_options` let the backend
+add what its workers must agree on (NCCL: worker 0's unique id). The collectives are also global functions
 "ccl.allreduce", ... so that a controller can call them on DRefs.
 
 All functions take and return arrays of the worker's device (numpy on CPU) and return
@@ -70,8 +71,28 @@ for _name in FUNCTIONS:
 
 
 def register_backend(name: str, factory: Callable[..., Communicator]) -> None:
-    """Make `init(name, ...)` build communicators with `factory(group, rank, world, **options)`."""
+    """Make `init(name, ...)` build communicators with `factory(group, rank, world, **options)`.
+    A factory with a `session_setup(sess, options) -> options` attribute is asked, on the
+    controller, for the options every worker's communicator needs (see session_options)."""
     _BACKENDS[name] = factory
+
+
+def _factory(backend: str, where: str) -> Callable[..., Communicator]:
+    if backend not in _BACKENDS and backend in _LAZY:
+        importlib.import_module(_LAZY[backend])
+    if backend not in _BACKENDS:
+        known = sorted(set(_BACKENDS) | set(_LAZY))
+        raise CollectiveError(f"{where}: unknown backend {backend!r}; expected one of {known}")
+    return _BACKENDS[backend]
+
+
+def session_options(backend: str, sess: Any, options: dict) -> dict:
+    """On the controller of `sess`, before `sess.init_ccl(backend)` reaches the workers:
+    `options` with what the backend's `session_setup` adds through the session (the
+    values every worker must share, such as an NCCL unique id made on worker 0 and
+    handed to the others through the controller, which works on one host or many)."""
+    setup = getattr(_factory(backend, "init_ccl"), "session_setup", None)
+    return setup(sess, options) if setup is not None else options
 
 
 def init(backend: str = "shm", group_name: str = "default", **options: Any) -> Communicator:
@@ -80,16 +101,12 @@ def init(backend: str = "shm", group_name: str = "default", **options: Any) -> C
     Rank and world size come from `disco._context.current_context()`. Every worker of
     the group must call this with the same arguments; it returns once all have joined.
     `options` go to the backend (shm: chunk_bytes, small_bytes, timeout_s, spin_us)."""
-    if backend not in _BACKENDS and backend in _LAZY:
-        importlib.import_module(_LAZY[backend])
-    if backend not in _BACKENDS:
-        known = sorted(set(_BACKENDS) | set(_LAZY))
-        raise CollectiveError(f"ccl.init: unknown backend {backend!r}; expected one of {known}")
+    factory = _factory(backend, "ccl.init")
     ctx = current_context()
     old = ctx.state.pop("ccl", None)
     if old is not None:
         old.close()
-    comm = _BACKENDS[backend](group_name, ctx.worker_id, ctx.num_workers, **options)
+    comm = factory(group_name, ctx.worker_id, ctx.num_workers, **options)
     ctx.state["ccl"] = comm
     return comm
 
@@ -150,13 +167,19 @@ def barrier() -> None:
     return communicator().barrier()
 
 
+def _init_from_session(backend: str, group_name: str, options: tuple = ()) -> Communicator:
+    """`init` as the global function "disco.ccl.init": the options come as the
+    (name, value) pairs a session sends."""
+    return init(backend, group_name, **dict(options))
+
+
 def _register_global_funcs() -> None:
     """Expose init and the collectives as global functions, for sessions and DRefs."""
     try:
         from disco.registry import register_func
     except ImportError:  # the registry is not part of this checkout yet
         return
-    register_func("disco.ccl.init", override=True)(init)
+    register_func("disco.ccl.init", override=True)(_init_from_session)
     for name in FUNCTIONS:
         register_func(f"ccl.{name}", override=True)(globals()[name])
 

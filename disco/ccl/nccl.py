@@ -1,9 +1,11 @@
 """The NCCL backend of disco.ccl (`sess.init_ccl("nccl")`), through cupy.cuda.nccl.
 
-Setup: worker 0 creates the NCCL unique id (`nccl.get_unique_id()`) and the other
-workers receive it through a short-lived shared-memory group (the session's own
-channel between its workers, `disco.ccl.shm`); `unique_id=` skips that exchange (for
-launchers that distribute the id themselves). Each worker then builds its
+Setup: worker 0 creates the NCCL unique id (`nccl.get_unique_id()`) and every worker
+must get it. `sess.init_ccl("nccl")` fetches it from worker 0 through the session and
+hands it to every worker as `unique_id=` (`session_setup`), which works for workers on
+one host or on several (MPISession). Code that calls `disco.ccl.init("nccl", group)`
+inside its workers without a session exchanges it through a short-lived group of
+backend `bootstrap` (default shm, same host only; "mpi" across hosts). Each worker then builds its
 `NcclCommunicator(world, uid, rank)` on its current GPU, so bind the workers to their
 GPUs first (`disco.cuda.bind_session_devices`).
 
@@ -55,8 +57,26 @@ def nccl_op(nccl, op: str) -> int:
     return table[op]
 
 
+def unique_id() -> tuple | None:
+    """On worker 0: a new NCCL unique id, as ints (the global function
+    "disco.ccl.nccl.unique_id"); None on the other workers."""
+    from disco._context import current_context
+    if current_context().worker_id != 0:
+        return None
+    return tuple(int(v) for v in _nccl().get_unique_id())
+
+
 class NcclCommunicator(Communicator):
     backend = "nccl"
+
+    @staticmethod
+    def session_setup(sess, options: dict) -> dict:
+        """Controller side of `sess.init_ccl("nccl")`: worker 0's unique id for everyone."""
+        if sess.num_workers > 1 and options.get("unique_id") is None:
+            sess.import_module("disco.ccl.nccl")
+            uid = sess.get_global_func("disco.ccl.nccl.unique_id")().fetch(worker=0)
+            options = dict(options, unique_id=tuple(uid))
+        return options
 
     def __init__(self, group_name: str, rank: int, world: int, *, unique_id=None,
                  bootstrap: str = "shm", timeout_s: float = 120.0):
@@ -212,3 +232,11 @@ class NcclCommunicator(Communicator):
 
 
 register_backend("nccl", NcclCommunicator)
+
+
+def _register_global_funcs() -> None:
+    from disco.registry import register_func
+    register_func("disco.ccl.nccl.unique_id", override=True)(unique_id)
+
+
+_register_global_funcs()

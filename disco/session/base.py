@@ -191,12 +191,16 @@ class Session:
         """Wait until every worker has run every command sent so far; raise their errors."""
         self._collect(self._post(Op.SYNC, 0, 0, None), "sync")
 
-    def init_ccl(self, backend: str = "shm") -> None:
+    def init_ccl(self, backend: str = "shm", **options: Any) -> None:
         """Make a collective communicator on every worker: calls the global function
-        "disco.ccl.init"(backend, group_name) on all workers (importing disco.ccl there
-        if needed), with a group name unique to this call, and waits for it."""
+        "disco.ccl.init"(backend, group_name, options) on all workers, with a group name
+        unique to this call, and waits for it. `options` go to the backend (shm:
+        timeout_s, chunk_bytes, ...); a backend may add its own first, through this
+        session (nccl: worker 0's unique id, see `disco.ccl.session_options`)."""
+        from disco import ccl
         group = f"disco-{os.getpid()}-{uuid.uuid4().hex[:12]}"
-        self.get_global_func("disco.ccl.init")(backend, group)
+        options = ccl.session_options(backend, self, dict(options))
+        self.get_global_func("disco.ccl.init")(backend, group, tuple(options.items()))
         self.sync()
 
     def load_module(self, executable, **options: Any):

@@ -98,3 +98,27 @@ def test_bad_arguments_on_one_worker_raise_on_every_worker(sess, case):
     y = sess.get_global_func("ccl.allreduce")(sess.get_global_func("test.times_worker")(sess.broadcast(a)), "sum")
     for w in range(WORLD):
         np.testing.assert_array_equal(y.fetch(worker=w), a * sum(range(1, WORLD + 1)))
+
+
+def test_init_ccl_options_and_values_made_on_worker0_reach_every_worker(sess):
+    """A backend's session_setup runs on the controller (NCCL: worker 0's unique id,
+    handed to every worker through the session); the user's options go along."""
+    import os
+
+    import worker_funcs  # noqa: F401  (registers the test_token backend in the controller)
+    sess.init_ccl("test_token", seed=7, label="tp")
+    state = sess.get_global_func("test.ccl_state")()
+    got = [state.fetch(worker=w) for w in range(WORLD)]
+    worker0_pid = got[0][1][0]
+    assert got == [("test_token", (worker0_pid, 7), "tp")] * WORLD
+    assert (worker0_pid == os.getpid()) == isinstance(sess, disco.ThreadedSession)
+    sess.init_ccl("shm")                     # and back: the shm collectives work again
+    x = sess.scatter(np.arange(2 * WORLD, dtype=np.float32).reshape(WORLD, 2))
+    np.testing.assert_array_equal(sess.get_global_func("ccl.allreduce")(x, "sum").fetch(worker=1),
+                                  np.arange(2 * WORLD, dtype=np.float32).reshape(WORLD, 2).sum(0, keepdims=True))
+
+
+def test_init_ccl_unknown_backend_names_the_known_ones(sess):
+    with pytest.raises(disco.errors.CollectiveError, match=r"init_ccl: unknown backend 'nope'; expected one "
+                                                           r"of \[.*'mpi', 'nccl'.*'shm'.*\]"):
+        sess.init_ccl("nope")

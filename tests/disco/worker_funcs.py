@@ -119,3 +119,40 @@ def allreduce_into(x, out_shapes):
     """disco.ccl.allreduce(x, out=...) into a new array of shape out_shapes[worker_id]."""
     from disco import ccl
     return ccl.allreduce(x, out=np.empty(out_shapes[disco.worker_id()], x.dtype))
+
+
+# -- a backend whose workers must share a value made on worker 0 (as NCCL's unique id) --
+
+from disco import ccl as _ccl  # noqa: E402
+
+
+@disco.register_func("test.make_token", override=True)
+def make_token(seed: int):
+    """Worker 0: a value only it can make (its pid and a seed); the others: None."""
+    import os
+    return (os.getpid(), seed) if disco.worker_id() == 0 else None
+
+
+class TokenCommunicator(_ccl.Communicator):
+    """Records the options its workers were made with; `session_setup` fetches worker
+    0's token through the session, as the NCCL backend does with its unique id."""
+    backend = "test_token"
+
+    def __init__(self, group_name, rank, world, token=None, label=""):
+        super().__init__(rank, world)
+        self.token, self.label = token, label
+
+    @staticmethod
+    def session_setup(sess, options):
+        seed = options.pop("seed", 0)
+        token = sess.get_global_func("test.make_token")(seed).fetch(worker=0)
+        return dict(options, token=tuple(token))
+
+
+_ccl.register_backend("test_token", TokenCommunicator)
+
+
+@disco.register_func("test.ccl_state", override=True)
+def ccl_state():
+    comm = _ccl.communicator()
+    return comm.backend, comm.token, comm.label
