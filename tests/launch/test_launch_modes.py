@@ -3,6 +3,7 @@ mpiexec and without it), `mpiexec -n 2 python app.py`; the controller's output m
 the same and match numpy. Plus the launcher's options: --env, exit status, prefixes."""
 from __future__ import annotations
 
+import os
 import sys
 import textwrap
 
@@ -90,3 +91,37 @@ def test_env_is_forwarded_and_exit_status_propagates(tmp_path, mode):
     assert job.rc == 3, (job.out, job.err)
     assert "FOO: ['a b=c', 'a b=c']" in job.out.splitlines(), job.out
     assert job.leftovers() == []
+
+
+CONSOLE_SCRIPT = os.path.join(os.path.dirname(sys.executable), "disco-launch")
+needs_console_script = pytest.mark.skipif(not os.access(CONSOLE_SCRIPT, os.X_OK),
+                                          reason=f"no installed console script {CONSOLE_SCRIPT} (pip install -e .)")
+
+
+def script_python() -> str:
+    """The interpreter of the console script's #! line: `python -m launch` run with it
+    prints the same sys.executable in its commands."""
+    with open(CONSOLE_SCRIPT) as f:
+        line = f.readline()
+    assert line.startswith("#!"), line
+    return line[2:].split()[0]
+
+
+@needs_console_script
+@pytest.mark.parametrize("mode", ["local", pytest.param("mpi", marks=[pytest.mark.mpi, needs_mpi])])
+def test_console_script_dry_run_prints_what_python_m_launch_prints(mode):
+    args = ["-n", "2", "--mode", mode, "--env", "K=v w", "--dry-run", APP, "--size", "4"]
+    script = Job([CONSOLE_SCRIPT, *args])
+    module = Job([script_python(), "-m", "launch", *args])
+    assert script.rc == module.rc == 0, (script.err, module.err)
+    assert script.out == module.out, (script.out, module.out)
+    assert APP in script.out and "'v w'" in script.out, script.out  # the --env value, quoted
+
+
+@needs_console_script
+def test_console_script_runs_the_app_as_python_m_launch_does():
+    script = Job([CONSOLE_SCRIPT, "-n", "2", APP])
+    module = Job([script_python(), "-m", "launch", "-n", "2", APP])
+    for job in (script, module):
+        check(job, 2)
+    assert script.out == module.out
