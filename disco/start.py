@@ -8,7 +8,9 @@ all ranks, and every other rank serves as a worker inside this call and then exi
 so the code after `disco.start()` runs on the controller only. Otherwise it returns
 a `ProcessSession` with `num_workers` workers (the argument, else DISCO_NUM_WORKERS
 as set by `disco-launch`, else 1). device="cuda" binds worker i to GPU i modulo the
-GPUs of its host (ranks laid out host by host, as mpiexec does by default).
+GPUs of its host (ranks laid out host by host, as mpiexec does by default);
+device="cuda:N", as for a VirtualMachine, starts at GPU N: worker i gets GPU N + i,
+modulo the GPUs of its host (one worker: GPU N).
 
 DISCO_PREFIX_OUTPUT=1 (set by `disco-launch`) makes what workers print start with
 "[<worker id>] ", so their lines can be told from the controller's.
@@ -19,7 +21,7 @@ import os
 import sys
 import threading
 
-from disco.errors import SessionError
+from disco.errors import DiscoError, SessionError
 from disco.registry import register_func
 
 _RANK_VARS = (("PMI_RANK", "PMI_SIZE"), ("OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE"),
@@ -40,11 +42,10 @@ def mpi_environment(environ=None) -> tuple[int, int | None] | None:
 def start(num_workers: int | None = None, device: str = "cpu"):
     """A session for this program: MPISession under mpiexec (on rank 0; other ranks
     never return), ProcessSession otherwise. See the module docstring."""
-    if device not in ("cpu", "cuda"):
-        raise SessionError(f"disco.start: device must be 'cpu' or 'cuda' (one GPU per worker), got {device!r}")
+    first_gpu = _first_gpu(device)
     env = mpi_environment()
     if env is not None:
-        return _with_devices(_start_mpi(env, num_workers, device), device)
+        return _with_devices(_start_mpi(env, num_workers, device), first_gpu)
     n = num_workers if num_workers is not None else _env_workers()
     from disco.session.process import ProcessSession
 
@@ -53,20 +54,48 @@ def start(num_workers: int | None = None, device: str = "cpu"):
         sess.import_module("disco.start")
         sess.get_global_func("disco.start.prefix_output")()
         sess.sync()
-    return _with_devices(sess, device)
+    return _with_devices(sess, first_gpu)
 
 
-def _with_devices(sess, device: str):
-    """device='cuda': bind worker i to GPU i modulo the GPUs of its host (disco.cuda)."""
-    if device == "cuda":
+def _first_gpu(device) -> int | None:
+    """The GPU of worker 0 for `device` ('cuda' -> 0, 'cuda:N' -> N), None for 'cpu'.
+    Only the form is checked here; whether the GPU exists, each worker's host tells."""
+    if isinstance(device, str):
+        if device == "cpu":
+            return None
+        head, sep, index = device.partition(":")
+        if head == "cuda" and (not sep or index.isdigit()):
+            return int(index) if sep else 0
+    raise SessionError(f"disco.start: device must be 'cpu', 'cuda' (worker i on GPU i) or 'cuda:N' "
+                       f"(worker i on GPU N + i), got {device!r}")
+
+
+def _with_devices(sess, first_gpu: int | None):
+    """Bind worker i to GPU first_gpu + i modulo the GPUs of its host; shut the session
+    down if a worker cannot (no cupy, no GPU, no GPU first_gpu)."""
+    if first_gpu is not None:
         try:
-            from disco.cuda import bind_session_devices
-
-            bind_session_devices(sess)
+            sess.import_module("disco.start")
+            sess.get_global_func("disco.start.bind_gpu")(first_gpu)
+            sess.sync()
         except BaseException:
             sess.shutdown()
             raise
     return sess
+
+
+@register_func("disco.start.bind_gpu", override=True)
+def bind_gpu(first: int) -> int:
+    """On a worker: use GPU (first + worker id) modulo this host's GPUs; its index."""
+    from disco._context import current_context
+    from disco.cuda import bind_device, cupy_module
+
+    count = cupy_module().cuda.runtime.getDeviceCount()  # says "needs cupy" / "no GPU" where so
+    if first >= count:
+        raise DiscoError(f"disco.start: device 'cuda:{first}' but this host has {count} GPU(s) "
+                         f"(cuda:0..cuda:{count - 1})")
+    n = current_context().num_workers
+    return bind_device([(first + w) % count for w in range(n)])
 
 
 def _env_workers() -> int:
