@@ -192,8 +192,9 @@ class MPISession(Session):
 
     @property
     def workers_on_other_hosts(self) -> tuple[int, ...]:
-        """Workers on other hosts than rank 0 (every one with DISCO_MPI_TRANSPORT=remote);
-        empty when all share rank 0's host, where same-host means (shm) work."""
+        """Workers on other hosts than rank 0 (all of them with DISCO_MPI_TRANSPORT=remote);
+        empty when every worker shares rank 0's host, so that same-host means such as
+        the shm collectives reach them all."""
         return tuple(self._other_hosts)
 
     # -- Session hooks ----------------------------------------------------------------
