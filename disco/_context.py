@@ -51,3 +51,8 @@ def worker_id() -> int:
 def num_workers() -> int:
     """How many workers the session has."""
     return current_context().num_workers
+
+
+def worker_device() -> str:
+    """The device this worker computes on ("cpu", or "cuda:N" once bound to a GPU)."""
+    return current_context().device

@@ -240,9 +240,9 @@ class DModule:
     """An Executable loaded on every worker of `session` (see the module docstring).
 
     `ccl_backend`: the collectives' backend, initialised on the workers when the module
-    is distributed and the session has not got it yet: "auto" = "shm" (the fastest) when
-    every worker shares the controller's host, "mpi" on an MPISession with ranks on
-    other hosts; None: leave the session's as is."""
+    is distributed and the session has not got it yet: "auto" = the session's
+    `default_ccl_backend()` ("nccl" on GPU workers, "mpi" when some workers are on
+    other hosts, else "shm", the fastest on one host); None: leave the session's as is."""
 
     def __init__(self, session: Session, executable, *, ccl_backend: Optional[str] = "auto"):
         self.session = session
@@ -257,9 +257,9 @@ class DModule:
             raise SessionError(f"{session.name}: the executable's device mesh lists device ids "
                                f"{ids}; loading expects workers 0..{size - 1} in order")
         session.import_module("disco.dmodule")
-        if ccl_backend == "auto":    # shm is same-host only; an MPISession knows its ranks' hosts
-            ccl_backend = "mpi" if getattr(session, "workers_on_other_hosts", ()) else "shm"
         if ccl_backend is not None and session.num_workers > 1 and dist:
+            if ccl_backend == "auto":
+                ccl_backend = session.default_ccl_backend()
             if getattr(session, "_dmodule_ccl", None) != ccl_backend:
                 session.init_ccl(ccl_backend)
                 session._dmodule_ccl = ccl_backend

@@ -86,3 +86,4 @@ def _describe(f: Callable) -> str:
 
 register_func("disco.worker_id", _context.worker_id)
 register_func("disco.num_workers", _context.num_workers)
+register_func("disco.worker_device", _context.worker_device)

@@ -10,7 +10,7 @@ import os
 import time
 import uuid
 import weakref
-from typing import Any
+from typing import Any, Optional
 
 import numpy as np
 
@@ -191,13 +191,30 @@ class Session:
         """Wait until every worker has run every command sent so far; raise their errors."""
         self._collect(self._post(Op.SYNC, 0, 0, None), "sync")
 
-    def init_ccl(self, backend: str = "shm", **options: Any) -> None:
+    @property
+    def workers_on_other_hosts(self) -> tuple[int, ...]:
+        """Workers that do not share the controller's host (an MPISession's may)."""
+        return ()
+
+    def default_ccl_backend(self) -> str:
+        """The collectives' backend `init_ccl()` and `load_module` use unless told:
+        "nccl" when the workers compute on GPUs, "mpi" when some run on other hosts,
+        else "shm" (same host, the fastest on CPU)."""
+        device = self.get_global_func("disco.worker_device")().fetch(worker=0)
+        if str(device).startswith("cuda"):
+            return "nccl"
+        return "mpi" if self.workers_on_other_hosts else "shm"
+
+    def init_ccl(self, backend: Optional[str] = None, **options: Any) -> None:
         """Make a collective communicator on every worker: calls the global function
         "disco.ccl.init"(backend, group_name, options) on all workers, with a group name
-        unique to this call, and waits for it. `options` go to the backend (shm:
-        timeout_s, chunk_bytes, ...); a backend may add its own first, through this
-        session (nccl: worker 0's unique id, see `disco.ccl.session_options`)."""
+        unique to this call, and waits for it. `backend` defaults to
+        `default_ccl_backend()`. `options` go to the backend (shm: timeout_s,
+        chunk_bytes, ...); a backend may add its own first, through this session (nccl:
+        worker 0's unique id, see `disco.ccl.session_options`)."""
         from disco import ccl
+        if backend is None:
+            backend = self.default_ccl_backend()
         group = f"disco-{os.getpid()}-{uuid.uuid4().hex[:12]}"
         options = ccl.session_options(backend, self, dict(options))
         self.get_global_func("disco.ccl.init")(backend, group, tuple(options.items()))

@@ -156,3 +156,9 @@ _ccl.register_backend("test_token", TokenCommunicator)
 def ccl_state():
     comm = _ccl.communicator()
     return comm.backend, comm.token, comm.label
+
+
+@disco.register_func("test.set_device", override=True)
+def set_device(device: str) -> None:
+    """Record `device` as this worker's (what disco.cuda.bind_device does on a GPU)."""
+    current_context().device = device
