@@ -8,6 +8,12 @@ processes of one program are not MPI ranks, and `init` says so.
 Reductions of float16 and bfloat16 run in float32 (as in `shm`); data movement
 (gather, broadcast, scatter) is byte-wise and works for any dtype. Arrays are
 C-contiguous numpy; anything with __array__ / __dlpack__ is converted first.
+
+No mismatch becomes a hang: before its data moves, a collective in which every worker
+passes an array agrees on (whether each worker's own arguments were usable, dtype,
+op, axis, shape) with one small Allreduce; one whose data comes from worker 0 sends
+worker 0's problem with its metadata. On any difference every worker raises the same
+CollectiveError naming the workers and what each gave.
 """
 from __future__ import annotations
 
@@ -23,6 +29,15 @@ _NATIVE = {np.dtype(t) for t in (np.float32, np.float64, np.int8, np.int16, np.i
                                  np.uint8, np.uint16, np.uint32, np.uint64)}
 _VIA_FLOAT32 = {np.dtype(np.float16), np.dtype(ml_dtypes.bfloat16)}
 _LAUNCHER_VARS = ("PMI_RANK", "OMPI_COMM_WORLD_RANK", "PMIX_RANK")
+
+
+_SIG = 16                  # ints in an agreement: problem flag, dtype, op, axis, ndim, dims
+_MAX_DIMS = _SIG - 5
+
+
+def _dtype_code(dtype) -> int:
+    """A number naming `dtype` the same on every worker (its name's bytes)."""
+    return int.from_bytes(str(np.dtype(dtype)).encode()[:8].ljust(8, b"\0"), "little") >> 1
 
 
 def _array(x) -> np.ndarray:
@@ -104,6 +119,55 @@ class MPICommunicator(Communicator):
             raise CollectiveError(f"ccl.{coll}: unknown op {op!r}; expected one of {list(OPS)}")
         return self._ops[op]
 
+    def _agree(self, coll: str, prepare):
+        """Run `prepare()` (this worker's argument checks; returns what the collective
+        needs, with `.describe` = (dtype, op, axis, shape)) and make sure every worker
+        got the same: otherwise every worker raises the same CollectiveError."""
+        problem, got = None, None
+        try:
+            got = prepare()
+        except CollectiveError as e:
+            problem = str(e).removeprefix(f"ccl.{coll}: ")
+        if self.world == 1:
+            if problem is not None:
+                raise CollectiveError(f"ccl.{coll}: {problem}")
+            return got
+        dtype, op, axis, shape = got[-1] if got is not None else (None, None, 0, ())
+        sig = np.zeros(_SIG, np.int64)
+        if problem is None and len(shape) > _MAX_DIMS:
+            problem = f"arrays of more than {_MAX_DIMS} dims are not supported (shape {shape})"
+        if problem is None:
+            sig[:5 + len(shape)] = [0, _dtype_code(dtype), OPS.index(op) + 1 if op else 0, axis,
+                                    len(shape), *shape]
+        else:
+            sig[0] = 1
+        both = np.concatenate([sig, -sig])
+        self._c(coll).Allreduce(self._MPI.IN_PLACE, both, op=self._MPI.MAX)
+        if both[0] == 0 and np.array_equal(both[:_SIG], -both[_SIG:]):
+            return got
+        told = self._c(coll).allgather((problem, None if problem else
+                                        (str(np.dtype(dtype)), op, axis, tuple(shape))))
+        bad = [f"worker {w}: {p}" for w, (p, _) in enumerate(told) if p is not None]
+        if bad:
+            raise CollectiveError(f"ccl.{coll}: invalid arguments on {'; '.join(bad)}")
+        gave = "; ".join(f"worker {w}: {_gave(d)}" for w, (_, d) in enumerate(told))
+        raise CollectiveError(f"ccl.{coll}: the workers' arguments differ ({gave}); every worker "
+                              "must pass the same shape, dtype, op and axis")
+
+    def _from_worker0(self, coll: str, prepare):
+        """Worker 0's `prepare()` (its checks, then the metadata the others need),
+        broadcast with its problem, if any, which every worker raises."""
+        meta, problem = None, None
+        if self.rank == 0:
+            try:
+                meta = prepare()
+            except CollectiveError as e:
+                problem = str(e)
+        problem, meta = self._c(coll).bcast((problem, meta), root=0)
+        if problem is not None:
+            raise CollectiveError(problem if self.rank == 0 else f"{problem} (raised by worker 0)")
+        return meta
+
     def _reducible(self, coll: str, x: np.ndarray) -> np.ndarray:
         """x in a dtype MPI reduces; float16/bfloat16 go through float32."""
         if x.dtype in _NATIVE:
@@ -114,10 +178,13 @@ class MPICommunicator(Communicator):
                               f"one of {sorted(str(d) for d in _NATIVE | _VIA_FLOAT32)}")
 
     def allreduce(self, x, op="sum", out=None):
-        comm, mop = self._c("allreduce"), self._op("allreduce", op)
-        x = _array(x)
-        out = _out("allreduce", out, x.shape, x.dtype)
-        src = self._reducible("allreduce", x)
+        comm = self._c("allreduce")
+
+        def prepare():
+            a = _array(x)
+            return (self._op("allreduce", op), a, _out("allreduce", out, a.shape, a.dtype),
+                    self._reducible("allreduce", a), (a.dtype, op, 0, a.shape))
+        mop, x, out, src, _ = self._agree("allreduce", prepare)
         if src is x:
             comm.Allreduce(x, out, op=mop)
         else:
@@ -128,10 +195,13 @@ class MPICommunicator(Communicator):
 
     def allgather(self, x, axis=0, out=None):
         comm = self._c("allgather")
-        x = _array(x)
-        axis = _axis("allgather", x, axis)
-        shape = x.shape[:axis] + (x.shape[axis] * self.world,) + x.shape[axis + 1:]
-        out = _out("allgather", out, shape, x.dtype)
+
+        def prepare():
+            a = _array(x)
+            ax = _axis("allgather", a, axis)
+            shape = a.shape[:ax] + (a.shape[ax] * self.world,) + a.shape[ax + 1:]
+            return a, ax, _out("allgather", out, shape, a.dtype), (a.dtype, None, ax, a.shape)
+        x, axis, out, _ = self._agree("allgather", prepare)
         blocks = out if axis == 0 else np.empty((self.world, *x.shape), x.dtype)
         comm.Allgather(_bytes(x), _bytes(blocks))
         if axis != 0:
@@ -139,52 +209,68 @@ class MPICommunicator(Communicator):
         return out
 
     def reduce_scatter(self, x, op="sum", axis=0, out=None):
-        comm, mop = self._c("reduce_scatter"), self._op("reduce_scatter", op)
-        x = _array(x)
-        axis = _axis("reduce_scatter", x, axis)
-        blocks = _split_blocks("reduce_scatter", x, axis, self.world)
-        out = _out("reduce_scatter", out, blocks.shape[1:], x.dtype)
-        src = self._reducible("reduce_scatter", blocks)
+        comm = self._c("reduce_scatter")
+
+        def prepare():
+            a = _array(x)
+            ax = _axis("reduce_scatter", a, axis)
+            blocks = _split_blocks("reduce_scatter", a, ax, self.world)
+            return (self._op("reduce_scatter", op), blocks,
+                    _out("reduce_scatter", out, blocks.shape[1:], a.dtype),
+                    self._reducible("reduce_scatter", blocks), (a.dtype, op, ax, a.shape))
+        mop, blocks, out, src, _ = self._agree("reduce_scatter", prepare)
         dst = out if src is blocks else np.empty(out.shape, src.dtype)
         comm.Reduce_scatter_block(src, dst, op=mop)
         if dst is not out:
             out[...] = dst
         return out
 
-    def _meta(self, coll: str, x: np.ndarray | None):
-        """Worker 0's (shape, dtype) on every worker."""
-        meta = (x.shape, x.dtype) if self.rank == 0 else None
-        return self._c(coll).bcast(meta, root=0)
-
     def broadcast_from_worker0(self, x=None):
-        x = _array(x) if self.rank == 0 else None
-        if self.rank == 0 and x is None:
-            raise CollectiveError("ccl.broadcast_from_worker0: worker 0 must pass an array, got None")
-        shape, dtype = self._meta("broadcast_from_worker0", x)
-        buf = x if self.rank == 0 else np.empty(shape, dtype)
+        def prepare():
+            if x is None:
+                raise CollectiveError("ccl.broadcast_from_worker0: worker 0 must pass an array, got None")
+            a = _array(x)
+            return a.shape, a.dtype
+        shape, dtype = self._from_worker0("broadcast_from_worker0", prepare)
+        buf = _array(x) if self.rank == 0 else np.empty(shape, dtype)
         self._c("broadcast_from_worker0").Bcast(_bytes(buf), root=0)
         return buf.copy() if self.rank == 0 else buf
 
     def scatter_from_worker0(self, x=None, axis=0):
         blocks = None
-        if self.rank == 0:
-            x = _array(x)
-            blocks = _split_blocks("scatter_from_worker0", x, _axis("scatter_from_worker0", x, axis), self.world)
-        shape, dtype = self._meta("scatter_from_worker0", blocks)
+
+        def prepare():
+            nonlocal blocks
+            if x is None:
+                raise CollectiveError("ccl.scatter_from_worker0: worker 0 must pass an array, got None")
+            a = _array(x)
+            blocks = _split_blocks("scatter_from_worker0", a, _axis("scatter_from_worker0", a, axis),
+                                   self.world)
+            return blocks.shape, blocks.dtype
+        shape, dtype = self._from_worker0("scatter_from_worker0", prepare)
         out = np.empty(shape[1:], dtype)
         self._c("scatter_from_worker0").Scatter(_bytes(blocks) if blocks is not None else None, _bytes(out), root=0)
         return out
 
     def gather_to_worker0(self, x, axis=0):
         comm = self._c("gather_to_worker0")
-        x = _array(x)
-        axis = _axis("gather_to_worker0", x, axis)
+
+        def prepare():
+            a = _array(x)
+            ax = _axis("gather_to_worker0", a, axis)
+            return a, ax, (a.dtype, None, ax, a.shape)
+        x, axis, _ = self._agree("gather_to_worker0", prepare)
         blocks = np.empty((self.world, *x.shape), x.dtype) if self.rank == 0 else None
         comm.Gather(_bytes(x), _bytes(blocks) if blocks is not None else None, root=0)
         return _concat_blocks(blocks, axis) if blocks is not None else None
 
     def barrier(self):
         self._c("barrier").Barrier()
+
+
+def _gave(d) -> str:
+    dtype, op, axis, shape = d
+    return f"{dtype} {tuple(shape)}" + (f" op {op}" if op else "") + f" axis {axis}"
 
 
 register_backend("mpi", MPICommunicator)

@@ -3,6 +3,7 @@ where the workers are not MPI ranks."""
 from __future__ import annotations
 
 import os
+import re
 import sys
 
 import numpy as np
@@ -63,3 +64,29 @@ def test_mpi_backend_needs_mpi_ranks(monkeypatch):
     with disco.ThreadedSession(2) as sess:
         with pytest.raises(WorkerError, match=r"worker \d of 2 is not an MPI rank.*use backend 'shm'"):
             sess.init_ccl("mpi")
+
+
+@pytest.mark.mpi
+@needs_mpi
+def test_mpi_collective_mismatches_raise_on_every_worker_and_the_group_stays_usable():
+    app = os.path.join(os.path.dirname(__file__), "mpi_ccl_errors_app.py")
+    job = Job([mpiexec_path(), "-n", "2", sys.executable, app], env=clean_env())
+    assert job.rc == 0, f"stdout:\n{job.out}\nstderr:\n{job.err}"
+    lines = dict(line.split(": ", 1) for line in job.out.splitlines() if ": " in line)
+    expected = {
+        "axis_on_one": r"ccl\.allgather: invalid arguments on worker 1: axis 2 is out of range for an "
+                       r"array of shape \(2, 4\)",
+        "shape_differs": r"ccl\.allreduce: the workers' arguments differ \(worker 0: float32 \(2, 4\) op "
+                         r"sum axis 0; worker 1: float32 \(2, 5\) op sum axis 0\)",
+        "op_differs": r"ccl\.allreduce: the workers' arguments differ \(.*op sum.*; worker 1: .*op max",
+        "unknown_op_on_one": r"ccl\.reduce_scatter: invalid arguments on worker 1: unknown op 'mean'",
+        "scatter_uneven": r"ccl\.scatter_from_worker0: axis 0 of shape \(3, 4\) does not split evenly "
+                          r"over 2 workers",
+        "broadcast_none": r"ccl\.broadcast_from_worker0: worker 0 must pass an array, got None",
+    }
+    for case, pattern in expected.items():
+        per_worker = lines[case].split(" | ")
+        assert len(per_worker) == 2 and all(re.match(pattern, text) for text in per_worker), \
+            (case, per_worker)
+    assert lines["after"] == "[[4.0, 6.0, 8.0, 10.0]]"        # rows 0..3 + 4..7
+    assert job.leftovers() == []
