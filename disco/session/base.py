@@ -350,7 +350,12 @@ class Session:
             # once must not make one command too large for a small ring.
             batch = max(1, self._chan.max_message // 16)
             for i in range(0, len(ids), batch):
-                self._chan.post(Op.FREE, 0, 0, tuple(ids[i:i + batch]))
+                self._post_free(tuple(ids[i:i + batch]))
+
+    def _post_free(self, ids: tuple) -> int:
+        """Send one FREE command (a batch of DRef ids); sessions that relay commands
+        elsewhere (MPISession) also send it there."""
+        return self._chan.post(Op.FREE, 0, 0, ids)
 
     def _release(self, force: bool = False) -> None:
         """Close buffers that every worker has read past."""

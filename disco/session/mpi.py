@@ -264,12 +264,11 @@ class MPISession(Session):
             self._send_remote(seq, op, a, b, payload)
         return seq
 
-    def _flush_free(self) -> None:
-        ids, self._to_free = tuple(self._to_free), []
-        if self._failure is None and not self._closed:
-            seq = self._chan.post(Op.FREE, 0, 0, ids)
-            if self._relayed:
-                self._send_remote(seq, Op.FREE, 0, 0, ids)
+    def _post_free(self, ids: tuple) -> int:
+        seq = super()._post_free(ids)
+        if self._relayed:
+            self._send_remote(seq, Op.FREE, 0, 0, ids)
+        return seq
 
     def _send_remote(self, seq: int, op: int, a: int, b: int, payload) -> None:
         if not self._relayed:
@@ -351,7 +350,7 @@ class _Relay:
                 for w in self._transfers:
                     self._transfers[w].release()  # the controller read our last replies
                 for w in others:  # the same message in the other relayed slots
-                    while (c := self._chans[w].next(0.05)) is None:
+                    while self._chans[w].next(0.05) is None:
                         self._check()
                 op, seq, _, b = cmd[0], cmd[1], cmd[2], cmd[3]
                 for w in self._chans:
