@@ -57,6 +57,13 @@ class DRef:
             pass
 
 
+# Dropped DRefs are freed on the workers in batches: before any command the controller
+# waits for (so what it reads reflects them), or once this many are pending. One FREE
+# per call would double the commands of a loop that drops each result.
+_FREE_BATCH = 8
+_WAITED_FOR = frozenset((Op.SYNC, Op.FETCH, Op.GATHER, Op.GET_FUNC, Op.IMPORT, Op.SHUTDOWN))
+
+
 class DFunction:
     """A registered function, called on every worker at once; returns a DRef."""
 
@@ -267,7 +274,7 @@ class Session:
 
     # -- the plumbing -----------------------------------------------------------------
     def _post(self, op: int, a: int, b: int, payload: Any) -> int:
-        if self._to_free:
+        if self._to_free and (len(self._to_free) >= _FREE_BATCH or op in _WAITED_FOR):
             self._flush_free()
         if self._failure is not None or self._closed:
             self._raise_unusable()

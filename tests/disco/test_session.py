@@ -135,6 +135,21 @@ def test_drefs_are_freed_when_dropped(sess):
     assert [live().fetch(w) for w in range(sess.num_workers)] == [0] * sess.num_workers
 
 
+def test_results_dropped_in_a_loop_that_never_waits_stay_bounded_on_workers(sess):
+    """Frees go out in batches (before any command the controller waits for, or every
+    few drops), so a loop that drops each result keeps only a few alive."""
+    from disco.session.base import _FREE_BATCH
+    make = sess.get_global_func("test.make_tracked")
+    live = sess.get_global_func("test.live_count")
+    for _ in range(200):
+        make()                                   # dropped at once
+    counts = live()                              # posted before anything waited
+    assert all(counts.fetch(w) <= _FREE_BATCH for w in range(sess.num_workers))
+    gc.collect()
+    sess.sync()
+    assert [live().fetch(w) for w in range(sess.num_workers)] == [0] * sess.num_workers
+
+
 def test_import_module_registers_on_workers(tmp_path, monkeypatch):
     mod = "worker_funcs_extra"
     (tmp_path / f"{mod}.py").write_text("import disco\n@disco.register_func('test.extra_triple', override=True)\n"
