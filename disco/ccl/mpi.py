@@ -12,9 +12,10 @@ C-contiguous numpy; anything with __array__ / __dlpack__ is converted first.
 No mismatch becomes a hang: before its data moves, a collective in which every worker
 passes an array agrees on (whether each worker's own arguments were usable, dtype,
 op, axis, shape) with one Allreduce of three ints (about 5 us on one host: it roughly
-doubles the latency of a tiny all-reduce, and is noise from 1 MiB up, benchmarks/ccl.py); one whose data comes from worker 0 sends
-worker 0's problem with its metadata. On any difference every worker raises the same
-CollectiveError naming the workers and what each gave.
+doubles the latency of a tiny all-reduce and is noise from 1 MiB up, benchmarks/ccl.py);
+one whose data comes from worker 0 sends worker 0's problem with its metadata. On any
+difference every worker raises the same CollectiveError naming the workers and what
+each gave.
 """
 from __future__ import annotations
 
