@@ -14,8 +14,10 @@ collectives on CPU workers (shm, mpi) and GPU workers (nccl).
 """
 from __future__ import annotations
 
+import functools
 import math
 import sys
+import time
 
 import numpy as np
 
@@ -43,6 +45,34 @@ def _contiguous(x):
 def _copy(x):
     """A new C-contiguous array equal to x, as a collective returns."""
     return _xp(x).array(x, order="C", copy=True)
+
+
+def _timed(fn):
+    """Count the calls of a collective and the seconds spent in them on this worker
+    (waiting for peers included), for `collective_stats`."""
+    kind = fn.__name__
+
+    @functools.wraps(fn)
+    def timed(*args):
+        t0 = time.perf_counter()
+        try:
+            return fn(*args)
+        finally:
+            stats = current_context().state.setdefault("spmd_stats", {})
+            calls, seconds = stats.get(kind, (0, 0.0))
+            stats[kind] = (calls + 1, seconds + time.perf_counter() - t0)
+    return timed
+
+
+@register_func("spmd.collective_stats", override=True)
+def collective_stats(reset: bool = False) -> dict:
+    """{collective: (calls, seconds)} on this worker since the last reset: the time the
+    compiled programs spent in their collectives (benchmarks/tp_mlp.py reads it)."""
+    state = current_context().state
+    stats = dict(state.get("spmd_stats") or {})
+    if reset:
+        state["spmd_stats"] = {}
+    return stats
 
 
 def mesh_coordinate(worker: int, mesh_shape) -> tuple[int, ...]:
@@ -142,6 +172,7 @@ def _split(x: np.ndarray, axis: int, parts: int, index: int, what: str) -> np.nd
 
 
 @register_func("spmd.allreduce", override=True)
+@_timed
 def allreduce(x, op, mesh_shape, mesh_axis):
     if _alone(mesh_shape, mesh_axis):
         return _copy(x)
@@ -160,6 +191,7 @@ def allreduce(x, op, mesh_shape, mesh_axis):
 
 
 @register_func("spmd.allgather", override=True)
+@_timed
 def allgather(x, axis, mesh_shape, mesh_axis):
     if _alone(mesh_shape, mesh_axis):
         return _copy(x)
@@ -175,6 +207,7 @@ def allgather(x, axis, mesh_shape, mesh_axis):
 
 
 @register_func("spmd.reduce_scatter", override=True)
+@_timed
 def reduce_scatter(x, axis, op, mesh_shape, mesh_axis):
     if _alone(mesh_shape, mesh_axis):
         return _copy(x)
@@ -186,7 +219,7 @@ def reduce_scatter(x, axis, op, mesh_shape, mesh_axis):
     if comm is not None:
         return comm.reduce_scatter(_contiguous(x), op, axis, None)
     me, _ = _me(mesh_shape)
-    total = allreduce(x, op, mesh_shape, mesh_axis)
+    total = allreduce.__wrapped__(x, op, mesh_shape, mesh_axis)   # counted as reduce_scatter
     return _split(total, axis, mesh_shape[mesh_axis], mesh_coordinate(me, mesh_shape)[mesh_axis],
                   "R.ccl.reduce_scatter")
 

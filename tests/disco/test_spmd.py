@@ -70,3 +70,21 @@ def test_masked_take_gives_zero_rows_for_other_workers_ids():
         for w in range(2):
             want = np.where(mine[w][:, None], table[ids], 0)
             np.testing.assert_array_equal(out.fetch(w), want)
+
+
+def test_collective_stats_count_each_kind_on_every_worker():
+    with disco.ThreadedSession(2) as s:
+        s.init_ccl("shm")
+        x = s.scatter(np.ones((2, 4), np.float32))
+        s.get_global_func("spmd.collective_stats")(True)        # reset
+        for _ in range(3):
+            s.get_global_func("spmd.allreduce")(x, "sum", [2], 0)
+        s.get_global_func("spmd.allgather")(x, 0, [2], 0)
+        s.get_global_func("spmd.local_slice")(x, 1, [2], 0)      # not a collective
+        stats = s.get_global_func("spmd.collective_stats")(True)
+        for w in range(2):
+            got = stats.fetch(w)
+            assert {k: c for k, (c, _) in got.items()} == {"allreduce": 3, "allgather": 1}
+            assert all(sec >= 0 for _, sec in got.values())
+        again = s.get_global_func("spmd.collective_stats")()
+        assert again.fetch(0) == {}                              # reset by the previous call
