@@ -118,7 +118,21 @@ class Evaluator:
             "T.max": lambda node, a, b, dtype=None: binary(E.Max, a, b, dtype),
             "T.min": lambda node, a, b, dtype=None: binary(E.Min, a, b, dtype),
         }
+        for dt in E.DTYPES:                    # T.float32(0.5), T.int64(n): scalars and casts
+            self.calls["T." + dt] = self._scalar(dt)
         self.defining_sizes = False   # inside a string size: unknown names are new sizes
+
+    def _scalar(self, dtype: str):
+        def make(node, value=None):
+            if value is None:
+                raise self.err(node, f"T.{dtype}() declares a symbolic size; write it as a "
+                                     f"statement of its own: `n = T.{dtype}()`")
+            if isinstance(value, E.PrimExpr):
+                return value if value.dtype == dtype else E.Cast(dtype, value)
+            if E.is_float_dtype(dtype):
+                return E.FloatImm(float_value(value), dtype)
+            return E.const(value, dtype)
+        return make
 
     # scopes ------------------------------------------------------------------------
 

@@ -42,20 +42,6 @@ class RelaxEvaluator(Evaluator):
             "R.device_mesh": self.r_device_mesh, "R.Call": self.r_call, "I.Range": lambda node, a, b=None:
                 range(a) if b is None else range(a, b),
         })
-        for dt in E.DTYPES:
-            self.calls["T." + dt] = self._t_scalar(dt)
-
-    def _t_scalar(self, dtype: str):
-        def make(node, value=None):
-            if value is None:
-                raise self.err(node, f"T.{dtype}() declares a symbolic size; write it as a "
-                                     f"statement of its own: `n = T.{dtype}()`")
-            if isinstance(value, E.PrimExpr):
-                return value if value.dtype == dtype else E.Cast(dtype, value)
-            if E.is_float_dtype(dtype):
-                return E.FloatImm(float_value(value), dtype)
-            return E.const(value, dtype)
-        return make
 
     # struct info -------------------------------------------------------------------
 

@@ -39,8 +39,6 @@ class TIREvaluator(Evaluator):
     def __init__(self, src: Source, module: Optional[ModuleRef], class_name: Optional[str]):
         super().__init__(src, module, class_name)
         c = self.calls
-        for dt in E.DTYPES:
-            c["T." + dt] = self._scalar(dt)
         c["T.Cast"] = lambda node, dtype, value: E.Cast(dtype, E.as_expr(value))
         c["T.Select"] = c["T.if_then_else"] = self.select
         c["T.floordiv"] = lambda node, a, b: binary(E.FloorDiv, a, b)
@@ -55,18 +53,6 @@ class TIREvaluator(Evaluator):
                 c["T." + name] = self._intrinsic(name)
         for name, cls in NODE_CLASSES.items():
             c["T." + name] = (lambda cls: lambda node, a, b, dtype=None: binary(cls, a, b, dtype))(cls)
-
-    def _scalar(self, dtype: str):
-        def make(node, value=None):
-            if value is None:
-                raise self.err(node, f"T.{dtype}() declares a symbolic size; write it as a "
-                                     f"statement of its own: `n = T.{dtype}()`")
-            if isinstance(value, E.PrimExpr):
-                return value if value.dtype == dtype else E.Cast(dtype, value)
-            if E.is_float_dtype(dtype):
-                return E.FloatImm(float_value(value), dtype)
-            return E.const(value, dtype)
-        return make
 
     def _intrinsic(self, name: str):
         def make(node, *args, dtype=None):
