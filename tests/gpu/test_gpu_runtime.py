@@ -185,3 +185,30 @@ def test_process_session_gpu_worker_runs_compiled_mlp(tmp_path):
         sess.import_module("gpu_worker_funcs")
         out = sess.get_global_func("test.gpu.run_vm")(str(path), "mlp", *args).fetch(0)
     np.testing.assert_allclose(out, _mlp_ref(*args), rtol=1e-4, atol=1e-4)
+
+
+def test_process_session_gpu_worker_runs_the_tensor_parallel_mlp_through_load_module():
+    """The distributed issue's Megatron MLP (weights annotated only), built for cuda and
+    loaded with sess.load_module on one GPU worker: placements, DModule argument
+    placement, the spmd collectives on cupy arrays, and fetch, against numpy."""
+    import os
+    import sys
+    sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "e2e"))
+    import _tp_models as M
+
+    import disco
+    from compiler import build, script
+    from disco.cuda import bind_session_devices
+    ex = build(script.parse(M.mlp_weights_annotated(1, dim=16, hidden=32, act="gelu", batch="n")),
+               "cuda")
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((8, 16)).astype(np.float32)
+    w1 = rng.standard_normal((16, 32)).astype(np.float32)
+    w2 = rng.standard_normal((32, 16)).astype(np.float32)
+    with disco.ProcessSession(1) as sess:
+        bind_session_devices(sess, [0])
+        assert sess.default_ccl_backend() == "nccl"
+        dmod = sess.load_module(ex)
+        out = dmod["main"](x, w1, w2).fetch()
+    out = out.get() if hasattr(out, "get") else np.asarray(out)      # cupy -> numpy
+    np.testing.assert_allclose(out, M.mlp_ref(x, w1, w2), rtol=1e-4, atol=1e-4)
