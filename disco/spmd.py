@@ -26,9 +26,6 @@ from disco._context import current_context
 from disco.errors import DiscoError
 from disco.registry import register_func
 
-_REDUCE = {"sum": "sum", "prod": "prod", "min": "min", "max": "max"}   # op -> numpy/cupy reduction
-
-
 def _xp(x):
     """The array module of `x`: cupy for a cupy array (only when cupy is already loaded,
     as it is on a GPU worker), numpy otherwise."""
@@ -182,11 +179,11 @@ def allreduce(x, op, mesh_shape, mesh_axis):
     comm = _group_comm(mesh_shape, mesh_axis)
     if comm is not None:
         return comm.allreduce(_contiguous(x), op, None)
+    if op not in ccl.OPS:     # the op names are also numpy's and cupy's reductions
+        raise DiscoError(f"R.ccl.allreduce: unknown op {op!r}; expected one of {list(ccl.OPS)}")
     vals = _group_values(x, mesh_shape, mesh_axis)
     xp = _xp(x)
-    if op not in _REDUCE:
-        raise DiscoError(f"R.ccl.allreduce: unknown op {op!r}; expected one of {sorted(_REDUCE)}")
-    total = getattr(xp, _REDUCE[op])(xp.stack(vals), axis=0)
+    total = getattr(xp, op)(xp.stack(vals), axis=0)
     return xp.ascontiguousarray(total.astype(x.dtype, copy=False))
 
 

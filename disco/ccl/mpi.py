@@ -125,8 +125,8 @@ class MPICommunicator(Communicator):
         return self._ops[op]
 
     def _agree(self, coll: str, prepare):
-        """Run `prepare()` (this worker's argument checks; returns what the collective
-        needs, with `.describe` = (dtype, op, axis, shape)) and make sure every worker
+        """Run `prepare()` (this worker's argument checks; it returns what the collective
+        needs, the last item being (dtype, op, axis, shape)) and make sure every worker
         got the same: otherwise every worker raises the same CollectiveError."""
         problem, got = None, None
         try:
@@ -138,20 +138,20 @@ class MPICommunicator(Communicator):
                 raise CollectiveError(f"ccl.{coll}: {problem}")
             return got
         # One Allreduce(MAX) of [problem flag, h, -h], h a hash of (dtype, op, axis,
-        # shape) (ints only, so the same in every process): all agree iff no flag is set
-        # and max(h) == min(h).
+        # shape) (ints only, so the same in every process; halved so that -h fits in an
+        # int64): all agree iff no flag is set and max(h) == min(h).
         buf = self._agree_buf
         if problem is None:
             dtype, op, axis, shape = got[-1]
-            h = hash((_dtype_code(dtype), OPS.index(op) + 1 if op else 0, axis, *shape))
+            h = hash((_dtype_code(dtype), OPS.index(op) + 1 if op else 0, axis, *shape)) >> 1
             buf[0], buf[1], buf[2] = 0, h, -h
         else:
             buf[0], buf[1], buf[2] = 1, 0, 0
         self._c(coll).Allreduce(self._MPI.IN_PLACE, buf, op=self._MPI.MAX)
         if buf[0] == 0 and buf[1] == -buf[2]:
             return got
-        told = self._c(coll).allgather((problem, None if problem else
-                                        (str(np.dtype(got[-1][0])), *got[-1][1:3], tuple(got[-1][3]))))
+        mine = None if problem else (str(np.dtype(dtype)), op, axis, tuple(shape))
+        told = self._c(coll).allgather((problem, mine))
         bad = [f"worker {w}: {p}" for w, (p, _) in enumerate(told) if p is not None]
         if bad:
             raise CollectiveError(f"ccl.{coll}: invalid arguments on {'; '.join(bad)}")
