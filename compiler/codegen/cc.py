@@ -3,9 +3,8 @@
 The cache key is the sha256 of (source, flags, compiler version, and the macros the
 compiler predefines for `-march=native` here, which name the host's instruction set: a
 cache shared by machines with different CPUs never hands one an object built for the
-other); the object lives
-under `$DISCO_TP_CACHE` (default `~/.cache/disco-tp/kernels`) as `<key>.so`, next
-to its source `<key>.c`. Writes are atomic (a temporary file renamed into place),
+other); the object lives under `$DISCO_TP_CACHE` (default `~/.cache/disco-tp/kernels`)
+as `<key>.so`, next to its source `<key>.c`. Writes are atomic (a temporary file renamed into place),
 so concurrent builds of the same source from several processes are safe.
 """
 from __future__ import annotations

@@ -77,7 +77,7 @@ class FunctionPrinter:
     def value(self, v: Any) -> str:
         if isinstance(v, str):
             return q(v)
-        if isinstance(v, (dict,)) or type(v).__name__ == "Attrs":
+        if _is_mapping(v):
             return "{" + ", ".join(f"{q(str(k))}: {self.value(x)}" for k, x in v.items()) + "}"
         if isinstance(v, (list, tuple)):
             return "[" + ", ".join(self.value(x) for x in v) + "]"
@@ -87,7 +87,7 @@ class FunctionPrinter:
         """`value(v)`, with dicts and lists too long for one line (module attrs such as
         "distributed") broken into one entry per line, indented below `indent` columns."""
         flat = self.value(v)
-        is_map = isinstance(v, dict) or type(v).__name__ == "Attrs"
+        is_map = _is_mapping(v)
         if indent + len(flat) <= width or not (is_map or isinstance(v, (list, tuple))) or not v:
             return flat
         pad = " " * (indent + 4)
@@ -416,3 +416,8 @@ class FunctionPrinter:
 
 
 __all__ = ["FunctionPrinter", "q"]
+
+
+def _is_mapping(v: Any) -> bool:
+    """A dict or an Attrs: printed as a dict literal."""
+    return isinstance(v, dict) or type(v).__name__ == "Attrs"

@@ -7,8 +7,8 @@ functions below look up the calling worker's communicator (in
 raises "no `allreduce` for backend `shm`". `init(backend, group_name)` makes the
 communicator; a session's `init_ccl(backend, **options)` calls it on every worker
 through the global function "disco.ccl.init", after `session_options` let the backend
-add what its workers must agree on (NCCL: worker 0's unique id). The collectives are also global functions
-"ccl.allreduce", ... so that a controller can call them on DRefs.
+add what its workers must agree on (NCCL: worker 0's unique id). The collectives are
+also global functions "ccl.allreduce", ... so that a controller can call them on DRefs.
 
 All functions take and return arrays of the worker's device (numpy on CPU) and return
 new arrays (numpy semantics); `out=` writes into a given array instead. Every worker

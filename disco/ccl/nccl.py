@@ -5,9 +5,9 @@ must get it. `sess.init_ccl("nccl")` fetches it from worker 0 through the sessio
 hands it to every worker as `unique_id=` (`session_setup`), which works for workers on
 one host or on several (MPISession). Code that calls `disco.ccl.init("nccl", group)`
 inside its workers without a session exchanges it through a short-lived group of
-backend `bootstrap` (default shm, same host only; "mpi" across hosts). Each worker then builds its
-`NcclCommunicator(world, uid, rank)` on its current GPU, so bind the workers to their
-GPUs first (`disco.cuda.bind_session_devices`).
+backend `bootstrap` (default shm, same host only; "mpi" across hosts). Each worker
+then builds its `NcclCommunicator(world, uid, rank)` on its current GPU, so bind the
+workers to their GPUs first (`disco.cuda.bind_session_devices`).
 
 Every collective runs on the worker's current cupy stream and takes cupy arrays
 (numpy arrays and DLPack producers are copied to the GPU first); results are cupy
@@ -21,6 +21,7 @@ import numpy as np
 
 from disco.ccl import OPS, Communicator, register_backend
 from disco.errors import CollectiveError
+from disco.registry import register_func
 
 _META_SLOTS = 16        # ndim, dtype code, dims... for broadcasts of unknown shape
 _DTYPES = ("float16", "float32", "float64", "int8", "uint8", "int32", "uint32", "int64", "uint64",
@@ -57,6 +58,7 @@ def nccl_op(nccl, op: str) -> int:
     return table[op]
 
 
+@register_func("disco.ccl.nccl.unique_id", override=True)
 def unique_id() -> tuple | None:
     """On worker 0: a new NCCL unique id, as ints (the global function
     "disco.ccl.nccl.unique_id"); None on the other workers."""
@@ -232,11 +234,3 @@ class NcclCommunicator(Communicator):
 
 
 register_backend("nccl", NcclCommunicator)
-
-
-def _register_global_funcs() -> None:
-    from disco.registry import register_func
-    register_func("disco.ccl.nccl.unique_id", override=True)(unique_id)
-
-
-_register_global_funcs()
