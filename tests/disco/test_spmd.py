@@ -12,16 +12,19 @@ from disco import spmd
 MESH = (2, 2)
 
 
+def _array_of(seed: int, w: int) -> np.ndarray:
+    """Worker w's array: a (4, 6) int-valued float32 array that differs per worker."""
+    return np.random.default_rng(seed + w).integers(-3, 4, size=(4, 6)).astype(np.float32)
+
+
 @disco.register_func("test_spmd.value", override=True)
 def _value(seed: int) -> np.ndarray:
-    """Worker w's array: a (4, 6) int-valued float32 array that differs per worker."""
-    rng = np.random.default_rng(seed + disco.worker_id())
-    return rng.integers(-3, 4, size=(4, 6)).astype(np.float32)
+    return _array_of(seed, disco.worker_id())
 
 
 def _values(seed):
-    return [np.random.default_rng(seed + w).integers(-3, 4, size=(4, 6)).astype(np.float32)
-            for w in range(4)]
+    """Every worker's array, as the reference sees them."""
+    return [_array_of(seed, w) for w in range(4)]
 
 
 @pytest.fixture(params=["groups", "fallback"])
