@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from ..ir import arith
+from ..ir.expr import dtype_bytes
 from ..ir.struct_info import DTensorStructInfo, StructInfo, TensorStructInfo, TupleStructInfo
 
 Label = Optional[str]
@@ -444,13 +445,6 @@ def shardable_labels(spec: DimSpec) -> list[str]:
             if l is not None and l not in seen and (l in spec.output or l in spec.reduce):
                 seen.append(l)
     return seen
-
-
-def dtype_bytes(dtype: str) -> int:
-    if dtype == "bool":
-        return 1
-    digits = "".join(c for c in dtype if c.isdigit())
-    return max(int(digits) // 8, 1) if digits else 4
 
 
 # -- conversions: the steps LowerToLocalView emits, and the bytes they move ---------------

@@ -42,6 +42,13 @@ def is_int_dtype(dtype: str) -> bool:
     return dtype in INT_DTYPES
 
 
+def dtype_bytes(dtype: str) -> int:
+    """Bytes of one element of `dtype` (one of DTYPES; bool takes a byte)."""
+    if dtype == "bool":
+        return 1
+    return int("".join(c for c in dtype if c.isdigit())) // 8
+
+
 def is_float_dtype(dtype: str) -> bool:
     return dtype in FLOAT_DTYPES
 

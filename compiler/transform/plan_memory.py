@@ -101,15 +101,8 @@ def dtype_class(dtype: str) -> str:
     return dtype
 
 
-def _itemsize(dtype: str) -> int:
-    if dtype == "bool":
-        return 1
-    digits = "".join(ch for ch in dtype if ch.isdigit())
-    return max(int(digits) // 8, 1) if digits else 1
-
-
 def _byte_bound(sinfo: S.TensorStructInfo, bounds: dict) -> Optional[int]:
-    n: float = _itemsize(sinfo.dtype)
+    n: float = E.dtype_bytes(sinfo.dtype)
     for d in sinfo.shape:
         hi = upper_bound(d, bounds)
         if hi == math.inf:
