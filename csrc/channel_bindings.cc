@@ -6,10 +6,21 @@
 // through pickle), tagged EXT on the wire.
 //
 // A message is [u8 op][7 pad][i64 a][i64 b][payload value]; a reply is one value.
+//
+// The hot commands in C++. A worker's loop (disco/session/worker.py) hands the channel
+// its tables (`handle_hot_commands`); `next` then runs CALL (funcs[a](*args) stored as
+// objects[b]), FREE (payload: ids) and SYNC (payload: ids to free, or None) itself,
+// acknowledging a SYNC with an OK/None reply while `clean` says no failure waits to be
+// reported, and returns to Python only for the other commands, a SYNC that must carry
+// failures, and a CALL that raised (missing == kCallRaised, payload: the exception).
+// A pipelined call then costs a worker no Python bytecode besides the function's own.
+// The op numbers are protocol.Op's.
+
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 #include <sys/prctl.h>
 
+#include <chrono>
 #include <cstring>
 #include <memory>
 #include <string>
@@ -24,6 +35,22 @@ namespace {
 
 enum Tag : uint8_t { kNone, kFalse, kTrue, kInt, kFloat, kStr, kBytes, kTuple, kList, kDRef, kArray, kExt };
 constexpr int kMaxDepth = 64;
+constexpr int kOpCall = 1, kOpFree = 3, kOpSync = 6;  // protocol.Op
+constexpr uint32_t kStatusOk = 0;                     // protocol.Status.OK
+constexpr int64_t kCallRaised = -3;                   // `next`: the CALL's function raised
+
+// The pending Python exception as an object with its __traceback__ set; clears it.
+py::object take_exception() {
+  PyObject *type, *value, *tb;
+  PyErr_Fetch(&type, &value, &tb);
+  PyErr_NormalizeException(&type, &value, &tb);
+  if (tb != nullptr) PyException_SetTraceback(value, tb);
+  Py_XDECREF(type);
+  Py_XDECREF(tb);
+  return py::reinterpret_steal<py::object>(value);
+}
+
+using Clock = std::chrono::steady_clock;
 
 template <class T>
 void put(std::string& out, T v) {
@@ -59,6 +86,9 @@ class PyChannel {
 
   py::object dref_type, owner, ext_encode, ext_decode, objects, liveness;
   uint64_t inline_array_bytes = 64 << 10;
+  py::object failed, funcs;  // worker: DRef id -> failure, slot -> function (handle_hot_commands)
+  bool hot = false;          // worker: `next` runs CALL, FREE and SYNC itself
+  bool clean = true;         // worker: no failure waits for a reply, a SYNC may be acknowledged here
 
   // -- codec --
   void Encode(py::handle h, std::string& out, int depth) {
@@ -222,6 +252,19 @@ class PyChannel {
     }
   }
 
+  // Wait for every worker's reply to `seq`; true when each is OK with value None (a
+  // SYNC with nothing to report), so the caller need not decode them.
+  bool WaitAll(uint64_t seq) {
+    bool plain = true;
+    for (int w = 0; w < ch_->num_workers(); ++w) {
+      Wait(w, seq);
+      uint32_t status, len;
+      const uint8_t* p = ch_->Reply(w, &status, &len);
+      plain = plain && status == kStatusOk && len == 1 && p[0] == kNone;
+    }
+    return plain;
+  }
+
   py::tuple Reply(int w) {
     CheckWorker(w);
     uint32_t status, len;
@@ -234,34 +277,81 @@ class PyChannel {
 
   // -- worker --
   py::object Next(double timeout_s) {
-    bool ok;
-    {
-      py::gil_scoped_release nogil;
-      ok = ch_->WaitCommand(timeout_s);
+    const auto t0 = Clock::now();
+    for (;;) {
+      const double left = timeout_s - std::chrono::duration<double>(Clock::now() - t0).count();
+      bool ok;
+      {
+        py::gil_scoped_release nogil;
+        ok = ch_->WaitCommand(std::max(left, 0.0));
+      }
+      if (!ok) return py::none();
+      uint32_t len;
+      uint64_t seq;
+      const uint8_t* p = ch_->Peek(&len, &seq);
+      if (p == nullptr) return py::none();  // woken by close
+      Reader r{p, p + len};
+      const int op = r.get<uint8_t>();
+      r.take(7);
+      const int64_t a = r.get<int64_t>();
+      const int64_t b = r.get<int64_t>();
+      int64_t missing = -1;
+      py::object payload;
+      try {
+        payload = Decode(r, missing);
+      } catch (py::error_already_set& e) {
+        payload = e.value();  // the worker reports it; the message is consumed regardless
+        missing = -2;
+      } catch (std::exception& e) {
+        payload = py::reinterpret_steal<py::object>(PyObject_CallFunction(PyExc_RuntimeError, "s", e.what()));
+        missing = -2;
+      }
+      ch_->Pop();
+      if (hot && missing == -1) {
+        if (op == kOpCall) {
+          py::object raised = Call(a, b, payload);
+          if (!raised) continue;
+          return py::make_tuple(op, seq, a, b, raised, kCallRaised);
+        }
+        if (op == kOpFree || (op == kOpSync && clean)) {
+          Free(payload);
+          if (op == kOpSync) {
+            *ch_->ReplyArea() = kNone;
+            ch_->PostReply(seq, kStatusOk, 1);
+          }
+          continue;
+        }
+      }
+      return py::make_tuple(op, seq, a, b, payload, missing);
     }
-    if (!ok) return py::none();
-    uint32_t len;
-    uint64_t seq;
-    const uint8_t* p = ch_->Peek(&len, &seq);
-    if (p == nullptr) return py::none();  // woken by close
-    Reader r{p, p + len};
-    const int op = r.get<uint8_t>();
-    r.take(7);
-    const int64_t a = r.get<int64_t>();
-    const int64_t b = r.get<int64_t>();
-    int64_t missing = -1;
-    py::object payload;
-    try {
-      payload = Decode(r, missing);
-    } catch (py::error_already_set& e) {
-      payload = e.value();  // the worker reports it; the message is consumed regardless
-      missing = -2;
-    } catch (std::exception& e) {
-      payload = py::reinterpret_steal<py::object>(PyObject_CallFunction(PyExc_RuntimeError, "s", e.what()));
-      missing = -2;
+  }
+
+  // objects[b] = funcs[a](*args); the exception instead if that raised (else a null object).
+  py::object Call(int64_t slot, int64_t result_id, py::handle args) {
+    py::int_ key(slot);
+    PyObject* f = PyDict_GetItem(funcs.ptr(), key.ptr());  // borrowed
+    if (f == nullptr) {
+      PyErr_SetString(PyExc_KeyError, ("no function in slot " + std::to_string(slot) +
+                                       " on this worker (GET_FUNC did not register it)").c_str());
+      return take_exception();
     }
-    ch_->Pop();
-    return py::make_tuple(op, seq, a, b, payload, missing);
+    PyObject* result = PyObject_Call(f, args.ptr(), nullptr);
+    if (result == nullptr) return take_exception();
+    py::int_ rid(result_id);
+    const int rc = PyDict_SetItem(objects.ptr(), rid.ptr(), result);
+    Py_DECREF(result);
+    if (rc != 0) return take_exception();
+    return py::object();
+  }
+
+  // Drop the objects (and recorded failures) of the DRef ids in `ids` (a tuple, or None).
+  void Free(py::handle ids) {
+    if (!PyTuple_Check(ids.ptr())) return;
+    for (py::handle id : py::reinterpret_borrow<py::tuple>(ids)) {
+      for (PyObject* table : {objects.ptr(), failed.ptr()}) {
+        if (PyDict_Contains(table, id.ptr()) == 1 && PyDict_DelItem(table, id.ptr()) != 0) PyErr_Clear();
+      }
+    }
   }
 
   void SendReply(uint64_t seq, uint32_t status, py::handle value) {
@@ -330,13 +420,29 @@ void bind_channel(py::module_& m) {
       .def("post", &PyChannel::Post, py::arg("op"), py::arg("a"), py::arg("b"), py::arg("payload"),
            "Encode and publish one command; returns its seq.")
       .def("wait", &PyChannel::Wait, py::arg("worker"), py::arg("seq"), "Block until `worker` replied to `seq`.")
+      .def("wait_all", &PyChannel::WaitAll, py::arg("seq"),
+           "Block until every worker replied to `seq`; True if every reply is OK with value None.")
       .def("reply", &PyChannel::Reply, py::arg("worker"), "(status, value) of `worker`'s last reply.")
       .def("attached", [](PyChannel& c, int w) { return c.ch().attached(w); })
       .def("consumed", [](PyChannel& c, int w) { return c.ch().consumed(w); })
       .def("close", [](PyChannel& c) { c.ch().Close(); })
       .def("next", &PyChannel::Next, py::arg("timeout_s"),
            "Worker: (op, seq, a, b, payload, missing) or None on timeout/close. missing: first unknown "
-           "DRef id, -1 if none, -2 if decoding failed (payload is then the exception).")
+           "DRef id, -1 if none, -2 if decoding failed, -3 if a CALL run here raised (payload is then "
+           "the exception).")
+      .def(
+          "handle_hot_commands",
+          [](PyChannel& c, py::dict funcs, py::dict objects, py::dict failed) {
+            c.funcs = funcs;
+            c.objects = objects;
+            c.failed = failed;
+            c.hot = true;
+          },
+          py::arg("funcs"), py::arg("objects"), py::arg("failed"),
+          "Worker: let `next` run CALL, FREE and SYNC itself on these tables (see the file comment).")
+      .def_property(
+          "clean", [](PyChannel& c) { return c.clean; }, [](PyChannel& c, bool v) { c.clean = v; },
+          "Worker: no failure waits for a reply, so `next` may acknowledge a SYNC itself.")
       .def("send_reply", &PyChannel::SendReply, py::arg("seq"), py::arg("status"), py::arg("value"));
 
   m.def("create_buffer", &disco::channel::CreateAnonymousSegment, py::arg("nbytes"),

@@ -196,7 +196,13 @@ class Session:
 
     def sync(self) -> None:
         """Wait until every worker has run every command sent so far; raise their errors."""
-        self._collect(self._post(Op.SYNC, 0, 0, None), "sync")
+        seq = self._post(Op.SYNC, 0, 0, self._take_free_ids())
+        if self._chan.wait_all(seq):  # every worker: OK, nothing to report (decided in C++)
+            self._reported.clear()
+            if self._pending:
+                self._release()
+            return
+        self._collect(seq, "sync")
 
     @property
     def workers_on_other_hosts(self) -> tuple[int, ...]:
@@ -349,6 +355,15 @@ class Session:
         _, w, _, tb = failures[0]
         also = "".join(f"\nalso failed: {line}" for line in lines[1:])
         return WorkerError(f"{self.name}: {lines[0]}{also}\n--- remote traceback (worker {w}) ---\n{tb}", w, tb)
+
+    def _take_free_ids(self) -> tuple | None:
+        """The dropped DRefs' ids for a SYNC to free on its way (protocol.py), if they
+        fit in one command; else they go out as FREE commands now and this is None."""
+        if not self._to_free or len(self._to_free) > self._chan.max_message // 16:
+            self._flush_free()
+            return None
+        ids, self._to_free = tuple(self._to_free), []
+        return ids
 
     def _flush_free(self) -> None:
         ids, self._to_free = self._to_free, []

@@ -12,11 +12,15 @@ through `Transfer`'s hooks, tagged EXT: large arrays through shared-memory buffe
     FREE        -            -            ids tuple          nobody
     FETCH       DRef id      worker       -                  that worker: the value
     GATHER      DRef id      -            -                  every worker: its value
-    SYNC        -            -            -                  every worker
+    SYNC        -            -            ids tuple or None  every worker
     BROADCAST   -            result id    value              nobody
     SCATTER     axis         result id    array              nobody
     IMPORT      -            -            module name        every worker
     SHUTDOWN    -            -            -                  every worker, then it exits
+
+SYNC's ids are DRefs to free first: the FREE a round trip would otherwise need, folded
+into it. A worker runs FREE, and SYNC when it has no failure to report, without
+leaving C++ (channel_bindings.cc), so these bookkeeping commands cost no Python there.
 
 A worker keeps the first error of a command that has no reply and reports it in its
 next reply (SYNC, FETCH, GATHER, IMPORT, GET_FUNC), so pipelined calls cost no round trip.

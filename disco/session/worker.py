@@ -1,6 +1,10 @@
 """The worker loop: read a command, run it, reply when the protocol says so.
 
-One `match` over the closed `Op` enum (protocol.py). The same loop serves a
+One `match` over the closed `Op` enum (protocol.py). The native channel runs the hot
+commands -- CALL, FREE, and SYNC when no failure waits to be carried -- inside
+`chan.next`, in C++ (csrc/channel_bindings.cc), so a pipelined call costs no bytecode
+of this loop; a CALL whose function raised comes back here to be recorded. (The MPI
+stand-in channel of ranks on other hosts leaves them to the match.) The same loop serves a
 ThreadedSession's threads and a ProcessSession's processes; as a program
 (`python -m disco.session.worker --fd N --worker-id W --num-workers K --ppid P`) it
 attaches to the channel inherited as fd N and serves until SHUTDOWN or until its
@@ -36,6 +40,7 @@ from disco.session.protocol import INLINE_ARRAY_BYTES, Op, Spill, Status, Transf
 
 _WAIT_S = 0.25  # longest sleep between liveness checks
 _MAX_DEFERRED = 16  # failures kept for the next reply; more are only counted
+_DECODE_FAILED, _CALL_RAISED = -2, -3  # chan.next's `missing` when payload is an exception
 
 
 class FailedInputError(RuntimeError):
@@ -50,6 +55,10 @@ def serve(chan, ctx: WorkerContext, alive: Callable[[], bool] | None = None) -> 
     funcs: dict[int, Callable] = {}  # function slot -> callable
     transfer = Transfer()
     chan.set_codec(None, None, transfer.encode, transfer.decode, objects, INLINE_ARRAY_BYTES)
+    # CALL, FREE, and SYNC while no failure waits for a reply, run inside chan.next
+    # (C++); here come the other commands, a CALL that raised (missing == _CALL_RAISED)
+    # and a SYNC that must carry failures (`chan.clean` False).
+    chan.handle_hot_commands(funcs, objects, failed)
     w, n = ctx.worker_id, ctx.num_workers
     deferred: list[tuple[int, str, str]] = []  # failures of commands without a reply, since the last reply
     uncounted = 0  # failures beyond _MAX_DEFERRED since the last reply
@@ -70,6 +79,7 @@ def serve(chan, ctx: WorkerContext, alive: Callable[[], bool] | None = None) -> 
             out.append((0, f"and {uncounted} more failed commands on worker {w} (not shown)", ""))
         deferred.clear()
         uncounted = 0
+        chan.clean = True
         return tuple(out)
 
     def reply(seq: int, status: Status, value) -> None:
@@ -83,6 +93,21 @@ def serve(chan, ctx: WorkerContext, alive: Callable[[], bool] | None = None) -> 
         fseq, summary, tb = failure
         carried = take_deferred(fseq)
         send(seq, Status.ERROR, (summary, tb, fseq, carried, None), carried)
+
+    def fail(op: int, seq: int, a: int, b: int, e: BaseException) -> None:
+        """Record a failed command without a reply, or answer one that has a reply."""
+        nonlocal uncounted
+        summary, tb = _describe(e, _what(op, a, funcs))
+        if op in (Op.CALL, Op.FREE, Op.BROADCAST, Op.SCATTER):
+            if op != Op.FREE:
+                failed[b] = (seq, summary, tb)
+            if len(deferred) < _MAX_DEFERRED:
+                deferred.append((seq, summary, tb))
+            else:
+                uncounted += 1
+            chan.clean = False
+        elif op != Op.FETCH or b == w:
+            reply_error(seq, (seq, summary, tb))
 
     def lookup(ref_id: int):
         if ref_id in failed:
@@ -98,17 +123,19 @@ def serve(chan, ctx: WorkerContext, alive: Callable[[], bool] | None = None) -> 
         if transfer.outgoing:  # the controller read our last reply before sending more
             transfer.release()
         op, seq, a, b, payload, missing = cmd
+        if missing == _CALL_RAISED:  # a CALL run by chan.next; payload: what its function raised
+            fail(op, seq, a, b, payload)
+            continue
         try:
             if missing != -1:
                 raise _bad_payload(payload, missing, failed.get(missing), w)
-            match op:
+            match op:  # CALL and FREE come here only from a channel that does not run them itself
                 case Op.CALL:
                     objects[b] = funcs[a](*payload)
                 case Op.FREE:
-                    for i in payload:
-                        objects.pop(i, None)
-                        failed.pop(i, None)
+                    _free(objects, failed, payload)
                 case Op.SYNC:
+                    _free(objects, failed, payload)
                     reply(seq, Status.OK, None)
                 case Op.GET_FUNC:
                     f = _resolve(payload)
@@ -141,16 +168,7 @@ def serve(chan, ctx: WorkerContext, alive: Callable[[], bool] | None = None) -> 
         except BaseException as e:  # a worker reports, it never dies of its functions
             if isinstance(e, (SystemExit, KeyboardInterrupt)) and op != Op.CALL:
                 raise
-            summary, tb = _describe(e, _what(op, a, funcs))
-            if op in (Op.CALL, Op.FREE, Op.BROADCAST, Op.SCATTER):
-                if op != Op.FREE:
-                    failed[b] = (seq, summary, tb)
-                if len(deferred) < _MAX_DEFERRED:
-                    deferred.append((seq, summary, tb))
-                else:
-                    uncounted += 1
-            elif op != Op.FETCH or b == w:
-                reply_error(seq, (seq, summary, tb))
+            fail(op, seq, a, b, e)
 
 
 class _Failed(Exception):
@@ -159,6 +177,13 @@ class _Failed(Exception):
     def __init__(self, failure: tuple[int, str, str]):
         super().__init__(failure[1])
         self.failure = failure
+
+
+def _free(objects: dict, failed: dict, ids: tuple | None) -> None:
+    """Drop the objects (and recorded failures) of DRef ids (FREE's payload, SYNC's)."""
+    for i in ids or ():
+        objects.pop(i, None)
+        failed.pop(i, None)
 
 
 def _resolve(name: str) -> Callable | None:
@@ -178,7 +203,7 @@ def _lookup(objects: dict, ref_id: int, w: int):
 
 
 def _bad_payload(payload, missing: int, failure: tuple[int, str, str] | None, w: int) -> Exception:
-    if missing == -2:
+    if missing == _DECODE_FAILED:
         return payload  # the codec's decoding error
     if failure is not None:
         return FailedInputError(f"argument DRef {missing} has no value on worker {w} because the call that "

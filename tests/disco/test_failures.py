@@ -29,6 +29,13 @@ def sess(request):
         yield s
 
 
+@pytest.fixture(params=KINDS, ids=lambda k: k.__name__)
+def sess2(request):
+    with request.param(2) as s:
+        s.import_module("worker_funcs")
+        yield s
+
+
 def test_worker_exception_reaches_controller(sess):
     n = sess.num_workers
     bad = n - 1
@@ -48,6 +55,19 @@ def test_worker_exception_reaches_controller(sess):
         with pytest.raises(WorkerError, match=f"worker {bad}: CALL of fail_on raised ValueError: boom on worker {bad}"):
             r.fetch(bad)
     assert sess.get_global_func("test.add")(2, 3).fetch(bad) == 5
+
+
+@pytest.mark.parametrize("kind, name", [("exit", "SystemExit"), ("interrupt", "KeyboardInterrupt")])
+def test_exit_or_interrupt_inside_a_worker_function_is_a_failure_not_a_death(sess2, kind, name):
+    """A worker reports what its function raises, even SystemExit: it must not exit
+    (the controller would see a dead worker) nor swallow it."""
+    r = sess2.get_global_func("test.raise_exit")(kind)
+    with pytest.raises(WorkerError, match=f"CALL of raise_exit raised {name}") as info:
+        sess2.sync()
+    assert "raise_exit" in info.value.remote_traceback
+    with pytest.raises(WorkerError, match=name):
+        r.fetch(1)
+    assert sess2.get_global_func("test.add")(2, 3).fetch(1) == 5
 
 
 def test_fetch_of_failed_collective_raises_its_error_once(sess):

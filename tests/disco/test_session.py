@@ -150,6 +150,20 @@ def test_results_dropped_in_a_loop_that_never_waits_stay_bounded_on_workers(sess
     assert [live().fetch(w) for w in range(sess.num_workers)] == [0] * sess.num_workers
 
 
+def test_a_round_trip_is_two_commands_and_frees_what_it_dropped(sess):
+    """`f(); sync()` sends CALL and SYNC only: the dropped result's id rides on the SYNC
+    (protocol.py), which frees it on every worker before answering."""
+    make = sess.get_global_func("test.make_tracked")
+    live = sess.get_global_func("test.live_count")
+    sess.sync()
+    for _ in range(3):
+        before = sess._chan.last_seq
+        make()
+        sess.sync()
+        assert sess._chan.last_seq - before == 2
+    assert [live().fetch(w) for w in range(sess.num_workers)] == [0] * sess.num_workers
+
+
 def test_import_module_registers_on_workers(tmp_path, monkeypatch):
     mod = "worker_funcs_extra"
     (tmp_path / f"{mod}.py").write_text("import disco\n@disco.register_func('test.extra_triple', override=True)\n"

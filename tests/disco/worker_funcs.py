@@ -81,6 +81,11 @@ def fail_on(worker, message):
     return disco.worker_id()
 
 
+@disco.register_func("test.raise_exit")
+def raise_exit(kind):
+    raise {"exit": SystemExit(3), "interrupt": KeyboardInterrupt()}[kind]
+
+
 @disco.register_func("test.sleep")
 def sleep(seconds):
     time.sleep(seconds)
