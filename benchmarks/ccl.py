@@ -1,11 +1,13 @@
 """All-reduce latency and bandwidth of the collective backends, 16 B to 64 MiB.
 
 Two worker processes (one per core on the reference machine) all-reduce float32
-arrays with op sum through `disco.ccl`: backend `shm`, and (when mpiexec and mpi4py
-are installed; --no-mpi skips them) backend `mpi` under `mpiexec -n 2`, next to
-mpi4py's own `Allreduce` as the baseline, all in the same run. The table shows each
-side by side and the ratios MPI time / shm time (> 1: shm is faster) and disco-mpi
-time / mpi4py time (the cost of the `mpi` backend's layer; ~1 expected).
+arrays with op sum through `disco.ccl`: backend `shm` on ordinary numpy arrays
+(staged through the segment's slots) and on arena arrays from `ccl.empty` (read by
+the peer in place), and (when mpiexec and mpi4py are installed; --no-mpi skips them)
+backend `mpi` under `mpiexec -n 2`, next to mpi4py's own `Allreduce` on numpy arrays
+as the baseline, all in the same run. The table shows each side by side and the
+ratios MPI time / shm time (> 1: shm is faster) and disco-mpi time / mpi4py time
+(the cost of the `mpi` backend's layer; ~1 expected).
 
 Both sides write into a preallocated output (`out=` / recvbuf), time a loop of calls
 between two barriers, repeat it `--repeats` times per round over `--rounds`
@@ -56,20 +58,23 @@ def shm_worker(rank: int, world: int, group: str, sizes, budget_s: float, repeat
 
     set_worker_context(WorkerContext(worker_id=rank, num_workers=world), process_wide=True)
     ccl.init("shm", group)
-    times = {}
+    times = {"numpy": {}, "arena": {}}
     for nbytes in sizes:
-        x = np.full(nbytes // 4, rank + 1, np.float32)
-        out = np.empty_like(x)
-        ccl.allreduce(x, out=out)
-        assert out[0] == world * (world + 1) / 2, out[:4]  # a sanity check, not the test suite
-        iters = iterations(nbytes, budget_s)
-        times[nbytes] = time_loop(lambda: ccl.allreduce(x, out=out), ccl.barrier, iters, repeats)
+        for kind, empty in (("numpy", np.empty), ("arena", ccl.empty)):
+            x = empty(nbytes // 4, np.float32)
+            x[...] = rank + 1
+            out = empty(nbytes // 4, np.float32)
+            ccl.allreduce(x, out=out)
+            assert out[0] == world * (world + 1) / 2, out[:4]  # a sanity check, not the test suite
+            iters = iterations(nbytes, budget_s)
+            times[kind][nbytes] = time_loop(lambda: ccl.allreduce(x, out=out), ccl.barrier, iters, repeats)
+            del x, out
     ccl.shutdown()
     if rank == 0:
         queue.put(times)
 
 
-def run_shm(sizes, budget_s: float, repeats: int, world: int = 2) -> dict[int, float]:
+def run_shm(sizes, budget_s: float, repeats: int, world: int = 2) -> dict[str, dict[int, float]]:
     ctx = mp.get_context("fork")
     queue = ctx.Queue()
     group = f"bench-{os.getpid()}-{uuid.uuid4().hex[:8]}"
@@ -145,18 +150,18 @@ LATENCY_SIZES, LATENCY_MAX_RATIO = (16, 4 << 10), 1.2
 BANDWIDTH_SIZES, BANDWIDTH_MIN_RATIO = (16 << 20, 64 << 20), 2.0
 
 
-def _verdicts(sizes, shm: dict, mpi: dict) -> str:
+def _verdicts(sizes, shm: dict, mpi: dict, what: str) -> str:
     """One line per target: met or MISSED, with the worst ratio in its size range."""
     lines = []
     lat = [shm[n] / mpi[n] for n in sizes if LATENCY_SIZES[0] <= n <= LATENCY_SIZES[1]]
     if lat:
         worst = max(lat)
-        lines.append(f"target: shm latency <= {LATENCY_MAX_RATIO}x MPICH at 16 B-4 KiB: worst "
+        lines.append(f"target: shm ({what}) latency <= {LATENCY_MAX_RATIO}x MPICH at 16 B-4 KiB: worst "
                      f"{worst:.2f}x: {'met' if worst <= LATENCY_MAX_RATIO else 'MISSED'}")
     bw = [mpi[n] / shm[n] for n in sizes if BANDWIDTH_SIZES[0] <= n <= BANDWIDTH_SIZES[1]]
     if bw:
         worst = min(bw)
-        lines.append(f"target: shm bandwidth >= {BANDWIDTH_MIN_RATIO}x MPICH at 16-64 MiB: worst "
+        lines.append(f"target: shm ({what}) bandwidth >= {BANDWIDTH_MIN_RATIO}x MPICH at 16-64 MiB: worst "
                      f"{worst:.2f}x: {'met' if worst >= BANDWIDTH_MIN_RATIO else 'MISSED'}")
     return "\n".join(lines)
 
@@ -182,44 +187,53 @@ def main() -> None:
 
     # Both run in this process tree, in alternating rounds on the same sizes; the best
     # time of each is kept, so a burst of load from elsewhere does not decide a ratio.
-    shm: dict[int, float] = {}
+    shm: dict[int, float] = {}    # ordinary numpy arrays, staged
+    arena: dict[int, float] = {}  # arena arrays (ccl.empty), read in place
     mpi: dict[int, float] = {}
     dmpi: dict[int, float] = {}
     for _ in range(args.rounds):
-        for n, t in run_shm(sizes, args.budget, args.repeats).items():
-            shm[n] = min(t, shm.get(n, t))
+        got = run_shm(sizes, args.budget, args.repeats)
+        for best, kind in ((shm, "numpy"), (arena, "arena")):
+            for n, t in got[kind].items():
+                best[n] = min(t, best.get(n, t))
         if use_mpi:
             for n, t in run_mpi(sizes, args.budget, args.repeats).items():
                 mpi[n] = min(t, mpi.get(n, t))
             for n, t in run_mpi(sizes, args.budget, args.repeats, backend="disco").items():
                 dmpi[n] = min(t, dmpi.get(n, t))
     rows = []
-    head = f"{'size':>8} | {'shm time':>12} {'shm GB/s':>9}"
+    head = f"{'size':>8} | {'shm numpy':>12} {'GB/s':>6} | {'shm arena':>12} {'GB/s':>6}"
     if mpi:
-        head += (f" | {'disco mpi':>12} {'GB/s':>7} | {'mpi4py':>12} {'GB/s':>7}"
-                 f" | {'mpi4py/shm':>10} {'dmpi/mpi4py':>11}")
-    print("all-reduce, float32 sum, 2 workers (processes)")
+        head += (f" | {'disco mpi':>12} | {'mpi4py':>12} {'GB/s':>6}"
+                 f" | {'mpi4py/shm':>10} {'mpi4py/arena':>12} {'dmpi/mpi4py':>11}")
+    print("all-reduce, float32 sum, 2 workers (processes); shm numpy: ordinary arrays, "
+          "shm arena: arrays from ccl.empty")
     print(head)
     print("-" * len(head))
     for n in sizes:
-        row = {"bytes": n, "shm_s": shm[n], "shm_GBps": n / shm[n] / 1e9}
-        line = f"{fmt_size(n):>8} | {fmt_time(shm[n]):>12} {row['shm_GBps']:9.2f}"
+        row = {"bytes": n, "shm_s": shm[n], "shm_GBps": n / shm[n] / 1e9,
+               "shm_arena_s": arena[n], "shm_arena_GBps": n / arena[n] / 1e9}
+        line = (f"{fmt_size(n):>8} | {fmt_time(shm[n]):>12} {row['shm_GBps']:6.2f} | "
+                f"{fmt_time(arena[n]):>12} {row['shm_arena_GBps']:6.2f}")
         if mpi:
             row.update(mpi_s=mpi[n], mpi_GBps=n / mpi[n] / 1e9, ratio_mpi_over_shm=mpi[n] / shm[n],
+                       ratio_mpi_over_shm_arena=mpi[n] / arena[n],
                        disco_mpi_s=dmpi[n], disco_mpi_GBps=n / dmpi[n] / 1e9,
                        ratio_disco_mpi_over_mpi4py=dmpi[n] / mpi[n])
-            line += (f" | {fmt_time(dmpi[n]):>12} {row['disco_mpi_GBps']:7.2f} | {fmt_time(mpi[n]):>12}"
-                     f" {row['mpi_GBps']:7.2f} | {row['ratio_mpi_over_shm']:9.2f}x {row['ratio_disco_mpi_over_mpi4py']:10.2f}x")
+            line += (f" | {fmt_time(dmpi[n]):>12} | {fmt_time(mpi[n]):>12} {row['mpi_GBps']:6.2f}"
+                     f" | {row['ratio_mpi_over_shm']:9.2f}x {row['ratio_mpi_over_shm_arena']:11.2f}x"
+                     f" {row['ratio_disco_mpi_over_mpi4py']:10.2f}x")
         rows.append(row)
         print(line)
     if mpi:
-        print(_verdicts(sizes, shm, mpi))
+        print(_verdicts(sizes, shm, mpi, "numpy arrays"))
+        print(_verdicts(sizes, arena, mpi, "arena arrays"))
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out, "w") as f:
         json.dump({"benchmark": "ccl.allreduce", "dtype": "float32", "op": "sum", "workers": 2,
                    "repeats": args.repeats, "rounds": args.rounds, "budget_s": args.budget,
                    "baseline": "mpi4py Allreduce (mpiexec -n 2)" if mpi else None,
-                   "backends": ["shm", "mpi"] if mpi else ["shm"],
+                   "backends": ["shm", "shm arena", "mpi"] if mpi else ["shm", "shm arena"],
                    "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
                    "rows": rows}, f, indent=1)
     print(f"wrote {args.out}")

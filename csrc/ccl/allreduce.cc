@@ -18,6 +18,32 @@ struct Regions {
   size_t hi(size_t len, int q) const { return std::min(len, part * (q + 1)); }
 };
 
+// Every rank's input and output lie in the arenas (communicator.h): reduce this rank's
+// region straight from the peers' inputs into its output, then copy the other regions
+// from the peers' outputs. The last barrier keeps every rank's arrays untouched until
+// its peers have finished reading them.
+void allreduce_in_arenas(Communicator& c, DType t, Op op, size_t n, size_t es, const std::vector<int64_t>& in_off,
+                         const std::vector<int64_t>& out_off, bool in_place, uint8_t* out, bool stream) {
+  const int W = c.world(), r = c.rank();
+  const Regions rg(n, W, es);
+  const size_t lo = rg.lo(n, r), hi = rg.hi(n, r);
+  std::vector<const void*> srcs;
+  // In place, this rank's own input is read first: reduce() writes the output (its own
+  // input here) during the first pass over the first two sources.
+  if (in_place) srcs.push_back(c.arena(r) + in_off[r] + lo * es);
+  for (int p = 0; p < W; ++p) {
+    if (!(in_place && p == r)) srcs.push_back(c.arena(p) + in_off[p] + lo * es);
+  }
+  if (hi > lo) reduce(t, op, out + lo * es, srcs.data(), W, hi - lo);
+  c.barrier(Coll::kAllreduce);
+  for (int q = 0; q < W; ++q) {
+    const size_t qlo = rg.lo(n, q), qhi = rg.hi(n, q);
+    if (q != r && qhi > qlo) copy_out(out + qlo * es, c.arena(q) + out_off[q] + qlo * es, (qhi - qlo) * es, stream);
+  }
+  if (stream) stream_fence();
+  c.barrier(Coll::kAllreduce);
+}
+
 }  // namespace
 
 void allreduce(Communicator& c, Meta m, const void* in_v, void* out_v) {
@@ -43,8 +69,15 @@ void allreduce(Communicator& c, Meta m, const void* in_v, void* out_v) {
     }
   };
 
+  // In the arenas (communicator.h), out must be in itself or apart from it.
+  const bool big = n * es > c.options().small_bytes;
+  if (big && (out == in || !overlap)) {
+    m.in_off = c.arena_offset(in, n * es);
+    m.out_off = c.arena_offset(out, n * es);
+  }
+  const bool mine_in_arena = m.in_off >= 0 && m.out_off >= 0;
   c.post(m);
-  if (K > 0 && m.dtype >= 0) stage(0);
+  if (K > 0 && m.dtype >= 0 && !mine_in_arena) stage(0);
   c.barrier(Coll::kAllreduce);
   c.check(m, kCheckDType | kCheckOp | kCheckShape);
   const DType t = static_cast<DType>(m.dtype);
@@ -55,7 +88,24 @@ void allreduce(Communicator& c, Meta m, const void* in_v, void* out_v) {
   if (n * es <= c.options().small_bytes) {  // one barrier: everyone reduces everything
     for (int p = 0; p < W; ++p) srcs[p] = c.rbuf(p, 0);
     if (n > 0) reduce(t, op, out, srcs.data(), W, n);
+    ++c.allreduce_paths.one_barrier;
     return;
+  }
+  std::vector<int64_t> in_off(W), out_off(W);
+  int in_arenas = 0;
+  for (int p = 0; p < W; ++p) {
+    in_off[p] = c.peer_meta(p).in_off;
+    out_off[p] = c.peer_meta(p).out_off;
+    in_arenas += in_off[p] >= 0 && out_off[p] >= 0;
+  }
+  if (in_arenas == W) {
+    ++c.allreduce_paths.in_arenas;
+    return allreduce_in_arenas(c, t, op, n, es, in_off, out_off, out == in, out, stream);
+  }
+  ++c.allreduce_paths.staged;
+  if (in_arenas > 0) {  // some ranks skipped staging chunk 0 for nothing: all stage it again
+    stage(0);
+    c.barrier(Coll::kAllreduce);
   }
   for (size_t i = 1; i <= K + 1; ++i) {
     if (i < K) stage(i);

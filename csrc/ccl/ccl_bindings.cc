@@ -4,8 +4,10 @@
 // so that threads of one process can act as ranks.
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
 
 #include <memory>
+#include <vector>
 
 #include "ccl/allgather.h"
 #include "ccl/allreduce.h"
@@ -56,6 +58,13 @@ py::tuple shape_tuple(const Meta& m) {
   return t;
 }
 
+// What keeps an arena array's block allocated: freed when numpy drops the array, and the
+// communicator (its mapping) alive until then, even past the communicator's close().
+struct ArenaBlock {
+  std::shared_ptr<Communicator> comm;
+  int64_t off;
+};
+
 }  // namespace
 
 void bind_ccl(py::module_& m) {
@@ -71,19 +80,43 @@ void bind_ccl(py::module_& m) {
   py::class_<Communicator, std::shared_ptr<Communicator>>(m, "ShmCommunicator",
       "A shared-memory communicator of one rank; see csrc/ccl/communicator.h.")
       .def(py::init([](const std::string& group, int rank, int world, size_t chunk_bytes, size_t small_bytes,
-                       double timeout_s, double spin_us, size_t stream_bytes) {
+                       double timeout_s, double spin_us, size_t stream_bytes, size_t arena_bytes) {
              Options o;
              o.chunk_bytes = chunk_bytes;
              o.small_bytes = small_bytes;
              o.timeout_s = timeout_s;
              o.spin_us = spin_us;
              o.stream_bytes = stream_bytes;
+             o.arena_bytes = arena_bytes;
              py::gil_scoped_release nogil;
              return std::make_shared<Communicator>(group, rank, world, o);
            }),
            py::arg("group"), py::arg("rank"), py::arg("world"), py::arg("chunk_bytes") = Options().chunk_bytes,
            py::arg("small_bytes") = Options().small_bytes, py::arg("timeout_s") = Options().timeout_s,
-           py::arg("spin_us") = Options().spin_us, py::arg("stream_bytes") = Options().stream_bytes)
+           py::arg("spin_us") = Options().spin_us, py::arg("stream_bytes") = Options().stream_bytes,
+           py::arg("arena_bytes") = Options().arena_bytes)
+      .def("arena_empty", [](std::shared_ptr<Communicator> c, std::vector<py::ssize_t> shape, py::dtype dt) -> py::object {
+        size_t nbytes = static_cast<size_t>(dt.itemsize());
+        for (py::ssize_t d : shape) nbytes *= static_cast<size_t>(d);
+        const int64_t off = c->arena_alloc(nbytes);
+        if (off < 0) return py::none();
+        py::capsule owner(new ArenaBlock{c, off}, [](void* p) {
+          auto* b = static_cast<ArenaBlock*>(p);
+          b->comm->arena_free(b->off);
+          delete b;
+        });
+        return py::array(dt, shape, c->arena(c->rank()) + off, owner);
+      }, py::arg("shape"), py::arg("dtype"),
+      "An uninitialised C-contiguous array in this rank's arena, or None if it has no room.")
+      .def("allreduce_paths", [](Communicator& c) {
+        py::dict d;
+        d["one_barrier"] = c.allreduce_paths.one_barrier;
+        d["staged"] = c.allreduce_paths.staged;
+        d["in_arenas"] = c.allreduce_paths.in_arenas;
+        return d;
+      }, "How many of this rank's all-reduces took each path (communicator.h).")
+      .def("in_arena", [](Communicator& c, py::array a) { return c.arena_offset(a.data(), size_t(a.nbytes())) >= 0; },
+           "Whether the array's bytes lie in this rank's arena.")
       .def_property_readonly("rank", &Communicator::rank)
       .def_property_readonly("world", &Communicator::world)
       .def("allreduce", [](Communicator& c, py::object x, py::object out, int dtype, std::string dname, int op) {

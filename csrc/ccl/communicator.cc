@@ -168,7 +168,10 @@ Communicator::Communicator(const std::string& group, int rank, int world, const 
   if (opts_.small_bytes > opts_.chunk_bytes) opts_.small_bytes = opts_.chunk_bytes;
   ctl_off_ = round_up(sizeof(Header), 4096);
   data_off_ = round_up(ctl_off_ + sizeof(RankCtl) * world, 4096);
-  const size_t total = data_off_ + 4 * opts_.chunk_bytes * world;
+  opts_.arena_bytes = round_up(opts_.arena_bytes, 2 << 20);
+  arena_off_ = data_off_ + 4 * opts_.chunk_bytes * world;
+  const size_t total = arena_off_ + opts_.arena_bytes * world;
+  if (opts_.arena_bytes > 0) arena_free_[0] = opts_.arena_bytes;
   const double deadline = now_s() + opts_.timeout_s;
 
   int fd = -1;
@@ -221,8 +224,10 @@ Communicator::Communicator(const std::string& group, int rank, int world, const 
   }
   void* p = mmap(nullptr, total, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
   const int mmap_errno = errno;
-  close(fd);
+  fd_ = fd;
   if (p == MAP_FAILED) {
+    close(fd_);
+    fd_ = -1;
     if (rank == 0) shm_unlink(name_.c_str());  // peers time out waiting for it; leave no name behind
     throw CclError("ccl.init: mmap of " + name_ + " failed: " + std::strerror(mmap_errno));
   }
@@ -243,6 +248,8 @@ Communicator::Communicator(const std::string& group, int rank, int world, const 
     shm_unlink(name_.c_str());
     munmap(base_, size_);
     base_ = nullptr;
+    close(fd_);
+    fd_ = -1;
     throw;
   }
   if (rank == 0) shm_unlink(name_.c_str());
@@ -250,6 +257,57 @@ Communicator::Communicator(const std::string& group, int rank, int world, const 
 
 Communicator::~Communicator() {
   if (base_) munmap(base_, size_);
+  if (fd_ >= 0) close(fd_);
+}
+
+int64_t Communicator::arena_alloc(size_t nbytes) {
+  const size_t want = round_up(nbytes == 0 ? 1 : nbytes, 256);
+  std::lock_guard<std::mutex> lock(arena_mu_);
+  for (auto it = arena_free_.begin(); it != arena_free_.end(); ++it) {  // first fit
+    if (it->second < want) continue;
+    const size_t off = it->first, end = off + want;
+    if (end > arena_reserved_) {  // first use of these pages: reserve them now (see the file comment)
+      const size_t upto = std::min(round_up(end, 2 << 20), opts_.arena_bytes);
+      const off_t at = static_cast<off_t>(arena(rank_) - base_ + arena_reserved_);
+      if (fallocate(fd_, 0, at, static_cast<off_t>(upto - arena_reserved_)) != 0) return -1;
+      arena_reserved_ = upto;
+    }
+    const size_t rest = it->second - want;
+    arena_free_.erase(it);
+    if (rest > 0) arena_free_[end] = rest;
+    arena_used_[off] = want;
+    return static_cast<int64_t>(off);
+  }
+  return -1;
+}
+
+void Communicator::arena_free(int64_t off_i) {
+  std::lock_guard<std::mutex> lock(arena_mu_);
+  auto used = arena_used_.find(static_cast<size_t>(off_i));
+  if (used == arena_used_.end()) return;
+  size_t off = used->first, len = used->second;
+  arena_used_.erase(used);
+  auto next = arena_free_.lower_bound(off);
+  if (next != arena_free_.end() && next->first == off + len) {  // merge with the block after
+    len += next->second;
+    next = arena_free_.erase(next);
+  }
+  if (next != arena_free_.begin()) {  // and with the one before
+    auto prev = std::prev(next);
+    if (prev->first + prev->second == off) {
+      prev->second += len;
+      return;
+    }
+  }
+  arena_free_[off] = len;
+}
+
+int64_t Communicator::arena_offset(const void* p, size_t nbytes) const {
+  if (opts_.arena_bytes == 0 || p == nullptr) return -1;
+  const auto* q = static_cast<const uint8_t*>(p);
+  const uint8_t* lo = arena(rank_);
+  if (q < lo || q + nbytes > lo + opts_.arena_bytes) return -1;
+  return q - lo;
 }
 
 uint8_t* Communicator::slot(int r, int half, int area) const {

@@ -20,6 +20,8 @@ from __future__ import annotations
 import importlib
 from typing import Any, Callable
 
+import numpy as np
+
 from disco._context import current_context
 from disco.errors import CollectiveError
 
@@ -53,6 +55,11 @@ class Communicator:
 
     def close(self) -> None:
         """Release the backend's resources; the communicator is unusable afterwards."""
+
+    def empty(self, shape, dtype=np.float32):
+        """An uninitialised array of this worker's device that the collectives handle
+        best (shm: in the shared arena, read by peers in place). Here: numpy's."""
+        return np.empty(shape, dtype)
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} backend={self.backend!r} rank={self.rank} world={self.world}>"
@@ -160,6 +167,14 @@ def gather_to_worker0(x, axis: int = 0):
     """On worker 0: concatenation of every worker's x (same shape everywhere) along
     `axis`. On the other workers: None."""
     return communicator().gather_to_worker0(x, axis)
+
+
+def empty(shape, dtype=np.float32):
+    """An uninitialised array for collectives of this worker's communicator to read in
+    place where the backend can (shm: in shared memory every worker maps; an all-reduce
+    of such arrays on every worker stages nothing). Use it for buffers that are
+    all-reduced repeatedly, with `out=` another one."""
+    return communicator().empty(shape, dtype)
 
 
 def barrier() -> None:

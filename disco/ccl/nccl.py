@@ -137,6 +137,10 @@ class NcclCommunicator(Communicator):
             raise CollectiveError(f"nccl {what} failed on worker {self.rank} (world {self.world}): "
                                   f"{type(e).__name__}: {e}") from None
 
+    def empty(self, shape, dtype="float32"):
+        """An uninitialised cupy array on this worker's GPU (what NCCL reads)."""
+        return self.cp.empty(shape, dtype)
+
     def _stream(self) -> int:
         return self.cp.cuda.get_current_stream().ptr
 

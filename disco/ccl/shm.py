@@ -97,7 +97,14 @@ class ShmCommunicator(Communicator):
     this size use one barrier), timeout_s (longest wait for peers before a
     CollectiveError; env DISCO_CCL_TIMEOUT_S), spin_us (spin before sleeping),
     stream_bytes (all-reduce outputs this large are written with streaming
-    stores; 0, the default: never).
+    stores; 0, the default: never), arena_bytes (each worker's arena, 256 MiB of
+    address space by default; 0: none).
+
+    The arena: `empty` makes arrays in shared memory that every worker maps, and an
+    all-reduce whose input and output are such arrays on every worker reads its
+    peers' data in place instead of staging it (communicator.h). An all-reduce larger
+    than small_bytes without `out=` returns an arena array, so results feed the next
+    collective in place too; a full arena gives ordinary arrays.
 
     Each method first checks this worker's own arguments; if they are unusable it does
     not raise alone (its peers would wait for it until the timeout) but posts the
@@ -107,11 +114,29 @@ class ShmCommunicator(Communicator):
 
     def __init__(self, group_name: str, rank: int, world: int, *, chunk_bytes: int = 256 << 10,
                  small_bytes: int = 16 << 10, timeout_s: float | None = None, spin_us: float = 50.0,
-                 stream_bytes: int = 0):
+                 stream_bytes: int = 0, arena_bytes: int = 256 << 20):
         super().__init__(rank, world)
         timeout = DEFAULT_TIMEOUT_S if timeout_s is None else float(timeout_s)
         self._c = _native.ShmCommunicator(str(group_name), rank, world, chunk_bytes, small_bytes, timeout, spin_us,
-                                          stream_bytes)
+                                          stream_bytes, arena_bytes)
+        self._small_bytes = small_bytes
+
+    def empty(self, shape, dtype=np.float32) -> np.ndarray:
+        """An uninitialised array in this worker's arena (see the class docstring), or an
+        ordinary one when the arena has no room."""
+        shape = (shape,) if isinstance(shape, int) else tuple(shape)
+        dtype = np.dtype(dtype)
+        a = self._c.arena_empty(shape, dtype)
+        return np.empty(shape, dtype) if a is None else a
+
+    def allreduce_paths(self) -> dict[str, int]:
+        """How many of this worker's all-reduces ran each way: "one_barrier" (small),
+        "staged" (through the slots), "in_arenas" (read in place)."""
+        return self._c.allreduce_paths()
+
+    def in_arena(self, x: np.ndarray) -> bool:
+        """Whether x's bytes lie in this worker's arena (collectives read them in place)."""
+        return self._c.in_arena(x)
 
     def close(self) -> None:
         self._c = _Closed(self.rank)  # unmaps the segment once no call is using it
@@ -130,6 +155,8 @@ class ShmCommunicator(Communicator):
             x = _array(x)
             code, name = _dtype(x)
             op_code = _op(op)
+            if out is None and code >= 0 and x.nbytes > self._small_bytes:
+                out = self.empty(x.shape, x.dtype)
             out = _out(out, x.shape, x.dtype) if code >= 0 else None
         except Exception as e:
             self._fail("allreduce", e)

@@ -273,8 +273,11 @@ def _proc_worker(rank, world, group, q):
     try:
         ccl.init("shm", group)
         x = make(rank, (300_001,), np.dtype(np.float32))
+        a = ccl.empty(x.shape, x.dtype)  # in the arena: read by the peers in place
+        a[...] = x
         out = (ccl.allreduce(x), ccl.allgather(x[:1001]), ccl.broadcast_from_worker0(x if rank == 0 else None),
-               ccl.gather_to_worker0(x[:7]))
+               ccl.gather_to_worker0(x[:7]), np.array(ccl.allreduce(a, out=a)),
+               ccl.communicator().allreduce_paths())
         ccl.barrier()
         q.put((rank, out))
     except BaseException as e:  # noqa: BLE001
@@ -301,6 +304,9 @@ def test_processes(method):
         assert_matches(got[r][2], xs[0])
     assert_matches(got[0][3], np.concatenate([x[:7] for x in xs]))
     assert got[1][3] is None
+    for r in range(world):  # each process maps the arenas at its own addresses
+        assert_matches(got[r][4], reference_reduce(xs, "sum"))
+        assert got[r][5] == {"one_barrier": 0, "staged": 1, "in_arenas": 1}
     assert not [f for f in os.listdir("/dev/shm") if group in f], "segment left behind"
 
 
@@ -484,3 +490,109 @@ def test_allreduce_streaming_stores():
         got = run_threads(3, lambda r: ccl.allreduce(xs[r]), stream_bytes=1, small_bytes=0, chunk_bytes=8192)
         for g in got:
             assert_matches(g, reference_reduce(xs, "sum"))
+
+
+# ---------------------------------------------------------------- the arena
+
+
+def _in_arenas(world, xs, op, out_in_place=False, **options):
+    """All-reduce copies of xs made in the arena (ccl.empty) on every rank; returns
+    (results, whether each rank's input was in its arena, each rank's path counts)."""
+    def body(r):
+        a = ccl.empty(xs[r].shape, xs[r].dtype)
+        a[...] = xs[r]
+        out = a if out_in_place else ccl.empty(xs[r].shape, xs[r].dtype)
+        comm = ccl.communicator()
+        inside = comm.in_arena(a) and comm.in_arena(out)
+        got = ccl.allreduce(a, op, out=out)
+        assert got is out
+        return np.array(got), inside, comm.allreduce_paths()
+    return zip(*run_threads(world, body, **options))
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("op", list(NP_OPS))
+def test_allreduce_of_arena_arrays_reads_peers_in_place(dtype, op):
+    """Inputs and outputs in the arenas on every worker: the in-place path, same results
+    as numpy (odd sizes, regions not multiples of the alignment)."""
+    for world, n in ((2, 70001), (3, 1031)):
+        xs = [with_nans(make(r, (n,), dtype, op, seed=n), r, world) for r in range(world)]
+        got, inside, paths = _in_arenas(world, xs, op, small_bytes=0)
+        want = reference_reduce(xs, op)
+        assert all(inside)
+        assert all(p["in_arenas"] == 1 and p["staged"] == 0 for p in paths)
+        for g in got:
+            assert_matches(g, want)
+
+
+@pytest.mark.parametrize("world", [2, 3, 4])
+def test_allreduce_in_place_over_the_arena(world):
+    """out is the input (in the arena): a worker's output region is its own input, which
+    its reduction reads while writing it, whatever its rank (the first source or not)."""
+    for dtype in (np.dtype(np.float32), np.dtype(np.int64), BF16):
+        xs = [make(r, (50_003,), dtype, seed=world) for r in range(world)]
+        got, _, paths = _in_arenas(world, xs, "sum", out_in_place=True)
+        assert all(p["in_arenas"] == 1 for p in paths)
+        for g in got:
+            assert_matches(g, reference_reduce(xs, "sum"))
+
+
+def test_allreduce_with_arena_arrays_on_some_workers_only():
+    """Worker 0's arrays in the arena, worker 1's ordinary: the staged path, correct, and
+    the group stays in step for the next collectives."""
+    xs = [make(r, (200_003,), np.dtype(np.float32)) for r in range(2)]
+
+    def body(r):
+        x = ccl.empty(xs[r].shape, xs[r].dtype) if r == 0 else xs[r].copy()
+        x[...] = xs[r]
+        first = ccl.allreduce(x, out=ccl.empty(x.shape, x.dtype) if r == 0 else None)
+        again = ccl.allreduce(xs[r])
+        return first, again, ccl.communicator().allreduce_paths()
+    for first, again, paths in run_threads(2, body):
+        assert_matches(first, reference_reduce(xs, "sum"))
+        assert_matches(again, reference_reduce(xs, "sum"))
+        assert paths == {"one_barrier": 0, "staged": 2, "in_arenas": 0}
+
+
+def test_arena_allocation_reuses_freed_blocks_and_falls_back_when_full():
+    """A 2 MiB arena: blocks freed next to each other merge into room for a larger one;
+    a request that does not fit gives an ordinary array, which still all-reduces."""
+    def body(r):
+        comm = ccl.communicator()
+        a, b, c = (ccl.empty(128 << 10, np.float32) for _ in range(3))   # 512 KiB each
+        assert all(comm.in_arena(v) for v in (a, b, c))
+        too_big = ccl.empty(1 << 20, np.float32)                          # 4 MiB
+        assert not comm.in_arena(too_big) and too_big.shape == (1 << 20,) and too_big.dtype == np.float32
+        del a, b
+        merged = ccl.empty(256 << 10, np.float32)                         # 1 MiB: where a and b were
+        assert comm.in_arena(merged)
+        merged[...] = r + 1
+        too_big[...] = r + 1
+        return ccl.allreduce(merged, out=merged)[-1], ccl.allreduce(too_big)[-1], comm.allreduce_paths()
+    for merged, big, paths in run_threads(2, body, arena_bytes=2 << 20):
+        assert merged == 3 and big == 3
+        assert paths["in_arenas"] == 1 and paths["staged"] == 1
+
+
+def test_arena_arrays_outlive_their_communicator():
+    """An array from ccl.empty stays valid after ccl.shutdown (its memory is released
+    when the array goes); a large all-reduce without out= returns an arena array."""
+    def body(r):
+        x = ccl.empty((1000, 64), np.float64)
+        x[...] = r
+        y = ccl.allreduce(x)
+        kept = ccl.communicator().in_arena(y)
+        ccl.shutdown()
+        y += 1       # writes the arena memory after the communicator is gone
+        return kept, float(y.sum())
+    for kept, total in run_threads(2, body):
+        assert kept and total == (0 + 1 + 1) * 1000 * 64
+
+
+def test_no_arena():
+    """arena_bytes=0: ccl.empty gives ordinary arrays, all-reduces are staged."""
+    def body(r):
+        x = ccl.empty(100_000, np.float32)
+        x[...] = 1
+        return ccl.communicator().in_arena(x), ccl.allreduce(x)[0]
+    assert run_threads(2, body, arena_bytes=0) == [(False, 2.0)] * 2
