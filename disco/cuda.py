@@ -269,6 +269,10 @@ class CudaDevice:
     def empty(self, shape, dtype):
         return self.cp.empty(tuple(shape), dtype=np_dtype(dtype))
 
+    def shared_empty(self, shape, dtype):
+        """What a collective reads (vm._Device.shared_empty): NCCL reads any device array."""
+        return self.empty(shape, dtype)
+
     @staticmethod
     def ptr(a) -> int:
         return device_ptr(a)

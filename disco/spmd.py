@@ -187,6 +187,11 @@ def allreduce(x, op, mesh_shape, mesh_axis):
     return xp.ascontiguousarray(total.astype(x.dtype, copy=False))
 
 
+# The VM allocates this argument with device.shared_empty (the shm arena), so that the
+# all-reduce reads it on every worker in place (disco.ccl.empty).
+allreduce.in_place_inputs = (0,)
+
+
 @register_func("spmd.allgather", override=True)
 @_timed
 def allgather(x, axis, mesh_shape, mesh_axis):

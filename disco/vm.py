@@ -20,6 +20,9 @@ plan, cached per key, in which all that can be decided from the key already is:
   arrays; the pointers of values that change per call (arguments, returned tensors,
   results of packed functions) are patched into those arrays once, when the value
   is produced, so calling a kernel costs one ctypes call (which releases the GIL).
+- tensors a collective reads (a packed function's `in_place_inputs`, e.g.
+  spmd.allreduce's input) come from `device.shared_empty`: on a worker with an shm
+  communicator, its arena, so the peers read them in place (disco.ccl.empty).
 
 Shapes the compiler could not prove to fit a kernel's buffers are checked by a
 CHECK_KERNEL instruction before the kernel runs; like argument checks, that happens
@@ -45,6 +48,7 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 
+from ._context import current_context
 from .errors import DiscoError, SignatureError
 from .executable import Executable, Op, VMFunction, format_dim, format_pattern, format_shape
 from .tensor import as_numpy, data_ptr, dtype_name, is_array_like, np_dtype
@@ -63,6 +67,13 @@ class _Device:
 
     empty = staticmethod(np.empty)
     ptr = staticmethod(data_ptr)
+
+    @staticmethod
+    def shared_empty(shape, dtype) -> np.ndarray:
+        """An array the worker's collectives read in place where they can: from its
+        communicator (shm: the arena, see disco.ccl.empty); numpy's without one."""
+        comm = current_context().state.get("ccl")
+        return np.empty(shape, dtype) if comm is None else comm.empty(shape, dtype)
 
     def kernel(self, symbol: str) -> Callable:
         if self.lib is None:
@@ -516,6 +527,20 @@ class _Recorder:
                     walk(s)
         return escaping
 
+    def collective_inputs(self) -> set:
+        """Allocations and storages holding what a collective reads (the arguments at
+        its packed function's `in_place_inputs`): made with `device.shared_empty`. A
+        packed call's arguments escape (its result may be one of them), so these are
+        made afresh by every call of the plan."""
+        shared: set = set()
+        for ev in self.events:
+            if ev[0] == "packed":
+                for i in getattr(ev[1], "in_place_inputs", ()):
+                    if i < len(ev[3]):
+                        s = ev[3][i]
+                        shared.add(self.views.get(s, s))
+        return shared
+
     def release_pool(self, ret: int) -> None:
         """Give up pool storages the result may view: the caller keeps them, so later
         calls must not write them."""
@@ -637,6 +662,7 @@ class _Plan:
         self.ptr = device.ptr
         exact = {ev[1] for ev in rec.events if ev[0] == "match" and ev[3].kind == "tensor"
                  and ev[3].dims is not None and ev[3].dtype is not None}
+        shared = rec.collective_inputs()
         for ev in rec.events:
             kind = ev[0]
             if kind == "kernel":
@@ -645,13 +671,13 @@ class _Plan:
                 steps.append(functools.partial(k.fn, ctypes.addressof(ptrs),
                                                ctypes.addressof(dimsarr)))
             elif kind == "storage" and ev[1] in escaping:
-                steps.append(_storage_step(vals, ev[1], ev[2], device))
+                steps.append(_storage_step(vals, ev[1], ev[2], device, ev[1] in shared))
             elif kind == "view" and ev[1] in escaping:
                 steps.append(_view_step(vals, *ev[1:6], patches[ev[1]], device, ev[6]))
             elif kind == "alloc" and ev[1] in escaping:
                 s = ev[1]
                 shape, dtype = rec.allocs[s]
-                steps.append(_alloc_step(vals, s, shape, dtype, patches[s], device))
+                steps.append(_alloc_step(vals, s, shape, dtype, patches[s], device, s in shared))
             elif kind == "packed":
                 guard = None if ev[4] in exact else ev[5]   # a match_cast checks it exactly
                 steps.append(_packed_step(vals, *ev[1:5], guard, patches.get(ev[4]), device))
@@ -698,8 +724,8 @@ def _view(where: str, storage, offset: int, shape: tuple, dtype) -> Any:
     return storage[offset:end].view(dtype).reshape(shape)
 
 
-def _storage_step(vals, s, nbytes, device):
-    empty = device.empty
+def _storage_step(vals, s, nbytes, device, shared=False):
+    empty = device.shared_empty if shared else device.empty
 
     def step():
         vals[s] = empty((nbytes,), _BYTES)
@@ -714,8 +740,8 @@ def _view_step(vals, s, st, offset, shape, dtype, pl, device, where):
     return step
 
 
-def _alloc_step(vals, s, shape, dtype, pl, device):
-    empty = device.empty
+def _alloc_step(vals, s, shape, dtype, pl, device, shared=False):
+    empty = device.shared_empty if shared else device.empty
 
     def step():
         a = vals[s] = empty(shape, dtype)

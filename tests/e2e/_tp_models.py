@@ -368,6 +368,23 @@ def register_dps_funcs() -> None:
 register_dps_funcs()
 
 
+PATHS_FUNC = "tp_models.allreduce_paths"
+
+
+def _allreduce_paths():
+    from disco import ccl
+    return ccl.communicator().allreduce_paths()
+
+
+def register_paths_func() -> None:
+    """Registers PATHS_FUNC (a worker's shm all-reduce path counts) in this process."""
+    import disco
+    disco.register_func(PATHS_FUNC, _allreduce_paths, override=True)
+
+
+register_paths_func()
+
+
 def dps_packed(k: int) -> str:
     """A call_dps_packed to DPS_FUNC between a column-parallel matmul and a
     row-parallel one: the external call sees the whole (replicated) tensor."""

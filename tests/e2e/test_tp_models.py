@@ -48,6 +48,26 @@ def rand(rng, *shape, scale=0.3):
     return (rng.standard_normal(shape) * scale).astype(np.float32)
 
 
+@pytest.mark.parametrize("kind", list(KINDS))
+def test_megatron_mlp_all_reduces_in_place_over_the_arena(kind):
+    """The VM allocates the all-reduce's input with device.shared_empty, so on shm every
+    call after the recording one reads the peer's partial sums in place; results match."""
+    src = M.mlp(2, dim=64, hidden=128)
+    rng = np.random.default_rng(3)
+    w1, w2 = rand(rng, 64, 128), rand(rng, 128, 64)
+    x = rand(rng, 96, 64, scale=1.0)                        # all-reduce of 24 KiB: not the small path
+    with KINDS[kind](2) as s:
+        s.import_module("_tp_models")
+        dmod = s.load_module(build(src), ccl_backend="shm")
+        weights = dmod.place({"w1": w1, "w2": w2})
+        for _ in range(3):
+            y = dmod["main"](x, weights["w1"], weights["w2"]).fetch()
+            np.testing.assert_allclose(y, M.mlp_ref(x, w1, w2), rtol=1e-4, atol=1e-4)
+        paths = s.get_global_func(M.PATHS_FUNC)()
+        for w in range(2):
+            assert paths.fetch(w) == {"one_barrier": 0, "staged": 1, "in_arenas": 2}
+
+
 def test_megatron_mlp(sess):
     k = sess.num_workers
     src = M.mlp(k)
