@@ -81,6 +81,14 @@ def as_numpy(x: Any) -> np.ndarray:
                      "a torch tensor or any object with __dlpack__")
 
 
+def host_array(x: Any) -> np.ndarray:
+    """`x` as a C-contiguous numpy array (what the CPU collectives take): `as_numpy`,
+    then a copy only if it is not contiguous."""
+    if type(x) is np.ndarray and x.flags.c_contiguous:
+        return x
+    return np.ascontiguousarray(as_numpy(x))
+
+
 def is_array_like(x: Any) -> bool:
     """True for arrays and tensors (not Python scalars, tuples or shapes)."""
     return isinstance(x, np.ndarray) or hasattr(x, "__dlpack__") or \

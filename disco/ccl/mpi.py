@@ -26,6 +26,7 @@ import numpy as np
 
 from disco.ccl import OPS, Communicator, register_backend
 from disco.errors import CollectiveError
+from disco.tensor import host_array
 
 _NATIVE = {np.dtype(t) for t in (np.float32, np.float64, np.int8, np.int16, np.int32, np.int64,
                                  np.uint8, np.uint16, np.uint32, np.uint64)}
@@ -42,12 +43,6 @@ def _dtype_code(dtype) -> int:
         name = str(np.dtype(dtype)).encode()
         code = _DTYPE_CODES[dtype] = int.from_bytes(name[:7].ljust(7, b"\0"), "little")
     return code
-
-
-def _array(x) -> np.ndarray:
-    if not isinstance(x, np.ndarray) and hasattr(x, "__dlpack__") and not hasattr(x, "__array__"):
-        x = np.from_dlpack(x)
-    return np.ascontiguousarray(x)
 
 
 def _axis(coll: str, x: np.ndarray, axis: int) -> int:
@@ -186,7 +181,7 @@ class MPICommunicator(Communicator):
         comm = self._c("allreduce")
 
         def prepare():
-            a = _array(x)
+            a = host_array(x)
             return (self._op("allreduce", op), a, _out("allreduce", out, a.shape, a.dtype),
                     self._reducible("allreduce", a), (a.dtype, op, 0, a.shape))
         mop, x, out, src, _ = self._agree("allreduce", prepare)
@@ -202,7 +197,7 @@ class MPICommunicator(Communicator):
         comm = self._c("allgather")
 
         def prepare():
-            a = _array(x)
+            a = host_array(x)
             ax = _axis("allgather", a, axis)
             shape = a.shape[:ax] + (a.shape[ax] * self.world,) + a.shape[ax + 1:]
             return a, ax, _out("allgather", out, shape, a.dtype), (a.dtype, None, ax, a.shape)
@@ -217,7 +212,7 @@ class MPICommunicator(Communicator):
         comm = self._c("reduce_scatter")
 
         def prepare():
-            a = _array(x)
+            a = host_array(x)
             ax = _axis("reduce_scatter", a, axis)
             blocks = _split_blocks("reduce_scatter", a, ax, self.world)
             return (self._op("reduce_scatter", op), blocks,
@@ -234,10 +229,10 @@ class MPICommunicator(Communicator):
         def prepare():
             if x is None:
                 raise CollectiveError("ccl.broadcast_from_worker0: worker 0 must pass an array, got None")
-            a = _array(x)
+            a = host_array(x)
             return a.shape, a.dtype
         shape, dtype = self._from_worker0("broadcast_from_worker0", prepare)
-        buf = _array(x) if self.rank == 0 else np.empty(shape, dtype)
+        buf = host_array(x) if self.rank == 0 else np.empty(shape, dtype)
         self._c("broadcast_from_worker0").Bcast(_bytes(buf), root=0)
         return buf.copy() if self.rank == 0 else buf
 
@@ -248,7 +243,7 @@ class MPICommunicator(Communicator):
             nonlocal blocks
             if x is None:
                 raise CollectiveError("ccl.scatter_from_worker0: worker 0 must pass an array, got None")
-            a = _array(x)
+            a = host_array(x)
             blocks = _split_blocks("scatter_from_worker0", a, _axis("scatter_from_worker0", a, axis),
                                    self.world)
             return blocks.shape, blocks.dtype
@@ -261,7 +256,7 @@ class MPICommunicator(Communicator):
         comm = self._c("gather_to_worker0")
 
         def prepare():
-            a = _array(x)
+            a = host_array(x)
             ax = _axis("gather_to_worker0", a, axis)
             return a, ax, (a.dtype, None, ax, a.shape)
         x, axis, _ = self._agree("gather_to_worker0", prepare)

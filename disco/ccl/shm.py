@@ -14,6 +14,7 @@ import numpy as np
 from disco import _native
 from disco.ccl import OPS, Communicator, register_backend
 from disco.errors import CollectiveError
+from disco.tensor import host_array
 
 # Codes of csrc/ccl/dtypes.h (enum DType). float16 and bfloat16 are reduced in float32.
 _DTYPE_CODES = {
@@ -29,15 +30,6 @@ _CODE_DTYPES = {code: dt for dt, code in _DTYPE_CODES.items()}
 _OP_CODES = {name: i for i, name in enumerate(OPS)}
 
 DEFAULT_TIMEOUT_S = float(os.environ.get("DISCO_CCL_TIMEOUT_S", "30"))
-
-
-def _array(x) -> np.ndarray:
-    """x as a C-contiguous numpy array (anything with __array__ or __dlpack__ works)."""
-    if type(x) is np.ndarray and x.flags.c_contiguous:
-        return x
-    if not isinstance(x, np.ndarray) and hasattr(x, "__dlpack__") and not hasattr(x, "__array__"):
-        x = np.from_dlpack(x)
-    return np.ascontiguousarray(x)
 
 
 def _dtype(x: np.ndarray) -> tuple[int, str]:
@@ -152,7 +144,7 @@ class ShmCommunicator(Communicator):
 
     def allreduce(self, x, op="sum", out=None):
         try:
-            x = _array(x)
+            x = host_array(x)
             code, name = _dtype(x)
             op_code = _op(op)
             if out is None and code >= 0 and x.nbytes > self._small_bytes:
@@ -165,7 +157,7 @@ class ShmCommunicator(Communicator):
 
     def allgather(self, x, axis=0, out=None):
         try:
-            x = _array(x)
+            x = host_array(x)
             axis = _axis(x, axis)
             shape = x.shape[:axis] + (x.shape[axis] * self.world,) + x.shape[axis + 1:]
             code, name = _dtype(x)
@@ -177,7 +169,7 @@ class ShmCommunicator(Communicator):
 
     def reduce_scatter(self, x, op="sum", axis=0, out=None):
         try:
-            x = _array(x)
+            x = host_array(x)
             axis = _axis(x, axis)
             op_code = _op(op)
             shape = x.shape[:axis] + (x.shape[axis] // self.world,) + x.shape[axis + 1:]
@@ -190,7 +182,7 @@ class ShmCommunicator(Communicator):
 
     def broadcast_from_worker0(self, x=None):
         try:
-            x = _array(x) if x is not None and self.rank == 0 else None
+            x = host_array(x) if x is not None and self.rank == 0 else None
             code, name = _dtype(x) if x is not None else (0, "")
         except Exception as e:
             self._fail("broadcast_from_worker0", e)
@@ -198,7 +190,7 @@ class ShmCommunicator(Communicator):
 
     def scatter_from_worker0(self, x=None, axis=0):
         try:
-            x = _array(x) if x is not None and self.rank == 0 else None
+            x = host_array(x) if x is not None and self.rank == 0 else None
             if x is not None:
                 axis = _axis(x, axis)
             code, name = _dtype(x) if x is not None else (0, "")
@@ -208,7 +200,7 @@ class ShmCommunicator(Communicator):
 
     def gather_to_worker0(self, x, axis=0):
         try:
-            x = _array(x)
+            x = host_array(x)
             axis = _axis(x, axis)
             code, name = _dtype(x)
             out = None
