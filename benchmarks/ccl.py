@@ -2,8 +2,10 @@
 
 Two worker processes (one per core on the reference machine) all-reduce float32
 arrays with op sum through `disco.ccl`: backend `shm` on ordinary numpy arrays
-(staged through the segment's slots) and on arena arrays from `ccl.empty` (read by
-the peer in place), and (when mpiexec and mpi4py are installed; --no-mpi skips them)
+with `out=` an ordinary array (staged through the segment's slots), the same without
+`out=` (the result is an arena array, so the all-gather reads the peer in place), and
+arena arrays from `ccl.empty` in and out (read by the peer in place altogether), and
+(when mpiexec and mpi4py are installed; --no-mpi skips them)
 backend `mpi` under `mpiexec -n 2`, next to mpi4py's own `Allreduce` on numpy arrays
 as the baseline, all in the same run. The table shows each side by side and the
 ratios MPI time / shm time (> 1: shm is faster) and disco-mpi time / mpi4py time
@@ -58,17 +60,17 @@ def shm_worker(rank: int, world: int, group: str, sizes, budget_s: float, repeat
 
     set_worker_context(WorkerContext(worker_id=rank, num_workers=world), process_wide=True)
     ccl.init("shm", group)
-    times = {"numpy": {}, "arena": {}}
+    times = {"numpy": {}, "default": {}, "arena": {}}
     for nbytes in sizes:
-        for kind, empty in (("numpy", np.empty), ("arena", ccl.empty)):
+        for kind, empty in (("numpy", np.empty), ("default", np.empty), ("arena", ccl.empty)):
             x = empty(nbytes // 4, np.float32)
             x[...] = rank + 1
-            out = empty(nbytes // 4, np.float32)
-            ccl.allreduce(x, out=out)
-            assert out[0] == world * (world + 1) / 2, out[:4]  # a sanity check, not the test suite
+            out = None if kind == "default" else empty(nbytes // 4, np.float32)
+            got = ccl.allreduce(x, out=out)
+            assert got[0] == world * (world + 1) / 2, got[:4]  # a sanity check, not the test suite
             iters = iterations(nbytes, budget_s)
             times[kind][nbytes] = time_loop(lambda: ccl.allreduce(x, out=out), ccl.barrier, iters, repeats)
-            del x, out
+            del x, out, got
     ccl.shutdown()
     if rank == 0:
         queue.put(times)
@@ -140,8 +142,9 @@ def fmt_size(n: int) -> str:
     return f"{n} B"
 
 
-def fmt_time(t: float) -> str:
-    return f"{t * 1e6:9.1f} us" if t < 1e-3 else f"{t * 1e3:9.2f} ms"
+def fmt_time(t: float, width: int = 12) -> str:
+    text = f"{t * 1e6:.1f} us" if t < 1e-3 else f"{t * 1e3:.2f} ms"
+    return f"{text:>{width}}"
 
 
 # The targets for shm against MPICH (mpi4py's Allreduce): latency at most 1.2x
@@ -187,13 +190,14 @@ def main() -> None:
 
     # Both run in this process tree, in alternating rounds on the same sizes; the best
     # time of each is kept, so a burst of load from elsewhere does not decide a ratio.
-    shm: dict[int, float] = {}    # ordinary numpy arrays, staged
-    arena: dict[int, float] = {}  # arena arrays (ccl.empty), read in place
+    shm: dict[int, float] = {}      # ordinary numpy arrays in and out, staged
+    default: dict[int, float] = {}  # numpy in, out=None (an arena array): the all-gather in place
+    arena: dict[int, float] = {}    # arena arrays (ccl.empty) in and out, read in place
     mpi: dict[int, float] = {}
     dmpi: dict[int, float] = {}
     for _ in range(args.rounds):
         got = run_shm(sizes, args.budget, args.repeats)
-        for best, kind in ((shm, "numpy"), (arena, "arena")):
+        for best, kind in ((shm, "numpy"), (default, "default"), (arena, "arena")):
             for n, t in got[kind].items():
                 best[n] = min(t, best.get(n, t))
         if use_mpi:
@@ -202,38 +206,43 @@ def main() -> None:
             for n, t in run_mpi(sizes, args.budget, args.repeats, backend="disco").items():
                 dmpi[n] = min(t, dmpi.get(n, t))
     rows = []
-    head = f"{'size':>8} | {'shm numpy':>12} {'GB/s':>6} | {'shm arena':>12} {'GB/s':>6}"
+    head = f"{'size':>8} | {'numpy':>10} {'out=None':>10} {'arena':>10} {'GB/s':>6}"
     if mpi:
-        head += (f" | {'disco mpi':>12} | {'mpi4py':>12} {'GB/s':>6}"
-                 f" | {'mpi4py/shm':>10} {'mpi4py/arena':>12} {'dmpi/mpi4py':>11}")
-    print("all-reduce, float32 sum, 2 workers (processes); shm numpy: ordinary arrays, "
-          "shm arena: arrays from ccl.empty")
+        head += (f" | {'disco mpi':>10} | {'mpi4py':>10} {'GB/s':>6}"
+                 f" | {'mpi/np':>7} {'mpi/None':>8} {'mpi/arena':>9} {'dmpi/mpi':>8}")
+    print("all-reduce, float32 sum, 2 workers (processes); shm with numpy: ordinary arrays in and out;")
+    print("out=None: ordinary input, arena output; arena: arrays from ccl.empty in and out")
+    if mpi:
+        print("ratios: mpi4py time over shm's (numpy, out=None, arena; > 1: shm is faster), and the mpi backend's over mpi4py's")
     print(head)
     print("-" * len(head))
     for n in sizes:
         row = {"bytes": n, "shm_s": shm[n], "shm_GBps": n / shm[n] / 1e9,
+               "shm_out_none_s": default[n], "shm_out_none_GBps": n / default[n] / 1e9,
                "shm_arena_s": arena[n], "shm_arena_GBps": n / arena[n] / 1e9}
-        line = (f"{fmt_size(n):>8} | {fmt_time(shm[n]):>12} {row['shm_GBps']:6.2f} | "
-                f"{fmt_time(arena[n]):>12} {row['shm_arena_GBps']:6.2f}")
+        line = (f"{fmt_size(n):>8} | {fmt_time(shm[n], 10)} {fmt_time(default[n], 10)} "
+                f"{fmt_time(arena[n], 10)} {row['shm_arena_GBps']:6.2f}")
         if mpi:
             row.update(mpi_s=mpi[n], mpi_GBps=n / mpi[n] / 1e9, ratio_mpi_over_shm=mpi[n] / shm[n],
+                       ratio_mpi_over_shm_out_none=mpi[n] / default[n],
                        ratio_mpi_over_shm_arena=mpi[n] / arena[n],
                        disco_mpi_s=dmpi[n], disco_mpi_GBps=n / dmpi[n] / 1e9,
                        ratio_disco_mpi_over_mpi4py=dmpi[n] / mpi[n])
-            line += (f" | {fmt_time(dmpi[n]):>12} | {fmt_time(mpi[n]):>12} {row['mpi_GBps']:6.2f}"
-                     f" | {row['ratio_mpi_over_shm']:9.2f}x {row['ratio_mpi_over_shm_arena']:11.2f}x"
-                     f" {row['ratio_disco_mpi_over_mpi4py']:10.2f}x")
+            line += (f" | {fmt_time(dmpi[n], 10)} | {fmt_time(mpi[n], 10)} {row['mpi_GBps']:6.2f}"
+                     f" | {row['ratio_mpi_over_shm']:6.2f}x {row['ratio_mpi_over_shm_out_none']:7.2f}x"
+                     f" {row['ratio_mpi_over_shm_arena']:8.2f}x {row['ratio_disco_mpi_over_mpi4py']:7.2f}x")
         rows.append(row)
         print(line)
     if mpi:
         print(_verdicts(sizes, shm, mpi, "numpy arrays"))
+        print(_verdicts(sizes, default, mpi, "numpy input, out=None"))
         print(_verdicts(sizes, arena, mpi, "arena arrays"))
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out, "w") as f:
         json.dump({"benchmark": "ccl.allreduce", "dtype": "float32", "op": "sum", "workers": 2,
                    "repeats": args.repeats, "rounds": args.rounds, "budget_s": args.budget,
                    "baseline": "mpi4py Allreduce (mpiexec -n 2)" if mpi else None,
-                   "backends": ["shm", "shm arena", "mpi"] if mpi else ["shm", "shm arena"],
+                   "backends": ["shm", "shm out=None", "shm arena", "mpi"] if mpi else ["shm", "shm out=None", "shm arena"],
                    "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
                    "rows": rows}, f, indent=1)
     print(f"wrote {args.out}")

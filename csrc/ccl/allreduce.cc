@@ -102,11 +102,17 @@ void allreduce(Communicator& c, Meta m, const void* in_v, void* out_v) {
     ++c.allreduce_paths.in_arenas;
     return allreduce_in_arenas(c, t, op, n, es, in_off, out_off, out == in, out, stream);
   }
-  ++c.allreduce_paths.staged;
   if (in_arenas > 0) {  // some ranks skipped staging chunk 0 for nothing: all stage it again
     stage(0);
     c.barrier(Coll::kAllreduce);
   }
+  // Every rank's output in the arenas (not every input): reduce straight into `out`, and
+  // after the last chunk copy the other regions from the peers' outputs in place, then
+  // wait at one more barrier until they are done reading this rank's.
+  int outs_in_arenas = 0;
+  for (int p = 0; p < W; ++p) outs_in_arenas += out_off[p] >= 0;
+  const bool gather_in_place = outs_in_arenas == W;
+  ++(gather_in_place ? c.allreduce_paths.outputs_in_arenas : c.allreduce_paths.staged);
   for (size_t i = 1; i <= K + 1; ++i) {
     if (i < K) stage(i);
     if (i <= K) {  // reduce-scatter step for chunk i-1: reduce my region, publish it
@@ -116,12 +122,14 @@ void allreduce(Communicator& c, Meta m, const void* in_v, void* out_v) {
       for (int p = 0; p < W; ++p) {
         srcs[p] = (p == r && !overlap) ? in + (k * ce + lo) * es : c.rbuf(p, 0) + lo * es;
       }
-      if (hi > lo) {  // reduce into my slot (in cache), then copy to `out`
+      if (hi > lo && gather_in_place) {
+        reduce(t, op, out + (k * ce + lo) * es, srcs.data(), W, hi - lo);
+      } else if (hi > lo) {  // reduce into my slot (in cache), then copy to `out`
         reduce(t, op, c.wbuf(1) + lo * es, srcs.data(), W, hi - lo);
         copy_out(out + (k * ce + lo) * es, c.wbuf(1) + lo * es, (hi - lo) * es, stream);
       }
     }
-    if (i >= 2) {  // all-gather step for chunk i-2: copy the others' reduced regions
+    if (i >= 2 && !gather_in_place) {  // all-gather step for chunk i-2: copy the others' reduced regions
       const size_t k = i - 2, len = len_of(k);
       const Regions rg(len, W, es);
       for (int q = 0; q < W; ++q) {
@@ -131,6 +139,19 @@ void allreduce(Communicator& c, Meta m, const void* in_v, void* out_v) {
       }
     }
     if (i <= K) c.barrier(Coll::kAllreduce);
+  }
+  if (gather_in_place) {
+    for (size_t k = 0; k < K; ++k) {
+      const size_t len = len_of(k);
+      const Regions rg(len, W, es);
+      for (int q = 0; q < W; ++q) {
+        const size_t lo = rg.lo(len, q), hi = rg.hi(len, q), at = (k * ce + lo) * es;
+        if (q != r && hi > lo) copy_out(out + at, c.arena(q) + out_off[q] + at, (hi - lo) * es, stream);
+      }
+    }
+    if (stream) stream_fence();
+    c.barrier(Coll::kAllreduce);
+    return;
   }
   if (stream) stream_fence();
 }

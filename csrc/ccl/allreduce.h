@@ -12,7 +12,8 @@ namespace ccl {
 // this rank's region of chunk k from all slots (reduce-scatter step), copy the other
 // ranks' reduced regions of chunk k-1 out (all-gather step). When every rank's `in` and
 // `out` lie in the arenas, nothing is staged: each rank reduces its region from its
-// peers' inputs in place, then copies the other regions from their outputs.
+// peers' inputs in place, then copies the other regions from their outputs. When only
+// every `out` does, inputs are staged and the all-gather reads the peers' outputs.
 void allreduce(Communicator& c, Meta m, const void* in, void* out);
 
 }  // namespace ccl

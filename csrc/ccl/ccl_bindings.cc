@@ -112,6 +112,7 @@ void bind_ccl(py::module_& m) {
         py::dict d;
         d["one_barrier"] = c.allreduce_paths.one_barrier;
         d["staged"] = c.allreduce_paths.staged;
+        d["outputs_in_arenas"] = c.allreduce_paths.outputs_in_arenas;
         d["in_arenas"] = c.allreduce_paths.in_arenas;
         return d;
       }, "How many of this rank's all-reduces took each path (communicator.h).")

@@ -148,9 +148,10 @@ class Communicator {
   int64_t arena_offset(const void* p, size_t nbytes) const;
 
   // How this rank's all-reduces ran (for diagnostics and tests): one barrier (small),
-  // staged through the slots, or in place over the arenas.
+  // staged through the slots, staged with the all-gather read from the peers' outputs
+  // in their arenas, or in place over the arenas altogether.
   struct AllreducePaths {
-    uint64_t one_barrier = 0, staged = 0, in_arenas = 0;
+    uint64_t one_barrier = 0, staged = 0, outputs_in_arenas = 0, in_arenas = 0;
   } allreduce_paths;
 
   // Wait until every rank has reached the same barrier; ends the current interval.

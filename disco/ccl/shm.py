@@ -94,9 +94,10 @@ class ShmCommunicator(Communicator):
 
     The arena: `empty` makes arrays in shared memory that every worker maps, and an
     all-reduce whose input and output are such arrays on every worker reads its
-    peers' data in place instead of staging it (communicator.h). An all-reduce larger
-    than small_bytes without `out=` returns an arena array, so results feed the next
-    collective in place too; a full arena gives ordinary arrays.
+    peers' data in place instead of staging it (communicator.h); with only the outputs
+    there, the inputs are staged and the all-gather reads in place. An all-reduce
+    larger than small_bytes without `out=` returns an arena array, so it takes at
+    least the second way; a full arena gives ordinary arrays.
 
     Each method first checks this worker's own arguments; if they are unusable it does
     not raise alone (its peers would wait for it until the timeout) but posts the
@@ -123,7 +124,8 @@ class ShmCommunicator(Communicator):
 
     def allreduce_paths(self) -> dict[str, int]:
         """How many of this worker's all-reduces ran each way: "one_barrier" (small),
-        "staged" (through the slots), "in_arenas" (read in place)."""
+        "staged" (through the slots), "outputs_in_arenas" (inputs staged, the
+        all-gather read from the peers' arena outputs), "in_arenas" (read in place)."""
         return self._c.allreduce_paths()
 
     def in_arena(self, x: np.ndarray) -> bool:

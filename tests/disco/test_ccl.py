@@ -306,7 +306,8 @@ def test_processes(method):
     assert got[1][3] is None
     for r in range(world):  # each process maps the arenas at its own addresses
         assert_matches(got[r][4], reference_reduce(xs, "sum"))
-        assert got[r][5] == {"one_barrier": 0, "staged": 1, "in_arenas": 1}
+        # the first all-reduce's output (out=None) was an arena array: its all-gather read in place
+        assert got[r][5] == {"one_barrier": 0, "staged": 0, "outputs_in_arenas": 1, "in_arenas": 1}
     assert not [f for f in os.listdir("/dev/shm") if group in f], "segment left behind"
 
 
@@ -538,20 +539,38 @@ def test_allreduce_in_place_over_the_arena(world):
 
 
 def test_allreduce_with_arena_arrays_on_some_workers_only():
-    """Worker 0's arrays in the arena, worker 1's ordinary: the staged path, correct, and
-    the group stays in step for the next collectives."""
+    """Worker 0's arrays in the arena, worker 1's ordinary: the staged path (worker 0
+    stages the first chunk it had skipped), correct, and the group stays in step; then
+    ordinary inputs with arena outputs (out=None): staged, the all-gather in place."""
     xs = [make(r, (200_003,), np.dtype(np.float32)) for r in range(2)]
 
     def body(r):
         x = ccl.empty(xs[r].shape, xs[r].dtype) if r == 0 else xs[r].copy()
         x[...] = xs[r]
-        first = ccl.allreduce(x, out=ccl.empty(x.shape, x.dtype) if r == 0 else None)
+        first = ccl.allreduce(x, out=ccl.empty(x.shape, x.dtype) if r == 0 else np.empty_like(x))
         again = ccl.allreduce(xs[r])
-        return first, again, ccl.communicator().allreduce_paths()
-    for first, again, paths in run_threads(2, body):
+        return first, again, ccl.communicator().in_arena(again), ccl.communicator().allreduce_paths()
+    for first, again, again_in_arena, paths in run_threads(2, body):
         assert_matches(first, reference_reduce(xs, "sum"))
         assert_matches(again, reference_reduce(xs, "sum"))
-        assert paths == {"one_barrier": 0, "staged": 2, "in_arenas": 0}
+        assert again_in_arena
+        assert paths == {"one_barrier": 0, "staged": 1, "outputs_in_arenas": 1, "in_arenas": 0}
+
+
+@pytest.mark.parametrize("world", [2, 3])
+def test_allreduce_of_ordinary_arrays_into_arena_outputs(world):
+    """Inputs ordinary, outputs in the arenas on every worker: inputs staged chunk by
+    chunk, each worker reduces into its output, the all-gather reads the peers' outputs
+    (chunks and regions of odd sizes; the in-place case stays staged)."""
+    for dtype, op in ((np.dtype(np.float32), "sum"), (BF16, "max"), (np.dtype(np.int32), "prod")):
+        xs = [make(r, (70_001,), dtype, op) for r in range(world)]
+
+        def body(r):
+            out = ccl.empty(xs[r].shape, xs[r].dtype)
+            return np.array(ccl.allreduce(xs[r], op, out=out)), ccl.communicator().allreduce_paths()
+        for got, paths in run_threads(world, body, chunk_bytes=64 << 10):
+            assert_matches(got, reference_reduce(xs, op))
+            assert paths["outputs_in_arenas"] == 1 and paths["staged"] == 0
 
 
 def test_arena_allocation_reuses_freed_blocks_and_falls_back_when_full():
@@ -570,7 +589,7 @@ def test_arena_allocation_reuses_freed_blocks_and_falls_back_when_full():
         too_big[...] = r + 1
         return ccl.allreduce(merged, out=merged)[-1], ccl.allreduce(too_big)[-1], comm.allreduce_paths()
     for merged, big, paths in run_threads(2, body, arena_bytes=2 << 20):
-        assert merged == 3 and big == 3
+        assert merged == 3 and big == 3     # too_big's result (4 MiB) does not fit either: staged
         assert paths["in_arenas"] == 1 and paths["staged"] == 1
 
 
