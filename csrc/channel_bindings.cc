@@ -310,8 +310,9 @@ class PyChannel {
       if (hot && missing == -1) {
         if (op == kOpCall) {
           py::object raised = Call(a, b, payload);
-          if (!raised) continue;
-          return py::make_tuple(op, seq, a, b, raised, kCallRaised);
+          if (raised) return py::make_tuple(op, seq, a, b, raised, kCallRaised);
+          CheckSignals();
+          continue;
         }
         if (op == kOpFree || (op == kOpSync && clean)) {
           Free(payload);
@@ -319,6 +320,7 @@ class PyChannel {
             *ch_->ReplyArea() = kNone;
             ch_->PostReply(seq, kStatusOk, 1);
           }
+          CheckSignals();
           continue;
         }
       }
@@ -326,8 +328,18 @@ class PyChannel {
     }
   }
 
+  // Run Python's signal handlers between hot commands, as the interpreter would between
+  // commands handled in Python (a KeyboardInterrupt then leaves `next`).
+  static void CheckSignals() {
+    if (PyErr_CheckSignals() != 0) throw py::error_already_set();
+  }
+
   // objects[b] = funcs[a](*args); the exception instead if that raised (else a null object).
   py::object Call(int64_t slot, int64_t result_id, py::handle args) {
+    if (!PyTuple_Check(args.ptr())) {
+      PyErr_SetString(PyExc_TypeError, "CALL payload is not a tuple of arguments");
+      return take_exception();
+    }
     py::int_ key(slot);
     PyObject* f = PyDict_GetItem(funcs.ptr(), key.ptr());  // borrowed
     if (f == nullptr) {
