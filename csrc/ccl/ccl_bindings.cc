@@ -97,7 +97,9 @@ void bind_ccl(py::module_& m) {
            py::arg("arena_bytes") = Options().arena_bytes)
       .def("arena_empty", [](std::shared_ptr<Communicator> c, std::vector<py::ssize_t> shape, py::dtype dt) -> py::object {
         size_t nbytes = static_cast<size_t>(dt.itemsize());
-        for (py::ssize_t d : shape) nbytes *= static_cast<size_t>(d);
+        for (py::ssize_t d : shape) {  // a negative or overflowing size: numpy's own error
+          if (d < 0 || __builtin_mul_overflow(nbytes, static_cast<size_t>(d), &nbytes)) return py::none();
+        }
         const int64_t off = c->arena_alloc(nbytes);
         if (off < 0) return py::none();
         py::capsule owner(new ArenaBlock{c, off}, [](void* p) {

@@ -261,6 +261,7 @@ Communicator::~Communicator() {
 }
 
 int64_t Communicator::arena_alloc(size_t nbytes) {
+  if (nbytes > opts_.arena_bytes) return -1;
   const size_t want = round_up(nbytes == 0 ? 1 : nbytes, 256);
   std::lock_guard<std::mutex> lock(arena_mu_);
   for (auto it = arena_free_.begin(); it != arena_free_.end(); ++it) {  // first fit

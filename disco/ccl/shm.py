@@ -116,10 +116,10 @@ class ShmCommunicator(Communicator):
 
     def empty(self, shape, dtype=np.float32) -> np.ndarray:
         """An uninitialised array in this worker's arena (see the class docstring), or an
-        ordinary one when the arena has no room."""
-        shape = (shape,) if isinstance(shape, int) else tuple(shape)
+        ordinary one when the arena has no room (or numpy's error for a bad shape)."""
+        shape = (int(shape),) if np.ndim(shape) == 0 else tuple(int(d) for d in shape)
         dtype = np.dtype(dtype)
-        a = self._c.arena_empty(shape, dtype)
+        a = self._c.arena_empty(shape, dtype) if not dtype.hasobject else None
         return np.empty(shape, dtype) if a is None else a
 
     def allreduce_paths(self) -> dict[str, int]:

@@ -608,6 +608,25 @@ def test_arena_arrays_outlive_their_communicator():
         assert kept and total == (0 + 1 + 1) * 1000 * 64
 
 
+def test_arena_empty_takes_what_numpy_empty_takes_and_raises_what_it_raises():
+    def body(r):
+        comm = ccl.communicator()
+        a = ccl.empty(np.int64(5), "float16")
+        b = ccl.empty((np.int32(2), 3), BF16)
+        objects = ccl.empty(3, object)                    # never in shared memory
+        errors = []
+        for shape in ((-1, 4), (1 << 40, 1 << 40)):
+            try:
+                ccl.empty(shape, np.float32)
+            except (ValueError, MemoryError) as e:
+                errors.append(type(e).__name__)
+        return (a.shape, a.dtype, comm.in_arena(a), b.shape, b.dtype, comm.in_arena(b),
+                objects.dtype, comm.in_arena(objects), errors)
+    for got in run_threads(2, body):
+        assert got == ((5,), np.float16, True, (2, 3), BF16, True, np.dtype(object), False,
+                       ["ValueError", "ValueError"])
+
+
 def test_no_arena():
     """arena_bytes=0: ccl.empty gives ordinary arrays, all-reduces are staged."""
     def body(r):
