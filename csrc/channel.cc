@@ -101,6 +101,14 @@ int CreateAnonymousSegment(uint64_t nbytes) {
     throw ChannelError("ftruncate(" + std::to_string(nbytes) + ") of a shared-memory buffer failed: " +
                        std::strerror(e));
   }
+  // Reserve the pages now: a full /dev/shm then fails here, with a message, instead of
+  // killing the process with SIGBUS when a page is first written.
+  if (nbytes > 0 && fallocate(fd, 0, 0, static_cast<off_t>(nbytes)) != 0 && errno != EOPNOTSUPP) {
+    int e = errno;
+    close(fd);
+    throw ChannelError("no room for a " + std::to_string(nbytes) + "-byte shared-memory segment in /dev/shm (" +
+                       std::strerror(e) + "); free shared memory or enlarge /dev/shm (docker: --shm-size)");
+  }
   return fd;
 }
 

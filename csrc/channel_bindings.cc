@@ -12,7 +12,9 @@
 // objects[b]), FREE (payload: ids) and SYNC (payload: ids to free, or None) itself,
 // acknowledging a SYNC with an OK/None reply while `clean` says no failure waits to be
 // reported, and returns to Python only for the other commands, a SYNC that must carry
-// failures, and a CALL that raised (missing == kCallRaised, payload: the exception).
+// failures, a hot command whose payload did not decode or names a missing DRef
+// (missing != -1), and a CALL that raised (missing == kCallRaised, payload: the
+// exception).
 // A pipelined call then costs a worker no Python bytecode besides the function's own.
 // The op numbers are protocol.Op's.
 
@@ -347,7 +349,9 @@ class PyChannel {
                                        " on this worker (GET_FUNC did not register it)").c_str());
       return take_exception();
     }
+    Py_INCREF(f);  // the call may replace funcs[slot]
     PyObject* result = PyObject_Call(f, args.ptr(), nullptr);
+    Py_DECREF(f);
     if (result == nullptr) return take_exception();
     py::int_ rid(result_id);
     const int rc = PyDict_SetItem(objects.ptr(), rid.ptr(), result);
@@ -361,7 +365,8 @@ class PyChannel {
     if (!PyTuple_Check(ids.ptr())) return;
     for (py::handle id : py::reinterpret_borrow<py::tuple>(ids)) {
       for (PyObject* table : {objects.ptr(), failed.ptr()}) {
-        if (PyDict_Contains(table, id.ptr()) == 1 && PyDict_DelItem(table, id.ptr()) != 0) PyErr_Clear();
+        const int has = PyDict_Contains(table, id.ptr());  // -1: an unhashable id (a malformed payload)
+        if (has < 0 || (has == 1 && PyDict_DelItem(table, id.ptr()) != 0)) PyErr_Clear();
       }
     }
   }

@@ -84,9 +84,8 @@ def as_numpy(x: Any) -> np.ndarray:
 def host_array(x: Any) -> np.ndarray:
     """`x` as a C-contiguous numpy array (what the CPU collectives take): `as_numpy`,
     then a copy only if it is not contiguous."""
-    if type(x) is np.ndarray and x.flags.c_contiguous:
-        return x
-    return np.ascontiguousarray(as_numpy(x))
+    a = as_numpy(x)
+    return a if a.flags.c_contiguous else np.ascontiguousarray(a)  # (which makes 0-d arrays 1-d)
 
 
 def is_array_like(x: Any) -> bool:

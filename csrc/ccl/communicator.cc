@@ -5,6 +5,7 @@
 #include <linux/futex.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -110,6 +111,17 @@ std::string shape_str(const Meta& m) {
   return s.str();
 }
 
+// Whether /dev/shm can give `grow` more bytes to an arena and still keep
+// max(64 MiB, 1/8 of its size) free for the command ring, transfer buffers and other
+// groups' segments, which must never be the ones that find it full.
+bool room_in_shm(int fd, size_t grow) {
+  struct statvfs sv;
+  if (fstatvfs(fd, &sv) != 0) return true;  // unknown: fallocate still guards
+  const uint64_t avail = uint64_t(sv.f_bavail) * sv.f_frsize, size = uint64_t(sv.f_blocks) * sv.f_frsize;
+  const uint64_t headroom = std::max<uint64_t>(64ull << 20, size / 8);
+  return avail >= grow + headroom;
+}
+
 }  // namespace
 
 void copy_out(void* dst_v, const void* src_v, size_t n, bool stream) {
@@ -187,6 +199,16 @@ Communicator::Communicator(const std::string& group, int rank, int world, const 
       close(fd);
       shm_unlink(name_.c_str());
       throw CclError("ccl.init: ftruncate(" + name_ + ", " + std::to_string(total) + ") failed: " + std::strerror(err));
+    }
+    // Reserve everything but the arenas (reserved as they are used): a full /dev/shm
+    // fails here instead of with SIGBUS at the first collective.
+    if (fallocate(fd, 0, 0, static_cast<off_t>(arena_off_)) != 0 && errno != EOPNOTSUPP) {
+      int err = errno;
+      close(fd);
+      shm_unlink(name_.c_str());
+      throw CclError("ccl.init: no room for the " + std::to_string(arena_off_) + "-byte segment " + name_ +
+                     " in /dev/shm (" + std::strerror(err) + "); free shared memory or enlarge /dev/shm "
+                     "(docker: --shm-size)");
     }
   } else {
     // Attach: wait for the segment to exist, be full size, and carry the magic.
@@ -269,6 +291,7 @@ int64_t Communicator::arena_alloc(size_t nbytes) {
     const size_t off = it->first, end = off + want;
     if (end > arena_reserved_) {  // first use of these pages: reserve them now (see the file comment)
       const size_t upto = std::min(round_up(end, 2 << 20), opts_.arena_bytes);
+      if (!room_in_shm(fd_, upto - arena_reserved_)) return -1;
       const off_t at = static_cast<off_t>(arena(rank_) - base_ + arena_reserved_);
       if (fallocate(fd_, 0, at, static_cast<off_t>(upto - arena_reserved_)) != 0) return -1;
       arena_reserved_ = upto;

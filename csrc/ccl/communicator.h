@@ -25,12 +25,19 @@
 // (`arena_alloc`, disco.ccl.empty in Python); every rank maps every region, so a
 // collective whose arrays all lie in the arenas reads its peers' data in place instead
 // of staging it through the slots (a 2-rank all-reduce then moves about 2.5x its size
-// per rank instead of 4.5x). Metas carry each array's arena offset (-1: elsewhere);
-// a collective takes the in-place path only when every rank's arrays are in arenas,
-// decided after the first barrier from the Metas, so every rank decides the same.
+// per rank instead of 4.5x). Metas carry each array's arena offset (-1: elsewhere),
+// and the path is decided after the first barrier from every rank's Meta, so every
+// rank decides the same: all inputs and outputs in arenas, read in place; all outputs
+// there, inputs staged and the all-gather read in place; else staged. Ranks that
+// skipped staging the first chunk because their own arrays were in the arena stage it
+// when the group turns out to need it, and every rank passes one more barrier.
 // The regions are sparse: a page costs memory once an allocation first reaches it,
 // reserved then with fallocate so that a full /dev/shm fails the allocation (the
-// array is then an ordinary one) instead of faulting later.
+// array is then an ordinary one) instead of faulting later; an arena does not grow
+// into the last max(64 MiB, 1/8) of /dev/shm, left for the segments that cannot fall
+// back. Reserved pages stay reserved (up to the arena's high-water mark) until the
+// communicator and its last arena array are gone. The rest of the segment is reserved
+// when it is created.
 #pragma once
 
 #include <algorithm>

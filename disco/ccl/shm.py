@@ -6,6 +6,7 @@ segment layout and the protocol; this module only maps numpy arrays onto it.
 """
 from __future__ import annotations
 
+import operator
 import os
 
 import ml_dtypes
@@ -117,7 +118,7 @@ class ShmCommunicator(Communicator):
     def empty(self, shape, dtype=np.float32) -> np.ndarray:
         """An uninitialised array in this worker's arena (see the class docstring), or an
         ordinary one when the arena has no room (or numpy's error for a bad shape)."""
-        shape = (int(shape),) if np.ndim(shape) == 0 else tuple(int(d) for d in shape)
+        shape = (operator.index(shape),) if np.ndim(shape) == 0 else tuple(operator.index(d) for d in shape)
         dtype = np.dtype(dtype)
         a = self._c.arena_empty(shape, dtype) if not dtype.hasobject else None
         return np.empty(shape, dtype) if a is None else a
@@ -138,6 +139,8 @@ class ShmCommunicator(Communicator):
     def _fail(self, coll: str, error: Exception):
         """Raise `error` (this worker's arguments to ccl.`coll` are unusable) on every
         worker of the group: the same CollectiveError everywhere, naming this worker."""
+        if isinstance(self._c, _Closed):  # nothing to post through: say so for `coll`
+            raise CollectiveError(f"ccl.{coll}: the shm communicator of worker {self.rank} is closed") from error
         problem = str(error) if isinstance(error, _BadArgument) else f"{type(error).__name__}: {error}"
         try:
             self._c.fail_arguments(coll, problem)

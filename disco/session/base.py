@@ -111,7 +111,10 @@ class Session:
         self._stopping = False  # shutdown began: workers exiting is expected
         self._deadline: float | None = None
         self._transfer = Transfer()
-        self._chan = _native.Channel(num_workers, ring_bytes=ring_bytes, spin_us=spin_us)
+        try:
+            self._chan = _native.Channel(num_workers, ring_bytes=ring_bytes, spin_us=spin_us)
+        except _native.ChannelError as e:  # e.g. /dev/shm full
+            raise SessionError(f"{self.name}: cannot create the command channel: {e}") from e
         self._chan.set_codec(DRef, self._tok, self._transfer.encode, self._transfer.decode, None,
                              INLINE_ARRAY_BYTES)
         me = weakref.ref(self)

@@ -120,7 +120,9 @@ def serve(chan, ctx: WorkerContext, alive: Callable[[], bool] | None = None) -> 
             if chan.closed or (alive is not None and not alive()):
                 return
             continue
-        if transfer.outgoing:  # the controller read our last reply before sending more
+        # The controller read our last reply before sending more. (Hot commands never get
+        # here, so a reply's buffers may wait for the next other command: one reply's worth.)
+        if transfer.outgoing:
             transfer.release()
         op, seq, a, b, payload, missing = cmd
         if missing == _CALL_RAISED:  # a CALL run by chan.next; payload: what its function raised

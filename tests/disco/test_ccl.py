@@ -561,7 +561,7 @@ def test_allreduce_with_arena_arrays_on_some_workers_only():
 def test_allreduce_of_ordinary_arrays_into_arena_outputs(world):
     """Inputs ordinary, outputs in the arenas on every worker: inputs staged chunk by
     chunk, each worker reduces into its output, the all-gather reads the peers' outputs
-    (chunks and regions of odd sizes; the in-place case stays staged)."""
+    (chunks and regions of odd sizes)."""
     for dtype, op in ((np.dtype(np.float32), "sum"), (BF16, "max"), (np.dtype(np.int32), "prod")):
         xs = [make(r, (70_001,), dtype, op) for r in range(world)]
 
@@ -615,16 +615,20 @@ def test_arena_empty_takes_what_numpy_empty_takes_and_raises_what_it_raises():
         b = ccl.empty((np.int32(2), 3), BF16)
         objects = ccl.empty(3, object)                    # never in shared memory
         errors = []
-        for shape in ((-1, 4), (1 << 40, 1 << 40)):
-            try:
-                ccl.empty(shape, np.float32)
-            except (ValueError, MemoryError) as e:
-                errors.append(type(e).__name__)
+        for shape in ((-1, 4), (1 << 40, 1 << 40), 2.7, (3.9, 2), "4"):
+            for empty in (ccl.empty, np.empty):
+                try:
+                    empty(shape, np.float32)
+                    errors.append(None)
+                except (ValueError, TypeError, MemoryError) as e:
+                    errors.append(type(e).__name__)
         return (a.shape, a.dtype, comm.in_arena(a), b.shape, b.dtype, comm.in_arena(b),
                 objects.dtype, comm.in_arena(objects), errors)
     for got in run_threads(2, body):
-        assert got == ((5,), np.float16, True, (2, 3), BF16, True, np.dtype(object), False,
-                       ["ValueError", "ValueError"])
+        assert got[:-1] == ((5,), np.float16, True, (2, 3), BF16, True, np.dtype(object), False)
+        errors = got[-1]
+        assert errors[0::2] == errors[1::2]                # ccl.empty's error is numpy's
+        assert errors[0::2] == ["ValueError", "ValueError", "TypeError", "TypeError", "TypeError"]
 
 
 def test_no_arena():
