@@ -638,3 +638,27 @@ def test_no_arena():
         x[...] = 1
         return ccl.communicator().in_arena(x), ccl.allreduce(x)[0]
     assert run_threads(2, body, arena_bytes=0) == [(False, 2.0)] * 2
+
+
+def test_zero_d_inputs_stay_zero_d():
+    """A numpy scalar or 0-d array all-reduces to a 0-d array, as np.add would give."""
+    got = run_threads(2, lambda r: (ccl.allreduce(np.float64(r + 1.5)), ccl.allreduce(np.array(r, np.int32))))
+    for scalar, zero_d in got:
+        assert scalar.shape == () and scalar.dtype == np.float64 and scalar == 4.0
+        assert zero_d.shape == () and zero_d.dtype == np.int32 and zero_d == 1
+
+
+def test_a_closed_communicator_names_the_collective():
+    def body(r):
+        comm = ccl.communicator()
+        comm.close()
+        errors = []
+        for call in (lambda: comm.allreduce(np.ones(1 << 16, np.float32)), lambda: comm.barrier()):
+            try:
+                call()
+            except CollectiveError as e:
+                errors.append(str(e))
+        return errors
+    for errors in run_threads(2, body):
+        assert [e.split(":")[0] for e in errors] == ["ccl.allreduce", "ccl.barrier"]
+        assert all("is closed" in e for e in errors)
