@@ -62,6 +62,7 @@ class DRef:
 # per call would double the commands of a loop that drops each result.
 _FREE_BATCH = 8
 _WAITED_FOR = frozenset((Op.SYNC, Op.FETCH, Op.GATHER, Op.GET_FUNC, Op.IMPORT, Op.SHUTDOWN))
+_CALL = int(Op.CALL)  # a plain int: an enum member lookup costs ~0.15 us of every call
 
 
 class DFunction:
@@ -75,7 +76,7 @@ class DFunction:
     def __call__(self, *args: Any) -> DRef:
         sess = self._sess
         rid = next(sess._ids)
-        sess._post(Op.CALL, self._slot, rid, args)
+        sess._post(_CALL, self._slot, rid, args)
         return DRef(sess, rid, self.name)
 
     def __repr__(self) -> str:
