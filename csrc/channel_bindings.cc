@@ -39,6 +39,7 @@ enum Tag : uint8_t { kNone, kFalse, kTrue, kInt, kFloat, kStr, kBytes, kTuple, k
 constexpr int kMaxDepth = 64;
 constexpr int kOpCall = 1, kOpFree = 3, kOpSync = 6;  // protocol.Op
 constexpr uint32_t kStatusOk = 0;                     // protocol.Status.OK
+constexpr int64_t kDecodeFailed = -2;                 // `next`: the payload did not decode
 constexpr int64_t kCallRaised = -3;                   // `next`: the CALL's function raised
 
 // The pending Python exception as an object with its __traceback__ set; clears it.
@@ -303,10 +304,10 @@ class PyChannel {
         payload = Decode(r, missing);
       } catch (py::error_already_set& e) {
         payload = e.value();  // the worker reports it; the message is consumed regardless
-        missing = -2;
+        missing = kDecodeFailed;
       } catch (std::exception& e) {
         payload = py::reinterpret_steal<py::object>(PyObject_CallFunction(PyExc_RuntimeError, "s", e.what()));
-        missing = -2;
+        missing = kDecodeFailed;
       }
       ch_->Pop();
       if (hot && missing == -1) {

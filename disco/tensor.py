@@ -85,7 +85,7 @@ def host_array(x: Any) -> np.ndarray:
     """`x` as a C-contiguous numpy array (what the CPU collectives take): `as_numpy`,
     then a copy only if it is not contiguous."""
     a = as_numpy(x)
-    return a if a.flags.c_contiguous else np.ascontiguousarray(a)  # (which makes 0-d arrays 1-d)
+    return a if a.flags.c_contiguous else np.ascontiguousarray(a)  # 0-d stays 0-d: it is contiguous
 
 
 def is_array_like(x: Any) -> bool:

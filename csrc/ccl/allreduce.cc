@@ -22,6 +22,21 @@ struct Regions {
 // region straight from the peers' inputs into its output, then copy the other regions
 // from the peers' outputs. The last barrier keeps every rank's arrays untouched until
 // its peers have finished reading them.
+// The all-gather from the peers' outputs in their arenas: copy the other ranks' regions
+// of the `len` elements from element `start` (one chunk, or the whole message).
+void gather_from_arenas(Communicator& c, const std::vector<int64_t>& out_off, size_t start, size_t len, size_t es,
+                        uint8_t* out, bool stream) {
+  const Regions rg(len, c.world(), es);
+  for (int q = 0; q < c.world(); ++q) {
+    const size_t lo = rg.lo(len, q), hi = rg.hi(len, q), at = (start + lo) * es;
+    if (q != c.rank() && hi > lo) copy_out(out + at, c.arena(q) + out_off[q] + at, (hi - lo) * es, stream);
+  }
+}
+
+// Every rank's input and output lie in the arenas (communicator.h): reduce this rank's
+// region straight from the peers' inputs into its output, then copy the other regions
+// from the peers' outputs. The last barrier keeps every rank's arrays untouched until
+// its peers have finished reading them.
 void allreduce_in_arenas(Communicator& c, DType t, Op op, size_t n, size_t es, const std::vector<int64_t>& in_off,
                          const std::vector<int64_t>& out_off, bool in_place, uint8_t* out, bool stream) {
   const int W = c.world(), r = c.rank();
@@ -36,10 +51,7 @@ void allreduce_in_arenas(Communicator& c, DType t, Op op, size_t n, size_t es, c
   }
   if (hi > lo) reduce(t, op, out + lo * es, srcs.data(), W, hi - lo);
   c.barrier(Coll::kAllreduce);
-  for (int q = 0; q < W; ++q) {
-    const size_t qlo = rg.lo(n, q), qhi = rg.hi(n, q);
-    if (q != r && qhi > qlo) copy_out(out + qlo * es, c.arena(q) + out_off[q] + qlo * es, (qhi - qlo) * es, stream);
-  }
+  gather_from_arenas(c, out_off, 0, n, es, out, stream);
   if (stream) stream_fence();
   c.barrier(Coll::kAllreduce);
 }
@@ -92,11 +104,12 @@ void allreduce(Communicator& c, Meta m, const void* in_v, void* out_v) {
     return;
   }
   std::vector<int64_t> in_off(W), out_off(W);
-  int in_arenas = 0;
+  int in_arenas = 0, outs_in_arenas = 0;  // ranks with input and output, with output, in their arenas
   for (int p = 0; p < W; ++p) {
     in_off[p] = c.peer_meta(p).in_off;
     out_off[p] = c.peer_meta(p).out_off;
     in_arenas += in_off[p] >= 0 && out_off[p] >= 0;
+    outs_in_arenas += out_off[p] >= 0;
   }
   if (in_arenas == W) {
     ++c.allreduce_paths.in_arenas;
@@ -109,8 +122,6 @@ void allreduce(Communicator& c, Meta m, const void* in_v, void* out_v) {
   // Every rank's output in the arenas (not every input): reduce straight into `out`, and
   // after the last chunk copy the other regions from the peers' outputs in place, then
   // wait at one more barrier until they are done reading this rank's.
-  int outs_in_arenas = 0;
-  for (int p = 0; p < W; ++p) outs_in_arenas += out_off[p] >= 0;
   const bool gather_in_place = outs_in_arenas == W;
   ++(gather_in_place ? c.allreduce_paths.outputs_in_arenas : c.allreduce_paths.staged);
   for (size_t i = 1; i <= K + 1; ++i) {
@@ -141,14 +152,7 @@ void allreduce(Communicator& c, Meta m, const void* in_v, void* out_v) {
     if (i <= K) c.barrier(Coll::kAllreduce);
   }
   if (gather_in_place) {
-    for (size_t k = 0; k < K; ++k) {
-      const size_t len = len_of(k);
-      const Regions rg(len, W, es);
-      for (int q = 0; q < W; ++q) {
-        const size_t lo = rg.lo(len, q), hi = rg.hi(len, q), at = (k * ce + lo) * es;
-        if (q != r && hi > lo) copy_out(out + at, c.arena(q) + out_off[q] + at, (hi - lo) * es, stream);
-      }
-    }
+    for (size_t k = 0; k < K; ++k) gather_from_arenas(c, out_off, k * ce, len_of(k), es, out, stream);
     if (stream) stream_fence();
     c.barrier(Coll::kAllreduce);
     return;

@@ -200,13 +200,7 @@ class Session:
 
     def sync(self) -> None:
         """Wait until every worker has run every command sent so far; raise their errors."""
-        seq = self._post(Op.SYNC, 0, 0, self._take_free_ids())
-        if self._chan.wait_all(seq):  # every worker: OK, nothing to report (decided in C++)
-            self._reported.clear()
-            if self._pending:
-                self._release()
-            return
-        self._collect(seq, "sync")
+        self._collect(self._post(Op.SYNC, 0, 0, self._take_free_ids()), "sync")
 
     @property
     def workers_on_other_hosts(self) -> tuple[int, ...]:
@@ -315,6 +309,11 @@ class Session:
         report (worker.py's docstring gives the ERROR reply's value)."""
         chan = self._chan
         every = workers is None
+        if every and chan.wait_all(seq):  # every reply OK with value None (checked in C++): nothing to decode
+            if self._pending:
+                self._release()
+            self._reported.clear()
+            return (Status.OK, None) if not_found_ok else [None] * self.num_workers
         values, own, deferred, not_found = [], [], [], None
         for w in range(self.num_workers) if every else workers:
             chan.wait(w, seq)

@@ -402,7 +402,6 @@ class _MPIChannel:
         self._comm = comm
         self._objects: dict = {}
         self.closed = False
-        self.clean = True  # read by nobody here: `serve` runs every command itself
 
     def set_codec(self, dref_type, owner, ext_encode, ext_decode, objects, inline_bytes) -> None:
         self._objects = objects
