@@ -359,15 +359,6 @@ def _matmul_plus_one(x, w, out):
     out += 1
 
 
-def register_dps_funcs() -> None:
-    """Registers DPS_FUNC in this process (workers: sess.import_module("_tp_models"))."""
-    import disco
-    disco.register_func(DPS_FUNC, _matmul_plus_one, override=True)
-
-
-register_dps_funcs()
-
-
 PATHS_FUNC = "tp_models.allreduce_paths"
 
 
@@ -376,13 +367,15 @@ def _allreduce_paths():
     return ccl.communicator().allreduce_paths()
 
 
-def register_paths_func() -> None:
-    """Registers PATHS_FUNC (a worker's shm all-reduce path counts) in this process."""
+def register_worker_funcs() -> None:
+    """Registers DPS_FUNC and PATHS_FUNC (a worker's shm all-reduce path counts) in this
+    process (workers: sess.import_module("_tp_models"))."""
     import disco
+    disco.register_func(DPS_FUNC, _matmul_plus_one, override=True)
     disco.register_func(PATHS_FUNC, _allreduce_paths, override=True)
 
 
-register_paths_func()
+register_worker_funcs()
 
 
 def dps_packed(k: int) -> str:
