@@ -58,14 +58,30 @@ def nccl_op(nccl, op: str) -> int:
     return table[op]
 
 
+def id_bytes(uid) -> bytes:
+    """An NCCL unique id as the 128 bytes `NcclCommunicator` takes (cupy 14 accepts only
+    bytes), from bytes or from the sequence of ints older cupy versions returned."""
+    if isinstance(uid, (bytes, bytearray)):
+        b = bytes(uid)
+    else:
+        try:
+            b = bytes(int(v) % 256 for v in uid)    # older cupy: 128 ints (signed chars)
+        except (TypeError, ValueError):
+            raise CollectiveError(f"nccl: a unique id must be 128 bytes, got {type(uid).__name__}") \
+                from None
+    if len(b) != 128:
+        raise CollectiveError(f"nccl: a unique id must be 128 bytes, got {len(b)}")
+    return b
+
+
 @register_func("disco.ccl.nccl.unique_id", override=True)
-def unique_id() -> tuple | None:
-    """On worker 0: a new NCCL unique id, as ints (the global function
+def unique_id() -> bytes | None:
+    """On worker 0: a new NCCL unique id, 128 bytes (the global function
     "disco.ccl.nccl.unique_id"); None on the other workers."""
     from disco._context import current_context
     if current_context().worker_id != 0:
         return None
-    return tuple(int(v) for v in _nccl().get_unique_id())
+    return id_bytes(_nccl().get_unique_id())
 
 
 class NcclCommunicator(Communicator):
@@ -77,7 +93,7 @@ class NcclCommunicator(Communicator):
         if sess.num_workers > 1 and options.get("unique_id") is None:
             sess.import_module("disco.ccl.nccl")
             uid = sess.get_global_func("disco.ccl.nccl.unique_id")().fetch(worker=0)
-            options = dict(options, unique_id=tuple(uid))
+            options = dict(options, unique_id=id_bytes(uid))
         return options
 
     def __init__(self, group_name: str, rank: int, world: int, *, unique_id=None,
@@ -89,7 +105,7 @@ class NcclCommunicator(Communicator):
         if unique_id is None:
             unique_id = self._exchange_id(group_name, bootstrap, timeout_s)
         try:
-            self.comm = self.nccl.NcclCommunicator(world, tuple(unique_id), rank)
+            self.comm = self.nccl.NcclCommunicator(world, id_bytes(unique_id), rank)
         except Exception as e:
             raise CollectiveError(f"nccl: NcclCommunicator(world={world}, rank={rank}) failed on worker "
                                   f"{rank}: {e}") from None
@@ -105,13 +121,15 @@ class NcclCommunicator(Communicator):
         factory = ccl._BACKENDS.get(bootstrap)
         if factory is None:
             raise CollectiveError(f"nccl: unknown bootstrap backend {bootstrap!r} for the unique id")
-        uid = np.asarray(self.nccl.get_unique_id(), dtype=np.int64) if self.rank == 0 else None
+        uid = None
+        if self.rank == 0:      # the 128 bytes travel as a uint8 array over the bootstrap group
+            uid = np.frombuffer(id_bytes(self.nccl.get_unique_id()), dtype=np.uint8).copy()
         boot = factory(group_name + "-nccl-id", self.rank, self.world)
         try:
             got = boot.broadcast_from_worker0(uid)
         finally:
             boot.close()
-        return tuple(int(v) for v in np.asarray(got))
+        return np.asarray(got, dtype=np.uint8).tobytes()
 
     def close(self) -> None:
         comm = getattr(self, "comm", None)
