@@ -44,10 +44,20 @@ import numpy as np
 from ._context import current_context
 from .errors import DiscoError
 from .registry import register_func
-from .tensor import np_dtype
+from .tensor import as_numpy, contiguous, np_dtype
 
 _lock = threading.Lock()
 _MODULES: dict[str, Any] = {}       # sha256 -> cupy.RawModule
+_graph_capture = threading.local()        # .held: a list while this thread captures a CUDA graph
+
+
+def hold_for_graph(obj: Any) -> None:
+    """Keep `obj` (device memory a kernel of the graph being captured reads or writes)
+    alive as long as the graph: freed, the memory pool would hand it to the next
+    allocation while replays still write it. A no-op when no capture is under way."""
+    held = getattr(_graph_capture, "held", None)
+    if held is not None:
+        held.append(obj)
 
 
 def cupy_module():
@@ -208,7 +218,9 @@ class CudaFunction:
     def launch(self, ptrs: list[int], dims: list) -> None:
         """Launch with raw device pointers (buffers in order) and the dims slots (float
         scalars as Python floats)."""
-        launches, ws, dims_args, _ = self._config(tuple(dims))
+        cfg = self._config(tuple(dims))
+        launches, ws, dims_args, _ = cfg
+        hold_for_graph(cfg)         # its workspaces (the config cache may drop them)
         args = tuple(np.uint64(p or 0) for p in ptrs) + ws + dims_args
         for kernel, grid, block in launches:
             if min(grid) <= 0 or min(block) <= 0:
@@ -259,6 +271,7 @@ class CudaDevice:
 
     def __init__(self, ex, device: str = "cuda", cuda_graph: bool = False, max_graphs: int = 8):
         self.cp = cupy_module()
+        self.tensor_type = self.cp.ndarray
         self.index = device_index(device)
         self.name = f"cuda:{self.index}"
         self.cp.cuda.Device(self.index).use()
@@ -303,21 +316,22 @@ class CudaDevice:
 
 def to_device(x: Any, cp=None):
     """`x` as a C-contiguous cupy array: cupy arrays as they are, DLPack producers (torch
-    CUDA tensors) without a copy, host arrays copied to the current GPU."""
+    CUDA tensors) without a copy, host arrays copied to the current GPU. A 0-d array
+    stays 0-d (cupy's ascontiguousarray, like numpy's, would make it 1-d)."""
     cp = cp or cupy_module()
-    if isinstance(x, cp.ndarray):
-        return x if x.flags.c_contiguous else cp.ascontiguousarray(x)
-    mod = type(x).__module__
-    if mod.startswith("torch"):
-        if getattr(x, "is_cuda", False):
-            return cp.ascontiguousarray(cp.from_dlpack(x.contiguous()))
-        x = x.detach().numpy()
-    elif not isinstance(x, np.ndarray) and hasattr(x, "__dlpack__"):
-        dev = x.__dlpack_device__()[0] if hasattr(x, "__dlpack_device__") else None
-        if dev == 2:        # kDLCUDA
-            return cp.ascontiguousarray(cp.from_dlpack(x))
-        x = np.from_dlpack(x)
-    return cp.ascontiguousarray(cp.asarray(x))
+    if not isinstance(x, cp.ndarray):
+        mod = type(x).__module__
+        if mod.startswith("torch"):
+            if getattr(x, "is_cuda", False):
+                x = cp.from_dlpack(x.contiguous())
+            else:
+                x = cp.asarray(as_numpy(x))      # bfloat16 tensors via their bit pattern
+        elif not isinstance(x, np.ndarray) and hasattr(x, "__dlpack__") and \
+                getattr(x, "__dlpack_device__", lambda: (None,))()[0] == 2:     # kDLCUDA
+            x = cp.from_dlpack(x)
+        else:
+            x = cp.asarray(as_numpy(x))
+    return contiguous(x)
 
 
 class GraphFunction:
@@ -356,7 +370,7 @@ class GraphFunction:
             if len(self.graphs) >= self.max_graphs:
                 self.graphs.pop(next(iter(self.graphs)))
             self.graphs[key] = entry
-        graph, static, out = entry
+        graph, static, out, _ = entry
         cp = self.device.cp
         for s, a in zip(static, args):
             if s is not None:
@@ -370,18 +384,33 @@ class GraphFunction:
         call_args = [s if s is not None else a for s, a in zip(static, args)]
         cp.cuda.get_current_stream().synchronize()
         stream = cp.cuda.Stream(non_blocking=True)
+        held: list = []
         with stream:
             self.handle(*call_args)          # records the VM plan
             self.handle(*call_args)          # fills the memory pool for the outputs
             stream.synchronize()
+            _graph_capture.held = held             # temporaries of the captured run (hold_for_graph)
             stream.begin_capture()
             try:
                 out = self.handle(*call_args)
-            finally:
-                graph = stream.end_capture()
+            except BaseException:
+                _graph_capture.held = None
+                try:
+                    stream.end_capture()     # the capture is void; the original error says why
+                except Exception:
+                    pass
+                raise
+            _graph_capture.held = None
+            graph = stream.end_capture()
         stream.synchronize()
         self.captures += 1
-        return graph, static, out
+        # What the graph's kernels read and write must live as long as it: the plans'
+        # intermediates (a plan evicted from the handle's cache would free them), the
+        # storages the compiler planned, and what the captured run held (workspaces,
+        # matmul temporaries).
+        keep = (held, list(getattr(self.handle, "plans", {}).values()),
+                list(getattr(self.handle, "pool", ())))
+        return graph, static, out, keep
 
     def __repr__(self) -> str:
         return f"<CUDA-graph VM function {self.signature}>"
@@ -400,7 +429,11 @@ def matmul(a, b, out) -> None:
     if a.dtype == b.dtype == out.dtype:
         cp.matmul(a, b, out=out)
     else:
-        out[...] = cp.matmul(a.astype(cp.float32), b.astype(cp.float32)).astype(out.dtype)
+        a32, b32 = a.astype(cp.float32), b.astype(cp.float32)
+        prod = cp.matmul(a32, b32)
+        cast = prod.astype(out.dtype)
+        out[...] = cast
+        hold_for_graph((a32, b32, prod, cast))
 
 
 # -- sessions: one GPU per worker -----------------------------------------------------------

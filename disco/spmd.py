@@ -25,6 +25,7 @@ from disco import ccl
 from disco._context import current_context
 from disco.errors import DiscoError
 from disco.registry import register_func
+from disco.tensor import contiguous
 
 def _xp(x):
     """The array module of `x`: cupy for a cupy array (only when cupy is already loaded,
@@ -33,10 +34,6 @@ def _xp(x):
     if cp is not None and isinstance(x, cp.ndarray):
         return cp
     return np
-
-
-def _contiguous(x):
-    return _xp(x).ascontiguousarray(x)
 
 
 def _copy(x):
@@ -154,7 +151,7 @@ def group_count() -> int:
 def _group_values(x: np.ndarray, mesh_shape, mesh_axis: int) -> list[np.ndarray]:
     """Every group member's x, in coordinate order (through an all-gather of everyone's)."""
     me, _ = _me(mesh_shape)
-    everyone = ccl.allgather(_contiguous(x)[None], 0)
+    everyone = ccl.allgather(contiguous(x)[None], 0)
     return [everyone[w] for w in group_members(me, mesh_shape, mesh_axis)]
 
 
@@ -165,7 +162,7 @@ def _split(x: np.ndarray, axis: int, parts: int, index: int, what: str) -> np.nd
                          f"{parts} workers it is split over")
     n = size // parts
     xp = _xp(x)
-    return xp.ascontiguousarray(xp.take(x, xp.arange(index * n, (index + 1) * n), axis=axis))
+    return contiguous(xp.take(x, xp.arange(index * n, (index + 1) * n), axis=axis))
 
 
 @register_func("spmd.allreduce", override=True)
@@ -175,16 +172,16 @@ def allreduce(x, op, mesh_shape, mesh_axis):
         return _copy(x)
     if _whole(mesh_shape, mesh_axis):
         _me(mesh_shape)
-        return ccl.allreduce(_contiguous(x), op)
+        return ccl.allreduce(contiguous(x), op)
     comm = _group_comm(mesh_shape, mesh_axis)
     if comm is not None:
-        return comm.allreduce(_contiguous(x), op, None)
+        return comm.allreduce(contiguous(x), op, None)
     if op not in ccl.OPS:     # the op names are also numpy's and cupy's reductions
         raise DiscoError(f"R.ccl.allreduce: unknown op {op!r}; expected one of {list(ccl.OPS)}")
     vals = _group_values(x, mesh_shape, mesh_axis)
     xp = _xp(x)
     total = getattr(xp, op)(xp.stack(vals), axis=0)
-    return xp.ascontiguousarray(total.astype(x.dtype, copy=False))
+    return contiguous(total.astype(x.dtype, copy=False))
 
 
 # The VM allocates this argument with device.shared_empty (the shm arena), so that the
@@ -200,12 +197,12 @@ def allgather(x, axis, mesh_shape, mesh_axis):
     axis = int(axis) % max(x.ndim, 1)
     if _whole(mesh_shape, mesh_axis):
         _me(mesh_shape)
-        return ccl.allgather(_contiguous(x), axis)
+        return ccl.allgather(contiguous(x), axis)
     comm = _group_comm(mesh_shape, mesh_axis)
     if comm is not None:
-        return comm.allgather(_contiguous(x), axis, None)
+        return comm.allgather(contiguous(x), axis, None)
     xp = _xp(x)
-    return xp.ascontiguousarray(xp.concatenate(_group_values(x, mesh_shape, mesh_axis), axis=axis))
+    return contiguous(xp.concatenate(_group_values(x, mesh_shape, mesh_axis), axis=axis))
 
 
 @register_func("spmd.reduce_scatter", override=True)
@@ -216,10 +213,10 @@ def reduce_scatter(x, axis, op, mesh_shape, mesh_axis):
     axis = int(axis) % max(x.ndim, 1)
     if _whole(mesh_shape, mesh_axis):
         _me(mesh_shape)
-        return ccl.reduce_scatter(_contiguous(x), op, axis)
+        return ccl.reduce_scatter(contiguous(x), op, axis)
     comm = _group_comm(mesh_shape, mesh_axis)
     if comm is not None:
-        return comm.reduce_scatter(_contiguous(x), op, axis, None)
+        return comm.reduce_scatter(contiguous(x), op, axis, None)
     me, _ = _me(mesh_shape)
     total = allreduce.__wrapped__(x, op, mesh_shape, mesh_axis)   # counted as reduce_scatter
     return _split(total, axis, mesh_shape[mesh_axis], mesh_coordinate(me, mesh_shape)[mesh_axis],
@@ -246,11 +243,11 @@ def masked_take(table, indices, mesh_shape, mesh_axis):
     inside = (local >= 0) & (local < rows)
     out = table[xp.where(inside, local, 0)]
     out[~inside] = 0
-    return xp.ascontiguousarray(out)
+    return contiguous(out)
 
 
 @register_func("spmd.broadcast_from_worker0", override=True)
 def broadcast_from_worker0(x):
     if current_context().num_workers == 1:
         return _copy(x)
-    return ccl.broadcast_from_worker0(_contiguous(x))
+    return ccl.broadcast_from_worker0(contiguous(x))

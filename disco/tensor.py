@@ -81,11 +81,33 @@ def as_numpy(x: Any) -> np.ndarray:
                      "a torch tensor or any object with __dlpack__")
 
 
+def contiguous(a: Any) -> Any:
+    """`a` (a numpy or cupy array) if it is C-contiguous, else a C-ordered copy of the same
+    array type. Unlike `ascontiguousarray`, which makes 0-d arrays 1-d in numpy and
+    cupy alike, 0-d stays 0-d."""
+    return a if a.flags.c_contiguous else a.copy(order="C")
+
+
 def host_array(x: Any) -> np.ndarray:
     """`x` as a C-contiguous numpy array (what the CPU collectives take): `as_numpy`,
     then a copy only if it is not contiguous."""
-    a = as_numpy(x)
-    return a if a.flags.c_contiguous else np.ascontiguousarray(a)  # 0-d stays 0-d: it is contiguous
+    return contiguous(as_numpy(x))
+
+
+def is_device_array(x: Any) -> bool:
+    """True for a GPU array (cupy's ndarray), without importing cupy."""
+    return type(x).__module__.startswith("cupy") and hasattr(x, "get")
+
+
+def host_value(x: Any) -> Any:
+    """`x` with every GPU array in it (at any depth of tuples and lists) copied to a
+    numpy array: what a worker hands to the controller, which may have no GPU (and
+    where numpy refuses cupy arrays)."""
+    if is_device_array(x):
+        return x.get()
+    if type(x) in (tuple, list):
+        return type(x)(host_value(v) for v in x)
+    return x
 
 
 def is_array_like(x: Any) -> bool:

@@ -51,7 +51,7 @@ import numpy as np
 from ._context import current_context
 from .errors import DiscoError, SignatureError
 from .executable import Executable, Op, VMFunction, format_dim, format_pattern, format_shape
-from .tensor import as_numpy, data_ptr, dtype_name, is_array_like, np_dtype
+from .tensor import as_numpy, contiguous, data_ptr, dtype_name, is_array_like, np_dtype
 
 _KERNEL_PROTO = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p)
 _PLAN_CACHE_SIZE = 16
@@ -61,6 +61,7 @@ class _Device:
     """What the VM needs from a device: arrays, pointers and kernel functions."""
 
     name = "cpu"
+    tensor_type = np.ndarray    # the exact type a plan takes without converting (is_tensor)
 
     def __init__(self, ex: Executable):
         self.lib = ex.load_library()
@@ -85,8 +86,7 @@ class _Device:
         return _KERNEL_PROTO(addr)
 
     def to_tensor(self, x: Any) -> np.ndarray:
-        a = as_numpy(x)
-        return a if a.flags.c_contiguous else np.ascontiguousarray(a)
+        return contiguous(as_numpy(x))
 
     @staticmethod
     def is_tensor(x: Any) -> bool:
@@ -451,7 +451,7 @@ class _Recorder:
                 guard = (r.shape, r.dtype) if vm.device.is_tensor(r) else None
                 self.events.append(("packed", func, name, slots, s, guard))
             elif op is Op.LOAD_CONST:
-                regs[ins[1]] = self.new(vm.executable.constants[ins[2]])
+                regs[ins[1]] = self.new(vm.constants[ins[2]])
             elif op is Op.LOAD_IMM:
                 regs[ins[1]] = self.new(ins[2])
             elif op is Op.PRIM or op is Op.MAKE_SHAPE:
@@ -633,9 +633,9 @@ class _Recorder:
 def _normalize(r: Any) -> Any:
     """What a packed function returns, as VM values (numpy arrays, tuples, scalars)."""
     if isinstance(r, np.ndarray):
-        return r if r.flags.c_contiguous else np.ascontiguousarray(r)
+        return contiguous(r)
     if type(r).__module__.startswith("cupy"):   # a CUDA device's tensor stays on the device
-        return r if r.flags.c_contiguous else r.copy()
+        return contiguous(r)
     if isinstance(r, (tuple, list)):
         return tuple(_normalize(v) for v in r)
     if isinstance(r, np.generic):
@@ -797,13 +797,15 @@ class _Uncacheable(Exception):
     pass
 
 
-def _deep_key(x: Any) -> Any:
-    if type(x) is np.ndarray:
+def _deep_key(x: Any, tensor_type: type) -> Any:
+    """The plan key of a structured argument (tuples of tensors, shapes). Tensors not of
+    the device's type are uncacheable: the plan would take them unconverted."""
+    if type(x) is tensor_type:
         if not x.flags.c_contiguous:
             raise _Uncacheable
         return (x.shape, x.dtype)
     if isinstance(x, (tuple, list)):
-        return tuple(_deep_key(v) for v in x)
+        return tuple(_deep_key(v, tensor_type) for v in x)
     if isinstance(x, (int, float, str)):
         return x
     if isinstance(x, np.generic):
@@ -870,11 +872,12 @@ class VMFunctionHandle:
                 f" ({', '.join(fn.param_names)}), got {len(args)}")
         key = []
         conv = None
+        tensor_type = self.vm.device.tensor_type
         try:
             for i, kind in enumerate(self.kinds):
                 x = args[i]
                 if kind == 0:
-                    if type(x) is not np.ndarray or not x.flags.c_contiguous:
+                    if type(x) is not tensor_type or not x.flags.c_contiguous:
                         if not is_array_like(x):
                             raise _Uncacheable   # the matcher explains what was expected
                         if conv is None:
@@ -883,7 +886,7 @@ class VMFunctionHandle:
                     key.append(x.shape)
                     key.append(x.dtype)
                 elif kind == 2:
-                    key.append(_deep_key(x))
+                    key.append(_deep_key(x, tensor_type))
                 elif type(x) not in (int, float, bool):
                     v = _to_scalar(x, fn.params[i])
                     if v is None:
@@ -931,6 +934,8 @@ class VirtualMachine:
         """`device_options` go to the device: "cuda" takes cuda_graph=True (disco/cuda.py)."""
         self.executable = executable
         self.device = _make_device(device, executable, **device_options)
+        # on the device once, at load (kernels on "cuda" take device arrays only)
+        self.constants = [self.device.to_tensor(c) for c in executable.constants]
         self._kernels = [_Kernel(k, self.device.kernel(k.name)) for k in executable.kernels]
         self._fns = {name: _Fn(f, self._kernels, self.device)
                      for name, f in executable.functions.items()}
