@@ -37,6 +37,7 @@ import numpy as np
 from disco import _native, registry
 from disco._context import WorkerContext, set_worker_context
 from disco.session.protocol import INLINE_ARRAY_BYTES, Op, Spill, Status, Transfer
+from disco.tensor import host_value
 
 _WAIT_S = 0.25  # longest sleep between liveness checks
 _MAX_DEFERRED = 16  # failures kept for the next reply; more are only counted
@@ -147,11 +148,11 @@ def serve(chan, ctx: WorkerContext, alive: Callable[[], bool] | None = None) -> 
                     else:
                         funcs[a] = f
                         reply(seq, Status.OK, None)
-                case Op.FETCH:
+                case Op.FETCH:       # GPU arrays leave the worker as numpy (host_value)
                     if b == w:
-                        reply(seq, Status.OK, lookup(a))
+                        reply(seq, Status.OK, host_value(lookup(a)))
                 case Op.GATHER:
-                    reply(seq, Status.OK, lookup(a))
+                    reply(seq, Status.OK, host_value(lookup(a)))
                 case Op.BROADCAST:
                     objects[b] = payload
                 case Op.SCATTER:
