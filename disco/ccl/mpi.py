@@ -25,6 +25,7 @@ import ml_dtypes
 import numpy as np
 
 from disco.ccl import OPS, Communicator, register_backend
+from disco.ccl.staging import host_staged
 from disco.errors import CollectiveError
 from disco.tensor import host_array
 
@@ -79,6 +80,7 @@ def _concat_blocks(blocks: np.ndarray, axis: int) -> np.ndarray:
     return blocks.reshape(-1, *blocks.shape[2:]) if axis == 0 else np.concatenate(list(blocks), axis=axis)
 
 
+@host_staged      # GPU arrays too, through host buffers (staging.py)
 class MPICommunicator(Communicator):
     """One worker's end of an MPI group (a duplicate of MPI_COMM_WORLD)."""
 

@@ -14,6 +14,7 @@ import numpy as np
 
 from disco import _native
 from disco.ccl import OPS, Communicator, register_backend
+from disco.ccl.staging import host_staged
 from disco.errors import CollectiveError
 from disco.tensor import host_array
 
@@ -83,6 +84,7 @@ class _Closed:
         raise CollectiveError(f"ccl.{name}: the shm communicator of worker {self.rank} is closed")
 
 
+@host_staged      # GPU arrays too, through host buffers (staging.py)
 class ShmCommunicator(Communicator):
     """Shared-memory communicator of one worker; see disco.ccl for the functions.
 

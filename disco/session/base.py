@@ -209,11 +209,17 @@ class Session:
 
     def default_ccl_backend(self) -> str:
         """The collectives' backend `init_ccl()` and `load_module` use unless told:
-        "nccl" when the workers compute on GPUs, "mpi" when some run on other hosts,
-        else "shm" (same host, the fastest on CPU)."""
-        device = self.get_global_func("disco.worker_device")().fetch(worker=0)
-        if str(device).startswith("cuda"):
-            return "nccl"
+        "nccl" when the workers compute on GPUs of their own, "mpi" when some run on
+        other hosts, else "shm" (same host, the fastest on CPU). Workers that share a
+        GPU get "shm" too (NCCL refuses two ranks on one device), which copies their
+        device arrays through host memory (disco/ccl/staging.py)."""
+        ref = self.get_global_func("disco.worker_device")()
+        devices = [str(ref.fetch(worker=w)) for w in range(self.num_workers)]
+        if devices[0].startswith("cuda"):
+            remote = set(self.workers_on_other_hosts)
+            local = [d for w, d in enumerate(devices) if w not in remote]
+            if len(set(local)) == len(local):
+                return "nccl"
         return "mpi" if self.workers_on_other_hosts else "shm"
 
     def init_ccl(self, backend: Optional[str] = None, **options: Any) -> None:

@@ -124,12 +124,14 @@ def test_init_ccl_unknown_backend_names_the_known_ones(sess):
         sess.init_ccl("nope")
 
 
-def test_default_backend_is_shm_on_one_host_and_nccl_on_gpu_workers(sess):
+def test_default_backend_is_shm_on_one_host_nccl_on_gpu_workers_and_shm_on_a_shared_gpu(sess):
     assert sess.default_ccl_backend() == "shm"
     sess.init_ccl()                                      # the default: shm collectives work
     x = sess.scatter(np.ones((WORLD, 3), np.float32))
     np.testing.assert_array_equal(sess.get_global_func("ccl.allreduce")(x, "sum").fetch(worker=0),
                                   np.full((1, 3), WORLD, np.float32))
-    sess.get_global_func("test.set_device")("cuda:0")    # as disco.cuda.bind_device records it
+    sess.get_global_func("test.set_device")("cuda:{w}")  # as disco.cuda.bind_device records it
     assert sess.default_ccl_backend() == "nccl"
+    sess.get_global_func("test.set_device")("cuda:0")    # every worker on one GPU: NCCL refuses that
+    assert sess.default_ccl_backend() == "shm"
     sess.get_global_func("test.set_device")("cpu")

@@ -165,5 +165,7 @@ def ccl_state():
 
 @disco.register_func("test.set_device", override=True)
 def set_device(device: str) -> None:
-    """Record `device` as this worker's (what disco.cuda.bind_device does on a GPU)."""
-    current_context().device = device
+    """Record `device` as this worker's (what disco.cuda.bind_device does on a GPU);
+    "{w}" in it stands for the worker id ("cuda:{w}": worker i on GPU i)."""
+    ctx = current_context()
+    ctx.device = device.format(w=ctx.worker_id)
