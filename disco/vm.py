@@ -976,6 +976,8 @@ class VirtualMachine:
             from . import registry
             if name.startswith("disco.blas."):
                 importlib.import_module("disco.blas")   # registers the BLAS functions
+            elif name.startswith("spmd."):
+                importlib.import_module("disco.spmd")   # the collectives of lowered programs
             try:
                 f = registry.get_global_func(name)
             except KeyError:

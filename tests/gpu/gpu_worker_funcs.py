@@ -34,3 +34,9 @@ def run_vm(path: str, fn: str, *args):
     vm = disco.VirtualMachine(ex, device=current_context().device)
     out = vm[fn](*[cupy.asarray(a) for a in args])
     return cupy.asnumpy(out)
+
+
+@disco.register_func("test.gpu.is_device_array")
+def is_device_array(x) -> bool:
+    import cupy
+    return isinstance(x, cupy.ndarray)
