@@ -14,8 +14,8 @@ cupy also keeps the compiled binary in its own disk cache.
 
 Matmul: DispatchLibrary calls the packed function "disco.blas.matmul"; on this device
 the VM resolves a packed name `<name>` to `<name>.cuda` when that is registered, so
-"disco.blas.matmul.cuda" (below: `cupy.matmul(a, b, out=out)`, i.e. cuBLAS writing
-into the VM's destination buffer) runs instead of the numpy version.
+"disco.blas.matmul.cuda" (below: cuBLAS through disco.cublas, writing into the VM's
+destination buffer, capturable into CUDA graphs) runs instead of the numpy version.
 
 CUDA graphs (`cuda_graph=True`): the first call of a function with given argument
 shapes, dtypes and scalar values runs it twice (recording the VM plan and filling the
@@ -41,6 +41,7 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 
+from . import cublas
 from ._context import current_context
 from .errors import DiscoError
 from .registry import register_func
@@ -420,20 +421,21 @@ class GraphFunction:
 
 @register_func("disco.blas.matmul.cuda", override=True)
 def matmul(a, b, out) -> None:
-    """out = a @ b with cuBLAS (cupy.matmul writing into `out`); fp16 accumulates in
-    float32 (cuBLAS's default compute type for half GEMMs through cupy)."""
+    """out = a @ b with cuBLAS. Same-type float operands (and float16 into float32) go
+    through disco.cublas, whose calls CUDA graphs can capture (cupy's cannot) and which
+    accumulates in float32; other mixes through wider copies."""
     cp = cupy_module()
     for what, x in (("a", a), ("b", b), ("out", out)):
         if not isinstance(x, cp.ndarray):
             raise DiscoError(f"disco.blas.matmul.cuda: {what} must be a cupy array, got {type(x).__name__}")
-    if a.dtype == b.dtype == out.dtype:
-        cp.matmul(a, b, out=out)
-    else:
-        a32, b32 = a.astype(cp.float32), b.astype(cp.float32)
-        prod = cp.matmul(a32, b32)
-        cast = prod.astype(out.dtype)
-        out[...] = cast
-        hold_for_graph((a32, b32, prod, cast))
+    if cublas.supports(a.dtype.name, b.dtype.name, out.dtype.name):
+        cublas.matmul(a, b, out)
+    else:       # e.g. float16 @ float32, integers: in float32 (float64 for 64-bit and integer outputs)
+        wide = cp.float64 if out.dtype.kind in "iu" or out.dtype.itemsize == 8 else cp.float32
+        aw, bw, prod = a.astype(wide), b.astype(wide), cp.empty(out.shape, wide)
+        cublas.matmul(aw, bw, prod)
+        out[...] = prod
+        hold_for_graph((aw, bw, prod))
 
 
 # -- sessions: one GPU per worker -----------------------------------------------------------

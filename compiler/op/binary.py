@@ -84,8 +84,11 @@ def _divide(a, b):
 def _power(a, b):
     if E.is_float_dtype(a.dtype):
         return te.pow(a, b)
-    # Integers through float64 (exact while the result fits in 53 bits).
-    return te.cast(te.pow(te.cast(a, "float64"), te.cast(b, "float64")), a.dtype)
+    # Integers through float64, rounded: pow is accurate to a few ulp, not exact (CUDA's
+    # pow(3.0, 1.0) may give 2.9999999999999996, which truncates to 2), and a
+    # non-negative integer exponent gives an integer (exact while it fits in 53 bits).
+    p = te.pow(te.cast(a, "float64"), te.cast(b, "float64"))
+    return te.cast(te.select(b >= 0, te.round(p), p), a.dtype)
 
 
 add.legalizer(broadcast_legalizer(lambda a, b: a + b))
