@@ -12,6 +12,7 @@ In one run on one GPU:
 - matmul: the compiled module's "disco.blas.matmul" (VM on device "cuda", which runs
   cupy.matmul into the VM's buffer) against cupy.matmul called directly.
 
+- bfloat16 matmul through disco.cublas (uint16 storage) against torch.matmul;
 - NCCL: a one-rank all-reduce through disco.ccl.nccl against cupy.cuda.nccl directly;
 - CUDA graphs: a Llama decoder layer (tests/e2e/_tp_models.llama, 32 wide) through the
   VM on "cuda", eager against graph replay (cuda_graph=True).
@@ -225,6 +226,31 @@ def graph_replay(cp, repeats: int) -> list[dict]:
     return out
 
 
+def bf16_matmul(cp, repeats: int) -> list[dict]:
+    """bfloat16 (no cupy dtype: uint16 bits) through disco.cublas against torch.matmul."""
+    import torch
+
+    from disco import cublas
+    out = []
+    for m, k, n in ((4096, 4096, 4096), (16, 4096, 11008)):
+        ta = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
+        tb = torch.randn(k, n, device="cuda", dtype=torch.bfloat16)
+        a, b = (cp.from_dlpack(t.view(torch.int16)).view(cp.uint16) for t in (ta, tb))
+        c = cp.empty((m, n), cp.uint16)
+        ours = _time(cp, lambda: cublas.matmul(a, b, c, dtype="bfloat16"), repeats)
+        theirs = _time(cp, lambda: torch.matmul(ta, tb), repeats)
+        want = torch.matmul(ta, tb).float()
+        got = torch.from_dlpack(c.view(cp.int16)).view(torch.bfloat16).float()
+        err = float((got - want).abs().max())
+        row = {"kernel": "matmul", "dtype": "bfloat16", "shape": [m, k, n], "ours_s": ours, "torch_s": theirs,
+               "matmul_vs_torch": theirs / ours, "tflops": 2 * m * k * n / ours / 1e12, "max_abs_diff_vs_torch": err}
+        out.append(row)
+        print(f"matmul        bfloat16 {m}x{k}x{n}  ours (cublas) {ours * 1e6:9.1f} us  torch.matmul "
+              f"{theirs * 1e6:9.1f} us  torch/ours {theirs / ours:5.3f}  {row['tflops']:6.1f} TFLOP/s "
+              f"(max |diff| {err:.1e})", flush=True)
+    return out
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--rows", type=int, default=4096)
@@ -245,7 +271,7 @@ def main(argv=None) -> int:
     rows = fused_kernels(cp, a.rows, a.repeats, bw)
     mm = matmuls(cp, a.repeats)
     extra = {}
-    for name, part in (("nccl", nccl_allreduce), ("graphs", graph_replay)):
+    for name, part in (("bf16_matmul", bf16_matmul), ("nccl", nccl_allreduce), ("graphs", graph_replay)):
         try:
             extra[name] = part(cp, a.repeats)
         except Exception as e:         # report and go on: the other figures still count

@@ -37,7 +37,7 @@ _INT_MAX = 2 ** 31 - 1
 
 _lock = threading.Lock()
 _lib: Optional[ctypes.CDLL] = None
-_handles: dict = {}             # (thread id, device) -> (handle, workspace)
+_handles: dict = {}             # (thread id, device) -> _Handle
 
 
 def _find_library() -> ctypes.CDLL:
@@ -67,6 +67,8 @@ def _find_library() -> ctypes.CDLL:
 
 def _library() -> ctypes.CDLL:
     global _lib
+    if _lib is not None:
+        return _lib
     with _lock:
         if _lib is None:
             lib = _find_library()
@@ -88,19 +90,35 @@ def _check(status: int, what: str) -> None:
         raise DiscoError(f"disco.cublas: {what} failed with cublasStatus_t {status}")
 
 
+class _Handle:
+    """A cuBLAS handle of one thread on one GPU, with its own workspace (what makes its
+    calls safe to capture into a CUDA graph) and the stream it was last set to."""
+
+    def __init__(self, lib, cp):
+        self.lib = lib
+        self.h = ctypes.c_void_p()
+        _check(lib.cublasCreate_v2(ctypes.byref(self.h)), "cublasCreate")
+        self.workspace = cp.empty(_WORKSPACE_BYTES, cp.uint8)
+        self.stream = None
+
+    def on(self, stream: int) -> ctypes.c_void_p:
+        """The handle, set to `stream`. cublasSetStream puts the library's default
+        workspace back, so the own workspace is set again after it."""
+        if stream != self.stream:
+            _check(self.lib.cublasSetStream_v2(self.h, ctypes.c_void_p(stream)), "cublasSetStream")
+            _check(self.lib.cublasSetWorkspace_v2(self.h, ctypes.c_void_p(self.workspace.data.ptr),
+                                                  _WORKSPACE_BYTES), "cublasSetWorkspace")
+            self.stream = stream
+        return self.h
+
+
 def _handle(cp) -> ctypes.c_void_p:
-    """This thread's handle on the current GPU, with its own workspace (capture-safe)."""
+    """This thread's handle on the current GPU, set to the current stream."""
     key = (threading.get_ident(), cp.cuda.runtime.getDevice())
     entry = _handles.get(key)
     if entry is None:
-        lib = _library()
-        h = ctypes.c_void_p()
-        _check(lib.cublasCreate_v2(ctypes.byref(h)), "cublasCreate")
-        ws = cp.empty(_WORKSPACE_BYTES, cp.uint8)
-        _check(lib.cublasSetWorkspace_v2(h, ctypes.c_void_p(ws.data.ptr), _WORKSPACE_BYTES),
-               "cublasSetWorkspace")
-        entry = _handles[key] = (h, ws)
-    return entry[0]
+        entry = _handles[key] = _Handle(_library(), cp)
+    return entry.on(cp.cuda.get_current_stream().ptr)
 
 
 def supports(a_dtype: str, b_dtype: str, out_dtype: str) -> bool:
@@ -168,14 +186,13 @@ def matmul(a: Any, b: Any, out: Any, dtype: Optional[str] = None, out_dtype: Opt
     if max(m, n, k, batch[-1]) > _INT_MAX:
         raise DiscoError(f"disco.cublas.matmul: a dim of {a.shape} @ {b.shape} exceeds cuBLAS's int32")
     lib, h = _library(), _handle(cp)
-    _check(lib.cublasSetStream_v2(h, ctypes.c_void_p(cp.cuda.get_current_stream().ptr)), "cublasSetStream")
     wide = at == "float64"
     one, zero = (ctypes.c_double(1.0), ctypes.c_double(0.0)) if wide else (ctypes.c_float(1.0), ctypes.c_float(0.0))
     compute = _COMPUTE_64F if wide else _COMPUTE_32F
     ta, to = _CUDA_TYPE[at], _CUDA_TYPE[ot]
     ia, ib, ic = a.dtype.itemsize, b.dtype.itemsize, out.dtype.itemsize
     outer = batch[:-1]
-    for idx in (np.ndindex(*outer) if outer else [()]):
+    for idx in (np.ndindex(*outer) if outer else ((),)):
         oa = sum(i * s for i, s in zip(idx, sa))
         ob = sum(i * s for i, s in zip(idx, sb))
         oc = sum(i * s for i, s in zip(idx, sc))

@@ -38,24 +38,17 @@ def _nccl():
     return nccl
 
 
-def nccl_dtype(nccl, name: str) -> int:
+def _dtype_table(nccl) -> dict:
     table = {"float16": nccl.NCCL_FLOAT16, "float32": nccl.NCCL_FLOAT32, "float64": nccl.NCCL_FLOAT64,
              "int8": nccl.NCCL_INT8, "uint8": nccl.NCCL_UINT8, "int32": nccl.NCCL_INT32,
              "uint32": nccl.NCCL_UINT32, "int64": nccl.NCCL_INT64, "uint64": nccl.NCCL_UINT64}
     if hasattr(nccl, "NCCL_BFLOAT16"):
         table["bfloat16"] = nccl.NCCL_BFLOAT16
-    try:
-        return table[name]
-    except KeyError:
-        raise CollectiveError(f"ccl backend 'nccl': dtype {name} is not supported; supported: "
-                              f"{sorted(table)}") from None
+    return table
 
 
-def nccl_op(nccl, op: str) -> int:
-    table = {"sum": nccl.NCCL_SUM, "prod": nccl.NCCL_PROD, "min": nccl.NCCL_MIN, "max": nccl.NCCL_MAX}
-    if op not in table:
-        raise CollectiveError(f"ccl backend 'nccl': unknown op {op!r}; expected one of {OPS}")
-    return table[op]
+def _op_table(nccl) -> dict:
+    return {"sum": nccl.NCCL_SUM, "prod": nccl.NCCL_PROD, "min": nccl.NCCL_MIN, "max": nccl.NCCL_MAX}
 
 
 def id_bytes(uid) -> bytes:
@@ -102,6 +95,7 @@ class NcclCommunicator(Communicator):
         import cupy
         self.cp = cupy
         self.nccl = _nccl()
+        self._dtypes, self._ops = _dtype_table(self.nccl), _op_table(self.nccl)   # once, not per call
         if unique_id is None:
             unique_id = self._exchange_id(group_name, bootstrap, timeout_s)
         try:
@@ -162,6 +156,19 @@ class NcclCommunicator(Communicator):
     def _stream(self) -> int:
         return self.cp.cuda.get_current_stream().ptr
 
+    def _dtype(self, name: str) -> int:
+        code = self._dtypes.get(name)
+        if code is None:
+            raise CollectiveError(f"ccl backend 'nccl': dtype {name} is not supported; supported: "
+                                  f"{sorted(self._dtypes)}")
+        return code
+
+    def _op(self, op: str) -> int:
+        code = self._ops.get(op)
+        if code is None:
+            raise CollectiveError(f"ccl backend 'nccl': unknown op {op!r}; expected one of {OPS}")
+        return code
+
     def _out(self, what: str, out, shape, dtype):
         if out is None:
             return self.cp.empty(shape, dtype)
@@ -181,7 +188,7 @@ class NcclCommunicator(Communicator):
         x = self._array(x, "allreduce")
         out = self._out("allreduce", out, x.shape, x.dtype)
         self._call("allreduce", self.comm.allReduce, x.data.ptr, out.data.ptr, x.size,
-                   nccl_dtype(self.nccl, dtype or x.dtype.name), nccl_op(self.nccl, op), self._stream())
+                   self._dtype(dtype or x.dtype.name), self._op(op), self._stream())
         return out
 
     def allgather(self, x, axis=0, out=None):
@@ -189,7 +196,7 @@ class NcclCommunicator(Communicator):
         axis = self._axis("allgather", x, axis)
         buf = self.cp.empty((self.world,) + tuple(x.shape), x.dtype)
         self._call("allgather", self.comm.allGather, x.data.ptr, buf.data.ptr, x.size,
-                   nccl_dtype(self.nccl, x.dtype.name), self._stream())
+                   self._dtype(x.dtype.name), self._stream())
         res = self.cp.concatenate(list(buf), axis=axis)
         if out is None:
             return res
@@ -206,7 +213,7 @@ class NcclCommunicator(Communicator):
         part = (xt.shape[0] // self.world,) + tuple(xt.shape[1:])
         recv = self.cp.empty(part, x.dtype)
         self._call("reduce_scatter", self.comm.reduceScatter, xt.data.ptr, recv.data.ptr, recv.size,
-                   nccl_dtype(self.nccl, x.dtype.name), nccl_op(self.nccl, op), self._stream())
+                   self._dtype(x.dtype.name), self._op(op), self._stream())
         res = self.cp.ascontiguousarray(self.cp.moveaxis(recv, 0, axis))
         if out is None:
             return res
@@ -233,7 +240,7 @@ class NcclCommunicator(Communicator):
         shape, dtype = self._bcast_meta(x)
         buf = x.copy() if self.rank == 0 else self.cp.empty(shape, dtype)
         self._call("broadcast_from_worker0", self.comm.bcast, buf.data.ptr, buf.size,
-                   nccl_dtype(self.nccl, dtype), 0, self._stream())
+                   self._dtype(dtype), 0, self._stream())
         return buf
 
     def scatter_from_worker0(self, x=None, axis=0):

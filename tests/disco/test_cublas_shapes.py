@@ -37,9 +37,6 @@ class _ColumnMajorBlas:
     def __init__(self):
         self.calls = 0
 
-    def cublasSetStream_v2(self, handle, stream):
-        return 0
-
     def cublasGemmStridedBatchedEx(self, h, ta, tb, m, n, k, alpha, A, at, lda, sa, B, bt, ldb, sb,
                                    beta, C, ct, ldc, sc, count, compute, algo):
         assert ta == tb == 0 and lda >= m and ldb >= k and ldc >= m

@@ -170,11 +170,14 @@ def test_two_workers_share_one_gpu_through_host_staged_shm():
         bind_session_devices(sess, [0, 0])
         assert sess.default_ccl_backend() == "shm"
         dmod = sess.load_module(ex)
+        sess.import_module("gpu_worker_funcs")
+        on_device = sess.get_global_func("test.gpu.is_device_array")
         for _ in range(2):           # the second call runs the cached plan
-            out = dmod["main"](x, w1, w2).fetch()
+            ref = dmod["main"](x, w1, w2)
+            assert on_device(ref).fetch(0) and on_device(ref).fetch(1)     # results stay on the GPU
+            out = ref.fetch()
             assert type(out) is np.ndarray
             np.testing.assert_allclose(out, M.mlp_ref(x, w1, w2), rtol=1e-4, atol=1e-4)
-        sess.import_module("gpu_worker_funcs")
         y = sess.get_global_func("test.gpu.iota")(4, "float32")      # (1..4) * (worker + 1)
         s = sess.get_global_func("ccl.allreduce")(y, "sum")
         assert sess.get_global_func("test.gpu.is_device_array")(s).fetch(1)
