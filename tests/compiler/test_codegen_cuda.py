@@ -20,7 +20,7 @@ from compiler.ir import expr as E
 from compiler.ir import tir as T
 from compiler.schedule import Schedule, ScheduleError
 from compiler.schedule import primitives as P
-from compiler.transform.gpu_schedule import DefaultGPUSchedule, schedule_gpu
+from compiler.transform.gpu_schedule import ITEMS, DefaultGPUSchedule, schedule_gpu
 
 from _op_helpers import assert_all_pass
 from _tir_interp import run_prim_func
@@ -111,14 +111,16 @@ def test_rms_norm_fp16_stages_input_row_in_shared_memory():
 
 
 def test_elementwise_launch_configuration():
+    """256 threads a block, each thread `items` elements: a block covers 256 * items."""
     func, _ = K.silu_mul(m=33)
-    mod = generate_cuda({"silu_mul": schedule_gpu(func)})
-    (k,) = mod.functions["silu_mul"].kernels
-    assert k.block == ["256", "1", "1"]
-    for n in (1, 7, 100):
-        d = [n, 33, n, 33, n, 33]
-        grid = eval(k.grid[0], {"d": d, "max": max, "min": min})  # noqa: S307 (our own expression)
-        assert grid == -(-n * 33 // 256)
+    for items in (1, 4):
+        mod = generate_cuda({"silu_mul": schedule_gpu(func, items=items)})
+        (k,) = mod.functions["silu_mul"].kernels
+        assert k.block == ["256", "1", "1"]
+        for n in (1, 7, 100):
+            d = [n, 33, n, 33, n, 33]
+            grid = eval(k.grid[0], {"d": d, "max": max, "min": min})  # noqa: S307 (our own expression)
+            assert grid == -(-n * 33 // (256 * items))
 
 
 def test_odd_row_width_rounds_threads_to_warps():
@@ -372,7 +374,7 @@ def test_launcher_decodes_the_vm_abi_and_evaluates_launch_sizes(monkeypatch):
     dims = (ctypes.c_int64 * 5)(9, 70, 9, 70, bits)
     entry(ctypes.addressof(ptrs), ctypes.addressof(dims))
     (name, grid, block, args), = raw.log
-    assert name == "scale" and block == (256, 1, 1) and grid == (-(-9 * 70 // 256), 1, 1)
+    assert name == "scale" and block == (256, 1, 1) and grid == (-(-9 * 70 // (256 * ITEMS)), 1, 1)
     assert [int(a) for a in args[:2]] == [0x1000, 0x2000]
     assert [int(a) for a in args[2:6]] == [9, 70, 9, 70]
     assert isinstance(args[6], np.float64) and args[6] == 0.5
@@ -512,6 +514,8 @@ def test_vm_on_cuda_device_runs_through_the_launcher_abi(monkeypatch, _kernel_ca
     monkeypatch.setattr(dc, "cupy_module", _fake_cupy)
     monkeypatch.setattr(dc, "compile_module", lambda source, options=(): fake)
     monkeypatch.setattr(dc, "device_ptr", data_ptr)
+    # numpy for cuBLAS (disco.cublas is checked by tests/disco/test_cublas_shapes.py and on the GPU)
+    monkeypatch.setattr(dc.cublas, "matmul", lambda a, b, out: np.matmul(a, b, out=out))
     vm = VirtualMachine(ex, device="cuda:0")
     assert vm.device.name == "cuda:0"
     rng = np.random.default_rng(0)
