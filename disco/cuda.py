@@ -18,12 +18,15 @@ the VM resolves a packed name `<name>` to `<name>.cuda` when that is registered,
 destination buffer, capturable into CUDA graphs) runs instead of the numpy version.
 
 CUDA graphs (`cuda_graph=True`): the first call of a function with given argument
-shapes, dtypes and scalar values runs it twice (recording the VM plan and filling the
-memory pool), then captures a third run on a side stream into a graph. Later calls
-copy the arguments into the graph's input buffers and replay it. The returned
-tensors are the graph's own output buffers: they are overwritten by the next replay
-of the same function (copy them to keep them). Functions whose shapes depend on data
-cannot be captured; pass `cuda_graph=False` (the default) for them.
+shapes, dtypes and scalar values runs eagerly (recording the VM plan); the second runs
+once more (filling the memory pool) and captures a third run on a side stream into a
+graph. The graph reads in place the arguments that were the same device arrays on
+both calls (weights, KV caches: no copy per call) and copies the others (activations)
+into buffers of its own before each replay; passing another array where it reads in
+place captures again, with that argument copied. The returned tensors are the graph's
+own output buffers: they are overwritten by the next replay of the same function (copy
+them to keep them). Functions whose shapes depend on data cannot be captured; pass
+`cuda_graph=False` (the default) for them.
 
 This module imports cupy lazily: importing it on a machine without cupy or a GPU
 works; using the device raises `DiscoError` saying what is missing.
@@ -335,15 +338,46 @@ def to_device(x: Any, cp=None):
     return contiguous(x)
 
 
+class _Graph:
+    """One captured call: the graph, how it reads each argument, its outputs, and what
+    must outlive it."""
+
+    def __init__(self, graph, direct: dict, staged: dict, out, keep):
+        self.graph = graph
+        self.direct = direct    # arg index -> the caller's device array the graph reads in place
+        self.staged = staged    # arg index -> the graph's own buffer, refilled on each replay
+        self.out = out
+        self.keep = keep
+
+    def reads_in_place(self, args, cp) -> bool:
+        """Whether every argument the graph reads in place is the same array again."""
+        return all(args[i] is a or _same_memory(args[i], a, cp) for i, a in self.direct.items())
+
+
+def _same_memory(x, a, cp) -> bool:
+    """Whether x and a are C-contiguous device arrays at one address (shapes match by the
+    key): what a graph can read in place (the VM would copy a non-contiguous one)."""
+    return isinstance(x, cp.ndarray) and isinstance(a, cp.ndarray) and x.flags.c_contiguous \
+        and a.flags.c_contiguous and x.data.ptr == a.data.ptr
+
+
 class GraphFunction:
     """A VM function whose calls are captured into CUDA graphs, one per argument key
-    (see the module docstring)."""
+    (see the module docstring).
+
+    The first call with a key runs eagerly (it records the VM plan). The second
+    captures: arguments that are the same device array as on the first call (weights,
+    caches) are read by the graph in place; the others (activations, host arrays) get
+    a buffer of the graph's own, which each replay first fills. A later call that
+    passes another array where the graph reads in place captures again, with that
+    argument staged."""
 
     def __init__(self, handle, device: CudaDevice, max_graphs: int = 8):
         self.handle = handle
         self.device = device
         self.max_graphs = max_graphs
         self.graphs: dict = {}
+        self.first_seen: dict = {}   # key -> the arguments of its first (eager) call
         self.captures = 0       # number of graphs captured (tests read it)
 
     @property
@@ -365,32 +399,41 @@ class GraphFunction:
         key = self._key(args)
         if key is None:
             return self.handle(*args)
+        cp = self.device.cp
         entry = self.graphs.get(key)
-        if entry is None:
-            entry = self._capture(args)
+        if entry is None or not entry.reads_in_place(args, cp):
+            first = self.first_seen.pop(key, None)
+            if entry is None and first is None:      # first sighting: run eagerly
+                if len(self.first_seen) >= 4 * self.max_graphs:
+                    self.first_seen.pop(next(iter(self.first_seen)))
+                # held, so that no other array can take their addresses until the second call
+                self.first_seen[key] = args
+                return self.handle(*args)
+            before = entry.direct if entry is not None else dict(enumerate(first))
+            in_place = {i for i, a in before.items() if _same_memory(args[i], a, cp)}
+            entry = self._capture(args, in_place)
+            self.graphs.pop(key, None)
             if len(self.graphs) >= self.max_graphs:
                 self.graphs.pop(next(iter(self.graphs)))
             self.graphs[key] = entry
-        graph, static, out, _ = entry
-        cp = self.device.cp
-        for s, a in zip(static, args):
-            if s is not None:
-                s[...] = to_device(a, cp)
-        graph.launch(stream=cp.cuda.get_current_stream())
-        return out
+        for i, buf in entry.staged.items():
+            buf[...] = to_device(args[i], cp)
+        entry.graph.launch(stream=cp.cuda.get_current_stream())
+        return entry.out
 
-    def _capture(self, args):
+    def _capture(self, args, in_place: set) -> _Graph:
         cp = self.device.cp
-        static = [to_device(a, cp).copy() if hasattr(a, "shape") else None for a in args]
-        call_args = [s if s is not None else a for s, a in zip(static, args)]
+        direct = {i: args[i] for i in in_place}
+        staged = {i: to_device(a, cp).copy() for i, a in enumerate(args)
+                  if hasattr(a, "shape") and i not in in_place}
+        call_args = [direct.get(i, staged.get(i, a)) for i, a in enumerate(args)]
         cp.cuda.get_current_stream().synchronize()
         stream = cp.cuda.Stream(non_blocking=True)
         held: list = []
         with stream:
-            self.handle(*call_args)          # records the VM plan
             self.handle(*call_args)          # fills the memory pool for the outputs
             stream.synchronize()
-            _graph_capture.held = held             # temporaries of the captured run (hold_for_graph)
+            _graph_capture.held = held       # temporaries of the captured run (hold_for_graph)
             stream.begin_capture()
             try:
                 out = self.handle(*call_args)
@@ -408,10 +451,10 @@ class GraphFunction:
         # What the graph's kernels read and write must live as long as it: the plans'
         # intermediates (a plan evicted from the handle's cache would free them), the
         # storages the compiler planned, and what the captured run held (workspaces,
-        # matmul temporaries).
+        # matmul temporaries); `direct` keeps the arrays it reads in place.
         keep = (held, list(getattr(self.handle, "plans", {}).values()),
                 list(getattr(self.handle, "pool", ())))
-        return graph, static, out, keep
+        return _Graph(graph, direct, staged, out, keep)
 
     def __repr__(self) -> str:
         return f"<CUDA-graph VM function {self.signature}>"

@@ -123,17 +123,51 @@ def test_cuda_graph_replays_with_new_inputs():
     from disco.vm import VirtualMachine
     vm = VirtualMachine(build(_mlp_module(), "cuda"), device="cuda", cuda_graph=True)
     f = vm["mlp"]
-    for seed in (1, 2, 3):
+    for seed in (1, 2, 3, 4):           # the first call runs eagerly, the second captures
         args = _mlp_inputs(16, seed=seed)
         out = f(*[cp.asarray(a) for a in args])
         np.testing.assert_allclose(cp.asnumpy(out), _mlp_ref(*args), rtol=1e-4, atol=1e-4)
     assert f.captures == 1
-    args = _mlp_inputs(5, seed=4)      # another shape: another graph
-    np.testing.assert_allclose(cp.asnumpy(f(*[cp.asarray(a) for a in args])), _mlp_ref(*args),
-                               rtol=1e-4, atol=1e-4)
+    for seed in (5, 6):                 # another shape: another graph
+        args = _mlp_inputs(5, seed=seed)
+        np.testing.assert_allclose(cp.asnumpy(f(*[cp.asarray(a) for a in args])), _mlp_ref(*args),
+                                   rtol=1e-4, atol=1e-4)
     assert f.captures == 2
 
 
+def test_cuda_graph_reads_weights_in_place_and_recaptures_for_other_arrays():
+    """Arguments passed as the same device arrays (weights) are read by the graph in
+    place: no copy per replay, and an in-place update is seen; another array in their
+    place captures again."""
+    import cupy as cp
+
+    from compiler import build
+    from disco.vm import VirtualMachine
+    f = VirtualMachine(build(_mlp_module(), "cuda"), device="cuda", cuda_graph=True)["mlp"]
+    _, w1, w2, g = (cp.asarray(a) for a in _mlp_inputs(8, seed=1))
+    for seed in (2, 3, 4):
+        x = _mlp_inputs(8, seed=seed)[0]
+        out = f(x, w1, w2, g)           # x: a numpy array, copied into the graph's buffer
+        np.testing.assert_allclose(cp.asnumpy(out), _mlp_ref(x, *map(cp.asnumpy, (w1, w2, g))),
+                                   rtol=1e-4, atol=1e-4)
+    assert f.captures == 1
+    (entry,) = f.graphs.values()
+    assert sorted(entry.direct) == [1, 2, 3] and sorted(entry.staged) == [0]
+    w2 *= 0.5                           # updated in place: the next replay sees it
+    out = f(x, w1, w2, g)
+    np.testing.assert_allclose(cp.asnumpy(out), _mlp_ref(x, *map(cp.asnumpy, (w1, w2, g))),
+                               rtol=1e-4, atol=1e-4)
+    assert f.captures == 1
+    w1_new = w1 * 2                     # another array: captured again, w1 now copied per call
+    out = f(x, w1_new, w2, g)
+    np.testing.assert_allclose(cp.asnumpy(out), _mlp_ref(x, *map(cp.asnumpy, (w1_new, w2, g))),
+                               rtol=1e-4, atol=1e-4)
+    assert f.captures == 2
+    (entry,) = f.graphs.values()
+    assert sorted(entry.direct) == [2, 3] and sorted(entry.staged) == [0, 1]
+
+
+@pytest.mark.real_gpu
 def test_dlpack_round_trip_with_torch():
     torch = pytest.importorskip("torch")
     if not torch.cuda.is_available():
