@@ -36,7 +36,8 @@ from ..schedule._tree import dedup_loop_vars, find_block, rewrite, substitute, v
 THREADS = 256            # threads per block for elementwise stages
 ITEMS = 4                # elements per thread of an elementwise stage (one each left an f16
                          # multiply at 30% of copy bandwidth on an H200, stalled on loads)
-ROW_THREADS = 1024       # upper bound of threads per block for row kernels
+ROW_THREADS = 256        # upper bound of threads per block for row kernels (H200 sweep: 256
+                         # beat 1024 by 1.3-1.6x on softmax and norms, benchmarks/gpu_schedule_sweep.py)
 SHARED_BUDGET = 32 * 1024  # bytes of shared memory the row intermediates may take
 
 _TRUE = E.IntImm(1, "bool")

@@ -20,7 +20,7 @@ from compiler.ir import expr as E
 from compiler.ir import tir as T
 from compiler.schedule import Schedule, ScheduleError
 from compiler.schedule import primitives as P
-from compiler.transform.gpu_schedule import ITEMS, DefaultGPUSchedule, schedule_gpu
+from compiler.transform.gpu_schedule import ITEMS, ROW_THREADS, DefaultGPUSchedule, schedule_gpu
 
 from _op_helpers import assert_all_pass
 from _tir_interp import run_prim_func
@@ -89,7 +89,7 @@ def test_row_reductions_become_one_block_per_row(name):
     assert loops[0].thread_tag == "blockIdx.x"
     assert isinstance(loops[0].extent, E.Var) and loops[0].extent.name == "n"   # one block per row
     tx = [f for f in loops if f.thread_tag == "threadIdx.x"]
-    assert tx and all(f.extent == E.IntImm(1024) for f in tx)
+    assert tx and all(f.extent == E.IntImm(ROW_THREADS) for f in tx)
     assert not [f for f in loops[1:] if f.thread_tag == "blockIdx.x"]
     # per-row intermediates live in shared memory, with the row dim dropped
     for b in _alloc_buffers(sched):
