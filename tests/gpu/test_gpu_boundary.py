@@ -76,6 +76,7 @@ def test_zero_d_arguments_stay_zero_d():
         np.testing.assert_allclose(cp.asnumpy(got), y_host * s)
 
 
+@pytest.mark.real_gpu
 def test_torch_cuda_input_is_used_in_place():
     """A torch CUDA tensor enters the VM through DLPack without a copy: a function that
     returns its parameter hands back the very same device memory."""
