@@ -2,9 +2,10 @@
 
 cupy's own cuBLAS calls refuse to run while a stream is captured ("calling cuBLAS
 API during stream capture is currently unsupported"), so a VM function with a
-matmul could not become a CUDA graph; and cupy has no bfloat16 dtype. cuBLAS itself
-does both: a handle given its own workspace (cublasSetWorkspace) is safe to capture,
-and cublasGemmStridedBatchedEx takes raw pointers of any data type. This module uses
+matmul could not become a CUDA graph, and cupy.matmul has no bfloat16 path. cuBLAS
+itself does both: a handle given its own workspace (cublasSetWorkspace) is safe to
+capture, and cublasGemmStridedBatchedEx takes raw pointers of any data type (bfloat16
+arrays of cupy 14 through ml_dtypes, or their bits in uint16 arrays with dtype=). This module uses
 the libcublas that cupy has loaded, one handle and 32 MiB workspace per thread and
 GPU, and runs row-major matmuls `out = a @ b` (numpy's broadcasting over the batch
 dims) as column-major `out^T = b^T a^T`, accumulating in float32 (float64 for

@@ -50,13 +50,8 @@ def _case_ids():
 
 @pytest.mark.parametrize("i", range(len(_case_ids())), ids=_case_ids())
 def test_every_operator_matches_numpy_on_gpu(op_vm, i):
-    import json
-
     from test_legalize import CASES, case_name, run_case
     c = CASES[i]
-    vmf = op_vm.vm.executable.functions[case_name(i, c)]
-    if "bfloat16" in json.dumps(vmf.to_json()):
-        pytest.skip("bfloat16 VM tensors need a cupy bfloat16 dtype (kernels are tested in test_gpu_kernels)")
     rng = np.random.default_rng(i)
     for n in c.ns:
         run_case(op_vm, i, c, n, rng)
