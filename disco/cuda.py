@@ -52,7 +52,7 @@ from .tensor import as_numpy, contiguous, np_dtype
 
 _lock = threading.Lock()
 _MODULES: dict[str, Any] = {}       # sha256 -> cupy.RawModule
-_graph_capture = threading.local()        # .held: a list while this thread captures a CUDA graph
+_graph_capture = threading.local()  # .held: a list while this thread captures a CUDA graph
 
 
 def hold_for_graph(obj: Any) -> None:
