@@ -179,8 +179,8 @@ def test_dlpack_round_trip_with_torch():
     back = torch.from_dlpack(out)
     assert back.is_cuda and tuple(back.shape) == (9, 64)
     np.testing.assert_allclose(back.cpu().numpy(), _mlp_ref(*args), rtol=1e-4, atol=1e-4)
-    # the input tensor was used in place, not copied through the host
-    assert cp.from_dlpack(targs[0]).data.ptr == targs[0].data_ptr()
+    # that the VM takes the input in place (no copy) is checked by
+    # test_gpu_boundary.py::test_torch_cuda_input_is_used_in_place
 
 
 @pytest.mark.parametrize("kind", ["threaded", "process"])
