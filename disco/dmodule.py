@@ -26,84 +26,18 @@ import numpy as np
 
 from disco import spmd  # noqa: F401  (registers the runtime functions of R.ccl.* here too)
 from disco._context import current_context
-from disco.errors import DiscoError, SessionError
+from disco.errors import PlacementError, SessionError
+from disco.placement import Layout
 from disco.registry import register_func
 from disco.session.base import DRef, Session
 
-# -- placements (text form as in the compiler: "S[1]", "R", "P[sum]", "S[0]R") ---------------
-
-
-def parse_placement(text: str) -> list[tuple[str, Any]]:
-    """"S[0]R" -> [("S", 0), ("R", None)]; disco does not import the compiler."""
-    import re
-    out, pos = [], 0
-    token = re.compile(r"S\[(-?\d+)\]|R|P\[(\w+)\]")
-    while pos < len(text):
-        m = token.match(text, pos)
-        if m is None:
-            raise DiscoError(f"bad placement text {text!r} at position {pos}")
-        out.append(("S", int(m.group(1))) if m.group(1) is not None else
-                   ("P", m.group(2)) if m.group(2) is not None else ("R", None))
-        pos = m.end()
-    return out
-
-
-class Layout:
-    """Where each worker's piece of a global array lies, for one placement on a mesh."""
-
-    def __init__(self, placement: Optional[str], mesh_shape: Sequence[int], ndim: int):
-        self.mesh_shape = tuple(int(s) for s in mesh_shape)
-        self.text = placement or "R" * len(self.mesh_shape)
-        spec = parse_placement(self.text)
-        if len(spec) != len(self.mesh_shape):
-            raise DiscoError(f"placement {self.text!r} has {len(spec)} entries for a mesh of "
-                             f"shape {self.mesh_shape}")
-        self.spec = [(k, (v + ndim if k == "S" and v < 0 else v)) for k, v in spec]
-        self.ndim = ndim
-        self.factors = [1] * ndim
-        for a, (k, v) in enumerate(self.spec):
-            if k == "S":
-                self.factors[v] *= self.mesh_shape[a]
-
-    @property
-    def replicated(self) -> bool:
-        return all(k == "R" for k, _ in self.spec)
-
-    @property
-    def partial(self) -> bool:
-        return any(k == "P" for k, _ in self.spec)
-
-    def single_shard_dim(self) -> Optional[int]:
-        """The dim when exactly one mesh axis shards and it spans all workers (1-D split)."""
-        shards = [(a, v) for a, (k, v) in enumerate(self.spec) if k == "S"]
-        if len(shards) == 1 and not self.partial and \
-                self.mesh_shape[shards[0][0]] == math.prod(self.mesh_shape):
-            return shards[0][1]
-        return None
-
-    def block(self, worker: int, shape: Sequence[int]) -> tuple[slice, ...]:
-        """Worker `worker`'s block of a global array of `shape` (dims sharded by several
-        mesh axes split by the first axis, then within that by the next)."""
-        coord = spmd.mesh_coordinate(worker, self.mesh_shape)
-        start, size = [0] * len(shape), list(shape)
-        for a, (k, v) in enumerate(self.spec):
-            if k == "S":
-                size[v] //= self.mesh_shape[a]
-                start[v] += coord[a] * size[v]
-        return tuple(slice(s, s + n) for s, n in zip(start, size))
-
-    def check(self, shape: Sequence[int], what: str) -> None:
-        for d, f in enumerate(self.factors):
-            if f > 1 and shape[d] % f:
-                raise SessionError(
-                    f"{what}: dim {d} of shape {tuple(shape)} is {shape[d]}, which is not divisible "
-                    f"by the {f} devices it is split over (placement {self.text!r} on a mesh of "
-                    f"shape {self.mesh_shape})")
-
-    def is_lead(self, worker: int) -> bool:
-        """Whether `worker` holds a distinct piece (coordinate 0 along replicated axes)."""
-        coord = spmd.mesh_coordinate(worker, self.mesh_shape)
-        return all(c == 0 for c, (k, _) in zip(coord, self.spec) if k == "R")
+def check_fits(layout: Layout, shape, what: str) -> None:
+    """SessionError (the caller's arguments are wrong) unless an array of `shape` splits
+    evenly under `layout`."""
+    try:
+        layout.check(shape, what)
+    except PlacementError as e:
+        raise SessionError(str(e)) from None
 
 
 def place(sess: Session, array: Any, layout: Layout, what: str = "array") -> DRef:
@@ -116,7 +50,7 @@ def place(sess: Session, array: Any, layout: Layout, what: str = "array") -> DRe
                            f"({layout.text!r}); pass its full value replicated or sharded")
     if a.ndim != layout.ndim:
         raise SessionError(f"{what}: expected a {layout.ndim}-d array, got shape {a.shape}")
-    layout.check(a.shape, what)
+    check_fits(layout, a.shape, what)
     if layout.replicated:
         return sess.broadcast(np.ascontiguousarray(a))
     dim = layout.single_shard_dim()

@@ -28,3 +28,7 @@ class CollectiveError(DiscoError):
 
 class SignatureError(DiscoError, TypeError):
     """An argument does not match a compiled function's signature."""
+
+
+class PlacementError(DiscoError, ValueError):
+    """A placement that is malformed or does not fit its mesh or tensor (disco.placement)."""

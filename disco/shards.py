@@ -77,10 +77,11 @@ def _files(path: str) -> list[str]:
 @register_func("disco.shards.load", override=True)
 def _load_on_worker(path: str, name: str, placement: str, mesh_shape):
     """On a worker: its block of tensor `name` under `placement` (copied out of the map)."""
-    from disco.dmodule import Layout
+    from disco.dmodule import check_fits
+    from disco.placement import Layout
     arr = open_tensor(path, name)
     layout = Layout(placement, tuple(mesh_shape), arr.ndim)
-    layout.check(arr.shape, f"{path!r}: tensor {name!r}")
+    check_fits(layout, arr.shape, f"{path!r}: tensor {name!r}")
     return np.ascontiguousarray(arr[layout.block(current_context().worker_id, arr.shape)])
 
 
@@ -94,7 +95,8 @@ def load_shards(sess_or_path: Any, path_or_placements: Any, placements: Any = No
     from the file, such as the inputs, are skipped). Only the named tensors are loaded
     (all of them, replicated, when `placements` is empty); `names` limits the set.
     Returns name -> DTensorRef (fetch() gives the global tensor)."""
-    from disco.dmodule import DModule, DTensorRef, Layout, adopt
+    from disco.dmodule import DModule, DTensorRef, adopt, check_fits
+    from disco.placement import Layout
     from disco.session.base import Session
     if isinstance(sess_or_path, Session):
         sess, path, placements = sess_or_path, path_or_placements, placements
@@ -130,7 +132,7 @@ def load_shards(sess_or_path: Any, path_or_placements: Any, placements: Any = No
                 continue
             text = placements.get(name, "R" * len(mesh_shape))
             layout = Layout(text, mesh_shape, len(entry["shape"]))
-            layout.check(entry["shape"], f"{file!r}: tensor {name!r}")
+            check_fits(layout, entry["shape"], f"{file!r}: tensor {name!r}")
             ref = loader(os.path.abspath(file), name, text, list(mesh_shape))
             out[name] = adopt(ref, layout)
     missing = [n for n in (names if names is not None else placements if required else ())

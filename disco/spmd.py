@@ -24,6 +24,7 @@ import numpy as np
 from disco import ccl
 from disco._context import current_context
 from disco.errors import DiscoError
+from disco.placement import mesh_coordinate
 from disco.registry import register_func
 from disco.tensor import contiguous
 
@@ -67,15 +68,6 @@ def collective_stats(reset: bool = False) -> dict:
     if reset:
         state["spmd_stats"] = {}
     return stats
-
-
-def mesh_coordinate(worker: int, mesh_shape) -> tuple[int, ...]:
-    """Row-major coordinate of `worker` in a mesh of `mesh_shape`."""
-    coord = []
-    for extent in reversed(tuple(mesh_shape)):
-        coord.append(worker % extent)
-        worker //= extent
-    return tuple(reversed(coord))
 
 
 def group_members(worker: int, mesh_shape, mesh_axis: int) -> list[int]:

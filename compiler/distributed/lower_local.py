@@ -19,12 +19,13 @@ the output of PropagateSharding) -> the per-device program every worker runs.
 - Conversions `R.dist.redistribute(x, mesh, placement)` become collectives
   (compiler/op/ccl.py): Partial->Replicate all-reduce, Shard->Replicate all-gather,
   Replicate->Shard local slice, Partial->Shard reduce-scatter, Shard(i)->Shard(j)
-  all-gather then local slice; the steps and their order are rules.conversion_steps
+  all-gather then local slice; the steps and their order are conversion.conversion_steps
   (the plan PropagateSharding prices and `describe` reports). A conversion of several
   steps binds the last one to the conversion's variable, the others to `<name>_<i>`.
 
 The result has no DTensor left; `lowered_signature` describes what the caller must
-know (global shapes and placements of the parameters and results).
+know (global shapes and placements of the parameters and results), and module attr
+"distributed" records every variable's placement for `describe` (`record_variables`).
 """
 from __future__ import annotations
 
@@ -39,13 +40,12 @@ from ..ir.expr import IntImm, PrimExpr, Var as SymVar
 from ..ir.module import IRModule
 from ..ir.struct_info import (DTensorStructInfo, FuncStructInfo, StructInfo, TensorStructInfo,
                               TupleStructInfo)
-from ..ir.visitor import post_order_visit
 from ..op import ccl
 from ..op.registry import infer_call, make_call
-from . import rules
+from .conversion import ConversionStep, conversion_steps
+from .dtensor import function_mesh, uses_mesh, variables
 from .mesh import DeviceMesh, lookup_mesh
-from .placement import Partial, Shard, format_placement, normalize_placement
-from .report import record_variables
+from .placement import Layout, Partial, Shard, format_placement, layout_of
 
 # Operators whose shape argument (args[1] or args[0]) is the result's shape.
 _SHAPE_ARG = {"relax.reshape": 1, "relax.broadcast_to": 1, "relax.full": 0, "relax.zeros": 0,
@@ -54,39 +54,13 @@ _REDISTRIBUTE = "relax.dist.redistribute"
 _ANNOTATE = "relax.dist.annotate_sharding"
 
 
-def has_dtensor(mod: IRModule) -> bool:
-    """Whether any graph function of `mod` mentions a DTensor."""
-    found = []
-
-    def visit(node):
-        if not found and isinstance(node, (G.Var, G.Call)) and \
-                _mentions_dtensor(node.struct_info):
-            found.append(node)
-
-    for func in mod.graph_functions().values():
-        if _mentions_dtensor(func.ret_struct_info):
-            return True
-        post_order_visit(func, visit)
-        if found:
-            return True
-    return False
-
-
-def _mentions_dtensor(s: Any) -> bool:
-    if isinstance(s, DTensorStructInfo):
-        return True
-    if isinstance(s, TupleStructInfo):
-        return any(_mentions_dtensor(f) for f in s.fields)
-    return False
-
-
 def LowerToLocalView(mod: IRModule) -> IRModule:
     """`mod` with every graph function that uses DTensors rewritten to the local view."""
     out = mod
     taken: set[str] = set()
     programs: dict = {}         # local copies of tensor programs, shared by all functions
     for name, func in mod.graph_functions().items():
-        if _function_mentions_dtensor(func):
+        if uses_mesh(func):
             lowerer = _Lowerer(mod, name, func)
             lowerer.taken_names, lowerer.local_programs = taken, programs
             out = out.with_function(name, lowerer.run())
@@ -95,30 +69,33 @@ def LowerToLocalView(mod: IRModule) -> IRModule:
     return record_variables(mod, out)
 
 
-def _function_mentions_dtensor(func: G.Function) -> bool:
-    return has_dtensor(IRModule.from_dict({"f": func}))
-
-
-# -- placements -------------------------------------------------------------------------
-
-
-class _Layout:
-    """A DTensor's placement resolved against its mesh: shard factor per tensor dim."""
-
-    def __init__(self, sinfo: DTensorStructInfo, mesh: DeviceMesh, where: str):
-        t = sinfo.tensor
-        if t.shape is None:
-            raise ShardingError(f"{where}: a distributed tensor needs a known shape, got "
-                                f"{sinfo.tensor}")
-        self.spec = normalize_placement(sinfo.placement, t.ndim)
-        if len(self.spec) != mesh.ndim:
-            raise ShardingError(f"{where}: placement {sinfo.placement!r} has {len(self.spec)} "
-                                f"entries but mesh {sinfo.device_mesh} has {mesh.ndim} axes "
-                                f"(shape {mesh.shape})")
-        self.factors = [1] * t.ndim
-        for axis, p in enumerate(self.spec):
-            if isinstance(p, Shard):
-                self.factors[p.dim] *= mesh.shape[axis]
+def record_variables(placed: IRModule, lowered: IRModule) -> IRModule:
+    """`lowered` (LowerToLocalView of `placed`) with what `describe` needs once DTensor
+    types are gone, in module attr "distributed": "variables" (function -> [{name,
+    placement, shape (global)}] of every DTensor variable, in program order) and, unless
+    recorded already, "mesh" and "mesh_shape". Modules with no function lowered are
+    returned unchanged."""
+    info = dict(lowered.attrs.get("distributed") or {})
+    recorded = dict(info.get("variables") or {})
+    mesh_ref = None
+    for name, f in placed.graph_functions().items():
+        if name not in lowered or lowered[name] is f:
+            continue            # not lowered (no DTensor in it)
+        entries = []
+        for v in variables(f):
+            s = v.struct_info
+            if isinstance(s, DTensorStructInfo):
+                mesh_ref = mesh_ref or s.device_mesh
+                entries.append({"name": v.name_hint, "placement": s.placement_text,
+                                "shape": [dim_value(d) for d in s.tensor.shape or ()]})
+        recorded[name] = entries
+    if mesh_ref is None:
+        return lowered
+    info["variables"] = recorded
+    if "mesh" not in info:
+        info["mesh"] = mesh_ref
+        info["mesh_shape"] = list(lookup_mesh(placed.global_infos, mesh_ref).shape)
+    return IRModule(lowered.functions, lowered.attrs.replace(distributed=info), lowered.global_infos)
 
 
 # -- the rewrite of one function ------------------------------------------------------------
@@ -158,17 +135,16 @@ class _Lowerer:
         return found
 
     def _find_mesh(self) -> tuple[str, DeviceMesh]:
-        refs = {s.device_mesh for _, s in self._all_dtensors()}
-        if len(refs) != 1:
-            raise ShardingError(f"function {self.name!r}: LowerToLocalView supports one device "
-                                f"mesh per function, found {sorted(refs)}")
-        ref = refs.pop()
+        ref = function_mesh(self.func, self.name)
+        if ref is None:
+            raise ShardingError(f"function {self.name!r}: LowerToLocalView needs DTensor types "
+                                "(run PropagateSharding first); the function has none")
         return ref, lookup_mesh(self.mod.global_infos, ref)
 
     def _plan_symbols(self) -> None:
         factors: dict[SymVar, int] = {}
         for where, s in self._all_dtensors():
-            lay = _Layout(s, self.mesh, f"function {self.name!r}, {where}")
+            lay = self.layout(s, where)
             for d, f in zip(s.tensor.shape, lay.factors):
                 if f > 1 and isinstance(d, SymVar):
                     factors[d] = math.lcm(factors.get(d, 1), f)
@@ -176,7 +152,7 @@ class _Lowerer:
         for p in self.func.params:
             s = p.struct_info
             if isinstance(s, DTensorStructInfo):
-                lay = _Layout(s, self.mesh, f"parameter {p.name_hint!r}")
+                lay = self.layout(s, f"parameter {p.name_hint!r}")
                 whole.update(d for d, f in zip(s.tensor.shape, lay.factors)
                              if f == 1 and isinstance(d, SymVar))
             elif isinstance(s, TensorStructInfo) and s.shape is not None:
@@ -197,7 +173,7 @@ class _Lowerer:
             if s.device_mesh != self.mesh_ref:
                 raise ShardingError(f"function {self.name!r}, {where}: on mesh {s.device_mesh}, "
                                     f"but the function uses {self.mesh_ref}")
-            lay = _Layout(s, self.mesh, f"function {self.name!r}, {where}")
+            lay = self.layout(s, where)
             shape = []
             for i, (d, f) in enumerate(zip(s.tensor.shape, lay.factors)):
                 d = self.subst(d)
@@ -206,7 +182,7 @@ class _Lowerer:
                         raise ShardingError(
                             f"function {self.name!r}, {where}: dim {i} of shape "
                             f"{_fmt(s.tensor.shape)} is {d.value}, not divisible by the {f} devices "
-                            f"of placement {s.placement!r} on mesh {self.mesh_ref} {self.mesh.shape}")
+                            f"of placement {s.placement_text!r} on mesh {self.mesh_ref} {self.mesh.shape}")
                     d = arith.simplify(d // f)
                 shape.append(d)
             return TensorStructInfo(tuple(shape), s.tensor.dtype)
@@ -221,8 +197,8 @@ class _Lowerer:
             return s
         return s
 
-    def layout(self, s: DTensorStructInfo, where: str) -> _Layout:
-        return _Layout(s, self.mesh, f"function {self.name!r}, {where}")
+    def layout(self, s: DTensorStructInfo, where: str) -> Layout:
+        return layout_of(s, self.mesh.shape, f"function {self.name!r}, {where}")
 
     # driver ------------------------------------------------------------------------------
 
@@ -314,8 +290,8 @@ class _Lowerer:
             if isinstance(src, DTensorStructInfo) and isinstance(var.struct_info, DTensorStructInfo) \
                     and self.layout(src, where).spec != self.layout(var.struct_info, where).spec:
                 raise ShardingError(f"function {self.name!r}, {where}: annotate_sharding changes "
-                                    f"the placement from {src.placement!r} to "
-                                    f"{var.struct_info.placement!r}; run PropagateSharding first, "
+                                    f"the placement from {src.placement_text!r} to "
+                                    f"{var.struct_info.placement_text!r}; run PropagateSharding first, "
                                     "which turns such conflicts into R.dist.redistribute")
             return args[0]
         if name == "relax.call_tir":
@@ -367,7 +343,7 @@ class _Lowerer:
         key = (gvar.name_hint, tuple(None if f is None else tuple(f) for f in factors))
         if key in self.local_programs:
             return self.local_programs[key][0]
-        placements = ", ".join(s.placement if isinstance(s, DTensorStructInfo) else "R"
+        placements = ", ".join(s.placement_text if isinstance(s, DTensorStructInfo) else "R"
                                for s in sinfos)
         what = (f"function {self.name!r}, {where}: R.call_tir of tensor program "
                 f"{gvar.name_hint!r} with placements ({placements})")
@@ -398,7 +374,7 @@ class _Lowerer:
                 if isinstance(p, Partial) and p.op != "sum":
                     raise ShardingError(f"function {self.name!r}, {where}: R.call_tir of "
                                         f"{call.args[0].name_hint!r} cannot produce "
-                                        f"{s.placement!r} (only a summed reduction gives P[sum])")
+                                        f"{s.placement_text!r} (only a summed reduction gives P[sum])")
 
     def _is_vocab_take(self, call: G.Call, var: G.Var, where: str) -> bool:
         x = call.args[0].struct_info
@@ -408,7 +384,7 @@ class _Lowerer:
         rows_sharded = any(isinstance(p, Shard) and p.dim == 0 for p in self.layout(x, where).spec)
         if rows_sharded and axis not in (0, -x.tensor.ndim):
             raise ShardingError(f"function {self.name!r}, {where}: take along axis {axis} of a table "
-                                f"sharded along dim 0 ({x.placement!r}) is not supported")
+                                f"sharded along dim 0 ({x.placement_text!r}) is not supported")
         return rows_sharded
 
     def _vocab_axis(self, call: G.Call, where: str) -> int:
@@ -439,7 +415,7 @@ class _Lowerer:
                                 f"argument and result, got {type(src_s).__name__} -> "
                                 f"{type(dst_s).__name__}")
         src, dst = self.layout(src_s, where).spec, self.layout(dst_s, where).spec
-        steps = rules.conversion_steps(src, dst)
+        steps = conversion_steps(src, dst)
         if steps is None:
             raise ShardingError(f"function {self.name!r}, {where}: cannot convert "
                                 f"{format_placement(src)} to {format_placement(dst)}: no "
@@ -452,8 +428,8 @@ class _Lowerer:
             e = self.emit(value, var.name_hint, dataflow)
         return e
 
-    def conversion_step(self, step: rules.ConversionStep, e: G.Expr) -> G.Call:
-        """The R.ccl operator of one step of a conversion (rules.conversion_steps)."""
+    def conversion_step(self, step: ConversionStep, e: G.Expr) -> G.Call:
+        """The R.ccl operator of one step of a conversion (conversion.conversion_steps)."""
         group = dict(mesh_shape=self.mesh.shape, mesh_axis=step.mesh_axis)
         if step.kind == "allreduce":
             return ccl.allreduce(e, step.op, **group)
@@ -481,10 +457,10 @@ def lowered_signature(func: G.Function, mod: IRModule) -> dict:
     def describe(s: Any) -> Any:
         if isinstance(s, DTensorStructInfo):
             t = s.tensor
-            return {"shape": [_dim(d) for d in t.shape], "dtype": t.dtype,
-                    "placement": format_placement(normalize_placement(s.placement, t.ndim))}
+            return {"shape": [dim_value(d) for d in t.shape], "dtype": t.dtype,
+                    "placement": s.placement_text}
         if isinstance(s, TensorStructInfo):
-            return {"shape": None if s.shape is None else [_dim(d) for d in s.shape],
+            return {"shape": None if s.shape is None else [dim_value(d) for d in s.shape],
                     "dtype": s.dtype, "placement": None}
         if isinstance(s, TupleStructInfo):
             return {"fields": [describe(f) for f in s.fields]}
@@ -494,6 +470,7 @@ def lowered_signature(func: G.Function, mod: IRModule) -> dict:
     return {"params": params, "result": describe(func.ret_struct_info)}
 
 
-def _dim(d: PrimExpr) -> Any:
+def dim_value(d: PrimExpr) -> Any:
+    """A dim for metadata: its int, a symbol's name, or the expression's text."""
     v = arith.as_int(d)
     return v if v is not None else str(d.name) if isinstance(d, SymVar) else _fmt([d])[1:-1]

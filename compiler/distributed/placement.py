@@ -1,92 +1,38 @@
-"""Placements: how a tensor is laid out over each axis of a device mesh.
-
-One placement per mesh axis: `Shard(dim)` splits tensor dim `dim` evenly over that
-axis, `Replicate()` keeps a full copy on each device of the axis, `Partial(op)`
-holds a pending reduction (each device has a partial value; the true value is their
-sum/max/...). Text form, as in the script: "S[1]", "R", "P[sum]", concatenated per
-mesh axis: "S[0]R" for a 2-D mesh.
-"""
+"""Placements as the compiler uses them: the runtime's model (disco.placement: Shard,
+Replicate, Partial, one per mesh axis, text "S[0]R"), with its errors raised as the
+compiler's ShardingError."""
 from __future__ import annotations
 
-import re
-from dataclasses import dataclass
-from typing import Union
+from disco.placement import (REDUCE_OPS, Layout, Partial, Placement, PlacementSpec, Replicate, Shard,
+                             format_placement)
 
 from ..ir.errors import ShardingError
-
-REDUCE_OPS = ("sum", "max", "min", "prod")
-
-
-@dataclass(frozen=True, slots=True)
-class Shard:
-    dim: int
-
-    def __str__(self) -> str:
-        return f"S[{self.dim}]"
+from ..ir.struct_info import DTensorStructInfo, placement_spec
 
 
-@dataclass(frozen=True, slots=True)
-class Replicate:
-    def __str__(self) -> str:
-        return "R"
+def parse_placement(text) -> PlacementSpec:
+    """"S[0]R" -> (Shard(0), Replicate()); ShardingError on malformed text."""
+    return placement_spec(text)
 
 
-@dataclass(frozen=True, slots=True)
-class Partial:
-    op: str = "sum"
-
-    def __post_init__(self):
-        if self.op not in REDUCE_OPS:
-            raise ShardingError(f"Partial: unknown reduction {self.op!r}; expected one of {REDUCE_OPS}")
-
-    def __str__(self) -> str:
-        return f"P[{self.op}]"
+def normalize_placement(spec, ndim: int) -> PlacementSpec:
+    """`spec` with negative shard dims resolved against rank `ndim`, checked in range."""
+    return placement_spec(spec, ndim)
 
 
-Placement = Union[Shard, Replicate, Partial]
-PlacementSpec = tuple[Placement, ...]   # one entry per mesh axis
-
-_TOKEN = re.compile(r"S\[(-?\d+)\]|R|P\[(\w+)\]")
-
-
-def parse_placement(text: str) -> PlacementSpec:
-    """"S[0]R" -> (Shard(0), Replicate()). Raises ShardingError on malformed text."""
-    if isinstance(text, tuple):
-        return text
-    out: list[Placement] = []
-    pos = 0
-    while pos < len(text):
-        m = _TOKEN.match(text, pos)
-        if m is None:
-            raise ShardingError(
-                f"bad placement text {text!r} at position {pos}: expected 'S[dim]', 'R' or 'P[op]' "
-                f"per mesh axis, e.g. 'S[1]' or 'S[0]R'")
-        if m.group(1) is not None:
-            out.append(Shard(int(m.group(1))))
-        elif m.group(2) is not None:
-            out.append(Partial(m.group(2)))
-        else:
-            out.append(Replicate())
-        pos = m.end()
-    if not out:
-        raise ShardingError("empty placement text; expected one placement per mesh axis, e.g. 'R'")
-    return tuple(out)
+def layout_of(s: DTensorStructInfo, mesh_shape, where: str) -> Layout:
+    """`s`'s placement resolved against its mesh (of `mesh_shape`): shard factors, local
+    shapes. ShardingError naming `where` when the shape is unknown or the placement has
+    not one entry per mesh axis."""
+    t = s.tensor
+    if t.shape is None:
+        raise ShardingError(f"{where}: a distributed tensor needs a known shape, got {t}")
+    if len(s.placement) != len(mesh_shape):
+        raise ShardingError(f"{where}: placement {s.placement_text!r} has {len(s.placement)} entries "
+                            f"but mesh {s.device_mesh} has {len(mesh_shape)} axes (shape "
+                            f"{tuple(mesh_shape)})")
+    return Layout(s.placement, mesh_shape, t.ndim)
 
 
-def format_placement(spec: PlacementSpec) -> str:
-    return "".join(str(p) for p in spec)
-
-
-def normalize_placement(spec: PlacementSpec | str, ndim: int) -> PlacementSpec:
-    """Resolve negative shard dims against a tensor of rank `ndim` and check bounds."""
-    spec = parse_placement(spec) if isinstance(spec, str) else spec
-    out = []
-    for p in spec:
-        if isinstance(p, Shard):
-            d = p.dim + ndim if p.dim < 0 else p.dim
-            if not 0 <= d < max(ndim, 1):
-                raise ShardingError(f"placement {format_placement(spec)}: Shard dim {p.dim} is out of "
-                                    f"range for a tensor of rank {ndim}")
-            p = Shard(d)
-        out.append(p)
-    return tuple(out)
+__all__ = ["layout_of", "REDUCE_OPS", "Layout", "Partial", "Placement", "PlacementSpec", "Replicate", "Shard",
+           "format_placement", "parse_placement", "normalize_placement"]

@@ -3,7 +3,7 @@
 The report lists every variable's placement and local (per-device) shape, and every
 collective the placements imply -- the ones LowerToLocalView emits, named after the
 conversion's variable -- with the bytes each device receives per call under the cost
-model PropagateSharding uses (rules.collective_bytes: all-reduce 2(p-1)/p of the
+model PropagateSharding uses (conversion.collective_bytes: all-reduce 2(p-1)/p of the
 tensor's per-device size, reduce-scatter (p-1)/p of it, all-gather (p-1)/p of its
 gathered size; p = the mesh axis extent; Shard(i)->Shard(j) is an all-gather and a
 local slice). Symbolic sizes are reported as expressions.
@@ -11,8 +11,8 @@ local slice). Symbolic sizes are reported as expressions.
 It accepts a module at any stage: annotated (propagated first), propagated, lowered
 to the local view (LowerToLocalView, DistributedLowering) and legalized. Once the
 DTensor types are gone, placements and global shapes come from the module attr
-"distributed" (key "variables", recorded by `record_variables` when LowerToLocalView
-runs), local shapes from the program, collectives from its R.ccl.* calls (or the
+"distributed" (key "variables", recorded by LowerToLocalView's `record_variables`),
+local shapes from the program, collectives from its R.ccl.* calls (or the
 "spmd.*" packed calls they legalize to). A variable the user bound with
 `R.dist.annotate_sharding` is listed under its own name, next to the variable it
 annotates: from the annotated module itself, or from key "aliases" (recorded by
@@ -26,13 +26,15 @@ from typing import Any, Union
 from ..ir import arith
 from ..ir import graph as G
 from ..ir.errors import ShardingError
+from ..ir.expr import dtype_bytes
 from ..ir.module import IRModule
 from ..ir.struct_info import DTensorStructInfo
-from ..ir.visitor import post_order_visit
 from . import rules
+from .conversion import COLLECTIVES, collective_bytes, conversion_steps, step_bytes
+from .dtensor import function_mesh, uses_mesh, variables
 from .mesh import lookup_mesh
-from .placement import Shard, normalize_placement
-from .propagate import ANNOTATE, REDISTRIBUTE, PropagateSharding, uses_mesh
+from .placement import layout_of
+from .solve import ANNOTATE, REDISTRIBUTE
 
 Bytes = Union[int, str]
 
@@ -83,18 +85,19 @@ def describe(mod: IRModule, func: str = "main") -> ShardingReport:
                             f"{sorted(mod.graph_functions())}")
     aliases = annotated_names(mod[func])
     if uses_mesh(mod[func]):
+        from .propagate import PropagateSharding
         mod = PropagateSharding(mod)
     f = mod[func]
     report = ShardingReport(func)
-    mesh_ref = _mesh_ref(f)
+    mesh_ref = function_mesh(f, func)
     if mesh_ref is None:
         return _describe_lowered(mod, func, report)   # local view (or nothing distributed)
     mesh = lookup_mesh(mod.global_infos, mesh_ref)
     report.mesh, report.mesh_shape = mesh_ref, mesh.shape
-    for v in _variables(f):
+    for v in variables(f):
         s = v.struct_info
         if isinstance(s, DTensorStructInfo):
-            report.placements[v.name_hint] = s.placement
+            report.placements[v.name_hint] = s.placement_text
             report.global_shapes[v.name_hint] = tuple(_dim(d) for d in s.tensor.shape or ())
             report.local_shapes[v.name_hint] = tuple(_dim(d) for d in local_shape(s, mesh))
     for blk in f.body.blocks:
@@ -105,10 +108,6 @@ def describe(mod: IRModule, func: str = "main") -> ShardingReport:
                     report.collectives.append((b.var.name_hint, kind, nbytes))
     _add_aliases(report, aliases)
     return report
-
-
-def _variables(f: G.Function) -> list:
-    return list(f.params) + [b.var for blk in f.body.blocks for b in blk.bindings]
 
 
 def annotated_names(f: G.Function) -> dict:
@@ -141,71 +140,26 @@ def _add_aliases(report: ShardingReport, aliases) -> None:
         setattr(report, table, new)
 
 
-def record_variables(placed: IRModule, lowered: IRModule) -> IRModule:
-    """`lowered` (LowerToLocalView of `placed`) with what `describe` needs once DTensor
-    types are gone, in module attr "distributed": "variables" (function -> [{name,
-    placement, shape (global)}] of every DTensor variable, in program order) and, unless
-    recorded already, "mesh" and "mesh_shape". Modules with no function lowered are
-    returned unchanged."""
-    info = dict(lowered.attrs.get("distributed") or {})
-    variables = dict(info.get("variables") or {})
-    mesh_ref = None
-    for name, f in placed.graph_functions().items():
-        if name not in lowered or lowered[name] is f:
-            continue            # not lowered (no DTensor in it)
-        entries = []
-        for v in _variables(f):
-            s = v.struct_info
-            if isinstance(s, DTensorStructInfo):
-                mesh_ref = mesh_ref or s.device_mesh
-                entries.append({"name": v.name_hint, "placement": s.placement,
-                                "shape": [_dim(d) for d in s.tensor.shape or ()]})
-        variables[name] = entries
-    if mesh_ref is None:
-        return lowered
-    info["variables"] = variables
-    if "mesh" not in info:
-        info["mesh"] = mesh_ref
-        info["mesh_shape"] = list(lookup_mesh(placed.global_infos, mesh_ref).shape)
-    return IRModule(lowered.functions, lowered.attrs.replace(distributed=info), lowered.global_infos)
-
-
-def _mesh_ref(f: G.Function):
-    for p in f.params:
-        if isinstance(p.struct_info, DTensorStructInfo):
-            return p.struct_info.device_mesh
-    found = []
-    post_order_visit(f, lambda n: found.append(n.struct_info.device_mesh)
-                     if isinstance(n, G.Var) and isinstance(n.struct_info, DTensorStructInfo)
-                     else None)
-    return found[0] if found else None
-
-
 def local_shape(s: DTensorStructInfo, mesh) -> tuple:
     """Per-device shape: each sharded dim divided by the extents of its mesh axes."""
-    shape = list(s.tensor.shape or ())
-    for axis, p in enumerate(normalize_placement(s.placement, len(shape))):
-        if isinstance(p, Shard):
-            shape[p.dim] = arith.simplify(shape[p.dim] // mesh.shape[axis]) \
-                if arith.as_int(shape[p.dim]) is None else arith.as_int(shape[p.dim]) // mesh.shape[axis]
-    return tuple(shape)
+    shape = layout_of(s, mesh.shape, "describe").local_shape(s.tensor.shape)
+    return tuple(arith.simplify(d) for d in shape)
 
 
 def conversion_collectives(src: DTensorStructInfo, dst: DTensorStructInfo, mesh) -> list:
     """(kind, bytes each device receives) of each collective of the conversion, in the
-    order LowerToLocalView emits them (rules.conversion_steps; local slices move
+    order LowerToLocalView emits them (conversion.conversion_steps; local slices move
     nothing and are left out)."""
-    a = normalize_placement(src.placement, src.tensor.ndim)
-    b = normalize_placement(dst.placement, dst.tensor.ndim)
-    return [(step.kind, _bytes(rules.step_bytes(step, src.tensor, mesh.shape)))
-            for step in rules.conversion_steps(a, b) or () if step.kind in rules.COLLECTIVES]
+    return [(step.kind, _bytes(step_bytes(step, src.tensor, mesh.shape)))
+            for step in conversion_steps(src.placement, dst.placement) or ()
+            if step.kind in COLLECTIVES]
 
 
 def moved_bytes(kind: str, size, p: int) -> Bytes:
     """Bytes each device receives for collective `kind` on a tensor of `size` bytes
     per device (for an all-gather, the gathered size) over `p` devices
-    (rules.collective_bytes), printable."""
-    return _bytes(rules.collective_bytes(kind, size, p))
+    (conversion.collective_bytes), printable."""
+    return _bytes(collective_bytes(kind, size, p))
 
 
 def _bytes(n) -> Bytes:
@@ -253,7 +207,7 @@ def _describe_lowered(mod: IRModule, func: str, report: ShardingReport) -> Shard
                 report.placements[v["name"]] = v["placement"]
                 report.global_shapes[v["name"]] = tuple(v["shape"])
         aliases = dict((info.get("aliases") or {}).get(func, ()))
-    for v in _variables(f):
+    for v in variables(f):
         t = rules.tensor_of(v.struct_info)
         if t is not None and t.shape is not None and (
                 not report.placements or v.name_hint in report.placements):
@@ -272,7 +226,7 @@ def _describe_lowered(mod: IRModule, func: str, report: ShardingReport) -> Shard
             for d in t.shape:
                 size = size * d
             report.collectives.append((owner.get(b.var, b.var.name_hint), kind,
-                                       moved_bytes(kind, size * rules.dtype_bytes(t.dtype), p)))
+                                       moved_bytes(kind, size * dtype_bytes(t.dtype), p)))
     _add_aliases(report, aliases)
     return report
 
@@ -300,5 +254,4 @@ def _conversion_owners(f: G.Function, placed: set) -> dict:
     return owners
 
 
-__all__ = ["ShardingReport", "describe", "local_shape", "conversion_collectives", "annotated_names",
-           "record_variables"]
+__all__ = ["ShardingReport", "describe", "local_shape", "conversion_collectives", "annotated_names"]

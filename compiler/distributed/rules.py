@@ -23,13 +23,12 @@ every field.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from ..ir import arith
-from ..ir.expr import dtype_bytes
 from ..ir.struct_info import DTensorStructInfo, StructInfo, TensorStructInfo, TupleStructInfo
+from .placement import Partial, Placement, Replicate, Shard
 
 Label = Optional[str]
 Labels = tuple[Label, ...]
@@ -45,6 +44,34 @@ class DimSpec:
     def __post_init__(self):
         object.__setattr__(self, "inputs", tuple(tuple(x) for x in self.inputs))
         object.__setattr__(self, "output", tuple(self.output))
+
+    # placements under the rule, on one mesh axis
+
+    def required_inputs(self, label: Label) -> list[Placement]:
+        """For sharding `label` (None: nothing) on a mesh axis: each operand's placement
+        on that axis."""
+        return [Shard(labels.index(label)) if label is not None and label in labels else Replicate()
+                for labels in self.inputs]
+
+    def produced_output(self, label: Label) -> Optional[Placement]:
+        """The result's placement on the mesh axis when `label` is sharded there; None
+        when the label cannot be sharded (it must be replicated instead)."""
+        if label is None:
+            return Replicate()
+        if label in self.output:
+            return Shard(self.output.index(label))
+        if label in self.reduce:
+            return Partial(self.reduce[label])
+        return None
+
+    def shardable_labels(self) -> list[str]:
+        """Labels that may be sharded: on the result, or reduced into a Partial."""
+        seen: list[str] = []
+        for labels in list(self.inputs) + [self.output]:
+            for lab in labels:
+                if lab is not None and lab not in seen and (lab in self.output or lab in self.reduce):
+                    seen.append(lab)
+        return seen
 
 
 # -- reading a call ----------------------------------------------------------------------
@@ -409,161 +436,7 @@ def _same_vars(xs, ys) -> bool:
     return len(xs) == len(ys) and all(x is y for x, y in zip(xs, ys))
 
 
-# -- placements under a rule (one mesh axis) ---------------------------------------------
-
-
-def required_inputs(spec: DimSpec, label: Label) -> list:
-    """For sharding `label` on one mesh axis: each operand's placement on that axis."""
-    from .placement import Replicate, Shard
-    out = []
-    for labels in spec.inputs:
-        if label is not None and label in labels:
-            out.append(Shard(labels.index(label)))
-        else:
-            out.append(Replicate())
-    return out
-
-
-def produced_output(spec: DimSpec, label: Label):
-    """The result's placement on one mesh axis when `label` is sharded there; None when
-    the label cannot be sharded (it must be replicated instead)."""
-    from .placement import Partial, Replicate, Shard
-    if label is None:
-        return Replicate()
-    if label in spec.output:
-        return Shard(spec.output.index(label))
-    if label in spec.reduce:
-        return Partial(spec.reduce[label])
-    return None
-
-
-def shardable_labels(spec: DimSpec) -> list[str]:
-    """Labels that may be sharded: on the result, or reduced into a Partial."""
-    seen = []
-    for labels in list(spec.inputs) + [spec.output]:
-        for l in labels:
-            if l is not None and l not in seen and (l in spec.output or l in spec.reduce):
-                seen.append(l)
-    return seen
-
-
-# -- conversions: the steps LowerToLocalView emits, and the bytes they move ---------------
-#
-# One plan serves the three places that need it, so they cannot disagree: the lowering
-# emits these steps, PropagateSharding prices them to pick the cheapest conversion, and
-# `describe` reports them.
-
-COLLECTIVES = ("allreduce", "reduce_scatter", "allgather")    # local_slice moves nothing
-
-
-@dataclass(frozen=True)
-class ConversionStep:
-    """One operation of a placement conversion on one mesh axis."""
-    kind: str                   # one of COLLECTIVES or "local_slice"
-    mesh_axis: int
-    dim: Optional[int]          # the tensor dim gathered, scattered or sliced
-    op: Optional[str]           # the reduction of an allreduce / reduce_scatter
-    before: tuple               # the whole placement this step starts from
-    after: tuple                # and the one it leaves
-
-
-def conversion_steps(src: tuple, dst: tuple) -> Optional[list]:
-    """The steps that convert placement `src` to `dst` (one entry per mesh axis), in
-    the order they run: pending reductions (all-reduce, or reduce-scatter to a Shard)
-    in axis order, then all-gathers of every axis whose Shard changes (last axis
-    first), then local slices by worker coordinate (to every new Shard). Shard(i) ->
-    Shard(j) is an all-gather and a slice: the runtime has no all-to-all. None when no
-    conversion exists: to a Partial, or between two different Partials."""
-    from .placement import Partial, Replicate, Shard
-    for s, d in zip(src, dst):
-        if isinstance(d, Partial) and d != s:
-            return None
-    cur = list(src)
-    steps: list = []
-
-    def step(kind, axis, dim, op, new):
-        before = tuple(cur)
-        cur[axis] = new
-        steps.append(ConversionStep(kind, axis, dim, op, before, tuple(cur)))
-
-    for a, (s, d) in enumerate(zip(src, dst)):
-        if isinstance(s, Partial) and d != s:
-            if isinstance(d, Shard):
-                step("reduce_scatter", a, d.dim, s.op, d)
-            else:
-                step("allreduce", a, None, s.op, d)
-    for a in reversed(range(len(src))):
-        s, d = src[a], dst[a]
-        if isinstance(s, Shard) and s != d:
-            step("allgather", a, s.dim, None, Replicate())
-    for a, (s, d) in enumerate(zip(src, dst)):
-        if isinstance(d, Shard) and s != d and not isinstance(s, Partial):
-            step("local_slice", a, d.dim, None, d)
-    return steps
-
-
-def collective_bytes(kind: str, size: Any, p: int) -> Any:
-    """Bytes each device receives in collective `kind` over `p` devices (ring
-    algorithms) on a tensor of `size` bytes per device -- for an all-gather the
-    gathered result, otherwise the input: all-reduce 2(p-1)/p of it, all-gather and
-    reduce-scatter (p-1)/p. `size` is an int or a symbolic expression."""
-    num = 2 * (p - 1) if kind == "allreduce" else (p - 1)
-    n = arith.as_int(size)
-    if n is not None:
-        return n * num // p
-    return arith.simplify(size * num // p)
-
-
-def local_nbytes(tensor: TensorStructInfo, spec: tuple, mesh_shape, nominal: Optional[int] = None):
-    """Bytes of one device's part of `tensor` (global struct info) under placement `spec`:
-    an int, or a symbolic expression where the shape is symbolic and `nominal` is None;
-    with `nominal`, symbolic dims count as that many elements (to compare costs)."""
-    from .placement import Shard
-    if tensor.shape is None:
-        return 0
-    dims = list(tensor.shape)
-    if nominal is not None:
-        dims = [_nominal(d, nominal) for d in dims]
-    for axis, p in enumerate(spec):
-        if isinstance(p, Shard) and p.dim < len(dims):
-            d, k = dims[p.dim], mesh_shape[axis]
-            dims[p.dim] = d // k if isinstance(d, int) else arith.simplify(d // k)
-    size: Any = dtype_bytes(tensor.dtype)
-    for d in dims:
-        size = size * d if isinstance(d, int) else arith.simplify(d * size)
-    return size
-
-
-def _nominal(d, nominal: int) -> int:
-    v = arith.as_int(d)
-    if v is None:
-        v = arith.as_int(arith.substitute(d, {x: nominal for x in arith.free_vars(d)}))
-    return v if v is not None else nominal
-
-
-def step_bytes(step: ConversionStep, tensor: TensorStructInfo, mesh_shape,
-               nominal: Optional[int] = None):
-    """Bytes each device receives in `step` converting `tensor`; 0 for a local slice."""
-    if step.kind not in COLLECTIVES:
-        return 0
-    spec = step.after if step.kind == "allgather" else step.before
-    return collective_bytes(step.kind, local_nbytes(tensor, spec, mesh_shape, nominal),
-                            mesh_shape[step.mesh_axis])
-
-
-def conversion_cost(src: tuple, dst: tuple, tensor: TensorStructInfo, mesh_shape,
-                    nominal: int) -> float:
-    """Bytes each device receives converting `tensor` from `src` to `dst` (the sum over
-    conversion_steps), symbolic dims counted as `nominal`; inf when impossible."""
-    steps = conversion_steps(src, dst)
-    if steps is None:
-        return math.inf
-    return float(sum(step_bytes(s, tensor, mesh_shape, nominal) for s in steps))
-
-
 __all__ = ["DimSpec", "elementwise", "broadcast", "creation", "opaque", "reduction",
            "normalize_over", "matmul", "permute", "expand_dims", "squeeze", "reshape", "concat",
-           "split", "strided_slice", "take", "rotary", "call_tir_rule", "required_inputs",
-           "produced_output", "shardable_labels", "ConversionStep", "conversion_steps",
-           "collective_bytes", "local_nbytes", "step_bytes", "conversion_cost", "dtype_bytes",
-           "tensor_operands", "tensor_of"]
+           "split", "strided_slice", "take", "rotary", "call_tir_rule", "tensor_operands", "tensor_of",
+           "result_tensor"]

@@ -8,8 +8,12 @@ on a device mesh and how it is split (filled in by compiler.distributed).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
+from disco.errors import PlacementError
+from disco.placement import PlacementSpec, format_placement, normalize_placement, parse_placement
+
+from .errors import ShardingError
 from .expr import PrimExpr, as_expr, check_dtype
 
 
@@ -83,11 +87,30 @@ class DTensorStructInfo(StructInfo):
 
     `tensor` is the GLOBAL view (shape and dtype of the whole tensor); `device_mesh`
     names a mesh in the module's global infos, as in "mesh[0]"; `placement` is one
-    placement per mesh axis in text form, e.g. "S[1]" or "S[0]R" (parsed and checked
-    by compiler.distributed)."""
+    placement per mesh axis (disco.placement: Shard, Replicate, Partial), given as a
+    spec or as its text ("S[1]", "S[0]R"); negative shard dims are resolved against
+    the tensor's rank when it is known. `placement_text` is the text form."""
     tensor: TensorStructInfo
     device_mesh: str
-    placement: str
+    placement: PlacementSpec
+
+    def __post_init__(self):
+        ndim = self.tensor.ndim if isinstance(self.tensor, TensorStructInfo) else -1
+        object.__setattr__(self, "placement", placement_spec(self.placement, ndim))
+
+    @property
+    def placement_text(self) -> str:
+        return format_placement(self.placement)
+
+
+def placement_spec(value: Union[str, PlacementSpec], ndim: int = -1) -> PlacementSpec:
+    """A placement (text or spec) as a spec, shard dims resolved against rank `ndim`
+    when it is known; ShardingError (the compiler's error) when it is malformed."""
+    try:
+        spec = parse_placement(value)
+        return normalize_placement(spec, ndim) if ndim >= 0 else spec
+    except PlacementError as e:
+        raise ShardingError(str(e)) from None
 
 
 def tensor_sinfo(shape, dtype: str = "float32") -> TensorStructInfo:

@@ -11,21 +11,27 @@ from __future__ import annotations
 
 from ..ir.errors import StructInfoError
 from ..ir.graph import Call
-from ..ir.struct_info import DTensorStructInfo, StructInfo, TensorStructInfo
+from disco.placement import format_placement
+
+from ..ir.struct_info import DTensorStructInfo, StructInfo, TensorStructInfo, placement_spec
 from . import _infer as I
 from .registry import OPAQUE, make_call, register_op
+
+
+def _attrs(device_mesh: str, placement) -> dict:
+    """The call's attrs, checked: the mesh reference and the placement in text form (the
+    script's; a spec of disco.placement types is accepted too)."""
+    from ..distributed.mesh import parse_mesh_ref
+    parse_mesh_ref(device_mesh)
+    return {"device_mesh": device_mesh, "placement": format_placement(placement_spec(placement))}
 
 
 @register_op("relax.dist.redistribute", script="R.dist.redistribute", args=("x",),
              attrs=("device_mesh", "placement"), pattern=OPAQUE)
 def redistribute(x, device_mesh: str, placement: str) -> Call:
     """`R.dist.redistribute(x, "mesh[0]", "R")`: x with placement `placement` on `device_mesh`."""
-    from ..distributed.mesh import parse_mesh_ref
-    from ..distributed.placement import parse_placement
-    parse_mesh_ref(device_mesh)
-    parse_placement(placement)
     return make_call("relax.dist.redistribute", (I.as_expr_arg("R.dist.redistribute", x, "x"),),
-                     {"device_mesh": device_mesh, "placement": placement})
+                     _attrs(device_mesh, placement))
 
 
 @redistribute.infer
@@ -46,13 +52,9 @@ def _redistribute(call: Call) -> StructInfo:
 def annotate_sharding(x, device_mesh: str, placement: str) -> Call:
     """`R.dist.annotate_sharding(x, "mesh[0]", "S[1]")`: x, constrained to be laid out
     as `placement` on `device_mesh` (checked and resolved by PropagateSharding)."""
-    from ..distributed.mesh import parse_mesh_ref
-    from ..distributed.placement import parse_placement
-    parse_mesh_ref(device_mesh)
-    parse_placement(placement)
     return make_call("relax.dist.annotate_sharding",
                      (I.as_expr_arg("R.dist.annotate_sharding", x, "x"),),
-                     {"device_mesh": device_mesh, "placement": placement})
+                     _attrs(device_mesh, placement))
 
 
 @annotate_sharding.infer

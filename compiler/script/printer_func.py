@@ -132,7 +132,7 @@ class FunctionPrinter:
             t = s.tensor
             shape = self.dims(t.shape, sig) if t.shape is not None else "None"
             nd = f", ndim={t.ndim}" if t.shape is None and t.ndim >= 0 else ""
-            return f"R.DTensor({shape}, {q(t.dtype)}, {q(s.device_mesh)}, {q(s.placement)}{nd})"
+            return f"R.DTensor({shape}, {q(t.dtype)}, {q(s.device_mesh)}, {q(s.placement_text)}{nd})"
         if isinstance(s, S.FuncStructInfo):
             params = "None" if s.params is None else \
                 "[" + ", ".join(self.sinfo(p, sig) for p in s.params) + "]"

@@ -405,7 +405,7 @@ class Module:
     meshes = mod.global_infos["mesh"]
     assert meshes[0] == DeviceMesh((2,), (0, 1)) and meshes[1].device_ids == (3, 1, 2, 0)
     y = mod["main"].body.blocks[0].bindings[0].var
-    assert isinstance(y.struct_info, DTensorStructInfo) and y.struct_info.placement == "S[1]"
+    assert isinstance(y.struct_info, DTensorStructInfo) and y.struct_info.placement_text == "S[1]"
     text = check(mod)
     assert 'R.device_mesh((2,), I.Range(0, 2))' in text and "R.device_mesh((2, 2), [3, 1, 2, 0])" in text
     assert 'R.DTensor(("n", 128), "float32", "mesh[0]", "R")' in text

@@ -1,13 +1,15 @@
-"""Where each worker's piece lies (disco.spmd / disco.dmodule helpers), against
-hand-derived expectations for 1-D and 2-D meshes."""
+"""Where each worker's piece lies (disco.placement, disco.spmd), against hand-derived
+expectations for 1-D and 2-D meshes."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
 from disco import spmd
-from disco.dmodule import Layout, parse_placement
-from disco.errors import DiscoError, SessionError
+from disco.dmodule import place
+from disco.errors import PlacementError, SessionError
+from disco.placement import (Layout, Partial, Replicate, Shard, format_placement, normalize_placement,
+                             parse_placement)
 
 
 def test_mesh_coordinates_are_row_major():
@@ -22,17 +24,31 @@ def test_group_members_along_each_axis():
     assert spmd.group_members(2, (4,), 0) == [0, 1, 2, 3]
 
 
-def test_parse_placement_text():
-    assert parse_placement("S[0]R") == [("S", 0), ("R", None)]
-    assert parse_placement("P[sum]") == [("P", "sum")]
-    with pytest.raises(DiscoError, match="bad placement text 'X'"):
+def test_placement_text_round_trips():
+    assert parse_placement("S[0]R") == (Shard(0), Replicate())
+    assert parse_placement("P[sum]") == (Partial("sum"),)
+    assert format_placement((Shard(1), Partial("max"))) == "S[1]P[max]"
+    assert normalize_placement("S[-1]", 3) == (Shard(2),)
+    with pytest.raises(PlacementError, match="bad placement text 'X'"):
         parse_placement("X")
+    with pytest.raises(PlacementError, match="Shard dim 2 is out of range for a tensor of rank 2"):
+        normalize_placement("S[2]", 2)
+    with pytest.raises(PlacementError, match="unknown reduction 'mean'"):
+        parse_placement("P[mean]")
+    with pytest.raises(PlacementError, match=r"2 entries for a mesh of shape \(4,\)"):
+        Layout("S[0]R", (4,), 2)
+
+
+def test_local_shapes():
+    assert Layout("S[0]S[1]", (2, 4), 2).local_shape((8, 12)) == (4, 3)
+    assert Layout("S[1]S[1]", (2, 2), 2).local_shape((8, 12)) == (8, 3)
+    assert Layout("P[sum]", (4,), 2).local_shape((8, 12)) == (8, 12)
 
 
 def test_blocks_of_a_2x2_layout():
     a = np.arange(8 * 12).reshape(8, 12)
     lay = Layout("S[0]S[1]", (2, 2), 2)
-    assert lay.factors == [2, 2]
+    assert lay.factors == (2, 2)
     np.testing.assert_array_equal(a[lay.block(1, a.shape)], a[:4, 6:])
     np.testing.assert_array_equal(a[lay.block(2, a.shape)], a[4:, :6])
     # the same dim split by both axes: axis 0 halves first, axis 1 within
@@ -46,6 +62,9 @@ def test_blocks_of_a_2x2_layout():
 
 
 def test_layout_divisibility_message():
-    with pytest.raises(SessionError, match=r"w: dim 1 of shape \(4, 6\) is 6, which is not divisible "
-                                           r"by the 4 devices it is split over"):
+    Layout("S[1]", (4,), 2).check((4, 8), "w")
+    with pytest.raises(PlacementError, match=r"w: dim 1 of shape \(4, 6\) is 6, which is not divisible "
+                                             r"by the 4 devices it is split over"):
         Layout("S[1]", (4,), 2).check((4, 6), "w")
+    with pytest.raises(SessionError, match=r"w: dim 1 of shape \(4, 6\) is 6, which is not divisible"):
+        place(None, np.zeros((4, 6)), Layout("S[1]", (4,), 2), "w")    # refused before sending

@@ -342,8 +342,8 @@ def test_propagation_places_call_tir_from_its_accesses(roundtrip, x, w, result, 
     out = PropagateSharding(script.parse(M.seed_calltir(2, x=x, w=w)))
     roundtrip(out)
     binds = {b.var.name_hint: b for blk in out["main"].body.blocks for b in blk.bindings}
-    assert binds["lv0"].var.struct_info.placement == result
-    got = [(b.value.args[0].struct_info.placement, b.value.attrs["placement"])
+    assert binds["lv0"].var.struct_info.placement_text == result
+    got = [(b.value.args[0].struct_info.placement_text, b.value.attrs["placement"])
            for b in binds.values() if isinstance(b.value, G.Call) and
            b.value.op.name == "relax.dist.redistribute"]
     assert got == conv

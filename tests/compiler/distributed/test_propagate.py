@@ -31,11 +31,11 @@ def bindings(mod, func="main"):
 
 def placements(mod, func="main") -> dict:
     f = mod[func]
-    out = {p.name_hint: p.struct_info.placement for p in f.params}
+    out = {p.name_hint: p.struct_info.placement_text for p in f.params}
     for b in bindings(mod, func):
         assert isinstance(b.var.struct_info, (DTensorStructInfo, TupleStructInfo)), b.var
         if isinstance(b.var.struct_info, DTensorStructInfo):
-            out[b.var.name_hint] = b.var.struct_info.placement
+            out[b.var.name_hint] = b.var.struct_info.placement_text
     return out
 
 
@@ -44,7 +44,7 @@ def conversions(mod, func="main") -> list:
     out = []
     for b in bindings(mod, func):
         if isinstance(b.value, G.Call) and b.value.op.name == "relax.dist.redistribute":
-            out.append((b.value.args[0].struct_info.placement, b.value.attrs["placement"]))
+            out.append((b.value.args[0].struct_info.placement_text, b.value.attrs["placement"]))
     return out
 
 
@@ -65,7 +65,7 @@ def test_megatron_mlp_one_allreduce(roundtrip):
     assert p["y"] == "P[sum]"
     assert conversions(out) == [("P[sum]", "R")]           # exactly one all-reduce
     ret = out["main"].ret_struct_info
-    assert isinstance(ret, DTensorStructInfo) and ret.placement == "R"
+    assert isinstance(ret, DTensorStructInfo) and ret.placement_text == "R"
     # every variable, parameters included, is a DTensor on the mesh
     for s in [v.struct_info for v in out["main"].params] + [b.var.struct_info for b in bindings(out)]:
         assert isinstance(s, DTensorStructInfo) and s.device_mesh == "mesh[0]"

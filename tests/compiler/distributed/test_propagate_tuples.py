@@ -30,7 +30,7 @@ def placement_of(sinfo):
     if isinstance(sinfo, TupleStructInfo):
         return tuple(placement_of(f) for f in sinfo.fields)
     assert isinstance(sinfo, DTensorStructInfo), sinfo
-    return sinfo.placement
+    return sinfo.placement_text
 
 
 def outputs(mod, func="main") -> list:
@@ -54,7 +54,7 @@ MIXED_RESULT = '''
 def test_function_returns_replicated_and_sharded_fields(roundtrip):
     out = propagate(MIXED_RESULT, roundtrip)
     # x is never sharded (w is column-split; x's dims are rows and the contraction)
-    assert out["main"].params[0].struct_info.placement == "R"
+    assert out["main"].params[0].struct_info.placement_text == "R"
     assert placement_of(var(out, "a").struct_info) == "R"
     assert placement_of(var(out, "b").struct_info) == "S[1]"
     assert placement_of(out["main"].ret_struct_info) == ("R", "S[1]")
@@ -228,7 +228,7 @@ def test_converted_result_is_the_only_output(roundtrip):
 ''', roundtrip)
     assert conversions(out) == [("P[sum]", "R")]
     ret = out["main"].body.body
-    assert isinstance(ret, G.Var) and ret.struct_info.placement == "R"
+    assert isinstance(ret, G.Var) and ret.struct_info.placement_text == "R"
     assert outputs(out) == [ret.name_hint]          # y itself stays inside the block
     assert isinstance(var(out, "y"), G.DataflowVar)
     assert "R.output(y" not in out.script() and f"R.output({ret.name_hint})" in out.script()
@@ -247,7 +247,7 @@ def test_outputs_of_a_tuple_result_with_one_converted_field(roundtrip):
     ret = out["main"].body.body
     assert isinstance(ret, G.Tuple)
     reduced = ret.fields[0]
-    assert reduced.struct_info.placement == "R" and ret.fields[1].name_hint == "z"
+    assert reduced.struct_info.placement_text == "R" and ret.fields[1].name_hint == "z"
     assert sorted(outputs(out)) == sorted([reduced.name_hint, "z"])    # not y
     assert placement_of(out["main"].ret_struct_info) == ("R", "S[1]")
 
