@@ -301,6 +301,8 @@ def reshape(call) -> DimSpec:
 
 def concat(call) -> DimSpec:
     nd = _ndims(call)
+    if not nd:      # the fields come as one tuple-typed value: no per-field dims to label
+        return opaque(call)
     n = nd[0]
     labels = list(_names("d", n))
     labels[_axes(call.attrs.get("axis", 0), n)[0]] = None
