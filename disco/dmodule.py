@@ -19,7 +19,7 @@ from __future__ import annotations
 import hashlib
 import math
 import os
-import tempfile
+import weakref
 from typing import Any, Optional, Sequence
 
 import numpy as np
@@ -186,27 +186,16 @@ class DModule:
         self.mesh_shape = tuple(dist.get("mesh_shape") or (session.num_workers,))
         ids = dist.get("device_ids")
         size = math.prod(self.mesh_shape)
-        session._check_mesh_size(size, f"the executable (device mesh of shape {self.mesh_shape})")
+        session.check_mesh_size(size, f"the executable (device mesh of shape {self.mesh_shape})")
         if ids is not None and list(ids) != list(range(size)):
             raise SessionError(f"{session.name}: the executable's device mesh lists device ids "
                                f"{ids}; loading expects workers 0..{size - 1} in order")
         session.import_module("disco.dmodule")
         if ccl_backend is not None and session.num_workers > 1 and dist:
-            if ccl_backend == "auto":
-                ccl_backend = session.default_ccl_backend()
-            if getattr(session, "_dmodule_ccl", None) != ccl_backend:
-                session.init_ccl(ccl_backend)
-                session._dmodule_ccl = ccl_backend
-                session._dmodule_groups = set()
-            groups = getattr(session, "_dmodule_groups", set())
-            if len(self.mesh_shape) > 1 and self.mesh_shape not in groups:
-                import uuid
-                session.get_global_func("spmd.init_groups")(
-                    ccl_backend, f"disco-{os.getpid()}-{uuid.uuid4().hex[:10]}", list(self.mesh_shape))
-                session.sync()
-                session._dmodule_groups = groups | {self.mesh_shape}
-        data, digest = _executable_bytes(executable)
-        self._vm = session.get_global_func("disco.dmodule.load")(data, digest)
+            _prepare_collectives(session, ccl_backend, self.mesh_shape)
+        data = executable.to_bytes()
+        self._vm = session.get_global_func("disco.dmodule.load")(
+            np.frombuffer(data, np.uint8), hashlib.sha256(data).hexdigest()[:20])
         session.sync()
 
     def __getitem__(self, name: str) -> DFunctionHandle:
@@ -235,17 +224,34 @@ class DModule:
         return {n: layout.text for n, layout, _ in self[function].params}
 
 
-def _executable_bytes(ex) -> tuple[np.ndarray, str]:
-    cached = getattr(ex, "_dmodule_bytes", None)
-    if cached is None:
-        with tempfile.TemporaryDirectory() as d:
-            path = os.path.join(d, "module.disco")
-            ex.export(path)
-            with open(path, "rb") as f:
-                raw = f.read()
-        cached = (np.frombuffer(raw, np.uint8).copy(), hashlib.sha256(raw).hexdigest()[:20])
-        ex._dmodule_bytes = cached
-    return cached
+class _Collectives:
+    """What a session's DModules have set up on its workers: the backend, and the
+    group communicators of each multi-axis mesh shape."""
+
+    def __init__(self, backend: str):
+        self.backend = backend
+        self.mesh_groups: set = set()
+
+
+_COLLECTIVES: "weakref.WeakKeyDictionary[Session, _Collectives]" = weakref.WeakKeyDictionary()
+
+
+def _prepare_collectives(session: Session, backend: str, mesh_shape: tuple) -> None:
+    """The collectives a distributed module needs, made once per session: `backend`
+    ("auto": the session's default) and, for a mesh of several axes, a communicator per
+    group along each axis (spmd.init_groups)."""
+    if backend == "auto":
+        backend = session.default_ccl_backend()
+    made = _COLLECTIVES.get(session)
+    if made is None or made.backend != backend:
+        session.init_ccl(backend)
+        made = _COLLECTIVES[session] = _Collectives(backend)
+    if len(mesh_shape) > 1 and mesh_shape not in made.mesh_groups:
+        import uuid
+        session.get_global_func("spmd.init_groups")(
+            backend, f"disco-{os.getpid()}-{uuid.uuid4().hex[:10]}", list(mesh_shape))
+        session.sync()
+        made.mesh_groups.add(mesh_shape)
 
 
 def load_module(sess: Session, executable, **options: Any) -> DModule:
@@ -266,13 +272,7 @@ def _load(data, digest: str):
     from disco.vm import VirtualMachine
     ex = _EXECUTABLES.get(digest)
     if ex is None:
-        fd, path = tempfile.mkstemp(suffix=".disco")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(np.asarray(data, np.uint8).tobytes())
-            ex = _EXECUTABLES[digest] = load_executable(path)
-        finally:
-            os.unlink(path)
+        ex = _EXECUTABLES[digest] = load_executable(np.asarray(data, np.uint8).tobytes())
     return VirtualMachine(ex, current_context().device)
 
 

@@ -156,6 +156,7 @@ class Executable:
     def __post_init__(self):
         self._lib = None
         self._lib_lock = threading.Lock()
+        self._bytes: Optional[bytes] = None
 
     # -- introspection ---------------------------------------------------------
     def signature(self, name: str) -> str:
@@ -207,8 +208,17 @@ class Executable:
             "metadata": self.metadata,
         }
 
-    def export(self, path: str | os.PathLike) -> None:
-        """Write the executable to one file (a zip; see the module docstring)."""
+    def to_bytes(self) -> bytes:
+        """The bytes `export` writes (made once): what a session sends its workers."""
+        if self._bytes is None:
+            buf = io.BytesIO()
+            self.export(buf)
+            self._bytes = buf.getvalue()
+        return self._bytes
+
+    def export(self, path) -> None:
+        """Write the executable to one file (a zip; see the module docstring): a path or a
+        writable binary file object."""
         manifest = self.manifest()
         with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as z:
             z.writestr("manifest.json", json.dumps(manifest, indent=1))
@@ -227,10 +237,15 @@ def _storable(a: np.ndarray) -> np.ndarray:
     return a
 
 
-def load_executable(path: str | os.PathLike) -> Executable:
-    """Read a file written by `Executable.export`. Needs only `disco` (and numpy)."""
+def load_executable(path: str | os.PathLike | bytes) -> Executable:
+    """Read a file written by `Executable.export` (a path, or the file's bytes as
+    `Executable.to_bytes` gives them). Needs only `disco` (and numpy)."""
+    if isinstance(path, (bytes, bytearray, memoryview)):
+        source, path = io.BytesIO(path), "<executable bytes>"
+    else:
+        source = path
     try:
-        z = zipfile.ZipFile(path, "r")
+        z = zipfile.ZipFile(source, "r")
     except (OSError, zipfile.BadZipFile) as err:
         raise DiscoError(f"cannot read executable {os.fspath(path)!r}: {err}") from err
     with z:

@@ -119,7 +119,7 @@ def load_shards(sess_or_path: Any, path_or_placements: Any, placements: Any = No
     placements = dict(placements or {})
     mesh_shape = tuple(mesh_shape or (sess.num_workers,))
     import math
-    sess._check_mesh_size(math.prod(mesh_shape), f"load_shards({path!r})")
+    sess.check_mesh_size(math.prod(mesh_shape), f"load_shards({path!r})")
     sess.import_module("disco.shards")
     loader = sess.get_global_func("disco.shards.load")
     out: dict[str, DTensorRef] = {}

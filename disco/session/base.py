@@ -272,7 +272,7 @@ class Session:
         state = "closed" if self._closed else ("failed" if self._failure else "running")
         return f"<{self.name} num_workers={self.num_workers} {state}>"
 
-    def _check_mesh_size(self, mesh_size: int, what: str = "the model") -> None:
+    def check_mesh_size(self, mesh_size: int, what: str = "the model") -> None:
         """Raise SessionError unless a device mesh of `mesh_size` fits this session
         exactly (one worker per mesh device); loaders call it before sending weights."""
         if mesh_size != self.num_workers:
