@@ -1,0 +1,26 @@
+"""Language models defined with compiler.nn, one file per family, each built from a
+Hugging Face `config.json` dict with parameters named as the checkpoint's tensors.
+
+    model = models.from_config(json.load(open("ckpt/config.json")), tp=2)
+    mod = model.export()                                  # IRModule: prefill, decode
+    params = model.load_params(models.read_safetensors("ckpt"))   # name -> numpy array
+"""
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+from . import llama
+from .base import CausalLM, read_safetensors
+
+FAMILIES = {"llama": llama.build, "mistral": llama.build, "qwen2": llama.build}
+
+
+def from_config(cfg: Mapping[str, Any], tp: int = 1, dtype: str = "float32") -> CausalLM:
+    """The model of a Hugging Face config dict, for a tensor-parallel degree `tp`."""
+    kind = cfg.get("model_type")
+    if kind not in FAMILIES:
+        raise ValueError(f"model_type {kind!r} is not supported; supported: {sorted(FAMILIES)}")
+    return FAMILIES[kind](cfg, tp, dtype)
+
+
+__all__ = ["FAMILIES", "from_config", "CausalLM", "read_safetensors"]

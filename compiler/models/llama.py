@@ -1,0 +1,133 @@
+"""Llama (also Mistral, TinyLlama) and Qwen2 (Llama with biases on q, k and v):
+RMSNorm, rotary embedding (rope_theta, rope scaling "linear" / "llama3"), grouped-query
+attention over the paged KV cache, SwiGLU MLP, optionally tied embeddings.
+
+Tensor parallelism (Megatron): q, k, v, gate and up column-parallel ("S[0]" on
+PyTorch's (out, in) weights), o and down row-parallel ("S[1]"), the embedding and the
+LM head vocabulary-parallel ("S[0]": rows are tokens). The vocabulary is padded to a
+multiple of the degree (padded rows are zero, padded logits cut off); with fewer KV
+heads than devices, each KV head is repeated on the devices whose query heads use it.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Mapping, Optional
+
+from .. import nn
+from ..nn import functional as F
+from .base import (CausalLM, check_divisible, config_value, kv_heads_for, pad_rows, padded,
+                   repeat_heads, rope_settings)
+
+PLAN = {
+    "*.q_proj.weight": "S[0]", "*.k_proj.weight": "S[0]", "*.v_proj.weight": "S[0]",
+    "*.q_proj.bias": "S[0]", "*.k_proj.bias": "S[0]", "*.v_proj.bias": "S[0]",
+    "*.o_proj.weight": "S[1]",
+    "*.gate_proj.weight": "S[0]", "*.up_proj.weight": "S[0]", "*.down_proj.weight": "S[1]",
+    "model.embed_tokens.weight": "S[0]", "lm_head.weight": "S[0]",
+}
+
+
+@dataclass
+class LlamaConfig:
+    vocab_size: int
+    hidden_size: int
+    intermediate_size: int
+    num_hidden_layers: int
+    num_attention_heads: int
+    num_key_value_heads: int
+    head_dim: int
+    rms_norm_eps: float
+    rope_theta: float
+    rope_scaling: Optional[dict]
+    tie_word_embeddings: bool
+    qkv_bias: bool
+
+    @staticmethod
+    def from_dict(cfg: Mapping[str, Any]) -> "LlamaConfig":
+        heads = int(cfg["num_attention_heads"])
+        theta, scaling = rope_settings(cfg)
+        qwen2 = cfg.get("model_type") == "qwen2"
+        return LlamaConfig(
+            vocab_size=int(cfg["vocab_size"]), hidden_size=int(cfg["hidden_size"]),
+            intermediate_size=int(cfg["intermediate_size"]),
+            num_hidden_layers=int(cfg["num_hidden_layers"]), num_attention_heads=heads,
+            num_key_value_heads=int(config_value(cfg, "num_key_value_heads", default=heads)),
+            head_dim=int(config_value(cfg, "head_dim", default=int(cfg["hidden_size"]) // heads)),
+            rms_norm_eps=float(config_value(cfg, "rms_norm_eps", default=1e-6)),
+            rope_theta=theta, rope_scaling=scaling,
+            tie_word_embeddings=bool(cfg.get("tie_word_embeddings", False)),
+            qkv_bias=bool(cfg.get("attention_bias", qwen2)))
+
+
+class LlamaDecoderLayer(nn.Module):
+    def __init__(self, c: LlamaConfig, kv_heads: int, layer: int, dtype: str):
+        self.input_layernorm = nn.RMSNorm(c.hidden_size, c.rms_norm_eps, dtype)
+        self.self_attn = nn.KVAttention(c.hidden_size, c.num_attention_heads, kv_heads, c.head_dim,
+                                        layer, c.qkv_bias, dtype)
+        self.post_attention_layernorm = nn.RMSNorm(c.hidden_size, c.rms_norm_eps, dtype)
+        self.mlp = nn.SwiGLU(c.hidden_size, c.intermediate_size, dtype)
+
+    def forward(self, h, cos, sin, cache):
+        h = h + self.self_attn(self.input_layernorm(h), cos, sin, cache)
+        return h + self.mlp(self.post_attention_layernorm(h))
+
+
+class LlamaModel(nn.Module):
+    def __init__(self, c: LlamaConfig, vocab: int, kv_heads: int, dtype: str):
+        self.embed_tokens = nn.Embedding(vocab, c.hidden_size, dtype)
+        self.layers = nn.ModuleList([LlamaDecoderLayer(c, kv_heads, i, dtype)
+                                     for i in range(c.num_hidden_layers)])
+        self.norm = nn.RMSNorm(c.hidden_size, c.rms_norm_eps, dtype)
+        self.rotary = nn.RotaryEmbedding(c.head_dim, c.rope_theta, c.rope_scaling)
+
+    def forward(self, input_ids, cache):
+        cos, sin = self.rotary(F.kv_positions(cache, input_ids))
+        h = self.embed_tokens(input_ids)
+        for layer in self.layers:
+            h = layer(h, cos, sin, cache)
+        return self.norm(h)
+
+
+class LlamaForCausalLM(CausalLM):
+    family = "llama"
+
+    def __init__(self, config: LlamaConfig, tp: int = 1, dtype: str = "float32"):
+        family = f"{self.family} (config.json)"
+        check_divisible(config.intermediate_size, tp, "intermediate_size", family)
+        self.config, self.tp, self.dtype = config, tp, dtype
+        self.kv_heads = kv_heads_for(config.num_key_value_heads, config.num_attention_heads, tp, family)
+        self.vocab = padded(config.vocab_size, tp)
+        self.model = LlamaModel(config, self.vocab, self.kv_heads, dtype)
+        if not config.tie_word_embeddings:
+            self.lm_head = nn.Linear(config.hidden_size, self.vocab, False, dtype)
+        if tp > 1:
+            nn.shard(self, tp, PLAN)
+
+    def forward(self, input_ids, cache):
+        h = self.model(input_ids, cache)
+        head = self.model.embed_tokens.weight if self.config.tie_word_embeddings else self.lm_head.weight
+        logits = F.linear(h, head())
+        if self.vocab != self.config.vocab_size:
+            logits = F.narrow(logits, 1, 0, self.config.vocab_size)
+        return logits
+
+    def weight_transforms(self):
+        c, out = self.config, {}
+        out["model.embed_tokens.weight"] = lambda read: pad_rows(read("model.embed_tokens.weight"),
+                                                                 self.vocab)
+        if not c.tie_word_embeddings:
+            out["lm_head.weight"] = lambda read: pad_rows(read("lm_head.weight"), self.vocab)
+        repeat = self.kv_heads // c.num_key_value_heads
+        if repeat > 1:
+            for i in range(c.num_hidden_layers):
+                for proj in ("k_proj", "v_proj"):
+                    for kind in ("weight", "bias") if c.qkv_bias else ("weight",):
+                        name = f"model.layers.{i}.self_attn.{proj}.{kind}"
+                        out[name] = (lambda read, n=name: repeat_heads(read(n), c.num_key_value_heads,
+                                                                       repeat))
+        return out
+
+
+def build(cfg: Mapping[str, Any], tp: int = 1, dtype: str = "float32") -> LlamaForCausalLM:
+    """The model of a Hugging Face config dict (model_type llama, mistral, qwen2)."""
+    return LlamaForCausalLM(LlamaConfig.from_dict(cfg), tp, dtype)
