@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-from . import llama
+from . import gpt2, llama
 from .base import CausalLM, read_safetensors
 
-FAMILIES = {"llama": llama.build, "mistral": llama.build, "qwen2": llama.build}
+FAMILIES = {"llama": llama.build, "mistral": llama.build, "qwen2": llama.build, "gpt2": gpt2.build}
 
 
 def from_config(cfg: Mapping[str, Any], tp: int = 1, dtype: str = "float32") -> CausalLM:
