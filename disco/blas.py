@@ -1,6 +1,7 @@
 """BLAS-backed runtime functions that DispatchLibrary calls through `call_dps_packed`.
 
     disco.blas.matmul(a, b, out)     out[...] = a @ b   (numpy.matmul, i.e. the system BLAS)
+    disco.blas.matmul_nt(a, b, out)  out[...] = a @ b.T (b 2-D, read transposed in place)
 
 Destination-passing: the VM allocates `out` and passes it last. Nothing is copied:
 numpy writes the product straight into `out` (which must be C-contiguous, like every
@@ -38,6 +39,20 @@ def _check(name: str, a, b, out) -> None:
 def matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray) -> None:
     """out = a @ b with numpy's broadcasting rules; `out` has the result's shape."""
     _check("matmul", a, b, out)
+    _matmul(a, b, out)
+
+
+@register_func("disco.blas.matmul_nt")
+def matmul_nt(a: np.ndarray, b: np.ndarray, out: np.ndarray) -> None:
+    """out = a @ b.T for a 2-D `b` (a linear layer's (out, in) weight): the BLAS reads the
+    transposed view, nothing is copied."""
+    _check("matmul_nt", a, b, out)
+    if b.ndim != 2:
+        raise DiscoError(f"disco.blas.matmul_nt: b must be 2-D (out, in), got shape {b.shape}")
+    _matmul(a, b.T, out)
+
+
+def _matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray) -> None:
     if a.dtype == b.dtype == out.dtype and a.dtype != np.float16:
         np.matmul(a, b, out=out)
         return

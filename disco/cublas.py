@@ -28,7 +28,7 @@ import numpy as np
 
 from .errors import DiscoError
 
-_OP_N = 0
+_OP_N, _OP_T = 0, 1
 _GEMM_DEFAULT = -1
 _COMPUTE_32F, _COMPUTE_64F = 68, 70
 # cudaDataType_t of each element type cuBLAS takes here
@@ -151,10 +151,12 @@ def _collapse(batch: list, sa: list, sb: list, sc: list) -> None:
         i -= 1
 
 
-def matmul(a: Any, b: Any, out: Any, dtype: Optional[str] = None, out_dtype: Optional[str] = None) -> None:
+def matmul(a: Any, b: Any, out: Any, dtype: Optional[str] = None, out_dtype: Optional[str] = None,
+           transpose_b: bool = False) -> None:
     """out = a @ b on the current stream, for C-contiguous cupy arrays (numpy's matmul
     shapes and broadcasting). `dtype` / `out_dtype` name the element types when the
-    arrays' own differ (bfloat16 held as uint16)."""
+    arrays' own differ (bfloat16 held as uint16). `transpose_b`: out = a @ b.T for a 2-D
+    b of shape (n, k), read transposed in place (a linear layer's (out, in) weight)."""
     import cupy as cp
     from .tensor import dtype_name
     at = dtype or dtype_name(a.dtype)
@@ -166,8 +168,10 @@ def matmul(a: Any, b: Any, out: Any, dtype: Optional[str] = None, out_dtype: Opt
     for what, x in (("a", a), ("b", b), ("out", out)):
         if not x.flags.c_contiguous:
             raise DiscoError(f"disco.cublas.matmul: {what} of shape {x.shape} is not C-contiguous")
+    if transpose_b and b.ndim != 2:
+        raise DiscoError(f"disco.cublas.matmul: transpose_b needs a 2-D b, got shape {b.shape}")
     a2 = a.shape if a.ndim >= 2 else (1,) + a.shape
-    b2 = b.shape if b.ndim >= 2 else b.shape + (1,)
+    b2 = b.shape[::-1] if transpose_b else b.shape if b.ndim >= 2 else b.shape + (1,)
     m, k, n = a2[-2], a2[-1], b2[-1]
     if b2[-2] != k:
         raise DiscoError(f"disco.cublas.matmul: shapes {a.shape} @ {b.shape} do not match")
@@ -197,10 +201,11 @@ def matmul(a: Any, b: Any, out: Any, dtype: Optional[str] = None, out_dtype: Opt
         oa = sum(i * s for i, s in zip(idx, sa))
         ob = sum(i * s for i, s in zip(idx, sb))
         oc = sum(i * s for i, s in zip(idx, sc))
-        # column-major: out^T (n x m) = b^T (n x k) @ a^T (k x m)
+        # column-major: out^T (n x m) = b^T (n x k) @ a^T (k x m); a transposed b (n, k)
+        # row-major is the column-major (k x n) matrix b^T, read with op T
         _check(lib.cublasGemmStridedBatchedEx(
-            h, _OP_N, _OP_N, n, m, k, ctypes.byref(one),
-            ctypes.c_void_p(b.data.ptr + ob * ib), ta, n, sb[-1],
+            h, _OP_T if transpose_b else _OP_N, _OP_N, n, m, k, ctypes.byref(one),
+            ctypes.c_void_p(b.data.ptr + ob * ib), ta, k if transpose_b else n, sb[-1],
             ctypes.c_void_p(a.data.ptr + oa * ia), ta, k, sa[-1],
             ctypes.byref(zero), ctypes.c_void_p(out.data.ptr + oc * ic), to, n, sc[-1],
             batch[-1], compute, _GEMM_DEFAULT), "cublasGemmStridedBatchedEx")

@@ -481,6 +481,21 @@ def matmul(a, b, out) -> None:
         hold_for_graph((aw, bw, prod))
 
 
+@register_func("disco.blas.matmul_nt.cuda", override=True)
+def matmul_nt(a, b, out) -> None:
+    """out = a @ b.T for a 2-D b: cuBLAS reads b transposed in place (disco.cublas)."""
+    cp = cupy_module()
+    for what, x in (("a", a), ("b", b), ("out", out)):
+        if not isinstance(x, cp.ndarray):
+            raise DiscoError(f"disco.blas.matmul_nt.cuda: {what} must be a cupy array, got {type(x).__name__}")
+    if cublas.supports(a.dtype.name, b.dtype.name, out.dtype.name):
+        cublas.matmul(a, b, out, transpose_b=True)
+    else:
+        bt = b.T.copy()                 # mixed types go through the general path
+        hold_for_graph(bt)
+        matmul(a, bt, out)
+
+
 # -- sessions: one GPU per worker -----------------------------------------------------------
 
 @register_func("disco.cuda.bind_device", override=True)

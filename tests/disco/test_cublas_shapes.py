@@ -39,10 +39,13 @@ class _ColumnMajorBlas:
 
     def cublasGemmStridedBatchedEx(self, h, ta, tb, m, n, k, alpha, A, at, lda, sa, B, bt, ldb, sb,
                                    beta, C, ct, ldc, sc, count, compute, algo):
-        assert ta == tb == 0 and lda >= m and ldb >= k and ldc >= m
+        assert ta in (0, 1) and tb == 0 and lda >= (k if ta else m) and ldb >= k and ldc >= m
         self.calls += 1
         for i in range(count):
-            a = _view(A.value + i * sa * np.dtype(_NP[at]).itemsize, at, lda * k).reshape(k, lda).T[:m]
+            if ta:      # op(A) = A^T, A stored column-major (k x m) with leading dim lda
+                a = _view(A.value + i * sa * np.dtype(_NP[at]).itemsize, at, lda * m).reshape(m, lda).T[:k].T
+            else:
+                a = _view(A.value + i * sa * np.dtype(_NP[at]).itemsize, at, lda * k).reshape(k, lda).T[:m]
             b = _view(B.value + i * sb * np.dtype(_NP[bt]).itemsize, bt, ldb * n).reshape(n, ldb).T[:k]
             c = _view(C.value + i * sc * np.dtype(_NP[ct]).itemsize, ct, ldc * n).reshape(n, ldc).T[:m]
             c[...] = (a.astype(np.float64) @ b).astype(_NP[ct])
@@ -80,6 +83,19 @@ def test_matmul_matches_numpy(blas, shapes, dtype, out_dtype):
     cb.matmul(_HostArray(a), _HostArray(b), out)
     tol = 1e-2 if "float16" in (dtype, out_dtype) else 1e-6
     np.testing.assert_allclose(out.a, want, rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("shape_a", [(5, 3), (2, 5, 3), (3,)])
+def test_transposed_b_matches_numpy(blas, shape_a):
+    """transpose_b: out = a @ b.T with b (n, k) read in place (a linear layer's weight)."""
+    cb, _ = blas
+    rng = np.random.default_rng(1)
+    a = rng.standard_normal(shape_a).astype(np.float32)
+    b = rng.standard_normal((4, 3)).astype(np.float32)
+    want = a @ b.T
+    out = _HostArray(np.full(want.shape, np.nan, np.float32))
+    cb.matmul(_HostArray(a), _HostArray(b), out, transpose_b=True)
+    np.testing.assert_allclose(out.a, want, rtol=1e-6, atol=1e-6)
 
 
 def test_same_batch_shapes_are_one_call_and_broadcast_ones_a_call_per_outer_index(blas):
