@@ -84,6 +84,10 @@ class CausalLM(nn.Module):
         """prefill and decode: the same forward step (the cache knows the sequences)."""
         return nn.export(self, {"prefill": ("forward", STEP_INPUTS), "decode": ("forward", STEP_INPUTS)})
 
+    def kv_layout(self) -> tuple[int, int, int]:
+        """(layers, KV heads per device, head_dim): the KV cache each device needs."""
+        raise NotImplementedError(f"{type(self).__name__}.kv_layout")
+
     def weight_transforms(self) -> Mapping[str, Callable[[Callable[[str], np.ndarray]], np.ndarray]]:
         """Parameter name -> how to make it from the checkpoint (given a function that
         reads a checkpoint tensor by name); parameters not listed are read as they are."""

@@ -128,6 +128,10 @@ class GPT2LMHeadModel(CausalLM):
             logits = F.narrow(logits, 1, 0, self.config.vocab_size)
         return logits
 
+    def kv_layout(self) -> tuple[int, int, int]:
+        c = self.config
+        return c.n_layer, c.n_head // self.tp, c.n_embd // c.n_head
+
     def weight_transforms(self):
         c, tp = self.config, self.tp
         out = {"transformer.wte.weight": lambda read: pad_rows(read("transformer.wte.weight"), self.vocab)}

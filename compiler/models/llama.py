@@ -78,7 +78,7 @@ class LlamaModel(nn.Module):
         self.layers = nn.ModuleList([LlamaDecoderLayer(c, kv_heads, i, dtype)
                                      for i in range(c.num_hidden_layers)])
         self.norm = nn.RMSNorm(c.hidden_size, c.rms_norm_eps, dtype)
-        self.rotary = nn.RotaryEmbedding(c.head_dim, c.rope_theta, c.rope_scaling)
+        self.rotary = nn.RotaryEmbedding(c.head_dim, c.rope_theta, c.rope_scaling, dtype)
 
     def forward(self, input_ids, cache):
         cos, sin = self.rotary(F.kv_positions(cache, input_ids))
@@ -110,6 +110,10 @@ class LlamaForCausalLM(CausalLM):
         if self.vocab != self.config.vocab_size:
             logits = F.narrow(logits, 1, 0, self.config.vocab_size)
         return logits
+
+    def kv_layout(self) -> tuple[int, int, int]:
+        c = self.config
+        return c.num_hidden_layers, self.kv_heads // self.tp, c.head_dim
 
     def weight_transforms(self):
         c, out = self.config, {}

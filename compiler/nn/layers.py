@@ -107,15 +107,18 @@ class RotaryEmbedding(Module):
     """cos and sin of each token's position times the inverse frequencies, for
     rotate-half rotary embedding (Llama, Qwen2, Mistral)."""
 
-    def __init__(self, head_dim: int, theta: float = 10000.0, scaling: Optional[dict] = None):
+    def __init__(self, head_dim: int, theta: float = 10000.0, scaling: Optional[dict] = None,
+                 dtype: str = "float32"):
         self.inv_freq = rope_inv_freq(head_dim, theta, scaling).astype(np.float32)
+        self.dtype = dtype
 
     def forward(self, positions: Tensor) -> tuple[Tensor, Tensor]:
+        """cos and sin (tokens, head_dim) in the model's dtype, computed in float32."""
         n = len(self.inv_freq)
         pos = positions.astype("float32").reshape(positions.shape[0], 1)
         freqs = pos * F.const(self.inv_freq.reshape(1, n), "float32")
         emb = F.concat([freqs, freqs], axis=-1)
-        return F.cos(emb), F.sin(emb)
+        return F.cos(emb).astype(self.dtype), F.sin(emb).astype(self.dtype)
 
 
 class SwiGLU(Module):

@@ -1,0 +1,76 @@
+"""Regenerate tests/models/references/<family>.npz with Hugging Face transformers (torch's
+CPU build): for each tiny checkpoint of tiny.py, the logits of each prompt, then
+DECODE_STEPS greedy steps per prompt (the chosen tokens and the logits that chose them,
+each from a full forward pass over the sequence so far), in float32; and the greedy
+tokens of the same checkpoint in bfloat16.
+
+    python tests/models/make_references.py          # needs: pip install torch==2.13.0 transformers
+
+The tests compare against these files, and also live against transformers when it is
+installed (references() below is what both use).
+"""
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+
+import numpy as np
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+import tiny  # noqa: E402
+
+REFERENCES = os.path.join(HERE, "references")
+
+
+def references(family: str, directory: str) -> dict:
+    """The reference arrays of `family` from transformers, for the float32 checkpoint
+    in `directory` (a bfloat16 one is made beside it)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_pretrained(directory, dtype=torch.float32).eval()
+    out: dict = {}
+    with torch.no_grad():
+        for i, prompt in enumerate(tiny.PROMPTS):
+            out[f"prompt_logits_{i}"] = model(torch.tensor([prompt])).logits[0].numpy()
+        tokens, logits = _greedy(model, tiny.PROMPTS, tiny.DECODE_STEPS)
+        out["tokens"], out["step_logits"] = tokens, logits
+        bf16_dir = tiny.make_checkpoint(family, directory + "-bf16", "bfloat16")
+        bf = AutoModelForCausalLM.from_pretrained(bf16_dir, dtype=torch.bfloat16).eval()
+        out["bf16_tokens"], _ = _greedy(bf, tiny.PROMPTS, tiny.DECODE_STEPS)
+    return out
+
+
+def _greedy(model, prompts, steps: int):
+    """(tokens (len(prompts), steps), logits (steps, len(prompts), vocab) float32)."""
+    import torch
+    seqs = [list(p) for p in prompts]
+    tokens, logits = [], []
+    for _ in range(steps):
+        step = []
+        for s in seqs:
+            last = model(torch.tensor([s])).logits[0, -1].float().numpy()
+            step.append(last)
+        nxt = [int(np.argmax(x)) for x in step]
+        for s, t in zip(seqs, nxt):
+            s.append(t)
+        tokens.append(nxt)
+        logits.append(np.stack(step))
+    return np.array(tokens, np.int64).T, np.stack(logits).astype(np.float32)
+
+
+def main() -> int:
+    os.makedirs(REFERENCES, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        for family in tiny.CONFIGS:
+            ref = references(family, tiny.make_checkpoint(family, os.path.join(tmp, family)))
+            path = os.path.join(REFERENCES, f"{family}.npz")
+            np.savez_compressed(path, **ref)
+            print(f"{path}: " + ", ".join(f"{k} {v.shape}" for k, v in ref.items()))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

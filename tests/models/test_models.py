@@ -1,0 +1,173 @@
+"""Llama, Qwen2 and GPT-2 defined with compiler.nn against Hugging Face transformers: the
+tiny checkpoints of tiny.py, prefill logits of two prompts of different lengths in one
+call, then 16 batched decode steps through the paged KV cache, on 1, 2 and 4 workers
+(ProcessSession, shm collectives; 4 workers with the 2 KV heads of the Llama config
+repeated). References: references/<family>.npz (made by make_references.py from
+transformers), and transformers itself, live, when it is installed."""
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+import numpy as np
+import pytest
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+import tiny  # noqa: E402
+
+import disco  # noqa: E402
+from compiler import build, models  # noqa: E402
+from compiler.distributed import describe  # noqa: E402
+from compiler.ir.errors import ShardingError  # noqa: E402
+
+FAMILIES = tuple(tiny.CONFIGS)
+TOL = 1e-4
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory):
+    base = tmp_path_factory.mktemp("checkpoints")
+    return {f: tiny.make_checkpoint(f, str(base / f)) for f in FAMILIES}
+
+
+@pytest.fixture(scope="module")
+def references(checkpoints):
+    """The committed references, and transformers' own where it is installed (they
+    must agree: the committed files are what a machine without torch checks against)."""
+    refs = {f: dict(np.load(os.path.join(HERE, "references", f"{f}.npz"))) for f in FAMILIES}
+    try:
+        import make_references
+        import transformers  # noqa: F401
+    except ImportError:
+        return refs
+    for f in FAMILIES:
+        live = make_references.references(f, checkpoints[f])
+        for k, v in live.items():
+            if k == "bf16_tokens":
+                continue        # bfloat16 arithmetic may differ between torch versions
+            np.testing.assert_allclose(refs[f][k], v, rtol=1e-5, atol=1e-5,
+                                       err_msg=f"{f}: committed reference {k} differs from transformers")
+    return refs
+
+
+class _Model:
+    """A compiled family on a session of `tp` workers, each with its KV cache."""
+
+    def __init__(self, directory: str, tp: int, sess, dtype: str = "float32"):
+        cfg = json.load(open(os.path.join(directory, "config.json")))
+        self.model = models.from_config(cfg, tp=tp, dtype=dtype)
+        self.sess = sess
+        self.dmod = sess.load_module(build(self.model.export()))
+        params = self.model.load_params(models.read_safetensors(directory))
+        self.weights = list(self.dmod.place(dict(zip(self._param_names(), params.values())),
+                                            "prefill").values())
+        layers, kv_heads, head_dim = self.model.kv_layout()
+        self.cache = sess.get_global_func("disco.kv.create")(layers, kv_heads, head_dim, 64, 16, dtype)
+
+    def _param_names(self) -> list[str]:
+        return [n.replace(".", "_") for n, _ in self.model.named_parameters()]
+
+    def add(self, *seq_ids: int) -> None:
+        for s in seq_ids:
+            self.sess.get_global_func("disco.kv.add_sequence")(self.cache, s)
+
+    def step(self, fn: str, seq_ids, tokens) -> np.ndarray:
+        """Logits of one forward step: `tokens[i]` appended to sequence seq_ids[i]."""
+        self.sess.get_global_func("disco.kv.begin_forward")(self.cache, list(seq_ids),
+                                                             [len(t) for t in tokens])
+        ids = np.concatenate([np.asarray(t, np.int64) for t in tokens])
+        return np.asarray(self.dmod[fn](ids, self.cache, *self.weights).fetch())
+
+
+def _run(directory: str, tp: int, ref: dict, dtype: str = "float32"):
+    """Prefill both prompts in one call, then decode the reference's tokens; returns
+    (prefill logits per prompt, decode logits (steps, 2, vocab), greedy tokens)."""
+    with disco.ProcessSession(tp) as sess:
+        m = _Model(directory, tp, sess, dtype)
+        m.add(0, 1)
+        logits = m.step("prefill", [0, 1], tiny.PROMPTS)
+        n0 = len(tiny.PROMPTS[0])
+        prefill = [logits[:n0], logits[n0:]]
+        steps, greedy = [], []
+        nxt = [int(np.argmax(prefill[0][-1])), int(np.argmax(prefill[1][-1]))]
+        for s in range(tiny.DECODE_STEPS):
+            greedy.append(nxt)
+            feed = [int(t) for t in ref["tokens"][:, s]] if dtype == "float32" else nxt
+            out = m.step("decode", [0, 1], [[feed[0]], [feed[1]]])
+            steps.append(out)
+            nxt = [int(np.argmax(out[0])), int(np.argmax(out[1]))]
+        return prefill, np.stack(steps), np.array(greedy).T
+
+
+@pytest.mark.parametrize("tp", [1, 2, 4])
+@pytest.mark.parametrize("family", FAMILIES)
+def test_prefill_and_decode_match_transformers(checkpoints, references, family, tp):
+    ref = references[family]
+    prefill, steps, greedy = _run(checkpoints[family], tp, ref)
+    for i in range(2):
+        np.testing.assert_allclose(prefill[i], ref[f"prompt_logits_{i}"], rtol=TOL, atol=TOL,
+                                   err_msg=f"{family} tp={tp}: prefill logits of prompt {i}")
+    np.testing.assert_array_equal(greedy[:, 0], ref["tokens"][:, 0])
+    # each decode step is fed the reference's token and must give the reference's logits
+    np.testing.assert_allclose(steps[:-1], ref["step_logits"][1:], rtol=TOL, atol=TOL,
+                               err_msg=f"{family} tp={tp}: decode logits")
+    np.testing.assert_array_equal(greedy, ref["tokens"])
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_bfloat16_weights_give_the_same_greedy_tokens(tmp_path, references, family):
+    directory = tiny.make_checkpoint(family, str(tmp_path / family), "bfloat16")
+    _, _, greedy = _run(directory, 2, references[family], "bfloat16")
+    np.testing.assert_array_equal(greedy, references[family]["bf16_tokens"])
+
+
+EXPECTED_COLLECTIVES = {
+    # one all-reduce for the vocabulary-parallel embedding, two per layer (attention and
+    # MLP outputs, row-parallel); GPT-2's padded vocabulary adds an all-gather of the
+    # logits before they are cut to the real vocabulary
+    "llama": ["allreduce"] * 5,
+    "qwen2": ["allreduce"] * 5,
+    "gpt2": ["allreduce"] * 5 + ["allgather"],
+}
+
+
+@pytest.mark.parametrize("tp", [2, 4])
+@pytest.mark.parametrize("family", FAMILIES)
+def test_collectives_are_exactly_the_megatron_ones(family, tp):
+    m = models.from_config(tiny.CONFIGS[family], tp=tp)
+    report = describe(m.export(), "decode")
+    assert [kind for _, kind, _ in report.collectives] == EXPECTED_COLLECTIVES[family]
+    placements = report.placements
+    if family != "gpt2":
+        assert placements["model_layers_0_self_attn_q_proj_weight"] == "S[0]"
+        assert placements["model_layers_0_self_attn_o_proj_weight"] == "S[1]"
+
+
+def test_one_build_serves_every_length(checkpoints):
+    """Sequences of 1, 7 and 33 tokens through the same executable, against transformers'
+    logits computed here with numpy-free references: prefill of each length alone must
+    equal the same tokens' logits from one longer prefill."""
+    directory = checkpoints["llama"]
+    rng = np.random.default_rng(3)
+    long_prompt = [int(t) for t in rng.integers(0, 1000, 33)]
+    with disco.ProcessSession(1) as sess:
+        m = _Model(directory, 1, sess)
+        m.add(0, 1, 2, 3)
+        whole = m.step("prefill", [0], [long_prompt])
+        for sid, n in ((1, 1), (2, 7), (3, 33)):
+            part = m.step("prefill", [sid], [long_prompt[:n]])
+            np.testing.assert_allclose(part, whole[:n], rtol=TOL, atol=TOL)
+
+
+@pytest.mark.parametrize("change,tp,message", [
+    (dict(num_attention_heads=6, head_dim=8, num_key_value_heads=2), 4,
+     r"num_attention_heads = 6 does not split over a mesh of 4 devices"),
+    (dict(intermediate_size=130), 4, r"intermediate_size = 130 does not split over a mesh of 4"),
+    (dict(num_attention_heads=6, num_key_value_heads=3, head_dim=8), 2,
+     r"num_key_value_heads = 3 neither splits over 2 devices nor divides 2"),
+])
+def test_plans_that_cannot_be_honoured_fail_at_build(change, tp, message):
+    with pytest.raises(ShardingError, match=message):
+        models.from_config(dict(tiny.CONFIGS["llama"], **change), tp=tp)
