@@ -79,7 +79,6 @@ def _tensors(family: str, cfg: dict, rng) -> dict:
 
 def make_checkpoint(family: str, directory: str, dtype: str = "float32", seed: int = 0) -> str:
     """Write the family's tiny checkpoint into `directory` (created); returns it."""
-    from safetensors.numpy import save_file
     cfg = dict(CONFIGS[family], dtype=dtype)
     tensors = _tensors(family, cfg, np.random.default_rng(seed))
     if dtype == "bfloat16":     # safetensors.numpy has no bfloat16: write its bits, fix the dtype code
