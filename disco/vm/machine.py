@@ -196,9 +196,6 @@ class VirtualMachine:
     def invoke(self, name: str, *args: Any) -> Any:
         return self[name](*args)
 
-    def function_names(self) -> list[str]:
-        return list(self._fns)
-
     def _packed(self, name: str) -> Callable:
         f = self._packed_funcs.get(name)
         if f is None:
