@@ -17,14 +17,12 @@ from compiler.ir.builder import BlockBuilder
 from compiler.ir.graph import Var
 from compiler.ir.struct_info import TensorStructInfo as TS
 from compiler.ir.visitor import post_order_visit
-from compiler.op.registry import get_op
 from compiler.pipeline import STAGES, get_pipeline
 from disco import registry
 from disco.vm import VirtualMachine
 
 D, H, HD, F = 32, 4, 8, 64         # hidden, heads, head dim, MLP width
 UPPER = 64                          # tir_var_upper_bound of the sequence length
-ROTARY = get_op("relax.nn.rotary_embedding").legalize is not None
 
 
 @pytest.fixture(autouse=True)
@@ -59,9 +57,8 @@ def block_module(packed_swiglu=False):
             h = bb.emit(op.nn.rms_norm(x, g1, axes=[-1], epsilon=1e-5))
             q, k, v = (bb.emit(op.reshape(bb.emit(op.matmul(h, w)), [s, H, HD]))
                        for w in (wq, wk, wv))
-            if ROTARY:
-                q = bb.emit(op.nn.rotary_embedding(q, cos, sin))
-                k = bb.emit(op.nn.rotary_embedding(k, cos, sin))
+            q = bb.emit(op.nn.rotary_embedding(q, cos, sin))
+            k = bb.emit(op.nn.rotary_embedding(k, cos, sin))
             qh = bb.emit(op.permute_dims(q, [1, 0, 2]))
             kt = bb.emit(op.permute_dims(k, [1, 2, 0]))
             vh = bb.emit(op.permute_dims(v, [1, 0, 2]))
@@ -109,8 +106,7 @@ def reference(args):
         return t * cos[:, None, :] + half * sin[:, None, :]
     h = rms(x, g1)
     q, k, v = ((h @ w).reshape(s, H, HD) for w in (wq, wk, wv))
-    if ROTARY:
-        q, k = rotary(q), rotary(k)
+    q, k = rotary(q), rotary(k)
     sc = q.transpose(1, 0, 2) @ k.transpose(1, 2, 0) * HD ** -0.5 + mask
     p = np.exp(sc - sc.max(-1, keepdims=True))
     p /= p.sum(-1, keepdims=True)
