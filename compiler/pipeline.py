@@ -9,14 +9,16 @@
     DeadCodeElimination   drop unused bindings and functions
     PlanMemory            reuse storage between tensors whose lifetimes do not overlap
 
-A stage whose module is not there is skipped, so that every state of the project
-builds; `missing_passes()` says which ones those are.
+Every stage is required: a stage whose module or pass cannot be loaded raises
+`PipelineError` naming it (no stage depends on an optional package, so none is
+skipped).
 """
 from __future__ import annotations
 
 import importlib
 from typing import Callable
 
+from .ir.errors import CompilerError
 from .ir.module import IRModule
 
 Pass = Callable[[IRModule], IRModule]
@@ -39,23 +41,28 @@ _CUDA_STAGES = tuple(("compiler.transform.gpu_schedule", "DefaultGPUSchedule")
 STAGES = {"cpu": _CPU_STAGES, "cuda": _CUDA_STAGES}
 
 
-def _load(module: str, name: str):
+class PipelineError(CompilerError, ImportError):
+    """A stage of the pipeline whose module or pass cannot be loaded."""
+
+
+def _load(module: str, name: str) -> Pass:
+    """Pass `name` of `module`, or PipelineError naming the stage and what is missing."""
     try:
         m = importlib.import_module(module)
-    except ModuleNotFoundError as e:
-        if e.name is not None and module.startswith(e.name):
-            return None         # the stage's module does not exist (yet)
-        raise
-    return getattr(m, name, None)
+    except ImportError as e:
+        raise PipelineError(f"pipeline stage {name}: cannot import its module {module} ({e}); "
+                            "every stage is required: restore the module, or remove the stage "
+                            "from compiler.pipeline.STAGES") from e
+    p = getattr(m, name, None)
+    if p is None:
+        raise PipelineError(f"pipeline stage {name}: module {module} defines no {name!r}; "
+                            "every stage is required: define the pass there, or correct "
+                            "compiler.pipeline.STAGES")
+    return p
 
 
 def get_pipeline(target: str = "cpu") -> list[Pass]:
     """The passes `compiler.build(mod, target)` runs, in order."""
     if target not in STAGES:
         raise ValueError(f"no pipeline for target {target!r}; known: {', '.join(STAGES)}")
-    return [p for p in (_load(m, n) for m, n in STAGES[target]) if p is not None]
-
-
-def missing_passes(target: str = "cpu") -> list[str]:
-    """Names of the stages of `target`'s pipeline that are not available."""
-    return [n for m, n in STAGES[target] if _load(m, n) is None]
+    return [_load(m, n) for m, n in STAGES[target]]

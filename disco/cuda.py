@@ -271,7 +271,7 @@ def load_functions(ex) -> dict[str, CudaFunction]:
 # -- the VM device -------------------------------------------------------------------------
 
 class CudaDevice:
-    """What disco.vm needs from a device (see vm._Device), for one GPU."""
+    """What disco.vm needs from a device (see disco/vm/device.py, CpuDevice), for one GPU."""
 
     def __init__(self, ex, device: str = "cuda", cuda_graph: bool = False, max_graphs: int = 8):
         self.cp = cupy_module()
@@ -287,7 +287,7 @@ class CudaDevice:
         return self.cp.empty(tuple(shape), dtype=np_dtype(dtype))
 
     def shared_empty(self, shape, dtype):
-        """What a collective reads (vm._Device.shared_empty): NCCL reads any device array."""
+        """What a collective reads (CpuDevice.shared_empty): NCCL reads any device array."""
         return self.empty(shape, dtype)
 
     @staticmethod

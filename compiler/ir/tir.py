@@ -82,9 +82,6 @@ class BufferStore(Stmt):
         _check_index_count("BufferStore", self.buffer, self.indices)
 
 
-FOR_KINDS = ("serial", "parallel", "vectorized", "unrolled", "thread_binding")
-
-
 @dataclass(frozen=True, slots=True)
 class For(Stmt):
     """`for loop_var in range(min, min + extent)`; `thread_tag` for thread_binding

@@ -7,7 +7,6 @@ naming the loop or block otherwise. Semantics follow TVM's tir.Schedule.
 from __future__ import annotations
 
 import dataclasses
-import math
 from typing import Optional, Sequence, Union
 
 from ..ir import arith
@@ -359,11 +358,3 @@ def _rebuild_root(func: T.PrimFunc, root: T.BlockRealize, stmts, cache: T.Buffer
 
 def loop_extent(func: T.PrimFunc, loop: E.Var) -> E.PrimExpr:
     return find_loop(func, loop).extent
-
-
-def constant_extent(e: E.PrimExpr) -> Optional[int]:
-    return e.value if isinstance(e, E.IntImm) else None
-
-
-def product(values) -> int:
-    return math.prod(values)

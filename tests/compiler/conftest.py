@@ -10,27 +10,15 @@ to every module the tests make, three ways:
 """
 from __future__ import annotations
 
-import importlib
-
 import pytest
 
 from compiler.ir import IRModule, assert_structural_equal
 
 
-def _parser():
-    try:
-        script = importlib.import_module("compiler.script")
-    except ImportError:
-        return None
-    return getattr(script, "parse", None)
-
-
-def check_roundtrip(mod: IRModule) -> IRModule | None:
+def check_roundtrip(mod: IRModule) -> IRModule:
     """Print `mod`, parse it back, and check structural equality; returns the
-    parsed module, or None when the script package is not there yet."""
-    parse = _parser()
-    if parse is None:
-        return None
+    parsed module. A script package that fails to import fails the test."""
+    from compiler.script import parse
     text = mod.script()
     parsed = parse(text)
     try:

@@ -1,5 +1,5 @@
 """Tensor shapes passed to a tensor program vs. its buffer shapes
-(compiler/codegen/verify_calls.py, Op.CHECK_KERNEL in disco/vm.py).
+(compiler/codegen/verify_calls.py, Op.CHECK_KERNEL in disco/vm/).
 
 A provable mismatch fails the build; one the build cannot decide (a size bound by a
 match_cast, an argument of unknown shape) is checked by the VM before the kernel

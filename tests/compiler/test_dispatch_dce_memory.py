@@ -13,24 +13,14 @@ from compiler.ir.builder import BlockBuilder
 from compiler.ir.graph import TupleGetItem, Var
 from compiler.ir.struct_info import ObjectStructInfo, TensorStructInfo as TS
 from compiler.ir.visitor import post_order_visit
-from compiler.pipeline import missing_passes
 from compiler.transform.dead_code import DeadCodeElimination
 from compiler.transform.dispatch_library import DispatchLibrary
+from compiler.transform.legalize_ops import LegalizeOps
 from compiler.transform.plan_memory import PlanMemory
 from disco import registry
 from disco.errors import DiscoError, SignatureError
 from disco.executable import Op as VMOp
 from disco.vm import VirtualMachine
-
-needs_legalize = pytest.mark.skipif("LegalizeOps" in missing_passes(),
-                                    reason="LegalizeOps (compiler/transform/legalize_ops.py) "
-                                           "has not landed yet")
-
-
-def LegalizeOps(mod):
-    from compiler.transform.legalize_ops import LegalizeOps as legalize
-    return legalize(mod)
-
 
 @pytest.fixture(autouse=True)
 def _caches(tmp_path_factory, monkeypatch):
@@ -122,7 +112,6 @@ def test_dispatch_leaves_what_blas_does_not_handle(sa, sb, dtype):
     assert calls(out) == ["relax.matmul"]
 
 
-@needs_legalize
 def test_left_matmuls_still_build_after_legalize():
     mod = one_op_module(op.matmul, TS((5, 7), "int32"), TS((7, 3), "int32"))
     out = LegalizeOps(DispatchLibrary(mod))
@@ -221,7 +210,6 @@ def test_dce_unknown_entry_is_an_error():
         DeadCodeElimination(dce_module(False), entry_functions=["nope"])
 
 
-@needs_legalize
 def test_dce_drops_tensor_programs_of_removed_bindings():
     """Legalize(M with an unused multiply) minus DCE == Legalize(M without it)."""
     def mod(with_dead):
@@ -277,7 +265,6 @@ def storage_of(mod):
             and b.value.op.name == "relax.memory.alloc_tensor"}
 
 
-@needs_legalize
 def test_chain_of_six_uses_two_storages(roundtrip):
     mod = PlanMemory(LegalizeOps(chain_module((4, 8), SIX)))
     roundtrip(mod)
@@ -298,7 +285,6 @@ def test_chain_of_six_uses_two_storages(roundtrip):
     np.testing.assert_allclose(VirtualMachine(ex)["main"](x), six_ref(x), rtol=1e-5)
 
 
-@needs_legalize
 def test_returned_tensors_are_never_overwritten():
     mod = PlanMemory(LegalizeOps(chain_module((4, 8), SIX)))
     vm = VirtualMachine(build(mod, passes=[]))
@@ -314,7 +300,6 @@ def test_returned_tensors_are_never_overwritten():
     assert not np.shares_memory(r1, r3)
 
 
-@needs_legalize
 def test_long_lived_tensor_keeps_its_storage():
     """a = exp(x); b = -a; c = exp(b); d = a + c: a lives until d, so b and c cannot
     take its storage (3 storages: a, b, and c which cannot reuse b's while b is read)."""
@@ -337,7 +322,6 @@ def test_long_lived_tensor_keeps_its_storage():
     np.testing.assert_allclose(run(mod, x), np.exp(x) - np.exp(-np.exp(x)), rtol=1e-5)
 
 
-@needs_legalize
 def test_storage_is_shared_only_within_a_dtype_class():
     # a float, b int32 (a's storage is busy), c float (a is dead: a's storage), d returned
     ops = [op.exp, lambda t: op.astype(t, "int32"), lambda t: op.astype(t, "float32"),
@@ -350,7 +334,6 @@ def test_storage_is_shared_only_within_a_dtype_class():
     np.testing.assert_array_equal(run(mod, x), -np.exp(x).astype("int32").astype("float32"))
 
 
-@needs_legalize
 def test_symbolic_size_with_upper_bound_is_planned_statically():
     bb = BlockBuilder()
     n = bb.size_var("n")
@@ -382,7 +365,6 @@ def test_upper_bounds_of_shape_expressions():
     assert upper_bound(E.IntImm(7) - m, b) == 7                  # sizes are >= 0
 
 
-@needs_legalize
 def test_symbolic_size_without_bound_is_allocated_at_run_time():
     bb = BlockBuilder()
     n = bb.size_var("n")
@@ -397,7 +379,6 @@ def test_symbolic_size_without_bound_is_allocated_at_run_time():
         np.testing.assert_allclose(vm["main"](x), six_ref(x), rtol=1e-5)
 
 
-@needs_legalize
 def test_values_returned_through_tuples_and_packed_calls_are_not_planned(monkeypatch):
     """a is returned inside a tuple; b goes through a packed function that returns it
     (so the result aliases b); only c, read by nothing outside, is planned."""
@@ -428,7 +409,6 @@ def test_values_returned_through_tuples_and_packed_calls_are_not_planned(monkeyp
     np.testing.assert_allclose(r1[2], -(np.exp(x1) - x1), rtol=1e-6)
 
 
-@needs_legalize
 def test_call_dps_packed_outputs_are_planned(roundtrip):
     registry.register_func("test.plan.twice", lambda a, out: np.multiply(a, 2, out=out),
                            override=True)
@@ -443,7 +423,6 @@ def test_call_dps_packed_outputs_are_planned(roundtrip):
     np.testing.assert_allclose(run(mod, x), np.exp(-2 * np.exp(x)), rtol=1e-5)
 
 
-@needs_legalize
 def test_planned_module_survives_more_passes():
     """PlanMemory twice, DCE and LegalizeOps after it leave a module that still runs."""
     mod = PlanMemory(LegalizeOps(chain_module((4, 8), SIX)))
@@ -453,7 +432,6 @@ def test_planned_module_survives_more_passes():
     np.testing.assert_allclose(run(again, x), six_ref(x), rtol=1e-5)
 
 
-@needs_legalize
 def test_planned_executable_exports_and_loads(tmp_path):
     from disco.executable import load_executable
     bb = BlockBuilder()
@@ -466,7 +444,6 @@ def test_planned_executable_exports_and_loads(tmp_path):
     np.testing.assert_allclose(VirtualMachine(ex)["main"](x), six_ref(x), rtol=1e-5)
 
 
-@needs_legalize
 def test_tuple_outputs_and_their_items_are_planned():
     """e = exp(x) [S0]; p0, p1 = split(e) [S1, S2: S0 is read]; a = -p0 [S0, e is dead];
     b = exp(p1) [S1, p0 is dead]; c = a + b [S2, p1 is dead]; y = -c returned."""
@@ -490,7 +467,6 @@ def test_tuple_outputs_and_their_items_are_planned():
     np.testing.assert_allclose(run(mod, x), ex[:, :4] - np.exp(ex[:, 4:]), rtol=1e-5)
 
 
-@needs_legalize
 def test_planned_storages_serve_every_shape_key():
     """One set of storages (sized for the bound) for all argument shapes of a function."""
     bb = BlockBuilder()
@@ -507,7 +483,6 @@ def test_planned_storages_serve_every_shape_key():
     assert len(pool) == 2 and all(s.nbytes == 64 * 8 * 4 for s in pool)
 
 
-@needs_legalize
 def test_a_returned_view_of_a_storage_is_never_overwritten():
     """Written by hand (PlanMemory never does this): the result views a storage."""
     bb0 = BlockBuilder()
@@ -551,7 +526,6 @@ class Module:
 """
 
 
-@needs_legalize
 @pytest.mark.parametrize("shape, attr, limit", [
     ("T.min(n, 16)", "{}", None),                            # bounded by the shape itself
     ("m", '{"tir_var_upper_bound": {"m": 16}}', "m"),       # a new symbol with a bound

@@ -6,8 +6,7 @@ States: the high-level module (default pipeline); the legalized, unscheduled mod
 built as is (`passes=[]`); a variant calling a user-registered function through
 `call_dps_packed`; the module after every prefix of `compiler.pipeline.get_pipeline()`
 and after several subsets and orders of its passes (each built with the default
-pipeline, and built as is where nothing is left to legalize). Parts that need a pass
-another issue has not delivered yet skip, naming it, and run once it lands.
+pipeline, and built as is where nothing is left to legalize).
 """
 import numpy as np
 import pytest
@@ -18,14 +17,12 @@ from compiler.ir.builder import BlockBuilder
 from compiler.ir.graph import Var
 from compiler.ir.struct_info import TensorStructInfo as TS
 from compiler.ir.visitor import post_order_visit
-from compiler.op.registry import get_op
-from compiler.pipeline import STAGES, get_pipeline, missing_passes
+from compiler.pipeline import STAGES, get_pipeline
 from disco import registry
 from disco.vm import VirtualMachine
 
 D, H, HD, F = 32, 4, 8, 64         # hidden, heads, head dim, MLP width
 UPPER = 64                          # tir_var_upper_bound of the sequence length
-ROTARY = get_op("relax.nn.rotary_embedding").legalize is not None
 
 
 @pytest.fixture(autouse=True)
@@ -33,13 +30,6 @@ def _caches(tmp_path_factory, monkeypatch):
     base = tmp_path_factory.getbasetemp()
     monkeypatch.setenv("DISCO_TP_CACHE", str(base / "cc"))
     monkeypatch.setenv("DISCO_CACHE_DIR", str(base / "disco"))
-
-
-def _needs(*names):
-    missing = [n for n in names if n in missing_passes()]
-    if missing:
-        pytest.skip(f"waiting for {', '.join(missing)}: not available yet "
-                    "(compiler.pipeline.missing_passes())")
 
 
 def _swiglu(gate, up, out):
@@ -67,9 +57,8 @@ def block_module(packed_swiglu=False):
             h = bb.emit(op.nn.rms_norm(x, g1, axes=[-1], epsilon=1e-5))
             q, k, v = (bb.emit(op.reshape(bb.emit(op.matmul(h, w)), [s, H, HD]))
                        for w in (wq, wk, wv))
-            if ROTARY:
-                q = bb.emit(op.nn.rotary_embedding(q, cos, sin))
-                k = bb.emit(op.nn.rotary_embedding(k, cos, sin))
+            q = bb.emit(op.nn.rotary_embedding(q, cos, sin))
+            k = bb.emit(op.nn.rotary_embedding(k, cos, sin))
             qh = bb.emit(op.permute_dims(q, [1, 0, 2]))
             kt = bb.emit(op.permute_dims(k, [1, 2, 0]))
             vh = bb.emit(op.permute_dims(v, [1, 0, 2]))
@@ -117,8 +106,7 @@ def reference(args):
         return t * cos[:, None, :] + half * sin[:, None, :]
     h = rms(x, g1)
     q, k, v = ((h @ w).reshape(s, H, HD) for w in (wq, wk, wv))
-    if ROTARY:
-        q, k = rotary(q), rotary(k)
+    q, k = rotary(q), rotary(k)
     sc = q.transpose(1, 0, 2) @ k.transpose(1, 2, 0) * HD ** -0.5 + mask
     p = np.exp(sc - sc.max(-1, keepdims=True))
     p /= p.sum(-1, keepdims=True)
@@ -165,18 +153,16 @@ def apply(mod, names):
 
 
 STAGE_NAMES = [n for _, n in STAGES["cpu"]]
-PIPELINE = [p.__name__ for p in get_pipeline()]     # the stages available now, in order
+PIPELINE = [p.__name__ for p in get_pipeline()]     # the stages, in order
 
 
 def test_high_level_module_with_the_default_pipeline(roundtrip):
-    _needs("LegalizeOps")
     mod = block_module()
     roundtrip(mod)
     check_runs(mod)
 
 
 def test_legalized_unscheduled_module_built_as_is():
-    _needs("LegalizeOps")
     mod = apply(block_module(), ["LegalizeOps"])
     assert is_low_level(mod)
     check_runs(mod, passes=[])
@@ -184,7 +170,6 @@ def test_legalized_unscheduled_module_built_as_is():
 
 @pytest.mark.parametrize("state", ["high-level", "legalized"])
 def test_user_function_through_call_dps_packed(state):
-    _needs("LegalizeOps")
     mod = block_module(packed_swiglu=True)
     if state == "high-level":
         check_runs(mod)
@@ -198,7 +183,6 @@ def test_after_each_prefix_of_the_pipeline(k, roundtrip):
     """The state after the first k stages of get_pipeline() builds with the default
     pipeline, and as is once nothing is left to legalize."""
     names = PIPELINE[:k]
-    _needs("LegalizeOps", *names)
     state = apply(block_module(), names)
     roundtrip(state)
     check_runs(state)
@@ -224,7 +208,6 @@ SUBSETS = [
 
 @pytest.mark.parametrize("names", SUBSETS, ids=lambda ns: "+".join(ns))
 def test_after_subsets_and_orders_of_the_passes(names, roundtrip):
-    _needs(*names)
     state = apply(block_module(), names)
     roundtrip(state)
     assert is_low_level(state)
@@ -233,6 +216,4 @@ def test_after_subsets_and_orders_of_the_passes(names, roundtrip):
 
 
 def test_full_pipeline_has_every_stage():
-    """Skips (naming them) while stages of the CPU pipeline are missing."""
-    _needs(*STAGE_NAMES)
     assert [p.__name__ for p in get_pipeline()] == STAGE_NAMES

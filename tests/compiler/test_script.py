@@ -2,6 +2,7 @@
 the decorators, and what the printed text looks like. Expected structures are written
 out by hand; the round trip is checked with compiler.ir.structural."""
 import math
+import sys
 
 import numpy as np
 import pytest
@@ -625,3 +626,10 @@ def test_long_module_attrs_are_printed_one_entry_per_line_and_parse_back(roundtr
     assert '        "short": [1, 2],' in lines          # short values stay on their line
     back = roundtrip(mod)
     assert back.attrs["distributed"]["functions"]["main"]["params"][5]["name"] == "w5"
+
+
+def test_roundtrip_fixture_fails_when_the_script_package_does_not_import(roundtrip, monkeypatch):
+    """tests/compiler/conftest.py never skips the round trip quietly."""
+    monkeypatch.setitem(sys.modules, "compiler.script", None)
+    with pytest.raises(ImportError, match="compiler.script"):
+        roundtrip(IRModule({}))

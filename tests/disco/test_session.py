@@ -214,7 +214,6 @@ def test_shutdown_and_context_manager():
 
 
 def test_init_ccl_calls_the_hook(sess):
-    pytest.importorskip("disco.ccl")
     n = sess.num_workers
     a = np.arange(4 * n, dtype=np.float32)
     sess.init_ccl("shm")
