@@ -12,7 +12,7 @@ from compiler.ir import (BindingBlock, BlockBuilder, Call, CompilerError, Consta
 from compiler.ir import expr as E
 from compiler.ir import tir as T
 
-op = pytest.importorskip("compiler.op")
+from compiler import op  # noqa: E402
 
 
 def tsi(*shape, dtype="float32"):

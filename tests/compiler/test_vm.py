@@ -1,9 +1,6 @@
 """compiler.build + disco.VirtualMachine end to end: hand-built modules (call_tir to
 hand-written tensor programs, call_dps_packed to registered functions), run on
 numpy arrays and compared with numpy."""
-import importlib
-import sys
-import types
 
 import numpy as np
 import pytest
@@ -28,24 +25,10 @@ def _caches(tmp_path_factory, monkeypatch):
 
 
 @pytest.fixture
-def register(monkeypatch):
-    """disco.register_func; a stand-in registry where disco's has not landed yet."""
-    try:
-        from disco import registry
-        return registry.register_func
-    except ImportError:
-        funcs = {}
-        fake = types.ModuleType("disco.registry")
-        fake.get_global_func = funcs.get
-
-        def register_func(name):
-            def wrap(f):
-                funcs[name] = f
-                return f
-            return wrap
-        fake.register_func = register_func
-        monkeypatch.setitem(sys.modules, "disco.registry", fake)
-        return register_func
+def register():
+    """disco.register_func (the registry the VM resolves packed functions in)."""
+    from disco import registry
+    return registry.register_func
 
 
 # -- hand-built tensor programs -----------------------------------------------------
@@ -372,8 +355,6 @@ def test_unlegalized_operator_is_a_clear_build_error():
 
 
 def test_exact_seed_with_legalization():
-    if importlib.util.find_spec("compiler.transform.legalize_ops") is None:
-        pytest.skip("compiler.transform.legalize_ops has not landed yet")
     from compiler.op import get_op
     relu = get_op("relax.nn.relu")
     n = E.Var("n")

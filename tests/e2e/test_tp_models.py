@@ -240,7 +240,6 @@ def test_every_conversion(sess):
     (M.mlp_activation_annotated, ["R", "S[1]", "S[0]"]),
 ])
 def test_mlp_from_annotations(sess, model, placements):
-    pytest.importorskip("compiler.distributed.propagate")
     k = sess.num_workers
     src = model(k)
     assert collectives(src) == ["relax.ccl.allreduce"]
