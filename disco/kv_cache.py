@@ -27,14 +27,17 @@ functions call "disco.kv.attention" by `R.call_dps_packed` (the output passed la
 Kernels (C++, csrc/kv/). Keys and values are two arrays [layer][page][kv_head][slot][dim]:
 one page of one kv head is a contiguous page_size x head_dim block. Attention first
 writes the step's new keys and values at their positions, then, per (sequence, kv head,
-block of up to 16 new tokens), reads that sequence's keys and values once, 32 positions
-at a time widened into a float32 tile, and serves all the q heads of the group from it
-with an online softmax (running max, running sum, float32 accumulator): no score matrix,
-fixed scratch for any history. Decode is memory-bound and reads each cached element once
-per (sequence, kv head). Work items run on a thread pool owned by the cache (threads
-made once, sleeping between calls), with the GIL released; by default the cache uses the
-process's CPUs divided by its session's workers, so workers sharing a host do not
-oversubscribe it. benchmarks/kv_attention.py measures it against numpy.
+block of up to 16 new tokens), reads that sequence's keys and values once, in tiles of
+up to 32 positions within a page (read in place when float32, widened to float32 when
+16-bit), and serves all the q heads of the group from each tile with an online softmax
+(running max, running sum, float32 accumulator): no score matrix, fixed scratch for any
+history. Decode is memory-bound and reads each cached element once per (sequence, kv
+head); the next tile's page is prefetched while one is folded, and the loops are 8-wide
+vectors compiled for AVX2/FMA and for baseline x86-64 (picked at load time). Work items
+run on a thread pool owned by the cache (threads made once, sleeping between calls),
+with the GIL released; by default the cache uses the process's CPUs divided by its
+session's workers, so workers sharing a host do not oversubscribe it.
+benchmarks/kv_attention.py measures decode against numpy.
 """
 from __future__ import annotations
 

@@ -2,14 +2,17 @@
 //
 // Work is split into items of one sequence, one kv head and a block of up to 16 of its
 // new tokens (decode: one token, so an item is a (sequence, kv head) pair). An item
-// reads its sequence's keys and values for that kv head once, 32 positions at a time
-// (gathered through the page table into a float32 tile), and serves every q head of
-// the kv head's group and every token of the block from that tile with an online
-// softmax: per query a running maximum, a running sum of exponentials and a float32
-// accumulator, rescaled when the maximum grows, so no score matrix is ever stored and
-// a history of any length costs a fixed amount of scratch. Decode is memory-bound:
-// each cached key and value is read once per (sequence, kv head). Items run on the
-// cache's thread pool when there are several and enough bytes to read.
+// reads its sequence's keys and values for that kv head once, in tiles of up to 32
+// positions within a page (a contiguous run there: read in place when float32, widened
+// to float32 otherwise), and serves every q head of the kv head's group and every token
+// of the block from each tile with an online softmax: per query a running maximum, a
+// running sum of exponentials and a float32 accumulator, rescaled when the maximum
+// grows, so no score matrix is ever stored and a history of any length costs a fixed
+// amount of scratch. Decode is memory-bound: each cached key and value is read once per
+// (sequence, kv head). Items run on the cache's thread pool when there are several and
+// enough bytes to read. The inner loops use 8-wide vectors (GCC/Clang vector
+// extensions) and are compiled for AVX2/FMA and for baseline x86-64 (function
+// multiversioning picks one at load time).
 #pragma once
 
 #include <cstdint>

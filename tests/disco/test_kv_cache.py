@@ -111,6 +111,15 @@ def test_prefill_then_decode_matches_reference(dtype, heads, head_dim, page_size
     assert len(set(sum(pages, []))) == cache.num_used_pages     # no page is shared
 
 
+@pytest.mark.parametrize("head_dim", [12, 72, 80, 128])
+def test_head_dims_off_the_vector_width(head_dim):
+    """The kernel's vector loops work on 8 and 64 floats at a time; other head dims take
+    their tails (12: 8 + 4 scalar; 72: 64 + 8; 80: 64 + 2 x 8; 128: 2 x 64)."""
+    cache = PagedKVCache(1, 2, head_dim, num_pages=40, page_size=16, dtype="float32")
+    prefill_then_decode(cache, Model(1, 4, 2, head_dim, "float32", seed=8), [0, 1], [40, 7],
+                        decode_steps=2)
+
+
 def test_scale_and_a_single_sequence():
     cache = PagedKVCache(1, 2, 16, num_pages=8, page_size=4)
     prefill_then_decode(cache, Model(1, 6, 2, 16, "float32"), [0], [9], decode_steps=2, scale=0.3)
