@@ -6,9 +6,11 @@ namespace py = pybind11;
 
 void bind_channel(py::module_& m);  // channel_bindings.cc: command ring, reply slots
 void bind_ccl(py::module_& m);      // ccl/ccl_bindings.cc: shared-memory collectives
+void bind_kv(py::module_& m);       // kv/kv_bindings.cc: paged KV cache and its attention
 
 PYBIND11_MODULE(_native, m) {
   m.doc() = "Native core of disco: shared-memory command channel and collectives.";
   bind_channel(m);
   bind_ccl(m);
+  bind_kv(m);
 }

@@ -32,3 +32,16 @@ class SignatureError(DiscoError, TypeError):
 
 class PlacementError(DiscoError, ValueError):
     """A placement that is malformed or does not fit its mesh or tensor (disco.placement)."""
+
+
+class KVCacheError(DiscoError, ValueError):
+    """Misuse of a paged KV cache (disco.kv_cache): an unknown or duplicate sequence, a
+    layer out of range, arrays whose shape or dtype do not fit the cache or the step."""
+
+
+class OutOfPagesError(KVCacheError):
+    """begin_forward needs more pages than are free; nothing was changed.
+    `pages_needed` and `pages_free` say how many (a scheduler can preempt and retry)."""
+
+    pages_needed: int = 0
+    pages_free: int = 0

@@ -8,6 +8,10 @@ there with `sess.import_module`). The VM finds packed functions here too.
     def add(a, b): ...
 
     disco.get_global_func("my.add")(1, 2)
+
+A few runtime modules register a whole name prefix and are imported on the first lookup
+of such a name (`_PROVIDERS`: "disco.kv." -> disco.kv_cache), so compiled code and
+session workers can call them without importing anything first.
 """
 from __future__ import annotations
 
@@ -20,6 +24,11 @@ from .errors import DiscoError
 F = TypeVar("F", bound=Callable)
 
 _FUNCS: dict[str, Callable] = {}
+
+# Modules that register the functions of a name prefix, imported the first time a name
+# with that prefix is looked up: the VM and session workers find these functions without
+# importing their module first (which the VM, running compiled code, could not know to do).
+_PROVIDERS = {"disco.kv.": "disco.kv_cache"}
 
 
 class UnknownFunctionError(DiscoError, KeyError):
@@ -55,9 +64,20 @@ def get_global_func(name: str, allow_missing: bool = False) -> Callable | None:
 
     Missing: None if `allow_missing`, else UnknownFunctionError listing close names."""
     f = _FUNCS.get(name)
+    if f is None:
+        f = _from_provider(name)
     if f is None and not allow_missing:
         raise UnknownFunctionError(unknown_message(name, list(_FUNCS)))
     return f
+
+
+def _from_provider(name: str) -> Callable | None:
+    for prefix, module in _PROVIDERS.items():
+        if name.startswith(prefix):
+            import importlib
+            importlib.import_module(module)
+            return _FUNCS.get(name)
+    return None
 
 
 def remove_global_func(name: str) -> None:
