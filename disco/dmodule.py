@@ -129,6 +129,13 @@ class DFunctionHandle:
             for p in info["params"]:
                 ndim = len(p["shape"]) if p.get("shape") is not None else 0
                 self.params.append((p["name"], Layout(p.get("placement"), mesh, ndim), p))
+        else:       # not distributed: every tensor parameter whole on every worker
+            for p in dmod.executable.functions[name].params:
+                pat = p["pattern"]
+                if pat.get("kind") == "tensor" and pat.get("ndim", -1) >= 0:
+                    self.params.append((p["name"], Layout(None, mesh, pat["ndim"]), {"shape": None}))
+                else:
+                    self.params.append((p["name"], Layout(None, mesh, 0), {}))
         self.result = info["result"] if info is not None else None
 
     def place(self, *args: Any) -> list:

@@ -278,6 +278,12 @@ def positions(cache) -> np.ndarray:
 
 
 @register_func("disco.kv.attention", override=True)
-def attention(q, k, v, cache, layer, out) -> None:
-    """Destination-passing form of PagedKVCache.attention (out last), for R.call_dps_packed."""
-    _cache(cache, "disco.kv.attention").attention(layer, q, k, v, out)
+def attention(q, k, v, cache, layer, *scale_and_out) -> None:
+    """Destination-passing form of PagedKVCache.attention for R.call_dps_packed:
+    (q, k, v, cache, layer, out), or (q, k, v, cache, layer, scale, out) as
+    R.kv.attention legalizes (compiler/op/kv.py)."""
+    if len(scale_and_out) not in (1, 2):
+        raise KVCacheError(f"disco.kv.attention: expected (q, k, v, cache, layer[, scale], out), got "
+                           f"{5 + len(scale_and_out)} arguments")
+    scale = float(scale_and_out[0]) if len(scale_and_out) == 2 else None
+    _cache(cache, "disco.kv.attention").attention(layer, q, k, v, scale_and_out[-1], scale)

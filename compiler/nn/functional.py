@@ -84,13 +84,13 @@ def astype(x: Tensor, dtype: str) -> Tensor:
 
 def kv_positions(cache: Tensor, input_ids: Tensor) -> Tensor:
     """Each token's position in its sequence, from the KV cache (compiler/op/kv.py)."""
-    return emit(op.kv.kv_positions(cache.expr, input_ids.expr))
+    return emit(op.kv.positions(cache.expr, input_ids.expr))
 
 
 def kv_attention(q: Tensor, k: Tensor, v: Tensor, cache: Tensor, layer: int,
                  scale: Optional[float] = None) -> Tensor:
     """Attention over the paged KV cache, appending this step's k and v (compiler/op/kv.py)."""
-    return emit(op.kv.kv_attention(q.expr, k.expr, v.expr, cache.expr, layer=layer, scale=scale))
+    return emit(op.kv.attention(q.expr, k.expr, v.expr, cache.expr, layer=layer, scale=scale))
 
 
 __all__ = ["linear", "matmul", "embedding", "rms_norm", "layer_norm", "silu", "gelu", "softmax",

@@ -10,7 +10,7 @@ from . import _infer, builtin, binary, create, linear_algebra, manipulate, nn, r
 from . import memory  # R.memory.*: explicit storage, written by PlanMemory
 from . import dist  # R.dist.*: sharding annotations and conversions
 from . import ccl  # R.ccl.*: collectives of the local view, written by LowerToLocalView
-from . import kv  # R.nn.kv_*: the paged KV cache of language models
+from . import kv  # R.kv.*: the paged KV cache of language models
 from .unary import exp, log, sqrt, rsqrt, tanh, sigmoid, erf, sin, cos, negative, abs, square
 from .binary import (add, subtract, multiply, divide, floor_divide, power, maximum, minimum,
                      equal, not_equal, less, less_equal, greater, greater_equal)

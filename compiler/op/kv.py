@@ -1,12 +1,12 @@
-"""Operators over the paged KV cache of a language model (`R.nn.kv_*`).
+"""Operators over the paged KV cache of a language model (`R.kv.*`).
 
 The cache is a runtime object (disco/kv_cache.py), one per worker, holding that
 worker's KV heads for every layer; the controller tells it, before each forward step,
 which sequences the step's tokens belong to (`begin_forward`). A model function takes
 it as an argument of type `R.Object` and reads it through these operators:
 
-    R.nn.kv_positions(cache, input_ids)     position of each token of the step (T,) int64
-    R.nn.kv_attention(q, k, v, cache, layer=i, scale=s)
+    R.kv.positions(cache, input_ids)     position of each token of the step (T,) int64
+    R.kv.attention(q, k, v, cache, layer=i, scale=s)
         q (T, H, D), k and v (T, KV, D): writes the step's keys and values into layer i's
         pages, then attends every token to its sequence's history up to itself (causal
         within the step; grouped-query: q head h reads kv head h // (H / KV)) -> (T, H, D)
@@ -36,22 +36,22 @@ def _cache_arg(op: str, call: Call, index: int) -> None:
                               f"{type(s).__name__ if s is not None else 'no struct info'}")
 
 
-# kv_positions ----------------------------------------------------------------------------
+# positions --------------------------------------------------------------------------------
 
 
-@register_op("relax.nn.kv_positions", script="R.nn.kv_positions", args=("cache", "input_ids"),
+@register_op("relax.kv.positions", script="R.kv.positions", args=("cache", "input_ids"),
              pattern=OPAQUE)
-def kv_positions(cache, input_ids) -> Call:
-    """`R.nn.kv_positions(cache, input_ids)`: the position in its sequence of each of the
+def positions(cache, input_ids) -> Call:
+    """`R.kv.positions(cache, input_ids)`: the position in its sequence of each of the
     step's tokens (input_ids gives their number, T)."""
-    op = "R.nn.kv_positions"
-    return make_call("relax.nn.kv_positions", (I.as_expr_arg(op, cache, "cache"),
+    op = "R.kv.positions"
+    return make_call("relax.kv.positions", (I.as_expr_arg(op, cache, "cache"),
                                                I.as_expr_arg(op, input_ids, "input_ids")))
 
 
-@kv_positions.infer
-def _kv_positions(call: Call) -> StructInfo:
-    op = "R.nn.kv_positions"
+@positions.infer
+def _positions(call: Call) -> StructInfo:
+    op = "R.kv.positions"
     _cache_arg(op, call, 0)
     ids = I.tensor_arg(op, call, 1, "input_ids")
     if ids.ndim >= 0 and ids.ndim != 1:
@@ -59,25 +59,25 @@ def _kv_positions(call: Call) -> StructInfo:
     return TensorStructInfo(ids.shape, "int64", 1)
 
 
-@kv_positions.sharding
-def _kv_positions_sharding(call: Call) -> _sharding.DimSpec:
+@positions.sharding
+def _positions_sharding(call: Call) -> _sharding.DimSpec:
     return _sharding.DimSpec([(None,)], (None,))      # every worker needs every position
 
 
-@kv_positions.legalizer
-def _kv_positions_legalize(bb, call: Call):
+@positions.legalizer
+def _positions_legalize(bb, call: Call):
     return call_pure_packed("disco.kv.positions", call.args[0], sinfo_args=call.struct_info)
 
 
-# kv_attention ----------------------------------------------------------------------------
+# attention --------------------------------------------------------------------------------
 
 
-@register_op("relax.nn.kv_attention", script="R.nn.kv_attention", args=("q", "k", "v", "cache"),
+@register_op("relax.kv.attention", script="R.kv.attention", args=("q", "k", "v", "cache"),
              attrs=("layer", "scale"), pattern=OPAQUE)
-def kv_attention(q, k, v, cache, layer: int, scale: float | None = None) -> Call:
-    """`R.nn.kv_attention(q, k, v, cache, layer=0, scale=0.125)`: see the module docstring.
+def attention(q, k, v, cache, layer: int, scale: float | None = None) -> Call:
+    """`R.kv.attention(q, k, v, cache, layer=0, scale=0.125)`: see the module docstring.
     `scale` defaults to 1/sqrt(head_dim)."""
-    op = "R.nn.kv_attention"
+    op = "R.kv.attention"
     if not isinstance(layer, int) or isinstance(layer, bool) or layer < 0:
         raise StructInfoError(f"{op}: layer must be a non-negative int, got {layer!r}")
     args = tuple(I.as_expr_arg(op, a, n) for a, n in ((q, "q"), (k, "k"), (v, "v"), (cache, "cache")))
@@ -86,12 +86,12 @@ def kv_attention(q, k, v, cache, layer: int, scale: float | None = None) -> Call
         if d is None or not isinstance(d[-1], IntImm):
             raise StructInfoError(f"{op}: scale must be given when head_dim is not a known constant")
         scale = 1.0 / math.sqrt(d[-1].value)
-    return make_call("relax.nn.kv_attention", args, {"layer": layer, "scale": float(scale)})
+    return make_call("relax.kv.attention", args, {"layer": layer, "scale": float(scale)})
 
 
-@kv_attention.infer
-def _kv_attention(call: Call) -> StructInfo:
-    op = "R.nn.kv_attention"
+@attention.infer
+def _attention(call: Call) -> StructInfo:
+    op = "R.kv.attention"
     named = [(n, I.tensor_arg(op, call, i, n)) for i, n in enumerate(("q", "k", "v"))]
     q, k, v = (t for _, t in named)
     I.require_float(op, "q", q)
@@ -117,16 +117,16 @@ def _kv_attention(call: Call) -> StructInfo:
     return TensorStructInfo(q.shape, q.dtype, q.ndim)
 
 
-@kv_attention.sharding
-def _kv_attention_sharding(call: Call) -> _sharding.DimSpec:
+@attention.sharding
+def _attention_sharding(call: Call) -> _sharding.DimSpec:
     """Heads split together (q's, k's and v's: each worker keeps whole groups as long as
     the KV heads divide over the mesh axis); tokens and head_dim stay whole."""
     heads = (None, "h", None)
     return _sharding.DimSpec([heads, heads, heads], heads)
 
 
-@kv_attention.legalizer
-def _kv_attention_legalize(bb, call: Call):
+@attention.legalizer
+def _attention_legalize(bb, call: Call):
     q, k, v, cache = call.args
     return call_dps_packed("disco.kv.attention",
                            [q, k, v, cache, prim_value(call.attrs["layer"]),

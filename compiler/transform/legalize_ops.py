@@ -31,13 +31,14 @@ __all__ = ["LegalizeOps", "LegalizeError", "BUILTINS", "is_left_alone"]
 
 BUILTINS = frozenset({"relax.call_tir", "relax.call_dps_packed", "relax.call_pure_packed",
                       "relax.call_packed", "relax.builtin.alloc_tensor"})
-_LOW_LEVEL_PREFIXES = ("relax.memory.", "relax.ccl.", "relax.dist.")
+_LOW_LEVEL_PREFIXES = ("relax.memory.", "relax.ccl.", "relax.dist.", "relax.kv.")
 
 
 def is_left_alone(op_name: str) -> bool:
     """Operators that need no tensor program: builtins and memory ops the VM runs
-    directly, collectives and distributed ops (lowered elsewhere). They stay as they
-    are unless they have a legalizer of their own."""
+    directly, collectives and distributed ops (lowered elsewhere), the KV cache's ops
+    (runtime functions over a runtime object). They stay as they are unless they have a
+    legalizer of their own."""
     return op_name in BUILTINS or op_name.startswith(_LOW_LEVEL_PREFIXES)
 
 

@@ -1,8 +1,9 @@
 """Regenerate tests/models/references/<family>.npz with Hugging Face transformers (torch's
 CPU build): for each tiny checkpoint of tiny.py, the logits of each prompt, then
 DECODE_STEPS greedy steps per prompt (the chosen tokens and the logits that chose them,
-each from a full forward pass over the sequence so far), in float32; and the greedy
-tokens of the same checkpoint in bfloat16.
+each from a full forward pass over the sequence so far), in float32; and the same for
+the checkpoint in bfloat16 (its logits, cast to float32, are bfloat16 numbers: a
+greedy choice between logits closer than their rounding is a tie).
 
     python tests/models/make_references.py          # needs: pip install torch==2.13.0 transformers
 
@@ -39,7 +40,8 @@ def references(family: str, directory: str) -> dict:
         out["tokens"], out["step_logits"] = tokens, logits
         bf16_dir = tiny.make_checkpoint(family, directory + "-bf16", "bfloat16")
         bf = AutoModelForCausalLM.from_pretrained(bf16_dir, dtype=torch.bfloat16).eval()
-        out["bf16_tokens"], _ = _greedy(bf, tiny.PROMPTS, tiny.DECODE_STEPS)
+        out["bf16_tokens"], out["bf16_step_logits"] = _greedy(bf, tiny.PROMPTS, tiny.DECODE_STEPS)
+        out["bf16_prompt_logits_0"] = bf(torch.tensor([tiny.PROMPTS[0]])).logits[0].float().numpy()
     return out
 
 
