@@ -4,8 +4,8 @@
                                                     "cache": nn.spec.Object()}),
                             "decode": ("forward", {...})})
 
-Each entry becomes a graph function that calls a method of the model (by default the
-one of the entry's name) on its inputs. The functions take the inputs first, then
+Each entry becomes a graph function that calls a method of the model on its inputs:
+the one named in the entry, else the one of the entry's name, else `forward`. The functions take the inputs first, then
 every parameter of the model in `named_parameters()` order, as ordinary parameters
 (named like the dotted name, dots as underscores), so every pass, the printer and
 `compiler.build` work on the result unchanged; the module attr "model_parameters"
@@ -76,13 +76,14 @@ def _param_sinfo(name: str, p: Parameter, mesh: Optional[DeviceMesh]):
 def export(model: Module, functions: Mapping[str, Union[Mapping[str, Any], tuple]],
            mesh: Optional[DeviceMesh] = None) -> IRModule:
     """The IRModule of `model`'s methods (see the module docstring). `functions` maps a
-    function name to its inputs' specs ({arg: spec}, calling the method of that name) or
-    to (method name, {arg: spec})."""
+    function name to its inputs' specs ({arg: spec}: the method of that name, or
+    `forward`) or to (method name, {arg: spec})."""
     mesh = mesh if mesh is not None else getattr(model, "mesh", None)
     named = list(model.named_parameters())
     bb = BlockBuilder()
     for fname, entry in functions.items():
-        method_name, specs = entry if isinstance(entry, tuple) else (fname, entry)
+        method_name, specs = entry if isinstance(entry, tuple) else \
+            (fname if callable(getattr(model, fname, None)) else "forward", entry)
         method = getattr(model, method_name, None)
         if not callable(method):
             raise CompilerError(f"nn.export: {type(model).__name__} has no method {method_name!r} "
