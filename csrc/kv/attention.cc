@@ -42,12 +42,11 @@ inline void store8(float* p, const v8& x) { std::memcpy(p, &x, sizeof x); }
 
 typedef int32_t i8 __attribute__((vector_size(32)));  // casts to and from v8 keep the bits
 
-// exp of 8 floats at once (Cephes' expf: x = n ln2 + r, |r| <= ln2 / 2, a degree-6
-// polynomial for e^r, 2^n put into the exponent bits), within 2 ulp of expf. Inputs
-// below -87.3 give about 1e-38 instead of 0 (softmax weights: negligible next to the
-// maximum's 1); NaN stays NaN.
-inline v8 exp8(const v8& in) {
-  v8 x = in;
+// x = exp(x) for 8 floats at once (Cephes' expf: x = n ln2 + r, |r| <= ln2 / 2, a
+// degree-6 polynomial for e^r, 2^n put into the exponent bits), within 2 ulp of expf.
+// Inputs below -87.3 give about 1e-38 instead of 0 (softmax weights: negligible next to
+// the maximum's 1); NaN stays NaN.
+inline void exp8(v8& x) {
   const v8 lo = v8{} - 87.3f, hi = v8{} + 88.3f;
   x = (v8)(((i8)lo & (x < lo)) | ((i8)x & ~(x < lo)));  // max(x, lo), keeping NaN
   x = (v8)(((i8)hi & (x > hi)) | ((i8)x & ~(x > hi)));  // min(x, hi)
@@ -63,7 +62,7 @@ inline v8 exp8(const v8& in) {
   y = y * r + 1.6666665459e-1f;
   y = y * r + 5.0000001201e-1f;
   y = y * r * r + r + 1.f;
-  return (v8)((i8)y + ((n) << 23));                       // y * 2^n
+  x = (v8)((i8)y + (n << 23));                            // y * 2^n
 }
 
 inline float hsum(const v8& a) {
@@ -148,7 +147,8 @@ KV_CLONES void fold_tile(Row* rows, int64_t nrows, int64_t p0, int64_t n, const 
     float sum = 0.f;
     int64_t i = 0;
     for (; i + 8 <= valid; i += 8) {
-      const v8 e = exp8(load8(p + i) - new_max);
+      v8 e = load8(p + i) - new_max;
+      exp8(e);
       store8(p + i, e);
       sum += hsum(e);
     }

@@ -146,6 +146,39 @@ def test_long_histories_on_several_threads_equal_one_thread():
         np.testing.assert_array_equal(a, b)
 
 
+def test_a_forked_child_uses_its_copy_of_the_cache_alone():
+    """fork copies only the calling thread: the child's cache attends on that thread and
+    can be dropped (its pool's helpers exist only in the parent)."""
+    import os
+    import time
+    cache = PagedKVCache(1, 4, 64, num_pages=300, page_size=16, num_threads=2)
+    for s in range(4):
+        cache.add_sequence(s)
+    cache.begin_forward(range(4), [1000] * 4)             # enough to read for the pool
+    rng = np.random.default_rng(9)
+    x = rng.standard_normal((4000, 4, 64), dtype=np.float32)
+    cache.attention(0, x, x, x, np.empty_like(x))
+    cache.begin_forward(range(4), [1] * 4)
+    q = rng.standard_normal((4, 4, 64), dtype=np.float32)
+    want = cache.attention(0, q, q, q, np.empty_like(q))
+    pid = os.fork()
+    if pid == 0:                                          # the child: exit status is the verdict
+        ok = False
+        try:
+            ok = np.array_equal(cache.attention(0, q, q, q, np.empty_like(q)), want)
+            del cache
+        finally:
+            os._exit(0 if ok else 1)
+    deadline = time.monotonic() + 60
+    while (done := os.waitpid(pid, os.WNOHANG))[0] == 0 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if done[0] == 0:
+        os.kill(pid, 9)
+        os.waitpid(pid, 0)
+        pytest.fail("the forked child hung")
+    assert os.waitstatus_to_exitcode(done[1]) == 0
+
+
 def test_sequences_leave_and_their_pages_are_reused():
     cache = PagedKVCache(2, 2, 16, num_pages=12, page_size=4)
     model = Model(2, 4, 2, 16, "float32", seed=1)
