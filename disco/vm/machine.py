@@ -59,13 +59,16 @@ class VMFunctionHandle:
         self.pool: list = []
         self.lock = threading.Lock()
         # How each argument enters the plan key: 0 tensor (shape, dtype), 1 not at all (a
-        # scalar no shape depends on), 2 its structure and shapes (tuples, shapes, objects).
+        # scalar no shape depends on), 2 its structure and shapes (tuples, shapes), 3 not
+        # at all and passed as it is (an R.Object: a runtime object such as the KV cache).
         self.kinds = []
         for p in fn.params:
             if p.kind == "tensor":
                 self.kinds.append(0)
             elif p.kind == "prim" and p.dims is None:
                 self.kinds.append(1)
+            elif p.kind == "object":
+                self.kinds.append(3)
             else:
                 self.kinds.append(2)
 
@@ -118,6 +121,8 @@ class VMFunctionHandle:
                     key.append(x.dtype)
                 elif kind == 2:
                     key.append(_deep_key(x, tensor_type))
+                elif kind == 3:
+                    continue
                 elif type(x) not in (int, float, bool):
                     v = to_scalar(x, fn.params[i])
                     if v is None:

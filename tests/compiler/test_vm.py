@@ -397,3 +397,24 @@ def test_packed_result_checked_on_every_planned_call(register):
     with pytest.raises(SignatureError, match=r"match_cast of 'lv2' expects shape \(n, 32\) with "
                                              r"n=2 \(bound by 'x'\), got \(4, 32\)"):
         vm["main"](xv)
+
+
+def test_a_runtime_object_argument_does_not_stop_plan_caching():
+    """An R.Object parameter (the KV cache of a model) is passed as it is and is not part
+    of the plan key: the second call with the same shapes replays the plan."""
+    from compiler import build, op
+    from compiler.ir import BlockBuilder
+    from compiler.ir.struct_info import ObjectStructInfo
+    from disco.vm import VirtualMachine
+    bb = BlockBuilder()
+    n = bb.size_var("n")
+    x = G.Var("x", tensor((n, 4)))
+    o = G.Var("o", ObjectStructInfo())
+    with bb.function("f", [x, o]):
+        with bb.dataflow():
+            y = bb.emit_output(op.add(x, x))
+        bb.emit_func_output(y)
+    f = VirtualMachine(build(bb.get()))["f"]
+    for obj in (object(), object()):
+        np.testing.assert_array_equal(f(np.ones((3, 4), np.float32), obj), np.full((3, 4), 2, np.float32))
+    assert len(f.plans) == 1
