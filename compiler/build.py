@@ -11,14 +11,12 @@ from typing import Callable, Optional, Sequence
 
 from disco.executable import Executable, KernelInfo
 
-from .ir.errors import CompilerError
+from .ir.errors import BuildError
 from .ir.module import IRModule
 
+__all__ = ["BuildError", "TARGETS", "build", "check_script_roundtrip", "default_passes"]
+
 TARGETS = ("cpu", "cuda")
-
-
-class BuildError(CompilerError):
-    """A module that cannot be built for the target."""
 
 
 def default_passes(target: str) -> list[Callable[[IRModule], IRModule]]:

@@ -22,11 +22,7 @@ from typing import Callable
 
 from ..ir import expr as E
 from ..ir import tir as T
-from ..ir.errors import CompilerError
-
-
-class CodegenError(CompilerError):
-    """A tensor program that the C or CUDA backend cannot translate."""
+from ..ir.errors import CodegenError
 
 
 _PLAIN_CTYPE = {

@@ -25,20 +25,16 @@ from __future__ import annotations
 
 from typing import Optional
 
-from ..build import BuildError
 from ..ir import expr as E
 from ..ir import graph as G
 from ..ir import struct_info as S
 from ..ir.arith import bound, free_vars, prove_equal, simplify, substitute
+from ..ir.errors import CallShapeError
 from ..ir.module import IRModule
 from ..ir.tir import Buffer, PrimFunc
 
 CALL_TIR = "relax.call_tir"
 MEM_CALL_TIR = "relax.memory.call_tir"
-
-
-class CallShapeError(BuildError):
-    """A call of a tensor program passes tensors its buffers provably do not accept."""
 
 
 def verify_calls(mod: IRModule) -> set[int]:

@@ -33,9 +33,9 @@ from disco.executable import Op, VMFunction
 from ..ir import expr as E
 from ..ir import graph as G
 from ..ir import struct_info as S
+from ..ir.errors import CodegenError
 from ..ir.module import IRModule
 from ..ir.tir import Buffer, PrimFunc
-from .c import CodegenError
 
 CALL_TIR = "relax.call_tir"
 CALL_DPS_PACKED = "relax.call_dps_packed"

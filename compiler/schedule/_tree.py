@@ -7,12 +7,7 @@ from typing import Callable, Iterator, Optional
 
 from ..ir import expr as E
 from ..ir import tir as T
-from ..ir.errors import CompilerError
-
-
-class ScheduleError(CompilerError):
-    """A schedule primitive that cannot be applied; says which loop or block and why."""
-
+from ..ir.errors import ScheduleError
 
 _LEAF_TYPES = (T.Buffer, str, int, float, type(None))
 
