@@ -465,12 +465,12 @@ class _Lowerer:
 
 
 def _fmt(shape) -> str:
-    from ..op._infer import fmt_shape
+    from ..ir.expr import fmt_shape
     return fmt_shape(shape)
 
 
 def _fmt_sinfo(s: TensorStructInfo) -> str:
-    from ..op._infer import fmt_sinfo
+    from ..ir.expr import fmt_sinfo
     return fmt_sinfo(s)
 
 

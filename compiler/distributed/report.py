@@ -71,7 +71,7 @@ def _dim(d) -> Any:
     v = arith.as_int(d)
     if v is not None:
         return v
-    from ..op._infer import fmt_expr
+    from ..ir.expr import fmt_expr
     return fmt_expr(arith.simplify(d))
 
 

@@ -19,26 +19,13 @@ from typing import Any, Optional, Sequence
 from ..ir import arith
 from ..ir import expr as E
 from ..ir.errors import DTypeError, ShapeError, StructInfoError
-from ..ir.expr import IntImm, PrimExpr, as_expr
+from ..ir.expr import IntImm, PrimExpr, as_expr, fmt_expr, fmt_shape, fmt_sinfo
 from ..ir.graph import (Call, Constant, DataTypeImm, Expr, PrimValue, ShapeExpr, StringImm,
                         Tuple, Var)
 from ..ir.struct_info import (DTensorStructInfo, ObjectStructInfo, PrimStructInfo,
                               ShapeStructInfo, StructInfo, TensorStructInfo, TupleStructInfo)
 
 Shape = tuple[PrimExpr, ...]
-
-
-# Printing values inside error messages -------------------------------------------
-
-# fmt_expr / fmt_shape live with the nodes (compiler/ir/expr.py) so IR constructors use
-# them too; re-exported here for the rules.
-fmt_expr, fmt_shape = E.fmt_expr, E.fmt_shape
-
-
-def fmt_sinfo(s: TensorStructInfo) -> str:
-    if s.shape is None:
-        return f"unknown shape (ndim={s.ndim})"
-    return fmt_shape(s.shape)
 
 
 # Argument access ----------------------------------------------------------------

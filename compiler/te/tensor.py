@@ -28,7 +28,7 @@ from typing import Any, Callable, Optional, Sequence, Union
 
 from ..ir.attrs import Attrs
 from ..ir.errors import CompilerError, DTypeError, ShapeError
-from ..ir.expr import DTYPES, IntImm, PrimExpr, Var, as_expr, const, is_int_dtype
+from ..ir.expr import DTYPES, IntImm, PrimExpr, Var, as_expr, const, fmt_shape, is_int_dtype
 
 __all__ = ["TEError", "Tensor", "TensorLoad", "ReduceAxis", "Reduce", "placeholder", "compute",
            "var", "reduce_axis"]
@@ -75,7 +75,7 @@ class Tensor:
         indices = tuple(int(i) if isinstance(i, numbers.Integral) and not isinstance(i, bool) else i
                         for i in indices)
         if len(indices) != self.ndim:
-            raise ShapeError(f"tensor {self.name!r} of shape {_shape_text(self.shape)} indexed with "
+            raise ShapeError(f"tensor {self.name!r} of shape {fmt_shape(self.shape)} indexed with "
                              f"{len(indices)} index(es); expected {self.ndim}")
         exprs = []
         for pos, i in enumerate(indices):
@@ -91,7 +91,7 @@ class Tensor:
 
     def __repr__(self) -> str:
         kind = "placeholder" if self.is_placeholder else "compute"
-        return f"Tensor({self.name!r}, {_shape_text(self.shape)}, {self.dtype}, {kind})"
+        return f"Tensor({self.name!r}, {fmt_shape(self.shape)}, {self.dtype}, {kind})"
 
 
 @dataclass(frozen=True, slots=True)
@@ -267,9 +267,3 @@ def _children(e: PrimExpr) -> list[PrimExpr]:
         elif isinstance(v, tuple):
             out.extend(x for x in v if isinstance(x, PrimExpr))
     return out
-
-
-def _shape_text(shape) -> str:
-    parts = [str(d.value) if isinstance(d, IntImm) else d.name if isinstance(d, Var) else repr(d)
-             for d in shape]
-    return "(" + ", ".join(parts) + ("," if len(parts) == 1 else "") + ")"
