@@ -40,8 +40,6 @@ def storage_ctypes(float16: str, bfloat16: str) -> dict[str, str]:
 
 # Type in which values of a dtype are computed (half types are widened to float).
 COMPUTE_CTYPE = storage_ctypes(float16="float", bfloat16="float")
-DTYPE_BYTES = {"float32": 4, "float64": 8, "float16": 2, "bfloat16": 2, "int8": 1, "int16": 2,
-               "int32": 4, "int64": 8, "uint8": 1, "uint16": 2, "uint32": 4, "uint64": 8, "bool": 1}
 
 
 def c_identifier(name: str) -> str:

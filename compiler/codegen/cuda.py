@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from ..ir import expr as E
 from ..ir import tir as T
 from .c import C_RESERVED, kernel_names
-from .c_like import (COMPUTE_CTYPE, DTYPE_BYTES, CFamilyPrinter, CodegenError, check_dtype, expr_vars,
+from .c_like import (COMPUTE_CTYPE, CFamilyPrinter, CodegenError, check_dtype, expr_vars,
                      is_true, loads, loop_nest, reduction_update, split_params, storage_ctypes,
                      unique_name)
 
@@ -474,9 +474,9 @@ class _CudaKernel(CFamilyPrinter):
             raise CodegenError(f"kernel {self.symbol!r}: {buf.scope} buffer {buf.name!r} has a symbolic "
                                f"shape {[str(d) for d in buf.shape]}; GPU scratch buffers need constant sizes")
         size = max(math.prod(d.value for d in buf.shape), 1)
-        if buf.scope == "shared" and size * DTYPE_BYTES[buf.dtype] > SHARED_MEMORY_LIMIT:
+        if buf.scope == "shared" and size * E.dtype_bytes(buf.dtype) > SHARED_MEMORY_LIMIT:
             raise CodegenError(f"kernel {self.symbol!r}: shared buffer {buf.name!r} needs "
-                               f"{size * DTYPE_BYTES[buf.dtype]} bytes, over {SHARED_MEMORY_LIMIT}")
+                               f"{size * E.dtype_bytes(buf.dtype)} bytes, over {SHARED_MEMORY_LIMIT}")
         name = self.bind(buf, buf.name)
         self._set_strides(buf)
         prefix = "__shared__ " if buf.scope == "shared" else ""

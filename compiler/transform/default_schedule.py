@@ -303,8 +303,8 @@ def _row_buffer(buf: T.Buffer, r: int) -> Optional[T.Buffer]:
     rest = buf.shape[r:]
     if not all(isinstance(d, E.IntImm) for d in rest):
         return None
-    from ..codegen.c import DTYPE_BYTES, STACK_ALLOC_LIMIT
-    if math.prod(d.value for d in rest) * DTYPE_BYTES.get(buf.dtype, 8) > STACK_ALLOC_LIMIT:
+    from ..codegen.c import STACK_ALLOC_LIMIT
+    if math.prod(d.value for d in rest) * E.dtype_bytes(buf.dtype) > STACK_ALLOC_LIMIT:
         return None
     return T.Buffer(buf.name, tuple(rest) or (E.IntImm(1),), buf.dtype, "local")
 

@@ -115,7 +115,7 @@ def _row_bytes(buf: T.Buffer, r: int) -> Optional[int]:
     rest = buf.shape[r:]
     if not all(isinstance(d, E.IntImm) for d in rest):
         return None
-    return math.prod(d.value for d in rest) * _bytes(buf.dtype)
+    return math.prod(d.value for d in rest) * E.dtype_bytes(buf.dtype)
 
 
 def _schedule(func: T.PrimFunc, threads: int, row_threads: int, items: int) -> T.PrimFunc:
@@ -385,11 +385,11 @@ def _row_kernel(func: T.PrimFunc, stages: list[_Stage], allocs: list[T.Buffer], 
     for buf in allocs:
         rest = buf.shape[r:]
         size = math.prod(d.value for d in rest) if all(isinstance(d, E.IntImm) for d in rest) else None
-        fits = size is not None and size * _bytes(buf.dtype) <= budget
+        fits = size is not None and size * E.dtype_bytes(buf.dtype) <= budget
         if buf.scope == "shared" and not fits:
             return None     # a shared copy (cache_read) whose row does not fit
         if id(buf) not in params and id(buf) in written and buf.scope in ("global", "shared") and fits:
-            budget -= size * _bytes(buf.dtype)
+            budget -= size * E.dtype_bytes(buf.dtype)
             shared = T.Buffer(buf.name + "_shared", tuple(rest) or (E.IntImm(1),), buf.dtype, "shared")
             remap[id(buf)] = (shared, not rest)
             new_allocs.append(shared)
@@ -398,11 +398,6 @@ def _row_kernel(func: T.PrimFunc, stages: list[_Stage], allocs: list[T.Buffer], 
     if remap:
         body = _compact(body, remap, r)
     return body, new_allocs
-
-
-def _bytes(dtype: str) -> int:
-    from ..codegen.c import DTYPE_BYTES
-    return DTYPE_BYTES[dtype]
 
 
 def _compact(body, remap: dict, r: int):
