@@ -43,6 +43,10 @@ class ShardingError(CompilerError):
     """Sharding annotations that cannot be satisfied."""
 
 
+class LegalizeError(CompilerError):
+    """An operator call that cannot be turned into a tensor program."""
+
+
 class ScheduleError(CompilerError):
     """A schedule primitive that cannot be applied; says which loop or block and why."""
 

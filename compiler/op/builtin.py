@@ -21,7 +21,7 @@ from ..ir.graph import (Call, Constant, DataTypeImm, Expr, ExternFunc, GlobalVar
                         ShapeExpr, StringImm, Tuple)
 from ..ir.struct_info import (ObjectStructInfo, StructInfo, TensorStructInfo, TupleStructInfo)
 from ..ir.attrs import Attrs
-from . import _infer as I
+from . import infer as I
 from .registry import OPAQUE, make_call, register_op
 
 

@@ -18,7 +18,7 @@ from ..ir.expr import FloatImm, IntImm, PrimExpr, fmt_expr, fmt_sinfo, is_float_
 from ..ir.graph import Call, Constant, Expr, PrimValue
 from ..ir.struct_info import PrimStructInfo, StructInfo, TensorStructInfo
 from .. import te
-from . import _infer as I
+from . import infer as I
 from ._legalize import call_te, out_dtype, out_shape
 from .registry import ELEMWISE, INJECTIVE, make_call, register_op
 from ..distributed import rules as _sharding

@@ -12,7 +12,7 @@ from __future__ import annotations
 from ..ir.errors import StructInfoError
 from ..ir.graph import Call
 from ..ir.struct_info import DTensorStructInfo, StructInfo, TensorStructInfo
-from . import _infer as I
+from . import infer as I
 from .registry import OPAQUE, make_call, register_op
 
 

@@ -3,7 +3,7 @@
 Batch dims broadcast; a 1-D x1 is treated as (1, k) and a 1-D x2 as (k, 1), with the
 added dim removed from the result. Without out_dtype both dtypes must be equal;
 with it, mixed inputs are allowed (e.g. float16 x float16 -> float32 accumulation).
-Contraction dims raise only when provably different (policy in _infer.py).
+Contraction dims raise only when provably different (policy in infer.py).
 """
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from ..ir.expr import fmt_expr, fmt_shape
 from ..ir.graph import Call
 from ..ir.struct_info import StructInfo, TensorStructInfo
 from .. import te
-from . import _infer as I
+from . import infer as I
 from ._legalize import acc_dtype, broadcast_indices, call_te, out_dtype, out_shape
 from .registry import OUT_EWISE_FUSABLE, make_call, register_op
 from ..distributed import rules as _sharding

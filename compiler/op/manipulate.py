@@ -3,7 +3,7 @@ split, strided_slice, take, broadcast_to, where, astype.
 
 Axes are kept in the attributes as the user wrote them (negative axes stay
 negative, so the printed text matches the source) and normalised by the rules.
-Symbolic dims follow the policy in _infer.py, except reshape, which (as TVM)
+Symbolic dims follow the policy in infer.py, except reshape, which (as TVM)
 requires the element counts to be provably equal (a -1 dim: the count provably
 divisible by the other dims), and split into equal sections, which requires the dim
 provably divisible. Slicing and splitting at symbolic points assume the bounds are
@@ -20,7 +20,7 @@ from ..ir.expr import IntImm, PrimExpr, as_expr, fmt_expr, fmt_shape, fmt_sinfo
 from ..ir.graph import Call
 from ..ir.struct_info import StructInfo, TensorStructInfo, TupleStructInfo
 from .. import te
-from . import _infer as I
+from . import infer as I
 from ._legalize import axes_of, broadcast_compute, call_te, int_attr, out_shape
 from .registry import BROADCAST, ELEMWISE, INJECTIVE, make_call, register_op
 from ..distributed import rules as _sharding

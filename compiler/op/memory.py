@@ -18,7 +18,7 @@ from ..ir.errors import StructInfoError
 from ..ir.expr import fmt_shape
 from ..ir.graph import Call, DataTypeImm, Expr, ExternFunc, GlobalVar, Op, Tuple
 from ..ir.struct_info import ObjectStructInfo, StructInfo, TensorStructInfo, TupleStructInfo
-from . import _infer as I
+from . import infer as I
 from .registry import OPAQUE, infer_call, make_call, register_op
 
 

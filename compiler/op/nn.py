@@ -14,7 +14,7 @@ from ..ir.struct_info import StructInfo, TensorStructInfo
 import math
 
 from .. import te
-from . import _infer as I
+from . import infer as I
 from ._legalize import acc_dtype, axes_of, call_te, count, out_shape
 from .registry import INJECTIVE, OPAQUE, make_call, register_op
 from .unary import define_elementwise, elementwise_legalizer
