@@ -5,6 +5,10 @@ constructor is also reachable by its script name through `get_op("R.add")`, and
 `script_namespace()` maps every `R.xxx` name (operators and value constructors
 such as `R.const`) to what the script's call should invoke.
 """
+# Import order: the operators register their sharding rules from compiler.distributed's
+# vocabulary (mesh, placement, rules: modules that import only compiler.ir), so importing
+# an operator runs compiler/distributed/__init__.py; the distributed passes import the
+# operators, which is why that package loads its passes lazily (its __getattr__).
 from .registry import OpDef, OpPattern, find_op, get_op, list_ops, make_call, infer_call, register_op
 from . import infer, builtin, binary, create, linear_algebra, manipulate, nn, reduce, unary
 from . import memory  # R.memory.*: explicit storage, written by PlanMemory

@@ -15,6 +15,7 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
+from ..distributed import rules as _sharding
 from ..ir.errors import DTypeError, ShapeError, StructInfoError
 from ..ir.expr import IntImm
 from ..ir.graph import (Call, Constant, DataTypeImm, Expr, ExternFunc, GlobalVar, Op, PrimValue,
@@ -202,17 +203,15 @@ for _opdef in (call_tir, call_dps_packed):
 def _call_tir_sharding(call: Call, mod=None):
     """Placements from the callee's loop/buffer access patterns
     (compiler/distributed/rules.call_tir_rule); needs the module holding the callee."""
-    from ..distributed import rules
     if mod is None or call.args[0].name_hint not in mod:
-        return rules.opaque(call)
-    return rules.call_tir_rule(call, mod[call.args[0].name_hint])
+        return _sharding.opaque(call)
+    return _sharding.call_tir_rule(call, mod[call.args[0].name_hint])
 
 
 @call_dps_packed.sharding
 def _call_dps_packed_sharding(call: Call, mod=None):
     """An external function's meaning is unknown: everything replicated."""
-    from ..distributed import rules
-    return rules.opaque(call)
+    return _sharding.opaque(call)
 
 
 # call_pure_packed / call_packed: a runtime function called with its arguments flat ----------

@@ -9,6 +9,8 @@ collectives (compiler/op/ccl.py). Both are handled by PropagateSharding itself
 """
 from __future__ import annotations
 
+from ..distributed.mesh import parse_mesh_ref
+from ..distributed.placement import parse_placement
 from ..ir.errors import StructInfoError
 from ..ir.graph import Call
 from ..ir.struct_info import DTensorStructInfo, StructInfo, TensorStructInfo
@@ -20,8 +22,6 @@ from .registry import OPAQUE, make_call, register_op
              attrs=("device_mesh", "placement"), pattern=OPAQUE)
 def redistribute(x, device_mesh: str, placement: str) -> Call:
     """`R.dist.redistribute(x, "mesh[0]", "R")`: x with placement `placement` on `device_mesh`."""
-    from ..distributed.mesh import parse_mesh_ref
-    from ..distributed.placement import parse_placement
     parse_mesh_ref(device_mesh)
     parse_placement(placement)
     return make_call("relax.dist.redistribute", (I.as_expr_arg("R.dist.redistribute", x, "x"),),
@@ -46,8 +46,6 @@ def _redistribute(call: Call) -> StructInfo:
 def annotate_sharding(x, device_mesh: str, placement: str) -> Call:
     """`R.dist.annotate_sharding(x, "mesh[0]", "S[1]")`: x, constrained to be laid out
     as `placement` on `device_mesh` (checked and resolved by PropagateSharding)."""
-    from ..distributed.mesh import parse_mesh_ref
-    from ..distributed.placement import parse_placement
     parse_mesh_ref(device_mesh)
     parse_placement(placement)
     return make_call("relax.dist.annotate_sharding",
