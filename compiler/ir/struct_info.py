@@ -95,10 +95,17 @@ def tensor_sinfo(shape, dtype: str = "float32") -> TensorStructInfo:
     return TensorStructInfo(tuple(as_expr(d) for d in shape) if shape is not None else None, dtype)
 
 
+def tensor_view(sinfo: Any) -> Optional[TensorStructInfo]:
+    """The tensor a Tensor struct info describes (itself) or a DTensor's global view;
+    None for any other struct info."""
+    if isinstance(sinfo, DTensorStructInfo):
+        return sinfo.tensor
+    if isinstance(sinfo, TensorStructInfo):
+        return sinfo
+    return None
+
+
 def get_shape(sinfo: Any) -> Optional[tuple[PrimExpr, ...]]:
     """Shape of a Tensor or DTensor struct info (global view), else None."""
-    if isinstance(sinfo, DTensorStructInfo):
-        return sinfo.tensor.shape
-    if isinstance(sinfo, TensorStructInfo):
-        return sinfo.shape
-    return None
+    t = tensor_view(sinfo)
+    return None if t is None else t.shape

@@ -11,9 +11,8 @@ from __future__ import annotations
 
 from ..distributed.mesh import parse_mesh_ref
 from ..distributed.placement import parse_placement
-from ..ir.errors import StructInfoError
 from ..ir.graph import Call
-from ..ir.struct_info import DTensorStructInfo, StructInfo, TensorStructInfo
+from ..ir.struct_info import DTensorStructInfo, StructInfo
 from . import infer as I
 from .registry import OPAQUE, make_call, register_op
 
@@ -30,14 +29,7 @@ def redistribute(x, device_mesh: str, placement: str) -> Call:
 
 @redistribute.infer
 def _redistribute(call: Call) -> StructInfo:
-    x = call.args[0].struct_info
-    if isinstance(x, DTensorStructInfo):
-        t = x.tensor
-    elif isinstance(x, TensorStructInfo):
-        t = x
-    else:
-        raise StructInfoError(f"R.dist.redistribute: x must be a tensor, got "
-                              f"{type(x).__name__ if x is not None else 'no struct info'}")
+    t = I.tensor_arg("R.dist.redistribute", call, 0, "x")
     return DTensorStructInfo(t, call.attrs["device_mesh"], call.attrs["placement"])
 
 
@@ -55,8 +47,5 @@ def annotate_sharding(x, device_mesh: str, placement: str) -> Call:
 
 @annotate_sharding.infer
 def _annotate_sharding(call: Call) -> StructInfo:
-    x = call.args[0].struct_info
-    if not isinstance(x, (DTensorStructInfo, TensorStructInfo)):
-        raise StructInfoError(f"R.dist.annotate_sharding: x must be a tensor, got "
-                              f"{type(x).__name__ if x is not None else 'no struct info'}")
-    return x       # an identity on values; the placement is a constraint for propagation
+    I.tensor_arg("R.dist.annotate_sharding", call, 0, "x")     # a Tensor or a DTensor
+    return call.args[0].struct_info       # an identity on values; the placement is a constraint for propagation

@@ -21,8 +21,8 @@ from ..ir import expr as E
 from ..ir.errors import DTypeError, ShapeError, StructInfoError
 from ..ir.expr import IntImm, PrimExpr, as_expr, fmt_expr, fmt_shape, fmt_sinfo
 from ..ir.graph import Call, Expr, PrimValue, ShapeExpr, Tuple
-from ..ir.struct_info import (DTensorStructInfo, PrimStructInfo, ShapeStructInfo, StructInfo,
-                              TensorStructInfo, TupleStructInfo)
+from ..ir.struct_info import (PrimStructInfo, ShapeStructInfo, StructInfo, TensorStructInfo,
+                              TupleStructInfo, tensor_view)
 
 Shape = tuple[PrimExpr, ...]
 
@@ -42,10 +42,9 @@ def tensor_arg(op: str, call: Call, index: int, name: str) -> TensorStructInfo:
 
 
 def as_tensor(op: str, sinfo: Optional[StructInfo], name: str) -> TensorStructInfo:
-    if isinstance(sinfo, DTensorStructInfo):
-        return sinfo.tensor
-    if isinstance(sinfo, TensorStructInfo):
-        return sinfo
+    t = tensor_view(sinfo)
+    if t is not None:
+        return t
     raise StructInfoError(f"{op}: argument {name} must be a tensor, got {_kind(sinfo)}")
 
 
