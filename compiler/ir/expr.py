@@ -373,10 +373,13 @@ INFIX = {Add: "+", Sub: "-", Mul: "*", FloorDiv: "//", FloorMod: "%", Div: "/",
 
 
 def fmt_expr(e, *, bare: bool = False) -> str:
-    """A short infix rendering of a PrimExpr (or a plain int) for messages, every
-    operation in parentheses: `(n * 2)`, `((n + 1) // 2)`, `max((n * 2), 4)`.
-    `bare=True` parenthesizes an operation only where it is the operand of another:
-    `n * 2`, `(n + 1) // 2`, `max(n * 2, 4)` (the VM's shape patterns read so)."""
+    """A short infix rendering of a PrimExpr for messages, every operation in
+    parentheses: `(n * 2)`, `((n + 1) // 2)`, `max((n * 2), 4)`. `bare=True`
+    parenthesizes an operation only where it is the operand of another: `n * 2`,
+    `(n + 1) // 2`, `max(n * 2, 4)` (the VM's shape patterns read so). A plain int or
+    str (a dim already rendered, as dim_value gives) stands for itself."""
+    if isinstance(e, str):
+        return e
     if isinstance(e, int) and not isinstance(e, bool):
         return str(e)
     if isinstance(e, IntImm):
