@@ -11,14 +11,15 @@ from typing import Callable, Optional, Sequence
 
 from disco.executable import Executable, KernelInfo
 
-from .ir.errors import CompilerError
+from .codegen import build_kernels, signature_of
+from .codegen.verify_calls import verify_calls
+from .codegen.vm_codegen import codegen_vm
+from .ir.errors import BuildError
 from .ir.module import IRModule
 
+__all__ = ["BuildError", "TARGETS", "build", "check_script_roundtrip", "default_passes"]
+
 TARGETS = ("cpu", "cuda")
-
-
-class BuildError(CompilerError):
-    """A module that cannot be built for the target."""
 
 
 def default_passes(target: str) -> list[Callable[[IRModule], IRModule]]:
@@ -61,10 +62,6 @@ def build(mod: IRModule, target: str = "cpu", *,
         if check:
             check_script_roundtrip(mod, f"the output of {getattr(p, '__name__', p)}")
 
-    from .codegen import build_kernels
-    from .codegen.verify_calls import verify_calls
-    from .codegen.vm_codegen import codegen_vm
-
     # Tensor shapes vs. buffer shapes of every call_tir: mismatches fail here, before the
     # kernels compile; calls it cannot decide get a run-time check (CHECK_KERNEL).
     unproved_calls = verify_calls(mod)
@@ -74,7 +71,6 @@ def build(mod: IRModule, target: str = "cpu", *,
     if prim_funcs and target == "cuda":
         # CUDA: the source and launch descriptions go in metadata["cuda"]; the runtime
         # compiles them with NVRTC (disco/cuda.py). No shared object.
-        from .codegen import signature_of
         from .codegen.cuda import generate_cuda
         cuda = generate_cuda(prim_funcs)
         metadata = dict(metadata or {}, cuda=cuda.to_json())

@@ -13,10 +13,10 @@
 // acknowledging a SYNC with an OK/None reply while `clean` says no failure waits to be
 // reported, and returns to Python only for the other commands, a SYNC that must carry
 // failures, a hot command whose payload did not decode or names a missing DRef
-// (missing != -1), and a CALL that raised (missing == kCallRaised, payload: the
-// exception).
+// (missing != kNextNothingMissing), and a CALL that raised (missing == kNextCallRaised,
+// payload: the exception).
 // A pipelined call then costs a worker no Python bytecode besides the function's own.
-// The op numbers are protocol.Op's.
+// The protocol's numbers are protocol.h's; bind_channel exports them to Python.
 
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
@@ -29,18 +29,23 @@
 #include <vector>
 
 #include "channel.h"
+#include "protocol.h"
 
 namespace py = pybind11;
 using disco::channel::Channel;
+using disco::protocol::kNextCallRaised;
+using disco::protocol::kNextDecodeFailed;
+using disco::protocol::kNextNothingMissing;
+using Op = disco::protocol::Op;
+using Status = disco::protocol::Status;
 
 namespace {
 
 enum Tag : uint8_t { kNone, kFalse, kTrue, kInt, kFloat, kStr, kBytes, kTuple, kList, kDRef, kArray, kExt };
 constexpr int kMaxDepth = 64;
-constexpr int kOpCall = 1, kOpFree = 3, kOpSync = 6;  // protocol.Op
-constexpr uint32_t kStatusOk = 0;                     // protocol.Status.OK
-constexpr int64_t kDecodeFailed = -2;                 // `next`: the payload did not decode
-constexpr int64_t kCallRaised = -3;                   // `next`: the CALL's function raised
+constexpr int kOpCall = static_cast<int>(Op::CALL), kOpFree = static_cast<int>(Op::FREE),
+              kOpSync = static_cast<int>(Op::SYNC);
+constexpr uint32_t kStatusOk = static_cast<uint32_t>(Status::OK);
 
 // The pending Python exception as an object with its __traceback__ set; clears it.
 py::object take_exception() {
@@ -273,7 +278,7 @@ class PyChannel {
     uint32_t status, len;
     const uint8_t* p = ch_->Reply(w, &status, &len);
     Reader r{p, p + len};
-    int64_t missing = -1;
+    int64_t missing = kNextNothingMissing;
     py::object v = Decode(r, missing);
     return py::make_tuple(status, v);
   }
@@ -298,22 +303,22 @@ class PyChannel {
       r.take(7);
       const int64_t a = r.get<int64_t>();
       const int64_t b = r.get<int64_t>();
-      int64_t missing = -1;
+      int64_t missing = kNextNothingMissing;
       py::object payload;
       try {
         payload = Decode(r, missing);
       } catch (py::error_already_set& e) {
         payload = e.value();  // the worker reports it; the message is consumed regardless
-        missing = kDecodeFailed;
+        missing = kNextDecodeFailed;
       } catch (std::exception& e) {
         payload = py::reinterpret_steal<py::object>(PyObject_CallFunction(PyExc_RuntimeError, "s", e.what()));
-        missing = kDecodeFailed;
+        missing = kNextDecodeFailed;
       }
       ch_->Pop();
-      if (hot && missing == -1) {
+      if (hot && missing == kNextNothingMissing) {
         if (op == kOpCall) {
           py::object raised = Call(a, b, payload);
-          if (raised) return py::make_tuple(op, seq, a, b, raised, kCallRaised);
+          if (raised) return py::make_tuple(op, seq, a, b, raised, kNextCallRaised);
           CheckSignals();
           continue;
         }
@@ -399,6 +404,17 @@ class PyChannel {
 void bind_channel(py::module_& m) {
   py::register_exception<disco::channel::ChannelError>(m, "ChannelError", PyExc_RuntimeError);
 
+  // protocol.h's numbers, for disco/session/protocol.py: {name: number} of each list.
+#define DISCO_PROTOCOL_ENTRY(name, number) d[#name] = number;
+#define DISCO_PROTOCOL_TABLE(LIST) [] { py::dict d; LIST(DISCO_PROTOCOL_ENTRY) return d; }()
+  m.attr("PROTOCOL_OPS") = DISCO_PROTOCOL_TABLE(DISCO_PROTOCOL_OPS);
+  m.attr("PROTOCOL_STATUSES") = DISCO_PROTOCOL_TABLE(DISCO_PROTOCOL_STATUSES);
+#undef DISCO_PROTOCOL_TABLE
+#undef DISCO_PROTOCOL_ENTRY
+  m.attr("NEXT_NOTHING_MISSING") = kNextNothingMissing;
+  m.attr("NEXT_DECODE_FAILED") = kNextDecodeFailed;
+  m.attr("NEXT_CALL_RAISED") = kNextCallRaised;
+
   py::class_<PyChannel>(m, "Channel", "Shared-memory command ring + reply slots (csrc/channel.h).")
       .def(py::init([](int num_workers, uint64_t ring_bytes, uint32_t reply_bytes, double spin_us) {
              disco::channel::Options o;
@@ -446,8 +462,8 @@ void bind_channel(py::module_& m) {
       .def("close", [](PyChannel& c) { c.ch().Close(); })
       .def("next", &PyChannel::Next, py::arg("timeout_s"),
            "Worker: (op, seq, a, b, payload, missing) or None on timeout/close. missing: first unknown "
-           "DRef id, -1 if none, -2 if decoding failed, -3 if a CALL run here raised (payload is then "
-           "the exception).")
+           "DRef id, else NEXT_NOTHING_MISSING if none, NEXT_DECODE_FAILED if decoding failed, "
+           "NEXT_CALL_RAISED if a CALL run here raised (payload is then the exception).")
       .def(
           "handle_hot_commands",
           [](PyChannel& c, py::dict funcs, py::dict objects, py::dict failed) {

@@ -64,16 +64,8 @@ class KernelLibrary:
         return Path(self.so_path).read_bytes()
 
 
-def _dim_text(d: E.PrimExpr) -> Union[int, str]:
-    if isinstance(d, E.IntImm):
-        return d.value
-    if isinstance(d, E.Var):
-        return d.name
-    return repr(d)
-
-
 def signature_of(symbol: str, func: T.PrimFunc) -> KernelSignature:
-    buffers = tuple(BufferParam(p.name, p.dtype, len(p.shape), tuple(_dim_text(d) for d in p.shape))
+    buffers = tuple(BufferParam(p.name, p.dtype, len(p.shape), tuple(E.dim_value(d, bare=True) for d in p.shape))
                     for p in func.params if isinstance(p, T.Buffer))
     scalars = tuple(ScalarParam(p.name, p.dtype) for p in func.params if isinstance(p, E.Var))
     return KernelSignature(symbol, buffers, scalars)

@@ -31,11 +31,11 @@ from typing import Optional
 
 from ..ir import expr as E
 from ..ir import tir as T
-from .c_like import (COMPUTE_CTYPE, DTYPE_BYTES, CFamilyPrinter, CodegenError, c_identifier, check_dtype,
-                     expr_vars, is_true, loop_nest, reduction_update, split_params, storage_ctypes,
-                     unique_name)
+from ..ir.visitor import vars_in
+from .c_like import (COMPUTE_CTYPE, CFamilyPrinter, CodegenError, c_identifier, check_dtype, is_true,
+                     loop_nest, reduction_update, split_params, storage_ctypes, unique_name)
 
-__all__ = ["CodegenError", "COMPUTE_CTYPE", "DTYPE_BYTES", "STACK_ALLOC_LIMIT", "STORAGE_CTYPE",
+__all__ = ["CodegenError", "COMPUTE_CTYPE", "STACK_ALLOC_LIMIT", "STORAGE_CTYPE",
            "c_identifier", "generate_c", "kernel_names"]
 
 STORAGE_CTYPE = storage_ctypes(float16="_Float16", bfloat16="uint16_t")
@@ -152,7 +152,7 @@ class CKernelPrinter(CFamilyPrinter):
         self._set_strides(buf)
         if all(isinstance(d, E.IntImm) for d in buf.shape):
             size = math.prod(d.value for d in buf.shape)
-            if size * DTYPE_BYTES[buf.dtype] <= STACK_ALLOC_LIMIT:
+            if size * E.dtype_bytes(buf.dtype) <= STACK_ALLOC_LIMIT:
                 self.line(f"{ct} {name}[{max(size, 1)}] __attribute__((aligned(64)));")
                 return []
             count = str(size)
@@ -218,8 +218,8 @@ class CKernelPrinter(CFamilyPrinter):
         loop_ids = {id(c.loop_var) for c in chain}
         red_ids, spatial_ids = set(), set()
         for iv, value in zip(block.iter_vars, node.iter_values):
-            (red_ids if iv.kind == "R" else spatial_ids).update(expr_vars(value, set()))
-        if red_ids & spatial_ids or (loop_ids - red_ids) or (expr_vars(node.predicate, set()) & loop_ids):
+            (red_ids if iv.kind == "R" else spatial_ids).update(vars_in(value))
+        if red_ids & spatial_ids or (loop_ids - red_ids) or (vars_in(node.predicate) & loop_ids):
             return None
         if not red_ids & loop_ids:
             return None

@@ -22,11 +22,8 @@ from typing import Callable
 
 from ..ir import expr as E
 from ..ir import tir as T
-from ..ir.errors import CompilerError
-
-
-class CodegenError(CompilerError):
-    """A tensor program that the C or CUDA backend cannot translate."""
+from ..ir.errors import CodegenError
+from ..ir.visitor import vars_in, walk
 
 
 _PLAIN_CTYPE = {
@@ -44,8 +41,6 @@ def storage_ctypes(float16: str, bfloat16: str) -> dict[str, str]:
 
 # Type in which values of a dtype are computed (half types are widened to float).
 COMPUTE_CTYPE = storage_ctypes(float16="float", bfloat16="float")
-DTYPE_BYTES = {"float32": 4, "float64": 8, "float16": 2, "bfloat16": 2, "int8": 1, "int16": 2,
-               "int32": 4, "int64": 8, "uint8": 1, "uint16": 2, "uint32": 4, "uint64": 8, "bool": 1}
 
 
 def c_identifier(name: str) -> str:
@@ -82,40 +77,6 @@ def is_true(e: E.PrimExpr) -> bool:
     return isinstance(e, E.IntImm) and e.value != 0
 
 
-def expr_vars(e, out: set) -> set:
-    """Ids of the Vars in an expression, added to `out`."""
-    if isinstance(e, E.Var):
-        out.add(id(e))
-    elif isinstance(e, T.BufferLoad):
-        for i in e.indices:
-            expr_vars(i, out)
-    elif isinstance(e, E.Call):
-        for a in e.args:
-            expr_vars(a, out)
-    elif isinstance(e, E.PrimExpr):
-        for attr in ("a", "b", "value", "condition", "true_value", "false_value"):
-            sub = getattr(e, attr, None)
-            if isinstance(sub, E.PrimExpr):
-                expr_vars(sub, out)
-    return out
-
-
-def loads(e):
-    """The BufferLoads in an expression, pre-order."""
-    if isinstance(e, T.BufferLoad):
-        yield e
-        for i in e.indices:
-            yield from loads(i)
-    elif isinstance(e, E.Call):
-        for a in e.args:
-            yield from loads(a)
-    elif isinstance(e, E.PrimExpr):
-        for attr in ("a", "b", "value", "condition", "true_value", "false_value"):
-            sub = getattr(e, attr, None)
-            if isinstance(sub, E.PrimExpr):
-                yield from loads(sub)
-
-
 def loop_nest(loop: T.For) -> tuple[list[T.For], T.Stmt]:
     """(the perfectly nested loops starting at `loop`, the statement inside them)."""
     chain, node = [], loop
@@ -137,10 +98,7 @@ def reduction_update(realize: T.BlockRealize):
     if init.buffer is not buf or init.indices != body.indices or buf.dtype == "bool":
         return None
     red_vars = {id(iv.var) for iv in block.iter_vars if iv.kind == "R"}
-    idx_vars: set = set()
-    for i in body.indices:
-        expr_vars(i, idx_vars)
-    if idx_vars & red_vars:
+    if vars_in(body.indices) & red_vars:
         return None
     own = T.BufferLoad(buf, body.indices)
     v = body.value
@@ -152,7 +110,7 @@ def reduction_update(realize: T.BlockRealize):
     else:
         return None
     rhs = b if a == own else a if b == own else None
-    if rhs is None or any(n.buffer is buf for n in loads(rhs)):
+    if rhs is None or any(isinstance(n, T.BufferLoad) and n.buffer is buf for n in walk(rhs)):
         return None
     return op, rhs
 

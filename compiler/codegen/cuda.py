@@ -36,10 +36,10 @@ from dataclasses import dataclass, field
 
 from ..ir import expr as E
 from ..ir import tir as T
+from ..ir.visitor import vars_in, walk
 from .c import C_RESERVED, kernel_names
-from .c_like import (COMPUTE_CTYPE, DTYPE_BYTES, CFamilyPrinter, CodegenError, check_dtype, expr_vars,
-                     is_true, loads, loop_nest, reduction_update, split_params, storage_ctypes,
-                     unique_name)
+from .c_like import (COMPUTE_CTYPE, CFamilyPrinter, CodegenError, check_dtype, is_true,
+                     loop_nest, reduction_update, split_params, storage_ctypes, unique_name)
 
 CUDA_STORAGE_CTYPE = storage_ctypes(float16="__half", bfloat16="__nv_bfloat16")
 THREAD_TAGS = ("blockIdx.x", "blockIdx.y", "blockIdx.z", "threadIdx.x", "threadIdx.y", "threadIdx.z")
@@ -239,16 +239,16 @@ class _CudaKernel(CFamilyPrinter):
         self.extents: dict[str, list[E.PrimExpr]] = {}
         self.red_types: set[str] = set()        # C types of cross-thread reductions
         self.thread_guard = 0                   # depth of divergent threadIdx guards
-        for n in _walk_stmts(body):
+        for n in walk(body):
             if isinstance(n, T.For) and n.kind == "thread_binding":
                 if n.thread_tag not in THREAD_TAGS:
                     raise CodegenError(f"kernel {symbol!r}: loop {n.loop_var.name!r} is bound to "
                                        f"{n.thread_tag!r}; supported: {THREAD_TAGS}")
                 self.extents.setdefault(n.thread_tag, []).append(n.extent)
-        self.thread_x_ids = {id(n.loop_var) for n in _walk_stmts(body)
+        self.thread_x_ids = {id(n.loop_var) for n in walk(body)
                              if isinstance(n, T.For) and n.thread_tag == "threadIdx.x"}
         self.cross = any(isinstance(n, T.For) and n.thread_tag == "threadIdx.x"
-                         and self._cross_thread(n) is not None for n in _walk_stmts(body))
+                         and self._cross_thread(n) is not None for n in walk(body))
 
     def emit(self) -> str:
         buffers, scalars = split_params(self.func)
@@ -279,7 +279,7 @@ class _CudaKernel(CFamilyPrinter):
         return "\n".join([head, *decls, *self.lines, "}", ""])
 
     def _uses(self, buf: T.Buffer) -> bool:
-        return any(getattr(n, "buffer", None) is buf for n in _walk_all(self.body))
+        return any(getattr(n, "buffer", None) is buf for n in walk(self.body))
 
     def _storage(self, dtype: str) -> str:
         return CUDA_STORAGE_CTYPE[check_dtype(dtype, self.symbol)]
@@ -337,7 +337,7 @@ class _CudaKernel(CFamilyPrinter):
         prev = None
         for sub in s.stmts:
             threaded = any(isinstance(n, T.For) and n.thread_tag and n.thread_tag.startswith("threadIdx")
-                           for n in _walk_stmts(sub))
+                           for n in walk(sub))
             if prev and threaded and not self.thread_guard:
                 self.line("__syncthreads();")
             self.stmt(sub)
@@ -395,7 +395,7 @@ class _CudaKernel(CFamilyPrinter):
             return None
         red_ids, spatial_ids = set(), set()
         for iv, value in zip(node.block.iter_vars, node.iter_values):
-            (red_ids if iv.kind == "R" else spatial_ids).update(expr_vars(value, set()))
+            (red_ids if iv.kind == "R" else spatial_ids).update(vars_in(value))
         if id(loop.loop_var) not in red_ids:
             return None
         where = (f"kernel {self.symbol!r}: loop {loop.loop_var.name!r} bound to threadIdx.x feeds "
@@ -457,7 +457,7 @@ class _CudaKernel(CFamilyPrinter):
 
     def stmt_BlockRealize(self, s: T.BlockRealize) -> None:
         for iv, value in zip(s.block.iter_vars, s.iter_values):
-            if iv.kind == "R" and expr_vars(value, set()) & self.thread_x_ids:
+            if iv.kind == "R" and vars_in(value) & self.thread_x_ids:
                 raise CodegenError(f"kernel {self.symbol!r}: block {s.block.name!r} reduces over a "
                                    "threadIdx.x loop that is not the outermost of its reduction loops")
         super().stmt_BlockRealize(s)
@@ -474,9 +474,9 @@ class _CudaKernel(CFamilyPrinter):
             raise CodegenError(f"kernel {self.symbol!r}: {buf.scope} buffer {buf.name!r} has a symbolic "
                                f"shape {[str(d) for d in buf.shape]}; GPU scratch buffers need constant sizes")
         size = max(math.prod(d.value for d in buf.shape), 1)
-        if buf.scope == "shared" and size * DTYPE_BYTES[buf.dtype] > SHARED_MEMORY_LIMIT:
+        if buf.scope == "shared" and size * E.dtype_bytes(buf.dtype) > SHARED_MEMORY_LIMIT:
             raise CodegenError(f"kernel {self.symbol!r}: shared buffer {buf.name!r} needs "
-                               f"{size * DTYPE_BYTES[buf.dtype]} bytes, over {SHARED_MEMORY_LIMIT}")
+                               f"{size * E.dtype_bytes(buf.dtype)} bytes, over {SHARED_MEMORY_LIMIT}")
         name = self.bind(buf, buf.name)
         self._set_strides(buf)
         prefix = "__shared__ " if buf.scope == "shared" else ""
@@ -499,31 +499,3 @@ class _CudaKernel(CFamilyPrinter):
 
 def _tname(ct: str) -> str:
     return ct.replace(" ", "_")
-
-
-def _walk_stmts(node):
-    """Statements under `node`, pre-order, descending into blocks."""
-    yield node
-    if isinstance(node, T.SeqStmt):
-        for s in node.stmts:
-            yield from _walk_stmts(s)
-    elif isinstance(node, (T.For, T.LetStmt, T.Allocate)):
-        yield from _walk_stmts(node.body)
-    elif isinstance(node, T.IfThenElse):
-        yield from _walk_stmts(node.then_case)
-        if node.else_case is not None:
-            yield from _walk_stmts(node.else_case)
-    elif isinstance(node, T.BlockRealize):
-        yield from _walk_stmts(node.block)
-    elif isinstance(node, T.Block):
-        if node.init is not None:
-            yield from _walk_stmts(node.init)
-        yield from _walk_stmts(node.body)
-
-
-def _walk_all(node):
-    """Statements and the loads inside them."""
-    for s in _walk_stmts(node):
-        yield s
-        if isinstance(s, T.BufferStore):
-            yield from loads(s.value)

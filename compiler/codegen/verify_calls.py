@@ -23,22 +23,24 @@ call is returned as unproved, and the VM code generator emits a run-time check
 """
 from __future__ import annotations
 
+from functools import partial
 from typing import Optional
 
-from ..build import BuildError
 from ..ir import expr as E
 from ..ir import graph as G
 from ..ir import struct_info as S
 from ..ir.arith import bound, free_vars, prove_equal, simplify, substitute
+from ..ir.errors import CallShapeError
 from ..ir.module import IRModule
 from ..ir.tir import Buffer, PrimFunc
+from ..ir.visitor import ExprVisitor
 
 CALL_TIR = "relax.call_tir"
 MEM_CALL_TIR = "relax.memory.call_tir"
 
-
-class CallShapeError(BuildError):
-    """A call of a tensor program passes tensors its buffers provably do not accept."""
+# Dims and shapes in messages read as the VM's shape patterns do (`n * 2`).
+_text = partial(E.fmt_expr, bare=True)
+_shape = partial(E.fmt_shape, bare=True)
 
 
 def verify_calls(mod: IRModule) -> set[int]:
@@ -56,8 +58,6 @@ def verify_calls(mod: IRModule) -> set[int]:
 
 
 def _tir_calls(func: G.Function) -> list[G.Call]:
-    from ..ir.visitor import ExprVisitor
-
     found: list[G.Call] = []
 
     class _Collect(ExprVisitor):
@@ -136,8 +136,8 @@ class _Unifier:
                 proved = False
             if sinfo.ndim >= 0 and sinfo.ndim != len(buf.shape):
                 raise self.error(buf, role, f"expects a {len(buf.shape)}-d tensor of shape "
-                                            f"{_shape_text(buf.shape)}, given a {sinfo.ndim}-d "
-                                            + (f"tensor of shape {_shape_text(sinfo.shape)}"
+                                            f"{_shape(buf.shape)}, given a {sinfo.ndim}-d "
+                                            + (f"tensor of shape {_shape(sinfo.shape)}"
                                                if sinfo.shape is not None else "tensor"))
             if sinfo.shape is None:
                 proved = False
@@ -162,8 +162,8 @@ class _Unifier:
             if _provably_unequal(expected, value):
                 raise CallShapeError(
                     f"{self.fname}: call_tir of tensor program {self.prim_name!r}: tir_vars[{i}] "
-                    f"gives {self.prim_name}'s {v.name} = {_dim_text(value)}, but "
-                    f"{self.binding[v][1]} binds {v.name} = {_dim_text(expected)}")
+                    f"gives {self.prim_name}'s {v.name} = {_text(value)}, but "
+                    f"{self.binding[v][1]} binds {v.name} = {_text(expected)}")
             proved = False
         return proved
 
@@ -187,14 +187,14 @@ class _Unifier:
                 proved = False
                 continue
             vs = [v for v in free_vars(buf.shape) if v in self.binding]
-            where = " and".join(f" {v.name} = {_dim_text(self.binding[v][0])} (bound by "
+            where = " and".join(f" {v.name} = {_text(self.binding[v][0])} (bound by "
                                 f"{self.binding[v][1]})" for v in vs)
-            exp_text = _shape_text([x if x is not None else d for x, d in zip(expected, buf.shape)])
+            exp_text = _shape([x if x is not None else d for x, d in zip(expected, buf.shape)])
             raise self.error(
-                buf, role, f"has shape {_shape_text(buf.shape)}"
+                buf, role, f"has shape {_shape(buf.shape)}"
                            + (f" where{where}" if where else "")
                            + f", so it expects {exp_text}, but the call gives "
-                             f"{_shape_text(shape)}: dim {i} is {_dim_text(g)}, not {_dim_text(e)}")
+                             f"{_shape(shape)}: dim {i} is {_text(g)}, not {_text(e)}")
         return proved
 
     def error(self, buf: Buffer, role: str, msg: str) -> CallShapeError:
@@ -214,13 +214,3 @@ def _provably_unequal(a: E.PrimExpr, b: E.PrimExpr) -> bool:
     except Exception:   # not an integer expression the analysis handles: undecided
         return False
     return lo > 0 or hi < 0
-
-
-def _dim_text(d) -> str:
-    from .vm_codegen import _text
-    return _text(E.as_expr(d))
-
-
-def _shape_text(dims) -> str:
-    inner = ", ".join(_dim_text(d) for d in dims)
-    return f"({inner},)" if len(dims) == 1 else f"({inner})"

@@ -33,9 +33,11 @@ from disco.executable import Op, VMFunction
 from ..ir import expr as E
 from ..ir import graph as G
 from ..ir import struct_info as S
+from ..ir.arith import free_vars
+from ..ir.errors import CodegenError
 from ..ir.module import IRModule
 from ..ir.tir import Buffer, PrimFunc
-from .c import CodegenError
+from .verify_calls import verify_calls
 
 CALL_TIR = "relax.call_tir"
 CALL_DPS_PACKED = "relax.call_dps_packed"
@@ -56,7 +58,6 @@ def codegen_vm(mod: IRModule, kernel_index: dict[str, int],
     `verify_calls(mod)` returned (computed here when not given): the calls that get a
     run-time shape check. Returns (functions, constants)."""
     if unproved_calls is None:
-        from .verify_calls import verify_calls
         unproved_calls = verify_calls(mod)
     constants = [] if constants is None else constants
     const_ids: dict[int, int] = {}
@@ -65,42 +66,6 @@ def codegen_vm(mod: IRModule, kernel_index: dict[str, int],
         functions[name] = _FunctionCodegen(mod, name, kernel_index, constants, const_ids,
                                            unproved_calls).run(func)
     return functions, constants
-
-
-# -- shape expressions ---------------------------------------------------------------
-
-_PY_BINARY = {E.Add: "+", E.Sub: "-", E.Mul: "*", E.FloorDiv: "//", E.FloorMod: "%", E.Div: "/",
-              E.LT: "<", E.LE: "<=", E.GT: ">", E.GE: ">=", E.EQ: "==", E.NE: "!=",
-              E.And: "and", E.Or: "or"}
-
-
-def _text(e: E.PrimExpr) -> str:
-    """Readable text of a shape expression for error messages ("n * 2")."""
-    if isinstance(e, E.IntImm):
-        return str(e.value)
-    if isinstance(e, E.FloatImm):
-        return repr(e.value)
-    if isinstance(e, E.Var):
-        return e.name
-    if type(e) in (E.Min, E.Max):
-        return f"{type(e).__name__.lower()}({_text(e.a)}, {_text(e.b)})"
-    if type(e) in _PY_BINARY:
-        def side(x):
-            return f"({_text(x)})" if type(x) in _PY_BINARY else _text(x)
-        return f"{side(e.a)} {_PY_BINARY[type(e)]} {side(e.b)}"
-    return repr(e)
-
-
-def _vars_in(e: E.PrimExpr, out: list) -> list:
-    if isinstance(e, E.Var):
-        out.append(e)
-    for f in ("a", "b", "value", "condition", "true_value", "false_value"):
-        sub = getattr(e, f, None)
-        if isinstance(sub, E.PrimExpr):
-            _vars_in(sub, out)
-    for sub in getattr(e, "args", ()) or ():
-        _vars_in(sub, out)
-    return out
 
 
 class _FunctionCodegen:
@@ -138,8 +103,8 @@ class _FunctionCodegen:
             return f"h[{self.syms[e]}]"
         if type(e) in (E.Min, E.Max):
             return f"{type(e).__name__.lower()}({self.py(e.a)}, {self.py(e.b)})"
-        if type(e) in _PY_BINARY:
-            return f"({self.py(e.a)} {_PY_BINARY[type(e)]} {self.py(e.b)})"
+        if type(e) in E.INFIX:   # the same spelling in Python: // and % floor, / true
+            return f"({self.py(e.a)} {E.INFIX[type(e)]} {self.py(e.b)})"
         if isinstance(e, E.Not):
             return f"(not {self.py(e.a)})"
         if isinstance(e, E.Cast):
@@ -189,12 +154,12 @@ class _FunctionCodegen:
                 self.bound.add(d)
                 out.append(["b", self.syms[d], d.name])
             else:
-                missing = [v.name for v in _vars_in(d, []) if v not in self.syms]
+                missing = [v.name for v in free_vars(d) if v not in self.syms]
                 if missing:
-                    raise self.error(f"{what}: dim {_text(d)} mentions {missing[0]!r}, which no "
+                    raise self.error(f"{what}: dim {E.fmt_expr(d, bare=True)} mentions {missing[0]!r}, which no "
                                      f"parameter or match_cast binds; give {missing[0]!r} a bare "
                                      "occurrence (a dim that is just the variable)")
-                out.append(["e", self.py(d), _text(d)])
+                out.append(["e", self.py(d), E.fmt_expr(d, bare=True)])
         return out
 
     def ret_pattern(self, sinfo) -> dict:

@@ -1,19 +1,15 @@
-"""compiler.distributed: device meshes, placements, sharding propagation and lowering."""
+"""compiler.distributed: device meshes, placements, sharding propagation and lowering.
+
+The operators' sharding rules live with the operators (compiler/op/sharding.py); this
+package depends on them, never the other way round."""
+from .lower_local import LowerToLocalView
+from .lowering import DistributedLowering
 from .mesh import DeviceMesh, lookup_mesh, parse_mesh_ref
 from .placement import (Layout, Partial, Placement, PlacementSpec, Replicate, Shard, format_placement,
                         normalize_placement, parse_placement)
+from .propagate import PropagateSharding
+from .report import ShardingReport, describe
 
-# Passes load on first use (they import the operators, which import this package).
-_LAZY_PASSES = {"LowerToLocalView": "lower_local", "DistributedLowering": "lowering"}
-_LAZY_PASSES.update(PropagateSharding="propagate", describe="report",
-                    ShardingReport="report")
-
-
-def __getattr__(name: str):
-    module = _LAZY_PASSES.get(name)
-    if module is None:
-        raise AttributeError(f"module 'compiler.distributed' has no attribute {name!r}")
-    import importlib
-    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
-    globals()[name] = value
-    return value
+__all__ = ["DeviceMesh", "DistributedLowering", "Layout", "LowerToLocalView", "Partial", "Placement",
+           "PlacementSpec", "PropagateSharding", "Replicate", "Shard", "ShardingReport", "describe",
+           "format_placement", "lookup_mesh", "normalize_placement", "parse_mesh_ref", "parse_placement"]

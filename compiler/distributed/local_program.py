@@ -3,7 +3,7 @@
 Each worker runs the program on its local slices, so the copy's buffers take the
 local shapes and the loops over sharded dims cover only the local extent. That is
 the same computation as the global one exactly when every sharded dim is indexed
-by a plain iteration variable (the access analysis of rules.call_tir_rule: spatial
+by a plain iteration variable (the access analysis of compiler/op/sharding.call_tir_rule: spatial
 dims shared by inputs and output, or a summed reduction dim whose partial sums are
 all-reduced afterwards). `localize` checks that and rewrites; anything it cannot
 prove safe is a ShardingError instead of wrong code:

@@ -36,7 +36,8 @@ from typing import Any, Optional
 from ..ir import arith
 from ..ir import graph as G
 from ..ir.errors import ShardingError
-from ..ir.expr import IntImm, PrimExpr, Var as SymVar
+from ..ir.expr import IntImm, PrimExpr, Var as SymVar, fmt_shape, fmt_sinfo
+from ..ir.expr import dim_value as expr_dim_value
 from ..ir.module import IRModule
 from ..ir.struct_info import (DTensorStructInfo, FuncStructInfo, StructInfo, TensorStructInfo,
                               TupleStructInfo)
@@ -181,7 +182,7 @@ class _Lowerer:
                     if isinstance(d, IntImm) and d.value % f:
                         raise ShardingError(
                             f"function {self.name!r}, {where}: dim {i} of shape "
-                            f"{_fmt(s.tensor.shape)} is {d.value}, not divisible by the {f} devices "
+                            f"{fmt_shape(s.tensor.shape)} is {d.value}, not divisible by the {f} devices "
                             f"of placement {s.placement_text!r} on mesh {self.mesh_ref} {self.mesh.shape}")
                     d = arith.simplify(d // f)
                 shape.append(d)
@@ -274,7 +275,7 @@ class _Lowerer:
             all(arith.prove_equal(a, b) for a, b in zip(got.shape, want.shape))))
         if not ok:
             raise ShardingError(f"function {self.name!r}, {where}: the local operator gives "
-                                f"{_fmt_sinfo(got)} but its placement needs {_fmt_sinfo(want)}; "
+                                f"{fmt_sinfo(got)} but its placement needs {fmt_sinfo(want)}; "
                                 "the placements of this operator's arguments and result do not "
                                 "match its sharding rule")
 
@@ -440,16 +441,6 @@ class _Lowerer:
         return ccl.local_slice(e, step.dim, **group)
 
 
-def _fmt(shape) -> str:
-    from ..op._infer import fmt_shape
-    return fmt_shape(shape)
-
-
-def _fmt_sinfo(s: TensorStructInfo) -> str:
-    from ..op._infer import fmt_sinfo
-    return fmt_sinfo(s)
-
-
 def lowered_signature(func: G.Function, mod: IRModule) -> dict:
     """Parameters and result of a (not yet lowered) function: name, global shape (ints or
     symbol names), dtype and placement text ("R" for plain tensors), for the runtime."""
@@ -471,6 +462,6 @@ def lowered_signature(func: G.Function, mod: IRModule) -> dict:
 
 
 def dim_value(d: PrimExpr) -> Any:
-    """A dim for metadata: its int, a symbol's name, or the expression's text."""
+    """A dim for metadata: its int, else its text ("n", "(n * 2)")."""
     v = arith.as_int(d)
-    return v if v is not None else str(d.name) if isinstance(d, SymVar) else _fmt([d])[1:-1]
+    return v if v is not None else expr_dim_value(d)

@@ -3,10 +3,10 @@ infos under "mesh" and referred to as "mesh[0]", "mesh[1]", ..."""
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass
 
 from ..ir.errors import ShardingError
+from ..ir.struct_info import parse_mesh_ref
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,17 +41,6 @@ class DeviceMesh:
             coord.append(idx % extent)
             idx //= extent
         return tuple(reversed(coord))
-
-
-_MESH_REF = re.compile(r"^(\w+)\[(\d+)\]$")
-
-
-def parse_mesh_ref(ref: str) -> tuple[str, int]:
-    """"mesh[0]" -> ("mesh", 0)."""
-    m = _MESH_REF.match(ref)
-    if m is None:
-        raise ShardingError(f"bad device mesh reference {ref!r}; expected e.g. 'mesh[0]'")
-    return m.group(1), int(m.group(2))
 
 
 def lookup_mesh(global_infos, ref: str) -> DeviceMesh:

@@ -26,10 +26,10 @@ from typing import Any, Union
 from ..ir import arith
 from ..ir import graph as G
 from ..ir.errors import ShardingError
-from ..ir.expr import dtype_bytes
+from ..ir.expr import dim_value, dtype_bytes, fmt_shape
 from ..ir.module import IRModule
 from ..ir.struct_info import DTensorStructInfo
-from . import rules
+from ..op import sharding as rules
 from .conversion import COLLECTIVES, collective_bytes, conversion_steps, step_bytes
 from .dtensor import function_mesh, uses_mesh, variables
 from .mesh import lookup_mesh
@@ -64,17 +64,12 @@ class ShardingReport:
 
 
 def _fmt(shape: Any) -> str:
-    if shape is None:
-        return "-"
-    return "(" + ", ".join(str(d) for d in shape) + ("," if len(shape) == 1 else "") + ")"
+    return "-" if shape is None else fmt_shape(shape)
 
 
 def _dim(d) -> Any:
     v = arith.as_int(d)
-    if v is not None:
-        return v
-    from ..op._infer import fmt_expr
-    return fmt_expr(arith.simplify(d))
+    return v if v is not None else dim_value(arith.simplify(d))
 
 
 def describe(mod: IRModule, func: str = "main") -> ShardingReport:

@@ -21,7 +21,7 @@ from typing import Any, Optional
 from ..ir import graph as G
 from ..ir.errors import ShardingError
 from ..ir.struct_info import DTensorStructInfo, TupleStructInfo
-from . import rules
+from ..op import sharding as rules
 from .conversion import conversion_steps
 from .placement import Partial, Replicate, format_placement
 from .solve import ANNOTATE, REDISTRIBUTE, Solution

@@ -41,7 +41,7 @@ from ..ir import graph as G
 from ..ir.errors import ShardingError
 from ..ir.module import IRModule
 from ..ir.struct_info import DTensorStructInfo, TupleStructInfo, placement_spec
-from . import rules
+from ..op import sharding as rules
 from .conversion import conversion_cost
 from .dtensor import function_mesh
 from .mesh import DeviceMesh, lookup_mesh

@@ -31,7 +31,7 @@ import numpy as np
 
 from .attrs import Attrs
 from .errors import CompilerError, StructInfoError
-from .expr import IntImm, PrimExpr, Var as SizeVar, as_expr
+from .expr import IntImm, Var as SizeVar, as_expr
 from .graph import (BaseFunc, Binding, BindingBlock, Call, Constant, DataflowBlock, DataflowVar,
                     DataTypeImm, Expr, ExternFunc, Function, GlobalVar, If, MatchCast, Op,
                     PrimValue, SeqExpr, ShapeExpr, StringImm, Tuple, TupleGetItem, Var, VarBinding)
@@ -403,8 +403,8 @@ class BlockBuilder:
     def _call_sinfo(self, call: Call) -> StructInfo:
         op = call.op
         if isinstance(op, Op):
-            from ..op.registry import _OPS, infer_call
-            if op.name in _OPS:
+            from ..op.registry import find_op, infer_call
+            if find_op(op.name) is not None:
                 return infer_call(call).struct_info
             if call.sinfo_args:
                 return call.sinfo_args[0]

@@ -1,5 +1,11 @@
 """Error types of the compiler. Each message names the operator or pass, the
-argument or variable, what was expected and what was given."""
+argument or variable, what was expected and what was given.
+
+They live here, below every package of `compiler`, so that any module can raise or
+catch any of them without importing the stage that usually raises it (codegen need
+not import `build` for BuildError). The modules that raise them re-export them under
+their old names (`compiler.build.BuildError`, `compiler.codegen.c.CodegenError`, ...).
+"""
 
 
 class CompilerError(Exception):
@@ -35,3 +41,24 @@ class ParseError(CompilerError, SyntaxError):
 
 class ShardingError(CompilerError):
     """Sharding annotations that cannot be satisfied."""
+
+
+class LegalizeError(CompilerError):
+    """An operator call that cannot be turned into a tensor program."""
+
+
+class ScheduleError(CompilerError):
+    """A schedule primitive that cannot be applied; says which loop or block and why."""
+
+
+class CodegenError(CompilerError):
+    """A tensor program that the C or CUDA backend cannot translate."""
+
+
+class BuildError(CompilerError):
+    """A module that cannot be built for the target."""
+
+
+class CallShapeError(BuildError):
+    """A call of a tensor program passes tensors its buffers provably do not accept
+    (compiler/codegen/verify_calls.py)."""

@@ -361,29 +361,66 @@ def logical_or(a: ExprLike, b: ExprLike) -> PrimExpr:
     return _binary(Or, a, b)
 
 
-# Short renderings for error messages --------------------------------------------------
+# Renderings for messages ---------------------------------------------------------------
+#
+# The one place that turns expressions and shapes into text for people: error
+# messages, the VM's shape patterns (compiler/codegen/vm_codegen.py) and reports.
 
-_SYM = {Add: "+", Sub: "-", Mul: "*", FloorDiv: "//", FloorMod: "%", Div: "/"}
+# The infix spelling of each binary operation, which is also Python's (// and % floor,
+# / true division), so the VM evaluates shape expressions written with it.
+INFIX = {Add: "+", Sub: "-", Mul: "*", FloorDiv: "//", FloorMod: "%", Div: "/",
+         LT: "<", LE: "<=", GT: ">", GE: ">=", EQ: "==", NE: "!=", And: "and", Or: "or"}
 
 
-def fmt_expr(e) -> str:
-    """A short infix rendering of a PrimExpr for messages (`(n * 2)`)."""
+def fmt_expr(e, *, bare: bool = False) -> str:
+    """A short infix rendering of a PrimExpr for messages, every operation in
+    parentheses: `(n * 2)`, `((n + 1) // 2)`, `max((n * 2), 4)`. `bare=True`
+    parenthesizes an operation only where it is the operand of another: `n * 2`,
+    `(n + 1) // 2`, `max(n * 2, 4)` (the VM's shape patterns read so). A plain int or
+    str (a dim already rendered, as dim_value gives) stands for itself."""
+    if isinstance(e, str):
+        return e
+    if isinstance(e, int) and not isinstance(e, bool):
+        return str(e)
     if isinstance(e, IntImm):
         return str(e.value)
     if isinstance(e, FloatImm):
         return repr(e.value)
     if isinstance(e, Var):
         return e.name
-    if type(e) in _SYM:
-        return f"({fmt_expr(e.a)} {_SYM[type(e)]} {fmt_expr(e.b)})"
+    if type(e) in INFIX:
+        text = f"{_operand(e.a, bare)} {INFIX[type(e)]} {_operand(e.b, bare)}"
+        return text if bare else f"({text})"
     if isinstance(e, (Min, Max)):
-        return f"{type(e).__name__.lower()}({fmt_expr(e.a)}, {fmt_expr(e.b)})"
+        return f"{type(e).__name__.lower()}({fmt_expr(e.a, bare=bare)}, {fmt_expr(e.b, bare=bare)})"
     return repr(e)
 
 
-def fmt_shape(shape) -> str:
-    """`(n, 4)` / `(4,)` / `(unknown)` for messages."""
+def _operand(e, bare: bool) -> str:
+    text = fmt_expr(e, bare=bare)
+    return f"({text})" if bare and type(e) in INFIX else text
+
+
+def fmt_shape(shape, *, bare: bool = False) -> str:
+    """`(n, 4)` / `(4,)` / `(unknown)` for messages; `bare` as in fmt_expr, per dim."""
     if shape is None:
         return "(unknown)"
-    inner = ", ".join(fmt_expr(d) for d in shape)
+    inner = ", ".join(fmt_expr(d, bare=bare) for d in shape)
     return f"({inner},)" if len(shape) == 1 else f"({inner})"
+
+
+def fmt_sinfo(sinfo) -> str:
+    """The shape of a TensorStructInfo for messages: fmt_shape, or `unknown shape
+    (ndim=2)` when only the rank is known."""
+    if sinfo.shape is None:
+        return f"unknown shape (ndim={sinfo.ndim})"
+    return fmt_shape(sinfo.shape)
+
+
+def dim_value(d, *, bare: bool = False):
+    """A dim as plain data: its int when it is a constant, else its text (fmt_expr)."""
+    if isinstance(d, IntImm):
+        return d.value
+    if isinstance(d, int) and not isinstance(d, bool):
+        return d
+    return fmt_expr(d, bare=bare)

@@ -7,6 +7,7 @@ on a device mesh and how it is split (filled in by compiler.distributed).
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any, Optional, Union
 
@@ -103,6 +104,17 @@ class DTensorStructInfo(StructInfo):
         return format_placement(self.placement)
 
 
+_MESH_REF = re.compile(r"^(\w+)\[(\d+)\]$")
+
+
+def parse_mesh_ref(ref: str) -> tuple[str, int]:
+    """"mesh[0]" -> ("mesh", 0): a device mesh in the module's global infos."""
+    m = _MESH_REF.match(ref) if isinstance(ref, str) else None
+    if m is None:
+        raise ShardingError(f"bad device mesh reference {ref!r}; expected e.g. 'mesh[0]'")
+    return m.group(1), int(m.group(2))
+
+
 def placement_spec(value: Union[str, PlacementSpec], ndim: int = -1) -> PlacementSpec:
     """A placement (text or spec) as a spec, shard dims resolved against rank `ndim`
     when it is known; ShardingError (the compiler's error) when it is malformed."""
@@ -118,10 +130,17 @@ def tensor_sinfo(shape, dtype: str = "float32") -> TensorStructInfo:
     return TensorStructInfo(tuple(as_expr(d) for d in shape) if shape is not None else None, dtype)
 
 
+def tensor_view(sinfo: Any) -> Optional[TensorStructInfo]:
+    """The tensor a Tensor struct info describes (itself) or a DTensor's global view;
+    None for any other struct info."""
+    if isinstance(sinfo, DTensorStructInfo):
+        return sinfo.tensor
+    if isinstance(sinfo, TensorStructInfo):
+        return sinfo
+    return None
+
+
 def get_shape(sinfo: Any) -> Optional[tuple[PrimExpr, ...]]:
     """Shape of a Tensor or DTensor struct info (global view), else None."""
-    if isinstance(sinfo, DTensorStructInfo):
-        return sinfo.tensor.shape
-    if isinstance(sinfo, TensorStructInfo):
-        return sinfo.shape
-    return None
+    t = tensor_view(sinfo)
+    return None if t is None else t.shape

@@ -10,7 +10,12 @@ Two families, because the IR has two levels:
 - `StmtExprVisitor` / `StmtExprMutator` walk tensor programs: statements and
   scalar expressions, buffer loads and stores included (`visit_for`,
   `visit_buffer_store`, `visit_buffer_load`, `visit_add`, ..., and `visit_buffer`
-  at every place a buffer is named).
+  at every place a buffer is named). For a rewrite that is one function rather than
+  a class, `walk(node)` lists a tensor program's nodes and `rewrite(node, pre)`
+  rebuilds it with `pre`'s replacements (`substitute_vars`, `replace_node` and
+  `vars_in` are made of them). Both kinds enter the same nodes: statements, scalar
+  expressions, block iterators, ranges and tuples of them; buffers and Vars are
+  leaves (buffer shapes are not entered).
 
 Mutators are copy-on-write: a node is rebuilt (with `dataclasses.replace`) only
 when one of its children changed, so `mutator.visit_expr(e) is e` tells a pass
@@ -24,13 +29,14 @@ from __future__ import annotations
 
 import re
 from dataclasses import fields, is_dataclass, replace
-from typing import Any, Callable, Optional, Union
+from typing import Any, Callable, Iterator, Optional, Union
 
 from . import expr as E
 from . import graph as G
 from . import tir as T
 
-__all__ = ["ExprVisitor", "ExprMutator", "StmtExprVisitor", "StmtExprMutator", "post_order_visit"]
+__all__ = ["ExprVisitor", "ExprMutator", "StmtExprVisitor", "StmtExprMutator", "post_order_visit",
+           "walk", "rewrite", "substitute_vars", "replace_node", "vars_in"]
 
 _SNAKE = re.compile(r"(?<!^)(?=[A-Z])")
 _METHOD_CACHE: dict[tuple[type, type, str], Optional[str]] = {}
@@ -57,8 +63,17 @@ def _dispatch(self: Any, node: Any, prefix: str, base: type) -> Optional[Callabl
     return getattr(self, name) if name else None
 
 
+_FIELD_NAMES: dict[type, tuple[str, ...]] = {}
+
+
 def _children(node: Any) -> list[tuple[str, Any]]:
-    return [(f.name, getattr(node, f.name)) for f in fields(node)] if is_dataclass(node) else []
+    """(field name, value) of every field of a dataclass node; [] for anything else."""
+    cls = type(node)
+    names = _FIELD_NAMES.get(cls)
+    if names is None:
+        names = tuple(f.name for f in fields(node)) if is_dataclass(node) else ()
+        _FIELD_NAMES[cls] = names
+    return [(name, getattr(node, name)) for name in names]
 
 
 # Graph level --------------------------------------------------------------------------
@@ -270,9 +285,6 @@ def _same(new, old) -> bool:
 # Tensor programs ------------------------------------------------------------------------
 
 
-_TIR_NODES = (T.Stmt, E.PrimExpr, T.IterVar, T.Range)
-
-
 class StmtExprVisitor:
     """Read-only walk of tensor programs. `visit_stmt` and `visit_prim_expr`
     dispatch to `visit_<snake_class>` (`visit_for`, `visit_buffer_load`, ...)
@@ -364,6 +376,63 @@ class StmtExprMutator:
             new = tuple(self._visit_any(x) for x in v)
             return v if _same(new, v) else new
         return v
+
+
+# Tensor programs as functions ---------------------------------------------------------
+
+_ENTERED = (T.Stmt, E.PrimExpr, T.IterVar, T.Range, tuple)   # what walk/rewrite go into
+
+
+def walk(node: Any) -> Iterator[Any]:
+    """`node` and everything under it, pre-order: statements, expressions, block
+    iterators, ranges, tuples, and the buffers held in tuples (`alloc_buffers`)."""
+    yield node
+    if isinstance(node, tuple):
+        for x in node:
+            yield from walk(x)
+    elif isinstance(node, _ENTERED) and not isinstance(node, E.Var):
+        for _, sub in _children(node):
+            if isinstance(sub, _ENTERED):
+                yield from walk(sub)
+
+
+def rewrite(node: Any, pre: Callable[[Any], Optional[Any]]) -> Any:
+    """`node` rebuilt with replacements: where `pre(n)` is not None it replaces `n`
+    (and is not entered); everything else is rebuilt from its rewritten children.
+    Copy-on-write: an unchanged subtree is returned as is (`rewrite(x, pre) is x`)."""
+    out = pre(node)
+    if out is not None:
+        return out
+    if isinstance(node, tuple):
+        items = tuple(rewrite(x, pre) for x in node)
+        return node if _same(items, node) else items
+    if isinstance(node, _ENTERED) and not isinstance(node, E.Var):
+        changes = {}
+        for name, old in _children(node):
+            if isinstance(old, _ENTERED):
+                new = rewrite(old, pre)
+                if new is not old:
+                    changes[name] = new
+        return replace(node, **changes) if changes else node
+    return node
+
+
+def substitute_vars(node: Any, vmap: dict[int, Any]) -> Any:
+    """`node` (statements too) with each Var whose id is a key of `vmap` replaced by
+    its value. (`arith.substitute` does one expression, keyed by the Vars.)"""
+    if not vmap:
+        return node
+    return rewrite(node, lambda n: vmap.get(id(n)) if isinstance(n, E.Var) else None)
+
+
+def replace_node(root: Any, target: Any, new: Any) -> Any:
+    """`root` with the node `target` (found by identity) replaced by `new`."""
+    return rewrite(root, lambda n: new if n is target else None)
+
+
+def vars_in(node: Any) -> set[int]:
+    """The ids of the Vars under `node` (loop vars and block iterators included)."""
+    return {id(n) for n in walk(node) if isinstance(n, E.Var)}
 
 
 # post-order -------------------------------------------------------------------------

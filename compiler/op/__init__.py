@@ -5,8 +5,11 @@ constructor is also reachable by its script name through `get_op("R.add")`, and
 `script_namespace()` maps every `R.xxx` name (operators and value constructors
 such as `R.const`) to what the script's call should invoke.
 """
-from .registry import OpDef, OpPattern, get_op, list_ops, make_call, infer_call, register_op
-from . import _infer, builtin, binary, create, linear_algebra, manipulate, nn, reduce, unary
+# The operators import only compiler.ir (and disco's placement types): their sharding
+# rules live here (sharding.py), so compiler.distributed, whose passes import the
+# operators, is never a dependency of theirs.
+from .registry import OpDef, OpPattern, find_op, get_op, list_ops, make_call, infer_call, register_op
+from . import infer, builtin, binary, create, linear_algebra, manipulate, nn, reduce, unary
 from . import memory  # R.memory.*: explicit storage, written by PlanMemory
 from . import dist  # R.dist.*: sharding annotations and conversions
 from . import ccl  # R.ccl.*: collectives of the local view, written by LowerToLocalView

@@ -32,7 +32,7 @@ from typing import Any, Callable, Optional, Sequence
 from .. import te
 from ..ir import arith
 from ..ir import expr as E
-from ..ir.errors import CompilerError, ShapeError
+from ..ir.errors import LegalizeError, ShapeError
 from ..ir.graph import Call, Expr, Tuple, TupleGetItem
 from ..ir.struct_info import TensorStructInfo, TupleStructInfo
 from ..ir.tir import Buffer, PrimFunc
@@ -41,10 +41,6 @@ from .registry import get_op
 
 # Legalizations compute float16/bfloat16 reductions in this dtype, then round once.
 ACC_DTYPE = {"float16": "float32", "bfloat16": "float32"}
-
-
-class LegalizeError(CompilerError):
-    """An operator call that cannot be turned into a tensor program."""
 
 
 def acc_dtype(dtype: str) -> str:

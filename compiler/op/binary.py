@@ -2,7 +2,7 @@
 
 Both arguments must be tensors of the same dtype (no implicit promotion, as in TVM);
 arithmetic ops return that dtype, comparisons return "bool". Shapes broadcast as in
-numpy; for symbolic dims see the policy in _infer.py (error only on provably
+numpy; for symbolic dims see the policy in infer.py (error only on provably
 different dims; `n` vs `m` gives `n`; `n` vs 4 gives 4).
 """
 from __future__ import annotations
@@ -11,10 +11,10 @@ from ..ir.graph import Call
 from ..ir.struct_info import StructInfo, TensorStructInfo
 from .. import te
 from ..ir import expr as E
-from . import _infer as I
+from . import infer as I
 from ._legalize import broadcast_compute, call_te, out_shape
 from .registry import BROADCAST, OpDef, make_call, register_op
-from ..distributed import rules as _sharding
+from . import sharding as _sharding
 
 
 def _rule(compare: bool):

@@ -15,13 +15,14 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
+from . import sharding as _sharding
 from ..ir.errors import DTypeError, ShapeError, StructInfoError
 from ..ir.expr import IntImm
 from ..ir.graph import (Call, Constant, DataTypeImm, Expr, ExternFunc, GlobalVar, Op, PrimValue,
                         ShapeExpr, StringImm, Tuple)
 from ..ir.struct_info import (ObjectStructInfo, StructInfo, TensorStructInfo, TupleStructInfo)
 from ..ir.attrs import Attrs
-from . import _infer as I
+from . import infer as I
 from .registry import OPAQUE, make_call, register_op
 
 
@@ -201,18 +202,16 @@ for _opdef in (call_tir, call_dps_packed):
 @call_tir.sharding
 def _call_tir_sharding(call: Call, mod=None):
     """Placements from the callee's loop/buffer access patterns
-    (compiler/distributed/rules.call_tir_rule); needs the module holding the callee."""
-    from ..distributed import rules
+    (compiler/op/sharding.call_tir_rule); needs the module holding the callee."""
     if mod is None or call.args[0].name_hint not in mod:
-        return rules.opaque(call)
-    return rules.call_tir_rule(call, mod[call.args[0].name_hint])
+        return _sharding.opaque(call)
+    return _sharding.call_tir_rule(call, mod[call.args[0].name_hint])
 
 
 @call_dps_packed.sharding
 def _call_dps_packed_sharding(call: Call, mod=None):
     """An external function's meaning is unknown: everything replicated."""
-    from ..distributed import rules
-    return rules.opaque(call)
+    return _sharding.opaque(call)
 
 
 # call_pure_packed / call_packed: a runtime function called with its arguments flat ----------

@@ -25,7 +25,7 @@ from ..ir.errors import ShapeError, StructInfoError
 from ..ir.expr import IntImm
 from ..ir.graph import Call
 from ..ir.struct_info import StructInfo, TensorStructInfo
-from . import _infer as I
+from . import infer as I
 from .builtin import call_pure_packed, prim_value, shape as shape_expr, string_imm
 from .registry import OPAQUE, make_call, register_op
 

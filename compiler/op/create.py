@@ -14,14 +14,14 @@ from typing import Any, Optional
 
 from ..ir import arith
 from ..ir.errors import ShapeError, StructInfoError
-from ..ir.expr import FloatImm, IntImm, PrimExpr, is_float_dtype
+from ..ir.expr import FloatImm, IntImm, PrimExpr, fmt_expr, fmt_sinfo, is_float_dtype
 from ..ir.graph import Call, Constant, Expr, PrimValue
 from ..ir.struct_info import PrimStructInfo, StructInfo, TensorStructInfo
 from .. import te
-from . import _infer as I
+from . import infer as I
 from ._legalize import call_te, out_dtype, out_shape
 from .registry import ELEMWISE, INJECTIVE, make_call, register_op
-from ..distributed import rules as _sharding
+from . import sharding as _sharding
 
 
 def _fill(op: str, fill_value: Any) -> Expr:
@@ -34,7 +34,7 @@ def _fill(op: str, fill_value: Any) -> Expr:
 def _scalar(op: str, call: Call, index: int, name: str) -> TensorStructInfo:
     s = I.tensor_arg(op, call, index, name)
     if s.ndim > 0:
-        raise ShapeError(f"{op}: {name} must be a scalar (0-d tensor), got shape {I.fmt_sinfo(s)}")
+        raise ShapeError(f"{op}: {name} must be a scalar (0-d tensor), got shape {fmt_sinfo(s)}")
     return s
 
 
@@ -202,7 +202,7 @@ def _arange(call: Call) -> StructInfo:
         return TensorStructInfo((IntImm(n),), dtype)
     if not isinstance(step, IntImm) or step.value == 0:
         raise ShapeError(f"{op}: with symbolic bounds, step must be a non-zero int constant, "
-                         f"got {I.fmt_expr(step)}")
+                         f"got {fmt_expr(step)}")
     # In-range assumption for symbolic bounds: the count is ceil((end - start) / step).
     n = end - start if step.value > 0 else start - end
     k = abs(step.value)

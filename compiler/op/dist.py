@@ -9,19 +9,17 @@ collectives (compiler/op/ccl.py). Both are handled by PropagateSharding itself
 """
 from __future__ import annotations
 
-from ..ir.errors import StructInfoError
-from ..ir.graph import Call
 from disco.placement import format_placement
 
-from ..ir.struct_info import DTensorStructInfo, StructInfo, TensorStructInfo, placement_spec
-from . import _infer as I
+from ..ir.graph import Call
+from ..ir.struct_info import DTensorStructInfo, StructInfo, parse_mesh_ref, placement_spec
+from . import infer as I
 from .registry import OPAQUE, make_call, register_op
 
 
 def _attrs(device_mesh: str, placement) -> dict:
     """The call's attrs, checked: the mesh reference and the placement in text form (the
     script's; a spec of disco.placement types is accepted too)."""
-    from ..distributed.mesh import parse_mesh_ref
     parse_mesh_ref(device_mesh)
     return {"device_mesh": device_mesh, "placement": format_placement(placement_spec(placement))}
 
@@ -36,14 +34,7 @@ def redistribute(x, device_mesh: str, placement: str) -> Call:
 
 @redistribute.infer
 def _redistribute(call: Call) -> StructInfo:
-    x = call.args[0].struct_info
-    if isinstance(x, DTensorStructInfo):
-        t = x.tensor
-    elif isinstance(x, TensorStructInfo):
-        t = x
-    else:
-        raise StructInfoError(f"R.dist.redistribute: x must be a tensor, got "
-                              f"{type(x).__name__ if x is not None else 'no struct info'}")
+    t = I.tensor_arg("R.dist.redistribute", call, 0, "x")
     return DTensorStructInfo(t, call.attrs["device_mesh"], call.attrs["placement"])
 
 
@@ -59,8 +50,5 @@ def annotate_sharding(x, device_mesh: str, placement: str) -> Call:
 
 @annotate_sharding.infer
 def _annotate_sharding(call: Call) -> StructInfo:
-    x = call.args[0].struct_info
-    if not isinstance(x, (DTensorStructInfo, TensorStructInfo)):
-        raise StructInfoError(f"R.dist.annotate_sharding: x must be a tensor, got "
-                              f"{type(x).__name__ if x is not None else 'no struct info'}")
-    return x       # an identity on values; the placement is a constraint for propagation
+    I.tensor_arg("R.dist.annotate_sharding", call, 0, "x")     # a Tensor or a DTensor
+    return call.args[0].struct_info       # an identity on values; the placement is a constraint for propagation

@@ -19,12 +19,12 @@ from __future__ import annotations
 
 import math
 
-from ..distributed import rules as _sharding
+from . import sharding as _sharding
 from ..ir.errors import ShapeError, StructInfoError
-from ..ir.expr import IntImm
+from ..ir.expr import IntImm, fmt_shape, fmt_sinfo
 from ..ir.graph import Call
 from ..ir.struct_info import ObjectStructInfo, StructInfo, TensorStructInfo
-from . import _infer as I
+from . import infer as I
 from .builtin import call_dps_packed, call_pure_packed, prim_value
 from .registry import OPAQUE, make_call, register_op
 
@@ -55,7 +55,7 @@ def _positions(call: Call) -> StructInfo:
     _cache_arg(op, call, 0)
     ids = I.tensor_arg(op, call, 1, "input_ids")
     if ids.ndim >= 0 and ids.ndim != 1:
-        raise ShapeError(f"{op}: input_ids has shape {I.fmt_sinfo(ids)}; expected 1 dim (tokens)")
+        raise ShapeError(f"{op}: input_ids has shape {fmt_sinfo(ids)}; expected 1 dim (tokens)")
     return TensorStructInfo(ids.shape, "int64", 1)
 
 
@@ -99,14 +99,14 @@ def _attention(call: Call) -> StructInfo:
     _cache_arg(op, call, 3)
     for name, t in named:
         if t.ndim >= 0 and t.ndim != 3:
-            raise ShapeError(f"{op}: {name} has shape {I.fmt_sinfo(t)}; expected 3 dims "
+            raise ShapeError(f"{op}: {name} has shape {fmt_sinfo(t)}; expected 3 dims "
                              f"(tokens, heads, head_dim)")
     if q.shape is not None and k.shape is not None and v.shape is not None:
         if I.dims_differ(k.shape[0], q.shape[0]) or I.dims_differ(v.shape[0], q.shape[0]):
             raise ShapeError(f"{op}: q, k and v must have the same number of tokens, got "
-                             f"{I.fmt_shape(q.shape)}, {I.fmt_shape(k.shape)}, {I.fmt_shape(v.shape)}")
+                             f"{fmt_shape(q.shape)}, {fmt_shape(k.shape)}, {fmt_shape(v.shape)}")
         if any(I.dims_differ(a, b) for a, b in zip(k.shape, v.shape)):
-            raise ShapeError(f"{op}: k has shape {I.fmt_shape(k.shape)} but v {I.fmt_shape(v.shape)}; "
+            raise ShapeError(f"{op}: k has shape {fmt_shape(k.shape)} but v {fmt_shape(v.shape)}; "
                              "expected the same")
         if I.dims_differ(k.shape[2], q.shape[2]):
             raise ShapeError(f"{op}: head_dim of q ({q.shape[2]}) and of k ({k.shape[2]}) differ")

@@ -3,18 +3,19 @@
 Batch dims broadcast; a 1-D x1 is treated as (1, k) and a 1-D x2 as (k, 1), with the
 added dim removed from the result. Without out_dtype both dtypes must be equal;
 with it, mixed inputs are allowed (e.g. float16 x float16 -> float32 accumulation).
-Contraction dims raise only when provably different (policy in _infer.py).
+Contraction dims raise only when provably different (policy in infer.py).
 """
 from __future__ import annotations
 
 from ..ir.errors import ShapeError
+from ..ir.expr import fmt_expr, fmt_shape
 from ..ir.graph import Call
 from ..ir.struct_info import StructInfo, TensorStructInfo
 from .. import te
-from . import _infer as I
+from . import infer as I
 from ._legalize import acc_dtype, broadcast_indices, call_te, out_dtype, out_shape
 from .registry import OUT_EWISE_FUSABLE, make_call, register_op
-from ..distributed import rules as _sharding
+from . import sharding as _sharding
 
 
 @register_op("relax.matmul", script="R.matmul", args=("x1", "x2"), attrs=("out_dtype",),
@@ -46,17 +47,17 @@ def _matmul(call: Call) -> StructInfo:
     k2 = b.shape[-2] if b.ndim >= 2 else b.shape[0]
     if I.dims_differ(k1, k2):
         where = "dim -2" if b.ndim >= 2 else "dim 0"
-        raise ShapeError(f"{op}: contraction dims differ: x1 has shape {I.fmt_shape(a.shape)} "
-                         f"(last dim {I.fmt_expr(k1)}), x2 has shape {I.fmt_shape(b.shape)} "
-                         f"({where} is {I.fmt_expr(k2)}); expected equal")
+        raise ShapeError(f"{op}: contraction dims differ: x1 has shape {fmt_shape(a.shape)} "
+                         f"(last dim {fmt_expr(k1)}), x2 has shape {fmt_shape(b.shape)} "
+                         f"({where} is {fmt_expr(k2)}); expected equal")
     batch_a = TensorStructInfo(a.shape[:-2], a.dtype)
     batch_b = TensorStructInfo(b.shape[:-2], b.dtype)
     try:
         batch = I.broadcast_shapes(op, [("x1", batch_a), ("x2", batch_b)])
     except ShapeError:
         raise ShapeError(f"{op}: batch dims do not broadcast: x1 has shape "
-                         f"{I.fmt_shape(a.shape)} (batch {I.fmt_shape(a.shape[:-2])}), x2 has "
-                         f"shape {I.fmt_shape(b.shape)} (batch {I.fmt_shape(b.shape[:-2])})") from None
+                         f"{fmt_shape(a.shape)} (batch {fmt_shape(a.shape[:-2])}), x2 has "
+                         f"shape {fmt_shape(b.shape)} (batch {fmt_shape(b.shape[:-2])})") from None
     out = batch + ((a.shape[-2],) if a.ndim >= 2 else ()) + ((b.shape[-1],) if b.ndim >= 2 else ())
     return TensorStructInfo(out, dtype)
 

@@ -3,7 +3,7 @@ split, strided_slice, take, broadcast_to, where, astype.
 
 Axes are kept in the attributes as the user wrote them (negative axes stay
 negative, so the printed text matches the source) and normalised by the rules.
-Symbolic dims follow the policy in _infer.py, except reshape, which (as TVM)
+Symbolic dims follow the policy in infer.py, except reshape, which (as TVM)
 requires the element counts to be provably equal (a -1 dim: the count provably
 divisible by the other dims), and split into equal sections, which requires the dim
 provably divisible. Slicing and splitting at symbolic points assume the bounds are
@@ -12,18 +12,18 @@ exact, clamping included.
 """
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any
 
 from ..ir import arith
 from ..ir.errors import ShapeError, StructInfoError
-from ..ir.expr import IntImm, PrimExpr, as_expr
+from ..ir.expr import IntImm, PrimExpr, as_expr, fmt_expr, fmt_shape, fmt_sinfo
 from ..ir.graph import Call
 from ..ir.struct_info import StructInfo, TensorStructInfo, TupleStructInfo
 from .. import te
-from . import _infer as I
+from . import infer as I
 from ._legalize import axes_of, broadcast_compute, call_te, int_attr, out_shape
 from .registry import BROADCAST, ELEMWISE, INJECTIVE, make_call, register_op
-from ..distributed import rules as _sharding
+from . import sharding as _sharding
 
 _BIG = 2**31 - 1   # bounds at or past this mean "to the end" (as in TVM / numpy slices)
 
@@ -48,7 +48,7 @@ def _reshape(call: Call) -> StructInfo:
     holes = [i for i, d in enumerate(new) if I.is_const(d, -1)]
     bad = [d for d in new if isinstance(d, IntImm) and d.value < -1]
     if len(holes) > 1 or bad:
-        raise ShapeError(f"{op}: new shape {I.fmt_shape(new)} may hold at most one -1 and no "
+        raise ShapeError(f"{op}: new shape {fmt_shape(new)} may hold at most one -1 and no "
                          f"other negative dims")
     if x.shape is None:
         return I.unknown_tensor(x.dtype, len(new)) if holes else TensorStructInfo(new, x.dtype)
@@ -62,9 +62,9 @@ def _reshape(call: Call) -> StructInfo:
             # As TVM: a reshape must keep the element count provably (not only possibly).
             hint = "" if I.dims_differ(in_count, out_count) else \
                 " (cannot prove them equal; state the relation with R.match_cast)"
-            raise ShapeError(f"{op}: cannot reshape x of shape {I.fmt_shape(x.shape)} "
-                             f"({I.fmt_expr(in_count)} elements) to {I.fmt_shape(new)} "
-                             f"({I.fmt_expr(out_count)} elements); expected equal counts{hint}")
+            raise ShapeError(f"{op}: cannot reshape x of shape {fmt_shape(x.shape)} "
+                             f"({fmt_expr(in_count)} elements) to {fmt_shape(new)} "
+                             f"({fmt_expr(out_count)} elements); expected equal counts{hint}")
     return TensorStructInfo(new, x.dtype)
 
 
@@ -76,18 +76,18 @@ def _inferred_dim(op: str, shape: tuple, new: tuple, in_count: PrimExpr, hole: i
     known = I.product([d for i, d in enumerate(new) if i != hole])
     if I.is_const(known, 1):
         return in_count
-    where = (f"{op}: cannot reshape x of shape {I.fmt_shape(shape)} "
-             f"({I.fmt_expr(in_count)} elements) to {I.fmt_shape(new)}")
+    where = (f"{op}: cannot reshape x of shape {fmt_shape(shape)} "
+             f"({fmt_expr(in_count)} elements) to {fmt_shape(new)}")
     if I.is_const(known, 0):
         raise ShapeError(f"{where}: the other dims have 0 elements, so -1 is undetermined")
     if isinstance(known, IntImm) and isinstance(in_count, IntImm):
         if in_count.value % known.value:
             raise ShapeError(f"{where}: {in_count.value} is not divisible by {known.value}")
     elif not arith.prove_divisible(in_count, known):
-        raise ShapeError(f"{where}: cannot prove {I.fmt_expr(in_count)} is divisible by "
-                         f"{I.fmt_expr(known)}, so -1 has no exact size; state the relation "
+        raise ShapeError(f"{where}: cannot prove {fmt_expr(in_count)} is divisible by "
+                         f"{fmt_expr(known)}, so -1 has no exact size; state the relation "
                          f"with R.match_cast (e.g. to a shape whose element count is a "
-                         f"multiple of {I.fmt_expr(known)})")
+                         f"multiple of {fmt_expr(known)})")
     return arith.simplify(in_count // known)
 
 
@@ -120,7 +120,7 @@ def _permute_dims(call: Call) -> StructInfo:
     axes = call.attrs.get("axes")
     if axes is not None and x.ndim >= 0 and len(axes) != x.ndim:
         raise ShapeError(f"{op}: axes {list(axes)} has {len(axes)} entries but x has {x.ndim} "
-                         f"dims (shape {I.fmt_sinfo(x)})")
+                         f"dims (shape {fmt_sinfo(x)})")
     ndim = len(axes) if axes is not None else x.ndim
     if ndim < 0:
         return I.unknown_tensor(x.dtype)
@@ -213,8 +213,8 @@ def _squeeze(call: Call) -> StructInfo:
     axes = I.normalize_axes(op, axis, x.ndim, "axis", x)
     for a in axes:
         if I.dims_differ(x.shape[a], 1):
-            raise ShapeError(f"{op}: cannot squeeze axis {a} of x with shape {I.fmt_shape(x.shape)}"
-                             f": its size is {I.fmt_expr(x.shape[a])}, expected 1")
+            raise ShapeError(f"{op}: cannot squeeze axis {a} of x with shape {fmt_shape(x.shape)}"
+                             f": its size is {fmt_expr(x.shape[a])}, expected 1")
     return TensorStructInfo(tuple(d for i, d in enumerate(x.shape) if i not in axes), x.dtype)
 
 
@@ -259,7 +259,7 @@ def _concat(call: Call) -> StructInfo:
     dtype = I.same_dtype(op, named)
     ndims = {s.ndim for _, s in named if s.ndim >= 0}
     if len(ndims) > 1:
-        given = ", ".join(f"{n} has shape {I.fmt_sinfo(s)}" for n, s in named)
+        given = ", ".join(f"{n} has shape {fmt_sinfo(s)}" for n, s in named)
         raise ShapeError(f"{op}: ranks differ: {given}; expected equal ranks")
     if not ndims:
         return I.unknown_tensor(dtype)
@@ -271,8 +271,8 @@ def _concat(call: Call) -> StructInfo:
     for name, s in named[1:]:
         for i in range(ndim):
             if i != axis and I.dims_differ(first.shape[i], s.shape[i]):
-                raise ShapeError(f"{op}: {first_name} has shape {I.fmt_shape(first.shape)} and "
-                                 f"{name} has shape {I.fmt_shape(s.shape)}; dim {i} differs "
+                raise ShapeError(f"{op}: {first_name} has shape {fmt_shape(first.shape)} and "
+                                 f"{name} has shape {fmt_shape(s.shape)}; dim {i} differs "
                                  f"(only axis {axis} may differ)")
     total: PrimExpr = named[0][1].shape[axis]
     for _, s in named[1:]:
@@ -352,14 +352,14 @@ def _section(op: str, shape: tuple, axis: int, sections: int) -> PrimExpr:
     dim = shape[axis]
     if sections == 1:
         return dim
-    where = (f"{op}: cannot split axis {axis} of x with shape {I.fmt_shape(shape)} into "
+    where = (f"{op}: cannot split axis {axis} of x with shape {fmt_shape(shape)} into "
              f"{sections} equal sections")
     if isinstance(dim, IntImm):
         if dim.value % sections:
             raise ShapeError(f"{where} ({dim.value} is not divisible by {sections})")
         return IntImm(dim.value // sections)
     if not arith.prove_divisible(dim, sections):
-        raise ShapeError(f"{where}: cannot prove {I.fmt_expr(dim)} is divisible by {sections}; "
+        raise ShapeError(f"{where}: cannot prove {fmt_expr(dim)} is divisible by {sections}; "
                          f"state the relation with R.match_cast (e.g. to a dim "
                          f"`m * {sections}`) or give split points")
     return arith.simplify(dim // sections)
@@ -565,15 +565,15 @@ def _broadcast_to(call: Call) -> StructInfo:
     if target is None:
         return I.unknown_tensor(x.dtype, I.shape_ndim(op, call.args[1], "shape"))
     if x.ndim > len(target):
-        raise ShapeError(f"{op}: x has shape {I.fmt_sinfo(x)} with more dims than the target "
-                         f"shape {I.fmt_shape(target)}")
+        raise ShapeError(f"{op}: x has shape {fmt_sinfo(x)} with more dims than the target "
+                         f"shape {fmt_shape(target)}")
     if x.shape is not None:
         for i in range(1, x.ndim + 1):
             d, t = x.shape[-i], target[-i]
             if not I.is_const(d, 1) and I.dims_differ(d, t):
-                raise ShapeError(f"{op}: cannot broadcast x of shape {I.fmt_shape(x.shape)} to "
-                                 f"{I.fmt_shape(target)}: dim {-i} is {I.fmt_expr(d)}, expected "
-                                 f"1 or {I.fmt_expr(t)}")
+                raise ShapeError(f"{op}: cannot broadcast x of shape {fmt_shape(x.shape)} to "
+                                 f"{fmt_shape(target)}: dim {-i} is {fmt_expr(d)}, expected "
+                                 f"1 or {fmt_expr(t)}")
     return TensorStructInfo(target, x.dtype)
 
 

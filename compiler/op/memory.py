@@ -15,9 +15,10 @@ of the function reads them exactly as before planning.
 from __future__ import annotations
 
 from ..ir.errors import StructInfoError
+from ..ir.expr import fmt_shape
 from ..ir.graph import Call, DataTypeImm, Expr, ExternFunc, GlobalVar, Op, Tuple
 from ..ir.struct_info import ObjectStructInfo, StructInfo, TensorStructInfo, TupleStructInfo
-from . import _infer as I
+from . import infer as I
 from .registry import OPAQUE, infer_call, make_call, register_op
 
 
@@ -41,7 +42,7 @@ def _alloc_storage(call: Call) -> StructInfo:
     op = "R.memory.alloc_storage"
     values = I.shape_values(op, call.args[0], "size")
     if values is not None and len(values) != 1:
-        raise StructInfoError(f"{op}: size must be one dim (bytes), got {I.fmt_shape(values)}")
+        raise StructInfoError(f"{op}: size must be one dim (bytes), got {fmt_shape(values)}")
     if values is not None:
         I.require_nonnegative_dims(op, values, "size")
     if not isinstance(call.args[1], DataTypeImm):

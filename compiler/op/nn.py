@@ -8,17 +8,17 @@ All of these require float dtypes, except relu.
 from __future__ import annotations
 
 from ..ir.errors import ShapeError
-from ..ir.expr import IntImm
+from ..ir.expr import IntImm, fmt_shape, fmt_sinfo
 from ..ir.graph import Call
 from ..ir.struct_info import StructInfo, TensorStructInfo
 import math
 
 from .. import te
-from . import _infer as I
+from . import infer as I
 from ._legalize import acc_dtype, axes_of, call_te, count, out_shape
 from .registry import INJECTIVE, OPAQUE, make_call, register_op
 from .unary import define_elementwise, elementwise_legalizer
-from ..distributed import rules as _sharding
+from . import sharding as _sharding
 
 relu = define_elementwise("nn.relu", False, "data")
 gelu = define_elementwise("nn.gelu", True, "data", doc="`R.nn.gelu(data)`: erf-based GELU.")
@@ -129,17 +129,17 @@ def _check_param(op: str, x: TensorStructInfo, axes, pname: str, p: TensorStruct
         return
     norm = I.normalize_axes(op, axes, x.ndim, "axes", x, "data")
     if p.ndim >= 0 and p.ndim != len(norm):
-        raise ShapeError(f"{op}: {pname} has shape {I.fmt_sinfo(p)} but data has shape "
-                         f"{I.fmt_sinfo(x)} normalised over axes {list(norm)}; expected "
+        raise ShapeError(f"{op}: {pname} has shape {fmt_sinfo(p)} but data has shape "
+                         f"{fmt_sinfo(x)} normalised over axes {list(norm)}; expected "
                          f"{len(norm)} dims")
     if x.shape is None or p.shape is None:
         return
     want = tuple(x.shape[a] for a in norm)
     for d, w in zip(p.shape, want):
         if I.dims_differ(d, w):
-            raise ShapeError(f"{op}: {pname} has shape {I.fmt_shape(p.shape)} but data has shape "
-                             f"{I.fmt_shape(x.shape)}; expected {pname} of shape "
-                             f"{I.fmt_shape(want)} (the dims of axes {list(norm)})")
+            raise ShapeError(f"{op}: {pname} has shape {fmt_shape(p.shape)} but data has shape "
+                             f"{fmt_shape(x.shape)}; expected {pname} of shape "
+                             f"{fmt_shape(want)} (the dims of axes {list(norm)})")
 
 
 @register_op("relax.nn.rms_norm", script="R.nn.rms_norm", args=("data", "weight"),
@@ -286,24 +286,24 @@ def _rotary_embedding(call: Call) -> StructInfo:
     I.require_float(op, "x", x)
     I.same_dtype(op, named)
     if x.ndim >= 0 and x.ndim < 3:
-        raise ShapeError(f"{op}: x has shape {I.fmt_sinfo(x)}; expected at least 3 dims "
+        raise ShapeError(f"{op}: x has shape {fmt_sinfo(x)}; expected at least 3 dims "
                          f"(..., seq, heads, head_dim)")
     for name, t in (("cos", c), ("sin", s)):
         if t.ndim >= 0 and t.ndim != 2:
-            raise ShapeError(f"{op}: {name} has shape {I.fmt_sinfo(t)}; expected 2 dims "
+            raise ShapeError(f"{op}: {name} has shape {fmt_sinfo(t)}; expected 2 dims "
                              f"(seq, head_dim)")
     if x.shape is not None:
         d = x.shape[-1]
         if isinstance(d, IntImm) and d.value % 2:
-            raise ShapeError(f"{op}: head_dim (last dim of x, shape {I.fmt_shape(x.shape)}) is "
+            raise ShapeError(f"{op}: head_dim (last dim of x, shape {fmt_shape(x.shape)}) is "
                              f"{d.value}; expected an even number")
         for name, t in (("cos", c), ("sin", s)):
             if t.shape is None:
                 continue
             if I.dims_differ(t.shape[0], x.shape[-3]) or I.dims_differ(t.shape[1], d):
-                raise ShapeError(f"{op}: {name} has shape {I.fmt_shape(t.shape)} but x has shape "
-                                 f"{I.fmt_shape(x.shape)}; expected {name} of shape "
-                                 f"{I.fmt_shape((x.shape[-3], d))} (seq, head_dim)")
+                raise ShapeError(f"{op}: {name} has shape {fmt_shape(t.shape)} but x has shape "
+                                 f"{fmt_shape(x.shape)}; expected {name} of shape "
+                                 f"{fmt_shape((x.shape[-3], d))} (seq, head_dim)")
     return TensorStructInfo(x.shape, x.dtype, x.ndim)
 
 

@@ -12,10 +12,10 @@ from ..ir.expr import IntImm
 from ..ir.graph import Call
 from ..ir.struct_info import StructInfo, TensorStructInfo
 from .. import te
-from . import _infer as I
+from . import infer as I
 from ._legalize import acc_dtype, axes_of, call_te, count, out_shape
 from .registry import COMM_REDUCE, OpDef, make_call, register_op
-from ..distributed import rules as _sharding
+from . import sharding as _sharding
 
 
 def reduce_shape(op: str, x: TensorStructInfo, axis, keepdims: bool, dtype: str) -> StructInfo:

@@ -180,6 +180,13 @@ def get_op(name: str) -> OpDef:
     return opdef
 
 
+def find_op(name: str) -> Optional[OpDef]:
+    """The OpDef registered under canonical name `name` ("relax.add"), or None (an
+    operator nobody registered: the builder then needs the call's sinfo_args, the
+    printer spells the call out)."""
+    return _OPS.get(name)
+
+
 def list_ops() -> list[str]:
     return sorted(_OPS)
 

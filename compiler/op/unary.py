@@ -12,10 +12,10 @@ from ..ir.graph import Call
 from ..ir.struct_info import StructInfo, TensorStructInfo
 from .. import te
 from ..ir.expr import is_float_dtype
-from . import _infer as I
+from . import infer as I
 from ._legalize import call_te, out_shape
 from .registry import ELEMWISE, OpDef, make_call, register_op
-from ..distributed import rules as _sharding
+from . import sharding as _sharding
 
 
 def elementwise_rule(require_float: bool, arg: str = "x") -> Callable[[Call], StructInfo]:

@@ -3,7 +3,8 @@
 Primitives are pure functions PrimFunc -> PrimFunc (`primitives.py`) addressed by
 block name and loop var; `Schedule` wraps them for interactive use.
 """
-from ._tree import ScheduleError, dedup_loop_vars
+from ..ir.errors import ScheduleError
+from .loops import dedup_loop_vars
 from .primitives import (annotate, bind, cache_read, cache_write, decompose_reduction, fuse,
                          get_loops, parallel, reorder, serial, split, unroll, vectorize)
 from .schedule import Schedule

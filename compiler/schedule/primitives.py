@@ -12,8 +12,9 @@ from typing import Optional, Sequence, Union
 from ..ir import arith
 from ..ir import expr as E
 from ..ir import tir as T
-from ._tree import (ScheduleError, find_block, find_loop, reduction_loop_ids, replace_node,
-                    rewrite, substitute, vars_in, walk, with_body)
+from ..ir.errors import ScheduleError
+from ..ir.visitor import replace_node, rewrite, substitute_vars as substitute, vars_in, walk
+from .loops import find_block, find_loop, reduction_loop_ids, with_body
 
 Factor = Union[int, E.PrimExpr, None]
 

@@ -14,7 +14,7 @@ from typing import Sequence
 from ..ir import expr as E
 from ..ir import tir as T
 from . import primitives as P
-from ._tree import dedup_loop_vars
+from .loops import dedup_loop_vars
 
 
 class Schedule:

@@ -122,13 +122,13 @@ class RelaxEvaluator(Evaluator):
 
     def to_expr(self, value: Any, node: ast.AST) -> G.Expr:
         """A graph expression from an evaluated value (tuples become Tuple)."""
-        from ..op import _infer
+        from ..op import infer
         if isinstance(value, G.Expr):
             return value
         if isinstance(value, (list, tuple)):
-            return _infer.tuple_expr([self.to_expr(v, node) for v in value])
+            return infer.tuple_expr([self.to_expr(v, node) for v in value])
         if isinstance(value, E.PrimExpr) or (isinstance(value, (int, float)) and not isinstance(value, bool)):
-            return _infer.prim_value(value)
+            return infer.prim_value(value)
         if isinstance(value, str):
             return G.StringImm(value, S.ObjectStructInfo())
         raise self.err(node, f"expected a graph value (a variable, a call, a tuple), got "

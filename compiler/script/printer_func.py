@@ -176,8 +176,8 @@ class FunctionPrinter:
 
     def call(self, c: G.Call) -> str:
         if isinstance(c.op, G.Op):
-            from ..op.registry import _OPS
-            opdef = _OPS.get(c.op.name)
+            from ..op.registry import find_op
+            opdef = find_op(c.op.name)
             if opdef is None:   # an operator nobody registered: spell the call out
                 parts = [q(c.op.name), self.expr(G.Tuple(c.args))]
                 if len(c.attrs):

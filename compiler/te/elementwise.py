@@ -11,9 +11,9 @@ from __future__ import annotations
 from typing import Union
 
 from ..ir.errors import DTypeError
-from ..ir.expr import (And, Call, Cast, FloatImm, IntImm, Not, Or, PrimExpr, Select, const as _make_const,
-                       eq as _eq, is_float_dtype, is_int_dtype, ne as _ne)
-from .tensor import Tensor, TEError, _check_dtype
+from ..ir.expr import (And, Call, Cast, FloatImm, IntImm, Not, Or, PrimExpr, Select, check_dtype,
+                       const as _make_const, eq as _eq, is_float_dtype, is_int_dtype, ne as _ne)
+from .tensor import Tensor, TEError
 
 __all__ = ["exp", "log", "sqrt", "rsqrt", "tanh", "erf", "sigmoid", "exp2", "log2", "sin", "cos",
            "floor", "ceil", "round", "pow", "abs", "cast", "const", "select", "if_then_else",
@@ -81,7 +81,7 @@ def abs(x) -> PrimExpr:  # noqa: A001
 
 def cast(x, dtype: str) -> PrimExpr:
     """`x` converted to `dtype`; constants fold, same-dtype casts disappear."""
-    _check_dtype(dtype, "te.cast")
+    check_dtype(dtype, "te.cast")
     e = _operand(x, "te.cast", dtype if isinstance(x, (int, float, bool)) and not
                  (isinstance(x, float) and is_int_dtype(dtype)) else None)
     if e.dtype == dtype:
@@ -98,7 +98,7 @@ def cast(x, dtype: str) -> PrimExpr:
 def const(value: Number, dtype: str | None = None) -> PrimExpr:
     """A constant; dtype defaults to int64 for ints and float32 for floats."""
     if dtype is not None:
-        _check_dtype(dtype, "te.const")
+        check_dtype(dtype, "te.const")
         if isinstance(value, float) and is_int_dtype(dtype):
             raise DTypeError(f"te.const: {value!r} is not an integer, dtype {dtype} requested")
     return _make_const(value, dtype)

@@ -24,7 +24,7 @@ from ..ir.attrs import Attrs
 from ..ir.expr import Add, IntImm, Max, Min, Mul, PrimExpr, Var
 from ..ir.tir import (Allocate, Block, BlockRealize, Buffer, BufferLoad, BufferStore, For, IterVar,
                       PrimFunc, Range, SeqStmt, Stmt)
-from .tensor import Reduce, ReduceAxis, Tensor, TensorLoad, TEError
+from .tensor import Reduce, ReduceAxis, Tensor, TensorLoad, TEError, _children
 
 __all__ = ["create_prim_func"]
 
@@ -120,20 +120,7 @@ def _reads(e: PrimExpr) -> list[Tensor]:
         node = stack.pop()
         if isinstance(node, TensorLoad):
             out.append(node.tensor)
-        stack.extend(reversed(_expr_children(node)))
-    return out
-
-
-def _expr_children(e: Any) -> list[PrimExpr]:
-    if not is_dataclass(e):
-        return []
-    out = []
-    for f in fields(e):
-        v = getattr(e, f.name)
-        if isinstance(v, PrimExpr):
-            out.append(v)
-        elif isinstance(v, tuple):
-            out.extend(x for x in v if isinstance(x, PrimExpr))
+        stack.extend(reversed(_children(node)))
     return out
 
 

@@ -28,7 +28,7 @@ from typing import Any, Callable, Optional, Sequence, Union
 
 from ..ir.attrs import Attrs
 from ..ir.errors import CompilerError, DTypeError, ShapeError
-from ..ir.expr import DTYPES, IntImm, PrimExpr, Var, as_expr, const, is_int_dtype
+from ..ir.expr import IntImm, PrimExpr, Var, as_expr, check_dtype, const, fmt_shape, is_int_dtype
 
 __all__ = ["TEError", "Tensor", "TensorLoad", "ReduceAxis", "Reduce", "placeholder", "compute",
            "var", "reduce_axis"]
@@ -75,7 +75,7 @@ class Tensor:
         indices = tuple(int(i) if isinstance(i, numbers.Integral) and not isinstance(i, bool) else i
                         for i in indices)
         if len(indices) != self.ndim:
-            raise ShapeError(f"tensor {self.name!r} of shape {_shape_text(self.shape)} indexed with "
+            raise ShapeError(f"tensor {self.name!r} of shape {fmt_shape(self.shape)} indexed with "
                              f"{len(indices)} index(es); expected {self.ndim}")
         exprs = []
         for pos, i in enumerate(indices):
@@ -91,7 +91,7 @@ class Tensor:
 
     def __repr__(self) -> str:
         kind = "placeholder" if self.is_placeholder else "compute"
-        return f"Tensor({self.name!r}, {_shape_text(self.shape)}, {self.dtype}, {kind})"
+        return f"Tensor({self.name!r}, {fmt_shape(self.shape)}, {self.dtype}, {kind})"
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,7 +134,7 @@ class Reduce(PrimExpr):
 def var(name: str, dtype: str = "int64") -> Var:
     """A scalar variable: a symbolic size shared by several tensors, or a scalar
     parameter of the function when it appears in no bare buffer dim."""
-    _check_dtype(dtype, f"te.var({name!r})")
+    check_dtype(dtype, f"te.var({name!r})")
     return Var(name, dtype)
 
 
@@ -147,7 +147,7 @@ def reduce_axis(min: Union[int, PrimExpr], extent: Union[int, PrimExpr], name: s
 
 def placeholder(shape: ShapeLike, dtype: str = "float32", name: str = "placeholder") -> Tensor:
     """An input tensor. Shape entries: ints, integer PrimExprs, or strings (by-name Vars)."""
-    _check_dtype(dtype, f"placeholder {name!r}")
+    check_dtype(dtype, f"placeholder {name!r}")
     dims, by_name = _make_shape(shape, f"placeholder {name!r}")
     return Tensor(name, dims, dtype, by_name=by_name)
 
@@ -181,7 +181,7 @@ def compute(shape: ShapeLike, fcompute: Callable[..., Any], name: str = "compute
     if dtype is not None and body.dtype != dtype:
         raise DTypeError(f"{where}: fcompute returns {body.dtype}, but dtype={dtype!r} was requested; "
                          f"wrap the result in te.cast(..., {dtype!r})")
-    _check_dtype(body.dtype, where)
+    check_dtype(body.dtype, where)
     ann = dict(attrs or {})
     if tag:
         ann["tag"] = tag
@@ -189,11 +189,6 @@ def compute(shape: ShapeLike, fcompute: Callable[..., Any], name: str = "compute
 
 
 # ---- helpers ----------------------------------------------------------------------------
-
-def _check_dtype(dtype: str, where: str) -> None:
-    if dtype not in DTYPES:
-        raise DTypeError(f"{where}: unknown dtype {dtype!r}; expected one of {DTYPES}")
-
 
 def _dim(d: Any, where: str) -> PrimExpr:
     if isinstance(d, numbers.Integral) and not isinstance(d, bool):
@@ -258,7 +253,7 @@ def _check_no_nested_reduce(e: PrimExpr, where: str, top: bool) -> None:
 
 
 def _children(e: PrimExpr) -> list[PrimExpr]:
-    """The PrimExpr children of a node, in field order."""
+    """The PrimExpr children of a node, in field order (lower.py walks with it too)."""
     out = []
     for name in getattr(type(e), "__dataclass_fields__", {}):
         v = getattr(e, name)
@@ -267,9 +262,3 @@ def _children(e: PrimExpr) -> list[PrimExpr]:
         elif isinstance(v, tuple):
             out.extend(x for x in v if isinstance(x, PrimExpr))
     return out
-
-
-def _shape_text(shape) -> str:
-    parts = [str(d.value) if isinstance(d, IntImm) else d.name if isinstance(d, Var) else repr(d)
-             for d in shape]
-    return "(" + ", ".join(parts) + ("," if len(parts) == 1 else "") + ")"

@@ -33,11 +33,11 @@ from typing import Optional
 
 from ..ir import expr as E
 from ..ir import tir as T
-from ..ir.module import IRModule
-from ..schedule import primitives as P
 from ..ir import arith
-from ..schedule._tree import (dedup_loop_vars, find_loop, reduction_loop_ids, rewrite, substitute,
-                              vars_in, walk)
+from ..ir.module import IRModule
+from ..ir.visitor import rewrite, substitute_vars, vars_in, walk
+from ..schedule import primitives as P
+from ..schedule.loops import dedup_loop_vars, find_loop, reduction_loop_ids
 
 PARALLEL_MIN_WORK = 1 << 15    # loop iterations below which threads cost more than they save
 PARALLEL_MIN_EXTENT = 16        # outer extents below this are fused with the next loop
@@ -281,7 +281,7 @@ def merge_rows(func: T.PrimFunc) -> Optional[T.PrimFunc]:
         inner: T.Stmt = realize
         for f in reversed(loops[r:]):
             inner = dataclasses.replace(f, body=inner)
-        parts.append(substitute(inner, {id(f.loop_var): v for f, v in zip(loops, row_vars)}))
+        parts.append(substitute_vars(inner, {id(f.loop_var): v for f, v in zip(loops, row_vars)}))
     merged: T.Stmt = T.SeqStmt(tuple(parts))
     allocs = []
     for buf in body.block.alloc_buffers:
@@ -303,8 +303,8 @@ def _row_buffer(buf: T.Buffer, r: int) -> Optional[T.Buffer]:
     rest = buf.shape[r:]
     if not all(isinstance(d, E.IntImm) for d in rest):
         return None
-    from ..codegen.c import DTYPE_BYTES, STACK_ALLOC_LIMIT
-    if math.prod(d.value for d in rest) * DTYPE_BYTES.get(buf.dtype, 8) > STACK_ALLOC_LIMIT:
+    from ..codegen.c import STACK_ALLOC_LIMIT
+    if math.prod(d.value for d in rest) * E.dtype_bytes(buf.dtype) > STACK_ALLOC_LIMIT:
         return None
     return T.Buffer(buf.name, tuple(rest) or (E.IntImm(1),), buf.dtype, "local")
 
@@ -326,7 +326,7 @@ def _drop_unit_loops(stmt: T.Stmt) -> T.Stmt:
     """Serial loops of extent 1 (keepdims axes) removed, their var replaced by the min."""
     def pre(n):
         if isinstance(n, T.For) and n.kind == "serial" and _const(n.extent) == 1:
-            return rewrite(substitute(n.body, {id(n.loop_var): n.min}), pre)
+            return rewrite(substitute_vars(n.body, {id(n.loop_var): n.min}), pre)
         return None
     return rewrite(stmt, pre)
 

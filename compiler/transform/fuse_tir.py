@@ -33,8 +33,7 @@ from ..ir.builder import BlockBuilder
 from ..ir.errors import CompilerError
 from ..ir.module import IRModule
 from ..ir.struct_info import TensorStructInfo
-from ..ir.visitor import ExprMutator, StmtExprMutator, post_order_visit
-from ..schedule._tree import rewrite, substitute, walk
+from ..ir.visitor import ExprMutator, StmtExprMutator, post_order_visit, rewrite, substitute_vars, walk
 from .fuse_ops import root_parts
 
 __all__ = ["FuseTIR", "fuse_primitive", "inline_injective_stages"]
@@ -234,7 +233,7 @@ class _Copier(StmtExprMutator):
     def visit_buffer(self, b: T.Buffer) -> T.Buffer:
         new = self.bmap.get(id(b))
         if new is None:
-            shape = tuple(substitute(d, self.vmap) for d in b.shape)
+            shape = tuple(substitute_vars(d, self.vmap) for d in b.shape)
             new = T.Buffer(_unique(b.name, self.names), shape, b.dtype, b.scope)
             self.bmap[id(b)] = new
         return new
@@ -311,7 +310,7 @@ def inline_injective_stages(stages: list[T.Stmt], allocs: list[T.Buffer],
         def pre(n, buffer=buffer, ivars=ivars, value=value):
             if isinstance(n, T.BufferLoad) and n.buffer is buffer:
                 idx = tuple(rewrite(i, pre) for i in n.indices)
-                return substitute(value, {id(v): i for v, i in zip(ivars, idx)})
+                return substitute_vars(value, {id(v): i for v, i in zip(ivars, idx)})
             return None
 
         stages = stages[:k] + [rewrite(s, pre) for s in stages[k + 1:]]

@@ -30,8 +30,9 @@ from ..ir import arith
 from ..ir import expr as E
 from ..ir import tir as T
 from ..ir.module import IRModule
+from ..ir.visitor import rewrite, substitute_vars, vars_in, walk
 from ..schedule import primitives as P
-from ..schedule._tree import dedup_loop_vars, find_block, rewrite, substitute, vars_in, walk
+from ..schedule.loops import dedup_loop_vars, find_block
 
 THREADS = 256            # threads per block for elementwise stages
 ITEMS = 4                # elements per thread of an elementwise stage (one each left an f16
@@ -115,7 +116,7 @@ def _row_bytes(buf: T.Buffer, r: int) -> Optional[int]:
     rest = buf.shape[r:]
     if not all(isinstance(d, E.IntImm) for d in rest):
         return None
-    return math.prod(d.value for d in rest) * _bytes(buf.dtype)
+    return math.prod(d.value for d in rest) * E.dtype_bytes(buf.dtype)
 
 
 def _schedule(func: T.PrimFunc, threads: int, row_threads: int, items: int) -> T.PrimFunc:
@@ -144,7 +145,7 @@ def _serialize(func: T.PrimFunc) -> T.PrimFunc:
     def pre(n):
         if isinstance(n, T.For) and n.kind in ("serial", "parallel", "vectorized", "unrolled"):
             if isinstance(n.extent, E.IntImm) and n.extent.value == 1:
-                return rewrite(substitute(n.body, {id(n.loop_var): n.min}), pre)
+                return rewrite(substitute_vars(n.body, {id(n.loop_var): n.min}), pre)
             if n.kind in ("parallel", "vectorized"):
                 return dataclasses.replace(n, kind="serial", body=rewrite(n.body, pre))
         return None
@@ -269,7 +270,7 @@ def _strided(inner: list[T.For], body: T.BlockRealize, nthreads: int, name: str,
     flat = ko * nthreads + tx
     vmap = dict(extra_vmap)
     vmap.update(_fused_index(inner, flat))
-    realize = substitute(body, vmap)
+    realize = substitute_vars(body, vmap)
     if isinstance(K, E.IntImm):
         outer = E.IntImm(-(-K.value // nthreads))
         exact = K.value % nthreads == 0
@@ -309,7 +310,7 @@ def _bind_stage(st: _Stage, threads: int, row_threads: int, items: int = ITEMS) 
     item = E.Var(f"{st.name}_i")
     flat = (flat_b * per + item) * n + flat_t if per > 1 else flat_b * n + flat_t
     vmap = _fused_index(spatial, flat)
-    body: T.Stmt = substitute(st.realize, vmap)
+    body: T.Stmt = substitute_vars(st.realize, vmap)
     for f in reversed(reduction):
         body = T.For(f.loop_var, f.min, f.extent, f.kind, body)
     if isinstance(S, E.IntImm):
@@ -318,7 +319,7 @@ def _bind_stage(st: _Stage, threads: int, row_threads: int, items: int = ITEMS) 
     else:
         nb = (S + (n * per - 1)) // (n * per)
         exact = False
-    body = substitute(body, vmap)
+    body = substitute_vars(body, vmap)
     if not exact:
         body = T.IfThenElse(flat < S, body)
     if per > 1:
@@ -376,7 +377,7 @@ def _row_kernel(func: T.PrimFunc, stages: list[_Stage], allocs: list[T.Buffer], 
         else:   # one value per row: thread 0 computes it
             tx = E.Var(f"{st.realize.block.name}_tx")
             parts.append(T.For(tx, E.IntImm(0), E.IntImm(1), "thread_binding",
-                               substitute(st.realize, vmap), thread_tag="threadIdx.x"))
+                               substitute_vars(st.realize, vmap), thread_tag="threadIdx.x"))
     body = T.For(bx, E.IntImm(0), _extent_product(row_loops), "thread_binding",
                  T.SeqStmt(tuple(parts)) if len(parts) > 1 else parts[0], thread_tag="blockIdx.x")
     # Intermediates that hold one row move to shared memory.
@@ -385,11 +386,11 @@ def _row_kernel(func: T.PrimFunc, stages: list[_Stage], allocs: list[T.Buffer], 
     for buf in allocs:
         rest = buf.shape[r:]
         size = math.prod(d.value for d in rest) if all(isinstance(d, E.IntImm) for d in rest) else None
-        fits = size is not None and size * _bytes(buf.dtype) <= budget
+        fits = size is not None and size * E.dtype_bytes(buf.dtype) <= budget
         if buf.scope == "shared" and not fits:
             return None     # a shared copy (cache_read) whose row does not fit
         if id(buf) not in params and id(buf) in written and buf.scope in ("global", "shared") and fits:
-            budget -= size * _bytes(buf.dtype)
+            budget -= size * E.dtype_bytes(buf.dtype)
             shared = T.Buffer(buf.name + "_shared", tuple(rest) or (E.IntImm(1),), buf.dtype, "shared")
             remap[id(buf)] = (shared, not rest)
             new_allocs.append(shared)
@@ -398,11 +399,6 @@ def _row_kernel(func: T.PrimFunc, stages: list[_Stage], allocs: list[T.Buffer], 
     if remap:
         body = _compact(body, remap, r)
     return body, new_allocs
-
-
-def _bytes(dtype: str) -> int:
-    from ..codegen.c import DTYPE_BYTES
-    return DTYPE_BYTES[dtype]
 
 
 def _compact(body, remap: dict, r: int):

@@ -20,11 +20,10 @@ from __future__ import annotations
 from typing import Iterable
 
 from ..ir.builder import BlockBuilder
-from ..ir.errors import CompilerError
+from ..ir.errors import CompilerError, LegalizeError
 from ..ir.graph import Call, Op, VarBinding
 from ..ir.module import IRModule
 from ..ir.visitor import ExprMutator
-from ..op._legalize import LegalizeError
 from ..op.registry import get_op
 
 __all__ = ["LegalizeOps", "LegalizeError", "BUILTINS", "is_left_alone"]

@@ -48,7 +48,8 @@ from disco import _native
 from disco._context import WorkerContext, set_worker_context
 from disco.errors import SessionError, WorkerError
 from disco.session.base import DRef, Session
-from disco.session.protocol import INLINE_ARRAY_BYTES, Op, Spill, Transfer
+from disco.session.protocol import (INLINE_ARRAY_BYTES, NEXT_DECODE_FAILED, NEXT_NOTHING_MISSING,
+                                    Op, Spill, Transfer)
 from disco.session.worker import serve
 
 TAG_BOOT, TAG_CMD, TAG_REPLY, TAG_BEAT = 7301, 7302, 7303, 7304
@@ -143,12 +144,12 @@ class _DRefPickler(pickle.Pickler):
 class _RefUnpickler(pickle.Unpickler):
     def __init__(self, data, objects: dict):
         super().__init__(io.BytesIO(data))
-        self.objects, self.missing = objects, -1
+        self.objects, self.missing = objects, NEXT_NOTHING_MISSING
 
     def persistent_load(self, ref_id):
         if ref_id in self.objects:
             return self.objects[ref_id]
-        if self.missing < 0:
+        if self.missing == NEXT_NOTHING_MISSING:
             self.missing = ref_id
         return None
 
@@ -423,7 +424,7 @@ class _MPIChannel:
         try:
             payload = u.load()
         except Exception as e:  # reported by the worker loop like a codec error
-            return (op, seq, a, b, e, -2)
+            return (op, seq, a, b, e, NEXT_DECODE_FAILED)
         return (op, seq, a, b, payload, u.missing)
 
     def send_reply(self, seq: int, status: int, value) -> None:

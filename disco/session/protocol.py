@@ -18,6 +18,10 @@ through `Transfer`'s hooks, tagged EXT: large arrays through shared-memory buffe
     IMPORT      -            -            module name        every worker
     SHUTDOWN    -            -            -                  every worker, then it exits
 
+The numbers of the commands and statuses are defined once, in csrc/protocol.h (the
+worker runs CALL, FREE and SYNC in C++); `Op` and `Status` are built from the tables
+the extension module exports, as are the markers `chan.next` returns as `missing`.
+
 SYNC's ids are DRefs to free first: the FREE a round trip would otherwise need, folded
 into it. A worker runs FREE, and SYNC when it has no failure to report, without
 leaving C++ (channel_bindings.cc), so these bookkeeping commands cost no Python there.
@@ -34,27 +38,23 @@ import pickle
 
 import numpy as np
 
+from disco import _native
+
 INLINE_ARRAY_BYTES = 64 << 10  # arrays up to this size ride in the ring, larger ones in buffers
 INLINE_PICKLE_BYTES = 64 << 10
 
 
-class Op(enum.IntEnum):
-    CALL = 1
-    GET_FUNC = 2
-    FREE = 3
-    FETCH = 4
-    GATHER = 5
-    SYNC = 6
-    BROADCAST = 7
-    SCATTER = 8
-    IMPORT = 9
-    SHUTDOWN = 10
+# CALL, GET_FUNC, FREE, FETCH, GATHER, SYNC, BROADCAST, SCATTER, IMPORT, SHUTDOWN
+Op = enum.IntEnum("Op", _native.PROTOCOL_OPS, module=__name__)
+# OK; ERROR, value: (summary, remote traceback, ...); NOT_FOUND (GET_FUNC), value: (message, "")
+Status = enum.IntEnum("Status", _native.PROTOCOL_STATUSES, module=__name__)
 
-
-class Status(enum.IntEnum):
-    OK = 0
-    ERROR = 1  # value: (summary, remote traceback)
-    NOT_FOUND = 2  # GET_FUNC: value: (message, "")
+# `missing` of a worker's chan.next() when it is not a DRef id: nothing is missing; the
+# payload did not decode (payload: the error); a CALL run in C++ raised (payload: the
+# exception).
+NEXT_NOTHING_MISSING = _native.NEXT_NOTHING_MISSING
+NEXT_DECODE_FAILED = _native.NEXT_DECODE_FAILED
+NEXT_CALL_RAISED = _native.NEXT_CALL_RAISED
 
 
 class Spill:
@@ -143,7 +143,6 @@ class Transfer:
         return ("pickle_shm", self.pid, fd, len(data))
 
     def _buffer(self, nbytes: int) -> int:
-        from disco import _native
         fd = _native.create_buffer(nbytes)
         self.outgoing.append(fd)
         return fd

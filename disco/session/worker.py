@@ -36,12 +36,12 @@ import numpy as np
 
 from disco import _native, registry
 from disco._context import WorkerContext, set_worker_context
-from disco.session.protocol import INLINE_ARRAY_BYTES, Op, Spill, Status, Transfer
+from disco.session.protocol import (INLINE_ARRAY_BYTES, NEXT_CALL_RAISED, NEXT_DECODE_FAILED,
+                                    NEXT_NOTHING_MISSING, Op, Spill, Status, Transfer)
 from disco.tensor import host_value
 
 _WAIT_S = 0.25  # longest sleep between liveness checks
 _MAX_DEFERRED = 16  # failures kept for the next reply; more are only counted
-_DECODE_FAILED, _CALL_RAISED = -2, -3  # chan.next's `missing` when payload is an exception
 
 
 class FailedInputError(RuntimeError):
@@ -57,7 +57,7 @@ def serve(chan, ctx: WorkerContext, alive: Callable[[], bool] | None = None) -> 
     transfer = Transfer()
     chan.set_codec(None, None, transfer.encode, transfer.decode, objects, INLINE_ARRAY_BYTES)
     # CALL, FREE, and SYNC while no failure waits for a reply, run inside chan.next
-    # (C++); here come the other commands, a CALL that raised (missing == _CALL_RAISED)
+    # (C++); here come the other commands, a CALL that raised (missing == NEXT_CALL_RAISED)
     # and a SYNC that must carry failures (`chan.clean` False).
     chan.handle_hot_commands(funcs, objects, failed)
     w, n = ctx.worker_id, ctx.num_workers
@@ -126,11 +126,11 @@ def serve(chan, ctx: WorkerContext, alive: Callable[[], bool] | None = None) -> 
         if transfer.outgoing:
             transfer.release()
         op, seq, a, b, payload, missing = cmd
-        if missing == _CALL_RAISED:  # a CALL run by chan.next; payload: what its function raised
+        if missing == NEXT_CALL_RAISED:  # a CALL run by chan.next; payload: what its function raised
             fail(op, seq, a, b, payload)
             continue
         try:
-            if missing != -1:
+            if missing != NEXT_NOTHING_MISSING:
                 raise _bad_payload(payload, missing, failed.get(missing), w)
             match op:  # CALL and FREE come here only from a channel that does not run them itself
                 case Op.CALL:
@@ -206,7 +206,7 @@ def _lookup(objects: dict, ref_id: int, w: int):
 
 
 def _bad_payload(payload, missing: int, failure: tuple[int, str, str] | None, w: int) -> Exception:
-    if missing == _DECODE_FAILED:
+    if missing == NEXT_DECODE_FAILED:
         return payload  # the codec's decoding error
     if failure is not None:
         return FailedInputError(f"argument DRef {missing} has no value on worker {w} because the call that "

@@ -19,6 +19,7 @@ from ..tensor import is_array_like
 from .decode import Function, Kernel
 from .device import make_device
 from .matcher import to_scalar
+from .plan import ResultShapeChanged
 from .recorder import Recorder
 
 _PLAN_CACHE_SIZE = 16
@@ -58,6 +59,7 @@ class VMFunctionHandle:
         # for upper bounds, so one set serves every shape key) and hence one lock.
         self.pool: list = []
         self.lock = threading.Lock()
+        self.varying: set = set()   # plan keys whose packed results changed shape: interpreted
         # How each argument enters the plan key: 0 tensor (shape, dtype), 1 not at all (a
         # scalar no shape depends on), 2 its structure and shapes (tuples, shapes), 3 not
         # at all and passed as it is (an R.Object: a runtime object such as the KV cache).
@@ -135,12 +137,21 @@ class VMFunctionHandle:
             key = None
         if conv is not None:
             args = conv
+        if key is not None and key in self.varying:
+            key = None
         plan = self.plans.get(key) if key is not None else None
         if plan is not None and plan.lock.acquire(False):
             try:
                 return plan.run(args)
+            except ResultShapeChanged:
+                # A packed function's result shape follows something besides the argument
+                # shapes (a runtime object's state): interpret this key from now on; the
+                # work done so far is done again (graph functions are pure).
+                self.plans.pop(key, None)
+                self.varying.add(key)
             finally:
                 plan.lock.release()
+            key, plan = None, None
         rec = Recorder(self.vm)
         pooled = self.lock.acquire(False)   # else a plan runs (another thread, re-entry)
         try:

@@ -145,6 +145,12 @@ def _alloc_step(vals, s, shape, dtype, pl, device, shared=False):
     return step
 
 
+class ResultShapeChanged(DiscoError):
+    """A packed function returned another shape than when the plan was recorded with the
+    same argument shapes (its result depends on more than them, e.g. a runtime object's
+    state); the handle then interprets calls with that key."""
+
+
 def _packed_step(vals, func, name, slots, dst, guard, pl, device):
     def step():
         r = func(*[vals[s] for s in slots])
@@ -152,7 +158,7 @@ def _packed_step(vals, func, name, slots, dst, guard, pl, device):
             r = vals[dst] = normalize(r)
             if guard is not None:
                 if not device.is_tensor(r) or r.shape != guard[0] or r.dtype != guard[1]:
-                    raise DiscoError(
+                    raise ResultShapeChanged(
                         f"packed function {name!r} returned {got_text(r)}, but with the same "
                         f"argument shapes it returned shape {guard[0]} {dtype_name(guard[1])} "
                         "before; its result shape must depend only on its arguments' shapes")

@@ -217,12 +217,12 @@ def test_cache_read_consumer_blocks_and_errors():
 
 
 def _walk_realizes(func):
-    from compiler.schedule._tree import walk
+    from compiler.ir.visitor import walk
     return [n for n in walk(func.body) if isinstance(n, T.BlockRealize) and n.block.iter_vars]
 
 
 def _walk_loads(stmt):
-    from compiler.schedule._tree import walk
+    from compiler.ir.visitor import walk
     return [n for n in walk(stmt) if isinstance(n, T.BufferLoad)]
 
 
@@ -275,7 +275,7 @@ def _unbind(mod: IRModule) -> IRModule:
     C backend, which runs them (one thread) so their results can be checked here."""
     import dataclasses
 
-    from compiler.schedule._tree import rewrite
+    from compiler.ir.visitor import rewrite
 
     bound = []
 

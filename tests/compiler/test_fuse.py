@@ -11,7 +11,7 @@ from compiler.ir.builder import BlockBuilder
 from compiler.ir.graph import Var
 from compiler.ir.struct_info import TensorStructInfo as TS
 from compiler.op.registry import COMM_REDUCE, ELEMWISE, OPAQUE
-from compiler.schedule._tree import walk
+from compiler.ir.visitor import walk
 from compiler.transform import (DefaultSchedule, DispatchLibrary, FuseOps, FuseTIR,
                                 LegalizeOps)
 from compiler.transform.fuse_ops import op_pattern

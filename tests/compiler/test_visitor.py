@@ -1,4 +1,5 @@
-"""ExprVisitor / ExprMutator / StmtExprVisitor / StmtExprMutator / post_order_visit."""
+"""ExprVisitor / ExprMutator / StmtExprVisitor / StmtExprMutator / post_order_visit, and the
+functions over tensor programs: walk, rewrite, substitute_vars, replace_node, vars_in."""
 import pytest
 
 from compiler.ir import (Call, DataflowBlock, DataflowVar, ExprMutator, ExprVisitor, Function, Op,
@@ -6,6 +7,7 @@ from compiler.ir import (Call, DataflowBlock, DataflowVar, ExprMutator, ExprVisi
                          VarBinding, assert_structural_equal, post_order_visit)
 from compiler.ir import expr as E
 from compiler.ir import tir as T
+from compiler.ir.visitor import replace_node, rewrite, substitute_vars, vars_in, walk
 
 
 def tsi(*shape):
@@ -121,6 +123,24 @@ def test_stmt_expr_mutator_substitutes_vars_and_swaps_buffers():
     assert store.value.a.buffer is C
     assert isinstance(store.indices[0], E.Mul) and store.indices[0].a is i
     assert StmtExprMutator().visit_prim_func(f) is f
+
+
+def test_walk_and_rewrite_enter_what_the_classes_enter():
+    f = matmul_like()
+    A, B = f.params
+    loop = f.body
+    i, n = loop.loop_var, loop.extent
+    kinds = [type(x).__name__ for x in walk(loop)]
+    assert kinds[0] == "For" and kinds.count("BufferLoad") == 1 and kinds.count("BufferStore") == 1
+    assert not any(isinstance(x, T.Buffer) for x in walk(loop))     # buffers: not entered
+    assert vars_in(loop) == {id(i), id(n)}
+    # the same substitution as the mutator test, as a function; unchanged -> same object
+    g = substitute_vars(loop, {id(i): i * 2})
+    assert isinstance(g.body.indices[0], E.Mul) and g.body.value.a.indices[0].a is i
+    assert rewrite(loop, lambda x: None) is loop and substitute_vars(loop, {}) is loop
+    # replace one node by identity: only the store's value changes
+    h = replace_node(loop, loop.body.value, E.FloatImm(0.0))
+    assert h.body.value == E.FloatImm(0.0) and h.body.indices is loop.body.indices
 
 
 def test_post_order_visit_children_first_each_once():

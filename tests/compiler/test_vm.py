@@ -418,3 +418,32 @@ def test_a_runtime_object_argument_does_not_stop_plan_caching():
     for obj in (object(), object()):
         np.testing.assert_array_equal(f(np.ones((3, 4), np.float32), obj), np.full((3, 4), 2, np.float32))
     assert len(f.plans) == 1
+
+
+def test_a_result_shape_that_follows_an_object_makes_the_key_interpreted(register):
+    """A packed function whose result shape follows a runtime object's state (not the
+    arguments' shapes): the call whose shape changed is redone by interpretation, and that
+    key stays interpreted; every result is right."""
+    from compiler import build, script
+    from disco.vm import VirtualMachine
+
+    class Counter:
+        n = 3
+
+    register("test.vm.arange_of")(lambda c: np.arange(c.n, dtype=np.int64))
+    src = '''
+@I.ir_module
+class Module:
+    @R.function
+    def f(c: R.Object):
+        with R.dataflow():
+            p = R.call_pure_packed("test.vm.arange_of", c, sinfo_args=R.Tensor(ndim=1, dtype="int64"))
+            R.output(p)
+        return p
+'''
+    f = VirtualMachine(build(script.parse(src)))["f"]
+    c = Counter()
+    for n in (3, 3, 5, 2, 2):
+        c.n = n
+        np.testing.assert_array_equal(f(c), np.arange(n))
+    assert not f.plans and len(f.varying) == 1

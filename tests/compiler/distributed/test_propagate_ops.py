@@ -4,7 +4,7 @@ whole, which reduce)."""
 from __future__ import annotations
 
 from compiler import op
-from compiler.distributed import rules
+from compiler.op import sharding as rules
 from compiler.ir import graph as G
 from compiler.ir.struct_info import TensorStructInfo
 

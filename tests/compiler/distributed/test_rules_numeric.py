@@ -19,7 +19,7 @@ from compiler.distributed.placement import Partial, Shard  # noqa: E402
 from compiler.ir import Var  # noqa: E402
 from compiler.ir.struct_info import TensorStructInfo  # noqa: E402
 from compiler.op import get_op  # noqa: E402
-from compiler.distributed.rules import tensor_operands  # noqa: E402
+from compiler.op.sharding import tensor_operands  # noqa: E402
 from test_legalize import CASES, case_name, normal  # noqa: E402
 
 N = 8               # the size "n" takes: divisible by the shard counts below

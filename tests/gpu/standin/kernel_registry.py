@@ -58,7 +58,7 @@ def unbind(stmt):
     buffer (float32 for half types, as on the GPU), then the partials are combined, so
     that its rounding is close to the GPU's rather than that of one long serial sum."""
     from compiler.ir import tir as T
-    from compiler.schedule._tree import rewrite
+    from compiler.ir.visitor import rewrite
 
     def pre(n):
         if isinstance(n, T.For) and n.kind == "thread_binding":
@@ -77,9 +77,10 @@ _OPS = {"+": "Add", "*": "Mul", "max": "Max", "min": "Min"}
 def _per_thread_partials(loop, recurse):
     """The serial form of a cross-thread reduction started by `loop`, or None when `loop`
     does not start one (the same pattern as compiler/codegen/cuda.py's _cross_thread)."""
-    from compiler.codegen.c_like import expr_vars, loop_nest, reduction_update
+    from compiler.codegen.c_like import loop_nest, reduction_update
     from compiler.ir import expr as E
     from compiler.ir import tir as T
+    from compiler.ir.visitor import vars_in
     chain, node = loop_nest(loop)
     if not isinstance(node, T.BlockRealize) or node.block.alloc_buffers:
         return None
@@ -88,7 +89,7 @@ def _per_thread_partials(loop, recurse):
     red = set()
     for iv, value in zip(node.block.iter_vars, node.iter_values):
         if iv.kind == "R":
-            expr_vars(value, red)
+            red |= vars_in(value)
     found = reduction_update(node)
     if id(loop.loop_var) not in red or found is None or \
             any(c.kind == "thread_binding" for c in chain[1:]):
@@ -156,7 +157,7 @@ def kernel_functions(symbol: str, func, launch) -> dict:
 
 def _threaded(stmt) -> bool:
     from compiler.ir import tir as T
-    from compiler.schedule._tree import rewrite
+    from compiler.ir.visitor import rewrite
     found = []
 
     def pre(n):

@@ -1,79 +1,26 @@
-"""Small traversals of tensor programs used by the schedule primitives: rebuild a tree
-with replacements, substitute vars, find loops and blocks."""
+"""Finding loops and blocks in a tensor program, for the schedule primitives and the
+schedule passes (compiler/transform/*schedule*.py). The generic traversals they are
+built on (`walk`, `rewrite`, `substitute_vars`, ...) are compiler.ir.visitor's."""
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable, Iterator, Optional
 
 from ..ir import expr as E
 from ..ir import tir as T
-from ..ir.errors import CompilerError
+from ..ir.errors import ScheduleError
+from ..ir.visitor import rewrite, substitute_vars, vars_in, walk
 
-
-class ScheduleError(CompilerError):
-    """A schedule primitive that cannot be applied; says which loop or block and why."""
-
-
-_LEAF_TYPES = (T.Buffer, str, int, float, type(None))
-
-
-def rewrite(node, pre: Callable[[object], Optional[object]]):
-    """Rebuild `node` bottom-up; `pre(n)` returning non-None replaces `n` (not descended).
-    Unchanged subtrees keep their identity."""
-    out = pre(node)
-    if out is not None:
-        return out
-    if isinstance(node, tuple):
-        items = tuple(rewrite(x, pre) for x in node)
-        return node if all(a is b for a, b in zip(items, node)) else items
-    if isinstance(node, (E.PrimExpr, T.Stmt, T.IterVar, T.Range)) and not isinstance(node, E.Var):
-        changes = {}
-        for f in dataclasses.fields(node):
-            old = getattr(node, f.name)
-            if isinstance(old, _LEAF_TYPES) or not isinstance(old, (E.PrimExpr, T.Stmt, tuple,
-                                                                      T.IterVar, T.Range)):
-                continue
-            new = rewrite(old, pre)
-            if new is not old:
-                changes[f.name] = new
-        return dataclasses.replace(node, **changes) if changes else node
-    return node
-
-
-def substitute(node, vmap: dict):
-    """`node` with each Var whose id is a key of `vmap` replaced by its value."""
-    if not vmap:
-        return node
-    return rewrite(node, lambda n: vmap.get(id(n)) if isinstance(n, E.Var) else None)
-
-
-def replace_node(root, target, new):
-    """`root` with the node `target` (by identity) replaced by `new`."""
-    return rewrite(root, lambda n: new if n is target else None)
-
-
-def walk(node) -> Iterator[object]:
-    """Every statement and expression under `node`, pre-order."""
-    yield node
-    if isinstance(node, tuple):
-        for x in node:
-            yield from walk(x)
-    elif isinstance(node, (E.PrimExpr, T.Stmt, T.IterVar, T.Range)) and not isinstance(node, E.Var):
-        for f in dataclasses.fields(node):
-            sub = getattr(node, f.name)
-            if isinstance(sub, (E.PrimExpr, T.Stmt, tuple, T.IterVar, T.Range)):
-                yield from walk(sub)
-
-
-def vars_in(node) -> set[int]:
-    return {id(n) for n in walk(node) if isinstance(n, E.Var)}
+__all__ = ["find_loop", "find_block", "loops_of", "loop_paths", "block_realizes",
+           "reduction_loop_ids", "dedup_loop_vars", "with_body"]
 
 
 def loops_of(root) -> list[T.For]:
+    """Every loop under `root`, pre-order."""
     return [n for n in walk(root) if isinstance(n, T.For)]
 
 
 def find_loop(func: T.PrimFunc, loop: E.Var) -> T.For:
+    """The loop of `func` over `loop`; ScheduleError when there is none or several."""
     found = [f for f in loops_of(func.body) if f.loop_var is loop]
     if not found:
         raise ScheduleError(f"no loop over {loop!r} in the PrimFunc; loops: "
@@ -112,6 +59,7 @@ def loop_paths(root, block_name: str) -> list[tuple[list[T.For], T.BlockRealize]
 
 
 def find_block(func: T.PrimFunc, name: str) -> tuple[list[T.For], T.BlockRealize]:
+    """loop_paths of the one block named `name`; ScheduleError unless there is one."""
     found = loop_paths(func.body, name)
     if len(found) != 1:
         names = sorted({n.block.name for n in walk(func.body) if isinstance(n, T.BlockRealize)})
@@ -120,6 +68,7 @@ def find_block(func: T.PrimFunc, name: str) -> tuple[list[T.For], T.BlockRealize
 
 
 def block_realizes(root) -> list[T.BlockRealize]:
+    """Every BlockRealize under `root`, pre-order."""
     return [n for n in walk(root) if isinstance(n, T.BlockRealize)]
 
 
@@ -143,7 +92,7 @@ def dedup_loop_vars(func: T.PrimFunc) -> T.PrimFunc:
         body = rewrite(n.body, pre)
         if id(n.loop_var) in seen:
             fresh = E.Var(n.loop_var.name, n.loop_var.dtype)
-            return dataclasses.replace(n, loop_var=fresh, body=substitute(body, {id(n.loop_var): fresh}))
+            return dataclasses.replace(n, loop_var=fresh, body=substitute_vars(body, {id(n.loop_var): fresh}))
         seen.add(id(n.loop_var))
         return n if body is n.body else dataclasses.replace(n, body=body)
 
@@ -152,4 +101,5 @@ def dedup_loop_vars(func: T.PrimFunc) -> T.PrimFunc:
 
 
 def with_body(func: T.PrimFunc, body: T.Stmt) -> T.PrimFunc:
+    """`func` with its body replaced."""
     return dataclasses.replace(func, body=body)

@@ -19,26 +19,12 @@ from typing import Any, Optional, Sequence
 from ..ir import arith
 from ..ir import expr as E
 from ..ir.errors import DTypeError, ShapeError, StructInfoError
-from ..ir.expr import IntImm, PrimExpr, as_expr
-from ..ir.graph import (Call, Constant, DataTypeImm, Expr, PrimValue, ShapeExpr, StringImm,
-                        Tuple, Var)
-from ..ir.struct_info import (DTensorStructInfo, ObjectStructInfo, PrimStructInfo,
-                              ShapeStructInfo, StructInfo, TensorStructInfo, TupleStructInfo)
+from ..ir.expr import IntImm, PrimExpr, as_expr, fmt_expr, fmt_shape, fmt_sinfo
+from ..ir.graph import Call, Expr, PrimValue, ShapeExpr, Tuple
+from ..ir.struct_info import (PrimStructInfo, ShapeStructInfo, StructInfo, TensorStructInfo,
+                              TupleStructInfo, tensor_view)
 
 Shape = tuple[PrimExpr, ...]
-
-
-# Printing values inside error messages -------------------------------------------
-
-# fmt_expr / fmt_shape live with the nodes (compiler/ir/expr.py) so IR constructors use
-# them too; re-exported here for the rules.
-fmt_expr, fmt_shape = E.fmt_expr, E.fmt_shape
-
-
-def fmt_sinfo(s: TensorStructInfo) -> str:
-    if s.shape is None:
-        return f"unknown shape (ndim={s.ndim})"
-    return fmt_shape(s.shape)
 
 
 # Argument access ----------------------------------------------------------------
@@ -56,10 +42,9 @@ def tensor_arg(op: str, call: Call, index: int, name: str) -> TensorStructInfo:
 
 
 def as_tensor(op: str, sinfo: Optional[StructInfo], name: str) -> TensorStructInfo:
-    if isinstance(sinfo, DTensorStructInfo):
-        return sinfo.tensor
-    if isinstance(sinfo, TensorStructInfo):
-        return sinfo
+    t = tensor_view(sinfo)
+    if t is not None:
+        return t
     raise StructInfoError(f"{op}: argument {name} must be a tensor, got {_kind(sinfo)}")
 
 
@@ -142,10 +127,6 @@ def product(dims: Sequence[PrimExpr]) -> PrimExpr:
     for d in dims:
         out = d if is_const(out, 1) else out * d
     return out
-
-
-def simplify_shape(shape: Sequence[PrimExpr]) -> Shape:
-    return tuple(arith.simplify(as_expr(d)) for d in shape)
 
 
 def require_nonnegative_dims(op: str, dims: Sequence[PrimExpr], name: str = "shape") -> None:
@@ -285,21 +266,6 @@ def prim_value(value: Any, dtype: Optional[str] = None) -> PrimValue:
         return value if value.struct_info is not None else prim_value(value.value)
     v = as_expr(value, dtype)
     return PrimValue(v, PrimStructInfo(v.dtype, v))
-
-
-def sinfo_of_leaf(e: Expr) -> Optional[StructInfo]:
-    """Struct info of leaves whose type is known from their form alone."""
-    if e.struct_info is not None:
-        return e.struct_info
-    if isinstance(e, ShapeExpr):
-        return ShapeStructInfo(e.values)
-    if isinstance(e, PrimValue):
-        return PrimStructInfo(e.value.dtype, e.value)
-    if isinstance(e, Constant):
-        return TensorStructInfo(tuple(IntImm(int(d)) for d in e.data.shape), str(e.data.dtype))
-    if isinstance(e, (StringImm, DataTypeImm)):
-        return ObjectStructInfo()
-    return None
 
 
 def unknown_tensor(dtype: str, ndim: int = -1) -> TensorStructInfo:

@@ -1,4 +1,5 @@
-"""Sharding rules: how each operator's tensor dims correspond, einsum-style.
+"""Sharding rules: how each operator's tensor dims correspond, einsum-style (each op
+attaches its rule beside its struct-info rule; compiler.distributed uses them).
 
 An operator's sharding rule (`@opdef.sharding`, beside its struct-info rule) maps a
 call to a `DimSpec`: one label per dim of every tensor operand and of the result.
@@ -27,8 +28,8 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from ..ir import arith
-from ..ir.struct_info import DTensorStructInfo, StructInfo, TensorStructInfo, TupleStructInfo
-from .placement import Partial, Placement, Replicate, Shard
+from ..ir.struct_info import StructInfo, TensorStructInfo, TupleStructInfo, tensor_view
+from disco.placement import Partial, Placement, Replicate, Shard
 
 Label = Optional[str]
 Labels = tuple[Label, ...]
@@ -77,12 +78,7 @@ class DimSpec:
 # -- reading a call ----------------------------------------------------------------------
 
 
-def tensor_of(sinfo: Any) -> Optional[TensorStructInfo]:
-    if isinstance(sinfo, DTensorStructInfo):
-        return sinfo.tensor
-    if isinstance(sinfo, TensorStructInfo):
-        return sinfo
-    return None
+tensor_of = tensor_view     # a Tensor's or DTensor's (global) tensor struct info, else None
 
 
 def tensor_operands(call) -> list:
