@@ -3,6 +3,15 @@
 Light to import (a worker process starts with it): the registry, errors and worker
 identity load eagerly; sessions, the VM and executables load on first use.
 """
+import os as _os
+
+# OpenBLAS's threads spin for a while after each BLAS call. On a machine whose cores are
+# all busy that starves the OpenMP threads of the compiled kernels that run next (an
+# rms_norm beside a matmul ran 100x slower: benchmarks/llama_decode.py's prefill). Ask
+# them to sleep almost at once, unless the user set it: this holds where disco is imported
+# before numpy, and always in worker processes, which inherit the environment.
+_os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
+
 from ._context import num_workers, worker_id
 from .errors import DiscoError, SessionError, WorkerError
 from .registry import get_global_func, list_global_funcs, register_func
