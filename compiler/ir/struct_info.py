@@ -64,10 +64,6 @@ class TensorStructInfo(StructInfo):
             object.__setattr__(self, "shape", tuple(as_expr(v) for v in self.shape))
             object.__setattr__(self, "ndim", len(self.shape))
 
-    @property
-    def unknown_rank(self) -> bool:
-        return self.ndim < 0
-
 
 @dataclass(frozen=True, slots=True)
 class TupleStructInfo(StructInfo):
@@ -138,9 +134,3 @@ def tensor_view(sinfo: Any) -> Optional[TensorStructInfo]:
     if isinstance(sinfo, TensorStructInfo):
         return sinfo
     return None
-
-
-def get_shape(sinfo: Any) -> Optional[tuple[PrimExpr, ...]]:
-    """Shape of a Tensor or DTensor struct info (global view), else None."""
-    t = tensor_view(sinfo)
-    return None if t is None else t.shape
