@@ -133,7 +133,7 @@ def bench_ours(directory: str, tp: int, steps: int, threads: int) -> dict:
             prompts = rng.integers(0, CONFIG["vocab_size"], (batch, PROMPT))
             t = time.perf_counter()
             begin(cache, seqs, [PROMPT] * batch)
-            logits = dmod["prefill"](prompts.reshape(-1).astype(np.int64), cache, *weights).fetch()
+            logits = dmod["forward"](prompts.reshape(-1).astype(np.int64), cache, *weights).fetch()
             prefill = time.perf_counter() - t
             nxt = logits.reshape(batch, PROMPT, -1)[:, -1].argmax(-1).astype(np.int64)
             t = time.perf_counter()

@@ -20,8 +20,10 @@ from ..ir.errors import ShardingError
 from ..ir.module import IRModule
 
 # The inputs of a model's forward step: the tokens of the step (all sequences,
-# concatenated in the order the KV cache was told) and the cache.
+# concatenated in the order the KV cache was told) and the cache; prefill also takes the
+# index of each sequence's last token among them (only those tokens' logits are made).
 STEP_INPUTS = {"input_ids": nn.spec.Tensor(("n",), "int64"), "cache": nn.spec.Object()}
+PREFILL_INPUTS = dict(STEP_INPUTS, last=nn.spec.Tensor(("b",), "int64"))
 
 
 def padded(n: int, tp: int) -> int:
@@ -73,16 +75,37 @@ def pad_rows(w: np.ndarray, rows: int) -> np.ndarray:
 
 
 class CausalLM(nn.Module):
-    """Base of the families' top-level models: `forward(input_ids, cache) -> logits`
-    (tokens, vocab), the exported functions, weight loading."""
+    """Base of the families' top-level models. A family defines `hidden(input_ids, cache)`
+    (the final hidden states of the step's tokens) and `head(h)` (their logits); the
+    exported functions are built from those:
+
+    - prefill(input_ids (n,), cache, last (b,)) -> logits (b, vocab): the tokens of one
+      step for several sequences, logits of each sequence's last token only;
+    - decode(input_ids (b,), cache) -> logits (b, vocab): one new token per sequence;
+    - forward(input_ids (n,), cache) -> logits (n, vocab): every token's logits."""
 
     family = "?"
     config: Any
     tp: int = 1
 
+    def hidden(self, input_ids, cache):
+        raise NotImplementedError(f"{type(self).__name__}.hidden")
+
+    def head(self, h):
+        raise NotImplementedError(f"{type(self).__name__}.head")
+
+    def forward(self, input_ids, cache):
+        return self.head(self.hidden(input_ids, cache))
+
+    def prefill(self, input_ids, cache, last):
+        from ..nn import functional as F
+        return self.head(F.take_rows(self.hidden(input_ids, cache), last))
+
+    def decode(self, input_ids, cache):
+        return self.forward(input_ids, cache)
+
     def export(self) -> IRModule:
-        """prefill and decode: the same forward step (the cache knows the sequences)."""
-        return nn.export(self, {"prefill": ("forward", STEP_INPUTS), "decode": ("forward", STEP_INPUTS)})
+        return nn.export(self, {"prefill": PREFILL_INPUTS, "decode": STEP_INPUTS, "forward": STEP_INPUTS})
 
     def kv_layout(self) -> tuple[int, int, int]:
         """(layers, KV heads per device, head_dim): the KV cache each device needs."""

@@ -122,8 +122,11 @@ class GPT2LMHeadModel(CausalLM):
         if tp > 1:
             nn.shard(self, tp, PLAN)
 
-    def forward(self, input_ids, cache):
-        logits = F.linear(self.transformer(input_ids, cache), self.transformer.wte.weight())
+    def hidden(self, input_ids, cache):
+        return self.transformer(input_ids, cache)
+
+    def head(self, h):
+        logits = F.linear(h, self.transformer.wte.weight())
         if self.vocab != self.config.vocab_size:
             logits = F.narrow(logits, 1, 0, self.config.vocab_size)
         return logits

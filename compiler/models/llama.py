@@ -103,8 +103,10 @@ class LlamaForCausalLM(CausalLM):
         if tp > 1:
             nn.shard(self, tp, PLAN)
 
-    def forward(self, input_ids, cache):
-        h = self.model(input_ids, cache)
+    def hidden(self, input_ids, cache):
+        return self.model(input_ids, cache)
+
+    def head(self, h):
         head = self.model.embed_tokens.weight if self.config.tie_word_embeddings else self.lm_head.weight
         logits = F.linear(h, head())
         if self.vocab != self.config.vocab_size:

@@ -24,6 +24,11 @@ def embedding(ids: Tensor, table: Tensor) -> Tensor:
     return emit(op.take(table.expr, ids.expr, axis=0))
 
 
+def take_rows(x: Tensor, index: Tensor) -> Tensor:
+    """x[index] along dim 0."""
+    return emit(op.take(x.expr, index.expr, axis=0))
+
+
 def rms_norm(x: Tensor, weight: Tensor, eps: float) -> Tensor:
     return emit(op.nn.rms_norm(x.expr, weight.expr, axes=[-1], epsilon=eps))
 
@@ -93,6 +98,6 @@ def kv_attention(q: Tensor, k: Tensor, v: Tensor, cache: Tensor, layer: int,
     return emit(op.kv.attention(q.expr, k.expr, v.expr, cache.expr, layer=layer, scale=scale))
 
 
-__all__ = ["linear", "matmul", "embedding", "rms_norm", "layer_norm", "silu", "gelu", "softmax",
+__all__ = ["linear", "matmul", "embedding", "take_rows", "rms_norm", "layer_norm", "silu", "gelu", "softmax",
            "cos", "sin", "rotary", "concat", "split", "narrow", "const", "astype", "kv_positions",
            "kv_attention", "as_expr"]

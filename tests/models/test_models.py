@@ -89,7 +89,7 @@ def _run(directory: str, tp: int, ref: dict, dtype: str = "float32"):
     with disco.ProcessSession(tp) as sess:
         m = _Model(directory, tp, sess, dtype)
         m.add(0, 1)
-        logits = m.step("prefill", [0, 1], tiny.PROMPTS).astype(np.float32)
+        logits = m.step("forward", [0, 1], tiny.PROMPTS).astype(np.float32)
         n0 = len(tiny.PROMPTS[0])
         prefill = [logits[:n0], logits[n0:]]
         steps, greedy = [], [[int(np.argmax(prefill[0][-1])), int(np.argmax(prefill[1][-1]))]]
@@ -169,10 +169,25 @@ def test_one_build_serves_every_length(checkpoints):
     with disco.ProcessSession(1) as sess:
         m = _Model(directory, 1, sess)
         m.add(0, 1, 2, 3)
-        whole = m.step("prefill", [0], [long_prompt])
+        whole = m.step("forward", [0], [long_prompt])
         for sid, n in ((1, 1), (2, 7), (3, 33)):
-            part = m.step("prefill", [sid], [long_prompt[:n]])
+            part = m.step("forward", [sid], [long_prompt[:n]])
             np.testing.assert_allclose(part, whole[:n], rtol=TOL, atol=TOL)
+
+
+@pytest.mark.parametrize("tp", [1, 2])
+def test_prefill_gives_the_last_tokens_logits(checkpoints, references, tp):
+    """prefill(input_ids, cache, last): each sequence's last-token logits only."""
+    ref = references["gpt2"]
+    with disco.ProcessSession(tp) as sess:
+        m = _Model(checkpoints["gpt2"], tp, sess)
+        m.add(0, 1)
+        m.sess.get_global_func("disco.kv.begin_forward")(m.cache, [0, 1], [len(p) for p in tiny.PROMPTS])
+        ids = np.concatenate([np.asarray(p, np.int64) for p in tiny.PROMPTS])
+        last = np.cumsum([len(p) for p in tiny.PROMPTS]) - 1
+        out = np.asarray(m.dmod["prefill"](ids, m.cache, last.astype(np.int64), *m.weights).fetch())
+    np.testing.assert_allclose(out, [ref["prompt_logits_0"][-1], ref["prompt_logits_1"][-1]],
+                               rtol=TOL, atol=TOL)
 
 
 @pytest.mark.parametrize("change,tp,message", [
