@@ -1,0 +1,12 @@
+"""disco.llm: language models at run time, without the compiler.
+
+    engine = disco.llm.Engine.load("exported_model_dir", session=sess)
+    engine.generate(["Once upon a time"], max_new_tokens=32)
+
+- checkpoint.py: a checkpoint's tensors by name (Hugging Face safetensors, GGUF), read
+  in slices;
+- weights.py: each worker's block of every parameter, from the checkpoint, through the
+  transforms the compiled model describes (padding, repeated heads, regrouped columns);
+- tokenizer.py, sampling.py: text in and out, choosing tokens;
+- engine.py: the engine (session, weights, KV caches, batched prefill and decode).
+"""
