@@ -1,8 +1,9 @@
 """Regenerate tests/models/references/<family>.npz with Hugging Face transformers (torch's
 CPU build): for each tiny checkpoint of tiny.py, the logits of each prompt, then
 DECODE_STEPS greedy steps per prompt (the chosen tokens and the logits that chose them,
-each from a full forward pass over the sequence so far), in float32; and the same for
-the checkpoint in bfloat16 (its logits, cast to float32, are bfloat16 numbers: a
+each from a full forward pass over the sequence so far), in float32; `generate`'s
+greedy tokens (do_sample=False, EOS ignored) for GENERATE_PROMPTS, each prompt alone;
+and the same for the checkpoint in bfloat16 (its logits, cast to float32, are bfloat16 numbers: a
 greedy choice between logits closer than their rounding is a tie).
 
     python tests/models/make_references.py          # needs: pip install torch==2.13.0 transformers
@@ -38,6 +39,11 @@ def references(family: str, directory: str) -> dict:
             out[f"prompt_logits_{i}"] = model(torch.tensor([prompt])).logits[0].numpy()
         tokens, logits = _greedy(model, tiny.PROMPTS, tiny.DECODE_STEPS)
         out["tokens"], out["step_logits"] = tokens, logits
+        for i, prompt in enumerate(tiny.GENERATE_PROMPTS):
+            got = model.generate(torch.tensor([prompt]), attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
+                                 do_sample=False, max_new_tokens=tiny.GENERATE_TOKENS,
+                                 min_new_tokens=tiny.GENERATE_TOKENS, eos_token_id=None, pad_token_id=0)
+            out[f"generate_{i}"] = got[0, len(prompt):].numpy().astype(np.int64)
         bf16_dir = tiny.make_checkpoint(family, directory + "-bf16", "bfloat16")
         bf = AutoModelForCausalLM.from_pretrained(bf16_dir, dtype=torch.bfloat16).eval()
         out["bf16_tokens"], out["bf16_step_logits"] = _greedy(bf, tiny.PROMPTS, tiny.DECODE_STEPS)

@@ -114,3 +114,8 @@ def _save(tensors: dict, path: str) -> None:
 # Prompts: two sequences of different lengths; decode runs DECODE_STEPS greedy steps.
 PROMPTS = ([5, 17, 230, 44, 9], [901, 3, 77, 12, 600, 8, 140])
 DECODE_STEPS = 16
+
+# Prompts of lengths 3, 11 and 25 for generation: each alone in transformers' generate, together
+# in the engine; GENERATE_TOKENS new tokens each.
+GENERATE_PROMPTS = tuple([int(t) for t in np.random.default_rng(7).integers(1, 1000, n)] for n in (3, 11, 25))
+GENERATE_TOKENS = 32
