@@ -2,7 +2,7 @@
 from safetensors files through the spec's maps, against numpy constructions of the whole
 transformed tensor (pad, repeated heads, regrouped columns) for 1, 2 and 4 devices;
 sharded checkpoints with an index; float16 and bfloat16 sources; what is read from the
-file; the error messages; two workers of a session."""
+file; the error messages; two workers of a session; each worker's peak memory."""
 from __future__ import annotations
 
 import json
@@ -347,3 +347,79 @@ def test_load_weights_is_found_without_an_import():
             "print(f.__module__, 'compiler' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.split() == ["disco.llm.weights", "False"]
+
+
+# -- peak memory ------------------------------------------------------------------------
+
+LLAMA = dict(vocab=32000, hidden=768, layers=4, heads=12, kv_heads=4, head_dim=64, inter=2048)
+
+
+def llama_specs(c=LLAMA, tp=2) -> list[dict]:
+    """A Llama's parameters as compiler.models makes them (Megatron placements)."""
+    d, hd = c["hidden"], c["head_dim"]
+    out = [spec("model.embed_tokens.weight", (c["vocab"], d), "S[0]")]
+    for i in range(c["layers"]):
+        p = f"model.layers.{i}."
+        out += [spec(p + "input_layernorm.weight", (d,)),
+                spec(p + "self_attn.q_proj.weight", (c["heads"] * hd, d), "S[0]"),
+                spec(p + "self_attn.k_proj.weight", (c["kv_heads"] * hd, d), "S[0]"),
+                spec(p + "self_attn.v_proj.weight", (c["kv_heads"] * hd, d), "S[0]"),
+                spec(p + "self_attn.o_proj.weight", (d, c["heads"] * hd), "S[1]"),
+                spec(p + "post_attention_layernorm.weight", (d,)),
+                spec(p + "mlp.gate_proj.weight", (c["inter"], d), "S[0]"),
+                spec(p + "mlp.up_proj.weight", (c["inter"], d), "S[0]"),
+                spec(p + "mlp.down_proj.weight", (d, c["inter"]), "S[1]")]
+    return out + [spec("model.norm.weight", (d,)), spec("lm_head.weight", (c["vocab"], d), "S[0]")]
+
+
+def write_llama(path, specs) -> int:
+    """The checkpoint of `specs` (float32, random), written a tensor at a time; returns
+    its size in bytes."""
+    rng = np.random.default_rng(0)
+    header, offset = {}, 0
+    for s in specs:
+        n = int(np.prod(s["shape"])) * 4
+        header[s["source"]] = {"dtype": "F32", "shape": s["shape"], "data_offsets": [offset, offset + n]}
+        offset += n
+    raw = json.dumps(header).encode()
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(raw)) + raw)
+        for s in specs:
+            f.write(rng.random(s["shape"], dtype=np.float32).tobytes())
+    return offset
+
+
+MIB = 1 << 20
+OVERHEAD = 64 * MIB
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="reads the peak resident size from /proc")
+def test_peak_memory_of_each_worker(tmp_path):
+    """Two worker processes load a 300 MB Llama-shaped checkpoint (vocabulary-parallel
+    embedding and head, column- and row-parallel projections). Measured per worker: the
+    growth of its peak resident set (VmHWM, reset through /proc/self/clear_refs just
+    before the load) over its resident set then. The checkpoint is read with pread, not
+    mapped, so none of the file's pages count: the growth is the worker's own memory
+    (the blocks it keeps and what it needed on the way). Each keeps about half the
+    checkpoint; the bound is 0.6 of the checkpoint plus a fixed 64 MiB."""
+    specs = llama_specs()
+    path = str(tmp_path / "model.safetensors")
+    size = write_llama(path, specs)
+    assert 250 * MIB < size < 350 * MIB
+    with disco.ProcessSession(2) as sess:
+        sess.import_module("worker_funcs")
+        load = sess.get_global_func("disco.llm.load_weights")         # imports the module first
+        marks = sess.get_global_func("test.memory_mark")()
+        before = [marks.fetch(w) for w in range(2)]
+        blocks = load(path, json.dumps(specs), [2])
+        peaks = sess.get_global_func("test.memory_peak")()
+        sess.sync()
+        growth = [peaks.fetch(w) * 1024 - before[w][0] * 1024 for w in range(2)]
+        kept = sum(int(np.prod(s["shape"])) * 4 // (2 if s["placement"] != "R" else 1) for s in specs)
+        print(f"\ncheckpoint {size / MIB:.0f} MiB; each worker keeps {kept / MIB:.0f} MiB; peak growth "
+              f"{[round(g / MIB) for g in growth]} MiB (reset worked: {[b[1] for b in before]})")
+        for w in range(2):
+            assert growth[w] < 0.6 * size + OVERHEAD, f"worker {w}: {growth[w] / MIB:.0f} MiB"
+            assert growth[w] > 0.9 * kept        # the measure sees the blocks themselves
+        del blocks
