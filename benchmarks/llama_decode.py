@@ -108,17 +108,16 @@ def bench_transformers(directory: str, steps: int, threads: int) -> dict:
 def bench_ours(directory: str, tp: int, steps: int, threads: int) -> dict:
     import disco
     from compiler import build, models
+    from disco.llm.weights import place_weights
     os.environ["OMP_NUM_THREADS"] = os.environ["OPENBLAS_NUM_THREADS"] = str(threads)
     cfg = json.load(open(os.path.join(directory, "config.json")))
     model = models.from_config(cfg, tp=tp)
     ex = build(model.export())
-    params = model.load_params(models.read_safetensors(directory))
     out = {}
     rng = np.random.default_rng(0)
     with disco.ProcessSession(tp) as sess:
         dmod = sess.load_module(ex)
-        names = [n.replace(".", "_") for n in params]
-        weights = list(dmod.place(dict(zip(names, params.values())), "prefill").values())
+        weights = place_weights(sess, directory, model.weight_specs())
         layers, kv, hd = model.kv_layout()
         cache = sess.get_global_func("disco.kv.create")(layers, kv, hd, 8 * (PROMPT + steps) // 16 + 16, 16,
                                                         "float32")

@@ -10,8 +10,9 @@ there with `sess.import_module`). The VM finds packed functions here too.
     disco.get_global_func("my.add")(1, 2)
 
 A few runtime modules register a whole name prefix and are imported on the first lookup
-of such a name (`_PROVIDERS`: "disco.kv." -> disco.kv_cache), so compiled code and
-session workers can call them without importing anything first.
+of such a name (`_PROVIDERS`: "disco.kv." -> disco.kv_cache, "disco.llm.load_weights" ->
+disco.llm.weights), so compiled code and session workers can call them without importing
+anything first.
 """
 from __future__ import annotations
 
@@ -28,7 +29,7 @@ _FUNCS: dict[str, Callable] = {}
 # Modules that register the functions of a name prefix, imported the first time a name
 # with that prefix is looked up: the VM and session workers find these functions without
 # importing their module first (which the VM, running compiled code, could not know to do).
-_PROVIDERS = {"disco.kv.": "disco.kv_cache"}
+_PROVIDERS = {"disco.kv.": "disco.kv_cache", "disco.llm.load_weights": "disco.llm.weights"}
 
 
 class UnknownFunctionError(DiscoError, KeyError):

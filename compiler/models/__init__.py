@@ -3,14 +3,15 @@ Hugging Face `config.json` dict with parameters named as the checkpoint's tensor
 
     model = models.from_config(json.load(open("ckpt/config.json")), tp=2)
     mod = model.export()                                  # IRModule: prefill, decode
-    params = model.load_params(models.read_safetensors("ckpt"))   # name -> numpy array
+    specs = model.weight_specs()      # how each parameter is read from the checkpoint
+    weights = disco.llm.weights.place_weights(sess, "ckpt", specs)   # each worker its blocks
 """
 from __future__ import annotations
 
 from typing import Any, Mapping
 
 from . import gpt2, llama
-from .base import CausalLM, read_safetensors
+from .base import CausalLM
 
 FAMILIES = {"llama": llama.build, "mistral": llama.build, "qwen2": llama.build, "gpt2": gpt2.build}
 
@@ -23,4 +24,4 @@ def from_config(cfg: Mapping[str, Any], tp: int = 1, dtype: str = "float32") -> 
     return FAMILIES[kind](cfg, tp, dtype)
 
 
-__all__ = ["FAMILIES", "from_config", "CausalLM", "read_safetensors"]
+__all__ = ["FAMILIES", "from_config", "CausalLM"]

@@ -1,17 +1,19 @@
 """What every model family shares: tensor-parallel sizing checked at build time, the
-exported functions, and loading a checkpoint's tensors into the model's parameters.
+exported functions, and how the checkpoint's tensors make the model's parameters.
 
 A family (llama.py, gpt2.py) builds a `CausalLM` from a Hugging Face config dict for a
 tensor-parallel degree `tp`. Its parameters are named as the checkpoint's tensors;
 where the model's layout differs from the checkpoint's (vocabulary padded to a multiple
 of `tp`, KV heads repeated for more devices than KV heads, GPT-2's fused q/k/v columns
-regrouped per device), the family says how to make each parameter from the checkpoint
-(`weight_transforms`), so that the placement's contiguous split gives every device
-exactly its part.
+regrouped per device), the family says so with index maps (`weight_maps`), so that the
+placement's contiguous split gives every device exactly its part. `weight_specs()`
+describes every parameter (source tensor, shape, dtype, placement, maps) as plain
+JSON-able dicts, which the runtime (disco.llm.weights) applies on each worker, reading
+only that worker's block of the checkpoint.
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping, Optional
+from typing import Any, Mapping, Optional
 
 import numpy as np
 
@@ -54,24 +56,24 @@ def kv_heads_for(kv_heads: int, heads: int, tp: int, family: str) -> int:
                         f"use a tensor-parallel degree that divides or is a multiple of {kv_heads}")
 
 
-def repeat_heads(w: np.ndarray, heads: int, repeat: int, axis: int = 0) -> np.ndarray:
-    """A projection with each of its `heads` heads (blocks along `axis`) repeated
-    `repeat` times in a row: head e of the result is head e // repeat of `w`."""
-    if repeat == 1:
-        return w
-    shape = list(w.shape)
-    blocks = np.split(w, heads, axis=axis)
-    return np.concatenate([b for b in blocks for _ in range(repeat)], axis=axis).reshape(
-        shape[:axis] + [shape[axis] * repeat] + shape[axis + 1:])
+# Index maps of weight specs (disco.llm.weights describes them), along one axis of a
+# parameter, applied to its checkpoint tensor.
+
+def pad_map(size: int, axis: int = 0) -> dict:
+    """The axis padded with zeros to `size` (a vocabulary padded to the degree)."""
+    return {"axis": axis, "op": "pad", "size": size}
 
 
-def pad_rows(w: np.ndarray, rows: int) -> np.ndarray:
-    """`w` with zero rows appended up to `rows` (a padded vocabulary)."""
-    if w.shape[0] == rows:
-        return w
-    out = np.zeros((rows,) + w.shape[1:], w.dtype)
-    out[:w.shape[0]] = w
-    return out
+def repeat_heads_map(heads: int, repeat: int, axis: int = 0) -> dict:
+    """The axis's `heads` heads each repeated `repeat` times in a row (head e of the
+    parameter is head e // repeat of the checkpoint's)."""
+    return {"axis": axis, "op": "repeat_heads", "heads": heads, "repeat": repeat}
+
+
+def regroup_map(parts: int, groups: int, axis: int = -1) -> dict:
+    """The axis's `parts` parts (q | k | v) each split in `groups` contiguous groups,
+    reordered group-major (group g of every part, then group g + 1)."""
+    return {"axis": axis, "op": "regroup", "parts": parts, "groups": groups}
 
 
 class CausalLM(nn.Module):
@@ -111,51 +113,48 @@ class CausalLM(nn.Module):
         """(layers, KV heads per device, head_dim): the KV cache each device needs."""
         raise NotImplementedError(f"{type(self).__name__}.kv_layout")
 
-    def weight_transforms(self) -> Mapping[str, Callable[[Callable[[str], np.ndarray]], np.ndarray]]:
-        """Parameter name -> how to make it from the checkpoint (given a function that
-        reads a checkpoint tensor by name); parameters not listed are read as they are."""
+    def weight_maps(self) -> Mapping[str, list]:
+        """Parameter name -> its index maps (pad_map, repeat_heads_map, regroup_map), for
+        the parameters that differ from their checkpoint tensor."""
         return {}
 
-    def load_params(self, read: Callable[[str], np.ndarray]) -> dict[str, np.ndarray]:
-        """Every parameter's array, in `named_parameters()` order, from `read(name)`
-        (a checkpoint tensor by name), transformed and cast to the parameter's dtype."""
-        from disco.tensor import np_dtype
-        transforms = self.weight_transforms()
-        out = {}
-        for name, p in self.named_parameters():
-            a = transforms[name](read) if name in transforms else read(name)
-            a = np.asarray(a)
-            if tuple(a.shape) != p.shape:
-                raise ShardingError(f"{self.family}: parameter {name!r} should have shape {p.shape}, "
-                                    f"the checkpoint gives {tuple(a.shape)}")
-            out[name] = np.ascontiguousarray(a.astype(np_dtype(p.dtype), copy=False))
-        return out
+    def weight_sources(self) -> Mapping[str, str]:
+        """Parameter name -> the checkpoint tensor it is read from, where that is not its
+        own name (a tied weight may read another parameter's tensor)."""
+        return {}
 
+    def weight_specs(self) -> list[dict]:
+        """Every parameter, in `named_parameters()` order, as a JSON-able spec: name,
+        source (the checkpoint tensor), shape, dtype, placement (text, one entry per mesh
+        axis), maps (disco.llm.weights applies them on each worker)."""
+        from disco.placement import format_placement
+        maps, sources = self.weight_maps(), self.weight_sources()
+        axes = len(self.mesh.shape) if getattr(self, "mesh", None) is not None else 1
+        return [{"name": name, "source": sources.get(name, name), "shape": list(p.shape),
+                 "dtype": p.dtype,
+                 "placement": format_placement(p.placement) if p.placement else "R" * axes,
+                 "maps": [dict(m) for m in maps.get(name, ())]}
+                for name, p in self.named_parameters()]
 
-def read_safetensors(directory: str) -> Callable[[str], np.ndarray]:
-    """A reader of a Hugging Face checkpoint directory's *.safetensors tensors by name
-    (bfloat16 as ml_dtypes.bfloat16; disco.shards reads the files)."""
-    import glob
-    import os
+    def load_params(self, checkpoint) -> dict[str, np.ndarray]:
+        """Every parameter's whole array, in `named_parameters()` order, from a checkpoint
+        (a path, or a disco.llm.checkpoint.Checkpoint): the specs' blocks on a mesh of
+        one device (for tests and tools; workers load their own blocks with
+        disco.llm.weights.place_weights)."""
+        import os
 
-    from disco.shards import open_tensor, read_header
-    files = sorted(glob.glob(os.path.join(directory, "*.safetensors")))
-    if not files:
-        raise FileNotFoundError(f"no *.safetensors file in {directory!r}")
-    where: dict[str, tuple] = {}
-    for f in files:
-        header, start = read_header(f)
-        for k in header:
-            if k != "__metadata__":
-                where[k] = (f, header, start)
-
-    def read(name: str) -> np.ndarray:
-        if name not in where:
-            close = [k for k in where if k.split(".")[-1] == name.split(".")[-1]][:5]
-            raise KeyError(f"checkpoint {directory!r} has no tensor {name!r} (e.g. {close})")
-        f, header, start = where[name]
-        return np.array(open_tensor(f, name, header, start))
-    return read
+        from disco.llm.checkpoint import open_checkpoint
+        from disco.llm.weights import check_specs, load_block
+        from disco.placement import parse_placement
+        ckpt = open_checkpoint(checkpoint) if isinstance(checkpoint, (str, os.PathLike)) else checkpoint
+        try:
+            specs = self.weight_specs()
+            check_specs(ckpt, specs)
+            return {s["name"]: load_block(ckpt, s, (1,) * len(parse_placement(s["placement"])), 0)
+                    for s in specs}
+        finally:
+            if ckpt is not checkpoint:
+                ckpt.close()
 
 
 def config_value(cfg: Mapping[str, Any], *names: str, default: Optional[Any] = None) -> Any:

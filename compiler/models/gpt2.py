@@ -16,11 +16,9 @@ import math
 from dataclasses import dataclass
 from typing import Any, Mapping
 
-import numpy as np
-
 from .. import nn
 from ..nn import functional as F
-from .base import CausalLM, check_divisible, config_value, pad_rows, padded
+from .base import CausalLM, check_divisible, config_value, pad_map, padded, regroup_map
 
 PLAN = {
     "transformer.wte.weight": "S[0]",
@@ -135,20 +133,14 @@ class GPT2LMHeadModel(CausalLM):
         c = self.config
         return c.n_layer, c.n_head // self.tp, c.n_embd // c.n_head
 
-    def weight_transforms(self):
-        c, tp = self.config, self.tp
-        out = {"transformer.wte.weight": lambda read: pad_rows(read("transformer.wte.weight"), self.vocab)}
-
-        def per_device(a: np.ndarray) -> np.ndarray:
-            """Columns (last axis) q | k | v -> per device i: q_i | k_i | v_i."""
-            parts = [np.split(p, tp, axis=-1) for p in np.split(a, 3, axis=-1)]
-            return np.concatenate([parts[j][i] for i in range(tp) for j in range(3)], axis=-1)
-
-        if tp > 1:
+    def weight_maps(self):
+        c, tp, out = self.config, self.tp, {}
+        if self.vocab != c.vocab_size:
+            out["transformer.wte.weight"] = [pad_map(self.vocab)]
+        if tp > 1:      # columns q | k | v -> per device i: q_i | k_i | v_i
             for i in range(c.n_layer):
                 for kind in ("weight", "bias"):
-                    name = f"transformer.h.{i}.attn.c_attn.{kind}"
-                    out[name] = lambda read, n=name: per_device(read(n))
+                    out[f"transformer.h.{i}.attn.c_attn.{kind}"] = [regroup_map(3, tp)]
         return out
 
 

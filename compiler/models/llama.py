@@ -15,8 +15,8 @@ from typing import Any, Mapping, Optional
 
 from .. import nn
 from ..nn import functional as F
-from .base import (CausalLM, check_divisible, config_value, kv_heads_for, pad_rows, padded,
-                   repeat_heads, rope_settings)
+from .base import (CausalLM, check_divisible, config_value, kv_heads_for, pad_map, padded,
+                   repeat_heads_map, rope_settings)
 
 PLAN = {
     "*.q_proj.weight": "S[0]", "*.k_proj.weight": "S[0]", "*.v_proj.weight": "S[0]",
@@ -117,20 +117,19 @@ class LlamaForCausalLM(CausalLM):
         c = self.config
         return c.num_hidden_layers, self.kv_heads // self.tp, c.head_dim
 
-    def weight_transforms(self):
+    def weight_maps(self):
         c, out = self.config, {}
-        out["model.embed_tokens.weight"] = lambda read: pad_rows(read("model.embed_tokens.weight"),
-                                                                 self.vocab)
-        if not c.tie_word_embeddings:
-            out["lm_head.weight"] = lambda read: pad_rows(read("lm_head.weight"), self.vocab)
+        if self.vocab != c.vocab_size:
+            out["model.embed_tokens.weight"] = [pad_map(self.vocab)]
+            if not c.tie_word_embeddings:
+                out["lm_head.weight"] = [pad_map(self.vocab)]
         repeat = self.kv_heads // c.num_key_value_heads
         if repeat > 1:
             for i in range(c.num_hidden_layers):
                 for proj in ("k_proj", "v_proj"):
                     for kind in ("weight", "bias") if c.qkv_bias else ("weight",):
                         name = f"model.layers.{i}.self_attn.{proj}.{kind}"
-                        out[name] = (lambda read, n=name: repeat_heads(read(n), c.num_key_value_heads,
-                                                                       repeat))
+                        out[name] = [repeat_heads_map(c.num_key_value_heads, repeat)]
         return out
 
 

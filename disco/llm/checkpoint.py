@@ -8,12 +8,32 @@ or several with model.safetensors.index.json), and GGUF files (gguf.py).
     ckpt.names()                      # tensor names (Hugging Face's, for GGUF too)
     ckpt.shape(name), ckpt.dtype(name)
     ckpt.read(name, rows=slice(a, b))  # rows a..b of the tensor (dim 0), a numpy array
+
+`SafetensorsCheckpoint` reads the format directly (an 8-byte little-endian header
+length, a JSON header of name -> dtype, shape, data_offsets, then the raw row-major
+data), so it needs neither the `safetensors` package nor torch. Opening reads the
+headers only; `read` reads exactly the bytes of the rows asked for with `os.preadv`
+into the array it returns: no memory map, so nothing of the file counts in the
+process's memory but what was asked for.
 """
 from __future__ import annotations
 
-from typing import Optional
+import json
+import math
+import os
+import struct
+import threading
+from dataclasses import dataclass
+from typing import Optional, Sequence
 
 import numpy as np
+
+from disco.errors import DiscoError
+
+
+class CheckpointError(DiscoError, ValueError):
+    """A checkpoint that cannot be read, or whose tensors do not fit what is asked of
+    them; the message names the tensor and the file."""
 
 
 class Checkpoint:
@@ -41,3 +61,233 @@ class Checkpoint:
 
     def close(self) -> None:
         pass
+
+    def __enter__(self) -> "Checkpoint":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+# safetensors dtype codes -> numpy dtype names (ml_dtypes' for the 16- and 8-bit floats)
+SAFETENSORS_DTYPES = {
+    "F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16",
+    "F8_E4M3": "float8_e4m3fn", "F8_E5M2": "float8_e5m2",
+    "I64": "int64", "I32": "int32", "I16": "int16", "I8": "int8", "U8": "uint8", "BOOL": "bool",
+}
+
+
+def _np_dtype(code: str, file: str, name: str) -> np.dtype:
+    kind = SAFETENSORS_DTYPES.get(code)
+    if kind is None:
+        raise CheckpointError(f"{file!r}: tensor {name!r} has dtype {code}, which disco cannot read "
+                              f"(supported: {', '.join(SAFETENSORS_DTYPES)})")
+    if kind in ("bfloat16", "float8_e4m3fn", "float8_e5m2"):
+        import ml_dtypes
+        return np.dtype(getattr(ml_dtypes, kind))
+    return np.dtype(kind)
+
+
+@dataclass(frozen=True, slots=True)
+class _Entry:
+    """Where one tensor lies: its file, dtype code, shape and the absolute byte offset
+    of its data."""
+    file: str
+    code: str
+    shape: tuple[int, ...]
+    offset: int
+    nbytes: int
+
+
+def read_header(path: str) -> tuple[dict, int]:
+    """The safetensors header of `path` (name -> entry, without "__metadata__") and the
+    offset where the data begins."""
+    try:
+        with open(path, "rb") as f:
+            (size,) = struct.unpack("<Q", f.read(8))
+            if size > 100 << 20:
+                raise ValueError(f"header length {size} is not plausible")
+            header = json.loads(f.read(size))
+    except (OSError, struct.error, ValueError) as e:
+        raise CheckpointError(f"cannot read safetensors file {path!r}: {e}") from e
+    if not isinstance(header, dict):
+        raise CheckpointError(f"{path!r}: the safetensors header is not a JSON object")
+    header.pop("__metadata__", None)
+    return header, 8 + size
+
+
+def _entries(path: str) -> dict[str, _Entry]:
+    header, start = read_header(path)
+    size = os.path.getsize(path)
+    out = {}
+    for name, e in header.items():
+        try:
+            code, shape, (begin, end) = e["dtype"], tuple(int(d) for d in e["shape"]), e["data_offsets"]
+        except (KeyError, TypeError, ValueError) as err:
+            raise CheckpointError(f"{path!r}: malformed header entry for tensor {name!r}: {e!r}") from err
+        if not 0 <= begin <= end or start + end > size:
+            raise CheckpointError(f"{path!r}: tensor {name!r} has data_offsets {[begin, end]} outside "
+                                  f"the file's {size - start} bytes of data (a truncated file?)")
+        kind = SAFETENSORS_DTYPES.get(code)
+        if kind is not None and end - begin != math.prod(shape) * _np_dtype(code, path, name).itemsize:
+            raise CheckpointError(f"{path!r}: tensor {name!r} of shape {shape} and dtype {code} should "
+                                  f"take {math.prod(shape) * _np_dtype(code, path, name).itemsize} bytes; "
+                                  f"its data_offsets give {end - begin}")
+        out[name] = _Entry(path, code, shape, start + begin, end - begin)
+    return out
+
+
+class SafetensorsCheckpoint(Checkpoint):
+    """The tensors of one or several safetensors files (see the module docstring).
+    `path` is what was opened (for messages); `files` the files, in order."""
+
+    def __init__(self, path: str, files: Sequence[str]):
+        self.path = os.fspath(path)
+        self.files = [os.fspath(f) for f in files]
+        self._entries: dict[str, _Entry] = {}
+        for f in self.files:
+            for name, e in _entries(f).items():
+                if name in self._entries:
+                    raise CheckpointError(f"checkpoint {self.path!r}: tensor {name!r} is in both "
+                                          f"{self._entries[name].file!r} and {f!r}")
+                self._entries[name] = e
+        self._fds: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def from_index(index: str) -> "SafetensorsCheckpoint":
+        """A sharded checkpoint: the files of model.safetensors.index.json's weight_map,
+        each tensor checked to be in the file the index names."""
+        try:
+            with open(index) as f:
+                weight_map = json.load(f)["weight_map"]
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise CheckpointError(f"cannot read the weight_map of index {index!r}: {e!r}") from e
+        base = os.path.dirname(os.path.abspath(index))
+        files = list(dict.fromkeys(os.path.join(base, f) for f in weight_map.values()))
+        missing = [f for f in files if not os.path.isfile(f)]
+        if missing:
+            raise CheckpointError(f"index {index!r} names files that do not exist: {missing}")
+        ckpt = SafetensorsCheckpoint(index, files)
+        for name, f in weight_map.items():
+            e = ckpt._entries.get(name)
+            if e is None or e.file != os.path.join(base, f):
+                where = f"it is in {e.file!r}" if e is not None else "no file of the index has it"
+                ckpt.close()
+                raise CheckpointError(f"index {index!r} puts tensor {name!r} in {f!r}, but {where}")
+        return ckpt
+
+    def names(self) -> list[str]:
+        return list(self._entries)
+
+    def _entry(self, name: str) -> _Entry:
+        e = self._entries.get(name)
+        if e is None:
+            import difflib
+            close = difflib.get_close_matches(name, list(self._entries), n=5, cutoff=0.6)
+            raise CheckpointError(f"checkpoint {self.path!r} has no tensor {name!r}" +
+                                  (f"; close names: {close}" if close else ""))
+        return e
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        return self._entry(name).shape
+
+    def dtype(self, name: str) -> np.dtype:
+        e = self._entry(name)
+        return _np_dtype(e.code, e.file, name)
+
+    def dtype_code(self, name: str) -> str:
+        """The file's dtype code ("BF16", ...), also for dtypes disco cannot read."""
+        return self._entry(name).code
+
+    def file_of(self, name: str) -> str:
+        return self._entry(name).file
+
+    def read(self, name: str, rows: Optional[slice] = None) -> np.ndarray:
+        e = self._entry(name)
+        dtype = _np_dtype(e.code, e.file, name)
+        if rows is None or not e.shape:
+            first, count = 0, (e.shape[0] if e.shape else 1)
+            shape = e.shape
+        else:
+            first, stop, step = rows.indices(e.shape[0])
+            if step != 1:
+                raise CheckpointError(f"{e.file!r}: tensor {name!r}: rows must be a contiguous slice, "
+                                      f"got step {step}")
+            count = max(stop - first, 0)
+            shape = (count,) + e.shape[1:]
+        out = np.empty(shape, dtype)
+        row_bytes = math.prod(e.shape[1:]) * dtype.itemsize
+        self._pread(e, out, e.offset + first * row_bytes, name)
+        return out
+
+    def _pread(self, e: _Entry, out: np.ndarray, offset: int, name: str) -> None:
+        """Fill `out` (C-contiguous) with the file's bytes from `offset`."""
+        if out.nbytes == 0:
+            return
+        view = memoryview(out.reshape(-1).view(np.uint8))
+        fd, done = self._fd(e.file), 0
+        while done < len(view):
+            n = os.preadv(fd, [view[done:]], offset + done)
+            if n <= 0:
+                raise CheckpointError(f"{e.file!r}: the file ended while reading tensor {name!r} "
+                                      f"(byte {offset + done}); it is truncated")
+            done += n
+
+    def _fd(self, file: str) -> int:
+        fd = self._fds.get(file)
+        if fd is None:
+            with self._lock:
+                fd = self._fds.get(file)
+                if fd is None:
+                    try:
+                        fd = self._fds[file] = os.open(file, os.O_RDONLY)
+                    except OSError as e:
+                        raise CheckpointError(f"cannot open {file!r}: {e}") from e
+        return fd
+
+    def close(self) -> None:
+        with self._lock:
+            fds, self._fds = self._fds, {}
+        for fd in fds.values():
+            os.close(fd)
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:
+            pass
+
+    def __repr__(self) -> str:
+        return f"SafetensorsCheckpoint({self.path!r}, {len(self._entries)} tensors in {len(self.files)} files)"
+
+
+INDEX = "model.safetensors.index.json"
+
+
+def open_checkpoint(path) -> Checkpoint:
+    """The checkpoint at `path`: a directory holding model.safetensors.index.json (a
+    sharded checkpoint), else model.safetensors, else its *.safetensors files; a
+    .safetensors file; an index .json file; a .gguf file (gguf.py)."""
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        if os.path.isfile(os.path.join(path, INDEX)):
+            return SafetensorsCheckpoint.from_index(os.path.join(path, INDEX))
+        if os.path.isfile(os.path.join(path, "model.safetensors")):
+            return SafetensorsCheckpoint(path, [os.path.join(path, "model.safetensors")])
+        files = sorted(os.path.join(path, f) for f in os.listdir(path) if f.endswith(".safetensors"))
+        if files:
+            return SafetensorsCheckpoint(path, files)
+        raise CheckpointError(f"directory {path!r} holds no {INDEX}, model.safetensors or other "
+                              f".safetensors file")
+    if not os.path.exists(path):
+        raise CheckpointError(f"no checkpoint at {path!r}: no such file or directory")
+    if path.endswith(".json"):
+        return SafetensorsCheckpoint.from_index(path)
+    if path.endswith(".gguf"):
+        try:
+            from .gguf import GGUFCheckpoint
+        except ImportError as e:
+            raise CheckpointError(f"{path!r}: reading GGUF files needs disco.llm.gguf ({e})") from e
+        return GGUFCheckpoint(path)
+    return SafetensorsCheckpoint(path, [path])

@@ -62,7 +62,7 @@ def test_load_shards_errors(sess2, tmp_path):
 
 
 class _CountingFile:
-    """A file opened by disco.shards: counts the bytes read, by thread."""
+    """A file opened by disco.llm.checkpoint (headers): counts the bytes read, by thread."""
 
     def __init__(self, f, reads: list):
         self._f, self._reads = f, reads
@@ -92,24 +92,28 @@ def test_load_shards_controller_reads_only_the_header(sess2, tmp_path, monkeypat
         (header_len,) = struct.unpack("<Q", f.read(8))
     assert header_len < 1024
 
-    import disco.shards as shards
+    import os
+
+    import disco.llm.checkpoint as checkpoint
     controller = threading.get_ident()
-    reads: list = []            # (thread, bytes) read through open() in disco.shards
-    maps: list = []             # threads that memory-mapped tensor data
-    real_open, real_memmap = open, np.memmap
-    monkeypatch.setattr(shards, "open", lambda *a, **k: _CountingFile(real_open(*a, **k), reads),
+    reads: list = []            # (thread, bytes) read through open() in disco.llm.checkpoint
+    data: list = []             # (thread, bytes) of tensor data read (os.preadv)
+    real_open, real_preadv = open, os.preadv
+    monkeypatch.setattr(checkpoint, "open", lambda *a, **k: _CountingFile(real_open(*a, **k), reads),
                         raising=False)
 
-    def memmap(*args, **kwargs):
-        maps.append(threading.get_ident())
-        return real_memmap(*args, **kwargs)
+    def preadv(fd, buffers, offset):
+        n = real_preadv(fd, buffers, offset)
+        data.append((threading.get_ident(), n))
+        return n
 
-    monkeypatch.setattr(np, "memmap", memmap)
+    monkeypatch.setattr(os, "preadv", preadv)
     refs = disco.load_shards(sess2, str(path), {"w": "S[1]", "b": "R"})
 
     assert sum(n for t, n in reads if t == controller) == 8 + header_len
-    assert controller not in maps
-    if isinstance(sess2, disco.ThreadedSession):     # the workers' reads are seen here too
-        assert len(maps) == 2 * sess2.num_workers
+    assert controller not in [t for t, _ in data]
+    if isinstance(sess2, disco.ThreadedSession):     # the workers' reads are seen here too:
+        # w's columns are split, so each worker reads every row (a chunk at a time); b whole
+        assert sum(n for _, n in data) == sess2.num_workers * (w.nbytes + b.nbytes)
     np.testing.assert_array_equal(refs["w"].fetch_local(1), w[:, 256:])
     np.testing.assert_array_equal(refs["b"].fetch_local(0), b)

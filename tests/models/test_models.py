@@ -21,6 +21,7 @@ import disco  # noqa: E402
 from compiler import build, models  # noqa: E402
 from compiler.distributed import describe  # noqa: E402
 from compiler.ir.errors import ShardingError  # noqa: E402
+from disco.llm.weights import place_weights  # noqa: E402
 
 FAMILIES = tuple(tiny.CONFIGS)
 TOL = 1e-4
@@ -60,14 +61,12 @@ class _Model:
         self.model = models.from_config(cfg, tp=tp, dtype=dtype)
         self.sess = sess
         self.dmod = sess.load_module(build(self.model.export()))
-        params = self.model.load_params(models.read_safetensors(directory))
-        self.weights = list(self.dmod.place(dict(zip(self._param_names(), params.values())),
-                                            "prefill").values())
+        specs = self.model.weight_specs()
+        placements = self.dmod.placements("prefill")      # the executable's, by parameter
+        assert [placements[s["name"].replace(".", "_")] for s in specs] == [s["placement"] for s in specs]
+        self.weights = place_weights(sess, directory, specs)       # each worker reads its blocks
         layers, kv_heads, head_dim = self.model.kv_layout()
         self.cache = sess.get_global_func("disco.kv.create")(layers, kv_heads, head_dim, 64, 16, dtype)
-
-    def _param_names(self) -> list[str]:
-        return [n.replace(".", "_") for n, _ in self.model.named_parameters()]
 
     def add(self, *seq_ids: int) -> None:
         for s in seq_ids:
@@ -135,6 +134,61 @@ def test_bfloat16_weights_give_the_same_greedy_tokens(tmp_path, references, fami
     clear = (top2[..., 1] - top2[..., 0] >= 4 * BF16_ULP * np.abs(top2[..., 1])).T   # (2, steps)
     assert clear.mean() > 0.5, "the reference has too many ties to test anything"
     np.testing.assert_array_equal(greedy[clear], ref["bf16_tokens"][clear])
+
+
+def test_weight_specs(checkpoints):
+    """The specs describe every parameter in order, JSON-able, with the maps the layout
+    needs; the whole parameters they give (load_params) against numpy: GPT-2's padded
+    vocabulary and regrouped c_attn columns on 2 devices, Llama's KV heads repeated
+    for 4 devices (2 KV heads)."""
+    from disco.llm.checkpoint import open_checkpoint
+    gpt2 = models.from_config(tiny.CONFIGS["gpt2"], tp=2)
+    specs = gpt2.weight_specs()
+    assert [s["name"] for s in specs] == [n for n, _ in gpt2.named_parameters()]
+    assert json.loads(json.dumps(specs)) == specs
+    by_name = {s["name"]: s for s in specs}
+    assert by_name["transformer.wte.weight"] == {
+        "name": "transformer.wte.weight", "source": "transformer.wte.weight", "shape": [1002, 64],
+        "dtype": "float32", "placement": "S[0]", "maps": [{"axis": 0, "op": "pad", "size": 1002}]}
+    assert by_name["transformer.h.0.attn.c_attn.weight"]["maps"] == [
+        {"axis": -1, "op": "regroup", "parts": 3, "groups": 2}]
+    assert by_name["transformer.ln_f.weight"]["placement"] == "R"
+    with open_checkpoint(checkpoints["gpt2"]) as ckpt:
+        params = gpt2.load_params(ckpt)
+        wte, c_attn = ckpt.read("transformer.wte.weight"), ckpt.read("transformer.h.1.attn.c_attn.weight")
+    np.testing.assert_array_equal(params["transformer.wte.weight"], np.concatenate([wte, np.zeros((1, 64))]))
+    q, k, v = np.split(c_attn, 3, axis=1)        # device i: its half of the heads of q, k and v
+    np.testing.assert_array_equal(params["transformer.h.1.attn.c_attn.weight"],
+                                  np.concatenate([q[:, :32], k[:, :32], v[:, :32], q[:, 32:], k[:, 32:], v[:, 32:]], 1))
+
+    llama = models.from_config(tiny.CONFIGS["llama"], tp=4)
+    k_spec = {s["name"]: s for s in llama.weight_specs()}["model.layers.0.self_attn.k_proj.weight"]
+    assert k_spec["maps"] == [{"axis": 0, "op": "repeat_heads", "heads": 2, "repeat": 2}]
+    assert k_spec["shape"] == [32, 64]
+    params = llama.load_params(checkpoints["llama"])
+    with open_checkpoint(checkpoints["llama"]) as ckpt:
+        k = ckpt.read("model.layers.0.self_attn.k_proj.weight")          # 2 heads of 8 rows
+    np.testing.assert_array_equal(params["model.layers.0.self_attn.k_proj.weight"],
+                                  np.concatenate([k[:8], k[:8], k[8:], k[8:]]))
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_checkpoints_saved_by_transformers_load(tmp_path, family):
+    """A checkpoint written by transformers' save_pretrained (its names, its handling of
+    tied weights and buffers): every tensor is used, and the parameters are its state."""
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    cfg = transformers.AutoConfig.for_model(**{k: v for k, v in tiny.CONFIGS[family].items()
+                                               if k != "architectures"})
+    torch.manual_seed(0)
+    hf = transformers.AutoModelForCausalLM.from_config(cfg)
+    hf.save_pretrained(str(tmp_path))
+    state = {k: v.numpy() for k, v in hf.state_dict().items()}
+    for tp in (1, 2):
+        params = models.from_config(json.load(open(tmp_path / "config.json")), tp=tp).load_params(str(tmp_path))
+        for name, a in params.items():
+            if tp == 1:
+                np.testing.assert_array_equal(a, state[name], err_msg=name)
 
 
 EXPECTED_COLLECTIVES = {
