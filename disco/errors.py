@@ -45,3 +45,7 @@ class OutOfPagesError(KVCacheError):
 
     pages_needed: int = 0
     pages_free: int = 0
+
+
+class SamplingError(DiscoError, ValueError):
+    """Sampling settings or logits that cannot be sampled from (disco.llm.sampling)."""
