@@ -49,3 +49,8 @@ class OutOfPagesError(KVCacheError):
 
 class SamplingError(DiscoError, ValueError):
     """Sampling settings or logits that cannot be sampled from (disco.llm.sampling)."""
+
+
+class GenerationError(DiscoError, ValueError):
+    """Generation settings that are out of range, or a finished sequence fed more tokens
+    (disco.llm.generation)."""
