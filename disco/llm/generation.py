@@ -120,9 +120,9 @@ class StopChecker:
 
     Feed it every new token with the text the stream decoder gave for it; it returns the
     text to show now. It ends the sequence at an EOS id (the EOS token's own text is not
-    shown), after max_new_tokens tokens, or at the first stop string (the text ends
-    before it). Text that ends with the beginning of a stop string is held back until the
-    next tokens settle it. `finish_reason` is "stop" (EOS or stop string), "length", or
+    shown), after max_new_tokens tokens, or at the token that completes a stop string
+    (the text ends where the earliest stop string then present begins). Text that ends
+    with the beginning of a stop string is held back until the next tokens settle it. `finish_reason` is "stop" (EOS or stop string), "length", or
     None while running; `stop_string` the one that matched."""
 
     def __init__(self, config: GenerationConfig, eos_token_ids: Iterable[int] = ()):

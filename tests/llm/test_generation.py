@@ -1,6 +1,6 @@
 """disco.llm.generation: GenerationConfig read as transformers reads
-generation_config.json, and StopChecker against a plain reference (the whole text cut
-at the first stop string), fed in every possible split of the text."""
+generation_config.json, and StopChecker against a plain reference (the text so far,
+searched after each piece), fed in every possible split of a text."""
 from __future__ import annotations
 
 import json
@@ -118,14 +118,25 @@ def test_push_after_finish():
         c.push(2, "b")
 
 
-@settings(max_examples=300, deadline=None)
+def reference(pieces, stops):
+    """The text generation keeps: it stops after the first piece that completes a stop
+    string, and the text ends where the earliest of the stop strings present begins."""
+    text = ""
+    for piece in pieces:
+        text += piece
+        firsts = [i for i in (text.find(s) for s in stops) if i >= 0]
+        if firsts:
+            return text[:min(firsts)], True
+    return text, False
+
+
+@settings(max_examples=500, deadline=None)
 @given(text=st.text(alphabet="ab#\n", max_size=30), cuts=st.lists(st.integers(0, 30), max_size=10),
        stops=st.lists(st.text(alphabet="ab#\n", min_size=1, max_size=4), max_size=3))
-def test_any_split_equals_cutting_the_whole_text(text, cuts, stops):
+def test_any_split_equals_the_reference(text, cuts, stops):
     bounds = sorted(set(c for c in cuts if c <= len(text)) | {0, len(text)})
     pieces = [text[a:b] for a, b in zip(bounds, bounds[1:])]
-    firsts = [i for i in (text.find(s) for s in stops) if i >= 0]
-    want = text[:min(firsts)] if firsts else text
+    want, stopped = reference(pieces, stops)
     c = StopChecker(GenerationConfig(stop=tuple(stops), max_new_tokens=10**6))
     shown = []
     for piece in pieces:
@@ -136,4 +147,12 @@ def test_any_split_equals_cutting_the_whole_text(text, cuts, stops):
             break
     shown.append(c.flush())
     assert "".join(shown) == c.text == want
-    assert (c.finish_reason == "stop") == bool(firsts)
+    assert (c.finish_reason == "stop") == stopped
+
+
+def test_the_first_stop_string_completed_wins():
+    # "a" completes first (after "#a"), although "#aa" would have begun earlier
+    c = StopChecker(GenerationConfig(stop=("a", "#aa")))
+    assert run(c, ["#a", "a"]) == ["#", ""] and c.stop_string == "a"
+    c = StopChecker(GenerationConfig(stop=("a", "#aa")))
+    assert run(c, ["#aa"]) == ["", ""] and c.stop_string == "#aa"
