@@ -45,3 +45,22 @@ class OutOfPagesError(KVCacheError):
 
     pages_needed: int = 0
     pages_free: int = 0
+
+
+class TokenizerError(DiscoError, ValueError):
+    """A tokenizer that cannot be loaded or used (disco.llm.tokenizer): a directory without
+    tokenizer.json, a special token missing from the vocabulary, ids out of range."""
+
+
+class ChatTemplateError(TokenizerError):
+    """A chat was asked of a tokenizer without a chat template, or the template failed
+    (its own raise_exception, a syntax error, a message it cannot render)."""
+
+
+class SamplingError(DiscoError, ValueError):
+    """Sampling settings or logits that cannot be sampled from (disco.llm.sampling)."""
+
+
+class GenerationError(DiscoError, ValueError):
+    """Generation settings that are out of range, or a finished sequence fed more tokens
+    (disco.llm.generation)."""

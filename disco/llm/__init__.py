@@ -7,6 +7,9 @@
   in slices;
 - weights.py: each worker's block of every parameter, from the checkpoint, through the
   transforms the compiled model describes (padding, repeated heads, regrouped columns);
-- tokenizer.py, sampling.py: text in and out, choosing tokens;
+- tokenizer.py (chat_template.py, detokenizer.py): text in and out, chat prompts, text
+  streamed token by token;
+- sampling.py: choosing each sequence's next token (greedy, temperature, top-k/p, seeds);
+- generation.py: a request's settings and when its sequence ends (EOS, length, stop strings);
 - engine.py: the engine (session, weights, KV caches, batched prefill and decode).
 """
