@@ -1,0 +1,333 @@
+"""GGUF files (llama.cpp's format) as checkpoints: tensors under Hugging Face's names and
+layouts, dequantized to float32.
+
+    ckpt = GGUFCheckpoint("SmolLM2-135M-Instruct.Q4_1.gguf")
+    ckpt.read("model.layers.0.self_attn.q_proj.weight", rows=slice(0, 192))  # float32
+
+What a GGUF holds that Hugging Face's files do not, and how it is undone here, following
+transformers' GGUF loader so that the tensors equal its state_dict:
+- names: llama.cpp's (`blk.0.attn_q.weight`), renamed by `_HF_NAMES`;
+- shapes: ggml lists dimensions fastest first, the reverse of numpy's;
+- blocks: quantized tensors are blocks of 32 or 256 values along the last dimension (a
+  row is whole blocks), dequantized by the `gguf` package (every ggml format);
+- rotary: llama.cpp's converter reorders the rows of q and k inside each head from
+  "halves" to "interleaved" pairs for its rotary kernel; `_unpermute` reorders them back.
+
+Read: the "llama" architecture (Llama 1-3, Mistral, SmolLM, TinyLlama files); anything
+else raises GGUFError naming it.
+The header is parsed here (the `gguf` package's reader decodes every metadata string into
+numpy parts, seconds for a vocabulary); only dequantizing needs the `gguf` package.
+"""
+from __future__ import annotations
+
+import math
+import mmap
+import os
+import re
+import struct
+from dataclasses import dataclass
+from typing import Any, Optional
+
+import numpy as np
+
+from ..errors import DiscoError
+from .checkpoint import Checkpoint
+
+
+class GGUFError(DiscoError, ValueError):
+    """A GGUF file that is malformed, or holds a model or tokenizer this reader does not
+    support (the message names the key or tensor)."""
+
+
+# ---- the header: metadata, tensor table, where the data starts ----------------------------
+
+_SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?",
+            10: "<Q", 11: "<q", 12: "<d"}
+_STRING, _ARRAY = 8, 9
+_F32, _F16, _BF16 = 0, 1, 30
+_REQUIRED = object()
+
+
+@dataclass(frozen=True)
+class _Tensor:
+    gguf_name: str
+    shape: tuple[int, ...]   # numpy's order (slowest dimension first)
+    ggml_type: int
+    offset: int              # absolute, in the file
+
+
+@dataclass(frozen=True)
+class GGUFHeader:
+    path: str
+    metadata: dict[str, Any]
+    tensors: dict[str, _Tensor]   # by GGUF name, in file order
+
+    @property
+    def architecture(self) -> str:
+        return self.metadata["general.architecture"]
+
+    def arch_value(self, key: str, default: Any = _REQUIRED) -> Any:
+        """`{architecture}.{key}` of the metadata (`llama.block_count`, ...)."""
+        full = f"{self.architecture}.{key}"
+        if full in self.metadata:
+            return self.metadata[full]
+        if default is _REQUIRED:
+            raise GGUFError(f"{self.path}: metadata has no {full!r}, which a {self.architecture} "
+                            f"model needs")
+        return default
+
+
+def read_header(path: str) -> GGUFHeader:
+    """The metadata and tensor table of a GGUF file (version 2 or 3, little-endian); no
+    tensor data is read."""
+    path = str(path)
+    with open(path, "rb") as f:
+        if os.fstat(f.fileno()).st_size < 24:
+            raise GGUFError(f"{path} is not a GGUF file (shorter than a GGUF header)")
+        buf = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+    try:
+        return _parse_header(buf, path)
+    finally:
+        buf.close()
+
+
+def _parse_header(buf: mmap.mmap, path: str) -> GGUFHeader:
+    if buf[:4] != b"GGUF":
+        raise GGUFError(f"{path} is not a GGUF file (it starts with {bytes(buf[:4])!r}, not b'GGUF')")
+    version, n_tensors, n_kv = struct.unpack_from("<IQQ", buf, 4)
+    if version not in (2, 3):
+        raise GGUFError(f"{path}: GGUF version {version} (or a big-endian file); this reader "
+                        f"reads little-endian versions 2 and 3")
+    pos = 24
+
+    def string() -> str:
+        nonlocal pos
+        (n,) = struct.unpack_from("<Q", buf, pos)
+        pos += 8 + n
+        return buf[pos - n:pos].decode("utf-8")
+
+    def value(kind: int) -> Any:
+        nonlocal pos
+        if kind == _STRING:
+            return string()
+        if kind == _ARRAY:
+            item, n = struct.unpack_from("<IQ", buf, pos)
+            pos += 12
+            if item in _SCALARS:   # numbers in one go (token types, scores)
+                width = struct.calcsize(_SCALARS[item])
+                out = np.frombuffer(buf, np.dtype(_SCALARS[item]), n, pos).tolist()
+                pos += width * n
+                return out
+            return [value(item) for _ in range(n)]
+        if kind not in _SCALARS:
+            raise GGUFError(f"{path}: metadata value of unknown type {kind} at byte {pos}")
+        (v,) = struct.unpack_from(_SCALARS[kind], buf, pos)
+        pos += struct.calcsize(_SCALARS[kind])
+        return v
+
+    metadata: dict[str, Any] = {}
+    for _ in range(n_kv):
+        key = string()
+        (kind,) = struct.unpack_from("<I", buf, pos)
+        pos += 4
+        metadata[key] = value(kind)
+    if "general.architecture" not in metadata:
+        raise GGUFError(f"{path}: metadata has no 'general.architecture'")
+    table = []
+    for _ in range(n_tensors):
+        name = string()
+        (ndim,) = struct.unpack_from("<I", buf, pos)
+        dims = struct.unpack_from(f"<{ndim}Q", buf, pos + 4)
+        ggml_type, offset = struct.unpack_from("<IQ", buf, pos + 4 + 8 * ndim)
+        pos += 4 + 8 * ndim + 12
+        table.append((name, tuple(reversed(dims)), ggml_type, offset))
+    align = int(metadata.get("general.alignment", 32))
+    data_start = -(-pos // align) * align
+    tensors = {name: _Tensor(name, shape, t, data_start + off) for name, shape, t, off in table}
+    return GGUFHeader(path, metadata, tensors)
+
+
+def _block(t: _Tensor, path: str) -> tuple[int, int]:
+    """(values, bytes) of one block of `t`'s ggml type; (1, itemsize) when not quantized."""
+    if t.ggml_type == _F32:
+        return 1, 4
+    if t.ggml_type in (_F16, _BF16):
+        return 1, 2
+    gguf = _gguf_package()
+    try:
+        return tuple(gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType(t.ggml_type)])
+    except (ValueError, KeyError):
+        raise GGUFError(f"{path}: tensor {t.gguf_name!r} has ggml type {t.ggml_type}, which the "
+                        f"installed gguf package does not know; upgrade it (pip install -U gguf)") from None
+
+
+def _gguf_package():
+    try:
+        import gguf
+    except ImportError:
+        raise ImportError("reading quantized GGUF tensors needs the gguf package: "
+                          "pip install 'disco-tp[gguf]' (or pip install gguf)") from None
+    return gguf
+
+
+def _dequantize(raw: np.ndarray, ggml_type: int) -> np.ndarray:
+    """float32 values of whole blocks `raw` (uint8), a new array."""
+    if ggml_type == _F32:
+        return raw.view(np.float32).copy()
+    if ggml_type == _F16:
+        return raw.view(np.float16).astype(np.float32)
+    if ggml_type == _BF16:
+        return (raw.view(np.uint16).astype(np.uint32) << 16).view(np.float32)
+    gguf = _gguf_package()
+    return gguf.dequantize(raw, gguf.GGMLQuantizationType(ggml_type)).reshape(-1)
+
+
+# ---- names: llama.cpp's to Hugging Face's ---------------------------------------------------
+
+# Architectures read here, and whether llama.cpp permuted their q and k rows for rotary
+# (transformers' TENSOR_PROCESSORS: only "llama"'s LlamaTensorProcessor undoes it).
+_ARCHS = {"llama": True}
+
+_HF_NAMES = [   # (GGUF pattern, Hugging Face name); \1 the layer, \2 weight or bias
+    (r"token_embd\.weight", "model.embed_tokens.weight"),
+    (r"output_norm\.weight", "model.norm.weight"),
+    (r"output\.weight", "lm_head.weight"),
+    (r"blk\.(\d+)\.attn_norm\.weight", r"model.layers.\1.input_layernorm.weight"),
+    (r"blk\.(\d+)\.ffn_norm\.weight", r"model.layers.\1.post_attention_layernorm.weight"),
+    (r"blk\.(\d+)\.attn_q\.(weight|bias)", r"model.layers.\1.self_attn.q_proj.\2"),
+    (r"blk\.(\d+)\.attn_k\.(weight|bias)", r"model.layers.\1.self_attn.k_proj.\2"),
+    (r"blk\.(\d+)\.attn_v\.(weight|bias)", r"model.layers.\1.self_attn.v_proj.\2"),
+    (r"blk\.(\d+)\.attn_output\.(weight|bias)", r"model.layers.\1.self_attn.o_proj.\2"),
+    (r"blk\.(\d+)\.ffn_gate\.weight", r"model.layers.\1.mlp.gate_proj.weight"),
+    (r"blk\.(\d+)\.ffn_up\.weight", r"model.layers.\1.mlp.up_proj.weight"),
+    (r"blk\.(\d+)\.ffn_down\.weight", r"model.layers.\1.mlp.down_proj.weight"),
+]
+_HF_RE = [(re.compile(p), hf) for p, hf in _HF_NAMES]
+# Tensors llama.cpp adds that are not weights of the Hugging Face model (rope_freqs: the
+# llama3 rotary scaling as per-frequency factors, read by gguf_config).
+_NOT_WEIGHTS = {"rope_freqs.weight"}
+
+
+def hf_name(gguf_name: str) -> Optional[str]:
+    """Hugging Face's name of a llama GGUF tensor, None when it has none."""
+    for pattern, hf in _HF_RE:
+        m = pattern.fullmatch(gguf_name)
+        if m:
+            return m.expand(hf)
+    return None
+
+
+def _check_arch(header: GGUFHeader) -> None:
+    if header.architecture not in _ARCHS:
+        raise GGUFError(f"{header.path}: architecture {header.architecture!r} is not supported "
+                        f"(supported: {sorted(_ARCHS)})")
+
+
+def _unpermute(w: np.ndarray, heads: int) -> np.ndarray:
+    """Rows of each of `heads` heads from llama.cpp's order back to Hugging Face's.
+
+    Hugging Face's rotary turns the pairs of rows (i, i + d/2) of a head of d rows,
+    llama.cpp's the adjacent pairs (2i, 2i + 1), so its converter moved row j*(d/2) + i to
+    2i + j; this moves it back (transformers' `_reverse_permute_weights`). Weights
+    (rows, in) and biases (rows,) alike."""
+    half = w.shape[0] // heads // 2
+    return w.reshape(heads, half, 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
+class GGUFCheckpoint(Checkpoint):
+    """A GGUF file's tensors under Hugging Face's names and shapes, read as float32.
+
+    `read(name, rows)` reads only the blocks of those rows (a row of a quantized matrix is
+    whole blocks, so a row range is one byte range); for q and k, whose rows llama.cpp
+    reordered within each head, it reads the whole heads the rows fall in."""
+
+    def __init__(self, path: str):
+        self.path = str(path)
+        self.header = read_header(self.path)
+        _check_arch(self.header)
+        permuted = _ARCHS[self.header.architecture]
+        heads = int(self.header.arch_value("attention.head_count"))
+        kv_heads = int(self.header.arch_value("attention.head_count_kv", heads))
+        self._tensors: dict[str, _Tensor] = {}
+        self._blocks: dict[str, tuple[int, int]] = {}
+        self._heads: dict[str, int] = {}   # HF name -> heads to unpermute (q and k)
+        unknown = []
+        for t in self.header.tensors.values():
+            name = hf_name(t.gguf_name)
+            if name is None:
+                if t.gguf_name not in _NOT_WEIGHTS:
+                    unknown.append(t.gguf_name)
+                continue
+            self._tensors[name], self._blocks[name] = t, _block(t, self.path)
+            if permuted and (".attn_q." in t.gguf_name or ".attn_k." in t.gguf_name):
+                n = heads if ".attn_q." in t.gguf_name else kv_heads
+                if t.shape[0] % (2 * n):
+                    raise GGUFError(f"{self.path}: {t.gguf_name} has {t.shape[0]} rows, not a whole "
+                                    f"even number per head for {n} heads")
+                self._heads[name] = n
+        if unknown:
+            raise GGUFError(f"{self.path}: tensors with no Hugging Face {self.header.architecture} "
+                            f"name: {unknown[:8]}{' ...' if len(unknown) > 8 else ''}")
+        with open(self.path, "rb") as f:
+            self._buf = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+
+    def __reduce__(self):   # to another process: by path (each opens its own mapping)
+        return GGUFCheckpoint, (self.path,)
+
+    def names(self) -> list[str]:
+        return list(self._tensors)
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        return self._tensor(name).shape
+
+    def dtype(self, name: str) -> np.dtype:
+        self._tensor(name)
+        return np.dtype(np.float32)
+
+    def gguf_name(self, name: str) -> str:
+        """The file's name of tensor `name` (for error messages)."""
+        return self._tensor(name).gguf_name
+
+    def read(self, name: str, rows: Optional[slice] = None) -> np.ndarray:
+        t = self._tensor(name)
+        start, stop, step = (rows or slice(None)).indices(t.shape[0])
+        if step != 1:
+            picked = np.arange(start, stop, step)
+            if picked.size == 0:
+                return np.empty((0,) + t.shape[1:], np.float32)
+            lo = int(picked.min())
+            return self.read(name, slice(lo, int(picked.max()) + 1))[picked - lo]
+        stop = max(stop, start)
+        heads = self._heads.get(name)
+        if heads is None:
+            return self._rows(name, start, stop)
+        size = t.shape[0] // heads                       # rows of one head
+        first, last = start // size, -(-stop // size)   # the heads the rows fall in
+        w = _unpermute(self._rows(name, first * size, last * size), last - first)
+        return w[start - first * size:stop - first * size].copy()
+
+    def close(self) -> None:
+        if self._buf is not None:
+            self._buf.close()
+            self._buf = None
+
+    def _tensor(self, name: str) -> _Tensor:
+        if name not in self._tensors:
+            raise KeyError(f"{self.path}: no tensor {name!r} (Hugging Face names; this file has "
+                           f"{len(self._tensors)}, e.g. {list(self._tensors)[:3]})")
+        return self._tensors[name]
+
+    def _rows(self, name: str, a: int, b: int) -> np.ndarray:
+        """Rows a..b of tensor `name` (dim 0), dequantized from the blocks that hold them."""
+        if self._buf is None:
+            raise GGUFError(f"{self.path}: read after close()")
+        t = self._tensors[name]
+        if b <= a:
+            return np.empty((0,) + t.shape[1:], np.float32)
+        per_row = math.prod(t.shape[1:])
+        values, nbytes = self._blocks[name]
+        first, last = a * per_row // values, -(-b * per_row // values)   # blocks
+        raw = np.frombuffer(self._buf, np.uint8, (last - first) * nbytes, t.offset + first * nbytes)
+        flat = _dequantize(raw, t.ggml_type)
+        skip = a * per_row - first * values
+        return flat[skip:skip + (b - a) * per_row].reshape((b - a,) + t.shape[1:])
