@@ -1,8 +1,9 @@
 """GGUF files (llama.cpp's format) as checkpoints: tensors under Hugging Face's names and
-layouts, dequantized to float32.
+layouts, dequantized to float32; the config.json the metadata describe.
 
     ckpt = GGUFCheckpoint("SmolLM2-135M-Instruct.Q4_1.gguf")
     ckpt.read("model.layers.0.self_attn.q_proj.weight", rows=slice(0, 192))  # float32
+    cfg = gguf_config(path)              # {"model_type": "llama", "hidden_size": 576, ...}
 
 What a GGUF holds that Hugging Face's files do not, and how it is undone here, following
 transformers' GGUF loader so that the tensors equal its state_dict:
@@ -331,3 +332,118 @@ class GGUFCheckpoint(Checkpoint):
         flat = _dequantize(raw, t.ggml_type)
         skip = a * per_row - first * values
         return flat[skip:skip + (b - a) * per_row].reshape((b - a,) + t.shape[1:])
+
+
+# ---- config.json from the metadata -----------------------------------------------------------
+
+def gguf_config(path: str) -> dict[str, Any]:
+    """The Hugging Face config.json dict of a GGUF file, from its metadata (the keys
+    transformers' GGUF loader reads, under the same names; rope in the config.json form
+    "rope_theta" / "rope_scaling"). tie_word_embeddings: the file has no output.weight."""
+    h = read_header(path)
+    _check_arch(h)
+    md, v = h.metadata, h.arch_value
+    heads, hidden = int(v("attention.head_count")), int(v("embedding_length"))
+    kv_heads = v("attention.head_count_kv", heads)
+    if isinstance(kv_heads, list):
+        raise GGUFError(f"{h.path}: {h.architecture}.attention.head_count_kv differs per layer "
+                        f"({kv_heads[:4]} ...), which a llama model cannot have")
+    vocab = v("vocab_size", None)
+    if vocab is None:
+        if "tokenizer.ggml.tokens" not in md:
+            raise GGUFError(f"{h.path}: neither {h.architecture}.vocab_size nor tokenizer.ggml.tokens "
+                            f"says the vocabulary size")
+        vocab = len(md["tokenizer.ggml.tokens"])
+    cfg = {
+        "architectures": ["LlamaForCausalLM"],
+        "model_type": "llama",
+        "vocab_size": int(vocab),
+        "hidden_size": hidden,
+        "intermediate_size": int(v("feed_forward_length")),
+        "num_hidden_layers": int(v("block_count")),
+        "num_attention_heads": heads,
+        "num_key_value_heads": int(kv_heads),
+        "head_dim": int(v("attention.key_length", v("rope.dimension_count", hidden // heads))),
+        "hidden_act": "silu",
+        "rms_norm_eps": float(v("attention.layer_norm_rms_epsilon")),
+        "rope_theta": float(v("rope.freq_base", 10000.0)),
+        "rope_scaling": None,
+        "max_position_embeddings": int(v("context_length")),
+        "tie_word_embeddings": "output.weight" not in h.tensors,
+        "attention_bias": "blk.0.attn_q.bias" in h.tensors,
+    }
+    cfg["rope_scaling"] = _rope_scaling(h, cfg)
+    for key in ("bos_token_id", "eos_token_id"):
+        cfg[key] = md.get(f"tokenizer.ggml.{key}")
+    if "tokenizer.ggml.padding_token_id" in md:
+        cfg["pad_token_id"] = md["tokenizer.ggml.padding_token_id"]
+    return cfg
+
+
+def _rope_scaling(h: GGUFHeader, cfg: dict) -> Optional[dict]:
+    """config.json's rope_scaling: from rope.scaling.* (linear, yarn) or the old
+    rope.scale_linear; for Llama 3.x, recovered from the per-frequency factors llama.cpp
+    stores as the tensor rope_freqs.weight instead (transformers ignores that tensor)."""
+    v = h.arch_value
+    kind = v("rope.scaling.type", None)
+    factor = v("rope.scaling.factor", v("rope.scale_linear", None))
+    if "rope_freqs.weight" in h.tensors:
+        return _llama3_scaling(h, cfg)
+    if kind in (None, "none") and factor in (None, 1.0):
+        return None
+    if factor is None:
+        raise GGUFError(f"{h.path}: rope scaling {kind!r} without {h.architecture}.rope.scaling.factor")
+    scaling = {"rope_type": kind or "linear", "factor": float(factor)}
+    if v("rope.scaling.original_context_length", None) is not None:
+        scaling["original_max_position_embeddings"] = int(v("rope.scaling.original_context_length"))
+    return scaling
+
+
+def llama3_rope_factors(theta: float, head_dim: int, scaling: dict) -> np.ndarray:
+    """What llama.cpp's converter stores as rope_freqs.weight for a llama3 rope_scaling: each
+    frequency's divisor (convert_hf_to_gguf's LlamaModel.generate_extra_tensors)."""
+    old = scaling["original_max_position_embeddings"]
+    factor, lo, hi = scaling["factor"], scaling["low_freq_factor"], scaling["high_freq_factor"]
+    freqs = 1.0 / theta ** (np.arange(0, head_dim, 2, dtype=np.float64) / head_dim)
+    wavelen = 2 * np.pi / freqs
+    smooth = (old / wavelen - lo) / (hi - lo)
+    out = np.where(wavelen < old / hi, 1.0, np.where(wavelen > old / lo, factor,
+                                                     1 / ((1 - smooth) / factor + smooth)))
+    return out.astype(np.float32)
+
+
+def _llama3_scaling(h: GGUFHeader, cfg: dict) -> Optional[dict]:
+    """The llama3 rope_scaling whose factors are the file's rope_freqs.weight.
+
+    Between its bands the factor r of a wavelength w is 1 / ((1 - s) / factor + s) with
+    s = (old / w - low) / (high - low), linear in 1 / w: two such points fix that line, and
+    with it low and high for any `old` (the original context; 8192, llama.cpp's default,
+    unless the file says). The result is checked by recomputing the factors."""
+    t = h.tensors["rope_freqs.weight"]
+    values, nbytes = _block(t, h.path)
+    with open(h.path, "rb") as f:
+        f.seek(t.offset)
+        raw = np.frombuffer(f.read(math.prod(t.shape) // values * nbytes), np.uint8)
+    r = _dequantize(raw, t.ggml_type).astype(np.float64)
+    theta, dim = cfg["rope_theta"], cfg["head_dim"]
+    inv_w = 1.0 / (2 * np.pi * theta ** (np.arange(0, dim, 2) / dim))
+    factor = float(r.max())
+    if factor <= 1 + 1e-6:
+        return None
+    old = int(h.arch_value("rope.scaling.original_context_length", 8192))
+    mid = (r > 1 + 1e-6) & (r < factor * (1 - 1e-6))
+    if mid.sum() >= 2:
+        s = (1 / r[mid] - 1 / factor) / (1 - 1 / factor)
+        slope, icpt = np.polyfit(old * inv_w[mid], s, 1)  # s = slope * old/w + icpt
+        lo, hi = -icpt / slope, (1 - icpt) / slope
+    elif mid.sum() == 0:   # no smooth band: its ends lie at the last 1 and the first factor
+        lo, hi = old * inv_w[r > 1 + 1e-6].max(), old * inv_w[r <= 1 + 1e-6].min()
+    else:
+        raise GGUFError(f"{h.path}: rope_freqs.weight has one value between 1 and {factor}, "
+                        f"too few to recover llama3 rope scaling")
+    scaling = {"rope_type": "llama3", "factor": factor, "low_freq_factor": float(lo),
+               "high_freq_factor": float(hi), "original_max_position_embeddings": old}
+    if not np.allclose(llama3_rope_factors(theta, dim, scaling), r, rtol=1e-4, atol=1e-5):
+        raise GGUFError(f"{h.path}: rope_freqs.weight is not a llama3 rope scaling "
+                        f"(factors {np.round(r, 3).tolist()})")
+    return scaling

