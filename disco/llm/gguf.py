@@ -1,9 +1,10 @@
 """GGUF files (llama.cpp's format) as checkpoints: tensors under Hugging Face's names and
-layouts, dequantized to float32; the config.json the metadata describe.
+layouts, dequantized to float32; the config.json and the tokenizer the metadata describe.
 
     ckpt = GGUFCheckpoint("SmolLM2-135M-Instruct.Q4_1.gguf")
     ckpt.read("model.layers.0.self_attn.q_proj.weight", rows=slice(0, 192))  # float32
     cfg = gguf_config(path)              # {"model_type": "llama", "hidden_size": 576, ...}
+    parts = gguf_tokenizer_parts(path)   # a tokenizers.Tokenizer, bos/eos ids, chat template
 
 What a GGUF holds that Hugging Face's files do not, and how it is undone here, following
 transformers' GGUF loader so that the tensors equal its state_dict:
@@ -14,8 +15,8 @@ transformers' GGUF loader so that the tensors equal its state_dict:
 - rotary: llama.cpp's converter reorders the rows of q and k inside each head from
   "halves" to "interleaved" pairs for its rotary kernel; `_unpermute` reorders them back.
 
-Read: the "llama" architecture (Llama 1-3, Mistral, SmolLM, TinyLlama files); anything
-else raises GGUFError naming it.
+Read: the "llama" architecture (Llama 1-3, Mistral, SmolLM, TinyLlama files), byte-level
+BPE tokenizers (tokenizer.ggml.model "gpt2"); anything else raises GGUFError naming it.
 The header is parsed here (the `gguf` package's reader decodes every metadata string into
 numpy parts, seconds for a vocabulary); only dequantizing needs the `gguf` package.
 """
@@ -447,3 +448,121 @@ def _llama3_scaling(h: GGUFHeader, cfg: dict) -> Optional[dict]:
         raise GGUFError(f"{h.path}: rope_freqs.weight is not a llama3 rope scaling "
                         f"(factors {np.round(r, 3).tolist()})")
     return scaling
+
+
+# ---- the tokenizer the metadata describe -------------------------------------------------------
+
+# Pre-tokenizer splits by tokenizer.ggml.pre, as transformers' GGUF loader has them
+# (integrations/gguf/gguf_tokenizer_mapping.py); any other name: GPT-2's ByteLevel regex.
+_LLAMA3_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
+                 r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
+_QWEN2_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}"
+                r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
+_QWEN35_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?[\p{L}\p{M}]+|\p{N}"
+                 r"| ?[^\s\p{L}\p{M}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
+_TEKKEN_SPLIT = (r"[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+"
+                 r"|[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*"
+                 r"|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+")
+_GPT4O_SPLIT = (r"[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+"
+                r"(?i:'s|'t|'re|'ve|'m|'ll|'d)?"
+                r"|[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*"
+                r"(?i:'s|'t|'re|'ve|'m|'ll|'d)?"
+                r"|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+")
+_SPLITS = {
+    **dict.fromkeys(["llama3", "llama-v3", "llama-bpe", "falcon3", "falcon-h1", "pixtral", "midm-2.0",
+                     "lfm2", "jina-v5-nano", "dbrx", "smaug-bpe"], _LLAMA3_SPLIT),
+    **dict.fromkeys(["qwen2", "deepseek-r1-qwen", "kormo", "f2llmv2", "megrez"], _QWEN2_SPLIT),
+    "qwen35": _QWEN35_SPLIT, "tekken": _TEKKEN_SPLIT,
+    **dict.fromkeys(["gpt-4o", "llama4", "kanana2", "talkie", "minimax-m2"], _GPT4O_SPLIT),
+}
+_CONTROL, _USER_DEFINED = 3, 4   # tokenizer.ggml.token_type values
+
+
+def _byte_alphabet() -> dict[int, str]:
+    """GPT-2's printable spelling of each byte (byte-level BPE vocabularies are written in it)."""
+    keep = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + \
+        list(range(ord("®"), ord("ÿ") + 1))
+    extra = [b for b in range(256) if b not in keep]
+    return {**{b: chr(b) for b in keep}, **{b: chr(256 + i) for i, b in enumerate(extra)}}
+
+
+@dataclass(frozen=True)
+class GGUFTokenizerParts:
+    """What a GGUF file says about its tokenizer: `tokenizer` (a tokenizers.Tokenizer that
+    encodes as transformers' tokenizer of the file; it prepends BOS when the file says
+    tokenizer.ggml.add_bos_token), the special ids and tokens, and the chat template."""
+
+    tokenizer: Any
+    bos_token_id: Optional[int]
+    eos_token_id: Optional[int]
+    pad_token_id: Optional[int]
+    bos_token: Optional[str]
+    eos_token: Optional[str]
+    chat_template: Optional[str]
+    add_bos_token: bool
+    stop_token_ids: tuple[int, ...]   # eos and, when the file names them, end-of-turn / message
+
+
+def gguf_tokenizer_parts(path: str) -> GGUFTokenizerParts:
+    """The tokenizer of a GGUF file with a byte-level BPE vocabulary (tokenizer.ggml.model
+    "gpt2": Llama 3, SmolLM, Qwen2, ...), built as transformers builds it from the same
+    metadata: the vocabulary (tokens not in GPT-2's byte alphabet respelled as their UTF-8
+    bytes), the merges, ByteLevel pre-tokenizer (or the split of tokenizer.ggml.pre) and
+    decoder, control tokens as special added tokens, user-defined ones as added tokens."""
+    try:
+        from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers, processors
+    except ImportError:
+        raise ImportError("building a GGUF file's tokenizer needs the tokenizers package: "
+                          "pip install 'disco-tp[gguf]' (or pip install tokenizers)") from None
+    h = read_header(path)
+    md = h.metadata
+    kind = md.get("tokenizer.ggml.model")
+    if kind != "gpt2":
+        raise GGUFError(f"{h.path}: tokenizer.ggml.model is {kind!r}; only byte-level BPE "
+                        f"('gpt2') vocabularies are supported")
+    if "tokenizer.ggml.tokens" not in md:
+        raise GGUFError(f"{h.path}: metadata has no tokenizer.ggml.tokens (no vocabulary)")
+    tokens: list[str] = md["tokenizer.ggml.tokens"]
+    types: list[int] = md.get("tokenizer.ggml.token_type") or [1] * len(tokens)
+    spelling = _byte_alphabet()
+    alphabet = set(spelling.values())
+    vocab = {t if set(t) <= alphabet else "".join(spelling[b] for b in t.encode("utf-8")): i
+             for i, t in enumerate(tokens)}
+    merges = [tuple(m.split(" ")) for m in md.get("tokenizer.ggml.merges", [])]
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=merges, dropout=None, continuing_subword_prefix="",
+                               end_of_word_suffix="", fuse_unk=False))
+    split = _SPLITS.get(md.get("tokenizer.ggml.pre"))
+    if split is None:
+        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    else:
+        tok.pre_tokenizer = pre_tokenizers.Sequence([
+            pre_tokenizers.Split(Regex(split), behavior="isolated"),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+    tok.decoder = decoders.ByteLevel()
+    # control tokens spelled outside the byte alphabet are llama.cpp mislabels (transformers
+    # skips them too: adding them would grow the vocabulary past the model's)
+    special = [AddedToken(t, normalized=False, special=True) for t, k in zip(tokens, types)
+               if k == _CONTROL and set(t) <= alphabet]
+    tok.add_special_tokens(special)
+    tok.add_tokens([AddedToken(t, normalized=False, special=False) for t, k in zip(tokens, types)
+                    if k == _USER_DEFINED and t in vocab])
+
+    def token(key: str) -> tuple[Optional[int], Optional[str]]:
+        i = md.get(f"tokenizer.ggml.{key}")
+        return (None, None) if i is None else (int(i), tokens[i])
+
+    (bos_id, bos), (eos_id, eos) = token("bos_token_id"), token("eos_token_id")
+    add_bos = bool(md.get("tokenizer.ggml.add_bos_token", False)) and bos is not None
+    add_eos = bool(md.get("tokenizer.ggml.add_eos_token", False)) and eos is not None
+    single = ([f"{bos}:0"] if add_bos else []) + ["$A:0"] + ([f"{eos}:0"] if add_eos else [])
+    pair = single + ["$B:1"] + ([f"{eos}:1"] if add_eos else [])
+    used = {t: i for t, i in ((bos, bos_id), (eos, eos_id)) if t is not None}
+    tok.post_processor = processors.TemplateProcessing(
+        single=" ".join(single), pair=" ".join(pair),
+        special_tokens=[(t, i) for t, i in used.items() if f"{t}:0" in single])
+    stops = [i for i in (eos_id, token("eot_token_id")[0], token("eom_token_id")[0]) if i is not None]
+    return GGUFTokenizerParts(
+        tokenizer=tok, bos_token_id=bos_id, eos_token_id=eos_id,
+        pad_token_id=token("padding_token_id")[0], bos_token=bos, eos_token=eos,
+        chat_template=md.get("tokenizer.chat_template"), add_bos_token=add_bos,
+        stop_token_ids=tuple(dict.fromkeys(stops)))

@@ -2,11 +2,12 @@
 
 - a tiny Llama written here with the gguf package's writer (float32 and Q8_0 tensors, q
   and k permuted by a copy of llama.cpp's converter, a small byte-level BPE vocabulary):
-  tensors against the weights written and a numpy Q8_0 decoder, the config; runs wherever the gguf package is installed (the test extra);
+  tensors against the weights written and a numpy Q8_0 decoder, the config, the tokenizer
+  against hand-worked ids; runs wherever the gguf package is installed (the test extra);
   and against transformers loading it, where torch and transformers are installed;
 - llama3 rope scaling recovered from llama.cpp's rope_freqs.weight (a copy of its converter);
 - SmolLM2-135M-Instruct Q4_1 (fetched from PyPI, smollm2.py) against transformers loading
-  the same file: every tensor, row ranges, the config.
+  the same file: every tensor, row ranges, the config, token ids, a chat template.
 """
 from __future__ import annotations
 
@@ -24,7 +25,8 @@ gguf = pytest.importorskip("gguf")
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from smollm2 import smollm2_gguf_path  # noqa: E402
 
-from disco.llm.gguf import GGUFCheckpoint, GGUFError, gguf_config, read_header  # noqa: E402
+from disco.llm.gguf import (GGUFCheckpoint, GGUFError, gguf_config, gguf_tokenizer_parts,  # noqa: E402
+                            read_header)
 
 Q8_0 = gguf.GGMLQuantizationType.Q8_0
 
@@ -233,6 +235,24 @@ def test_tiny_config(tiny, tmp_path):
     np.testing.assert_array_equal(ckpt.read("lm_head.weight"), expected["lm_head.weight"])
 
 
+def test_tiny_tokenizer(tiny, tmp_path):
+    pytest.importorskip("tokenizers")
+    path, _ = tiny
+    parts = gguf_tokenizer_parts(path)
+    tok, ids = parts.tokenizer, {t: i for i, t in enumerate(TOKENS)}
+    assert tok.encode("Hello world").ids == [ids["Hello"], ids["Ġworld"]]
+    assert tok.encode("<|im_start|>Hello<think> wor").ids == [1, ids["Hello"], ids["<think>"], ids["Ġwor"]]
+    assert tok.encode("hé").ids == [ids["h"], ids["Ã"], ids["©"]]           # é is bytes C3 A9
+    assert tok.decode(tok.encode("Hello world, héllo!").ids) == "Hello world, héllo!"
+    assert (parts.bos_token_id, parts.eos_token_id, parts.bos_token, parts.eos_token) == \
+        (1, 2, "<|im_start|>", "<|im_end|>")
+    assert parts.chat_template == TEMPLATE and parts.add_bos_token is False
+    assert parts.stop_token_ids == (2,)
+    with_bos = tmp_path / "bos.gguf"
+    write_tiny(with_bos, add_bos=True)
+    assert gguf_tokenizer_parts(with_bos).tokenizer.encode("Hello").ids == [1, ids["Hello"]]
+
+
 def test_errors(tiny, tmp_path):
     path, _ = tiny
     with pytest.raises(KeyError, match="no tensor 'model.embed'"):
@@ -268,6 +288,18 @@ def test_tiny_tensors_equal_transformers(tmp_path):
         assert set(state) - set(ckpt.names()) <= {"lm_head.weight"}
         for n in ckpt.names():
             np.testing.assert_array_equal(ckpt.read(n), state[n], err_msg=n)
+
+
+def test_tiny_tokenizer_equals_transformers(tmp_path):
+    """transformers' tokenizer of the tiny file: the same ids, with and without BOS."""
+    transformers = _transformers()
+    pytest.importorskip("tokenizers")
+    for name, kw in TINY_VARIANTS:
+        write_tiny(tmp_path / name, **kw)
+        ref = transformers.AutoTokenizer.from_pretrained(str(tmp_path), gguf_file=name)
+        ours = gguf_tokenizer_parts(tmp_path / name).tokenizer
+        for text in ["Hello world", "<|im_start|>Hello<think> wor", "hé wo rld!", ""]:
+            assert ours.encode(text).ids == ref(text)["input_ids"], (name, text)
 
 
 # ---- llama3 rope scaling, stored by llama.cpp as per-frequency factors ----------------------------
@@ -417,3 +449,26 @@ def test_smollm2_config_equals_transformers(smollm2):
     assert ours["rope_theta"] == rope["rope_theta"]
     assert ours["rope_scaling"] is None and rope.get("rope_type", "default") == "default"
     assert (ours["vocab_size"], ours["num_hidden_layers"], ours["hidden_size"]) == (49152, 30, 576)
+
+
+TEXTS = ["Hello world", "  two leading spaces and trailing  ", "Numbers: 12345, 3.14159 and 2024-06-01.",
+         "naïve café — 日本語のテキスト 🙂", "def f(x):\n\treturn x ** 2\n\n\n",
+         "<|im_start|>user\nhi<|im_end|>", "I'm sure they'll've DONE it", ""]
+
+
+def test_smollm2_tokenizer_equals_transformers(smollm2, hf_smollm2):
+    pytest.importorskip("tokenizers")
+    _, ref = hf_smollm2
+    parts = gguf_tokenizer_parts(smollm2)
+    for text in TEXTS:
+        assert parts.tokenizer.encode(text).ids == ref(text)["input_ids"], text
+        assert parts.tokenizer.decode(parts.tokenizer.encode(text).ids, skip_special_tokens=False) == text
+    assert (parts.bos_token_id, parts.eos_token_id) == (ref.bos_token_id, ref.eos_token_id) == (1, 2)
+    assert parts.chat_template == ref.chat_template
+    messages = [{"role": "user", "content": "What is 2+2? Answer in one word."},
+                {"role": "assistant", "content": "Four."}, {"role": "user", "content": "Merci ! 🙂"}]
+    text = ref.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    assert text.startswith("<|im_start|>system\n")
+    ids = ref.apply_chat_template(messages, tokenize=True, add_generation_prompt=True)
+    ids = ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "keys") else ids
+    assert parts.tokenizer.encode(text, add_special_tokens=False).ids == list(ids)
