@@ -7,7 +7,9 @@
   and against transformers loading it, where torch and transformers are installed;
 - llama3 rope scaling recovered from llama.cpp's rope_freqs.weight (a copy of its converter);
 - SmolLM2-135M-Instruct Q4_1 (fetched from PyPI, smollm2.py) against transformers loading
-  the same file: every tensor, row ranges, the config, token ids, a chat template.
+  the same file: every tensor, row ranges, the config, token ids, a chat template;
+- both through the compiler's Llama: logits equal transformers' for the same file, and
+  SmolLM2 on 3 workers answers a question.
 """
 from __future__ import annotations
 
@@ -472,3 +474,68 @@ def test_smollm2_tokenizer_equals_transformers(smollm2, hf_smollm2):
     ids = ref.apply_chat_template(messages, tokenize=True, add_generation_prompt=True)
     ids = ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "keys") else ids
     assert parts.tokenizer.encode(text, add_special_tokens=False).ids == list(ids)
+
+
+# ---- through the compiler's Llama: config, weights and tokens of a GGUF file together ----------
+
+def _greedy(path, tp: int, prompt: list[int], steps: int, stop=()) -> tuple[np.ndarray, list[int]]:
+    """The prompt's logits (forward) and `steps` greedy tokens (decode) of the compiled
+    Llama built from gguf_config(path) with GGUFCheckpoint(path)'s weights, on `tp` workers."""
+    import disco
+    from compiler import build, models
+    model = models.from_config(gguf_config(path), tp=tp)
+    ckpt = GGUFCheckpoint(path)
+    params = model.load_params(ckpt.read)
+    names = [n.replace(".", "_") for n, _ in model.named_parameters()]
+    with disco.ProcessSession(tp) as sess:
+        dmod = sess.load_module(build(model.export()))
+        weights = list(dmod.place(dict(zip(names, params.values())), "prefill").values())
+        layers, kv_heads, head_dim = model.kv_layout()
+        cache = sess.get_global_func("disco.kv.create")(layers, kv_heads, head_dim, 256, 16, "float32")
+        sess.get_global_func("disco.kv.add_sequence")(cache, 0)
+
+        def step(fn, ids):
+            sess.get_global_func("disco.kv.begin_forward")(cache, [0], [len(ids)])
+            return np.asarray(dmod[fn](np.asarray(ids, np.int64), cache, *weights).fetch())
+
+        logits = step("forward", prompt)
+        tokens = [int(np.argmax(logits[-1]))]
+        while len(tokens) < steps and tokens[-1] not in stop:
+            tokens.append(int(np.argmax(step("decode", [tokens[-1]])[-1])))
+    return logits, tokens
+
+
+def _transformers_logits(path, ids) -> np.ndarray:
+    transformers, torch = _transformers(), pytest.importorskip("torch")
+    model = transformers.AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name)
+    with torch.no_grad():
+        return model(torch.tensor([ids])).logits[0].numpy()
+
+
+def test_tiny_through_compiled_llama_equals_transformers(tmp_path):
+    path = tmp_path / "tiny.gguf"
+    write_tiny(path, tied=False)
+    ids = [5, 100, 200, 17, 263, 1, 42]
+    ref = _transformers_logits(path, ids)
+    logits, _ = _greedy(path, 2, ids, 1)
+    np.testing.assert_allclose(logits, ref, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.slow
+def test_smollm2_through_compiled_llama(smollm2):
+    """Q4_1 SmolLM2 on 3 workers (one KV head each) answers a question, the prompt's logits
+    equal transformers' (when installed) for the same file."""
+    pytest.importorskip("tokenizers")
+    parts = gguf_tokenizer_parts(smollm2)
+    prompt = ("<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face"
+              "<|im_end|>\n<|im_start|>user\nWhat is the capital of France?<|im_end|>\n"
+              "<|im_start|>assistant\n")
+    ids = parts.tokenizer.encode(prompt).ids
+    logits, tokens = _greedy(smollm2, 3, ids, 16, parts.stop_token_ids)
+    answer = parts.tokenizer.decode(tokens)
+    assert "Paris" in answer, answer
+    try:
+        ref = _transformers_logits(smollm2, ids)
+    except pytest.skip.Exception:
+        return
+    np.testing.assert_allclose(logits, ref, rtol=1e-4, atol=1e-3)
