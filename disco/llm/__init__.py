@@ -5,6 +5,8 @@
 
 - checkpoint.py: a checkpoint's tensors by name (Hugging Face safetensors, GGUF), read
   in slices;
+- gguf.py: GGUF files (llama.cpp's, quantized) as checkpoints under Hugging Face's names,
+  dequantized to float32, with the config.json and the tokenizer their metadata describe;
 - weights.py: each worker's block of every parameter, from the checkpoint, through the
   transforms the compiled model describes (padding, repeated heads, regrouped columns);
 - tokenizer.py (chat_template.py, detokenizer.py): text in and out, chat prompts, text
