@@ -199,7 +199,7 @@ class DModule:
                                f"{ids}; loading expects workers 0..{size - 1} in order")
         session.import_module("disco.dmodule")
         if ccl_backend is not None and session.num_workers > 1 and dist:
-            _prepare_collectives(session, ccl_backend, self.mesh_shape)
+            prepare_collectives(session, ccl_backend, self.mesh_shape)
         data = executable.to_bytes()
         self._vm = session.get_global_func("disco.dmodule.load")(
             np.frombuffer(data, np.uint8), hashlib.sha256(data).hexdigest()[:20])
@@ -243,10 +243,10 @@ class _Collectives:
 _COLLECTIVES: "weakref.WeakKeyDictionary[Session, _Collectives]" = weakref.WeakKeyDictionary()
 
 
-def _prepare_collectives(session: Session, backend: str, mesh_shape: tuple) -> None:
+def prepare_collectives(session: Session, backend: str, mesh_shape: tuple) -> str:
     """The collectives a distributed module needs, made once per session: `backend`
     ("auto": the session's default) and, for a mesh of several axes, a communicator per
-    group along each axis (spmd.init_groups)."""
+    group along each axis (spmd.init_groups). Returns the backend."""
     if backend == "auto":
         backend = session.default_ccl_backend()
     made = _COLLECTIVES.get(session)
@@ -259,6 +259,7 @@ def _prepare_collectives(session: Session, backend: str, mesh_shape: tuple) -> N
             backend, f"disco-{os.getpid()}-{uuid.uuid4().hex[:10]}", list(mesh_shape))
         session.sync()
         made.mesh_groups.add(mesh_shape)
+    return backend
 
 
 def load_module(sess: Session, executable, **options: Any) -> DModule:

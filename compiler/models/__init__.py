@@ -5,6 +5,9 @@ Hugging Face `config.json` dict with parameters named as the checkpoint's tensor
     mod = model.export()                                  # IRModule: prefill, decode
     specs = model.weight_specs()      # how each parameter is read from the checkpoint
     weights = disco.llm.weights.place_weights(sess, "ckpt", specs)   # each worker its blocks
+
+    with models.load("ckpt", tp=2) as engine:         # compiled (cached), loaded: a disco.llm.Engine
+        engine.generate(["Once upon a time"], max_new_tokens=32)
 """
 from __future__ import annotations
 
@@ -24,4 +27,6 @@ def from_config(cfg: Mapping[str, Any], tp: int = 1, dtype: str = "float32") -> 
     return FAMILIES[kind](cfg, tp, dtype)
 
 
-__all__ = ["FAMILIES", "from_config", "CausalLM"]
+from .loader import load  # noqa: E402  (after from_config: the loader builds models with it)
+
+__all__ = ["FAMILIES", "from_config", "CausalLM", "load"]

@@ -154,6 +154,17 @@ class Tokenizer:
         tok._generation_bos_id = bos if isinstance(bos, int) else None
         return tok
 
+    @classmethod
+    def from_gguf(cls, path: str) -> "Tokenizer":
+        """From a GGUF file's metadata (disco.llm.gguf: the vocabulary, merges, special
+        tokens, end-of-turn ids and chat template llama.cpp's converter wrote)."""
+        from .gguf import gguf_tokenizer_parts
+        parts = gguf_tokenizer_parts(path)
+        return cls(parts.tokenizer, special_tokens={"bos_token": parts.bos_token,
+                                                    "eos_token": parts.eos_token},
+                   eos_token_ids=parts.stop_token_ids, chat_template=parts.chat_template,
+                   source=path)
+
     # ---- text <-> ids ------------------------------------------------------------------
 
     def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
@@ -325,3 +336,13 @@ def _added_token(value: Any, where: str) -> AddedToken:
     flags = {k: bool(value[k]) for k in ("single_word", "lstrip", "rstrip", "normalized", "special")
              if k in value}
     return AddedToken(value["content"], **flags)
+
+
+def load_tokenizer(path: str) -> Optional[Tokenizer]:
+    """The tokenizer of a checkpoint: a directory's tokenizer.json, a GGUF file's metadata;
+    None where the checkpoint has none (the engine then takes and gives token ids)."""
+    if os.path.isfile(path) and path.endswith(".gguf"):
+        return Tokenizer.from_gguf(path)
+    if os.path.isdir(path) and os.path.isfile(os.path.join(path, TOKENIZER_JSON)):
+        return Tokenizer.load(path)
+    return None

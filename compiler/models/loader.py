@@ -1,0 +1,188 @@
+"""`models.load`: a checkpoint in, a running engine out.
+
+    with models.load("path/to/checkpoint", tp=2) as engine:     # -> disco.llm.Engine
+        print(engine.generate(["Once upon a time"], max_new_tokens=32)[0])
+
+Steps, each failing early with an error that says what to do: read the config (a
+Hugging Face directory's config.json, or a GGUF file's metadata) and check the family
+and the tensor-parallel degree before any worker starts; start the session (or use
+`session=`; under disco-launch or mpiexec the launched ranks, and `tp` defaults to their
+number); compile, or find the compiled model in the cache (keyed by config, dtype,
+degree and target, so a second load does not compile); then the engine loads the
+weights, each worker its own blocks, and the tokenizer.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from typing import Any, Optional
+
+from disco.llm.engine import EXECUTABLE, MODEL_JSON, Engine
+from disco.llm.generation import GenerationConfig
+from disco.llm.tokenizer import load_tokenizer
+
+from ..ir.errors import ShardingError
+from . import from_config, FAMILIES
+
+DTYPES = ("float32", "float16", "bfloat16")
+CACHE_VERSION = 1       # bump when the exported format or the compiled code changes meaning
+
+
+def cache_dir() -> str:
+    """$DISCO_TP_MODEL_CACHE, else ~/.cache/disco-tp/compiled."""
+    return os.environ.get("DISCO_TP_MODEL_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"),
+        "disco-tp", "compiled")
+
+
+def read_config(path: str) -> dict:
+    """The Hugging Face config of a checkpoint directory or GGUF file; a clear error when
+    there is none or its family is not supported."""
+    if os.path.isfile(path) and path.endswith(".gguf"):
+        from disco.llm.gguf import gguf_config
+        cfg = gguf_config(path)
+    else:
+        cfg_path = os.path.join(path, "config.json")
+        if not os.path.isfile(cfg_path):
+            raise FileNotFoundError(f"{path!r} is not a model checkpoint: it has no config.json "
+                                    "(expected a Hugging Face model directory or a .gguf file)")
+        with open(cfg_path) as f:
+            cfg = json.load(f)
+    kind = cfg.get("model_type")
+    if kind not in FAMILIES:
+        raise ValueError(f"{path!r}: model_type {kind!r} is not supported; supported: "
+                         f"{', '.join(sorted(FAMILIES))}")
+    return cfg
+
+
+def degrees_that_work(cfg: dict, up_to: int = 16) -> list[int]:
+    """Tensor-parallel degrees the model can be split by."""
+    ok = []
+    for tp in range(1, up_to + 1):
+        try:
+            from_config(cfg, tp=tp)
+            ok.append(tp)
+        except ShardingError:
+            pass
+    return ok
+
+
+def _model(cfg: dict, tp: int, dtype: str, path: str):
+    try:
+        return from_config(cfg, tp=tp, dtype=dtype)
+    except ShardingError as e:
+        raise ShardingError(f"{path!r} cannot be split over {tp} workers: {e}; degrees that work: "
+                            f"{degrees_that_work(cfg)}") from None
+
+
+def _config_eos(cfg: dict) -> list[int]:
+    ids = cfg.get("eos_token_id")
+    if ids is None:
+        return []
+    return [int(i) for i in (ids if isinstance(ids, list) else [ids])]
+
+
+def compile_model(cfg: dict, tp: int, dtype: str, target: str = "cpu", path: str = "",
+                  progress: bool = True) -> str:
+    """The exported model folder of this config, dtype, degree and target: from the cache,
+    or compiled into it (written to a temporary folder, then renamed: a reader never sees
+    half of one)."""
+    key = json.dumps({"config": cfg, "tp": tp, "dtype": dtype, "target": target,
+                      "version": CACHE_VERSION}, sort_keys=True, default=str)
+    folder = os.path.join(cache_dir(), hashlib.sha256(key.encode()).hexdigest()[:20])
+    if os.path.isfile(os.path.join(folder, MODEL_JSON)):
+        return folder
+    from .. import build
+    model = _model(cfg, tp, dtype, path)
+    bar = _progress("compile", progress)
+    ex = build(model.export(), target)
+    bar()
+    layers, kv_heads, head_dim = model.kv_layout()
+    meta = {"family": cfg.get("model_type"), "config": cfg, "tp": tp, "dtype": dtype, "target": target,
+            "vocab_size": _real_vocab(model), "max_positions": _max_positions(cfg),
+            "kv_layout": [layers, kv_heads, head_dim], "eos_token_ids": _config_eos(cfg),
+            "params": model.weight_specs()}
+    os.makedirs(cache_dir(), exist_ok=True)
+    tmp = tempfile.mkdtemp(dir=cache_dir(), prefix=".compiling-")
+    try:
+        ex.export(os.path.join(tmp, EXECUTABLE))
+        with open(os.path.join(tmp, MODEL_JSON), "w") as f:
+            json.dump(meta, f)
+        try:
+            os.rename(tmp, folder)
+        except OSError:         # another process finished first: use theirs
+            shutil.rmtree(tmp, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return folder
+
+
+def _real_vocab(model) -> int:
+    c = model.config
+    return int(getattr(c, "vocab_size"))
+
+
+def _max_positions(cfg: dict) -> Optional[int]:
+    v = cfg.get("max_position_embeddings") or cfg.get("n_positions")
+    return int(v) if v else None
+
+
+def _progress(what: str, enabled: bool):
+    """A one-step tqdm bar on a terminal; returns the callable that completes it."""
+    import sys
+    if not (enabled and sys.stderr.isatty()):
+        return lambda: None
+    from tqdm import tqdm
+    bar = tqdm(total=1, desc=what, leave=False)
+    return lambda: (bar.update(1), bar.close())
+
+
+def launched_ranks() -> Optional[int]:
+    """The number of ranks when this program was launched by disco-launch or mpiexec."""
+    from disco.start import mpi_environment
+    env = mpi_environment()
+    if env is not None:
+        return env[1]
+    n = os.environ.get("DISCO_NUM_WORKERS")
+    return int(n) if n else None
+
+
+def load(path: str, tp: Optional[int] = None, dtype: str = "float32", session=None,
+         device: str = "cpu", progress: bool = True, **engine_options: Any) -> Engine:
+    """A `disco.llm.Engine` for the checkpoint at `path` (see the module docstring).
+    `engine_options`: Engine's (max_tokens, page_size, generation_config)."""
+    path = os.path.abspath(os.fspath(path))
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"no checkpoint at {path!r}")
+    cfg = read_config(path)
+    if tp is None:
+        tp = session.num_workers if session is not None else launched_ranks() or 1
+    if not isinstance(tp, int) or tp < 1:
+        raise ValueError(f"tp must be a positive int, got {tp!r}")
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype {dtype!r} is not supported; expected one of {', '.join(DTYPES)}")
+    _model(cfg, tp, dtype, path)                 # a degree that cannot work fails before any worker
+    tokenizer = load_tokenizer(path)             # a broken tokenizer too
+    if tokenizer is None and "generation_config" not in engine_options and os.path.isdir(path):
+        engine_options["generation_config"] = GenerationConfig.load(path, _config_eos(cfg))
+    owns = session is None
+    if session is None:
+        import disco
+        session = disco.start(tp, device=device)   # under mpiexec, ranks other than 0 serve here
+    elif session.num_workers != tp:
+        raise ValueError(f"tp={tp} but the session has {session.num_workers} workers")
+    try:
+        folder = compile_model(cfg, tp, dtype, "cuda" if device.startswith("cuda") else "cpu", path,
+                               progress)
+        engine = Engine.load(folder, checkpoint=path, session=session, tokenizer=tokenizer,
+                             **engine_options)
+        engine.owns_session = owns
+        return engine
+    except BaseException:
+        if owns:
+            session.shutdown()
+        raise
