@@ -33,7 +33,8 @@ def parser() -> argparse.ArgumentParser:
                    help="wrap each prompt as a user message in the model's chat template")
     p.add_argument("--system", default=None, help="a system message (with --chat)")
     p.add_argument("--max-new-tokens", type=int, default=64)
-    p.add_argument("--temperature", type=float, default=0.0, help="0: greedy")
+    p.add_argument("--temperature", type=float, default=None,
+                   help="0: greedy (default: the checkpoint's generation_config.json, else greedy)")
     p.add_argument("--top-k", type=int, default=None)
     p.add_argument("--top-p", type=float, default=None)
     p.add_argument("--repetition-penalty", type=float, default=None)
@@ -75,6 +76,18 @@ def choose_degree(path: str, asked: Optional[int]) -> int:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parser().parse_args(argv)
+    from disco.errors import DiscoError
+    from ..ir.errors import ShardingError
+    try:
+        return _run(args)
+    except (FileNotFoundError, ValueError, ShardingError, DiscoError) as e:
+        _note(f"error: {e}")
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+def _run(args) -> int:
     from .loader import load
     from .fetch import resolve_model
     path = resolve_model(args.model)
@@ -83,7 +96,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     sampling = dict(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
                     repetition_penalty=args.repetition_penalty, seed=args.seed, stop=args.stop,
                     ignore_eos=args.ignore_eos)
-    sampling = {k: v for k, v in sampling.items() if v not in (None, False)}
+    sampling = {k: v for k, v in sampling.items() if v is not None and v is not False}
     with load(path, tp=tp, dtype=args.dtype, device=args.device,
                        progress=not args.no_progress) as engine:
         _note(engine.topology)

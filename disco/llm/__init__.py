@@ -15,3 +15,6 @@
 - generation.py: a request's settings and when its sequence ends (EOS, length, stop strings);
 - engine.py: the engine (session, weights, KV caches, batched prefill and decode).
 """
+from .engine import Engine, EngineError, Request  # noqa: E402
+
+__all__ = ["Engine", "EngineError", "Request"]

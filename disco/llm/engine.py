@@ -138,6 +138,7 @@ class Engine:
             layers, kv_heads, head_dim, self.num_pages, page_size, meta["dtype"])
         self._kv = {name: session.get_global_func(f"disco.kv.{name}")
                     for name in ("add_sequence", "remove_sequence", "begin_forward")}
+        self._text_vocab = int(getattr(tokenizer, "vocab_size", self.vocab_size))
         self._ids = itertools.count()
         self.waiting: deque[Request] = deque()
         self.running: list[Request] = []
@@ -321,6 +322,8 @@ class Engine:
         self.stats["steps"] += 1
         done = []
         for r, row in zip(batch, logits):
+            if r.decoder is not None and self._text_vocab < len(row):
+                row = row[:self._text_vocab]     # ids the tokenizer cannot write: never chosen
             r._take(int(r.sampler.choose(row)))
             if not r.finished and len(r.tokens) >= self._budget(r):
                 r._end("length")

@@ -77,12 +77,16 @@ def _tensors(family: str, cfg: dict, rng) -> dict:
     return t
 
 
-def make_checkpoint(family: str, directory: str, dtype: str = "float32", seed: int = 0) -> str:
-    """Write the family's tiny checkpoint into `directory` (created); returns it."""
-    cfg = dict(CONFIGS[family], dtype=dtype)
+def make_checkpoint(family: str, directory: str, dtype: str = "float32", seed: int = 0,
+                    **overrides) -> str:
+    """Write the family's tiny checkpoint into `directory` (created); returns it.
+    `overrides`: config values to change (vocab_size=...)."""
+    cfg = dict(CONFIGS[family], dtype=dtype, **overrides)
     tensors = _tensors(family, cfg, np.random.default_rng(seed))
     if dtype == "bfloat16":     # safetensors.numpy has no bfloat16: write its bits, fix the dtype code
         tensors = {k: v.astype(ml_dtypes.bfloat16) for k, v in tensors.items()}
+    elif dtype == "float16":
+        tensors = {k: v.astype(np.float16) for k, v in tensors.items()}
     os.makedirs(directory, exist_ok=True)
     with open(os.path.join(directory, "config.json"), "w") as f:
         json.dump(cfg, f, indent=1)
