@@ -4,7 +4,9 @@ DECODE_STEPS greedy steps per prompt (the chosen tokens and the logits that chos
 each from a full forward pass over the sequence so far), in float32; `generate`'s
 greedy tokens (do_sample=False, EOS ignored) for GENERATE_PROMPTS, each prompt alone;
 and the same for the checkpoint in bfloat16 (its logits, cast to float32, are bfloat16 numbers: a
-greedy choice between logits closer than their rounding is a tie).
+greedy choice between logits closer than their rounding is a tie). Also
+references/smollm2.json: transformers loading SmolLM2-135M-Instruct's GGUF file
+(compiler.models.fetch), greedy tokens (EOS ends them) of a chat prompt and of a plain one.
 
     python tests/models/make_references.py          # needs: pip install torch==2.13.0 transformers
 
@@ -69,8 +71,38 @@ def _greedy(model, prompts, steps: int):
     return np.array(tokens, np.int64).T, np.stack(logits).astype(np.float32)
 
 
+SMOLLM2_CHAT = [{"role": "user", "content": "What is the capital of France?"}]
+SMOLLM2_TEXT = "The capital of France is"
+
+
+def smollm2_reference() -> dict:
+    """Greedy tokens (32 at most, EOS ends them) of transformers on SmolLM2's GGUF file."""
+    import torch
+    import transformers
+    from compiler.models.fetch import KNOWN, fetch
+    path = fetch("smollm2")
+    tok = transformers.AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+    model = transformers.AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name,
+                                                              dtype=torch.float32).eval()
+
+    def greedy(ids):
+        out = model.generate(torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+                             do_sample=False, max_new_tokens=32)
+        return out[0, len(ids):].tolist()
+    ids = tok.apply_chat_template(SMOLLM2_CHAT, add_generation_prompt=True, tokenize=True)
+    ids = list(ids["input_ids"] if hasattr(ids, "keys") else ids)
+    text_ids = tok(SMOLLM2_TEXT)["input_ids"]
+    return {"file_sha256": KNOWN["smollm2"].sha256, "messages": SMOLLM2_CHAT, "prompt_ids": ids,
+            "generate": greedy(ids), "text_prompt": SMOLLM2_TEXT, "text_prompt_ids": text_ids,
+            "text_generate": greedy(text_ids), "transformers": transformers.__version__,
+            "torch": torch.__version__}
+
+
 def main() -> int:
+    import json
     os.makedirs(REFERENCES, exist_ok=True)
+    with open(os.path.join(REFERENCES, "smollm2.json"), "w") as f:
+        json.dump(smollm2_reference(), f, indent=1)
     with tempfile.TemporaryDirectory() as tmp:
         for family in tiny.CONFIGS:
             ref = references(family, tiny.make_checkpoint(family, os.path.join(tmp, family)))
