@@ -209,7 +209,10 @@ class DModule:
         if name not in self.executable.functions:
             raise SessionError(f"DModule has no function {name!r}; it has "
                                f"{sorted(self.executable.functions)}")
-        return DFunctionHandle(self, name, self.functions_info.get(name))
+        handles = self.__dict__.setdefault("_handles", {})    # made once: a decode step calls it
+        if name not in handles:
+            handles[name] = DFunctionHandle(self, name, self.functions_info.get(name))
+        return handles[name]
 
     def place(self, params: dict, function: str = "main") -> dict:
         """Place named arguments of `function` once (e.g. the weights); returns name ->
