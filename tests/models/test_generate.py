@@ -337,3 +337,21 @@ def test_smollm2_gguf_equals_transformers(smollm2, tp):
         got = engine.generate([ref["prompt_ids"], ref["text_prompt_ids"]], max_new_tokens=32)
         assert got == [ref["generate"], ref["text_generate"]]
         assert engine.chat(ref["messages"], max_new_tokens=32) == "The capital of France is Paris."
+
+
+def test_a_worker_killed_mid_generation_is_an_error_not_a_hang(checkpoints):
+    """SIGKILL to worker 1 while a stream runs: the next step raises the session's error
+    naming the worker, within the liveness check's time, and closing the engine works."""
+    import signal
+    import time
+    engine = models.load(checkpoints["llama"], tp=2)
+    try:
+        pieces = engine.stream(PROMPTS[0], max_new_tokens=N, **GREEDY)
+        next(pieces)
+        os.kill(engine.session.pids[1], signal.SIGKILL)
+        t = time.monotonic()
+        with pytest.raises(disco.DiscoError, match="worker 1"):
+            list(pieces)
+        assert time.monotonic() - t < 30
+    finally:
+        engine.close()
