@@ -15,13 +15,26 @@ namespace cpu {
 namespace {
 
 // ---- reading one block of 32 weights of a row as kNV vectors of float32 ----
+//
+// Block formats keep an fp16 scale (and minimum) in every block. Converting them one
+// block at a time would cost as many vector instructions as the weights themselves, so
+// the scales of kScaleRun blocks of a row are converted together (one gather) into
+// small float arrays first; a block then broadcasts its own from memory.
+
+constexpr int64_t kScaleRun = 16;
 
 template <Format F>
 struct Decode;
 
+// Float formats: no scales.
+struct Unscaled {
+  static constexpr bool kScaled = false;
+  static void scales(const uint8_t*, int64_t, int64_t, float*, float*) {}
+};
+
 template <>
-struct Decode<Format::kF32> {
-  static void block(const uint8_t* row, int64_t b, V out[kNV]) {
+struct Decode<Format::kF32> : Unscaled {
+  static void block(const uint8_t* row, int64_t b, const float*, const float*, V out[kNV]) {
     const float* p = reinterpret_cast<const float*>(row) + 32 * b;
     for (int v = 0; v < kNV; ++v) out[v] = vload(p + v * kW);
   }
@@ -29,16 +42,16 @@ struct Decode<Format::kF32> {
 };
 
 template <>
-struct Decode<Format::kF16> {
-  static void block(const uint8_t* row, int64_t b, V out[kNV]) {
+struct Decode<Format::kF16> : Unscaled {
+  static void block(const uint8_t* row, int64_t b, const float*, const float*, V out[kNV]) {
     for (int v = 0; v < kNV; ++v) out[v] = load_f16(row + 2 * (32 * b + v * kW));
   }
   static float at(const uint8_t* row, int64_t i) { return f16_scalar(load_u16(row + 2 * i)); }
 };
 
 template <>
-struct Decode<Format::kBF16> {
-  static void block(const uint8_t* row, int64_t b, V out[kNV]) {
+struct Decode<Format::kBF16> : Unscaled {
+  static void block(const uint8_t* row, int64_t b, const float*, const float*, V out[kNV]) {
     for (int v = 0; v < kNV; ++v) out[v] = load_bf16(row + 2 * (32 * b + v * kW));
   }
   static float at(const uint8_t* row, int64_t i) {
@@ -49,37 +62,52 @@ struct Decode<Format::kBF16> {
   }
 };
 
-template <>
-struct Decode<Format::kQ8_0> {  // fp16 d, int8 q[32]
-  static void block(const uint8_t* row, int64_t b, V out[kNV]) {
-    const uint8_t* blk = row + 34 * b;
-    const V d = vset1(f16_scalar(load_u16(blk)));
-    for (int v = 0; v < kNV; ++v) out[v] = vfma(load_i8(blk + 2 + v * kW), d, vzero());
+// Block formats: scales(row, b0, count, d, m) fills d[j] and m[j] for blocks b0 + j,
+// w = q * d + m: m unused (Q8_0, kMinus8 false: the gathered word's high half is not a
+// minimum), -8 d (Q4_0, kMinus8) or the stored minimum (Q4_1: the fp16 after d).
+template <int kBytes, bool kMinus8>
+struct Scaled {
+  static constexpr bool kScaled = true;
+  static void scales(const uint8_t* row, int64_t b0, int64_t count, float* d, float* m) {
+    const uint8_t* p = row + kBytes * b0;
+    if (count == kScaleRun) {
+      gather_halves16<kBytes>(p, d, m);   // the word at the block's start: d, then m (Q4_1)
+    } else {
+      for (int64_t j = 0; j < count; ++j) {
+        d[j] = f16_scalar(load_u16(p + kBytes * j));
+        m[j] = f16_scalar(load_u16(p + kBytes * j + 2));
+      }
+    }
+    if (kMinus8) for (int64_t j = 0; j < count; ++j) m[j] = -8.f * d[j];
   }
   static float at(const uint8_t*, int64_t) { return 0.f; }  // no tails: k is whole blocks
 };
 
 template <>
-struct Decode<Format::kQ4_0> {  // fp16 d, 16 bytes of nibbles; w = (q - 8) d
-  static void block(const uint8_t* row, int64_t b, V out[kNV]) {
-    const uint8_t* blk = row + 18 * b;
-    const float df = f16_scalar(load_u16(blk));
-    const V d = vset1(df), off = vset1(-8.f * df);
-    load_nibbles(blk + 2, out);
-    for (int v = 0; v < kNV; ++v) out[v] = vfma(out[v], d, off);
+struct Decode<Format::kQ8_0> : Scaled<34, false> {  // fp16 d, int8 q[32]
+  static void block(const uint8_t* row, int64_t b, const float* d, const float*, V out[kNV]) {
+    const uint8_t* blk = row + 34 * b;
+    const V dv = vset1(*d);
+    for (int v = 0; v < kNV; ++v) out[v] = vmul(load_i8(blk + 2 + v * kW), dv);
   }
-  static float at(const uint8_t*, int64_t) { return 0.f; }
 };
 
 template <>
-struct Decode<Format::kQ4_1> {  // fp16 d, fp16 m, 16 bytes of nibbles; w = q d + m
-  static void block(const uint8_t* row, int64_t b, V out[kNV]) {
-    const uint8_t* blk = row + 20 * b;
-    const V d = vset1(f16_scalar(load_u16(blk))), m = vset1(f16_scalar(load_u16(blk + 2)));
-    load_nibbles(blk + 4, out);
-    for (int v = 0; v < kNV; ++v) out[v] = vfma(out[v], d, m);
+struct Decode<Format::kQ4_0> : Scaled<18, true> {  // fp16 d, 16 bytes of nibbles
+  static void block(const uint8_t* row, int64_t b, const float* d, const float* m, V out[kNV]) {
+    const V dv = vset1(*d), mv = vset1(*m);
+    load_nibbles(row + 18 * b + 2, out);
+    for (int v = 0; v < kNV; ++v) out[v] = vfma(out[v], dv, mv);
   }
-  static float at(const uint8_t*, int64_t) { return 0.f; }
+};
+
+template <>
+struct Decode<Format::kQ4_1> : Scaled<20, false> {  // fp16 d, fp16 m, 16 bytes of nibbles
+  static void block(const uint8_t* row, int64_t b, const float* d, const float* m, V out[kNV]) {
+    const V dv = vset1(*d), mv = vset1(*m);
+    load_nibbles(row + 20 * b + 4, out);
+    for (int v = 0; v < kNV; ++v) out[v] = vfma(out[v], dv, mv);
+  }
 };
 
 // ---- register tiles ----
@@ -106,16 +134,23 @@ void tile(const uint8_t* w, int64_t ws, const float* x, int64_t k, float* y, int
 #pragma GCC unroll 8
     for (int i = 0; i < MR; ++i) acc[r][i] = vzero();
   const int64_t nb = k / 32;
-  for (int64_t b = 0; b < nb; ++b) {
+  alignas(64) float ds[NR][kScaleRun], ms[NR][kScaleRun];
+  for (int64_t b0 = 0; b0 < nb; b0 += kScaleRun) {
+    const int64_t run = nb - b0 < kScaleRun ? nb - b0 : kScaleRun;
+    if (Decode<F>::kScaled)
+      for (int r = 0; r < NR; ++r) Decode<F>::scales(w + r * ws, b0, run, ds[r], ms[r]);
+    for (int64_t j = 0; j < run; ++j) {
+      const int64_t b = b0 + j;
 #pragma GCC unroll 8
-    for (int r = 0; r < NR; ++r) {
-      V wv[kNV];
-      Decode<F>::block(w + r * ws, b, wv);
+      for (int r = 0; r < NR; ++r) {
+        V wv[kNV];
+        Decode<F>::block(w + r * ws, b, &ds[r][j], &ms[r][j], wv);
 #pragma GCC unroll 8
-      for (int i = 0; i < MR; ++i) {
-        const float* xi = x + i * k + 32 * b;
+        for (int i = 0; i < MR; ++i) {
+          const float* xi = x + i * k + 32 * b;
 #pragma GCC unroll 4
-        for (int v = 0; v < kNV; ++v) acc[r][i] = vfma(wv[v], vload(xi + v * kW), acc[r][i]);
+          for (int v = 0; v < kNV; ++v) acc[r][i] = vfma(wv[v], vload(xi + v * kW), acc[r][i]);
+        }
       }
     }
   }
@@ -155,10 +190,15 @@ void matmul_small(const MatmulArgs& a) {
 template <Format F>
 void dequant_row(const uint8_t* row, int64_t k, float* out) {
   const int64_t nb = k / 32;
-  for (int64_t b = 0; b < nb; ++b) {
-    V v[kNV];
-    Decode<F>::block(row, b, v);
-    for (int j = 0; j < kNV; ++j) vstore(out + 32 * b + j * kW, v[j]);
+  alignas(64) float ds[kScaleRun], ms[kScaleRun];
+  for (int64_t b0 = 0; b0 < nb; b0 += kScaleRun) {
+    const int64_t run = nb - b0 < kScaleRun ? nb - b0 : kScaleRun;
+    if (Decode<F>::kScaled) Decode<F>::scales(row, b0, run, ds, ms);
+    for (int64_t j = 0; j < run; ++j) {
+      V v[kNV];
+      Decode<F>::block(row, b0 + j, &ds[j], &ms[j], v);
+      for (int t = 0; t < kNV; ++t) vstore(out + 32 * (b0 + j) + t * kW, v[t]);
+    }
   }
   for (int64_t t = nb * 32; t < k; ++t) out[t] = Decode<F>::at(row, t);
 }

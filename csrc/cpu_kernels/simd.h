@@ -26,6 +26,7 @@ inline V vset1(float a) { return {_mm512_set1_ps(a)}; }
 inline V vload(const float* p) { return {_mm512_loadu_ps(p)}; }
 inline void vstore(float* p, V a) { _mm512_storeu_ps(p, a.v); }
 inline V vfma(V a, V b, V c) { return {_mm512_fmadd_ps(a.v, b.v, c.v)}; }  // a * b + c
+inline V vmul(V a, V b) { return {_mm512_mul_ps(a.v, b.v)}; }
 inline float vhsum(V a) { return _mm512_reduce_add_ps(a.v); }
 inline float f16_scalar(uint16_t h) { return _cvtsh_ss(h); }
 inline V load_f16(const uint8_t* p) { return {_mm512_cvtph_ps(_mm256_loadu_si256((const __m256i*)p))}; }
@@ -42,6 +43,15 @@ inline void load_nibbles(const uint8_t* p, V out[2]) {
   out[0].v = _mm512_cvtepi32_ps(_mm512_and_si512(b, _mm512_set1_epi32(15)));
   out[1].v = _mm512_cvtepi32_ps(_mm512_srli_epi32(b, 4));
 }
+// The two fp16 halves of the 32-bit words at p + j * S (j < 16) as float32: lo[j], hi[j].
+template <int S>
+inline void gather_halves16(const uint8_t* p, float* lo, float* hi) {
+  const __m512i idx = _mm512_setr_epi32(0, S, 2 * S, 3 * S, 4 * S, 5 * S, 6 * S, 7 * S, 8 * S, 9 * S, 10 * S,
+                                        11 * S, 12 * S, 13 * S, 14 * S, 15 * S);
+  const __m512i g = _mm512_i32gather_epi32(idx, p, 1);
+  _mm512_storeu_ps(lo, _mm512_cvtph_ps(_mm512_cvtepi32_epi16(g)));
+  _mm512_storeu_ps(hi, _mm512_cvtph_ps(_mm512_cvtepi32_epi16(_mm512_srli_epi32(g, 16))));
+}
 
 #elif defined(DISCO_SIMD_AVX2)
 
@@ -52,6 +62,7 @@ inline V vset1(float a) { return {_mm256_set1_ps(a)}; }
 inline V vload(const float* p) { return {_mm256_loadu_ps(p)}; }
 inline void vstore(float* p, V a) { _mm256_storeu_ps(p, a.v); }
 inline V vfma(V a, V b, V c) { return {_mm256_fmadd_ps(a.v, b.v, c.v)}; }
+inline V vmul(V a, V b) { return {_mm256_mul_ps(a.v, b.v)}; }
 inline float vhsum(V a) {
   __m128 s = _mm_add_ps(_mm256_castps256_ps128(a.v), _mm256_extractf128_ps(a.v, 1));
   s = _mm_add_ps(s, _mm_movehl_ps(s, s));
@@ -77,6 +88,19 @@ inline void load_nibbles(const uint8_t* p, V out[4]) {
   out[2].v = _mm256_cvtepi32_ps(_mm256_srli_epi32(lo, 4));  // 16..23
   out[3].v = _mm256_cvtepi32_ps(_mm256_srli_epi32(hi, 4));  // 24..31
 }
+template <int S>
+inline void gather_halves16(const uint8_t* p, float* lo, float* hi) {
+  const __m256i idx = _mm256_setr_epi32(0, S, 2 * S, 3 * S, 4 * S, 5 * S, 6 * S, 7 * S);
+  // Per 128-bit lane: the low halves of its 4 words into bytes 0..7, the high halves into 8..15.
+  const __m256i split = _mm256_setr_epi8(0, 1, 4, 5, 8, 9, 12, 13, 2, 3, 6, 7, 10, 11, 14, 15,
+                                         0, 1, 4, 5, 8, 9, 12, 13, 2, 3, 6, 7, 10, 11, 14, 15);
+  for (int h = 0; h < 2; ++h) {
+    const __m256i g = _mm256_i32gather_epi32((const int*)(p + h * 8 * S), idx, 1);
+    const __m256i t = _mm256_permute4x64_epi64(_mm256_shuffle_epi8(g, split), 0xd8);  // lows, highs
+    _mm256_storeu_ps(lo + 8 * h, _mm256_cvtph_ps(_mm256_castsi256_si128(t)));
+    _mm256_storeu_ps(hi + 8 * h, _mm256_cvtph_ps(_mm256_extracti128_si256(t, 1)));
+  }
+}
 
 #else  // portable
 
@@ -87,6 +111,7 @@ inline V vset1(float a) { V r; for (int i = 0; i < kW; ++i) r.f[i] = a; return r
 inline V vload(const float* p) { V r; std::memcpy(r.f, p, sizeof r.f); return r; }
 inline void vstore(float* p, V a) { std::memcpy(p, a.f, sizeof a.f); }
 inline V vfma(V a, V b, V c) { for (int i = 0; i < kW; ++i) c.f[i] += a.f[i] * b.f[i]; return c; }
+inline V vmul(V a, V b) { for (int i = 0; i < kW; ++i) a.f[i] *= b.f[i]; return a; }
 inline float vhsum(V a) {
   return ((a.f[0] + a.f[4]) + (a.f[1] + a.f[5])) + ((a.f[2] + a.f[6]) + (a.f[3] + a.f[7]));
 }
@@ -118,6 +143,13 @@ inline void load_nibbles(const uint8_t* p, V out[4]) {
   for (int i = 0; i < 16; ++i) {
     out[i / kW].f[i % kW] = (float)(p[i] & 15);
     out[2 + i / kW].f[i % kW] = (float)(p[i] >> 4);
+  }
+}
+template <int S>
+inline void gather_halves16(const uint8_t* p, float* lo, float* hi) {
+  for (int j = 0; j < 16; ++j) {
+    lo[j] = f16_scalar(u16_at(p + j * S));
+    hi[j] = f16_scalar(u16_at(p + j * S + 2));
   }
 }
 
