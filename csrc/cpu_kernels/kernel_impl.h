@@ -110,6 +110,11 @@ struct Decode<Format::kQ4_1> : Scaled<20, false> {  // fp16 d, fp16 m, 16 bytes 
   }
 };
 
+// Bytes of a block of 32 weights in format F.
+template <Format F>
+constexpr int64_t kBlockBytes = F == Format::kF32 ? 128 : F == Format::kF16 || F == Format::kBF16 ? 64
+                              : F == Format::kQ8_0 ? 34 : F == Format::kQ4_0 ? 18 : 20;
+
 // ---- register tiles ----
 
 // Tile sizes: NR rows of W by MR rows of x, NR * MR accumulators held in registers
@@ -143,6 +148,12 @@ void tile(const uint8_t* w, int64_t ws, const float* x, int64_t k, float* y, int
       const int64_t b = b0 + j;
 #pragma GCC unroll 8
       for (int r = 0; r < NR; ++r) {
+        // The same block of the next tile's rows: a thread's rows are one contiguous
+        // range, and the next tile follows this one. Rows are short (a few hundred bytes
+        // in 4 bits), too short for the hardware prefetcher to follow NR of them at once.
+        const uint8_t* ahead = w + (NR + r) * ws + b * kBlockBytes<F>;
+        __builtin_prefetch(ahead);
+        if (kBlockBytes<F> > 64) __builtin_prefetch(ahead + 64);
         V wv[kNV];
         Decode<F>::block(w + r * ws, b, &ds[r][j], &ms[r][j], wv);
 #pragma GCC unroll 8
