@@ -64,3 +64,9 @@ class SamplingError(DiscoError, ValueError):
 class GenerationError(DiscoError, ValueError):
     """Generation settings that are out of range, or a finished sequence fed more tokens
     (disco.llm.generation)."""
+
+
+class KernelError(DiscoError, ValueError):
+    """A CPU kernel (disco.cpu_kernels) was called with operands it cannot use: a weight
+    of the wrong dtype or row size for its format, k not a whole number of blocks, an
+    output of the wrong shape, an id outside an embedding table."""

@@ -29,7 +29,8 @@ _FUNCS: dict[str, Callable] = {}
 # Modules that register the functions of a name prefix, imported the first time a name
 # with that prefix is looked up: the VM and session workers find these functions without
 # importing their module first (which the VM, running compiled code, could not know to do).
-_PROVIDERS = {"disco.kv.": "disco.kv_cache", "disco.llm.load_weights": "disco.llm.weights"}
+_PROVIDERS = {"disco.kv.": "disco.kv_cache", "disco.llm.load_weights": "disco.llm.weights",
+              "disco.cpu.": "disco.cpu_kernels"}
 
 
 class UnknownFunctionError(DiscoError, KeyError):

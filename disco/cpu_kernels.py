@@ -1,0 +1,107 @@
+"""CPU kernels for weights in 16 bits or GGUF blocks, as library calls (csrc/cpu_kernels).
+
+    disco.cpu.matmul_nt(x, w, out)          out = x @ w.T, w float32 / float16 / bfloat16
+    disco.cpu.matmul_nt_q8_0(x, w, out)     ... w the (n, k // 32 * 34) bytes of q8_0 blocks
+    disco.cpu.matmul_nt_q4_0(x, w, out)     ... 18-byte blocks
+    disco.cpu.matmul_nt_q4_1(x, w, out)     ... 20-byte blocks
+    disco.cpu.embedding(ids, w, out)        out = w[ids] in float32, w a float format
+    disco.cpu.embedding_q8_0(ids, w, out)   ... rows dequantized as they are read (and _q4_0, _q4_1)
+
+Destination-passing like `disco.blas.matmul_nt` (the same orientation: w is a linear
+layer's (out, in) weight, read in place): x is float32 (..., k), out float32 (..., n),
+both C-contiguous. The format of a block weight is in the function's name, since its
+bytes do not tell it (disco/weight_formats.py describes the layouts). Weights are
+converted to float32 in registers and products accumulated in float32; nothing is
+materialised. Threads: OpenMP over output columns, `OMP_NUM_THREADS` by default (a
+ProcessSession sets it to the host's cores shared among the workers); `num_threads`
+overrides it per call. The GIL is released while a kernel runs. `isa` picks a compiled
+variant ("avx512", "avx2", "generic"; default: the best this CPU runs, or the
+environment variable DISCO_CPU_ISA); `isas()` lists them.
+
+The VM imports this module when it resolves a name starting with "disco.cpu."
+(disco.registry's providers), so compiled code needs no import.
+"""
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+
+from . import _native
+from .errors import KernelError
+from .registry import register_func
+from .weight_formats import FORMATS, weight_format
+
+__all__ = ["matmul_nt", "embedding", "isas", "default_isa", "MATMUL_NT", "EMBEDDING"]
+
+# Library-call name of each format (what a pass writes into R.call_dps_packed).
+MATMUL_NT = {name: "disco.cpu.matmul_nt" if not f.quantized else f"disco.cpu.matmul_nt_{name}"
+             for name, f in FORMATS.items()}
+EMBEDDING = {name: "disco.cpu.embedding" if not f.quantized else f"disco.cpu.embedding_{name}"
+             for name, f in FORMATS.items()}
+
+_FLOAT_CODES = {f.dtype: f.code for f in FORMATS.values() if not f.quantized}
+
+
+def isas() -> list[str]:
+    """The compiled variants this build and CPU run, best first."""
+    return list(_native.cpu_isas())
+
+
+def default_isa() -> str:
+    return _native.cpu_default_isa()
+
+
+def _code(w: np.ndarray, fmt) -> int:
+    if fmt is not None:
+        return weight_format(fmt).code
+    code = _FLOAT_CODES.get(getattr(w, "dtype", None))
+    if code is None:
+        raise KernelError(f"a weight of dtype {getattr(w, 'dtype', type(w).__name__)} needs its "
+                          f"format named (one of {', '.join(FORMATS)})")
+    return code
+
+
+def matmul_nt(x: np.ndarray, w: np.ndarray, out: np.ndarray | None = None, fmt=None, *,
+              num_threads: int = 0, isa: str | None = None) -> np.ndarray:
+    """out[..., n] = x[..., k] @ W[n, k]^T with W stored in `fmt` (default: from w's dtype,
+    for float formats). Allocates `out` when not given; returns it."""
+    if out is None:
+        n = w.shape[0]
+        out = np.empty((*np.shape(x)[:-1], n), np.float32)
+    _native.cpu_matmul_nt(x, w, out, _code(w, fmt), num_threads, isa or "")
+    return out
+
+
+def embedding(ids: np.ndarray, w: np.ndarray, out: np.ndarray | None = None, fmt=None, *,
+              num_threads: int = 0, isa: str | None = None) -> np.ndarray:
+    """out[..., :] = W[ids[...], :] as float32, W stored in `fmt` (default: from w's dtype)."""
+    ids = np.asarray(ids)
+    if ids.dtype != np.int64:
+        if ids.dtype.kind not in "iu":
+            raise KernelError(f"embedding: ids must be integers, got dtype {ids.dtype}")
+        ids = ids.astype(np.int64)
+    ids = np.ascontiguousarray(ids)
+    f = weight_format(fmt) if fmt is not None else None
+    if out is None:
+        k = w.shape[1] if f is None or not f.quantized else w.shape[1] // f.block_bytes * f.block
+        out = np.empty((*ids.shape, k), np.float32)
+    _native.cpu_embedding(ids, w, out, _code(w, fmt), num_threads, isa or "")
+    return out
+
+
+@register_func("disco.cpu.matmul_nt")
+def _matmul_nt_float(x, w, out) -> None:
+    _native.cpu_matmul_nt(x, w, out, _code(w, None))
+
+
+@register_func("disco.cpu.embedding")
+def _embedding_float(ids, w, out) -> None:
+    embedding(ids, w, out)
+
+
+for _name, _f in FORMATS.items():
+    if _f.quantized:
+        # The native function itself, the format fixed: a decode step makes hundreds of these calls.
+        register_func(MATMUL_NT[_name], functools.partial(_native.cpu_matmul_nt, format=_f.code))
+        register_func(EMBEDDING[_name], functools.partial(embedding, fmt=_name))

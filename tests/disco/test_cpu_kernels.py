@@ -1,0 +1,154 @@
+"""The CPU matmul and embedding kernels (disco.cpu_kernels) against numpy: weights
+dequantized by the gguf package (float formats: cast by numpy), then a float64 matmul.
+
+Tolerance, per output: the kernels round each weight once (w = q d + m in one FMA) and
+sum k float32 products in some order, so |y - ref| <= (k + 1) u B + O(u^2) with
+u = 2^-24 and B = sum_t |x_t| (|q_t d| + |m|) (Higham's bound for any summation order,
+the weight's rounding relative to the magnitudes it is made of). The tests allow twice
+that. Every compiled instruction-set variant this CPU runs is tested, on 1 and 2 threads."""
+import gguf
+import ml_dtypes
+import numpy as np
+import pytest
+from gguf import GGMLQuantizationType as GT
+
+from disco import cpu_kernels as ck
+from disco import get_global_func
+from disco.errors import KernelError
+from disco.weight_formats import FORMATS, quantize, take_block
+
+QUANTIZED = ["q8_0", "q4_0", "q4_1"]
+ISAS = ck.isas()
+U = 2.0 ** -24
+
+
+def reference_weights(q, name):
+    """(W, M): the weights as float64 (gguf's dequantization for block formats) and the
+    per-weight magnitude of the offset the kernel adds (|m| for q4_1, 8|d| for q4_0)."""
+    if name not in QUANTIZED:
+        return q.astype(np.float64), np.zeros(q.shape)
+    w = gguf.quants.dequantize(q, getattr(GT, name.upper())).astype(np.float64)
+    f = FORMATS[name]
+    blocks = q.reshape(-1, f.block_bytes)
+    d = blocks[:, 0:2].copy().view(np.float16).astype(np.float64)
+    off = {"q8_0": 0 * d, "q4_0": 8 * np.abs(d),
+           "q4_1": np.abs(blocks[:, 2:4].copy().view(np.float16).astype(np.float64))}[name]
+    return w, np.repeat(off, 32, axis=1).reshape(w.shape)
+
+
+def check(y, x, q, name):
+    w, off = reference_weights(q, name)
+    x64 = x.reshape(-1, x.shape[-1]).astype(np.float64)
+    ref = x64 @ w.T
+    bound = np.abs(x64) @ (np.abs(w) + 2 * off).T       # |q d| <= |w| + |m|
+    tol = 2 * (x.shape[-1] + 1) * U * bound + 1e-30
+    err = np.abs(y.reshape(ref.shape) - ref)
+    assert (err <= tol).all(), f"max error {err.max():.3g}, allowed {tol[err.argmax() // tol.shape[1]].max():.3g}"
+
+
+def weights(name, n, k, seed=0):
+    w = np.random.default_rng(seed).standard_normal((n, k)).astype(np.float32) * 0.1
+    return quantize(w, name)
+
+
+# (n, k): n never a multiple of the tile widths; k odd for float formats (scalar tails);
+# the last shape is large enough for two threads at m = 1 (smaller calls run on one).
+SHAPES = {"float": [(37, 45), (9, 3), (201, 257)], "quantized": [(37, 96), (3, 32), (201, 320)]}
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("name", list(FORMATS))
+@pytest.mark.parametrize("m", [1, 3, 8, 130])
+def test_matmul_nt_matches_numpy(isa, name, m):
+    kind = "quantized" if name in QUANTIZED else "float"
+    for n, k in SHAPES[kind]:
+        q = weights(name, n, k)
+        x = np.random.default_rng(m).standard_normal((m, k)).astype(np.float32)
+        y1 = ck.matmul_nt(x, q, fmt=name, num_threads=1, isa=isa)
+        check(y1, x, q, name)
+        # Threads split the output columns: every output is the same sum, bit for bit.
+        y2 = ck.matmul_nt(x, q, fmt=name, num_threads=2, isa=isa)
+        np.testing.assert_array_equal(y1, y2)
+
+
+@pytest.mark.parametrize("name", ["bfloat16", "q4_1"])
+def test_matmul_nt_leading_dims_and_wide_k(name):
+    q = weights(name, 50, 2048, seed=1)
+    x = np.random.default_rng(1).standard_normal((2, 3, 2048)).astype(np.float32)
+    out = np.full((2, 3, 50), np.nan, np.float32)
+    assert ck.matmul_nt(x, q, out, fmt=name) is out
+    check(out, x, q, name)
+
+
+@pytest.mark.parametrize("name", QUANTIZED + ["float16"])
+def test_tensor_parallel_shards_are_exact(name):
+    """Row shards (column-parallel layers) give the same outputs bit for bit; column
+    shards cut at block boundaries (row-parallel layers) give partial sums that add up to
+    the whole product."""
+    q = weights(name, 64, 256, seed=2)
+    x = np.random.default_rng(2).standard_normal((4, 256)).astype(np.float32)
+    whole = ck.matmul_nt(x, q, fmt=name)
+    rows = [ck.matmul_nt(x, take_block(q, name, rows=(r, r + 16)), fmt=name) for r in range(0, 64, 16)]
+    np.testing.assert_array_equal(np.concatenate(rows, axis=1), whole)
+    parts = [ck.matmul_nt(np.ascontiguousarray(x[:, c:c + 128]), take_block(q, name, cols=(c, c + 128)), fmt=name)
+             for c in (0, 128)]
+    check(parts[0] + parts[1], x, q, name)
+
+
+def test_float_format_from_dtype_and_library_names():
+    q = weights("bfloat16", 16, 64)
+    x = np.ones((1, 64), np.float32)
+    out = np.empty((1, 16), np.float32)
+    get_global_func("disco.cpu.matmul_nt")(x, q, out)
+    check(out, x, q, "bfloat16")
+    q4 = weights("q4_1", 16, 64)
+    get_global_func(ck.MATMUL_NT["q4_1"])(x, q4, out)
+    check(out, x, q4, "q4_1")
+    assert ck.MATMUL_NT["q8_0"] == "disco.cpu.matmul_nt_q8_0" and ck.EMBEDDING["bfloat16"] == "disco.cpu.embedding"
+
+
+def test_errors_name_the_problem():
+    x = np.ones((2, 48), np.float32)
+    with pytest.raises(KernelError, match="k = 48 is not a multiple of 32"):
+        ck.matmul_nt(x, np.zeros((4, 54), np.uint8), fmt="q8_0")
+    with pytest.raises(KernelError, match="format q4_1 must hold|rows must hold k = 64 weights of format q4_1"):
+        ck.matmul_nt(np.ones((1, 64), np.float32), np.zeros((4, 36), np.uint8), fmt="q4_1")
+    with pytest.raises(KernelError, match="must have dtype bfloat16; got float16"):
+        ck.matmul_nt(x, np.zeros((4, 48), np.float16), fmt="bf16")
+    with pytest.raises(KernelError, match=r"out must have shape .*got \(2, 5\)"):
+        ck.matmul_nt(x, np.zeros((4, 48), np.float32), np.empty((2, 5), np.float32))
+    with pytest.raises(KernelError, match="x must be a C-contiguous"):
+        ck.matmul_nt(np.ones((48, 2), np.float32).T, np.zeros((4, 48), np.float32))
+    with pytest.raises(KernelError, match="needs its format named"):
+        ck.matmul_nt(x, np.zeros((4, 48), np.uint8))
+    with pytest.raises(KernelError, match="no CPU kernels for instruction set 'neon'"):
+        ck.matmul_nt(x, np.zeros((4, 48), np.float32), isa="neon")
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("name", list(FORMATS))
+def test_embedding_reads_rows_in_their_format(isa, name):
+    """Rows as gguf dequantizes them: exactly, except q4_1, whose kernel rounds q d + m
+    once (one FMA) where gguf rounds twice: within an ulp of |q d| + |m|."""
+    k = 96 if name in QUANTIZED else 75
+    q = weights(name, 40, k, seed=3)
+    w, off = reference_weights(q, name)
+    ids = np.array([[3, 0, 39], [3, 17, 8]], np.int32)
+    out = ck.embedding(ids, q, fmt=name, num_threads=2, isa=isa)
+    assert out.shape == (2, 3, k) and out.dtype == np.float32
+    if name == "q4_1":
+        np.testing.assert_array_less(np.abs(out - w[ids]), 2 * U * (np.abs(w[ids]) + 2 * off[ids]) + 1e-30)
+    else:
+        np.testing.assert_array_equal(out, w[ids].astype(np.float32))
+    with pytest.raises(KernelError, match=r"ids\[1\] = 40 is outside the table's rows \[0, 40\)"):
+        ck.embedding(np.array([1, 40]), q, fmt=name)
+
+
+def test_embedding_library_call():
+    q = weights("q8_0", 10, 64)
+    out = np.empty((2, 64), np.float32)
+    get_global_func("disco.cpu.embedding_q8_0")(np.array([9, 1]), q, out)
+    np.testing.assert_array_equal(out, reference_weights(q, "q8_0")[0][[9, 1]].astype(np.float32))
+    bf = quantize(np.ones((3, 5), np.float32), "bfloat16")
+    assert bf.dtype == np.dtype(ml_dtypes.bfloat16)
+    get_global_func("disco.cpu.embedding")(np.array([2]), bf, out[:1, :5].copy())
