@@ -47,6 +47,16 @@ class OutOfPagesError(KVCacheError):
     pages_free: int = 0
 
 
+class ExecutableError(DiscoError, ValueError):
+    """A `.disco` executable file that is not one, or is damaged (disco.executable): the
+    message names the file and the missing or malformed manifest entry."""
+
+
+class CheckpointError(DiscoError, ValueError):
+    """A checkpoint that cannot be read, or whose tensors do not fit what is asked of
+    them; the message names the tensor and the file (disco.llm.checkpoint)."""
+
+
 class TokenizerError(DiscoError, ValueError):
     """A tokenizer that cannot be loaded or used (disco.llm.tokenizer): a directory without
     tokenizer.json, a special token missing from the vocabulary, ids out of range."""
