@@ -55,7 +55,6 @@ import hashlib
 import io
 import json
 import os
-import tempfile
 import threading
 import zipfile
 from dataclasses import dataclass, field
@@ -65,6 +64,7 @@ from typing import Any, Optional
 import numpy as np
 
 from .errors import DiscoError, ExecutableError
+from .private_dir import private_dir, why_not_trusted_file, write_atomic
 from .tensor import dtype_name, np_dtype
 
 FORMAT = "disco-executable"
@@ -313,38 +313,53 @@ _LOADED_LOCK = threading.Lock()
 
 
 def cache_dir() -> str:
-    """Where loaded kernel libraries are written: $DISCO_CACHE_DIR or ~/.cache/disco."""
+    """Where loaded kernel libraries are written: $DISCO_CACHE_DIR or ~/.cache/disco,
+    under "kernels" (not yet checked; `kernel_dir` is what is used)."""
     base = os.environ.get("DISCO_CACHE_DIR") or os.path.join(
         os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"),
         "disco")
     return os.path.join(base, "kernels")
 
 
+def kernel_dir() -> str:
+    """`cache_dir()` if it is private to this user, else a private temporary directory
+    (disco/private_dir.py says why)."""
+    return private_dir(cache_dir(), "kernels")
+
+
 def _dlopen_bytes(data: bytes) -> ctypes.CDLL:
+    """dlopen `data` from the cache: the file named by its sha256 is loaded only when it
+    is ours, writable by no one else and holds exactly `data` (else it is rewritten)."""
     digest = hashlib.sha256(data).hexdigest()[:32]
     with _LOADED_LOCK:
         lib = _LOADED.get(digest)
         if lib is not None:
             return lib
-        directory = cache_dir()
-        try:
-            os.makedirs(directory, exist_ok=True)
-        except OSError:
-            directory = os.path.join(tempfile.gettempdir(), f"disco-kernels-{os.getuid()}")
-            os.makedirs(directory, exist_ok=True)
-        path = os.path.join(directory, f"{digest}.so")
-        if not os.path.exists(path):
-            # Write then rename: concurrent workers never see a half-written file.
-            fd, tmp = tempfile.mkstemp(dir=directory, suffix=".so.tmp")
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-            os.replace(tmp, path)
+        directory = kernel_dir()
+        name = f"{digest}.so"
+        path = os.path.join(directory, name)
+        if not _holds(path, data):
+            try:  # write then rename: concurrent workers never see a half-written file
+                path = write_atomic(directory, name, data)
+            except OSError as err:
+                raise DiscoError(f"cannot write the executable's kernels to {path}: {err}") from err
         try:
             lib = ctypes.CDLL(path)
         except OSError as err:
             raise DiscoError(f"cannot load the executable's kernels from {path}: {err}") from err
         _LOADED[digest] = lib
         return lib
+
+
+def _holds(path: str, data: bytes) -> bool:
+    """Whether `path` is a regular file of ours, writable only by us, holding `data`."""
+    try:
+        if why_not_trusted_file(path) is not None:
+            return False
+        with open(path, "rb") as f:
+            return f.read(len(data) + 1) == data
+    except OSError:
+        return False
 
 
 # -- patterns as text ----------------------------------------------------------------
