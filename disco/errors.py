@@ -18,6 +18,11 @@ class WorkerError(DiscoError):
         self.remote_traceback = remote_traceback
 
 
+class WorkerTimeoutError(WorkerError):
+    """The controller waited longer than its deadline for a worker (Session timeout_s, or
+    a call's timeout=); the message names each late worker and what it is running."""
+
+
 class SessionError(DiscoError):
     """Misuse of a session: a DRef from another session, a call after shutdown, ..."""
 

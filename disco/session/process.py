@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 import weakref
 
 from disco.errors import WorkerError
@@ -71,13 +72,14 @@ class ProcessSession(Session):
             os.write(self._stop_w, b"x")
         except BrokenPipeError:  # the watcher saw every worker end already
             pass
+        # One deadline for all: hung workers cost timeout_s in total, not each.
+        deadline = time.monotonic() + timeout_s
         for p in self._procs:
             try:
-                p.wait(timeout_s)
+                p.wait(max(0.0, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
-        self._finalizer()
+                break
+        self._finalizer()  # SIGKILL to every worker still running, then reaps them
         os.close(self._stop_w)
 
     @property
@@ -116,7 +118,9 @@ def _watch(sess_ref, procs: list[subprocess.Popen], stop_r: int) -> None:
 
 
 def _kill_all(procs: list[subprocess.Popen]) -> None:
+    """SIGKILL every worker still running (all first, so they die in parallel), then reap."""
     for p in procs:
         if p.poll() is None:
             p.kill()
-            p.wait()
+    for p in procs:
+        p.wait()
