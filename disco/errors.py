@@ -23,6 +23,11 @@ class WorkerTimeoutError(WorkerError):
     a call's timeout=); the message names each late worker and what it is running."""
 
 
+class ProtocolError(DiscoError):
+    """A message between controller and workers that does not decode (the channel codec,
+    disco._native.ChannelError, is this), or a value the channel cannot carry."""
+
+
 class SessionError(DiscoError):
     """Misuse of a session: a DRef from another session, a call after shutdown, ..."""
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 import itertools
 import os
 import time
-import uuid
 import weakref
 from typing import Any, Optional
 
@@ -261,9 +260,10 @@ class Session:
         chunk_bytes, ...); a backend may add its own first, through this session (nccl:
         worker 0's unique id, see `disco.ccl.session_options`)."""
         from disco import ccl
+        from disco.ccl import segments
         if backend is None:
             backend = self.default_ccl_backend()
-        group = f"disco-{os.getpid()}-{uuid.uuid4().hex[:12]}"
+        group = segments.new_group_name()
         options = ccl.session_options(backend, self, dict(options))
         self.get_global_func("disco.ccl.init")(backend, group, tuple(options.items()))
         self.sync()
