@@ -246,10 +246,12 @@ class PyChannel {
 
   // The numpy dtype of an array's dtype text, only plain ones (bool, ints, floats,
   // complex): anything else, an object dtype above all, is a ChannelError.
-  static py::dtype ArrayDType(const std::string& text) {
+  static py::dtype ArrayDType(const std::string& raw) {
+    std::string text;  // for messages: bytes outside printable ASCII as '?' (what() must be UTF-8)
+    for (char c : raw) text += (c >= 32 && c < 127) ? c : '?';
     py::dtype dt;
     try {
-      dt = py::dtype(text);
+      dt = py::dtype(raw);
     } catch (py::error_already_set&) {
       throw disco::channel::ChannelError("unknown array dtype '" + text + "' in the channel codec");
     }

@@ -143,6 +143,7 @@ class Session:
             self._chan = _native.Channel(num_workers, ring_bytes=ring_bytes, spin_us=spin_us)
         except _native.ChannelError as e:  # e.g. /dev/shm full
             raise SessionError(f"{self.name}: cannot create the command channel: {e}") from e
+        self._transfer.codec = self._chan
         self._chan.set_codec(DRef, self._tok, self._transfer.encode, self._transfer.decode, None,
                              INLINE_ARRAY_BYTES)
         me = weakref.ref(self)

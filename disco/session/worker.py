@@ -55,6 +55,7 @@ def serve(chan, ctx: WorkerContext, alive: Callable[[], bool] | None = None) -> 
     failed: dict[int, tuple[int, str, str]] = {}  # DRef id -> (seq, summary, tb) of the call that failed
     funcs: dict[int, Callable] = {}  # function slot -> callable
     transfer = Transfer()
+    transfer.codec = chan
     chan.set_codec(None, None, transfer.encode, transfer.decode, objects, INLINE_ARRAY_BYTES)
     # CALL, FREE, and SYNC while no failure waits for a reply, run inside chan.next
     # (C++); here come the other commands, a CALL that raised (missing == NEXT_CALL_RAISED)
