@@ -232,6 +232,17 @@ def _describe(e: BaseException, what: str) -> tuple[str, str]:
     return (f"{what} raised {type(e).__name__}: {e}", tb)
 
 
+def _check_same_disco(expected: str | None) -> None:
+    """Exit with a message (the controller shows it) unless this process imported the
+    controller's `disco` package."""
+    import disco
+    here = os.path.dirname(os.path.abspath(disco.__file__))
+    if expected and os.path.realpath(here) != os.path.realpath(expected):
+        sys.stderr.write(f"disco worker: imported disco from {here}, but the controller runs the one in "
+                         f"{expected}; start the program from another directory or install disco there\n")
+        sys.exit(1)
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python -m disco.session.worker")
     p.add_argument("--fd", type=int, required=True)
@@ -239,6 +250,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--num-workers", type=int, required=True)
     p.add_argument("--ppid", type=int, required=True)
     args = p.parse_args(argv)
+    _check_same_disco(os.environ.get("DISCO_CONTROLLER_PACKAGE"))
     # Die with the controller: the kernel's parent-death signal, plus getppid() checks
     # in the loop for the window before prctl took effect.
     _native.set_parent_death_signal(9)
