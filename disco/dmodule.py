@@ -256,8 +256,9 @@ def _prepare_collectives(session: Session, backend: str, mesh_shape: tuple) -> N
         from disco.ccl import segments
         if backend == "shm":
             segments.sweep_stale()
-        session.get_global_func("spmd.init_groups")(
-            backend, segments.new_group_name(), list(mesh_shape), segments.new_secret())
+        base = segments.new_group_name()
+        session._ccl_groups.append(base)
+        session.get_global_func("spmd.init_groups")(backend, base, list(mesh_shape), segments.new_secret())
         session.sync()
         made.mesh_groups.add(mesh_shape)
 

@@ -9,8 +9,10 @@ Group names are `disco-<pid>-<random>`: pid is the controller's, a process alive
 the group may be forming; the random part keeps two jobs (of one user or two) apart.
 
 A worker 0 killed between creating a segment and the last rank's attach leaves its
-name behind; `sweep_stale` unlinks the names of this form whose pid is dead and whose
-segment is ours, before a session makes a new group.
+name behind. The session that named the group unlinks it when init_ccl fails and at
+shutdown (`unlink_groups`); if the controller died too, `sweep_stale` unlinks the
+names of this form whose pid is dead and whose segment is ours, before a session makes
+a new group.
 """
 from __future__ import annotations
 
@@ -49,6 +51,27 @@ def _alive(pid: int) -> bool:
     except PermissionError:   # another user's process: alive
         return True
     return True
+
+
+def unlink_groups(groups, directory: str = SHM_DIR) -> None:
+    """Unlink what is left of the segments of `groups` (names a session made, and the
+    names that begin with them: per-axis groups) when they are ours: after a worker 0
+    died while its group formed, or at shutdown."""
+    groups = tuple(_PREFIX + g for g in groups)
+    if not groups:
+        return
+    try:
+        names = [n for n in os.listdir(directory) if n.startswith(groups)]
+    except OSError:
+        return
+    for name in names:
+        path = os.path.join(directory, name)
+        try:
+            st = os.lstat(path)
+            if stat.S_ISREG(st.st_mode) and st.st_uid == os.geteuid():
+                os.unlink(path)
+        except OSError:
+            pass
 
 
 def sweep_stale(directory: str = SHM_DIR) -> list[str]:

@@ -138,6 +138,7 @@ class Session:
         self.timeout_s: float | None = default_timeout_s() if timeout_s is _UNSET else timeout_s
         self._wait: tuple | None = None        # (deadline, seq, what, timeout) of the wait in progress
         self._recent: list = [None] * _RECENT  # seq % _RECENT -> (seq, op, a)
+        self._ccl_groups: list[str] = []       # group names made here (unlinked at shutdown)
         self._transfer = Transfer()
         try:
             self._chan = _native.Channel(num_workers, ring_bytes=ring_bytes, spin_us=spin_us)
@@ -266,8 +267,13 @@ class Session:
             backend = self.default_ccl_backend()
         group = segments.new_group_name()
         options = ccl.session_options(backend, self, dict(options))
-        self.get_global_func("disco.ccl.init")(backend, group, tuple(options.items()))
-        self.sync()
+        self._ccl_groups.append(group)
+        try:
+            self.get_global_func("disco.ccl.init")(backend, group, tuple(options.items()))
+            self.sync()
+        except BaseException:
+            segments.unlink_groups([group])  # a worker 0 that died while it formed left it
+            raise
 
     def load_module(self, executable, **options: Any):
         """A `disco.dmodule.DModule`: `executable` (a compiled, possibly tensor-parallel
@@ -292,8 +298,15 @@ class Session:
             self._chan.close()
             # Workers that did not answer SHUTDOWN are hung or dead: less grace for them.
             self._stop_workers(timeout_s=5.0 if self._failure is None else 1.0)
+            if self._ccl_groups:
+                from disco.ccl import segments
+                segments.unlink_groups(self._ccl_groups)
             self._release(force=True)
             self._chan.set_liveness(None)
+            # The codec's hooks and the channel refer to each other (Transfer.codec): a
+            # cycle through a native object, which GC cannot see; cut it so the fd closes.
+            self._chan.set_codec(None, None, None, None, None)
+            self._transfer.codec = None
 
     def __enter__(self) -> "Session":
         return self

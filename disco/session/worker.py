@@ -51,6 +51,13 @@ class FailedInputError(RuntimeError):
 def serve(chan, ctx: WorkerContext, alive: Callable[[], bool] | None = None) -> None:
     """Run commands from `chan` as worker `ctx.worker_id` until SHUTDOWN, the channel
     closing, or `alive()` turning False (checked whenever no command came for _WAIT_S)."""
+    try:
+        _serve(chan, ctx, alive)
+    finally:  # the codec's hooks and the channel refer to each other: a cycle GC cannot see
+        chan.set_codec(None, None, None, None, None)
+
+
+def _serve(chan, ctx: WorkerContext, alive: Callable[[], bool] | None) -> None:
     objects: dict[int, object] = {}  # DRef id -> this worker's object
     failed: dict[int, tuple[int, str, str]] = {}  # DRef id -> (seq, summary, tb) of the call that failed
     funcs: dict[int, Callable] = {}  # function slot -> callable
