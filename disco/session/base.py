@@ -305,7 +305,7 @@ class Session:
             self._chan.set_liveness(None)
             # The codec's hooks and the channel refer to each other (Transfer.codec): a
             # cycle through a native object, which GC cannot see; cut it so the fd closes.
-            self._chan.set_codec(None, None, None, None, None)
+            self._chan.set_codec(None, None, None, None, None, INLINE_ARRAY_BYTES)
             self._transfer.codec = None
 
     def __enter__(self) -> "Session":

@@ -54,7 +54,7 @@ def serve(chan, ctx: WorkerContext, alive: Callable[[], bool] | None = None) -> 
     try:
         _serve(chan, ctx, alive)
     finally:  # the codec's hooks and the channel refer to each other: a cycle GC cannot see
-        chan.set_codec(None, None, None, None, None)
+        chan.set_codec(None, None, None, None, None, INLINE_ARRAY_BYTES)
 
 
 def _serve(chan, ctx: WorkerContext, alive: Callable[[], bool] | None) -> None:
