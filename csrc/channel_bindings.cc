@@ -161,7 +161,11 @@ class PyChannel {
     Encode(ext_encode(h), out, depth + 1);
   }
 
-  py::object Decode(Reader& r, int64_t& missing) {
+  // Decoding checks everything it reads (a damaged message raises ChannelError, a
+  // DiscoError, and allocates nothing it cannot fill): nesting depth, counts against the
+  // bytes left, UTF-8, and arrays of plain dtypes whose byte count is shape x itemsize.
+  py::object Decode(Reader& r, int64_t& missing, int depth = 0) {
+    if (depth > kMaxDepth) throw disco::channel::ChannelError("value nested deeper than 64 levels in the channel codec");
     const uint8_t tag = r.get<uint8_t>();
     switch (tag) {
       case kNone: return py::none();
@@ -172,7 +176,12 @@ class PyChannel {
       case kStr: {
         uint32_t n = r.get<uint32_t>();
         const char* s = reinterpret_cast<const char*>(r.take(n));
-        return py::reinterpret_steal<py::object>(PyUnicode_DecodeUTF8(s, n, "strict"));
+        PyObject* u = PyUnicode_DecodeUTF8(s, n, "strict");
+        if (u == nullptr) {
+          PyErr_Clear();
+          throw disco::channel::ChannelError("a string in the channel codec is not valid UTF-8");
+        }
+        return py::reinterpret_steal<py::object>(u);
       }
       case kBytes: {
         uint32_t n = r.get<uint32_t>();
@@ -180,14 +189,16 @@ class PyChannel {
       }
       case kTuple: {
         uint32_t n = r.get<uint32_t>();
+        r.need(n);  // every item takes at least its tag byte
         py::tuple t(n);
-        for (uint32_t i = 0; i < n; ++i) t[i] = Decode(r, missing);
+        for (uint32_t i = 0; i < n; ++i) t[i] = Decode(r, missing, depth + 1);
         return std::move(t);
       }
       case kList: {
         uint32_t n = r.get<uint32_t>();
+        r.need(n);
         py::list l(n);
-        for (uint32_t i = 0; i < n; ++i) l[i] = Decode(r, missing);
+        for (uint32_t i = 0; i < n; ++i) l[i] = Decode(r, missing, depth + 1);
         return std::move(l);
       }
       case kDRef: {
@@ -207,18 +218,64 @@ class PyChannel {
         std::vector<py::ssize_t> shape(ndim);
         for (auto& s : shape) s = r.get<int64_t>();
         uint64_t nbytes = r.get<uint64_t>();
-        py::array arr(py::dtype(dt), shape);
-        if (uint64_t(arr.nbytes()) != nbytes) throw disco::channel::ChannelError("array size mismatch in codec");
-        std::memcpy(arr.mutable_data(), r.take(nbytes), nbytes);
+        py::dtype dtype = ArrayDType(dt);
+        uint64_t want = static_cast<uint64_t>(dtype.itemsize());
+        for (py::ssize_t d : shape) {
+          if (d < 0 || (d > 0 && want > (uint64_t(1) << 62) / uint64_t(d)))
+            throw disco::channel::ChannelError("array of a negative or too large shape in the channel codec");
+          want *= uint64_t(d);
+        }
+        if (want != nbytes) {
+          throw disco::channel::ChannelError("array of " + std::to_string(nbytes) + " bytes in the channel codec, its "
+                                             "shape and dtype take " + std::to_string(want));
+        }
+        const uint8_t* data = r.take(nbytes);
+        py::array arr(dtype, shape);
+        std::memcpy(arr.mutable_data(), data, nbytes);
         return std::move(arr);
       }
       case kExt: {
-        py::object v = Decode(r, missing);
+        py::object v = Decode(r, missing, depth + 1);
+        if (!ext_decode) throw disco::channel::ChannelError("an EXT value in the channel codec, and no decoder for it");
         return ext_decode(v);
       }
       default:
         throw disco::channel::ChannelError("unknown tag " + std::to_string(tag) + " in the channel codec");
     }
+  }
+
+  // The numpy dtype of an array's dtype text, only plain ones (bool, ints, floats,
+  // complex): anything else, an object dtype above all, is a ChannelError.
+  static py::dtype ArrayDType(const std::string& raw) {
+    std::string text;  // for messages: bytes outside printable ASCII as '?' (what() must be UTF-8)
+    for (char c : raw) text += (c >= 32 && c < 127) ? c : '?';
+    py::dtype dt;
+    try {
+      dt = py::dtype(raw);
+    } catch (py::error_already_set&) {
+      throw disco::channel::ChannelError("unknown array dtype '" + text + "' in the channel codec");
+    }
+    const char kind = dt.kind();
+    if (!(kind == 'b' || kind == 'i' || kind == 'u' || kind == 'f' || kind == 'c') || dt.itemsize() <= 0)
+      throw disco::channel::ChannelError("array dtype '" + text + "' in the channel codec is not a plain number type");
+    return dt;
+  }
+
+ public:
+  // The codec alone, for spilled replies and tests: a value's bytes, and back.
+  py::bytes EncodeValue(py::handle value) {
+    std::string out;
+    Encode(value, out, 0);
+    return py::bytes(out);
+  }
+  py::object DecodeValue(py::buffer data) {
+    py::buffer_info info = data.request();
+    const auto* p = static_cast<const uint8_t*>(info.ptr);
+    Reader r{p, p + info.size * info.itemsize};
+    int64_t missing = kNextNothingMissing;
+    py::object v = Decode(r, missing);
+    if (r.p != r.end) throw disco::channel::ChannelError(std::to_string(r.end - r.p) + " bytes left over after a value in the channel codec");
+    return v;
   }
 
   // Between timed waits: let Python check that peers are alive (it raises if not).
@@ -402,7 +459,9 @@ class PyChannel {
 }  // namespace
 
 void bind_channel(py::module_& m) {
-  py::register_exception<disco::channel::ChannelError>(m, "ChannelError", PyExc_RuntimeError);
+  // A DiscoError (disco/errors.py's ProtocolError), so callers catch one family.
+  py::register_exception<disco::channel::ChannelError>(
+      m, "ChannelError", py::module_::import("disco.errors").attr("ProtocolError"));
 
   // protocol.h's numbers, for disco/session/protocol.py: {name: number} of each list.
 #define DISCO_PROTOCOL_ENTRY(name, number) d[#name] = number;
@@ -477,6 +536,9 @@ void bind_channel(py::module_& m) {
       .def_property(
           "clean", [](PyChannel& c) { return c.clean; }, [](PyChannel& c, bool v) { c.clean = v; },
           "Worker: no failure waits for a reply, so `next` may acknowledge a SYNC itself.")
+      .def("encode", &PyChannel::EncodeValue, py::arg("value"), "The codec's bytes of `value`.")
+      .def("decode", &PyChannel::DecodeValue, py::arg("data"),
+           "The value of the codec's bytes `data` (ChannelError if they are not one value).")
       .def("send_reply", &PyChannel::SendReply, py::arg("seq"), py::arg("status"), py::arg("value"));
 
   m.def("create_buffer", &disco::channel::CreateAnonymousSegment, py::arg("nbytes"),

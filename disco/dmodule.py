@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import hashlib
 import math
-import os
 import weakref
 from typing import Any, Optional, Sequence
 
@@ -257,9 +256,12 @@ def prepare_collectives(session: Session, backend: str, mesh_shape: tuple) -> st
         session.init_ccl(backend)
         made = _COLLECTIVES[session] = _Collectives(backend)
     if len(mesh_shape) > 1 and mesh_shape not in made.mesh_groups:
-        import uuid
-        session.get_global_func("spmd.init_groups")(
-            backend, f"disco-{os.getpid()}-{uuid.uuid4().hex[:10]}", list(mesh_shape))
+        from disco.ccl import segments
+        if backend == "shm":
+            segments.sweep_stale()
+        base = segments.new_group_name()
+        session._ccl_groups.append(base)
+        session.get_global_func("spmd.init_groups")(backend, base, list(mesh_shape), segments.new_secret())
         session.sync()
         made.mesh_groups.add(mesh_shape)
     return backend

@@ -18,6 +18,16 @@ class WorkerError(DiscoError):
         self.remote_traceback = remote_traceback
 
 
+class WorkerTimeoutError(WorkerError):
+    """The controller waited longer than its deadline for a worker (Session timeout_s, or
+    a call's timeout=); the message names each late worker and what it is running."""
+
+
+class ProtocolError(DiscoError):
+    """A message between controller and workers that does not decode (the channel codec,
+    disco._native.ChannelError, is this), or a value the channel cannot carry."""
+
+
 class SessionError(DiscoError):
     """Misuse of a session: a DRef from another session, a call after shutdown, ..."""
 
@@ -45,6 +55,16 @@ class OutOfPagesError(KVCacheError):
 
     pages_needed: int = 0
     pages_free: int = 0
+
+
+class ExecutableError(DiscoError, ValueError):
+    """A `.disco` executable file that is not one, or is damaged (disco.executable): the
+    message names the file and the missing or malformed manifest entry."""
+
+
+class CheckpointError(DiscoError, ValueError):
+    """A checkpoint that cannot be read, or whose tensors do not fit what is asked of
+    them; the message names the tensor and the file (disco.llm.checkpoint)."""
 
 
 class TokenizerError(DiscoError, ValueError):

@@ -55,7 +55,6 @@ import hashlib
 import io
 import json
 import os
-import tempfile
 import threading
 import zipfile
 from dataclasses import dataclass, field
@@ -64,7 +63,8 @@ from typing import Any, Optional
 
 import numpy as np
 
-from .errors import DiscoError
+from .errors import DiscoError, ExecutableError
+from .private_dir import private_dir, why_not_trusted_file, write_atomic
 from .tensor import dtype_name, np_dtype
 
 FORMAT = "disco-executable"
@@ -247,28 +247,63 @@ def load_executable(path: str | os.PathLike | bytes) -> Executable:
     try:
         z = zipfile.ZipFile(source, "r")
     except (OSError, zipfile.BadZipFile) as err:
-        raise DiscoError(f"cannot read executable {os.fspath(path)!r}: {err}") from err
+        raise ExecutableError(f"cannot read executable {os.fspath(path)!r}: {err}") from err
     with z:
         try:
             manifest = json.loads(z.read("manifest.json"))
         except KeyError:
-            raise DiscoError(f"{os.fspath(path)!r} is not a disco executable "
-                             "(no manifest.json)") from None
-        if manifest.get("format") != FORMAT:
-            raise DiscoError(f"{os.fspath(path)!r} is not a disco executable "
-                             f"(format {manifest.get('format')!r})")
-        if manifest.get("version") != VERSION:
-            raise DiscoError(f"{os.fspath(path)!r}: executable format version "
-                             f"{manifest.get('version')} not supported (this disco reads {VERSION})")
-        library = z.read(manifest["library"]) if manifest.get("library") else None
-        constants = []
-        for entry in manifest["constants"]:
-            a = np.load(io.BytesIO(z.read(entry["file"])), allow_pickle=False)
-            constants.append(a.view(np_dtype(entry["dtype"])))
-    functions = {k: VMFunction.from_json(f) for k, f in manifest["functions"].items()}
-    kernels = [KernelInfo.from_json(k) for k in manifest["kernels"]]
+            raise ExecutableError(f"{os.fspath(path)!r} is not a disco executable "
+                                  "(no manifest.json)") from None
+        except (ValueError, RecursionError) as e:
+            raise ExecutableError(f"{os.fspath(path)!r}: manifest.json is not valid JSON: {e}") from None
+        _check_manifest(manifest, os.fspath(path))
+        try:
+            library = z.read(manifest["library"]) if manifest.get("library") else None
+            constants = []
+            for i, entry in enumerate(manifest["constants"]):
+                a = np.load(io.BytesIO(z.read(entry["file"])), allow_pickle=False)
+                constants.append(a.view(np_dtype(entry["dtype"])))
+            functions = {k: VMFunction.from_json(f) for k, f in manifest["functions"].items()}
+            kernels = [KernelInfo.from_json(k) for k in manifest["kernels"]]
+        except DiscoError:
+            raise
+        except (KeyError, TypeError, ValueError, IndexError, AttributeError, OSError, zipfile.BadZipFile) as e:
+            raise ExecutableError(f"{os.fspath(path)!r}: malformed executable: {type(e).__name__}: {e}") from None
     return Executable(functions, kernels, library, constants, manifest.get("metadata", {}),
                       manifest.get("target", "cpu"))
+
+
+# Top-level manifest keys and their JSON types (library may be null, metadata and target may be absent).
+_MANIFEST_KEYS = {"format": str, "version": int, "functions": dict, "kernels": list,
+                  "library": (str, type(None)), "constants": list}
+
+
+def _check_manifest(manifest, path: str) -> None:
+    """ExecutableError naming `path` and the key unless `manifest` has the file format's
+    keys with their types (the module docstring)."""
+    if not isinstance(manifest, dict):
+        raise ExecutableError(f"{path!r}: manifest.json is a JSON {type(manifest).__name__}, expected an object")
+    if manifest.get("format") != FORMAT:
+        raise ExecutableError(f"{path!r} is not a disco executable (format {manifest.get('format')!r})")
+    if manifest.get("version") != VERSION:
+        raise ExecutableError(f"{path!r}: executable format version {manifest.get('version')} not supported "
+                              f"(this disco reads {VERSION})")
+    for key, kind in _MANIFEST_KEYS.items():
+        if key not in manifest:
+            raise ExecutableError(f"{path!r}: manifest.json has no {key!r} (a damaged or hand-edited file?)")
+        if not isinstance(manifest[key], kind):
+            raise ExecutableError(f"{path!r}: manifest.json's {key!r} is a {type(manifest[key]).__name__}, "
+                                  f"expected {getattr(kind, '__name__', 'a string or null')}")
+    for what, items, fields in (("function", list(manifest["functions"].values()),
+                                 ("name", "params", "ret", "code", "num_regs")),
+                                ("kernel", manifest["kernels"], ("name", "buffers")),
+                                ("constant", manifest["constants"], ("file", "dtype"))):
+        for i, item in enumerate(items):
+            missing = [f for f in fields if not isinstance(item, dict) or f not in item]
+            if missing:
+                raise ExecutableError(f"{path!r}: manifest.json's {what} {i} lacks {missing}")
+    if not isinstance(manifest.get("metadata", {}), dict):
+        raise ExecutableError(f"{path!r}: manifest.json's 'metadata' is not an object")
 
 
 # -- shared objects ------------------------------------------------------------------
@@ -278,38 +313,53 @@ _LOADED_LOCK = threading.Lock()
 
 
 def cache_dir() -> str:
-    """Where loaded kernel libraries are written: $DISCO_CACHE_DIR or ~/.cache/disco."""
+    """Where loaded kernel libraries are written: $DISCO_CACHE_DIR or ~/.cache/disco,
+    under "kernels" (not yet checked; `kernel_dir` is what is used)."""
     base = os.environ.get("DISCO_CACHE_DIR") or os.path.join(
         os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"),
         "disco")
     return os.path.join(base, "kernels")
 
 
+def kernel_dir() -> str:
+    """`cache_dir()` if it is private to this user, else a private temporary directory
+    (disco/private_dir.py says why)."""
+    return private_dir(cache_dir(), "kernels")
+
+
 def _dlopen_bytes(data: bytes) -> ctypes.CDLL:
+    """dlopen `data` from the cache: the file named by its sha256 is loaded only when it
+    is ours, writable by no one else and holds exactly `data` (else it is rewritten)."""
     digest = hashlib.sha256(data).hexdigest()[:32]
     with _LOADED_LOCK:
         lib = _LOADED.get(digest)
         if lib is not None:
             return lib
-        directory = cache_dir()
-        try:
-            os.makedirs(directory, exist_ok=True)
-        except OSError:
-            directory = os.path.join(tempfile.gettempdir(), f"disco-kernels-{os.getuid()}")
-            os.makedirs(directory, exist_ok=True)
-        path = os.path.join(directory, f"{digest}.so")
-        if not os.path.exists(path):
-            # Write then rename: concurrent workers never see a half-written file.
-            fd, tmp = tempfile.mkstemp(dir=directory, suffix=".so.tmp")
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-            os.replace(tmp, path)
+        directory = kernel_dir()
+        name = f"{digest}.so"
+        path = os.path.join(directory, name)
+        if not _holds(path, data):
+            try:  # write then rename: concurrent workers never see a half-written file
+                path = write_atomic(directory, name, data)
+            except OSError as err:
+                raise DiscoError(f"cannot write the executable's kernels to {path}: {err}") from err
         try:
             lib = ctypes.CDLL(path)
         except OSError as err:
             raise DiscoError(f"cannot load the executable's kernels from {path}: {err}") from err
         _LOADED[digest] = lib
         return lib
+
+
+def _holds(path: str, data: bytes) -> bool:
+    """Whether `path` is a regular file of ours, writable only by us, holding `data`."""
+    try:
+        if why_not_trusted_file(path) is not None:
+            return False
+        with open(path, "rb") as f:
+            return f.read(len(data) + 1) == data
+    except OSError:
+        return False
 
 
 # -- patterns as text ----------------------------------------------------------------

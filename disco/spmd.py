@@ -106,10 +106,13 @@ def _group_comm(mesh_shape, mesh_axis: int):
 
 
 @register_func("spmd.init_groups", override=True)
-def init_groups(backend: str, base_name: str, mesh_shape) -> int:
+def init_groups(backend: str, base_name: str, mesh_shape, secret: str = "") -> int:
     """Make this worker's communicators for its groups along each axis of a
     multi-dimensional mesh (backend "shm" only; others keep the all-gather path).
-    Every worker calls it with the same arguments; returns how many it made."""
+    Every worker calls it with the same arguments; returns how many it made. Each
+    group's name ends in, and its secret is, a hash of `secret` with the group's axis
+    and first member, so one group's name in /dev/shm tells nothing of its siblings'."""
+    from disco.ccl import segments
     import importlib
     mesh_shape = tuple(int(s) for s in mesh_shape)
     ctx = current_context()
@@ -128,8 +131,9 @@ def init_groups(backend: str, base_name: str, mesh_shape) -> int:
         if old is not None:
             old.close()
         first = group_members(me, mesh_shape, axis)[0]
-        groups[(mesh_shape, axis)] = ccl._BACKENDS[backend](f"{base_name}-a{axis}-w{first}",
-                                                            coord[axis], extent)
+        tag = segments.derived(secret, "name", axis, first)[:16]
+        groups[(mesh_shape, axis)] = ccl._BACKENDS[backend](f"{base_name}-{tag}", coord[axis], extent,
+                                                            secret=segments.derived(secret, "secret", axis, first))
         made += 1
     return made
 

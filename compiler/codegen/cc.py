@@ -6,6 +6,11 @@ cache shared by machines with different CPUs never hands one an object built for
 other); the object lives under `$DISCO_TP_CACHE` (default `~/.cache/disco-tp/kernels`)
 as `<key>.so`, next to its source `<key>.c`. Writes are atomic (a temporary file renamed into place),
 so concurrent builds of the same source from several processes are safe.
+
+The key names the source, not the object, so a cached object is trusted by where it
+is: the directory must be private (disco/private_dir.py: ours, not writable by others,
+else a private temporary one with a warning) and the object a regular file of ours that
+no one else can write; anything else is rebuilt.
 """
 from __future__ import annotations
 
@@ -17,6 +22,8 @@ import shutil
 import subprocess
 import tempfile
 from pathlib import Path
+
+from disco.private_dir import private_dir, why_not_trusted_file
 
 from ..ir.errors import CompilerError
 
@@ -36,10 +43,11 @@ class CCompileError(CompilerError):
 
 
 def cache_dir() -> Path:
+    """$DISCO_TP_CACHE or ~/.cache/disco-tp/kernels when private, else a private
+    temporary directory (see the module docstring)."""
     root = os.environ.get("DISCO_TP_CACHE")
-    path = Path(root) if root else Path.home() / ".cache" / "disco-tp" / "kernels"
-    path.mkdir(parents=True, exist_ok=True)
-    return path
+    path = Path(root) if root else Path(os.path.expanduser("~")) / ".cache" / "disco-tp" / "kernels"
+    return Path(private_dir(str(path), "compiled-kernels"))
 
 
 def compiler_command() -> str:
@@ -86,7 +94,7 @@ def compile_shared_object(source: str) -> Path:
                                     native_target(cc)]).encode()).hexdigest()
     directory = cache_dir()
     target = directory / f"{key}.so"
-    if target.exists():
+    if target.exists() and why_not_trusted_file(str(target)) is None:
         return target
     with tempfile.TemporaryDirectory(prefix="disco-cc-", dir=directory) as tmp:
         src = Path(tmp) / f"{key}.c"
@@ -97,6 +105,7 @@ def compile_shared_object(source: str) -> Path:
         result = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
         if result.returncode != 0:
             raise CCompileError(_format_error(cmd, result.stderr, source))
+        os.chmod(out, 0o700)  # whatever the umask: a cached object only we can write
         os.replace(src, directory / f"{key}.c")
         os.replace(out, target)
     return target

@@ -80,8 +80,10 @@ void bind_ccl(py::module_& m) {
   py::class_<Communicator, std::shared_ptr<Communicator>>(m, "ShmCommunicator",
       "A shared-memory communicator of one rank; see csrc/ccl/communicator.h.")
       .def(py::init([](const std::string& group, int rank, int world, size_t chunk_bytes, size_t small_bytes,
-                       double timeout_s, double spin_us, size_t stream_bytes, size_t arena_bytes) {
+                       double timeout_s, double spin_us, size_t stream_bytes, size_t arena_bytes,
+                       const std::string& secret) {
              Options o;
+             o.secret = secret;
              o.chunk_bytes = chunk_bytes;
              o.small_bytes = small_bytes;
              o.timeout_s = timeout_s;
@@ -94,7 +96,7 @@ void bind_ccl(py::module_& m) {
            py::arg("group"), py::arg("rank"), py::arg("world"), py::arg("chunk_bytes") = Options().chunk_bytes,
            py::arg("small_bytes") = Options().small_bytes, py::arg("timeout_s") = Options().timeout_s,
            py::arg("spin_us") = Options().spin_us, py::arg("stream_bytes") = Options().stream_bytes,
-           py::arg("arena_bytes") = Options().arena_bytes)
+           py::arg("arena_bytes") = Options().arena_bytes, py::arg("secret") = std::string())
       .def("arena_empty", [](std::shared_ptr<Communicator> c, std::vector<py::ssize_t> shape, py::dtype dt) -> py::object {
         size_t nbytes = static_cast<size_t>(dt.itemsize());
         for (py::ssize_t d : shape) {  // a negative or overflowing size: numpy's own error

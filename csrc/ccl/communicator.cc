@@ -36,12 +36,14 @@ struct alignas(64) Header {
   uint32_t pad;
   uint64_t chunk_bytes;
   uint64_t total_bytes;
+  char secret[kSecretBytes];  // Options::secret, zero-padded
 };
 
 struct alignas(64) RankCtl {
   std::atomic<uint32_t> arrive;   // number of the last barrier this rank reached
   std::atomic<uint32_t> waiters;  // ranks sleeping on `arrive` (futex); wake them if > 0
-  char pad[56];
+  std::atomic<int32_t> joined;    // pid of the process that joined as this rank, 0 before
+  char pad[52];
   Meta meta[2];                   // one per half, see communicator.h
   char problem[2][kProblemBytes]; // per half: why this rank's arguments were invalid
 };
@@ -171,11 +173,38 @@ Coll coll_from_name(const std::string& name) {
   throw CclError("ccl: no collective named '" + name + "'");
 }
 
+namespace {
+// Why a segment opened as `fd` must not be joined ("" when it may): not a regular file
+// of this user, or open to others.
+std::string unsafe_segment(int fd) {
+  struct stat st;
+  if (fstat(fd, &st) != 0) return std::string("fstat failed: ") + std::strerror(errno);
+  if (!S_ISREG(st.st_mode)) return "it is not a regular file";
+  if (st.st_uid != geteuid()) {
+    return "it is owned by uid " + std::to_string(st.st_uid) + ", not by this user (uid " + std::to_string(geteuid()) + ")";
+  }
+  if (st.st_mode & 077) {
+    char mode[8];
+    std::snprintf(mode, sizeof mode, "%o", static_cast<unsigned>(st.st_mode & 0777));
+    return std::string("its mode is ") + mode + ", not 600 (others could read or write it)";
+  }
+  return "";
+}
+}  // namespace
+
+static RankCtl* ctl_at(uint8_t* base, size_t off, int r);
+
 Communicator::Communicator(const std::string& group, int rank, int world, const Options& opts)
     : name_(shm_name(group)), rank_(rank), world_(world), opts_(opts) {
   if (world < 1 || rank < 0 || rank >= world) {
     throw CclError("ccl.init: rank " + std::to_string(rank) + " is not in [0, " + std::to_string(world) + ")");
   }
+  if (opts.secret.size() > kSecretBytes) {
+    throw CclError("ccl.init: the group secret has " + std::to_string(opts.secret.size()) + " bytes, at most " +
+                   std::to_string(kSecretBytes) + " allowed");
+  }
+  char secret[kSecretBytes] = {};
+  std::memcpy(secret, opts.secret.data(), opts.secret.size());
   opts_.chunk_bytes = round_up(opts_.chunk_bytes < 4096 ? 4096 : opts_.chunk_bytes, 4096);
   if (opts_.small_bytes > opts_.chunk_bytes) opts_.small_bytes = opts_.chunk_bytes;
   ctl_off_ = round_up(sizeof(Header), 4096);
@@ -189,9 +218,10 @@ Communicator::Communicator(const std::string& group, int rank, int world, const 
   int fd = -1;
   if (rank == 0) {
     fd = shm_open(name_.c_str(), O_CREAT | O_EXCL | O_RDWR, 0600);
-    if (fd < 0 && errno == EEXIST) {  // left over from a run that died before unlinking
-      shm_unlink(name_.c_str());
-      fd = shm_open(name_.c_str(), O_CREAT | O_EXCL | O_RDWR, 0600);
+    if (fd < 0 && errno == EEXIST) {  // never unlinked here: it may be another live group's
+      throw CclError("ccl.init: worker 0 cannot create " + name_ + ": the name exists (another group of the "
+                     "same name, or one a crashed run left, which sessions sweep once its creator is dead); "
+                     "use a unique group name");
     }
     if (fd < 0) throw CclError("ccl.init: shm_open(" + name_ + ") failed: " + std::strerror(errno));
     if (ftruncate(fd, static_cast<off_t>(total)) != 0) {
@@ -212,9 +242,19 @@ Communicator::Communicator(const std::string& group, int rank, int world, const 
     }
   } else {
     // Attach: wait for the segment to exist, be full size, and carry the magic.
+    const std::string who = "ccl.init: worker " + std::to_string(rank) + " refuses to join " + name_ + ": ";
     for (;;) {
-      fd = shm_open(name_.c_str(), O_RDWR, 0600);
+      fd = shm_open(name_.c_str(), O_RDWR, 0600);  // glibc adds O_NOFOLLOW: a symbolic link gives ELOOP
+      if (fd < 0 && errno != ENOENT) {
+        throw CclError("ccl.init: worker " + std::to_string(rank) + " cannot open " + name_ + ": " +
+                       std::strerror(errno) + (errno == ELOOP ? " (a symbolic link is at that name)" : ""));
+      }
       if (fd >= 0) {
+        const std::string unsafe = unsafe_segment(fd);
+        if (!unsafe.empty()) {
+          close(fd);
+          throw CclError(who + unsafe);
+        }
         struct stat st;
         if (fstat(fd, &st) == 0 && static_cast<size_t>(st.st_size) >= sizeof(Header)) {
           void* p = mmap(nullptr, sizeof(Header), PROT_READ, MAP_SHARED, fd, 0);
@@ -223,7 +263,13 @@ Communicator::Communicator(const std::string& group, int rank, int world, const 
             const bool ok = h->magic.load(std::memory_order_acquire) == kMagic;
             const uint32_t w = h->world;
             const uint64_t tb = h->total_bytes;
+            const bool same_secret = std::memcmp(h->secret, secret, kSecretBytes) == 0;
             munmap(p, sizeof(Header));
+            if (ok && !same_secret) {
+              close(fd);
+              throw CclError(who + "it belongs to another group (its secret differs; two jobs using one group "
+                             "name?)");
+            }
             if (ok && (w != static_cast<uint32_t>(world) || tb != total)) {
               close(fd);
               throw CclError("ccl.init: worker " + std::to_string(rank) + " expected a group of " +
@@ -260,14 +306,25 @@ Communicator::Communicator(const std::string& group, int rank, int world, const 
     h->world = static_cast<uint32_t>(world);
     h->chunk_bytes = opts_.chunk_bytes;
     h->total_bytes = total;
+    std::memcpy(h->secret, secret, kSecretBytes);
     h->magic.store(kMagic, std::memory_order_release);
+  }
+  int32_t expected = 0;  // claim this rank's slot: a second process as the same rank is refused
+  if (!ctl_at(base_, ctl_off_, rank)->joined.compare_exchange_strong(expected, static_cast<int32_t>(getpid()))) {
+    munmap(base_, size_);
+    base_ = nullptr;
+    close(fd_);
+    fd_ = -1;
+    throw CclError("ccl.init: worker " + std::to_string(rank) + " refuses to join " + name_ + ": rank " +
+                   std::to_string(rank) + " was already joined by pid " + std::to_string(expected) +
+                   " (two groups using one name?)");
   }
   try {
     barrier(Coll::kInit);  // everyone attached
   } catch (...) {
-    // The group never formed (a rank missing or dead, worker 0 perhaps): whoever saw
-    // that unlinks the name, so that it does not outlive the group in /dev/shm.
-    shm_unlink(name_.c_str());
+    // The group never formed (a rank missing or dead): worker 0, which made the name,
+    // unlinks it so that it does not outlive the group in /dev/shm.
+    if (rank == 0) shm_unlink(name_.c_str());
     munmap(base_, size_);
     base_ = nullptr;
     close(fd_);

@@ -78,7 +78,12 @@ struct Options {
   size_t stream_bytes = 0;
   // Each rank's arena (see above); 0: none. Address space only until used.
   size_t arena_bytes = 256 << 20;
+  // The group's secret (at most kSecretBytes, from the session): rank 0 writes it in the
+  // header and a rank joins only a segment holding the same one.
+  std::string secret;
 };
+
+constexpr size_t kSecretBytes = 64;
 
 enum class Coll : int32_t {
   kInit = 0, kBarrier, kAllreduce, kAllgather, kReduceScatter, kBroadcast, kScatter, kGather,
@@ -112,11 +117,17 @@ enum CheckFlags : unsigned { kCheckDType = 1, kCheckOp = 2, kCheckAxis = 4, kChe
 class Communicator {
  public:
   // Rank 0 creates the segment named after `group` (shm_open O_CREAT|O_EXCL, mode 0600);
-  // the others attach, retrying until it exists. After all have attached, the name is
-  // unlinked, so nothing is left behind if the processes die; if the group never forms
-  // (a rank missing past the timeout, a failed mmap), the ranks that notice unlink it.
-  // What remains: a process killed (SIGKILL) between creation and the last attach
-  // leaves the name behind (a later init of the same group name replaces it).
+  // a name that exists already is an error (never unlinked: it may be another group's).
+  // The others attach, retrying while the name does not exist, and join only a segment
+  // that is a regular file owned by this user, not readable or writable by others,
+  // whose header holds the group's secret and world size, and whose slot for their rank
+  // nobody has claimed (each rank claims its slot with its pid); anything else, and any
+  // error other than ENOENT (ELOOP: a symbolic link at the name), is a CclError at
+  // once, naming the cause. After all have attached rank 0 unlinks the name, so nothing
+  // is left behind if the processes die; if the group never forms, rank 0 unlinks it.
+  // What remains: a rank 0 killed (SIGKILL) between creation and the last attach leaves
+  // the name behind; disco/ccl/segments.py sweeps such names (their creator is dead)
+  // before a session makes a new group.
   Communicator(const std::string& group, int rank, int world, const Options& opts);
   ~Communicator();
   Communicator(const Communicator&) = delete;

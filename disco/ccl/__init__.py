@@ -102,12 +102,17 @@ def session_options(backend: str, sess: Any, options: dict) -> dict:
     return setup(sess, options) if setup is not None else options
 
 
-def init(backend: str = "shm", group_name: str = "default", **options: Any) -> Communicator:
+def init(backend: str = "shm", group_name: str | None = None, **options: Any) -> Communicator:
     """Create this worker's communicator for `backend` and install it in its context.
 
     Rank and world size come from `disco._context.current_context()`. Every worker of
     the group must call this with the same arguments; it returns once all have joined.
-    `options` go to the backend (shm: chunk_bytes, small_bytes, timeout_s, spin_us)."""
+    `group_name` is required and must be unique to the group (there is no shared
+    default: two jobs would meet in it); `sess.init_ccl` makes one, with a secret.
+    `options` go to the backend (shm: chunk_bytes, small_bytes, timeout_s, spin_us, secret)."""
+    if not group_name or not isinstance(group_name, str):
+        raise CollectiveError(f"ccl.init: a group name unique to this group is required, given {group_name!r} "
+                              "(sess.init_ccl makes one; disco.ccl.segments.new_group_name gives one to share)")
     factory = _factory(backend, "ccl.init")
     ctx = current_context()
     old = ctx.state.pop("ccl", None)

@@ -14,6 +14,7 @@ import numpy as np
 
 from disco import _native
 from disco.ccl import OPS, Communicator, register_backend
+from disco.ccl import segments
 from disco.ccl.staging import host_staged
 from disco.errors import CollectiveError
 from disco.tensor import host_array
@@ -93,7 +94,8 @@ class ShmCommunicator(Communicator):
     CollectiveError; env DISCO_CCL_TIMEOUT_S), spin_us (spin before sleeping),
     stream_bytes (all-reduce outputs this large are written with streaming
     stores; 0, the default: never), arena_bytes (each worker's arena, 256 MiB of
-    address space by default; 0: none).
+    address space by default; 0: none), secret (the group's, which a worker checks
+    in the segment before joining it; `session_setup` makes one per init_ccl).
 
     The arena: `empty` makes arrays in shared memory that every worker maps, and an
     all-reduce whose input and output are such arrays on every worker reads its
@@ -110,12 +112,19 @@ class ShmCommunicator(Communicator):
 
     def __init__(self, group_name: str, rank: int, world: int, *, chunk_bytes: int = 256 << 10,
                  small_bytes: int = 16 << 10, timeout_s: float | None = None, spin_us: float = 50.0,
-                 stream_bytes: int = 0, arena_bytes: int = 256 << 20):
+                 stream_bytes: int = 0, arena_bytes: int = 256 << 20, secret: str = ""):
         super().__init__(rank, world)
         timeout = DEFAULT_TIMEOUT_S if timeout_s is None else float(timeout_s)
         self._c = _native.ShmCommunicator(str(group_name), rank, world, chunk_bytes, small_bytes, timeout, spin_us,
-                                          stream_bytes, arena_bytes)
+                                          stream_bytes, arena_bytes, str(secret))
         self._small_bytes = small_bytes
+
+    @staticmethod
+    def session_setup(sess, options: dict) -> dict:
+        """On the controller, before `sess.init_ccl("shm")`: sweep segments that dead
+        runs left, and give the group a fresh secret (segments.py)."""
+        segments.sweep_stale()
+        return {**options, "secret": options.get("secret") or segments.new_secret()}
 
     def empty(self, shape, dtype=np.float32) -> np.ndarray:
         """An uninitialised array in this worker's arena (see the class docstring), or an

@@ -21,19 +21,14 @@ from __future__ import annotations
 import json
 import math
 import os
-import struct
 import threading
-from dataclasses import dataclass
 from typing import Optional, Sequence
 
 import numpy as np
 
-from disco.errors import DiscoError
-
-
-class CheckpointError(DiscoError, ValueError):
-    """A checkpoint that cannot be read, or whose tensors do not fit what is asked of
-    them; the message names the tensor and the file."""
+from disco.errors import CheckpointError, DiscoError  # noqa: F401 (CheckpointError: re-exported)
+from disco.llm.safetensors_header import (SAFETENSORS_DTYPES, Entry as _Entry, np_dtype as _np_dtype,  # noqa: F401
+                                          read_entries as _entries)
 
 
 class Checkpoint:
@@ -67,74 +62,6 @@ class Checkpoint:
 
     def __exit__(self, *exc) -> None:
         self.close()
-
-
-# safetensors dtype codes -> numpy dtype names (ml_dtypes' for the 16- and 8-bit floats)
-SAFETENSORS_DTYPES = {
-    "F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16",
-    "F8_E4M3": "float8_e4m3fn", "F8_E5M2": "float8_e5m2",
-    "I64": "int64", "I32": "int32", "I16": "int16", "I8": "int8", "U8": "uint8", "BOOL": "bool",
-}
-
-
-def _np_dtype(code: str, file: str, name: str) -> np.dtype:
-    kind = SAFETENSORS_DTYPES.get(code)
-    if kind is None:
-        raise CheckpointError(f"{file!r}: tensor {name!r} has dtype {code}, which disco cannot read "
-                              f"(supported: {', '.join(SAFETENSORS_DTYPES)})")
-    if kind in ("bfloat16", "float8_e4m3fn", "float8_e5m2"):
-        import ml_dtypes
-        return np.dtype(getattr(ml_dtypes, kind))
-    return np.dtype(kind)
-
-
-@dataclass(frozen=True, slots=True)
-class _Entry:
-    """Where one tensor lies: its file, dtype code, shape and the absolute byte offset
-    of its data."""
-    file: str
-    code: str
-    shape: tuple[int, ...]
-    offset: int
-    nbytes: int
-
-
-def read_header(path: str) -> tuple[dict, int]:
-    """The safetensors header of `path` (name -> entry, without "__metadata__") and the
-    offset where the data begins."""
-    try:
-        with open(path, "rb") as f:
-            (size,) = struct.unpack("<Q", f.read(8))
-            if size > 100 << 20:
-                raise ValueError(f"header length {size} is not plausible")
-            header = json.loads(f.read(size))
-    except (OSError, struct.error, ValueError) as e:
-        raise CheckpointError(f"cannot read safetensors file {path!r}: {e}") from e
-    if not isinstance(header, dict):
-        raise CheckpointError(f"{path!r}: the safetensors header is not a JSON object")
-    header.pop("__metadata__", None)
-    return header, 8 + size
-
-
-def _entries(path: str) -> dict[str, _Entry]:
-    header, start = read_header(path)
-    size = os.path.getsize(path)
-    out = {}
-    for name, e in header.items():
-        try:
-            code, shape, (begin, end) = e["dtype"], tuple(int(d) for d in e["shape"]), e["data_offsets"]
-        except (KeyError, TypeError, ValueError) as err:
-            raise CheckpointError(f"{path!r}: malformed header entry for tensor {name!r}: {e!r}") from err
-        if not 0 <= begin <= end or start + end > size:
-            raise CheckpointError(f"{path!r}: tensor {name!r} has data_offsets {[begin, end]} outside "
-                                  f"the file's {size - start} bytes of data (a truncated file?)")
-        kind = SAFETENSORS_DTYPES.get(code)
-        if kind is not None and end - begin != math.prod(shape) * _np_dtype(code, path, name).itemsize:
-            raise CheckpointError(f"{path!r}: tensor {name!r} of shape {shape} and dtype {code} should "
-                                  f"take {math.prod(shape) * _np_dtype(code, path, name).itemsize} bytes; "
-                                  f"its data_offsets give {end - begin}")
-        out[name] = _Entry(path, code, shape, start + begin, end - begin)
-    return out
 
 
 class SafetensorsCheckpoint(Checkpoint):

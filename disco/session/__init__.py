@@ -4,7 +4,9 @@ Control plane. The controller (your Python program) holds a `Session`. Every
 operation becomes one command of a closed set (`protocol.Op`: CALL, FREE, FETCH,
 SYNC, ...) written once into a shared-memory broadcast ring that every worker reads
 (csrc/channel.h). Commands are a compact binary encoding -- ints, floats, strings,
-tuples, DRef ids, small arrays -- never pickle. Calls are pipelined: `f(x)` returns as
+tuples, DRef ids, small arrays, and dicts, sets, numpy scalars as tagged values --
+never pickle (an MPISession's relay to other hosts does pickle: docs/trust.md). Every
+wait has a deadline (Session timeout_s). Calls are pipelined: `f(x)` returns as
 soon as the command is in the ring; `sync()` (and fetch/gather) wait for the replies,
 one reply slot per worker. Waiting spins a few microseconds, then sleeps on a futex, so
 idle workers use no CPU.

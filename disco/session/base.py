@@ -8,18 +8,35 @@ from __future__ import annotations
 import itertools
 import os
 import time
-import uuid
 import weakref
 from typing import Any, Optional
 
 import numpy as np
 
 from disco import _native
-from disco.errors import DiscoError, SessionError, WorkerError
+from disco.errors import DiscoError, SessionError, WorkerError, WorkerTimeoutError
 from disco.registry import UnknownFunctionError
 from disco.session.protocol import INLINE_ARRAY_BYTES, Op, Status, Transfer
 
 _session_numbers = itertools.count(1)
+
+
+def default_timeout_s() -> float | None:
+    """How long the controller waits for its workers' replies unless told
+    (Session(timeout_s=...), sync(timeout=...)): $DISCO_SESSION_TIMEOUT_S seconds
+    ("0", "none" or "inf": no deadline), else 900 (a hung worker is reported, and a
+    load or warm-up of a large model still fits)."""
+    text = os.environ.get("DISCO_SESSION_TIMEOUT_S", "900").strip().lower()
+    try:
+        value = float(text) if text not in ("none", "") else 0.0
+    except ValueError:
+        raise SessionError(f"DISCO_SESSION_TIMEOUT_S={text!r}: expected a number of seconds, or 0/none "
+                           "for no deadline") from None
+    return None if value <= 0 or value == float("inf") else value
+
+
+_UNSET = object()
+_RECENT = 4096  # commands remembered by seq (a power of 2), to name what a late worker runs
 
 
 class DRef:
@@ -37,9 +54,9 @@ class DRef:
         self._tok = sess._tok
         self._made_by = made_by  # the function (or "broadcast", "scatter") whose result it is, for errors
 
-    def fetch(self, worker: int = 0) -> Any:
-        """A copy of `worker`'s object on the controller."""
-        return self._sess.fetch(self, worker)
+    def fetch(self, worker: int = 0, *, timeout: Optional[float] = None) -> Any:
+        """A copy of `worker`'s object on the controller (`timeout`: see Session.sync)."""
+        return self._sess.fetch(self, worker, timeout=timeout)
 
     @property
     def session(self) -> "Session":
@@ -94,9 +111,16 @@ class Session:
     workers is one failure. Fetching or gathering a DRef whose call failed raises
     that call's error (every time: it has no value). A dead worker makes every later
     operation raise WorkerError; `shutdown` then ends the others.
-    A session is driven by one thread at a time."""
+    A session is driven by one thread at a time.
 
-    def __init__(self, num_workers: int, *, ring_bytes: int = 16 << 20, spin_us: float = 20.0):
+    Deadlines: every wait for replies ends after `timeout_s` seconds (default
+    `default_timeout_s()`, 900 s or $DISCO_SESSION_TIMEOUT_S; None: no deadline), or a
+    call's own `timeout=`, with a WorkerTimeoutError naming each late worker and the
+    function it is still running; the session is then unusable (shutdown stops the
+    workers, in parallel and within a bounded time)."""
+
+    def __init__(self, num_workers: int, *, ring_bytes: int = 16 << 20, spin_us: float = 20.0,
+                 timeout_s: Any = _UNSET):
         if not isinstance(num_workers, int) or num_workers < 1:
             raise SessionError(f"{type(self).__name__}: num_workers must be an int >= 1, got {num_workers!r}")
         self.num_workers = num_workers
@@ -110,12 +134,17 @@ class Session:
         self._reported: set[int] = set()  # seqs of failed commands raised since every worker last replied
         self._closed = False
         self._stopping = False  # shutdown began: workers exiting is expected
-        self._deadline: float | None = None
+        self._deadline: float | None = None   # shutdown's
+        self.timeout_s: float | None = default_timeout_s() if timeout_s is _UNSET else timeout_s
+        self._wait: tuple | None = None        # (deadline, seq, what, timeout) of the wait in progress
+        self._recent: list = [None] * _RECENT  # seq % _RECENT -> (seq, op, a)
+        self._ccl_groups: list[str] = []       # group names made here (unlinked at shutdown)
         self._transfer = Transfer()
         try:
             self._chan = _native.Channel(num_workers, ring_bytes=ring_bytes, spin_us=spin_us)
         except _native.ChannelError as e:  # e.g. /dev/shm full
             raise SessionError(f"{self.name}: cannot create the command channel: {e}") from e
+        self._transfer.codec = self._chan
         self._chan.set_codec(DRef, self._tok, self._transfer.encode, self._transfer.decode, None,
                              INLINE_ARRAY_BYTES)
         me = weakref.ref(self)
@@ -146,15 +175,15 @@ class Session:
         if f is None:
             slot = len(self._funcs) + 1
             status, value = self._collect(self._post(Op.GET_FUNC, slot, 0, name), f"get_global_func({name!r})",
-                                          not_found_ok=True)
+                                          not_found_ok=True, timeout=None)
             if status == Status.NOT_FOUND:
                 raise UnknownFunctionError(f"{self.name}: {value[0]}")
             f = self._funcs[name] = DFunction(self, slot, name)
         return f
 
-    def import_module(self, module: str) -> None:
+    def import_module(self, module: str, *, timeout: Optional[float] = None) -> None:
         """Import `module` on every worker (so that what it registers exists there)."""
-        self._collect(self._post(Op.IMPORT, 0, 0, module), f"import_module({module!r})")
+        self._collect(self._post(Op.IMPORT, 0, 0, module), f"import_module({module!r})", timeout=timeout)
 
     def broadcast(self, value: Any) -> DRef:
         """A DRef to a copy of `value` on every worker."""
@@ -178,18 +207,19 @@ class Session:
         self._post(Op.SCATTER, ax, rid, array)
         return DRef(self, rid, "scatter")
 
-    def fetch(self, ref: DRef, worker: int = 0) -> Any:
-        """A copy of `worker`'s object behind `ref`."""
+    def fetch(self, ref: DRef, worker: int = 0, *, timeout: Optional[float] = None) -> Any:
+        """A copy of `worker`'s object behind `ref` (`timeout`: see `sync`)."""
         self._own(ref, "fetch")
         if not 0 <= worker < self.num_workers:
             raise SessionError(f"{self.name}.fetch: worker {worker} out of range [0, {self.num_workers})")
         seq = self._post(Op.FETCH, ref._id, worker, None)
-        return self._collect(seq, f"fetch of DRef {ref._id}", workers=(worker,))[0]
+        return self._collect(seq, f"fetch of DRef {ref._id}", workers=(worker,), timeout=timeout)[0]
 
-    def gather(self, ref: DRef, axis: int = 0) -> np.ndarray:
+    def gather(self, ref: DRef, axis: int = 0, *, timeout: Optional[float] = None) -> np.ndarray:
         """Every worker's array behind `ref`, concatenated along `axis` in worker order."""
         self._own(ref, "gather")
-        values = self._collect(self._post(Op.GATHER, ref._id, 0, None), f"gather of DRef {ref._id}")
+        values = self._collect(self._post(Op.GATHER, ref._id, 0, None), f"gather of DRef {ref._id}",
+                               timeout=timeout)
         try:
             return np.concatenate([np.asarray(v) for v in values], axis=axis)
         except (ValueError, TypeError) as e:  # numpy's AxisError is a ValueError
@@ -198,9 +228,11 @@ class Session:
                 f"{self.name}.gather of DRef {ref._id} (result of {ref._made_by}): expected arrays that concatenate "
                 f"along axis {axis}, the workers hold {held} (numpy: {e})") from e
 
-    def sync(self) -> None:
-        """Wait until every worker has run every command sent so far; raise their errors."""
-        self._collect(self._post(Op.SYNC, 0, 0, self._take_free_ids()), "sync")
+    def sync(self, *, timeout: Optional[float] = None) -> None:
+        """Wait until every worker has run every command sent so far; raise their errors.
+        After `timeout` seconds (default: the session's `timeout_s`) raise
+        WorkerTimeoutError naming the late workers and what they run."""
+        self._collect(self._post(Op.SYNC, 0, 0, self._take_free_ids()), "sync", timeout=timeout)
 
     @property
     def workers_on_other_hosts(self) -> tuple[int, ...]:
@@ -230,12 +262,18 @@ class Session:
         chunk_bytes, ...); a backend may add its own first, through this session (nccl:
         worker 0's unique id, see `disco.ccl.session_options`)."""
         from disco import ccl
+        from disco.ccl import segments
         if backend is None:
             backend = self.default_ccl_backend()
-        group = f"disco-{os.getpid()}-{uuid.uuid4().hex[:12]}"
+        group = segments.new_group_name()
         options = ccl.session_options(backend, self, dict(options))
-        self.get_global_func("disco.ccl.init")(backend, group, tuple(options.items()))
-        self.sync()
+        self._ccl_groups.append(group)
+        try:
+            self.get_global_func("disco.ccl.init")(backend, group, tuple(options.items()))
+            self.sync()
+        except BaseException:
+            segments.unlink_groups([group])  # a worker 0 that died while it formed left it
+            raise
 
     def load_module(self, executable, **options: Any):
         """A `disco.dmodule.DModule`: `executable` (a compiled, possibly tensor-parallel
@@ -252,15 +290,23 @@ class Session:
             if self._failure is None:
                 self._to_free.clear()
                 self._deadline = time.monotonic() + 10.0
-                self._collect(self._post(Op.SHUTDOWN, 0, 0, None), "shutdown")
+                self._collect(self._post(Op.SHUTDOWN, 0, 0, None), "shutdown", timeout=0)
         except DiscoError:
             pass  # a failing worker must not keep the others alive
         finally:
             self._closed = True
             self._chan.close()
-            self._stop_workers(timeout_s=5.0)
+            # Workers that did not answer SHUTDOWN are hung or dead: less grace for them.
+            self._stop_workers(timeout_s=5.0 if self._failure is None else 1.0)
+            if self._ccl_groups:
+                from disco.ccl import segments
+                segments.unlink_groups(self._ccl_groups)
             self._release(force=True)
             self._chan.set_liveness(None)
+            # The codec's hooks and the channel refer to each other (Transfer.codec): a
+            # cycle through a native object, which GC cannot see; cut it so the fd closes.
+            self._chan.set_codec(None, None, None, None, None, INLINE_ARRAY_BYTES)
+            self._transfer.codec = None
 
     def __enter__(self) -> "Session":
         return self
@@ -300,6 +346,7 @@ class Session:
                 f"({type(self).__name__}({self.num_workers}, ring_bytes=...), at least 4x the command)") from e
         if self._transfer.outgoing:
             self._pending.append((seq, self._transfer.take()))
+        self._recent[seq & (_RECENT - 1)] = (seq, op, a)
         return seq
 
     def _command_name(self, op: int, a: int) -> str:
@@ -310,9 +357,19 @@ class Session:
         return {Op.BROADCAST: "broadcast", Op.SCATTER: "scatter", Op.IMPORT: "import_module",
                 Op.GET_FUNC: "get_global_func", Op.FREE: "freeing dropped DRefs"}.get(op, Op(op).name)
 
-    def _collect(self, seq: int, what: str, workers=None, not_found_ok: bool = False):
-        """Wait for the replies to `seq`; their values, or raise the worker failures they
+    def _collect(self, seq: int, what: str, workers=None, not_found_ok: bool = False,
+                 timeout: Optional[float] = None):
+        """Wait for the replies to `seq` (at most `timeout` s, None: the session's
+        timeout_s, 0: no deadline); their values, or raise the worker failures they
         report (worker.py's docstring gives the ERROR reply's value)."""
+        limit = self.timeout_s if timeout is None else (timeout or None)
+        self._wait = (time.monotonic() + limit, seq, what, limit) if limit else None
+        try:
+            return self._collect_replies(seq, what, workers, not_found_ok)
+        finally:
+            self._wait = None
+
+    def _collect_replies(self, seq: int, what: str, workers, not_found_ok: bool):
         chan = self._chan
         every = workers is None
         if every and chan.wait_all(seq):  # every reply OK with value None (checked in C++): nothing to decode
@@ -408,11 +465,30 @@ class Session:
             self._raise_unusable()
         if self._deadline is not None and time.monotonic() > self._deadline:
             raise SessionError(f"{self.name}: workers did not answer before the shutdown deadline")
+        if self._wait is not None and time.monotonic() > self._wait[0]:
+            self._failure = self._timed_out(*self._wait[1:])
+            self._raise_unusable()
+
+    def _timed_out(self, seq: int, what: str, limit: float) -> WorkerTimeoutError:
+        """The error of a wait for `seq` that passed its deadline: each worker that has not
+        reached `seq` and the command it is still running (the last one it took)."""
+        late = []
+        for w in range(self.num_workers):
+            running = self._chan.consumed(w)
+            if running < seq:
+                rec = self._recent[running & (_RECENT - 1)]
+                doing = self._command_name(rec[1], rec[2]) if rec and rec[0] == running else "a command"
+                late.append((w, f"worker {w} is still running {doing} (command {running})"))
+        late = late or [(w, f"worker {w} has not replied") for w in range(self.num_workers)]
+        return WorkerTimeoutError(
+            f"{self.name}: {what} timed out after {limit:g} s: {'; '.join(t for _, t in late)}. The session is "
+            "unusable: call shutdown() (it stops the workers) and start a new one; for longer work pass "
+            "timeout= or start the session with timeout_s= (env DISCO_SESSION_TIMEOUT_S)", late[0][0], None)
 
     def _raise_unusable(self):
         if self._failure is not None:
             f = self._failure
-            raise WorkerError(str(f), f.worker_id, f.remote_traceback)
+            raise type(f)(str(f), f.worker_id, f.remote_traceback)
         raise SessionError(f"{self.name} is shut down; start a new session")
 
     def _wait_attached(self, timeout_s: float) -> None:

@@ -320,6 +320,7 @@ class _Relay:
         for w in ranks:
             chan = _native.Channel.attach(sess._chan.fd, w)
             t = self._transfers[w] = Transfer()
+            t.codec = chan
             chan.set_codec(None, None, t.encode, _discard, None, INLINE_ARRAY_BYTES)
             self._chans[w] = chan
         self._thread = threading.Thread(target=self._loop, name="disco-mpi-relay", daemon=True)

@@ -4,7 +4,9 @@ Every command is (op, a, b, payload) in the channel's ring (csrc/channel.h); the
 is one value of the native codec (csrc/channel_bindings.cc: None, bool, int, float,
 str, bytes, tuple, list, DRef ids, small numpy arrays). What the codec lacks goes
 through `Transfer`'s hooks, tagged EXT: large arrays through shared-memory buffers
-(never through the ring), rare objects through pickle. Replies are one value each.
+(never through the ring), dicts, sets, numpy scalars and a few more as tagged tuples;
+anything else is a ProtocolError when sent. No pickle, so decoding a message never runs
+code it names (docs/trust.md). Replies are one value each.
 
     op          a            b            payload            who replies
     CALL        func slot    result id    args tuple         nobody (errors wait for a reply)
@@ -34,14 +36,13 @@ from __future__ import annotations
 import enum
 import mmap
 import os
-import pickle
 
 import numpy as np
 
 from disco import _native
+from disco.errors import ProtocolError
 
 INLINE_ARRAY_BYTES = 64 << 10  # arrays up to this size ride in the ring, larger ones in buffers
-INLINE_PICKLE_BYTES = 64 << 10
 
 
 # CALL, GET_FUNC, FREE, FETCH, GATHER, SYNC, BROADCAST, SCATTER, IMPORT, SHUTDOWN
@@ -59,7 +60,7 @@ NEXT_CALL_RAISED = _native.NEXT_CALL_RAISED
 
 class Spill:
     """Wraps a reply too large for the reply area; the codec does not know it, so it goes
-    through `Transfer.encode` (pickle into a shared-memory buffer)."""
+    through `Transfer.encode`: its codec bytes in a shared-memory buffer."""
 
     __slots__ = ("value",)
 
@@ -73,28 +74,49 @@ def dtype_token(dt: np.dtype) -> str:
 
 
 def dtype_from_token(token: str) -> np.dtype:
+    """The array dtype `token` names; ProtocolError for anything but plain numbers and
+    ml_dtypes' floats (never an object dtype)."""
     try:
-        return np.dtype(token)
+        dt = np.dtype(token)
     except TypeError:
-        import ml_dtypes  # registers bfloat16 & co. with numpy  # noqa: F401
-        return np.dtype(getattr(ml_dtypes, token))
+        import ml_dtypes  # registers bfloat16 & co. with numpy
+        dt = getattr(ml_dtypes, token, None) if isinstance(token, str) else None
+        if dt is None:
+            raise ProtocolError(f"disco protocol: unknown array dtype {token!r}") from None
+        dt = np.dtype(dt)
+    if dt.hasobject or dt.kind not in "biufcV" or dt.itemsize == 0:
+        raise ProtocolError(f"disco protocol: array dtype {token!r} is not a number type")
+    return dt
+
+
+# What the channel carries besides the codec's own types (module docstring); nothing is
+# pickled, so a payload cannot run code where it is decoded.
+CARRIED = ("None, bool, int, float, complex, str, bytes, tuple, list, dict, set, frozenset, slice, "
+           "numpy arrays and scalars of number dtypes, numpy dtypes, DRefs")
 
 
 class Transfer:
     """The codec's EXT hooks for one endpoint (the controller, or one worker).
 
-    `encode` turns a value the codec lacks into a codec value; buffers it creates stay
-    open in `outgoing` until the peer has read them (the owner calls `release`).
-    `decode` reverses it; shared-memory arrays are mapped copy-on-write, so a reader
-    gets a writable array without a copy and the writer's buffer is never touched."""
+    `encode` turns a value the codec lacks into a codec value (tagged tuples, no
+    pickle); buffers it creates stay open in `outgoing` until the peer has read them
+    (the owner calls `release`). `decode` reverses it, checking what it reads;
+    shared-memory arrays are mapped copy-on-write, so a reader gets a writable array
+    without a copy and the writer's buffer is never touched. `codec` is the channel
+    whose codec spills large replies into buffers."""
 
     def __init__(self) -> None:
         self.pid = os.getpid()
         self.outgoing: list[int] = []  # fds of buffers the peer may still read
+        self.codec = None
 
     def encode(self, obj):
         if isinstance(obj, Spill):
-            return self._pickled(obj.value)
+            data = self.codec.encode(obj.value)
+            fd = self._buffer(len(data))
+            with mmap.mmap(fd, len(data)) as mm:
+                mm[:] = data
+            return ("spill", self.pid, fd, len(data))
         if isinstance(obj, np.ndarray) and not obj.dtype.hasobject:
             if obj.nbytes <= INLINE_ARRAY_BYTES:
                 return ("raw", dtype_token(obj.dtype), obj.shape, np.ascontiguousarray(obj).tobytes())
@@ -105,25 +127,76 @@ class Transfer:
                     dst[...] = obj
                     del dst
             return ("shm", self.pid, fd, obj.nbytes, dtype_token(obj.dtype), obj.shape)
-        return self._pickled(obj)
+        if isinstance(obj, np.generic) and not obj.dtype.hasobject:
+            return ("scalar", dtype_token(obj.dtype), obj.tobytes())
+        if isinstance(obj, dict):
+            return ("dict", list(obj.keys()), list(obj.values()))
+        if isinstance(obj, (set, frozenset)):
+            return ("frozenset" if isinstance(obj, frozenset) else "set", list(obj))
+        if type(obj) is complex:
+            return ("complex", obj.real, obj.imag)
+        if type(obj) is int:   # beyond int64
+            return ("int", str(obj))
+        if isinstance(obj, np.dtype) and not obj.hasobject:
+            return ("dtype", dtype_token(obj))
+        if type(obj) is slice:
+            return ("slice", obj.start, obj.stop, obj.step)
+        raise ProtocolError(f"disco channel: cannot send a value of type {type(obj).__module__}."
+                            f"{type(obj).__qualname__}; the channel carries {CARRIED} (no pickle: see "
+                            "docs/trust.md); convert it, or make it on the workers with a registered function")
 
     def decode(self, value):
-        kind = value[0]
+        try:
+            return self._decode(value)
+        except ProtocolError:
+            raise
+        except (ValueError, TypeError, IndexError, KeyError, OverflowError, OSError, MemoryError) as e:
+            raise ProtocolError(f"disco protocol: a malformed EXT value ({type(e).__name__}: {e})") from None
+
+    def _decode(self, value):
+        if not isinstance(value, tuple) or not value or not isinstance(value[0], str):
+            raise ProtocolError(f"disco protocol: an EXT value must be a tagged tuple, got {type(value).__name__}")
+        kind, args = value[0], value[1:]
         if kind == "raw":
-            _, token, shape, data = value
-            return np.frombuffer(data, dtype_from_token(token)).reshape(shape).copy()
-        if kind == "shm":
-            _, pid, fd, nbytes, token, shape = value
+            token, shape, data = args
             dt = dtype_from_token(token)
+            return np.frombuffer(data, dt).reshape(_shape(shape)).copy()
+        if kind == "shm":
+            pid, fd, nbytes, token, shape = args
+            dt, shape = dtype_from_token(token), _shape(shape)
+            if nbytes != int(np.prod(shape, dtype=object)) * dt.itemsize:
+                raise ProtocolError(f"disco protocol: a shared array of {nbytes} bytes for shape {shape} of {dt}")
             if nbytes == 0:
                 return np.empty(shape, dt)
             return np.frombuffer(_map_private(pid, fd, nbytes), dt).reshape(shape)
-        if kind == "pickle":
-            return pickle.loads(value[1])
-        if kind == "pickle_shm":
-            _, pid, fd, nbytes = value
-            return pickle.loads(_map_private(pid, fd, nbytes))
-        raise ValueError(f"disco protocol: unknown EXT kind {kind!r}")
+        if kind == "spill":
+            pid, fd, nbytes = args
+            return self.codec.decode(_map_private(pid, fd, nbytes))
+        if kind == "scalar":
+            token, data = args
+            return np.frombuffer(data, dtype_from_token(token)).reshape(())[()] if isinstance(data, bytes) else _bad(kind)
+        if kind == "dict":
+            keys, values = args
+            if not (isinstance(keys, list) and isinstance(values, list) and len(keys) == len(values)):
+                _bad(kind)
+            return dict(zip(keys, values))
+        if kind in ("set", "frozenset"):
+            (items,) = args
+            return (set if kind == "set" else frozenset)(items)
+        if kind == "complex":
+            re_, im = args
+            return complex(float(re_), float(im))
+        if kind == "int":
+            (text,) = args
+            if not isinstance(text, str) or len(text) > 4000:
+                _bad(kind)
+            return int(text)
+        if kind == "dtype":
+            (token,) = args
+            return dtype_from_token(token)
+        if kind == "slice":
+            return slice(*args) if len(args) == 3 else _bad(kind)
+        raise ProtocolError(f"disco protocol: unknown EXT kind {kind!r}")
 
     def take(self) -> list[int]:
         fds, self.outgoing = self.outgoing, []
@@ -133,19 +206,20 @@ class Transfer:
         for fd in self.take():
             os.close(fd)
 
-    def _pickled(self, obj):
-        data = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
-        if len(data) <= INLINE_PICKLE_BYTES:
-            return ("pickle", data)
-        fd = self._buffer(len(data))
-        with mmap.mmap(fd, len(data)) as mm:
-            mm[:] = data
-        return ("pickle_shm", self.pid, fd, len(data))
-
     def _buffer(self, nbytes: int) -> int:
         fd = _native.create_buffer(nbytes)
         self.outgoing.append(fd)
         return fd
+
+
+def _shape(shape) -> tuple[int, ...]:
+    if not isinstance(shape, (tuple, list)) or not all(type(d) is int and d >= 0 for d in shape):
+        raise ProtocolError(f"disco protocol: array shape {shape!r:.80} is not a tuple of non-negative ints")
+    return tuple(shape)
+
+
+def _bad(kind: str):
+    raise ProtocolError(f"disco protocol: a malformed EXT value of kind {kind!r}")
 
 
 def _map_private(pid: int, fd: int, nbytes: int) -> mmap.mmap:

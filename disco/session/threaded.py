@@ -7,6 +7,7 @@ workers shares one GIL, so this kind is for tests, debugging and GIL-releasing k
 from __future__ import annotations
 
 import threading
+import time
 import traceback
 import weakref
 
@@ -41,8 +42,9 @@ class ThreadedSession(Session):
         return None
 
     def _stop_workers(self, timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s  # one deadline for all (a hung thread stays, daemon)
         for t in self._threads:
-            t.join(timeout_s)
+            t.join(max(0.0, deadline - time.monotonic()))
         self._finalizer()
 
 

@@ -51,10 +51,18 @@ class FailedInputError(RuntimeError):
 def serve(chan, ctx: WorkerContext, alive: Callable[[], bool] | None = None) -> None:
     """Run commands from `chan` as worker `ctx.worker_id` until SHUTDOWN, the channel
     closing, or `alive()` turning False (checked whenever no command came for _WAIT_S)."""
+    try:
+        _serve(chan, ctx, alive)
+    finally:  # the codec's hooks and the channel refer to each other: a cycle GC cannot see
+        chan.set_codec(None, None, None, None, None, INLINE_ARRAY_BYTES)
+
+
+def _serve(chan, ctx: WorkerContext, alive: Callable[[], bool] | None) -> None:
     objects: dict[int, object] = {}  # DRef id -> this worker's object
     failed: dict[int, tuple[int, str, str]] = {}  # DRef id -> (seq, summary, tb) of the call that failed
     funcs: dict[int, Callable] = {}  # function slot -> callable
     transfer = Transfer()
+    transfer.codec = chan
     chan.set_codec(None, None, transfer.encode, transfer.decode, objects, INLINE_ARRAY_BYTES)
     # CALL, FREE, and SYNC while no failure waits for a reply, run inside chan.next
     # (C++); here come the other commands, a CALL that raised (missing == NEXT_CALL_RAISED)
@@ -231,6 +239,17 @@ def _describe(e: BaseException, what: str) -> tuple[str, str]:
     return (f"{what} raised {type(e).__name__}: {e}", tb)
 
 
+def _check_same_disco(expected: str | None) -> None:
+    """Exit with a message (the controller shows it) unless this process imported the
+    controller's `disco` package."""
+    import disco
+    here = os.path.dirname(os.path.abspath(disco.__file__))
+    if expected and os.path.realpath(here) != os.path.realpath(expected):
+        sys.stderr.write(f"disco worker: imported disco from {here}, but the controller runs the one in "
+                         f"{expected}; start the program from another directory or install disco there\n")
+        sys.exit(1)
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python -m disco.session.worker")
     p.add_argument("--fd", type=int, required=True)
@@ -238,6 +257,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--num-workers", type=int, required=True)
     p.add_argument("--ppid", type=int, required=True)
     args = p.parse_args(argv)
+    _check_same_disco(os.environ.get("DISCO_CONTROLLER_PACKAGE"))
     # Die with the controller: the kernel's parent-death signal, plus getppid() checks
     # in the loop for the window before prctl took effect.
     _native.set_parent_death_signal(9)

@@ -200,3 +200,13 @@ def memory_mark():
 def memory_peak():
     """The peak resident size (KiB) since the last reset."""
     return _status_kib("VmHWM")
+
+
+@disco.register_func("test.hang_on")
+def hang_on(worker: int) -> int:
+    """Never return on `worker` (a hung function); return 0 elsewhere."""
+    from disco._context import current_context
+    if current_context().worker_id == worker:
+        while True:
+            time.sleep(3600)
+    return 0

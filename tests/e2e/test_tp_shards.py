@@ -94,9 +94,9 @@ def test_load_shards_controller_reads_only_the_header(sess2, tmp_path, monkeypat
 
     import os
 
-    import disco.llm.checkpoint as checkpoint
+    import disco.llm.safetensors_header as checkpoint
     controller = threading.get_ident()
-    reads: list = []            # (thread, bytes) read through open() in disco.llm.checkpoint
+    reads: list = []            # (thread, bytes) read through open() in disco.llm.safetensors_header
     data: list = []             # (thread, bytes) of tensor data read (os.preadv)
     real_open, real_preadv = open, os.preadv
     monkeypatch.setattr(checkpoint, "open", lambda *a, **k: _CountingFile(real_open(*a, **k), reads),
