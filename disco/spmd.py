@@ -238,6 +238,36 @@ def masked_take(table, indices, mesh_shape, mesh_axis):
     return contiguous(out)
 
 
+def _my_peer(peers, what: str):
+    """This worker's entry of `peers` (one per worker; -1: none), checked against the session."""
+    ctx = current_context()
+    peers = tuple(int(p) for p in peers)
+    if len(peers) != ctx.num_workers:
+        raise DiscoError(f"worker {ctx.worker_id}: {what} was compiled for {len(peers)} workers (peers "
+                         f"{list(peers)}) but the session has {ctx.num_workers} workers")
+    peer = peers[ctx.worker_id]
+    return None if peer < 0 else peer
+
+
+@register_func("spmd.send", override=True)
+@_timed
+def send(x, peers):
+    """Pipeline transfer, sending side: this worker sends x to worker `peers[worker_id]`
+    (nothing where that is -1). `peers` is computed by the compiler from the two meshes."""
+    peer = _my_peer(peers, "R.ccl.send")
+    if peer is not None:
+        ccl.send(contiguous(x), peer)
+
+
+@register_func("spmd.recv", override=True)
+@_timed
+def recv(shape, dtype, peers):
+    """Pipeline transfer, receiving side: the array of `shape` and `dtype` that worker
+    `peers[worker_id]` sends to this one (None where that is -1)."""
+    peer = _my_peer(peers, "R.ccl.recv")
+    return None if peer is None else ccl.recv(tuple(int(d) for d in shape), dtype, peer)
+
+
 @register_func("spmd.broadcast_from_worker0", override=True)
 def broadcast_from_worker0(x):
     if current_context().num_workers == 1:

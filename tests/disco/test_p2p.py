@@ -333,3 +333,25 @@ def test_session_transfers_and_ring(world):
         send(x, (1,) + (-1,) * (world - 1))
         again = recv((1, 3, 1000), "float32", (-1, 0) + (-1,) * (world - 2))
         np.testing.assert_array_equal(again.fetch(1), full[:1])
+
+
+def test_spmd_send_recv_between_two_stages():
+    """The runtime functions compiled pipeline transfers call: stage 0 on workers 0-1 sends
+    its shards to stage 1 on workers 2-3 (peers computed from the two meshes), with the
+    calls counted in spmd.collective_stats."""
+    with disco.ProcessSession(4) as sess:
+        sess.init_ccl("shm")
+        sess.import_module("disco.spmd")
+        full = np.arange(4 * 6, dtype=np.float32).reshape(4, 6)
+        x = sess.scatter(full)
+        sess.get_global_func("spmd.send")(x, (2, 3, -1, -1))
+        y = sess.get_global_func("spmd.recv")((1, 6), "float32", (-1, -1, 0, 1))
+        assert y.fetch(0) is None
+        np.testing.assert_array_equal(y.fetch(2), full[0:1])
+        np.testing.assert_array_equal(y.fetch(3), full[1:2])
+        stats = sess.get_global_func("spmd.collective_stats")()
+        assert stats.fetch(0)["send"][0] == 1 and stats.fetch(3)["recv"][0] == 1
+        sess.get_global_func("spmd.send")(x, (2, 3, -1))
+        with pytest.raises(WorkerError, match=r"R.ccl.send was compiled for 3 workers \(peers \[2, 3, -1\]\) but "
+                                              r"the session has 4 workers"):
+            sess.sync()
