@@ -238,34 +238,39 @@ def masked_take(table, indices, mesh_shape, mesh_axis):
     return contiguous(out)
 
 
-def _my_peer(peers, what: str):
-    """This worker's entry of `peers` (one per worker; -1: none), checked against the session."""
+def _pairs(senders, receivers, what: str) -> tuple[list[int], list[int]]:
+    """The worker pairs of a transfer between two stages' meshes, checked against the session."""
     ctx = current_context()
-    peers = tuple(int(p) for p in peers)
-    if len(peers) != ctx.num_workers:
-        raise DiscoError(f"worker {ctx.worker_id}: {what} was compiled for {len(peers)} workers (peers "
-                         f"{list(peers)}) but the session has {ctx.num_workers} workers")
-    peer = peers[ctx.worker_id]
-    return None if peer < 0 else peer
+    senders, receivers = [int(w) for w in senders], [int(w) for w in receivers]
+    if len(senders) != len(receivers) or any(not 0 <= w < ctx.num_workers for w in senders + receivers):
+        raise DiscoError(f"worker {ctx.worker_id}: {what} pairs senders {senders} with receivers {receivers}, "
+                         f"which are not workers of this session of {ctx.num_workers} (was the program compiled "
+                         "for another number of devices?)")
+    return senders, receivers
 
 
 @register_func("spmd.send", override=True)
 @_timed
-def send(x, peers):
-    """Pipeline transfer, sending side: this worker sends x to worker `peers[worker_id]`
-    (nothing where that is -1). `peers` is computed by the compiler from the two meshes."""
-    peer = _my_peer(peers, "R.ccl.send")
-    if peer is not None:
-        ccl.send(contiguous(x), peer)
+def send(x, senders, receivers):
+    """Pipeline transfer, sending side (R.ccl.send): worker senders[i] sends x to worker
+    receivers[i]; the other workers do nothing. Returns an empty tuple."""
+    senders, receivers = _pairs(senders, receivers, "R.ccl.send")
+    me = current_context().worker_id
+    if me in senders:
+        ccl.send(contiguous(x), receivers[senders.index(me)])
+    return ()
 
 
 @register_func("spmd.recv", override=True)
 @_timed
-def recv(shape, dtype, peers):
-    """Pipeline transfer, receiving side: the array of `shape` and `dtype` that worker
-    `peers[worker_id]` sends to this one (None where that is -1)."""
-    peer = _my_peer(peers, "R.ccl.recv")
-    return None if peer is None else ccl.recv(tuple(int(d) for d in shape), dtype, peer)
+def recv(shape, dtype, senders, receivers):
+    """Pipeline transfer, receiving side (R.ccl.recv): on worker receivers[i], the array of
+    `shape` and `dtype` that worker senders[i] sends it; None on the other workers."""
+    senders, receivers = _pairs(senders, receivers, "R.ccl.recv")
+    me = current_context().worker_id
+    if me not in receivers:
+        return None
+    return ccl.recv(tuple(int(d) for d in shape), dtype, senders[receivers.index(me)])
 
 
 @register_func("spmd.broadcast_from_worker0", override=True)

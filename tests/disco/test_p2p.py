@@ -344,14 +344,14 @@ def test_spmd_send_recv_between_two_stages():
         sess.import_module("disco.spmd")
         full = np.arange(4 * 6, dtype=np.float32).reshape(4, 6)
         x = sess.scatter(full)
-        sess.get_global_func("spmd.send")(x, (2, 3, -1, -1))
-        y = sess.get_global_func("spmd.recv")((1, 6), "float32", (-1, -1, 0, 1))
+        sess.get_global_func("spmd.send")(x, (0, 1), (2, 3))
+        y = sess.get_global_func("spmd.recv")((1, 6), "float32", (0, 1), (2, 3))
         assert y.fetch(0) is None
         np.testing.assert_array_equal(y.fetch(2), full[0:1])
         np.testing.assert_array_equal(y.fetch(3), full[1:2])
         stats = sess.get_global_func("spmd.collective_stats")()
         assert stats.fetch(0)["send"][0] == 1 and stats.fetch(3)["recv"][0] == 1
-        sess.get_global_func("spmd.send")(x, (2, 3, -1))
-        with pytest.raises(WorkerError, match=r"R.ccl.send was compiled for 3 workers \(peers \[2, 3, -1\]\) but "
-                                              r"the session has 4 workers"):
+        sess.get_global_func("spmd.send")(x, (0, 1), (4, 5))
+        with pytest.raises(WorkerError, match=r"R.ccl.send pairs senders \[0, 1\] with receivers \[4, 5\], which "
+                                              r"are not workers of this session of 4"):
             sess.sync()
