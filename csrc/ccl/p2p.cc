@@ -161,6 +161,12 @@ void p2p_send(Communicator& c, const Meta& m, size_t nbytes, int dst, const void
   int64_t off = -1;
   if (nbytes > cap / 4) {
     off = c.arena_alloc(nbytes);
+    if (off < 0) {  // perhaps full of blocks other receivers are done with: free those, try again
+      for (int q = 0; q < c.world(); ++q) {
+        if (q != c.rank()) collect(c, q);
+      }
+      off = c.arena_alloc(nbytes);
+    }
     if (off >= 0) std::memcpy(c.arena(c.rank()) + off, x, nbytes);
   }
   P2PDesc& d = mb->desc[seq % kP2PDescs];

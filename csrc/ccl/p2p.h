@@ -16,7 +16,8 @@
 //     for the receiver, chunk by chunk);
 //   - through the sender's arena otherwise: the sender copies it into a block of its
 //     own arena, which the receiver reads in place (every rank maps every arena); the
-//     block is freed by the sender once `taken` says the message was received.
+//     block is freed by the sender once `taken` says the message was received (checked
+//     at its next send to that receiver, or to anyone when the arena is full).
 // So send returns as soon as x may be reused, without waiting for the receiver,
 // unless the mailbox is full (kP2PDescs messages not yet received, or a payload larger
 // than the free room of the ring and the arena): a ring exchange (every worker sends to

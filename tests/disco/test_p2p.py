@@ -76,6 +76,27 @@ def test_large_messages_stream_through_the_ring_without_an_arena(arena_bytes):
     same(small, x[:10])
 
 
+def test_arena_blocks_of_received_messages_are_reused_for_other_receivers():
+    """A 2 MiB arena: the 1.5 MB message to worker 1, once received, leaves room for the
+    one to worker 2, which goes through the arena too (so send does not wait for worker
+    2, which receives only after the 0.5 s timeout)."""
+    x = np.arange((3 << 20) // 8, dtype=np.float32)
+
+    def body(r):
+        if r == 0:
+            ccl.send(x, 1)
+        elif r == 1:
+            same(ccl.recv(x.shape, x.dtype, 0), x)
+        ccl.barrier()
+        if r == 0:
+            ccl.send(x + 1, 2)
+        elif r == 2:
+            time.sleep(1.0)
+            return ccl.recv(x.shape, x.dtype, 0)
+    got = run_threads(3, body, arena_bytes=2 << 20, timeout_s=0.5)[2]
+    same(got, x + 1)
+
+
 @pytest.mark.parametrize("world", [2, 3, 4])
 @pytest.mark.parametrize("nbytes", [64, 40_000, 2 << 20])
 def test_ring_exchange(world, nbytes):
