@@ -242,6 +242,41 @@ def masked_take(table, indices, mesh_shape, mesh_axis):
     return contiguous(out)
 
 
+def _pairs(senders, receivers, what: str) -> tuple[list[int], list[int]]:
+    """The worker pairs of a transfer between two stages' meshes, checked against the session."""
+    ctx = current_context()
+    senders, receivers = [int(w) for w in senders], [int(w) for w in receivers]
+    if len(senders) != len(receivers) or any(not 0 <= w < ctx.num_workers for w in senders + receivers):
+        raise DiscoError(f"worker {ctx.worker_id}: {what} pairs senders {senders} with receivers {receivers}, "
+                         f"which are not workers of this session of {ctx.num_workers} (was the program compiled "
+                         "for another number of devices?)")
+    return senders, receivers
+
+
+@register_func("spmd.send", override=True)
+@_timed
+def send(x, senders, receivers):
+    """Pipeline transfer, sending side (R.ccl.send): worker senders[i] sends x to worker
+    receivers[i]; the other workers do nothing. Returns an empty tuple."""
+    senders, receivers = _pairs(senders, receivers, "R.ccl.send")
+    me = current_context().worker_id
+    if me in senders:
+        ccl.send(contiguous(x), receivers[senders.index(me)])
+    return ()
+
+
+@register_func("spmd.recv", override=True)
+@_timed
+def recv(shape, dtype, senders, receivers):
+    """Pipeline transfer, receiving side (R.ccl.recv): on worker receivers[i], the array of
+    `shape` and `dtype` that worker senders[i] sends it; None on the other workers."""
+    senders, receivers = _pairs(senders, receivers, "R.ccl.recv")
+    me = current_context().worker_id
+    if me not in receivers:
+        return None
+    return ccl.recv(tuple(int(d) for d in shape), dtype, senders[receivers.index(me)])
+
+
 @register_func("spmd.broadcast_from_worker0", override=True)
 def broadcast_from_worker0(x):
     if current_context().num_workers == 1:

@@ -9,12 +9,19 @@ placements of a distributed module imply communication or worker-dependent work:
     R.ccl.local_slice(x, axis=0, mesh_shape=[2], mesh_axis=0)        Replicate -> Shard(0)
     R.ccl.masked_take(table, indices, mesh_shape=[2], mesh_axis=0)   take on a row-sharded table
     R.ccl.broadcast_from_worker0(x)
+    R.ccl.send(x, senders=[0, 1], receivers=[2, 3])                   pipeline stage -> next stage
+    R.ccl.recv(R.shape([4, 8]), dtype="float32", senders=[0, 1], receivers=[2, 3])
 
 `mesh_shape`/`mesh_axis` say which workers take part: those that differ from the
 caller only in their coordinate along `mesh_axis` of a row-major mesh over worker
 ids 0..N-1 (the whole group for a 1-D mesh). Shapes are the local ones.
 
-Each op legalizes to `R.call_pure_packed` of a runtime function of `disco.spmd`
+`senders`/`receivers` pair workers of two stages' meshes: worker senders[i] sends to
+worker receivers[i]; other workers take no part (a send does nothing there, a recv
+gives None). send and recv are not pure (dead-code elimination keeps them; send's
+value is an empty tuple).
+
+Each op legalizes to `R.call_pure_packed` (send, recv: `R.call_packed`) of a runtime function of `disco.spmd`
 ("spmd.allreduce", ...), which runs the worker's collectives (disco.ccl).
 """
 from __future__ import annotations
@@ -24,9 +31,9 @@ from ..ir import arith
 from ..ir.errors import ShapeError, StructInfoError
 from ..ir.expr import IntImm
 from ..ir.graph import Call
-from ..ir.struct_info import StructInfo, TensorStructInfo
+from ..ir.struct_info import StructInfo, TensorStructInfo, TupleStructInfo
 from . import infer as I
-from .builtin import call_pure_packed, prim_value, shape as shape_expr, string_imm
+from .builtin import call_packed, call_pure_packed, prim_value, shape as shape_expr, string_imm
 from .registry import OPAQUE, make_call, register_op
 
 REDUCE_OPS = ("sum", "prod", "min", "max")
@@ -196,6 +203,59 @@ def _masked_take(call: Call) -> StructInfo:
     return TensorStructInfo(tuple(idx.shape) + tuple(x.shape[1:]), x.dtype)
 
 
+# send / recv: point-to-point between the meshes of two pipeline stages -------------------------
+
+
+def _pairs(op: str, senders, receivers) -> dict:
+    s, r = tuple(int(v) for v in senders), tuple(int(v) for v in receivers)
+    if (not s or len(s) != len(r) or min(s + r) < 0 or len(set(s)) != len(s) or len(set(r)) != len(r)
+            or set(s) & set(r)):
+        raise StructInfoError(f"{op}: senders and receivers must be two disjoint lists of distinct worker ids "
+                              f"of one length (worker senders[i] sends to worker receivers[i]), got "
+                              f"senders={list(s)}, receivers={list(r)}")
+    return {"senders": s, "receivers": r}
+
+
+@register_op("relax.ccl.send", script="R.ccl.send", args=("x",), attrs=("senders", "receivers"),
+             pattern=OPAQUE)
+def send(x, senders=(0,), receivers=(1,)) -> Call:
+    """`R.ccl.send(x, senders=[0, 1], receivers=[2, 3])`: worker senders[i] sends its x to
+    worker receivers[i]; an empty tuple. Not pure."""
+    name = "R.ccl.send"
+    return make_call("relax.ccl.send", (I.as_expr_arg(name, x, "x"),), _pairs(name, senders, receivers))
+
+
+@send.infer
+def _send(call: Call) -> StructInfo:
+    _local_tensor("R.ccl.send", call, 0, "x")
+    return TupleStructInfo(())
+
+
+@register_op("relax.ccl.recv", script="R.ccl.recv", args=("shape",), attrs=("dtype", "senders", "receivers"),
+             pattern=OPAQUE)
+def recv(shape, dtype="float32", senders=(0,), receivers=(1,)) -> Call:
+    """`R.ccl.recv(R.shape([n, 8]), dtype="float32", senders=[0, 1], receivers=[2, 3])`: on
+    worker receivers[i], the array worker senders[i] sends it (local shape and dtype as
+    given); None on the other workers. Not pure."""
+    name = "R.ccl.recv"
+    return make_call("relax.ccl.recv", (I.as_shape_arg(name, shape),),
+                     {"dtype": str(dtype), **_pairs(name, senders, receivers)})
+
+
+@recv.infer
+def _recv(call: Call) -> StructInfo:
+    op = "R.ccl.recv"
+    values = I.shape_values(op, call.args[0], "shape")
+    if values is None:
+        return I.unknown_tensor(call.attrs["dtype"], I.shape_ndim(op, call.args[0], "shape"))
+    I.require_nonnegative_dims(op, values)
+    return TensorStructInfo(values, call.attrs["dtype"])
+
+
+send.extra["pure"] = False
+recv.extra["pure"] = False
+
+
 # legalization: runtime functions of disco.spmd ------------------------------------------------
 
 
@@ -237,3 +297,18 @@ def _legalize_masked_take(bb, call: Call):
 @broadcast_from_worker0.legalizer
 def _legalize_broadcast(bb, call: Call):
     return call_pure_packed("spmd.broadcast_from_worker0", call.args[0], sinfo_args=call.struct_info)
+
+
+def _pair_args(call: Call) -> tuple:
+    return (shape_expr(list(call.attrs["senders"])), shape_expr(list(call.attrs["receivers"])))
+
+
+@send.legalizer
+def _legalize_send(bb, call: Call):
+    return call_packed("spmd.send", call.args[0], *_pair_args(call), sinfo_args=call.struct_info)
+
+
+@recv.legalizer
+def _legalize_recv(bb, call: Call):
+    return call_packed("spmd.recv", call.args[0], string_imm(call.attrs["dtype"]), *_pair_args(call),
+                       sinfo_args=call.struct_info)

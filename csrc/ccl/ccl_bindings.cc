@@ -14,6 +14,7 @@
 #include "ccl/broadcast.h"
 #include "ccl/communicator.h"
 #include "ccl/gather.h"
+#include "ccl/p2p.h"
 #include "ccl/reduce_scatter.h"
 #include "ccl/scatter.h"
 
@@ -81,7 +82,7 @@ void bind_ccl(py::module_& m) {
       "A shared-memory communicator of one rank; see csrc/ccl/communicator.h.")
       .def(py::init([](const std::string& group, int rank, int world, size_t chunk_bytes, size_t small_bytes,
                        double timeout_s, double spin_us, size_t stream_bytes, size_t arena_bytes,
-                       const std::string& secret) {
+                       size_t p2p_bytes, const std::string& secret) {
              Options o;
              o.secret = secret;
              o.chunk_bytes = chunk_bytes;
@@ -90,13 +91,15 @@ void bind_ccl(py::module_& m) {
              o.spin_us = spin_us;
              o.stream_bytes = stream_bytes;
              o.arena_bytes = arena_bytes;
+             o.p2p_bytes = p2p_bytes;
              py::gil_scoped_release nogil;
              return std::make_shared<Communicator>(group, rank, world, o);
            }),
            py::arg("group"), py::arg("rank"), py::arg("world"), py::arg("chunk_bytes") = Options().chunk_bytes,
            py::arg("small_bytes") = Options().small_bytes, py::arg("timeout_s") = Options().timeout_s,
            py::arg("spin_us") = Options().spin_us, py::arg("stream_bytes") = Options().stream_bytes,
-           py::arg("arena_bytes") = Options().arena_bytes, py::arg("secret") = std::string())
+           py::arg("arena_bytes") = Options().arena_bytes, py::arg("p2p_bytes") = Options().p2p_bytes,
+           py::arg("secret") = std::string())
       .def("arena_empty", [](std::shared_ptr<Communicator> c, std::vector<py::ssize_t> shape, py::dtype dt) -> py::object {
         size_t nbytes = static_cast<size_t>(dt.itemsize());
         for (py::ssize_t d : shape) {  // a negative or overflowing size: numpy's own error
@@ -187,6 +190,31 @@ void bind_ccl(py::module_& m) {
         }
         return out;
       })
+      .def("send", [](Communicator& c, py::array x, int dst, const std::string& dtype_name) {
+        // x: C-contiguous (disco/ccl/shm.py makes it so); dtype_name: how the receiver names it.
+        Meta m = meta_of(c, Coll::kBarrier, x, -1, dtype_name, 0, 0);
+        const void* data = x.data();
+        const size_t nbytes = static_cast<size_t>(x.nbytes());
+        py::gil_scoped_release nogil;
+        p2p_send(c, m, nbytes, dst, data);
+      }, py::arg("x"), py::arg("dst"), py::arg("dtype_name"),
+      "Send the C-contiguous array x to rank dst (p2p.h); returns once x may be reused.")
+      .def("recv", [](Communicator& c, py::array out, int src, const std::string& dtype_name) {
+        Meta m = meta_of(c, Coll::kBarrier, out, -1, dtype_name, 0, 0);
+        void* data = out.mutable_data();
+        const size_t nbytes = static_cast<size_t>(out.nbytes());
+        py::gil_scoped_release nogil;
+        p2p_recv(c, m, nbytes, src, data);
+      }, py::arg("out"), py::arg("src"), py::arg("dtype_name"),
+      "Receive the next message from rank src into the C-contiguous array out, which must match "
+      "its shape and dtype name (p2p.h).")
+      .def("send_invalid", [](Communicator& c, int dst, const std::string& problem) {
+        py::gil_scoped_release nogil;
+        p2p_send_invalid(c, dst, problem);
+      }, py::arg("dst"), py::arg("problem"),
+      "This rank cannot send to dst (`problem` says why): the receiver raises it too; always throws.")
+      .def("p2p_unreceived", [](Communicator& c, int dst) { return p2p_unreceived(c, dst); }, py::arg("dst"),
+           "Messages this rank sent to dst that dst has not received yet.")
       .def("fail_arguments", [](Communicator& c, const std::string& coll, const std::string& problem) {
         fail_arguments(c, coll_from_name(coll), problem);
       }, py::arg("coll"), py::arg("problem"),

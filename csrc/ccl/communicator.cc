@@ -1,6 +1,10 @@
 // Segment set-up, the futex-backed barrier, and Meta checks. See communicator.h.
 #include "ccl/communicator.h"
 
+#include <signal.h>
+
+#include "ccl/p2p.h"
+
 #include <fcntl.h>
 #include <linux/futex.h>
 #include <sys/mman.h>
@@ -76,6 +80,14 @@ inline bool reached(uint32_t arrived, uint32_t epoch) {
 }
 
 size_t round_up(size_t x, size_t a) { return (x + a - 1) / a * a; }
+
+}  // namespace
+
+double now_seconds() { return now_s(); }
+void bell_wait(std::atomic<uint32_t>* bell, uint32_t expected, long timeout_ns) { futex_wait(bell, expected, timeout_ns); }
+void bell_wake(std::atomic<uint32_t>* bell) { futex_wake(bell); }
+
+namespace {
 
 std::string shm_name(const std::string& group) {
   std::string n = "/disco_ccl_";
@@ -192,7 +204,9 @@ std::string unsafe_segment(int fd) {
 }
 }  // namespace
 
-static RankCtl* ctl_at(uint8_t* base, size_t off, int r);
+static RankCtl* ctl_at(uint8_t* base, size_t off, int r) {
+  return reinterpret_cast<RankCtl*>(base + off) + r;
+}
 
 Communicator::Communicator(const std::string& group, int rank, int world, const Options& opts)
     : name_(shm_name(group)), rank_(rank), world_(world), opts_(opts) {
@@ -210,7 +224,13 @@ Communicator::Communicator(const std::string& group, int rank, int world, const 
   ctl_off_ = round_up(sizeof(Header), 4096);
   data_off_ = round_up(ctl_off_ + sizeof(RankCtl) * world, 4096);
   opts_.arena_bytes = round_up(opts_.arena_bytes, 2 << 20);
-  arena_off_ = data_off_ + 4 * opts_.chunk_bytes * world;
+  opts_.p2p_bytes = round_up(opts_.p2p_bytes < 4096 ? 4096 : opts_.p2p_bytes, 4096);
+  p2p_off_ = data_off_ + 4 * opts_.chunk_bytes * world;
+  mailbox_stride_ = round_up(sizeof(Mailbox), 4096) + opts_.p2p_bytes;
+  arena_off_ = p2p_off_ + mailbox_stride_ * static_cast<size_t>(world) * world;
+  p2p_blocks.resize(world);
+  p2p_send_broken.assign(world, 0);
+  p2p_recv_broken.assign(world, 0);
   const size_t total = arena_off_ + opts_.arena_bytes * world;
   if (opts_.arena_bytes > 0) arena_free_[0] = opts_.arena_bytes;
   const double deadline = now_s() + opts_.timeout_s;
@@ -391,13 +411,34 @@ int64_t Communicator::arena_offset(const void* p, size_t nbytes) const {
   return q - lo;
 }
 
+Mailbox* Communicator::mailbox(int src, int dst) const {
+  return reinterpret_cast<Mailbox*>(base_ + p2p_off_ + mailbox_stride_ * (static_cast<size_t>(src) * world_ + dst));
+}
+
+uint8_t* Communicator::mailbox_ring(int src, int dst) const {
+  return reinterpret_cast<uint8_t*>(mailbox(src, dst)) + (mailbox_stride_ - opts_.p2p_bytes);
+}
+
+bool Communicator::peer_alive(int p) const {
+  const pid_t pid = ctl_at(base_, ctl_off_, p)->joined.load();
+  if (pid <= 0 || pid == getpid()) return true;  // not recorded yet, or a thread of this process
+  if (kill(pid, 0) != 0 && errno == ESRCH) return false;
+  char path[64];
+  std::snprintf(path, sizeof(path), "/proc/%d/stat", static_cast<int>(pid));
+  FILE* f = std::fopen(path, "r");
+  if (f == nullptr) return true;  // no /proc: trust kill()
+  char buf[512];
+  const size_t n = std::fread(buf, 1, sizeof(buf) - 1, f);
+  std::fclose(f);
+  buf[n] = 0;
+  const char* close_paren = std::strrchr(buf, ')');  // "pid (comm) S ..."
+  return !(close_paren && close_paren[1] == ' ' && (close_paren[2] == 'Z' || close_paren[2] == 'X'));
+}
+
 uint8_t* Communicator::slot(int r, int half, int area) const {
   return base_ + data_off_ + opts_.chunk_bytes * (4 * static_cast<size_t>(r) + 2 * half + area);
 }
 
-static RankCtl* ctl_at(uint8_t* base, size_t off, int r) {
-  return reinterpret_cast<RankCtl*>(base + off) + r;
-}
 
 void Communicator::post(const Meta& m) { ctl_at(base_, ctl_off_, rank_)->meta[epoch_ & 1] = m; }
 

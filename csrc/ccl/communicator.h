@@ -6,6 +6,7 @@
 //   RankCtl[world]                           per rank: arrival word, futex waiter count,
 //                                            and two Meta records (one per half)
 //   slots[world] x 2 halves x 2 areas        each area `chunk_bytes` bytes
+//   mailboxes[world][world]                  point-to-point, per (sender, receiver); p2p.h
 //   arenas[world]                            each `arena_bytes`, see "The arena" below
 //
 // Every collective is a sequence of intervals separated by barriers. In the interval
@@ -46,9 +47,12 @@
 #include <cstdint>
 #include <stdexcept>
 #include <cstring>
+#include <deque>
 #include <map>
 #include <mutex>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "ccl/dtypes.h"
 
@@ -81,6 +85,10 @@ struct Options {
   // The group's secret (at most kSecretBytes, from the session): rank 0 writes it in the
   // header and a rank joins only a segment holding the same one.
   std::string secret;
+  // The byte ring of each (sender, receiver) mailbox of point-to-point transfers (p2p.h):
+  // payloads up to a quarter of it go through it, larger ones through the sender's arena
+  // (or through the ring in pieces when the arena has no room).
+  size_t p2p_bytes = 64 << 10;
 };
 
 constexpr size_t kSecretBytes = 64;
@@ -113,6 +121,8 @@ struct alignas(64) Meta {
 
 // Which Meta fields must agree across ranks (see Communicator::check).
 enum CheckFlags : unsigned { kCheckDType = 1, kCheckOp = 2, kCheckAxis = 4, kCheckShape = 8 };
+
+struct Mailbox;  // p2p.h
 
 class Communicator {
  public:
@@ -178,6 +188,18 @@ class Communicator {
   // Throws if an earlier timeout left the group out of step.
   void ensure_usable(Coll coll) const;
 
+  // Point-to-point (p2p.h): the mailbox of messages from `src` to `dst`, its byte ring,
+  // and whether rank `p`'s process is still alive (its pid, recorded at init, exists and
+  // is no zombie; always true for ranks that are threads of this process).
+  Mailbox* mailbox(int src, int dst) const;
+  uint8_t* mailbox_ring(int src, int dst) const;
+  bool peer_alive(int p) const;
+  // This rank's p2p bookkeeping: the arena blocks of messages sent to each rank, freed
+  // once received ((sequence number, arena offset), oldest first); pairs a timeout in
+  // the middle of a payload left out of step.
+  std::vector<std::deque<std::pair<uint32_t, int64_t>>> p2p_blocks;
+  std::vector<char> p2p_send_broken, p2p_recv_broken;
+
  private:
   uint8_t* slot(int r, int half, int area) const;
   void check_arguments_valid() const;
@@ -189,7 +211,7 @@ class Communicator {
   int fd_ = -1;  // kept for fallocate of arena pages
   uint8_t* base_ = nullptr;
   size_t size_ = 0;
-  size_t ctl_off_ = 0, data_off_ = 0, arena_off_ = 0;
+  size_t ctl_off_ = 0, data_off_ = 0, p2p_off_ = 0, mailbox_stride_ = 0, arena_off_ = 0;
   std::mutex arena_mu_;
   std::map<size_t, size_t> arena_free_;  // offset -> bytes of free blocks, coalesced
   std::map<size_t, size_t> arena_used_;  // offset -> bytes of allocated blocks
@@ -197,6 +219,11 @@ class Communicator {
   uint32_t epoch_ = 0;  // barriers passed
   bool broken_ = false;
 };
+
+// Waiting on a 32-bit word shared between processes (futex) and the clock of deadlines.
+double now_seconds();
+void bell_wait(std::atomic<uint32_t>* bell, uint32_t expected, long timeout_ns);
+void bell_wake(std::atomic<uint32_t>* bell);
 
 // memcpy, or with streaming stores when `stream` (x86; plain memcpy elsewhere). Call
 // stream_fence() after the last streaming copy of a collective.

@@ -10,6 +10,19 @@ through the global function "disco.ccl.init", after `session_options` let the ba
 add what its workers must agree on (NCCL: worker 0's unique id). The collectives are
 also global functions "ccl.allreduce", ... so that a controller can call them on DRefs.
 
+Point-to-point: `send(x, dst)` and `recv(shape, dtype, src)` move one array between two
+workers of the group. Each (sender, receiver) pair keeps its messages in order, apart
+from every other pair and from the collectives, so a worker may interleave them freely;
+`send` returns once x may be reused, normally without waiting for the receiver (see each
+backend for when it does wait). The receiver names the shape and dtype it expects; a
+message that differs, or a sender that could not send, raises CollectiveError on the
+receiver naming both workers and both arrays (the message is consumed: the pair stays
+in step), and a recv that nothing matches raises after the backend's timeout instead of
+hanging. Because a session runs each call on every worker, `dst` and `src` may also be
+one entry per worker (entry i: worker i's peer; -1 or None: worker i takes no part and
+gets None), which is how a controller runs a transfer or a ring exchange:
+`sess.get_global_func("ccl.send")(x, (1, -1))` and `...("ccl.recv")(shape, dtype, (-1, 0))`.
+
 All functions take and return arrays of the worker's device (numpy on CPU) and return
 new arrays (numpy semantics); `out=` writes into a given array instead. Every worker
 of the group must call the same collectives in the same order with matching
@@ -33,6 +46,8 @@ FUNCTIONS = (
     "scatter_from_worker0",
     "gather_to_worker0",
     "barrier",
+    "send",
+    "recv",
 )
 OPS = ("sum", "prod", "min", "max")
 
@@ -185,6 +200,41 @@ def empty(shape, dtype=np.float32):
 def barrier() -> None:
     """Return once every worker of the group has called barrier()."""
     return communicator().barrier()
+
+
+def _peer(peer, role: str):
+    """This worker's peer: `peer` itself (an int), or its entry of a per-worker sequence;
+    None where this worker takes no part (-1 or None)."""
+    if isinstance(peer, (list, tuple)):
+        ctx = current_context()
+        if len(peer) != ctx.num_workers:
+            raise CollectiveError(f"ccl: worker {ctx.worker_id} was given {role}={tuple(peer)!r}, one entry per "
+                                  f"worker, but the group has {ctx.num_workers} workers")
+        peer = peer[ctx.worker_id]
+    if peer is None or (isinstance(peer, (int, np.integer)) and peer == -1):
+        return None
+    if not isinstance(peer, (int, np.integer)) or isinstance(peer, bool):
+        raise CollectiveError(f"ccl: {role} must be a worker id (an int) or one per worker, given {peer!r}")
+    return int(peer)
+
+
+def send(x, dst) -> None:
+    """Send x to worker `dst` (or, with one entry per worker, to this worker's entry; -1:
+    send nothing). Returns None once x may be reused; the receiver calls `recv`."""
+    dst = _peer(dst, "dst")
+    if dst is None:
+        return None
+    return communicator().send(x, dst)
+
+
+def recv(shape, dtype, src, *, out=None):
+    """The next array worker `src` sends to this one (or, with one entry per worker, from
+    this worker's entry; -1: receive nothing and return None). It must have `shape` and
+    `dtype`; `out=` receives into a given array of that shape and dtype instead."""
+    src = _peer(src, "src")
+    if src is None:
+        return None
+    return communicator().recv(shape, dtype, src, out)
 
 
 def _init_from_session(backend: str, group_name: str, options: tuple = ()) -> Communicator:

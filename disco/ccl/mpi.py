@@ -16,10 +16,27 @@ doubles the latency of a tiny all-reduce and is noise from 1 MiB up, benchmarks/
 one whose data comes from worker 0 sends worker 0's problem with its metadata. On any
 difference every worker raises the same CollectiveError naming the workers and what
 each gave.
+
+Point-to-point (`send` / `recv`) runs on a second duplicate of MPI_COMM_WORLD, so its
+messages never meet the collectives'. A message is a small header (sequence number on
+the pair, dtype name, shape, byte count, or the sender's problem with its arguments)
+then the payload as bytes. `send` copies x and starts an Isend, so it returns at once;
+the copies are kept until MPI is done with them, and a background thread keeps calling
+into MPI (MPI_Test) while any are in flight: MPI moves a message only while its sender
+calls into MPI, and a worker that returned from send may not call MPI again for a long
+time (it waits for the controller's next command). Each header carries a token that
+every worker of the communicator agreed on at init, so a message left unreceived in a
+closed communicator is dropped should MPI reuse its context for a later one. `recv` polls for the header until the
+timeout (`timeout_s`, env DISCO_CCL_TIMEOUT_S, default 30 s), checks it, and receives the
+payload into `out` (or, when the header differs from what it expects, into a scratch
+buffer, and raises naming both workers: the pair stays in step).
 """
 from __future__ import annotations
 
+import atexit
 import os
+import threading
+import time
 
 import ml_dtypes
 import numpy as np
@@ -33,6 +50,62 @@ _NATIVE = {np.dtype(t) for t in (np.float32, np.float64, np.int8, np.int16, np.i
                                  np.uint8, np.uint16, np.uint32, np.uint64)}
 _VIA_FLOAT32 = {np.dtype(np.float16), np.dtype(ml_dtypes.bfloat16)}
 _LAUNCHER_VARS = ("PMI_RANK", "OMPI_COMM_WORLD_RANK", "PMIX_RANK")
+_TAG_HEADER, _TAG_DATA = 1, 2
+
+
+class _SendsInFlight:
+    """Point-to-point sends MPI may still be reading, with their buffers, tested from a
+    background thread until MPI is done with them (see the module docstring). One for
+    the process, so sends outlive the communicator that started them."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._sends: list = []        # (request, buffer or None, destination, owner id)
+        self._thread: threading.Thread | None = None
+        self._stop = False
+        self._registered = False
+
+    def add(self, request, buf, dst: int, owner: int) -> None:
+        with self._lock:
+            self._sends.append((request, buf, dst, owner))
+            if self._thread is None and not self._stop:
+                if not self._registered:   # stop before mpi4py finalizes MPI (atexit runs LIFO)
+                    atexit.register(self.stop)
+                    self._registered = True
+                self._thread = threading.Thread(target=self._run, name="disco-mpi-p2p-progress", daemon=True)
+                self._thread.start()
+
+    def count(self, dst: int, owner: int) -> int:
+        with self._lock:
+            return sum(1 for req, buf, d, o in self._sends if buf is not None and d == dst and o == owner)
+
+    def _run(self) -> None:
+        nap = 2e-5
+        while True:
+            with self._lock:
+                self._sends = [s for s in self._sends if not s[0].Test()]
+                if not self._sends or self._stop:
+                    self._thread = None
+                    return
+            time.sleep(nap)
+            nap = min(nap * 2, 1e-3)
+
+    def stop(self, drain_s: float = 30.0) -> None:
+        """At exit: let the sends in flight finish (a receiver may still be reading this
+        process's memory: MPI finalized under it would fail there), for up to `drain_s`,
+        then stop testing them."""
+        with self._lock:
+            thread = self._thread
+        if thread is not None:
+            thread.join(timeout=drain_s)
+        with self._lock:
+            self._stop = True
+            thread = self._thread
+        if thread is not None:
+            thread.join(timeout=5)
+
+
+_SENDS = _SendsInFlight()
 
 
 _DTYPE_CODES: dict = {}     # dtype -> a number naming it the same on every worker
@@ -86,8 +159,9 @@ class MPICommunicator(Communicator):
 
     backend = "mpi"
 
-    def __init__(self, group_name: str, rank: int, world: int):
+    def __init__(self, group_name: str, rank: int, world: int, *, timeout_s: float | None = None):
         super().__init__(rank, world)
+        self.timeout_s = float(os.environ.get("DISCO_CCL_TIMEOUT_S", "30")) if timeout_s is None else float(timeout_s)
         if world > 1 and not any(v in os.environ for v in _LAUNCHER_VARS):
             raise CollectiveError(
                 f"ccl.init('mpi'): worker {rank} of {world} is not an MPI rank (no MPI launcher in its "
@@ -103,6 +177,12 @@ class MPICommunicator(Communicator):
                 f"{world_comm.size}; the mpi backend needs worker i to be rank i of a job of exactly "
                 f"{world} ranks (use disco.start() under mpiexec -n {world})")
         self._comm = world_comm.Dup()  # collective: every worker is in init() now
+        self._p2p = world_comm.Dup()   # point-to-point messages, apart from the collectives
+        self._sent = [0] * world       # messages sent to / received from each worker
+        self._received = [0] * world
+        token = int.from_bytes(os.urandom(7), "little") if rank == 0 else None
+        self._token = self._p2p.bcast(token, root=0)   # in every header of this communicator
+        self._p2p_broken: set = set()
         self._ops = {"sum": MPI.SUM, "prod": MPI.PROD, "min": MPI.MIN, "max": MPI.MAX}
         self._agree_buf = np.zeros(3, np.int64)
 
@@ -110,6 +190,9 @@ class MPICommunicator(Communicator):
         comm, self._comm = self._comm, None
         if comm is not None:
             comm.Free()
+        p2p, self._p2p = getattr(self, "_p2p", None), None
+        if p2p is not None:
+            p2p.Free()          # MPI frees it once the sends in flight (_SENDS) are done
 
     def _c(self, coll: str):
         if self._comm is None:
@@ -268,6 +351,105 @@ class MPICommunicator(Communicator):
 
     def barrier(self):
         self._c("barrier").Barrier()
+
+    # -- point-to-point ---------------------------------------------------------------
+
+    def _p2p_comm(self, what: str, peer: int, role: str):
+        if self._p2p is None:
+            raise CollectiveError(f"ccl.{what}: the mpi communicator of worker {self.rank} is closed")
+        if not 0 <= peer < self.world or peer == self.rank:
+            why = "itself; a worker cannot send to or receive from itself" if peer == self.rank else \
+                f"not a worker of this group of {self.world}"
+            raise CollectiveError(f"ccl.{what}: worker {self.rank} gave {role} {peer}, which is {why}")
+        if (what, peer) in self._p2p_broken:
+            raise CollectiveError(f"ccl.{what}: worker {self.rank}: an earlier transfer with worker {peer} timed "
+                                  "out in the middle of a message, so the two are out of step; call "
+                                  "disco.ccl.init again (sess.init_ccl) to make a new group")
+        return self._p2p
+
+    def send(self, x, dst):
+        comm = self._p2p_comm("send", dst, "dst")
+        problem = None
+        try:
+            buf = np.array(host_array(x), order="C", copy=True)
+            if buf.dtype.hasobject:
+                raise CollectiveError(f"cannot send an array of dtype {buf.dtype} (Python objects)")
+        except Exception as e:  # noqa: BLE001 - posted to the receiver, then raised here
+            problem = str(e) if isinstance(e, CollectiveError) else f"{type(e).__name__}: {e}"
+        seq = self._sent[dst]
+        self._sent[dst] += 1
+        if problem is not None:
+            _SENDS.add(comm.isend((self._token, seq, None, None, 0, problem), dst, tag=_TAG_HEADER), None, dst,
+                       id(self))
+            raise CollectiveError(f"ccl.send: invalid arguments on worker {self.rank}: {problem}")
+        header = (self._token, seq, buf.dtype.name, buf.shape, buf.nbytes, None)
+        _SENDS.add(comm.isend(header, dst, tag=_TAG_HEADER), None, dst, id(self))
+        if buf.nbytes:
+            _SENDS.add(comm.Isend(_bytes(buf), dst, tag=_TAG_DATA), buf, dst, id(self))
+
+    def _wait(self, test, deadline: float) -> bool:
+        """Poll `test()` until it holds (True) or `deadline` passes (False): without
+        sleeping for the first 200 us (a message on its way arrives within that), then
+        with naps growing to 0.5 ms."""
+        spin_end = time.perf_counter() + 2e-4
+        nap = 0.0
+        while not test():
+            if time.perf_counter() < spin_end:
+                continue
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(nap)
+            nap = min(max(nap * 2, 1e-5), 5e-4)
+        return True
+
+    def recv(self, shape, dtype, src, out=None):
+        comm = self._p2p_comm("recv", src, "src")
+        shape = tuple(int(d) for d in (shape if np.ndim(shape) else (shape,)))
+        dtype = np.dtype(dtype)
+        out = _out("recv", out, shape, dtype)
+        want = f"a {dtype.name} array of shape {shape}"
+        who = f"ccl.recv: worker {self.rank}"
+        deadline = time.monotonic() + self.timeout_s
+        MPI = self._MPI
+        if not self._wait(lambda: comm.Iprobe(source=src, tag=_TAG_HEADER), deadline):
+            status, others = MPI.Status(), []
+            if comm.Iprobe(source=MPI.ANY_SOURCE, tag=_TAG_HEADER, status=status):
+                others.append(f"; worker {status.Get_source()} has sent a message to worker {self.rank} that it "
+                              f"has not received (was src={status.Get_source()} meant?)")
+            raise CollectiveError(f"{who} timed out after {self.timeout_s:g} s waiting for {want} from worker "
+                                  f"{src}, which has sent nothing more to it (did worker {src} call "
+                                  f"ccl.send(x, {self.rank})?)" + "".join(others))
+        token, seq, dname, sshape, nbytes, problem = comm.recv(source=src, tag=_TAG_HEADER)
+        while token != self._token:     # left in a closed communicator whose context MPI reused
+            if nbytes:
+                comm.Recv(_bytes(np.empty(nbytes, np.uint8)), src, tag=_TAG_DATA)
+            if not self._wait(lambda: comm.Iprobe(source=src, tag=_TAG_HEADER), deadline):
+                return self.recv(shape, dtype, src, out)      # times out with the usual message
+            token, seq, dname, sshape, nbytes, problem = comm.recv(source=src, tag=_TAG_HEADER)
+        self._received[src] += 1
+        if problem is not None:
+            raise CollectiveError(f"{who} expected {want} from worker {src}, which could not send it: invalid "
+                                  f"arguments on worker {src}: {problem}")
+        match = dname == dtype.name and tuple(sshape) == shape
+        if nbytes:
+            target = out if match else np.empty(nbytes, np.uint8)
+            req = comm.Irecv(_bytes(target), src, tag=_TAG_DATA)
+            if not self._wait(req.Test, deadline):
+                req.Cancel()
+                self._p2p_broken.add(("recv", src))
+                raise CollectiveError(f"{who} timed out after {self.timeout_s:g} s in the middle of a message "
+                                      f"from worker {src} ({nbytes} bytes)")
+        if not match:
+            shown = tuple(sshape)
+            raise CollectiveError(f"{who} expected {want} from worker {src}, but worker {src} sent a {dname} "
+                                  f"array of shape {shown} (its message {seq} to worker {self.rank}; dropped, "
+                                  f"so the next recv from worker {src} gets its next message)")
+        return out
+
+    def unreceived(self, dst: int) -> int:
+        """Payloads this worker sent to `dst` whose transfer MPI has not finished (a lower
+        bound on what `dst` has not received: small messages finish once buffered)."""
+        return _SENDS.count(dst, id(self))
 
 
 def _gave(d) -> str:

@@ -14,6 +14,17 @@ Every collective runs on the worker's current cupy stream and takes cupy arrays
 arrays. dtypes: float16, float32, float64, int8, uint8, int32, uint32, int64, uint64
 (bfloat16 when given as `dtype="bfloat16"` on uint16 storage). NCCL errors raise
 CollectiveError naming the operation and the worker.
+
+Point-to-point: `send(x, dst)` posts, inside one NCCL group, a header of 16 int64
+(sequence number on the pair, dtype, byte count, shape; or a problem with the sender's
+arguments, whose text is the payload) and then x's bytes. `recv(shape, dtype, src)`
+receives the header, waits for it on the host (polling an event until `timeout_s`; on
+timeout the communicator is aborted, since NCCL cannot take back a posted receive, and
+every later call says so), checks it, and receives the payload into the output, or into
+a scratch buffer when the header differs, then raises naming both workers: the pair
+stays in step. NCCL's sends wait on the GPU until the peer receives, so a cycle (every
+worker sends to the next, then receives) would deadlock: transfers between pipeline
+stages, which never form cycles, are what this is for.
 """
 from __future__ import annotations
 
@@ -24,6 +35,9 @@ from disco.errors import CollectiveError
 from disco.registry import register_func
 
 _META_SLOTS = 16        # ndim, dtype code, dims... for broadcasts of unknown shape
+_HEADER = 16            # send/recv header: seq, problem flag, dtype index, nbytes, ndim, dims...
+_P2P_DTYPES = ("float16", "float32", "float64", "bfloat16", "int8", "uint8", "int16", "uint16", "int32",
+               "uint32", "int64", "uint64", "bool", "complex64", "complex128")
 _DTYPES = ("float16", "float32", "float64", "int8", "uint8", "int32", "uint32", "int64", "uint64",
            "bfloat16")
 
@@ -96,6 +110,8 @@ class NcclCommunicator(Communicator):
         self.cp = cupy
         self.nccl = _nccl()
         self._dtypes, self._ops = _dtype_table(self.nccl), _op_table(self.nccl)   # once, not per call
+        self.timeout_s = float(timeout_s)
+        self._sent, self._received = [0] * world, [0] * world
         if unique_id is None:
             unique_id = self._exchange_id(group_name, bootstrap, timeout_s)
         try:
@@ -260,6 +276,107 @@ class NcclCommunicator(Communicator):
         self._call("barrier", self.comm.allReduce, one.data.ptr, one.data.ptr, 1,
                    self.nccl.NCCL_INT32, self.nccl.NCCL_SUM, self._stream())
         self.cp.cuda.get_current_stream().synchronize()
+
+    # -- point-to-point (see the module docstring) ------------------------------------------
+    def _peer_check(self, what: str, peer: int, role: str) -> None:
+        if self.comm is None:
+            raise CollectiveError(f"ccl.{what}: the nccl communicator of worker {self.rank} is closed (or was "
+                                  "aborted after a timeout); call sess.init_ccl again")
+        if not 0 <= peer < self.world or peer == self.rank:
+            why = "itself; a worker cannot send to or receive from itself" if peer == self.rank else \
+                f"not a worker of this group of {self.world}"
+            raise CollectiveError(f"ccl.{what}: worker {self.rank} gave {role} {peer}, which is {why}")
+
+    def _post_send(self, header: np.ndarray, payload, dst: int) -> None:
+        h = self.cp.asarray(header)
+        stream = self._stream()
+        self.nccl.groupStart()
+        try:
+            self._call("send", self.comm.send, h.data.ptr, _HEADER, self.nccl.NCCL_INT64, dst, stream)
+            if payload is not None and payload.nbytes:
+                self._call("send", self.comm.send, payload.data.ptr, payload.nbytes, self.nccl.NCCL_UINT8, dst,
+                           stream)
+        finally:
+            self.nccl.groupEnd()
+
+    def send(self, x, dst):
+        self._peer_check("send", dst, "dst")
+        header = np.zeros(_HEADER, np.int64)
+        header[0] = self._sent[dst]
+        self._sent[dst] += 1
+        problem = None
+        try:
+            x = self._array(x, "send")
+            x = x if x.flags.c_contiguous else x.copy()     # (ascontiguousarray makes 0-d 1-d)
+            if x.dtype.name not in _P2P_DTYPES or x.ndim > _HEADER - 5:
+                raise CollectiveError(f"cannot send an array of dtype {x.dtype} and {x.ndim} dims (supported: "
+                                      f"{', '.join(_P2P_DTYPES)}; at most {_HEADER - 5} dims)")
+        except Exception as e:  # noqa: BLE001 - posted to the receiver, then raised here
+            problem = str(e) if isinstance(e, CollectiveError) else f"{type(e).__name__}: {e}"
+        if problem is not None:
+            text = self.cp.asarray(np.frombuffer(problem.encode()[:4096], np.uint8))
+            header[1], header[3] = 1, text.nbytes
+            self._post_send(header, text, dst)
+            raise CollectiveError(f"ccl.send: invalid arguments on worker {self.rank}: {problem}")
+        header[2], header[3], header[4] = _P2P_DTYPES.index(x.dtype.name), x.nbytes, x.ndim
+        header[5:5 + x.ndim] = x.shape
+        self._post_send(header, x, dst)
+
+    def _recv_bytes(self, buf, nbytes: int, src: int, deadline: float, what: str) -> None:
+        """Receive `nbytes` into `buf` and wait for them (until `deadline`; then abort)."""
+        import time
+        stream = self.cp.cuda.get_current_stream()
+        self.nccl.groupStart()
+        try:
+            self._call("recv", self.comm.recv, buf.data.ptr, nbytes, self.nccl.NCCL_UINT8, src, stream.ptr)
+        finally:
+            self.nccl.groupEnd()
+        done = self.cp.cuda.Event(disable_timing=True)
+        done.record(stream)
+        nap = 2e-5
+        while not done.done:
+            if time.monotonic() > deadline:
+                comm, self.comm = self.comm, None
+                try:
+                    comm.abort()
+                except Exception:  # noqa: BLE001 - the timeout is what to report
+                    pass
+                raise CollectiveError(f"ccl.recv: worker {self.rank} timed out after {self.timeout_s:g} s waiting "
+                                      f"for {what} from worker {src} (did worker {src} call ccl.send(x, "
+                                      f"{self.rank})?); the nccl communicator is aborted, call sess.init_ccl "
+                                      "again")
+            time.sleep(nap)
+            nap = min(nap * 2, 1e-3)
+
+    def recv(self, shape, dtype, src, out=None):
+        import time
+        self._peer_check("recv", src, "src")
+        shape = tuple(int(d) for d in (shape if np.ndim(shape) else (shape,)))
+        name = np.dtype(dtype).name if not (isinstance(dtype, str) and dtype == "bfloat16") else "bfloat16"
+        want = f"a {name} array of shape {shape}"
+        who = f"ccl.recv: worker {self.rank}"
+        out = self._out("recv", out, shape, dtype)
+        deadline = time.monotonic() + self.timeout_s
+        h = self.cp.empty(_HEADER, self.cp.int64)
+        self._recv_bytes(h, _HEADER * 8, src, deadline, want)
+        header = self.cp.asnumpy(h)
+        seq, invalid, code, nbytes, ndim = (int(v) for v in header[:5])
+        self._received[src] += 1
+        sent_shape = tuple(int(v) for v in header[5:5 + ndim])
+        match = not invalid and name in _P2P_DTYPES and code == _P2P_DTYPES.index(name) and sent_shape == shape
+        target = out if match else self.cp.empty(nbytes, self.cp.uint8)
+        if nbytes:
+            self._recv_bytes(target, nbytes, src, deadline, want)
+        if invalid:
+            text = self.cp.asnumpy(target).tobytes().decode(errors="replace")
+            raise CollectiveError(f"{who} expected {want} from worker {src}, which could not send it: invalid "
+                                  f"arguments on worker {src}: {text}")
+        if not match:
+            raise CollectiveError(f"{who} expected {want} from worker {src}, but worker {src} sent a "
+                                  f"{_P2P_DTYPES[code]} array of shape {sent_shape} (its message {seq} to worker "
+                                  f"{self.rank}; dropped, so the next recv from worker {src} gets its next "
+                                  "message)")
+        return out
 
 
 register_backend("nccl", NcclCommunicator)

@@ -94,8 +94,9 @@ class ShmCommunicator(Communicator):
     CollectiveError; env DISCO_CCL_TIMEOUT_S), spin_us (spin before sleeping),
     stream_bytes (all-reduce outputs this large are written with streaming
     stores; 0, the default: never), arena_bytes (each worker's arena, 256 MiB of
-    address space by default; 0: none), secret (the group's, which a worker checks
-    in the segment before joining it; `session_setup` makes one per init_ccl).
+    address space by default; 0: none), p2p_bytes (the byte ring of each mailbox of
+    send/recv, csrc/ccl/p2p.h), secret (the group's, which a worker checks in the
+    segment before joining it; `session_setup` makes one per init_ccl).
 
     The arena: `empty` makes arrays in shared memory that every worker maps, and an
     all-reduce whose input and output are such arrays on every worker reads its
@@ -112,11 +113,12 @@ class ShmCommunicator(Communicator):
 
     def __init__(self, group_name: str, rank: int, world: int, *, chunk_bytes: int = 256 << 10,
                  small_bytes: int = 16 << 10, timeout_s: float | None = None, spin_us: float = 50.0,
-                 stream_bytes: int = 0, arena_bytes: int = 256 << 20, secret: str = ""):
+                 stream_bytes: int = 0, arena_bytes: int = 256 << 20, p2p_bytes: int = 64 << 10,
+                 secret: str = ""):
         super().__init__(rank, world)
         timeout = DEFAULT_TIMEOUT_S if timeout_s is None else float(timeout_s)
         self._c = _native.ShmCommunicator(str(group_name), rank, world, chunk_bytes, small_bytes, timeout, spin_us,
-                                          stream_bytes, arena_bytes, str(secret))
+                                          stream_bytes, arena_bytes, p2p_bytes, str(secret))
         self._small_bytes = small_bytes
 
     @staticmethod
@@ -229,6 +231,47 @@ class ShmCommunicator(Communicator):
 
     def barrier(self):
         self._c.barrier()
+
+    # Point-to-point (csrc/ccl/p2p.h): a mailbox per (sender, receiver) in the segment.
+    # Payloads move as bytes, so any dtype but object goes; the receiver checks the
+    # dtype's name and the shape. A sender whose own arguments are unusable posts the
+    # problem to the receiver (when dst is a valid peer), which raises it at once.
+
+    def send(self, x, dst):
+        try:
+            x = host_array(x)
+            if x.dtype.hasobject:
+                raise _BadArgument(f"cannot send an array of dtype {x.dtype} (Python objects)")
+            if x.ndim > 12:
+                raise _BadArgument(f"arrays of at most 12 dims are supported, given one of {x.ndim} dims")
+            if not x.dtype.isnative:
+                x = x.astype(x.dtype.newbyteorder("="))
+        except Exception as e:
+            if isinstance(self._c, _Closed):
+                raise CollectiveError(f"ccl.send: the shm communicator of worker {self.rank} is closed") from e
+            problem = str(e) if isinstance(e, _BadArgument) else f"{type(e).__name__}: {e}"
+            try:
+                self._c.send_invalid(operator.index(dst), problem)
+            except CollectiveError as shared:
+                raise shared from e
+        self._c.send(x, dst, x.dtype.name)
+
+    def recv(self, shape, dtype, src, out=None):
+        shape = (operator.index(shape),) if np.ndim(shape) == 0 else tuple(operator.index(d) for d in shape)
+        dtype = np.dtype(dtype)
+        if dtype.hasobject or len(shape) > 12:
+            raise CollectiveError(f"ccl.recv: worker {self.rank} cannot receive an array of dtype {dtype} and "
+                                  f"shape {shape} (no Python objects, at most 12 dims)")
+        try:
+            out = _out(out, shape, dtype)
+        except _BadArgument as e:
+            raise CollectiveError(f"ccl.recv: invalid arguments on worker {self.rank}: {e}") from None
+        self._c.recv(out, src, dtype.name)
+        return out
+
+    def unreceived(self, dst: int) -> int:
+        """Messages this worker sent to `dst` that `dst` has not received yet."""
+        return self._c.p2p_unreceived(dst)
 
 
 register_backend("shm", ShmCommunicator)

@@ -67,10 +67,29 @@ def _describe(a: Any) -> str:
     return f"a {type(a).__name__}" + (f" of shape {shape} and dtype {a.dtype}" if shape is not None else "")
 
 
+def _staged_recv(method: Callable) -> Callable:
+    """recv on a worker bound to a GPU (or into a device `out`): received into a host
+    buffer, then copied to the device."""
+    @functools.wraps(method)
+    def call(self, shape, dtype, src, out=None):
+        if type(out) is np.ndarray or not _on_device(out):
+            return method(self, shape, dtype, src, out)
+        import cupy
+        host = self.empty(shape, dtype) if out is None else self.empty(out.shape, out.dtype)
+        res = method(self, shape, dtype, src, host)
+        if out is None:
+            return cupy.asarray(res)
+        out.set(res)
+        return out
+    return call
+
+
 def host_staged(cls):
     """Class decorator: the collectives of a host backend also take device arrays."""
     from disco.ccl import FUNCTIONS
     for name in FUNCTIONS:
-        if name != "barrier" and name in cls.__dict__:
+        if name not in ("barrier", "recv") and name in cls.__dict__:
             setattr(cls, name, _staged(name, cls.__dict__[name]))
+    if "recv" in cls.__dict__:
+        cls.recv = _staged_recv(cls.__dict__["recv"])
     return cls

@@ -6,12 +6,19 @@ streams are raw ints (`intptr_t`), checked against the live device allocations a
 streams. Ranks of one communicator must live in one process (threads, e.g. a
 ThreadedSession); world 1 is the usual case. As with NCCL, two ranks on one GPU are
 refused, and a collective on a capturing stream is recorded into the graph.
+
+Point-to-point: `send` queues a copy of the buffer for its peer and returns (a GPU
+would hold the stream until the peer receives; here the work is synchronous, so
+blocking would make a group of sends and receives deadlock); `recv` takes the next
+message from its peer, waiting up to TIMEOUT_S (where a GPU would hang) and refusing a
+message whose size differs from the receive's. `groupStart` / `groupEnd` only count.
 """
 from __future__ import annotations
 
 import operator
 import os
 import threading
+from collections import deque
 
 import numpy as np
 
@@ -84,6 +91,8 @@ class _Group:
         self.slots: list = [None] * ndev
         self.devices: list = [None] * ndev
         self.joined = 0
+        self.mail: dict = {}                    # (src, dst) -> deque of sent buffers
+        self.mail_cond = threading.Condition()
 
 
 _groups: dict[bytes, _Group] = {}
@@ -229,6 +238,57 @@ class NcclCommunicator:
 
     def bcast(self, buff, count, datatype, root, stream):
         self.broadcast(buff, buff, count, datatype, root, stream)
+
+
+def _p2p(self, what, buf, count, datatype, peer, stream):
+    dt, s = self._prepare(what, datatype, stream)
+    peer = operator.index(peer)
+    if not 0 <= peer < self._ndev or peer == self._rank or self._group is None:
+        raise NcclError(4, f"{what}: peer {peer} of rank {self._rank} in a communicator of {self._ndev}")
+    view = self._buf(what, buf, count, dt)
+    return view, s, peer, self._group
+
+
+def _send(self, sendbuf, count, datatype, peer, stream):
+    data, s, peer, g = _p2p(self, "send", sendbuf, count, datatype, peer, stream)
+
+    def work():
+        with g.mail_cond:
+            g.mail.setdefault((self._rank, peer), deque()).append(np.array(data).reshape(-1).view(np.uint8))
+            g.mail_cond.notify_all()
+    rt.launch(work, s, [rt.find_allocation(data.ctypes.data)] if data.size else [])
+
+
+def _recv(self, recvbuf, count, datatype, peer, stream):
+    out, s, peer, g = _p2p(self, "recv", recvbuf, count, datatype, peer, stream)
+
+    def work():
+        with g.mail_cond:
+            q = g.mail.setdefault((peer, self._rank), deque())
+            if not g.mail_cond.wait_for(lambda: q, TIMEOUT_S):
+                raise NcclError(6, f"recv: nothing from rank {peer} to rank {self._rank} within {TIMEOUT_S} s "
+                                   "(a GPU would hang)")
+            msg = q.popleft()
+        if msg.nbytes != out.nbytes:
+            raise NcclError(5, f"recv of {out.nbytes} bytes on rank {self._rank} matched a send of {msg.nbytes} "
+                               f"bytes from rank {peer}")
+        out.reshape(-1).view(np.uint8)[...] = msg
+    rt.launch(work, s, [rt.find_allocation(out.ctypes.data)] if out.size else [])
+
+
+NcclCommunicator.send = _send
+NcclCommunicator.recv = _recv
+_group_depth = threading.local()
+
+
+def groupStart() -> None:
+    _group_depth.n = getattr(_group_depth, "n", 0) + 1
+
+
+def groupEnd() -> None:
+    if getattr(_group_depth, "n", 0) <= 0:
+        raise NcclError(5, "groupEnd without groupStart")
+    _group_depth.n -= 1
 
 
 def _reduce(op: int, values: list, dt: np.dtype) -> np.ndarray:
