@@ -307,7 +307,8 @@ class _Lowerer:
             i = _SHAPE_ARG[name]
             args = args[:i] + (G.ShapeExpr(want.shape),) + args[i + 1:]
         if name == "relax.take" and self._is_vocab_take(call, var, where):
-            opdef_args = dict(mesh_shape=self.mesh.shape, mesh_axis=self._vocab_axis(call, where))
+            opdef_args = dict(mesh_shape=self.mesh.shape, mesh_axis=self._vocab_axis(call, where),
+                              device_ids=self.mesh.device_ids)
             return ccl.masked_take(args[0], args[1], **opdef_args)
         new = infer_call(G.Call(call.op, args, call.attrs, call.sinfo_args))
         if name == "relax.mean":
@@ -431,7 +432,7 @@ class _Lowerer:
 
     def conversion_step(self, step: ConversionStep, e: G.Expr) -> G.Call:
         """The R.ccl operator of one step of a conversion (conversion.conversion_steps)."""
-        group = dict(mesh_shape=self.mesh.shape, mesh_axis=step.mesh_axis)
+        group = dict(mesh_shape=self.mesh.shape, mesh_axis=step.mesh_axis, device_ids=self.mesh.device_ids)
         if step.kind == "allreduce":
             return ccl.allreduce(e, step.op, **group)
         if step.kind == "reduce_scatter":

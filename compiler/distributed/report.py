@@ -237,7 +237,8 @@ def _collective(call) -> tuple | None:
     if name == "relax.call_pure_packed" and isinstance(call.args[0], G.ExternFunc):
         kind = _LEGALIZED_CCL.get(call.args[0].global_symbol)
         if kind is not None:
-            shape, axis = call.args[-2], call.args[-1]
+            tail = call.args[:-1] if isinstance(call.args[-1], G.ShapeExpr) else call.args  # device_ids
+            shape, axis = tail[-2], tail[-1]
             return kind, int(arith.as_int(shape.values[int(arith.as_int(axis.value))]))
     return None
 
