@@ -83,7 +83,7 @@ def split_placed(mod: IRModule, name: str, func: G.Function) -> tuple[dict, dict
             fields = tuple(dict.fromkeys(v for v, _ in plan["outgoing"]))
             body = G.Tuple(fields, TupleStructInfo(tuple(f.struct_info for f in fields)))
             ret = body.struct_info
-        f = G.Function(params, G.SeqExpr((G.BindingBlock(tuple(bindings)),), body, ret), ret,
+        f = G.Function(params, G.SeqExpr((G.DataflowBlock(tuple(bindings)),), body, ret), ret,
                        func.attrs.replace(global_symbol=stage_name(name, i))
                        if "global_symbol" in func.attrs else func.attrs, False)
         functions[stage_name(name, i)] = f
@@ -162,6 +162,7 @@ def connect(mod: IRModule, name: str, info: dict) -> IRModule:
                     call = ccl.send(field, ss, rs)
                     tail.append(G.VarBinding(G.Var(f"send{len(tail)}", call.struct_info), call))
             ret_body = G.Tuple((), TupleStructInfo(()))
+        # receives, the stage's dataflow, sends (impure, outside the dataflow block)
         blocks = [G.BindingBlock(tuple(head))] if head else []
         blocks += [replace(blk, bindings=tuple(replace(b, value=_sub(b.value, swap)) for b in blk.bindings))
                    for blk in f.body.blocks]

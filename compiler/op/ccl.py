@@ -57,8 +57,7 @@ def _group_attrs(op: str, mesh_shape, mesh_axis, device_ids=None) -> dict:
         if len(ids) != math.prod(ms) or len(set(ids)) != len(ids) or min(ids) < 0:
             raise StructInfoError(f"{op}: device_ids {list(ids)} must be {math.prod(ms)} distinct worker "
                                   f"ids, one per device of mesh_shape {list(ms)}")
-        if ids != tuple(range(len(ids))):       # a pipeline stage's mesh: not workers 0..N-1
-            out["device_ids"] = ids
+        out["device_ids"] = ids         # a pipeline stage's mesh: a part of the session's workers
     return out
 
 
