@@ -192,19 +192,33 @@ class DModule:
         self.mesh_shape = tuple(dist.get("mesh_shape") or (session.num_workers,))
         ids = dist.get("device_ids")
         size = math.prod(self.mesh_shape)
+        self.stages = [st for f in self.functions_info.values() for st in f.get("stages", ())]
+        if self.stages:     # a pipeline: each stage's mesh on its own workers
+            size = 1 + max(i for st in self.stages for i in st["device_ids"])
+            self.mesh_shape, ids = (size,), None
         session.check_mesh_size(size, f"the executable (device mesh of shape {self.mesh_shape})")
         if ids is not None and list(ids) != list(range(size)):
             raise SessionError(f"{session.name}: the executable's device mesh lists device ids "
                                f"{ids}; loading expects workers 0..{size - 1} in order")
         session.import_module("disco.dmodule")
+        if self.stages:
+            session.import_module("disco.pipeline")
         if ccl_backend is not None and session.num_workers > 1 and dist:
-            prepare_collectives(session, ccl_backend, self.mesh_shape)
+            backend = prepare_collectives(session, ccl_backend, self.mesh_shape)
+            if self.stages:
+                prepare_stage_groups(session, backend, self.stages)
         data = executable.to_bytes()
         self._vm = session.get_global_func("disco.dmodule.load")(
             np.frombuffer(data, np.uint8), hashlib.sha256(data).hexdigest()[:20])
         session.sync()
 
     def __getitem__(self, name: str) -> DFunctionHandle:
+        if name in self.functions_info and "stages" in self.functions_info[name]:
+            handles = self.__dict__.setdefault("_handles", {})
+            if name not in handles:
+                from disco.pipeline import PipelineFunctionHandle
+                handles[name] = PipelineFunctionHandle(self, name, self.functions_info[name])
+            return handles[name]
         if name not in self.executable.functions:
             raise SessionError(f"DModule has no function {name!r}; it has "
                                f"{sorted(self.executable.functions)}")
@@ -265,6 +279,23 @@ def prepare_collectives(session: Session, backend: str, mesh_shape: tuple) -> st
         session.sync()
         made.mesh_groups.add(mesh_shape)
     return backend
+
+
+def prepare_stage_groups(session: Session, backend: str, stages: list) -> None:
+    """The communicators of each pipeline stage's mesh (spmd.init_stage_groups), once
+    per session and mesh."""
+    from disco.ccl import segments
+    made = _COLLECTIVES[session]
+    for st in stages:
+        key = ("stage", tuple(st["device_ids"]), tuple(st["mesh_shape"]))
+        if key in made.mesh_groups:
+            continue
+        base = segments.new_group_name()
+        session._ccl_groups.append(base)
+        session.get_global_func("spmd.init_stage_groups")(backend, base, list(st["device_ids"]),
+                                                          list(st["mesh_shape"]), segments.new_secret())
+        session.sync()
+        made.mesh_groups.add(key)
 
 
 def load_module(sess: Session, executable, **options: Any) -> DModule:

@@ -138,6 +138,65 @@ def init_groups(backend: str, base_name: str, mesh_shape, secret: str = "") -> i
     return made
 
 
+def _stage_index(device_ids) -> int:
+    """This worker's index in the mesh of a pipeline stage over workers `device_ids`."""
+    ctx = current_context()
+    ids = [int(i) for i in device_ids]
+    if ctx.worker_id not in ids:
+        raise DiscoError(f"worker {ctx.worker_id}: runs a collective of the pipeline stage on workers "
+                         f"{ids}, which it is not one of")
+    return ids.index(ctx.worker_id)
+
+
+def _stage_comm(device_ids, mesh_shape, mesh_axis):
+    """This worker's communicator for its group along `mesh_axis` of a stage's mesh over
+    workers `device_ids` (made by init_stage_groups; `sess.load_module` does it)."""
+    _stage_index(device_ids)
+    key = (tuple(int(i) for i in device_ids), tuple(int(s) for s in mesh_shape), int(mesh_axis))
+    comm = (current_context().state.get("spmd_stage_groups") or {}).get(key)
+    if comm is None:
+        raise DiscoError(f"worker {current_context().worker_id}: no communicator for axis {key[2]} of the "
+                         f"pipeline stage mesh {list(key[1])} on workers {list(key[0])}; call "
+                         f"spmd.init_stage_groups first (sess.load_module does)")
+    return comm
+
+
+@register_func("spmd.init_stage_groups", override=True)
+def init_stage_groups(backend: str, base_name: str, device_ids, mesh_shape, secret: str = "") -> int:
+    """Make this worker's communicators for the groups along each axis of a pipeline
+    stage's mesh of shape `mesh_shape` over workers `device_ids` (backend "shm"). Every
+    worker of the session calls it with the same arguments; workers outside the stage
+    make none. Returns how many it made."""
+    from disco.ccl import segments
+    import importlib
+    if backend != "shm":
+        raise DiscoError(f"pipeline stages need sub-group communicators, which backend {backend!r} "
+                         "does not make yet; use backend 'shm'")
+    ids = tuple(int(i) for i in device_ids)
+    mesh_shape = tuple(int(s) for s in mesh_shape)
+    ctx = current_context()
+    if ctx.worker_id not in ids:
+        return 0
+    if backend not in ccl._BACKENDS:
+        importlib.import_module(ccl._LAZY[backend])
+    groups = ctx.state.setdefault("spmd_stage_groups", {})
+    idx = ids.index(ctx.worker_id)
+    coord = mesh_coordinate(idx, mesh_shape)
+    made = 0
+    for axis, extent in enumerate(mesh_shape):
+        old = groups.pop((ids, mesh_shape, axis), None)
+        if old is not None:
+            old.close()
+        if extent == 1:
+            continue
+        first = ids[group_members(idx, mesh_shape, axis)[0]]
+        tag = segments.derived(secret, "stage", axis, first)[:16]
+        groups[(ids, mesh_shape, axis)] = ccl._BACKENDS[backend](
+            f"{base_name}-{tag}", coord[axis], extent, secret=segments.derived(secret, "stage-secret", axis, first))
+        made += 1
+    return made
+
+
 @register_func("spmd.group_count", override=True)
 def group_count() -> int:
     """How many group communicators this worker holds (for tests and diagnostics)."""
@@ -163,7 +222,11 @@ def _split(x: np.ndarray, axis: int, parts: int, index: int, what: str) -> np.nd
 
 @register_func("spmd.allreduce", override=True)
 @_timed
-def allreduce(x, op, mesh_shape, mesh_axis):
+def allreduce(x, op, mesh_shape, mesh_axis, device_ids=None):
+    if device_ids is not None:
+        if tuple(mesh_shape)[int(mesh_axis)] == 1:
+            return _copy(x)
+        return _stage_comm(device_ids, mesh_shape, mesh_axis).allreduce(contiguous(x), op, None)
     if _alone(mesh_shape, mesh_axis):
         return _copy(x)
     if _whole(mesh_shape, mesh_axis):
@@ -187,10 +250,14 @@ allreduce.in_place_inputs = (0,)
 
 @register_func("spmd.allgather", override=True)
 @_timed
-def allgather(x, axis, mesh_shape, mesh_axis):
+def allgather(x, axis, mesh_shape, mesh_axis, device_ids=None):
+    axis = int(axis) % max(x.ndim, 1)
+    if device_ids is not None:
+        if tuple(mesh_shape)[int(mesh_axis)] == 1:
+            return _copy(x)
+        return _stage_comm(device_ids, mesh_shape, mesh_axis).allgather(contiguous(x), axis, None)
     if _alone(mesh_shape, mesh_axis):
         return _copy(x)
-    axis = int(axis) % max(x.ndim, 1)
     if _whole(mesh_shape, mesh_axis):
         _me(mesh_shape)
         return ccl.allgather(contiguous(x), axis)
@@ -203,10 +270,14 @@ def allgather(x, axis, mesh_shape, mesh_axis):
 
 @register_func("spmd.reduce_scatter", override=True)
 @_timed
-def reduce_scatter(x, axis, op, mesh_shape, mesh_axis):
+def reduce_scatter(x, axis, op, mesh_shape, mesh_axis, device_ids=None):
+    axis = int(axis) % max(x.ndim, 1)
+    if device_ids is not None:
+        if tuple(mesh_shape)[int(mesh_axis)] == 1:
+            return _copy(x)
+        return _stage_comm(device_ids, mesh_shape, mesh_axis).reduce_scatter(contiguous(x), op, axis, None)
     if _alone(mesh_shape, mesh_axis):
         return _copy(x)
-    axis = int(axis) % max(x.ndim, 1)
     if _whole(mesh_shape, mesh_axis):
         _me(mesh_shape)
         return ccl.reduce_scatter(contiguous(x), op, axis)
@@ -220,18 +291,18 @@ def reduce_scatter(x, axis, op, mesh_shape, mesh_axis):
 
 
 @register_func("spmd.local_slice", override=True)
-def local_slice(x, axis, mesh_shape, mesh_axis):
-    me, _ = _me(mesh_shape)
+def local_slice(x, axis, mesh_shape, mesh_axis, device_ids=None):
+    me = _stage_index(device_ids) if device_ids is not None else _me(mesh_shape)[0]
     axis = int(axis) % max(x.ndim, 1)
     return _split(x, axis, mesh_shape[mesh_axis], mesh_coordinate(me, mesh_shape)[mesh_axis],
                   "R.ccl.local_slice")
 
 
 @register_func("spmd.masked_take", override=True)
-def masked_take(table, indices, mesh_shape, mesh_axis):
+def masked_take(table, indices, mesh_shape, mesh_axis, device_ids=None):
     """Rows of this worker's slice of a table split along dim 0; zero rows for indices
     that belong to another worker's slice."""
-    me, _ = _me(mesh_shape)
+    me = _stage_index(device_ids) if device_ids is not None else _me(mesh_shape)[0]
     xp = _xp(table)
     rows = table.shape[0]
     start = mesh_coordinate(me, mesh_shape)[mesh_axis] * rows

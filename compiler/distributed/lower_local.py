@@ -106,6 +106,8 @@ class _Lowerer:
     def __init__(self, mod: IRModule, name: str, func: G.Function):
         self.mod, self.name, self.func = mod, name, func
         self.mesh_ref, self.mesh = self._find_mesh()
+        # in a module of several meshes (pipeline stages) collectives name their workers
+        self.stage_ids = self.mesh.device_ids if len(mod.global_infos.get("mesh") or ()) > 1 else None
         self.remap: dict[G.Var, G.Expr] = {}
         self.sym: dict[SymVar, PrimExpr] = {}      # n -> n_local * k where n is not bound whole
         self.div_vars: set[SymVar] = set()
@@ -307,7 +309,8 @@ class _Lowerer:
             i = _SHAPE_ARG[name]
             args = args[:i] + (G.ShapeExpr(want.shape),) + args[i + 1:]
         if name == "relax.take" and self._is_vocab_take(call, var, where):
-            opdef_args = dict(mesh_shape=self.mesh.shape, mesh_axis=self._vocab_axis(call, where))
+            opdef_args = dict(mesh_shape=self.mesh.shape, mesh_axis=self._vocab_axis(call, where),
+                              device_ids=self.stage_ids)
             return ccl.masked_take(args[0], args[1], **opdef_args)
         new = infer_call(G.Call(call.op, args, call.attrs, call.sinfo_args))
         if name == "relax.mean":
@@ -431,7 +434,7 @@ class _Lowerer:
 
     def conversion_step(self, step: ConversionStep, e: G.Expr) -> G.Call:
         """The R.ccl operator of one step of a conversion (conversion.conversion_steps)."""
-        group = dict(mesh_shape=self.mesh.shape, mesh_axis=step.mesh_axis)
+        group = dict(mesh_shape=self.mesh.shape, mesh_axis=step.mesh_axis, device_ids=self.stage_ids)
         if step.kind == "allreduce":
             return ccl.allreduce(e, step.op, **group)
         if step.kind == "reduce_scatter":

@@ -18,7 +18,9 @@ from ..ir.module import IRModule
 from .dtensor import distributed_functions, function_mesh
 from .lower_local import LowerToLocalView, lowered_signature
 from .mesh import lookup_mesh
+from .pipeline import connect, split_placed, stage_table
 from .propagate import PropagateSharding
+from .stages import is_pipelined, mesh_refs
 from .report import annotated_names
 
 ATTR = "distributed"
@@ -33,12 +35,27 @@ def DistributedLowering(mod: IRModule) -> IRModule:
     mod = PropagateSharding(mod)
     functions = {}
     mesh_ref = None
+    pipelines = {}
     for name, func in distributed_functions(mod).items():
         functions[name] = lowered_signature(func, mod)
+        if is_pipelined(func):
+            # one program per stage (pipeline.py); the whole function leaves the module
+            stage_funcs, pipelines[name] = split_placed(mod, name, func)
+            for i, p in enumerate(functions[name]["params"]):
+                p["mesh"] = func.params[i].struct_info.device_mesh
+            functions[name]["result"]["mesh"] = mesh_refs(func)[-1]
+            functions[name]["stages"] = stage_table(mod, name, pipelines[name])
+            mod = IRModule(tuple((k, v) for k, v in mod.functions if k != name), mod.attrs,
+                           mod.global_infos)
+            for sname, sf in stage_funcs.items():
+                mod = mod.with_function(sname, sf)
+            continue
         mesh_ref = mesh_ref or function_mesh(func, name)
     if mesh_ref is None and mod.global_infos.get("mesh"):
         mesh_ref = "mesh[0]"
     lowered = LowerToLocalView(mod)
+    for name, plan in pipelines.items():
+        lowered = connect(lowered, name, plan)
     recorded = lowered.attrs.get(ATTR) or {}
     info = dict(functions=functions)
     if recorded.get("variables"):

@@ -6,6 +6,9 @@ IR only), then rewrite (rewrite.py: DTensor types everywhere, and an explicit
 are bound to their own variables (`flatten_calls`), so that every tensor an operator
 reads is a variable that can carry a placement.
 
+A function on several meshes is a pipeline: each stage is solved on its own mesh and
+values crossing a stage boundary are converted onto the next mesh (stages.py).
+
 `mean` over a sharded dim is a Partial sum that the lowering scales; `take` from a table
 sharded along dim 0 is lowered to a masked lookup (LowerToLocalView).
 """
@@ -17,6 +20,7 @@ from ..ir import graph as G
 from ..ir.module import IRModule
 from .dtensor import uses_mesh
 from .rewrite import rewrite
+from .stages import is_pipelined, propagate_stages
 from .solve import ANNOTATE, NOMINAL_DIM, REDISTRIBUTE, solve
 
 
@@ -26,7 +30,10 @@ def PropagateSharding(mod: IRModule, nominal_dim: int = NOMINAL_DIM) -> IRModule
     for name, func in mod.graph_functions().items():
         if uses_mesh(func):
             flat = flatten_calls(func)
-            out = out.with_function(name, rewrite(name, flat, solve(mod, name, flat, nominal_dim)))
+            if is_pipelined(flat):
+                out = out.with_function(name, propagate_stages(mod, name, flat, nominal_dim))
+            else:
+                out = out.with_function(name, rewrite(name, flat, solve(mod, name, flat, nominal_dim)))
     return out
 
 

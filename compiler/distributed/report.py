@@ -35,6 +35,7 @@ from .dtensor import function_mesh, uses_mesh, variables
 from .mesh import lookup_mesh
 from .placement import layout_of
 from .solve import ANNOTATE, REDISTRIBUTE
+from .stages import is_cross, is_pipelined, mesh_refs
 
 Bytes = Union[int, str]
 
@@ -48,18 +49,35 @@ class ShardingReport:
     local_shapes: dict = field(default_factory=dict)    # name -> tuple of ints / expr text
     global_shapes: dict = field(default_factory=dict)
     collectives: list = field(default_factory=list)     # (var, kind, bytes per call)
+    # pipelines (several meshes): each stage's (mesh, mesh shape, device ids), each
+    # variable's mesh, and each transfer between stages as (var, from mesh, to mesh,
+    # bytes each receiving device gets, bytes sent in all)
+    stages: list = field(default_factory=list)
+    meshes: dict = field(default_factory=dict)
+    transfers: list = field(default_factory=list)
 
     def __str__(self) -> str:
-        lines = [f"sharding of {self.function!r} on {self.mesh} (mesh shape {self.mesh_shape})",
-                 f"{'variable':<16} {'placement':<10} {'global shape':<22} local shape"]
+        if self.stages:
+            lines = [f"pipeline {self.function!r}: {len(self.stages)} stages"]
+            lines += [f"  stage {i}: {ref} (mesh shape {shape}) on devices {list(ids)}"
+                      for i, (ref, shape, ids) in enumerate(self.stages)]
+            lines.append(f"{'variable':<16} {'mesh':<8} {'placement':<10} {'global shape':<22} local shape")
+        else:
+            lines = [f"sharding of {self.function!r} on {self.mesh} (mesh shape {self.mesh_shape})",
+                     f"{'variable':<16} {'placement':<10} {'global shape':<22} local shape"]
         for name, p in self.placements.items():
-            lines.append(f"{name:<16} {p:<10} {_fmt(self.global_shapes.get(name)):<22} "
+            where = f"{self.meshes.get(name, ''):<8} " if self.stages else ""
+            lines.append(f"{name:<16} {where}{p:<10} {_fmt(self.global_shapes.get(name)):<22} "
                          f"{_fmt(self.local_shapes.get(name))}")
         lines.append(f"collectives per call: {len(self.collectives)}")
         if self.collectives:
             lines.append(f"  {'variable':<16} {'kind':<15} bytes moved per device")
             for var, kind, nbytes in self.collectives:
                 lines.append(f"  {var:<16} {kind:<15} {nbytes}")
+        if self.stages:
+            lines.append(f"transfers between stages per call: {len(self.transfers)}")
+            for var, src, dst, each, total in self.transfers:
+                lines.append(f"  {var:<16} {src} -> {dst}: {each} bytes to each device, {total} in all")
         return "\n".join(lines)
 
 
@@ -84,6 +102,8 @@ def describe(mod: IRModule, func: str = "main") -> ShardingReport:
         mod = PropagateSharding(mod)
     f = mod[func]
     report = ShardingReport(func)
+    if is_pipelined(f):
+        return _describe_stages(mod, f, report, aliases)
     mesh_ref = function_mesh(f, func)
     if mesh_ref is None:
         return _describe_lowered(mod, func, report)   # local view (or nothing distributed)
@@ -101,6 +121,44 @@ def describe(mod: IRModule, func: str = "main") -> ShardingReport:
                 src = b.value.args[0].struct_info
                 for kind, nbytes in conversion_collectives(src, b.var.struct_info, mesh):
                     report.collectives.append((b.var.name_hint, kind, nbytes))
+    _add_aliases(report, aliases)
+    return report
+
+
+def _describe_stages(mod: IRModule, f: G.Function, report: ShardingReport, aliases) -> ShardingReport:
+    """The report of a placed pipelined function: as for one mesh, per variable on its
+    own mesh, plus the stages and the transfers between them (stages.py)."""
+    from ..ir.expr import dtype_bytes
+    refs = mesh_refs(f)
+    meshes = {r: lookup_mesh(mod.global_infos, r) for r in refs}
+    report.stages = [(r, meshes[r].shape, meshes[r].device_ids) for r in refs]
+    report.mesh, report.mesh_shape = refs[0], meshes[refs[0]].shape
+    for v in variables(f):
+        s = v.struct_info
+        if isinstance(s, DTensorStructInfo):
+            mesh = meshes[s.device_mesh]
+            report.meshes[v.name_hint] = s.device_mesh
+            report.placements[v.name_hint] = s.placement_text
+            report.global_shapes[v.name_hint] = tuple(_dim(d) for d in s.tensor.shape or ())
+            report.local_shapes[v.name_hint] = tuple(_dim(d) for d in local_shape(s, mesh))
+    for blk in f.body.blocks:
+        for b in blk.bindings:
+            if not (isinstance(b.value, G.Call) and getattr(b.value.op, "name", "") == REDISTRIBUTE):
+                continue
+            src, dst = b.value.args[0].struct_info, b.var.struct_info
+            if is_cross(b.value):
+                size = dtype_bytes(src.tensor.dtype)
+                for d in src.tensor.shape:
+                    size = size * d
+                n = meshes[dst.device_mesh].size
+                report.transfers.append((b.var.name_hint, src.device_mesh, dst.device_mesh,
+                                         _bytes(size), _bytes(size * n)))
+                continue
+            for kind, nbytes in conversion_collectives(src, dst, meshes[dst.device_mesh]):
+                report.collectives.append((b.var.name_hint, kind, nbytes))
+    for name in aliases:
+        if aliases[name] in report.meshes:
+            report.meshes[name] = report.meshes[aliases[name]]
     _add_aliases(report, aliases)
     return report
 
@@ -179,7 +237,8 @@ def _collective(call) -> tuple | None:
     if name == "relax.call_pure_packed" and isinstance(call.args[0], G.ExternFunc):
         kind = _LEGALIZED_CCL.get(call.args[0].global_symbol)
         if kind is not None:
-            shape, axis = call.args[-2], call.args[-1]
+            tail = call.args[:-1] if isinstance(call.args[-1], G.ShapeExpr) else call.args  # device_ids
+            shape, axis = tail[-2], tail[-1]
             return kind, int(arith.as_int(shape.values[int(arith.as_int(axis.value))]))
     return None
 

@@ -14,7 +14,8 @@ placements of a distributed module imply communication or worker-dependent work:
 
 `mesh_shape`/`mesh_axis` say which workers take part: those that differ from the
 caller only in their coordinate along `mesh_axis` of a row-major mesh over worker
-ids 0..N-1 (the whole group for a 1-D mesh). Shapes are the local ones.
+ids 0..N-1 (the whole group for a 1-D mesh), or over `device_ids` where given (the mesh
+of a pipeline stage, e.g. device_ids=[2, 3]). Shapes are the local ones.
 
 `senders`/`receivers` pair workers of two stages' meshes: worker senders[i] sends to
 worker receivers[i]; other workers take no part (a send does nothing there, a recv
@@ -25,6 +26,8 @@ Each op legalizes to `R.call_pure_packed` (send, recv: `R.call_packed`) of a run
 ("spmd.allreduce", ...), which runs the worker's collectives (disco.ccl).
 """
 from __future__ import annotations
+
+import math
 
 
 from ..ir import arith
@@ -37,10 +40,10 @@ from .builtin import call_packed, call_pure_packed, prim_value, shape as shape_e
 from .registry import OPAQUE, make_call, register_op
 
 REDUCE_OPS = ("sum", "prod", "min", "max")
-_GROUP = ("mesh_shape", "mesh_axis")
+_GROUP = ("mesh_shape", "mesh_axis", "device_ids")
 
 
-def _group_attrs(op: str, mesh_shape, mesh_axis) -> dict:
+def _group_attrs(op: str, mesh_shape, mesh_axis, device_ids=None) -> dict:
     ms = tuple(int(s) for s in mesh_shape)
     if not ms or any(s < 1 for s in ms):
         raise StructInfoError(f"{op}: mesh_shape must be a non-empty list of positive ints, "
@@ -48,7 +51,14 @@ def _group_attrs(op: str, mesh_shape, mesh_axis) -> dict:
     ax = int(mesh_axis)
     if not 0 <= ax < len(ms):
         raise StructInfoError(f"{op}: mesh_axis {mesh_axis} out of range for mesh_shape {list(ms)}")
-    return {"mesh_shape": ms, "mesh_axis": ax}
+    out = {"mesh_shape": ms, "mesh_axis": ax}
+    if device_ids is not None:
+        ids = tuple(int(i) for i in device_ids)
+        if len(ids) != math.prod(ms) or len(set(ids)) != len(ids) or min(ids) < 0:
+            raise StructInfoError(f"{op}: device_ids {list(ids)} must be {math.prod(ms)} distinct worker "
+                                  f"ids, one per device of mesh_shape {list(ms)}")
+        out["device_ids"] = ids         # a pipeline stage's mesh: a part of the session's workers
+    return out
 
 
 def group_size(call: Call) -> int:
@@ -98,11 +108,11 @@ def _split_dim(op: str, x: TensorStructInfo, axis: int, k: int):
 
 @register_op("relax.ccl.allreduce", script="R.ccl.allreduce", args=("x",),
              attrs=("op",) + _GROUP, pattern=OPAQUE)
-def allreduce(x, op: str = "sum", mesh_shape=(1,), mesh_axis: int = 0) -> Call:
+def allreduce(x, op: str = "sum", mesh_shape=(1,), mesh_axis: int = 0, device_ids=None) -> Call:
     """`R.ccl.allreduce(x, op="sum", mesh_shape=[2], mesh_axis=0)`: op(x over the group)."""
     name = "R.ccl.allreduce"
     return make_call("relax.ccl.allreduce", (I.as_expr_arg(name, x, "x"),),
-                     {"op": _check_op(name, op), **_group_attrs(name, mesh_shape, mesh_axis)})
+                     {"op": _check_op(name, op), **_group_attrs(name, mesh_shape, mesh_axis, device_ids)})
 
 
 @allreduce.infer
@@ -128,12 +138,12 @@ def _broadcast(call: Call) -> StructInfo:
 
 @register_op("relax.ccl.allgather", script="R.ccl.allgather", args=("x",),
              attrs=("axis",) + _GROUP, pattern=OPAQUE)
-def allgather(x, axis: int = 0, mesh_shape=(1,), mesh_axis: int = 0) -> Call:
+def allgather(x, axis: int = 0, mesh_shape=(1,), mesh_axis: int = 0, device_ids=None) -> Call:
     """`R.ccl.allgather(x, axis=1, mesh_shape=[2], mesh_axis=0)`: the group's x concatenated
     along `axis` in mesh-coordinate order."""
     name = "R.ccl.allgather"
     return make_call("relax.ccl.allgather", (I.as_expr_arg(name, x, "x"),),
-                     {"axis": int(axis), **_group_attrs(name, mesh_shape, mesh_axis)})
+                     {"axis": int(axis), **_group_attrs(name, mesh_shape, mesh_axis, device_ids)})
 
 
 @allgather.infer
@@ -146,23 +156,23 @@ def _allgather(call: Call) -> StructInfo:
 
 @register_op("relax.ccl.reduce_scatter", script="R.ccl.reduce_scatter", args=("x",),
              attrs=("axis", "op") + _GROUP, pattern=OPAQUE)
-def reduce_scatter(x, axis: int = 0, op: str = "sum", mesh_shape=(1,), mesh_axis: int = 0) -> Call:
+def reduce_scatter(x, axis: int = 0, op: str = "sum", mesh_shape=(1,), mesh_axis: int = 0, device_ids=None) -> Call:
     """`R.ccl.reduce_scatter(x, axis=0, op="sum", mesh_shape=[2], mesh_axis=0)`: this
     worker's part (by its mesh coordinate) of allreduce(x) split along `axis`."""
     name = "R.ccl.reduce_scatter"
     return make_call("relax.ccl.reduce_scatter", (I.as_expr_arg(name, x, "x"),),
                      {"axis": int(axis), "op": _check_op(name, op),
-                      **_group_attrs(name, mesh_shape, mesh_axis)})
+                      **_group_attrs(name, mesh_shape, mesh_axis, device_ids)})
 
 
 @register_op("relax.ccl.local_slice", script="R.ccl.local_slice", args=("x",),
              attrs=("axis",) + _GROUP, pattern=OPAQUE)
-def local_slice(x, axis: int = 0, mesh_shape=(1,), mesh_axis: int = 0) -> Call:
+def local_slice(x, axis: int = 0, mesh_shape=(1,), mesh_axis: int = 0, device_ids=None) -> Call:
     """`R.ccl.local_slice(x, axis=0, mesh_shape=[2], mesh_axis=0)`: this worker's part (by
     its coordinate along `mesh_axis`) of x split evenly along `axis`; no communication."""
     name = "R.ccl.local_slice"
     return make_call("relax.ccl.local_slice", (I.as_expr_arg(name, x, "x"),),
-                     {"axis": int(axis), **_group_attrs(name, mesh_shape, mesh_axis)})
+                     {"axis": int(axis), **_group_attrs(name, mesh_shape, mesh_axis, device_ids)})
 
 
 def _shrink_rule(op: str):
@@ -182,14 +192,14 @@ local_slice.infer(_shrink_rule("R.ccl.local_slice"))
 
 @register_op("relax.ccl.masked_take", script="R.ccl.masked_take", args=("x", "indices"),
              attrs=_GROUP, pattern=OPAQUE)
-def masked_take(x, indices, mesh_shape=(1,), mesh_axis: int = 0) -> Call:
+def masked_take(x, indices, mesh_shape=(1,), mesh_axis: int = 0, device_ids=None) -> Call:
     """`R.ccl.masked_take(table, indices, mesh_shape=[2], mesh_axis=0)`: rows of this
     worker's slice of a table split along dim 0; indices outside the slice's global
     range give zero rows. Summed over the group, that is `take(table, indices, axis=0)`."""
     name = "R.ccl.masked_take"
     return make_call("relax.ccl.masked_take", (I.as_expr_arg(name, x, "x"),
                                                I.as_expr_arg(name, indices, "indices")),
-                     _group_attrs(name, mesh_shape, mesh_axis))
+                     _group_attrs(name, mesh_shape, mesh_axis, device_ids))
 
 
 @masked_take.infer
@@ -260,7 +270,10 @@ recv.extra["pure"] = False
 
 
 def _group_args(call: Call) -> tuple:
-    return (shape_expr(list(call.attrs["mesh_shape"])), prim_value(call.attrs["mesh_axis"]))
+    out = (shape_expr(list(call.attrs["mesh_shape"])), prim_value(call.attrs["mesh_axis"]))
+    if "device_ids" in call.attrs:      # a stage's mesh: the worker ids it runs on, last
+        out += (shape_expr(list(call.attrs["device_ids"])),)
+    return out
 
 
 @allreduce.legalizer

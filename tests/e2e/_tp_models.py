@@ -516,3 +516,49 @@ def mlp2d_weights_annotated(dim: int = 16, hidden: int = 32, out: int = 8) -> st
             R.output(y)
         return y
 ''', 4, mesh=(2, 2))
+
+
+PIPELINE_HEADER = '''
+@I.ir_module
+class M:
+    I.module_global_infos({{"mesh": [{meshes}]}})
+'''
+
+
+def pipeline_module_text(body: str, meshes=((2,), (2,)), starts=None) -> str:
+    """`body` in a module with one mesh per pipeline stage: mesh i of shape meshes[i] on
+    the devices after the previous meshes' (or from starts[i])."""
+    parts, first = [], 0
+    for i, shape in enumerate(meshes):
+        lo = starts[i] if starts is not None else first
+        n = math.prod(shape)
+        parts.append(f"R.device_mesh({tuple(shape)}, I.Range({lo}, {lo + n}))")
+        first = lo + n
+    return PIPELINE_HEADER.format(meshes=", ".join(parts)) + body
+
+
+def mlp_two_stages(dim: int = 128, batch="n", act: str = "relu") -> str:
+    """The acceptance MLP of issue 17: four dim x dim weights, w1/w2 on mesh[0] (w1 S[1]),
+    w3/w4 on mesh[1] (w3 S[1]); only w1 and w3 are annotated, the rest is propagated."""
+    x = _dims((batch, dim), quoted=True)
+    sym = _symbols((batch,))
+    return f'''
+    @R.function
+    def main(x: R.Tensor({x}, "float32"), w1: R.Tensor(({dim}, {dim}), "float32"), w2: R.Tensor(({dim}, {dim}), "float32"), w3: R.Tensor(({dim}, {dim}), "float32"), w4: R.Tensor(({dim}, {dim}), "float32")) -> R.Tensor({x}, "float32"):
+{sym}        with R.dataflow():
+            w1s = R.dist.annotate_sharding(w1, "mesh[0]", "S[1]")
+            h1 = R.matmul(x, w1s)
+            a1 = R.nn.{act}(h1)
+            y1 = R.matmul(a1, w2)
+            w3s = R.dist.annotate_sharding(w3, "mesh[1]", "S[1]")
+            h2 = R.matmul(y1, w3s)
+            a2 = R.nn.{act}(h2)
+            y2 = R.matmul(a2, w4)
+            R.output(y2)
+        return y2
+'''
+
+
+def mlp_two_stages_ref(x, w1, w2, w3, w4):
+    relu = lambda v: np.maximum(v, 0)
+    return relu(relu(x @ w1) @ w2 @ w3) @ w4

@@ -434,7 +434,7 @@ def test_error_partial_type_on_a_value_no_operator_makes_partial():
         PropagateSharding(mod)
 
 
-def test_error_annotation_on_another_mesh():
+def test_annotation_on_another_mesh_starts_a_pipeline_stage():
     mod = script.parse('''
 @I.ir_module
 class M:
@@ -446,5 +446,8 @@ class M:
             R.output(a)
         return a
 ''')
-    with pytest.raises(ShardingError, match=r"mesh\[1\].*mesh\[0\]"):
-        PropagateSharding(mod)
+    # issue 17: a value annotated on another mesh crosses to it (a pipeline stage boundary)
+    out = PropagateSharding(mod)
+    conv = [(b.value.args[0].struct_info.device_mesh, b.value.attrs["device_mesh"], b.value.attrs["placement"])
+            for b in bindings(out) if isinstance(b.value, G.Call) and b.value.op.name == "relax.dist.redistribute"]
+    assert conv == [("mesh[0]", "mesh[1]", "R")]

@@ -1,0 +1,185 @@
+"""Lowering a placed pipelined function (stages.py) to one program per stage.
+
+`main` on mesh[0] then mesh[1] becomes `main__stage0` and `main__stage1`, each a
+one-mesh function that LowerToLocalView lowers as usual (its collectives carry the
+stage mesh's device ids and run on that stage's sub-group). Where a value crosses to
+the next stage (`y_s1 = R.dist.redistribute(y, "mesh[1]", "R")`), the sending stage
+makes it replicated on its mesh (an all-reduce or all-gather there) and sends it,
+`R.ccl.send(y, senders=[0, 1], receivers=[2, 3])`; the receiving stage starts with
+`y_s1 = R.ccl.recv(R.shape([...]), dtype=..., senders=[0, 1], receivers=[2, 3])`.
+Receiver j gets its copy from sender j mod |sending mesh| (several rounds of sends
+when the receiving mesh is larger). A worker runs only its stage's program
+(`sess.load_module` picks it); the controller records which in attr "distributed":
+functions[name]["stages"] = [{function, mesh, mesh_shape, device_ids, params}] where
+params are indices into the whole function's parameters.
+"""
+from __future__ import annotations
+
+from dataclasses import replace
+
+from ..ir import arith
+from ..ir import graph as G
+from ..ir.errors import ShardingError
+from ..ir.module import IRModule
+from ..ir.struct_info import DTensorStructInfo, TensorStructInfo, TupleStructInfo
+from ..op import ccl
+from .mesh import lookup_mesh
+from .placement import Replicate
+from .stages import is_cross, mesh_refs
+
+
+def stage_name(name: str, i: int) -> str:
+    return f"{name}__stage{i}"
+
+
+def _mesh_of(v: G.Var) -> str | None:
+    s = v.struct_info
+    return s.device_mesh if isinstance(s, DTensorStructInfo) else None
+
+
+def split_placed(mod: IRModule, name: str, func: G.Function) -> tuple[dict, dict]:
+    """The placed one-mesh functions of `func`'s stages, by name, and what the lowering
+    needs to connect them: per stage, its mesh, parameter indices, the variables it
+    receives (with their sender mesh) and the values it sends (to which mesh)."""
+    from ..op.dist import redistribute
+    func = _no_dataflow_vars(func)
+    refs = mesh_refs(func)
+    index = {r: i for i, r in enumerate(refs)}
+    plans = [dict(mesh=r, params=[], incoming=[], outgoing=[], bindings=[]) for r in refs]
+    for k, p in enumerate(func.params):
+        m = _mesh_of(p)
+        if m is not None:
+            plans[index[m]]["params"].append(k)
+    sent: dict = {}         # (value, sending stage) -> its replicated version there
+    for blk in func.body.blocks:
+        for b in blk.bindings:
+            if isinstance(b, G.VarBinding) and is_cross(b.value):
+                src, dst = index[_mesh_of(b.value.args[0])], index[_mesh_of(b.var)]
+                u = b.value.args[0]
+                if (u, src) not in sent:
+                    if any(not isinstance(p, Replicate) for p in u.struct_info.placement):
+                        call = redistribute(u, refs[src], "R")
+                        r = G.Var(f"{u.name_hint}_r", call.struct_info)
+                        plans[src]["bindings"].append(G.VarBinding(r, call))
+                    else:
+                        r = u
+                    sent[(u, src)] = r
+                plans[src]["outgoing"].append((sent[(u, src)], dst))
+                plans[dst]["incoming"].append((G.Var(b.var.name_hint, b.var.struct_info), src, b.var))
+                continue
+            m = _mesh_of(b.var)
+            if m is None:
+                raise ShardingError(f"function {name!r}: variable {b.var.name_hint!r} has no mesh; "
+                                    f"propagate the pipeline first (PropagateSharding)")
+            plans[index[m]]["bindings"].append(b)
+    functions = {}
+    for i, plan in enumerate(plans):
+        swap = {orig: new for new, _, orig in plan["incoming"]}
+        bindings = [replace(b, value=_sub(b.value, swap)) for b in plan["bindings"]]
+        params = tuple(func.params[k] for k in plan["params"]) + tuple(v for v, _, _ in plan["incoming"])
+        if i == len(plans) - 1:
+            body, ret = _sub(func.body.body, swap), func.ret_struct_info
+        else:
+            fields = tuple(dict.fromkeys(v for v, _ in plan["outgoing"]))
+            body = G.Tuple(fields, TupleStructInfo(tuple(f.struct_info for f in fields)))
+            ret = body.struct_info
+        f = G.Function(params, G.SeqExpr((G.DataflowBlock(tuple(bindings)),), body, ret), ret,
+                       func.attrs.replace(global_symbol=stage_name(name, i))
+                       if "global_symbol" in func.attrs else func.attrs, False)
+        functions[stage_name(name, i)] = f
+    return functions, {"plans": plans, "refs": refs}
+
+
+def _sub(e, m: dict):
+    from .stages import _sub as sub
+    return sub(e, m)
+
+
+def _no_dataflow_vars(func: G.Function) -> G.Function:
+    """`func` with its DataflowVars made Vars: a stage's values may be read after its
+    block (by the sends)."""
+    ren: dict = {}
+    bindings = []
+    for blk in func.body.blocks:
+        for b in blk.bindings:
+            b = replace(b, value=_sub(b.value, ren))
+            if isinstance(b.var, G.DataflowVar):
+                ren[b.var] = G.Var(b.var.name_hint, b.var.struct_info)
+                b = replace(b, var=ren[b.var])
+            bindings.append(b)
+    body = _sub(func.body.body, ren)
+    return replace(func, body=G.SeqExpr((G.BindingBlock(tuple(bindings)),), body, func.body.struct_info))
+
+
+def pair_rounds(senders: tuple, receivers: tuple) -> list[tuple[list, list]]:
+    """(senders, receivers) of each round of sends: receiver j gets the value from
+    sender j mod len(senders); a worker sends at most once a round."""
+    rounds = []
+    for start in range(0, len(receivers), len(senders)):
+        rs = list(receivers[start:start + len(senders)])
+        rounds.append((list(senders[:len(rs)]), rs))
+    return rounds
+
+
+def connect(mod: IRModule, name: str, info: dict) -> IRModule:
+    """The lowered stage functions of `name` with their sends and receives (module doc)."""
+    plans, refs = info["plans"], info["refs"]
+    meshes = [lookup_mesh(mod.global_infos, r) for r in refs]
+    out = mod
+    for i, plan in enumerate(plans):
+        sname = stage_name(name, i)
+        f = mod[sname]
+        nown = len(plan["params"])
+        head = []
+        for (_, src, _), p in zip(plan["incoming"], f.params[nown:]):
+            t = p.struct_info
+            if not isinstance(t, TensorStructInfo) or t.shape is None:
+                raise ShardingError(f"function {name!r}: value {p.name_hint!r} crosses to {refs[i]} "
+                                    f"without a known shape")
+            for d in t.shape:
+                if arith.as_int(d) is None:
+                    raise ShardingError(
+                        f"function {name!r}: value {p.name_hint!r} crosses from {refs[src]} to {refs[i]} "
+                        f"with symbolic shape {t.shape}; the receiving stage cannot know it yet "
+                        f"(give the pipeline static shapes)")
+            for k, (ss, rs) in enumerate(pair_rounds(meshes[src].device_ids, meshes[i].device_ids)):
+                call = ccl.recv(G.ShapeExpr(tuple(t.shape)), t.dtype, ss, rs)
+                var = p if k == 0 else G.Var(f"{p.name_hint}_{k}", call.struct_info)
+                head.append(G.VarBinding(var if k else G.Var(p.name_hint, call.struct_info), call))
+            # the first round's receivers and later rounds' each hold it on their own worker:
+            # every receiver binds the same variable, so fold the rounds into one variable
+            if len(head) > 1:
+                raise ShardingError(f"function {name!r}: {refs[i]} has more devices than {refs[src]}; "
+                                    f"a receiving mesh larger than the sending one is not supported yet")
+        swap = {p: b.var for p, b in zip(f.params[nown:], head)}
+        tail = []
+        ret_body = f.body.body
+        if i < len(plans) - 1:
+            fields = ret_body.fields
+            for k, (v, dst) in enumerate(plan["outgoing"]):
+                field = fields[list(dict.fromkeys(x for x, _ in plan["outgoing"])).index(v)]
+                for ss, rs in pair_rounds(meshes[i].device_ids, meshes[dst].device_ids):
+                    call = ccl.send(field, ss, rs)
+                    tail.append(G.VarBinding(G.Var(f"send{len(tail)}", call.struct_info), call))
+            ret_body = G.Tuple((), TupleStructInfo(()))
+        # receives, the stage's dataflow, sends (impure, outside the dataflow block)
+        blocks = [G.BindingBlock(tuple(head))] if head else []
+        blocks += [replace(blk, bindings=tuple(replace(b, value=_sub(b.value, swap)) for b in blk.bindings))
+                   for blk in f.body.blocks]
+        if tail:
+            blocks.append(G.BindingBlock(tuple(tail)))
+        ret_body = _sub(ret_body, swap)
+        nf = replace(f, params=f.params[:nown], body=G.SeqExpr(tuple(blocks), ret_body, ret_body.struct_info),
+                     ret_struct_info=ret_body.struct_info, is_pure=False, struct_info=None)
+        out = out.with_function(sname, nf)
+    return out
+
+
+def stage_table(mod: IRModule, name: str, info: dict) -> list[dict]:
+    """attr "distributed" functions[name]["stages"] (module doc)."""
+    out = []
+    for i, plan in enumerate(info["plans"]):
+        mesh = lookup_mesh(mod.global_infos, plan["mesh"])
+        out.append({"function": stage_name(name, i), "mesh": plan["mesh"], "mesh_shape": list(mesh.shape),
+                    "device_ids": list(mesh.device_ids), "params": list(plan["params"])})
+    return out
