@@ -279,7 +279,12 @@ def _plan_function(func: G.Function) -> G.Function:
                 out.append(G.VarBinding(v, call))
                 regs.append(v)
             out.append(replace(b, value=_dps_call(b.value, regs)))
-        blocks.append(replace(block, bindings=tuple(out)))
+        if blocks and not isinstance(block, G.DataflowBlock) and not isinstance(blocks[-1], G.DataflowBlock):
+            # the storages' block joins a plain block that follows it: the script has no
+            # boundary between two plain blocks, so keeping two would not print and parse back
+            blocks[-1] = replace(blocks[-1], bindings=blocks[-1].bindings + tuple(out))
+        else:
+            blocks.append(replace(block, bindings=tuple(out)))
     return replace(func, body=replace(func.body, blocks=tuple(blocks)))
 
 

@@ -33,11 +33,7 @@ def test_lowered_stage_programs_send_and_receive_between_the_meshes():
         ("main__stage0", [0, 1], [0, 1, 2]), ("main__stage1", [2, 3], [3, 4])]
 
 
-def test_two_stage_mlp_on_four_workers_matches_numpy(monkeypatch):
-    # open problem: PlanMemory's output of a stage program (a receive block before the
-    # dataflow block) prints and parses back with one block fewer, so the build's round-trip
-    # check is off here; the program itself runs and is checked against numpy below
-    monkeypatch.setenv("DISCO_TP_CHECK_ROUNDTRIP", "0")
+def test_two_stage_mlp_on_four_workers_matches_numpy():
     rng = np.random.default_rng(0)
     x = rng.standard_normal((8, 128)).astype(np.float32)
     ws = [(rng.standard_normal((128, 128)) / 12).astype(np.float32) for _ in range(4)]
