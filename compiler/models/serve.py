@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 from typing import Optional, Sequence
 
@@ -98,6 +99,13 @@ def _run(args) -> int:
     import disco
     from disco.llm.serve.server import bind, serve
     from .loader import load
+    from disco.start import mpi_environment
+    ranks = mpi_environment()
+    if ranks is not None and ranks[0] != 0:
+        # a worker rank: the launcher forwards SIGINT/SIGTERM to every rank, but the
+        # controller (rank 0) stops the server and then its workers, in order
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
     session = disco.start(tp, device=args.device)        # under mpiexec, ranks other than 0 serve here
     clean = True
     try:

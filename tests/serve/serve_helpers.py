@@ -17,7 +17,7 @@ import httpx
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(os.path.dirname(HERE), "launch"))
-from launch_helpers import clean_env, tagged_pids  # noqa: E402
+from launch_helpers import clean_env, mpiexec_path, needs_mpi, tagged_pids  # noqa: E402,F401
 
 START_TIMEOUT_S = 90
 
@@ -36,14 +36,15 @@ def tiny_checkpoint(directory: str) -> str:
 
 
 class Server:
-    """`python -m compiler.models.serve --model CKPT --port 0 *args`, ready to serve."""
+    """`python -m compiler.models.serve --model CKPT --port 0 *args` (after `launcher`:
+    disco-launch's or mpiexec's argv), ready to serve."""
 
-    def __init__(self, checkpoint: str, *args: str, env: dict, log_path: str):
+    def __init__(self, checkpoint: str, *args: str, env: dict, log_path: str, launcher: tuple = ()):
         self.tag = uuid.uuid4().hex
         self.log_path = log_path
         self._log = open(log_path, "w+")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "compiler.models.serve", "--model", checkpoint, "--port", "0",
+            [*launcher, sys.executable, "-m", "compiler.models.serve", "--model", checkpoint, "--port", "0",
              "--no-progress", *args],
             env=dict(env, DISCO_TEST_TAG=self.tag), stdout=self._log, stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL)

@@ -29,7 +29,7 @@ import pytest
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-from serve_helpers import Server, server_env, shm_segments, tiny_checkpoint  # noqa: E402
+from serve_helpers import Server, mpiexec_path, needs_mpi, server_env, shm_segments, tiny_checkpoint  # noqa: E402
 
 openai = pytest.importorskip("openai")
 pytest.importorskip("starlette")
@@ -176,6 +176,25 @@ def test_models_health_metrics(server):
     m = server.metrics()
     assert m['disco_time_to_first_token_seconds_bucket{le="+Inf"}'] == m["disco_time_to_first_token_seconds_count"]
     assert m["disco_kv_pages_total"] == 512 and m["disco_healthy"] == 1
+
+
+@pytest.mark.parametrize("how", ["disco-launch", pytest.param("mpiexec", marks=needs_mpi)])
+def test_under_a_launcher(checkpoint, cache, engine, tmp_path, how):
+    """`disco-launch -n 2 disco-serve ...` and `mpiexec -n 2 disco-serve ...`: the launched
+    ranks are the workers; SIGTERM to the launcher stops the server cleanly (the worker
+    ranks leave the stopping to rank 0)."""
+    launcher = ((sys.executable, "-m", "launch", "-n", "2", "--mode", "local", "--no-prefix")
+                if how == "disco-launch" else (mpiexec_path(), "-n", "2"))
+    s = Server(checkpoint, env=server_env(cache), log_path=str(tmp_path / "log"), launcher=launcher)
+    try:
+        assert "disco: 2 workers" in s.http.get("/health").json()["topology"]
+        c = openai.OpenAI(base_url=s.url + "/v1", api_key="none", max_retries=0, timeout=60)
+        out = c.completions.create(model=s.model, prompt=PROMPT, max_tokens=12, temperature=0)
+        assert out.choices[0].text == alone(engine, PROMPT, 12)[0]
+    finally:
+        rc = s.stop()
+    assert rc == 0, s.log
+    assert not s.leftovers(), s.log
 
 
 # ---- continuous batching under load -------------------------------------------------------
