@@ -175,9 +175,11 @@ class Scheduler:
             self._publish()
             self.state = READY
             self.log(f"ready: {self.topology}")
-            while self._serve_commands(block=not self.engine.busy):
+            while self.state == READY and self._serve_commands(block=not self.engine.busy):
                 if self.engine.busy:
                     self._step()
+            if self.state == FAILED:     # stalled() gave up on a step while it ran
+                self._fail(self.error)
         except BaseException as e:       # a failed load, a dead worker, or a bug here
             self._fail(f"{type(e).__name__}: {e}", traceback.format_exc())
 
@@ -245,6 +247,8 @@ class Scheduler:
             self._step_failed(e)
             return
         self._step_started = None
+        if self.state != READY:          # given up on while it ran: no more answers from it
+            return
         now = time.perf_counter()
         gaps = []
         for r in got:
