@@ -224,10 +224,10 @@ class Engine:
         top_p, min_p, repetition_penalty, seed, stop, ignore_eos), over the engine's
         defaults."""
         text = isinstance(prompt, str) if text_output is None else bool(text_output)
+        ids = self._ids_of(prompt)
         if text and self.tokenizer is None:
             raise EngineError("text output needs a tokenizer; this checkpoint has none "
                               "(tokenizer.json), so pass token ids and read `tokens`")
-        ids = self._ids_of(prompt)
         if max_new_tokens is not None:
             options["max_new_tokens"] = max_new_tokens
         unknown = set(options) - set(GenerationConfig.__dataclass_fields__) - {"eos_token_ids"}

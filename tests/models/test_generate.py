@@ -303,6 +303,8 @@ def test_bad_requests(checkpoints, sessions):
             engine.generate([[1] * 256])
         with pytest.raises(EngineError, match="text prompts need a tokenizer"):
             engine.generate("hello")
+        with pytest.raises(EngineError, match="text output needs a tokenizer"):
+            engine.submit([5, 6], 3, text_output=True)
         with pytest.raises(EngineError, match=r"outside the vocabulary \(0..1000\)"):
             engine.generate([[5, 1001]])
         with pytest.raises(EngineError, match="at least one token"):
