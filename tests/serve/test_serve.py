@@ -451,3 +451,16 @@ def _health(s):
         return httpx.get(s.url + "/health", timeout=5)
     except httpx.HTTPError:
         return None                                   # already gone
+
+
+def test_bad_checkpoints_exit_2_before_any_worker(tmp_path, cache):
+    """No config.json; a checkpoint without a tokenizer: one line on stderr, status 2."""
+    import subprocess
+    sys.path.insert(0, os.path.join(os.path.dirname(HERE), "models"))
+    import tiny
+    no_tok = tiny.make_checkpoint("qwen2", str(tmp_path / "no-tok"))
+    for model, words in ((str(tmp_path), "no config.json"), (no_tok, "has no tokenizer")):
+        p = subprocess.run([sys.executable, "-m", "compiler.models.serve", "--model", model, "--port", "0"],
+                           env=server_env(cache), capture_output=True, text=True, timeout=120)
+        assert p.returncode == 2 and words in p.stderr and "Traceback" not in p.stderr, p.stderr
+        assert "listening" not in p.stderr
