@@ -47,30 +47,30 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-def _note(msg: str) -> None:
-    print(f"disco-generate: {msg}", file=sys.stderr, flush=True)
+def _note(msg: str, prog: str = "disco-generate") -> None:
+    print(f"{prog}: {msg}", file=sys.stderr, flush=True)
 
 
-def choose_degree(path: str, asked: Optional[int]) -> int:
+def choose_degree(path: str, asked: Optional[int], prog: str = "disco-generate") -> int:
     """`asked` when the model splits over it; else the largest degree below it that does
     (said on stderr). Under a launcher the ranks decide: no replacement."""
     from .loader import degrees_that_work, launched_ranks, read_config
     ranks = launched_ranks()
     if ranks is not None:
         if asked is not None and asked != ranks:
-            raise SystemExit(f"disco-generate: --tp {asked} but the launcher started {ranks} ranks; "
+            raise SystemExit(f"{prog}: --tp {asked} but the launcher started {ranks} ranks; "
                              f"drop --tp or launch {asked}")
         return ranks
     if asked is None:
         return 1
     if asked < 1:
-        raise SystemExit(f"disco-generate: --tp must be at least 1, got {asked}")
+        raise SystemExit(f"{prog}: --tp must be at least 1, got {asked}")
     works = degrees_that_work(read_config(path), up_to=max(asked, 1))
     if asked in works:
         return asked
     chosen = max(works)
     _note(f"the model cannot be split over {asked} workers (degrees that work: "
-          f"{', '.join(map(str, degrees_that_work(read_config(path))))}); using {chosen}")
+          f"{', '.join(map(str, degrees_that_work(read_config(path))))}); using {chosen}", prog)
     return chosen
 
 

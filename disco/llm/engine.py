@@ -14,10 +14,14 @@ needs only `disco`: each worker reads its own block of every weight from the che
 and makes a paged KV cache for its own KV heads.
 
 Requests run in steps (`submit`, then `step` until they finish; generate and stream do
-this for you, a server interleaves them). A step runs every running sequence once:
-sequences new since the last step append their whole prompt, the others their last
-token, all in one forward call (`prefill`, which returns only each sequence's last
-logits; `decode` when every sequence appends one token). Tokens are chosen on the
+this for you, a server interleaves them: disco/llm/serve). A step runs every running
+sequence once: sequences new since the last step append their prompt, the others their
+last token, all in one forward call (`prefill`, which returns only each sequence's last
+logits; `decode` when every sequence appends one token). With `prefill_chunk=N` a step
+appends at most N prompt tokens in all (chunked prefill): a long prompt goes in over
+several steps, in the cache like any other appended tokens, and its first token is
+chosen in the step that appends the prompt's end, so the sequences already decoding
+wait at most one chunk's time per token rather than a whole prompt's. Tokens are chosen on the
 controller from the fetched logits (disco/llm/sampling.py: one generator per request,
 so a seed gives the same tokens on any number of workers and in any batch), and every
 worker gets them as the next step's input. A request is admitted when the KV pages
@@ -66,7 +70,8 @@ class Request:
         self.pieces: list[str] = []          # text not yet taken by the caller (stream)
         self.finish_reason: Optional[str] = None
         self.pages = 0                       # KV pages reserved for it while admitted
-        self.in_cache = False                # its prompt has been appended to the cache
+        self.in_cache = False                # it has a sequence in the KV cache
+        self.prefilled = 0                   # prompt tokens appended to the cache so far
         self.submitted_at = time.perf_counter()
         self.first_token_at: Optional[float] = None
 
@@ -111,11 +116,14 @@ class Engine:
     max_tokens: KV cache capacity per worker, in tokens over all sequences at once
     (prompt plus generated); page_size: tokens per KV page. generation_config: the
     defaults of every request (the tokenizer's, from generation_config.json, when None).
+    prefill_chunk: the most prompt tokens one step appends, over all sequences (None:
+    every new prompt whole, in one step).
     """
 
     def __init__(self, session, dmod, meta: dict, weights: list, tokenizer=None, *,
                  max_tokens: int = 8192, page_size: int = 16, owns_session: bool = False,
-                 generation_config: Optional[GenerationConfig] = None, topology: str = ""):
+                 generation_config: Optional[GenerationConfig] = None, topology: str = "",
+                 prefill_chunk: Optional[int] = None):
         self.session, self.dmod, self.meta, self.weights = session, dmod, meta, weights
         self.tokenizer = tokenizer
         self.owns_session = owns_session
@@ -132,6 +140,9 @@ class Engine:
         if max_tokens < 1 or page_size < 1:
             raise EngineError(f"Engine: max_tokens={max_tokens} and page_size={page_size}: "
                               "expected positive ints")
+        if prefill_chunk is not None and not (isinstance(prefill_chunk, int) and prefill_chunk >= 1):
+            raise EngineError(f"Engine: prefill_chunk={prefill_chunk!r}: expected an int >= 1 or None")
+        self.prefill_chunk = prefill_chunk
         self.page_size = page_size
         self.num_pages = -(-max_tokens // page_size)
         self.cache = session.get_global_func("disco.kv.create")(
@@ -204,14 +215,19 @@ class Engine:
 
     # -- requests ------------------------------------------------------------------------------
 
-    def submit(self, prompt: Prompt, max_new_tokens: Optional[int] = None,
-               **options: Any) -> Request:
+    def submit(self, prompt: Prompt, max_new_tokens: Optional[int] = None, *,
+               text_output: Optional[bool] = None, **options: Any) -> Request:
         """Queue a request; it runs in the next steps. `prompt`: text (needs the tokenizer;
-        the request then produces text too) or token ids. `options`: GenerationConfig's
-        fields (temperature, top_k, top_p, min_p, repetition_penalty, seed, stop,
-        ignore_eos), over the engine's defaults."""
-        text = isinstance(prompt, str)
+        the request then produces text too) or token ids. `text_output`: whether the
+        request produces text (`pieces`, `text`; stop strings need it); by default when
+        the prompt is text. `options`: GenerationConfig's fields (temperature, top_k,
+        top_p, min_p, repetition_penalty, seed, stop, ignore_eos), over the engine's
+        defaults."""
+        text = isinstance(prompt, str) if text_output is None else bool(text_output)
         ids = self._ids_of(prompt)
+        if text and self.tokenizer is None:
+            raise EngineError("text output needs a tokenizer; this checkpoint has none "
+                              "(tokenizer.json), so pass token ids and read `tokens`")
         if max_new_tokens is not None:
             options["max_new_tokens"] = max_new_tokens
         unknown = set(options) - set(GenerationConfig.__dataclass_fields__) - {"eos_token_ids"}
@@ -220,7 +236,8 @@ class Engine:
                               f"{sorted(GenerationConfig.__dataclass_fields__)}")
         config = self.generation_config.replace(**options)
         if config.stop and not text:
-            raise EngineError("stop strings need a text prompt (a token-id prompt produces ids)")
+            raise EngineError("stop strings need text output: a text prompt, or text_output=True "
+                              "(a token-id prompt produces ids)")
         self._check_prompt(ids)
         request = Request(next(self._ids), ids, config, self.tokenizer, text)
         need = self._pages_needed(request)
@@ -279,33 +296,52 @@ class Engine:
     def busy(self) -> bool:
         return bool(self.running or self.waiting)
 
-    def _admit(self) -> None:
+    def admit(self) -> None:
         """Move waiting requests in while their worst-case pages are free (in order: a
-        large request is not overtaken forever by small ones)."""
+        large request is not overtaken forever by small ones). `step` does this first;
+        a scheduler calls it to know which requests will have to wait."""
         while self.waiting and self._pages_needed(self.waiting[0]) <= self.free_pages:
             r = self.waiting.popleft()
             r.pages = self._pages_needed(r)
             self.free_pages -= r.pages
             self.running.append(r)
 
+    def _appended(self) -> tuple[list[Request], list[list[int]]]:
+        """This step's sequences and what each appends: its last token, or the next part
+        of its prompt (all of it, or what is left of `prefill_chunk`, in admission order)."""
+        budget = self.prefill_chunk or sum(len(r.prompt) for r in self.running)
+        batch, appended = [], []
+        for r in self.running:
+            if r.prefilled < len(r.prompt):
+                n = min(len(r.prompt) - r.prefilled, budget)
+                if n == 0:
+                    continue
+                budget -= n
+                appended.append(r.prompt[r.prefilled:r.prefilled + n])
+            else:
+                appended.append([r.tokens[-1]])
+            batch.append(r)
+        return batch, appended
+
     def step(self) -> list[Request]:
         """One forward step of every running sequence (admitting waiting ones first);
-        returns the requests that got a token (each's newest is `tokens[-1]`)."""
-        self._admit()
-        batch = list(self.running)
+        returns the requests that got a token (each's newest is `tokens[-1]`): all of the
+        step's but those whose prompt is not all in the cache yet (`prefill_chunk`)."""
+        self.admit()
+        batch, appended = self._appended()
         if not batch:
             return []
-        new = [r for r in batch if not r.in_cache]
-        for r in new:
-            self._kv["add_sequence"](self.cache, r.id)
-            r.in_cache = True
-        appended = [r.prompt if not r.tokens else [r.tokens[-1]] for r in batch]
+        for r in batch:
+            if not r.in_cache:
+                self._kv["add_sequence"](self.cache, r.id)
+                r.in_cache = True
+        prefill = any(r.prefilled < len(r.prompt) for r in batch)
         lengths = [len(a) for a in appended]
         t0 = time.perf_counter()
         try:
             self._kv["begin_forward"](self.cache, [r.id for r in batch], lengths)
             tokens = np.fromiter(itertools.chain.from_iterable(appended), np.int64, sum(lengths))
-            if new:
+            if prefill:
                 last = np.cumsum(lengths, dtype=np.int64) - 1
                 logits = self._fetch(self.dmod["prefill"](tokens, self.cache, last, *self.weights))
             else:
@@ -316,12 +352,17 @@ class Engine:
             self._retire(batch)
             raise
         spent = time.perf_counter() - t0
-        kind = "prefill" if new else "decode"
+        kind = "prefill" if prefill else "decode"
         self.stats[f"{kind}_tokens"] += sum(lengths)
         self.stats[f"{kind}_s"] += spent
         self.stats["steps"] += 1
-        done = []
-        for r, row in zip(batch, logits):
+        done, got = [], []
+        for r, row, a in zip(batch, logits, appended):
+            if r.prefilled < len(r.prompt):
+                r.prefilled += len(a)
+                if r.prefilled < len(r.prompt):
+                    continue            # a chunk of its prompt: no token yet
+            got.append(r)
             if r.decoder is not None and self._text_vocab < len(row):
                 row = row[:self._text_vocab]     # ids the tokenizer cannot write: never chosen
             r._take(int(r.sampler.choose(row)))
@@ -330,7 +371,7 @@ class Engine:
             if r.finished:
                 done.append(r)
         self._retire(done)
-        return batch
+        return got
 
     def _retire(self, requests: Iterable[Request]) -> None:
         for r in requests:
@@ -411,8 +452,7 @@ class Engine:
              **options: Any):
         """The assistant's reply to `messages` ([{"role": "user", "content": ...}, ...]) by
         the chat template: text, or its pieces as generated when `stream`."""
-        request = self.submit(self.chat_prompt(messages), max_new_tokens, **options)
-        request.decoder = self.tokenizer.stream_decoder(request.prompt)
+        request = self.submit(self.chat_prompt(messages), max_new_tokens, text_output=True, **options)
         if stream:
             return self._stream(request)
         self.run([request])

@@ -92,6 +92,36 @@ def test_batch_equals_each_alone_and_stream(checkpoints, sessions):
     assert streamed == alone[1]
 
 
+@pytest.mark.parametrize("chunk", [1, 4, 7])
+def test_chunked_prefill_equals_transformers(checkpoints, references, sessions, chunk):
+    """Prompts appended `chunk` tokens per step in all (prefill_chunk): each sequence's
+    tokens are still transformers' for it alone."""
+    with models.load(checkpoints["llama"], tp=2, session=sessions(2), prefill_chunk=chunk) as engine:
+        got = engine.generate(PROMPTS, max_new_tokens=N, **GREEDY)
+        assert engine.free_pages == engine.num_pages and not engine.busy
+        # the 39 prompt tokens take ceil(39 / chunk) steps, the last of which gives the
+        # last prompt's first token; then N - 1 steps of decode
+        assert engine.stats["steps"] == -(-sum(map(len, PROMPTS)) // chunk) + N - 1
+    assert got == [references["llama"][f"generate_{i}"].tolist() for i in range(3)]
+
+
+def test_a_long_prompt_is_prefilled_in_chunks_beside_running_ones(checkpoints, references, sessions):
+    """Hand-derived schedule: while the 25-token prompt goes in 4 tokens a step (7 steps),
+    the 3-token one already decoding gets a token in every one of them; the long one
+    gets none until its last chunk."""
+    with models.load(checkpoints["llama"], tp=2, session=sessions(2), prefill_chunk=4) as engine:
+        short = engine.submit(PROMPTS[0], N, **GREEDY)
+        assert engine.step() == [short]
+        long = engine.submit(PROMPTS[2], N, **GREEDY)
+        for i in range(7):
+            got = engine.step()
+            assert got == ([short] if i < 6 else [short, long]), i
+            assert len(long.tokens) == (0 if i < 6 else 1) and long.prefilled == min(4 * (i + 1), 25)
+        engine.run([short, long])
+    assert short.tokens == references["llama"]["generate_0"].tolist()
+    assert long.tokens == references["llama"]["generate_2"].tolist()
+
+
 def test_requests_wait_for_kv_pages(checkpoints, references, sessions):
     """A cache with room for one sequence at a time (4 pages of 16 tokens; each prompt
     plus 32 tokens needs 3 or 4): the batch runs one by one, with the same tokens."""
@@ -209,6 +239,10 @@ def test_text_in_text_out(with_tokenizer, sessions):
             "<|im_start|>assistant\n", add_special_tokens=False)
         reply = engine.chat([{"role": "user", "content": "Hi"}], max_new_tokens=8, temperature=0)
         assert isinstance(reply, str)
+        # ids in, text out (as a chat does): the text of the same tokens, and stop strings work
+        r = engine.submit(tok.encode(prompt), N, text_output=True, stop=[stop], **GREEDY)
+        engine.run([r])
+        assert r.text == cut and r.tokens == ids[:len(r.tokens)]
         # the checkpoint's defaults sample (do_sample, temperature 0.7): a seed reproduces
         a = engine.generate(prompt, max_new_tokens=8, seed=3)
         assert a == engine.generate(prompt, max_new_tokens=8, seed=3)
@@ -269,6 +303,8 @@ def test_bad_requests(checkpoints, sessions):
             engine.generate([[1] * 256])
         with pytest.raises(EngineError, match="text prompts need a tokenizer"):
             engine.generate("hello")
+        with pytest.raises(EngineError, match="text output needs a tokenizer"):
+            engine.submit([5, 6], 3, text_output=True)
         with pytest.raises(EngineError, match=r"outside the vocabulary \(0..1000\)"):
             engine.generate([[5, 1001]])
         with pytest.raises(EngineError, match="at least one token"):
