@@ -238,6 +238,24 @@ def masked_take(table, indices, mesh_shape, mesh_axis):
     return contiguous(out)
 
 
+@register_func("spmd.masked_embedding", override=True)
+def masked_embedding(table, indices, mesh_shape, mesh_axis, fmt):
+    """`masked_take` of a table stored in weight format `fmt` (disco/weight_formats.py),
+    rows converted to float32 as the CPU kernel reads them (disco.cpu.embedding*): the
+    local table is never converted whole."""
+    from disco.cpu_kernels import embedding
+    from disco.weight_formats import logical_shape
+    me, _ = _me(mesh_shape)
+    rows = table.shape[0]
+    start = mesh_coordinate(me, mesh_shape)[mesh_axis] * rows
+    local = np.asarray(indices).astype(np.int64) - start
+    inside = (local >= 0) & (local < rows)
+    out = np.empty(local.shape + logical_shape(table.shape, fmt)[1:], np.float32)
+    embedding(np.where(inside, local, 0), table, out, fmt)
+    out[~inside] = 0
+    return out
+
+
 @register_func("spmd.broadcast_from_worker0", override=True)
 def broadcast_from_worker0(x):
     if current_context().num_workers == 1:
