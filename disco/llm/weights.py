@@ -9,6 +9,12 @@ A parameter spec is JSON-able (compiler.models' `CausalLM.weight_specs()` makes 
      "placement": "S[0]",                                 # one per mesh axis ("R": whole everywhere)
      "maps": [{"axis": 0, "op": "repeat_heads", "heads": 2, "repeat": 2}]}
 
+A parameter kept in a stored weight format (disco/weight_formats.py) has `"format"`
+("q4_1", "bfloat16", ...), and its shape and dtype are the stored array's (uint8
+(n, k // 32 * block_bytes) for block formats). A block of one is cut at whole blocks
+and read from the checkpoint's own blocks when the checkpoint stores the tensor in that
+format (`read_raw`, a GGUF file), else read in float32 and quantized here.
+
 `maps` say how the parameter differs from its source, each along one axis, applied to
 the source in list order. Each is an index map: the parameter's index along the axis
 -> the index of the tensor before the map, or -1 for a zero:
