@@ -544,9 +544,12 @@ def test_prim_funcs_carry_op_pattern_and_readable_names(legalized):
     by_op = {}
     for name, func in out.graph_functions().items():
         call = func.body.blocks[0].bindings[-1].value        # the case's operator call
-        by_op[name] = call.args[0].name_hint
+        if call.op == Op("relax.call_tir"):                  # (not a library call)
+            by_op[name] = call.args[0].name_hint
     for i, c in enumerate(CASES):
-        kernel = by_op[case_name(i, c)]
+        kernel = by_op.get(case_name(i, c))
+        if kernel is None:
+            continue
         func = out[kernel]
         assert isinstance(func, PrimFunc)
         assert func.attrs["op_pattern"] == int(get_op(c.op).pattern), kernel
