@@ -313,14 +313,15 @@ def _cases() -> list[Case]:
              id="to_int"),
         Case("relax.astype", [T(("n", 4), "int64")], lambda n, x: op.astype(x, "float32"),
              lambda x: x.astype(np.float32), id="from_int"),
-        # stored weights -> float32: a cast, or GGUF blocks decoded here by hand
+        # stored weights -> float32: a cast, or GGUF blocks decoded here by hand (4 blocks a
+        # row, so that a split of the byte dim over up to 4 shards keeps whole blocks)
         Case("relax.dequantize", [T(("n", 4), "bfloat16", as_bf16)],
              lambda n, w: op.dequantize(w, "bfloat16"), lambda w: w.astype(np.float32), tol=0, id="bf16"),
         Case("relax.dequantize", [T(("n", 4), "float16")],
              lambda n, w: op.dequantize(w, "float16"), lambda w: w.astype(np.float32), tol=0, id="f16"),
-        Case("relax.dequantize", [T(("n", 68), "uint8", blocks("q8_0"))],
+        Case("relax.dequantize", [T(("n", 4 * 34), "uint8", blocks("q8_0"))],
              lambda n, w: op.dequantize(w, "q8_0"), decode_q8_0, tol=0, id="q8_0"),
-        Case("relax.dequantize", [T(("n", 40), "uint8", blocks("q4_1"))],
+        Case("relax.dequantize", [T(("n", 4 * 20), "uint8", blocks("q4_1"))],
              lambda n, w: op.dequantize(w, "q4_1"), decode_q4_1, tol=0, id="q4_1"),
     ]
     # matmul
