@@ -1,6 +1,8 @@
 """The default pass order per target; `compiler.build` runs it.
 
     DistributedLowering   modules with a device mesh: PropagateSharding + LowerToLocalView
+    DispatchCPUKernels    (CPU only) matmuls and lookups of weights stored in 16 bits or GGUF
+                          blocks -> disco.cpu.* kernels that read them as stored
     DispatchLibrary       matmul -> call_dps_packed to the runtime's BLAS function
     LegalizeOps           remaining operators -> call_tir of tensor programs
     FuseOps, FuseTIR      group elementwise/injective chains with their producer or
@@ -25,6 +27,7 @@ Pass = Callable[[IRModule], IRModule]
 
 _CPU_STAGES = (
     ("compiler.distributed.lowering", "DistributedLowering"),
+    ("compiler.transform.dispatch_cpu_kernels", "DispatchCPUKernels"),
     ("compiler.transform.dispatch_library", "DispatchLibrary"),
     ("compiler.transform.legalize_ops", "LegalizeOps"),
     ("compiler.transform.fuse_ops", "FuseOps"),
@@ -34,9 +37,11 @@ _CPU_STAGES = (
     ("compiler.transform.plan_memory", "PlanMemory"),
 )
 
-# CUDA: the same stages, with the GPU default schedule (blocks/threads, row kernels).
+# CUDA: the same stages, with the GPU default schedule (blocks/threads, row kernels), and
+# without the CPU kernels (R.dequantize legalizes there).
 _CUDA_STAGES = tuple(("compiler.transform.gpu_schedule", "DefaultGPUSchedule")
-                     if name == "DefaultSchedule" else (module, name) for module, name in _CPU_STAGES)
+                     if name == "DefaultSchedule" else (module, name) for module, name in _CPU_STAGES
+                     if name != "DispatchCPUKernels")
 
 STAGES = {"cpu": _CPU_STAGES, "cuda": _CUDA_STAGES}
 

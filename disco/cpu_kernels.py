@@ -6,6 +6,8 @@
     disco.cpu.matmul_nt_q4_1(x, w, out)     ... 20-byte blocks
     disco.cpu.embedding(ids, w, out)        out = w[ids] in float32, w a float format
     disco.cpu.embedding_q8_0(ids, w, out)   ... rows dequantized as they are read (and _q4_0, _q4_1)
+    disco.cpu.dequantize_q8_0(w, out)       out = the float32 weights (numpy; what R.dequantize
+                                            legalizes to where no kernel reads w in place)
 
 Destination-passing like `disco.blas.matmul_nt` (the same orientation: w is a linear
 layer's (out, in) weight, read in place): x is float32 (..., k), out float32 (..., n),
@@ -30,7 +32,7 @@ import numpy as np
 from . import _native
 from .errors import KernelError
 from .registry import register_func
-from .weight_formats import FORMATS, weight_format
+from .weight_formats import FORMATS, dequantize, weight_format
 
 __all__ = ["matmul_nt", "embedding", "isas", "default_isa", "MATMUL_NT", "EMBEDDING"]
 
@@ -95,9 +97,28 @@ def _matmul_nt_float(x, w, out) -> None:
     _native.cpu_matmul_nt(x, w, out, _code(w, None))
 
 
+# Rows of x up to which the kernel beats numpy's BLAS for float32 weights (decode shapes;
+# measured: benchmarks/results/decode_cpu.json); past it the BLAS's blocked GEMM wins.
+FLOAT32_KERNEL_ROWS = 16
+
+
+@register_func("disco.cpu.matmul_nt_auto")
+def matmul_nt_auto(x, w, out) -> None:
+    """out = x @ w.T for float32 x and w: this module's kernel for decode shapes (at most
+    FLOAT32_KERNEL_ROWS rows of x), numpy's BLAS for more (prefill)."""
+    if x.size <= FLOAT32_KERNEL_ROWS * x.shape[-1] and w.dtype == np.float32:
+        _native.cpu_matmul_nt(x, w, out, 0)
+    else:
+        np.matmul(x, w.T, out=out)
+
+
 @register_func("disco.cpu.embedding")
 def _embedding_float(ids, w, out) -> None:
     embedding(ids, w, out)
+
+
+def _dequantize_into(w: np.ndarray, out: np.ndarray, fmt: str) -> None:
+    out[...] = dequantize(w, fmt)
 
 
 for _name, _f in FORMATS.items():
@@ -105,3 +126,5 @@ for _name, _f in FORMATS.items():
         # The native function itself, the format fixed: a decode step makes hundreds of these calls.
         register_func(MATMUL_NT[_name], functools.partial(_native.cpu_matmul_nt, format=_f.code))
         register_func(EMBEDDING[_name], functools.partial(embedding, fmt=_name))
+        register_func(f"disco.cpu.dequantize_{_name}", functools.partial(_dequantize_into, fmt=_name))
+

@@ -313,6 +313,24 @@ def masked_take(table, indices, mesh_shape, mesh_axis, device_ids=None):
     return contiguous(out)
 
 
+@register_func("spmd.masked_embedding", override=True)
+def masked_embedding(table, indices, mesh_shape, mesh_axis, fmt):
+    """`masked_take` of a table stored in weight format `fmt` (disco/weight_formats.py),
+    rows converted to float32 as the CPU kernel reads them (disco.cpu.embedding*): the
+    local table is never converted whole."""
+    from disco.cpu_kernels import embedding
+    from disco.weight_formats import logical_shape
+    me, _ = _me(mesh_shape)
+    rows = table.shape[0]
+    start = mesh_coordinate(me, mesh_shape)[mesh_axis] * rows
+    local = np.asarray(indices).astype(np.int64) - start
+    inside = (local >= 0) & (local < rows)
+    out = np.empty(local.shape + logical_shape(table.shape, fmt)[1:], np.float32)
+    embedding(np.where(inside, local, 0), table, out, fmt)
+    out[~inside] = 0
+    return out
+
+
 def _pairs(senders, receivers, what: str) -> tuple[list[int], list[int]]:
     """The worker pairs of a transfer between two stages' meshes, checked against the session."""
     ctx = current_context()

@@ -19,12 +19,18 @@ from .base import CausalLM
 FAMILIES = {"llama": llama.build, "mistral": llama.build, "qwen2": llama.build, "gpt2": gpt2.build}
 
 
-def from_config(cfg: Mapping[str, Any], tp: int = 1, dtype: str = "float32") -> CausalLM:
-    """The model of a Hugging Face config dict, for a tensor-parallel degree `tp`."""
+def from_config(cfg: Mapping[str, Any], tp: int = 1, dtype: str = "float32",
+                quantization=None) -> CausalLM:
+    """The model of a Hugging Face config dict, for a tensor-parallel degree `tp`;
+    `quantization`: the format its weights are stored in (CausalLM.store_weights)."""
     kind = cfg.get("model_type")
     if kind not in FAMILIES:
         raise ValueError(f"model_type {kind!r} is not supported; supported: {sorted(FAMILIES)}")
-    return FAMILIES[kind](cfg, tp, dtype)
+    model = FAMILIES[kind](cfg, tp, dtype)
+    if quantization is not None and dtype != "float32":
+        raise ValueError(f"quantization={quantization!r} stores the weights and computes in float32; "
+                         f"dtype={dtype!r} asks for {dtype} computation (use one or the other)")
+    return model.store_weights(quantization)
 
 
 from .loader import load  # noqa: E402  (after from_config: the loader builds models with it)

@@ -13,6 +13,7 @@ only that worker's block of the checkpoint.
 """
 from __future__ import annotations
 
+import fnmatch
 from typing import Any, Mapping, Optional
 
 import numpy as np
@@ -89,6 +90,9 @@ class CausalLM(nn.Module):
     family = "?"
     config: Any
     tp: int = 1
+    # Parameters the CPU kernels read in a stored format (fnmatch patterns): the weights
+    # of linear layers in (out, in) layout and embedding tables.
+    STORABLE: tuple[str, ...] = ()
 
     def hidden(self, input_ids, cache):
         raise NotImplementedError(f"{type(self).__name__}.hidden")
@@ -113,6 +117,55 @@ class CausalLM(nn.Module):
         """(layers, KV heads per device, head_dim): the KV cache each device needs."""
         raise NotImplementedError(f"{type(self).__name__}.kv_layout")
 
+    def store_weights(self, quantization) -> "CausalLM":
+        """Keep the weights the CPU kernels read (STORABLE) in a stored format, computing in
+        float32: `quantization` is None (as declared), one format for all of them ("q4_1",
+        "q8_0", "q4_0", "bfloat16"/"bf16", "float16"/"f16", "float32"), or a dict parameter
+        name -> format (None: float32). A row-parallel weight ("S[1]": its input dim split)
+        of a block format must split at whole blocks: k // 32 divisible by the degree
+        (ShardingError naming the weight otherwise). Returns the model."""
+        from disco.errors import KernelError
+        from disco.weight_formats import weight_format
+        if quantization is None:
+            return self
+        names = dict(self.named_parameters())
+        storable = [n for n in names if any(fnmatch.fnmatchcase(n, p) for p in self.STORABLE)]
+        if isinstance(quantization, str):
+            plan = {n: quantization for n in storable}
+        elif isinstance(quantization, Mapping):
+            plan = dict(quantization)
+            bad = [n for n in plan if n not in storable]
+            if bad:
+                raise ValueError(f"{self.family}: quantization names {bad[:4]}, which are not weights "
+                                 f"the CPU kernels read in a stored format; those are: {storable[:4]} ...")
+        else:
+            raise ValueError(f"quantization must be None, a format name or a dict parameter -> "
+                             f"format; got {quantization!r}")
+        if not storable:
+            raise ValueError(f"{self.family}: no weights can be stored quantized (its layers are "
+                             f"not in the (out, in) layout the CPU kernels read); use quantization=None")
+        for name, fmt in plan.items():
+            if fmt is None:
+                continue
+            try:
+                f = weight_format(fmt)
+            except KernelError as e:
+                raise ValueError(f"quantization {fmt!r} for {name!r}: {e}") from None
+            if f.name == "float32":
+                continue
+            p = names[name]
+            rows_split = p.placement is not None and any(
+                getattr(pl, "dim", None) == 1 for pl in p.placement)
+            k = p.logical_shape[-1]
+            if f.quantized and rows_split and k % f.block == 0 and (k // f.block) % self.tp:
+                raise ShardingError(
+                    f"{self.family}: {name} ({p.logical_shape[0]} x {k}) is row-parallel (its input "
+                    f"dim split over {self.tp} devices), and a {f.name} row is blocks of {f.block} "
+                    f"weights: {k // f.block} blocks do not split over {self.tp} devices; use a "
+                    f"degree that divides {k // f.block}, or a float format (bfloat16) for it")
+            p.store(f.name)
+        return self
+
     def weight_maps(self) -> Mapping[str, list]:
         """Parameter name -> its index maps (pad_map, repeat_heads_map, regroup_map), for
         the parameters that differ from their checkpoint tensor."""
@@ -133,7 +186,8 @@ class CausalLM(nn.Module):
         return [{"name": name, "source": sources.get(name, name), "shape": list(p.shape),
                  "dtype": p.dtype,
                  "placement": format_placement(p.placement) if p.placement else "R" * axes,
-                 "maps": [dict(m) for m in maps.get(name, ())]}
+                 "maps": [dict(m) for m in maps.get(name, ())],
+                 **({"format": p.format} if p.format else {})}
                 for name, p in self.named_parameters()]
 
     def load_params(self, checkpoint) -> dict[str, np.ndarray]:

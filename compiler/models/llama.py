@@ -90,6 +90,7 @@ class LlamaModel(nn.Module):
 
 class LlamaForCausalLM(CausalLM):
     family = "llama"
+    STORABLE = ("*_proj.weight", "model.embed_tokens.weight", "lm_head.weight")
 
     def __init__(self, config: LlamaConfig, tp: int = 1, dtype: str = "float32"):
         family = f"{self.family} (config.json)"

@@ -13,6 +13,7 @@ weights, each worker its own blocks, and the tokenizer.
 """
 from __future__ import annotations
 
+import fnmatch
 import hashlib
 import json
 import os
@@ -70,9 +71,49 @@ def degrees_that_work(cfg: dict, up_to: int = 16) -> list[int]:
     return ok
 
 
-def _model(cfg: dict, tp: int, dtype: str, path: str):
+def resolve_quantization(quantization, path: str, cfg: dict):
+    """`quantization` as from_config takes it: None, a format name (checked), or for
+    "gguf" a dict parameter -> the format the GGUF file stores it in (every 2-D weight
+    the CPU kernels read; a ValueError naming tensors in other ggml types)."""
+    from disco.errors import KernelError
+    from disco.weight_formats import weight_format
+    if quantization is None:
+        return None
+    if not isinstance(quantization, str):
+        raise ValueError(f"quantization must be a format name or 'gguf', got {quantization!r}")
+    if quantization.lower() != "gguf":
+        try:
+            name = weight_format(quantization).name
+            return None if name == "float32" else name
+        except KernelError as e:
+            raise ValueError(f"quantization={quantization!r}: {e}; or 'gguf' (each weight as a GGUF "
+                             f"file stores it)") from None
+    if not (os.path.isfile(path) and path.endswith(".gguf")):
+        raise ValueError(f"quantization='gguf' runs a GGUF file's weights as stored; {path!r} is not "
+                         f"a .gguf file (name a format instead: q8_0, q4_0, q4_1, bfloat16, float16)")
+    from disco.llm.gguf import GGUFCheckpoint
+    model = from_config(cfg, tp=1)
+    storable = [n for n, _ in model.named_parameters()
+                if any(fnmatch.fnmatchcase(n, p) for p in model.STORABLE)]
+    plan, bad = {}, []
+    with GGUFCheckpoint(path) as ckpt:
+        sources = model.weight_sources()
+        for name in storable:
+            source = sources.get(name, name)
+            fmt = ckpt.stored_format(source)
+            if fmt is None:
+                bad.append(f"{ckpt.gguf_name(source)} (ggml type {ckpt._tensor(source).ggml_type})")
+            plan[name] = fmt
+    if bad:
+        raise ValueError(f"quantization='gguf': {path!r} stores {', '.join(bad[:4])} in formats the "
+                         f"CPU kernels do not read (they read F32, F16, BF16, Q8_0, Q4_0, Q4_1); name "
+                         f"one format for every weight instead (quantization='q8_0')")
+    return plan
+
+
+def _model(cfg: dict, tp: int, dtype: str, path: str, quantization=None):
     try:
-        return from_config(cfg, tp=tp, dtype=dtype)
+        return from_config(cfg, tp=tp, dtype=dtype, quantization=quantization)
     except ShardingError as e:
         raise ShardingError(f"{path!r} cannot be split over {tp} workers: {e}; degrees that work: "
                             f"{degrees_that_work(cfg)}") from None
@@ -86,22 +127,25 @@ def _config_eos(cfg: dict) -> list[int]:
 
 
 def compile_model(cfg: dict, tp: int, dtype: str, target: str = "cpu", path: str = "",
-                  progress: bool = True) -> str:
-    """The exported model folder of this config, dtype, degree and target: from the cache,
-    or compiled into it (written to a temporary folder, then renamed: a reader never sees
-    half of one)."""
-    key = json.dumps({"config": cfg, "tp": tp, "dtype": dtype, "target": target,
-                      "version": CACHE_VERSION}, sort_keys=True, default=str)
+                  progress: bool = True, quantization=None) -> str:
+    """The exported model folder of this config, dtype, quantization (as from_config
+    takes it), degree and target: from the cache, or compiled into it (written to a
+    temporary folder, then renamed: a reader never sees half of one)."""
+    key = {"config": cfg, "tp": tp, "dtype": dtype, "target": target, "version": CACHE_VERSION}
+    if quantization is not None:
+        key["quantization"] = quantization
+    key = json.dumps(key, sort_keys=True, default=str)
     folder = os.path.join(cache_dir(), hashlib.sha256(key.encode()).hexdigest()[:20])
     if os.path.isfile(os.path.join(folder, MODEL_JSON)):
         return folder
     from .. import build
-    model = _model(cfg, tp, dtype, path)
+    model = _model(cfg, tp, dtype, path, quantization)
     bar = _progress("compile", progress)
     ex = build(model.export(), target)
     bar()
     layers, kv_heads, head_dim = model.kv_layout()
     meta = {"family": cfg.get("model_type"), "config": cfg, "tp": tp, "dtype": dtype, "target": target,
+            **({"quantization": quantization} if quantization is not None else {}),
             "vocab_size": _real_vocab(model), "max_positions": _max_positions(cfg),
             "kv_layout": [layers, kv_heads, head_dim], "eos_token_ids": _config_eos(cfg),
             "params": model.weight_specs()}
@@ -152,8 +196,16 @@ def launched_ranks() -> Optional[int]:
 
 
 def load(path: str, tp: Optional[int] = None, dtype: str = "float32", session=None,
-         device: str = "cpu", progress: bool = True, **engine_options: Any) -> Engine:
+         device: str = "cpu", progress: bool = True, quantization: Optional[str] = None,
+         **engine_options: Any) -> Engine:
     """A `disco.llm.Engine` for the checkpoint at `path` (see the module docstring).
+
+    `dtype`: the dtype of weights and computation alike (float32, float16, bfloat16).
+    `quantization` (CPU): the format the weights of linear layers and embeddings are
+    stored in, computing in float32 (`dtype` must stay float32): "bf16" / "f16" (16-bit
+    weights), "q8_0", "q4_0", "q4_1" (GGUF's blocks: read from a GGUF file's own blocks
+    when it stores them so, else quantized at load), or "gguf" (each weight as the GGUF
+    file stores it); None: as `dtype` says.
     `engine_options`: Engine's (max_tokens, page_size, generation_config)."""
     path = os.path.abspath(os.fspath(path))
     if not os.path.exists(path):
@@ -165,7 +217,11 @@ def load(path: str, tp: Optional[int] = None, dtype: str = "float32", session=No
         raise ValueError(f"tp must be a positive int, got {tp!r}")
     if dtype not in DTYPES:
         raise ValueError(f"dtype {dtype!r} is not supported; expected one of {', '.join(DTYPES)}")
-    _model(cfg, tp, dtype, path)                 # a degree that cannot work fails before any worker
+    if quantization is not None and device != "cpu":
+        raise ValueError(f"quantization={quantization!r} is for CPU workers (its kernels are CPU "
+                         f"kernels); device={device!r}")
+    quantization = resolve_quantization(quantization, path, cfg)
+    _model(cfg, tp, dtype, path, quantization)   # a degree that cannot work fails before any worker
     tokenizer = load_tokenizer(path)             # a broken tokenizer too
     if tokenizer is None and "generation_config" not in engine_options and os.path.isdir(path):
         engine_options["generation_config"] = GenerationConfig.load(path, _config_eos(cfg))
@@ -177,7 +233,7 @@ def load(path: str, tp: Optional[int] = None, dtype: str = "float32", session=No
         raise ValueError(f"tp={tp} but the session has {session.num_workers} workers")
     try:
         folder = compile_model(cfg, tp, dtype, "cuda" if device.startswith("cuda") else "cpu", path,
-                               progress)
+                               progress, quantization)
         engine = Engine.load(folder, checkpoint=path, session=session, tokenizer=tokenizer,
                              **engine_options)
         engine.owns_session = owns

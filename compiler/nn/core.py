@@ -127,8 +127,9 @@ def _binary(name: str, a: Any, b: Any) -> Tensor:
 
 class Parameter:
     """A weight of the model: shape, dtype, and optionally its placement over the mesh
-    (`shard("S[0]")`, or a plan through `nn.shard`). Its name is where it sits in the
-    module tree (`Module.named_parameters`)."""
+    (`shard("S[0]")`, or a plan through `nn.shard`) and the format it is stored in
+    (`store("q4_1")`, or a plan through `nn.store_weights`). Its name is where it sits in
+    the module tree (`Module.named_parameters`)."""
 
     def __init__(self, shape: Sequence[int], dtype: str = "float32"):
         self.shape = tuple(int(d) for d in shape)
@@ -136,6 +137,28 @@ class Parameter:
             raise ShapeError(f"nn.Parameter: negative dim in shape {self.shape}")
         self.dtype = dtype
         self.placement = None
+        self.format: Optional[str] = None      # a weight format of disco.weight_formats
+        self.logical_shape = self.shape         # the weights' shape, whatever the storage
+
+    def store(self, fmt: str) -> "Parameter":
+        """Keep the parameter in weight format `fmt` (disco/weight_formats.py: float16,
+        bfloat16, q8_0, q4_0, q4_1): its variable is then the stored array (for block
+        formats uint8 (..., k // 32 * block_bytes)) and calling it gives
+        `R.dequantize(stored, format=fmt)`, the float32 weights, which the CPU pipeline
+        reads in place (DispatchCPUKernels). Returns the parameter."""
+        from disco.errors import KernelError
+        from disco.weight_formats import storage_shape, weight_format
+        try:
+            f = weight_format(fmt)
+            shape = storage_shape(self.logical_shape, f)
+        except KernelError as e:
+            raise ShapeError(f"nn.Parameter{self.logical_shape}: cannot be stored as {fmt!r}: {e}") from None
+        if self.dtype != "float32":
+            raise ShapeError(f"nn.Parameter{self.logical_shape}: a stored format needs float32 "
+                             f"computation (the kernels take float32 activations); the parameter "
+                             f"is {self.dtype}")
+        self.format, self.shape, self.dtype = f.name, shape, f.dtype.name
+        return self
 
     def shard(self, placement) -> "Parameter":
         """Place the parameter over the mesh ("S[1]": split dim 1 over mesh axis 0;
@@ -144,12 +167,18 @@ class Parameter:
         return self
 
     def __call__(self) -> Tensor:
-        """The parameter's variable in the function being traced."""
-        return Tensor(trace().params[id(self)])
+        """The parameter's value in the function being traced: its variable, or for a
+        stored format the float32 weights (`R.dequantize` of the variable)."""
+        var = trace().params[id(self)]
+        if self.format is None:
+            return Tensor(var)
+        from .. import op
+        return emit(op.dequantize(var, self.format))
 
     def __repr__(self) -> str:
         where = f", {''.join(str(p) for p in self.placement)}" if self.placement else ""
-        return f"nn.Parameter({self.shape}, {self.dtype!r}{where})"
+        fmt = f", stored {self.format}" if self.format else ""
+        return f"nn.Parameter({self.shape}, {self.dtype!r}{where}{fmt})"
 
 
 class Module:

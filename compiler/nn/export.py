@@ -125,4 +125,17 @@ def shard(model: Module, mesh: Union[DeviceMesh, int], plan: Mapping[str, str]) 
     return model
 
 
-__all__ = ["spec", "export", "shard"]
+def store_weights(model: Module, plan: Mapping[str, Optional[str]]) -> Module:
+    """Keep `model`'s parameters in weight formats by a plan: dotted-name patterns
+    (fnmatch syntax) -> format ("q4_1", "bfloat16", ...; None: as declared); the first
+    matching pattern wins (see Parameter.store). Returns model."""
+    for name, p in model.named_parameters():
+        for pattern, fmt in plan.items():
+            if fnmatch.fnmatchcase(name, pattern):
+                if fmt is not None:
+                    p.store(fmt)
+                break
+    return model
+
+
+__all__ = ["spec", "export", "shard", "store_weights"]

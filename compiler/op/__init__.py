@@ -14,6 +14,8 @@ from . import memory  # R.memory.*: explicit storage, written by PlanMemory
 from . import dist  # R.dist.*: sharding annotations and conversions
 from . import ccl  # R.ccl.*: collectives of the local view, written by LowerToLocalView
 from . import kv  # R.kv.*: the paged KV cache of language models
+from . import weights  # R.dequantize: weights stored in 16 bits or GGUF blocks
+from .weights import dequantize
 from .unary import exp, log, sqrt, rsqrt, tanh, sigmoid, erf, sin, cos, negative, abs, square
 from .binary import (add, subtract, multiply, divide, floor_divide, power, maximum, minimum,
                      equal, not_equal, less, less_equal, greater, greater_equal)

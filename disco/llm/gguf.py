@@ -30,6 +30,7 @@ import struct
 from dataclasses import dataclass
 from typing import Any, Optional
 
+import ml_dtypes
 import numpy as np
 
 from ..errors import DiscoError
@@ -47,6 +48,12 @@ _SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<
             10: "<Q", 11: "<q", 12: "<d"}
 _STRING, _ARRAY = 8, 9
 _F32, _F16, _BF16 = 0, 1, 30
+_Q4_0, _Q4_1, _Q8_0 = 2, 3, 8
+# ggml types the CPU kernels read as stored -> their weight format (disco/weight_formats.py)
+_FORMATS = {_F32: "float32", _F16: "float16", _BF16: "bfloat16", _Q8_0: "q8_0", _Q4_0: "q4_0",
+            _Q4_1: "q4_1"}
+_FLOAT_DTYPES = {_F32: np.dtype(np.float32), _F16: np.dtype(np.float16),
+                 _BF16: np.dtype(ml_dtypes.bfloat16)}
 _REQUIRED = object()
 
 
@@ -307,6 +314,40 @@ class GGUFCheckpoint(Checkpoint):
         first, last = start // size, -(-stop // size)   # the heads the rows fall in
         w = _unpermute(self._rows(name, first * size, last * size), last - first)
         return w[start - first * size:stop - first * size].copy()
+
+    def stored_format(self, name: str) -> Optional[str]:
+        """The weight format (disco/weight_formats.py) tensor `name` is stored in, when it
+        is one the CPU kernels read (float32, float16, bfloat16, q8_0, q4_0, q4_1)."""
+        return _FORMATS.get(self._tensor(name).ggml_type)
+
+    def read_raw(self, name: str, rows: slice) -> np.ndarray:
+        """Rows `rows` (a slice with step 1) of tensor `name` as stored: for a block
+        format the uint8 (rows, row_bytes) of their blocks, for a float format the array
+        of its dtype; no dequantization. q and k rows come back in Hugging Face's order
+        (a row permutation: a row of blocks moves whole)."""
+        t = self._tensor(name)
+        if self._buf is None:
+            raise GGUFError(f"{self.path}: read after close()")
+        if len(t.shape) != 2 or t.ggml_type not in _FORMATS:
+            raise GGUFError(f"{self.path}: {t.gguf_name} (ggml type {t.ggml_type}, shape {t.shape}) "
+                            f"cannot be read as stored; read() dequantizes it")
+        start, stop, _ = rows.indices(t.shape[0])
+        stop = max(stop, start)
+        heads = self._heads.get(name)
+        if heads is None:
+            return self._raw_rows(name, start, stop)
+        size = t.shape[0] // heads
+        first, last = start // size, -(-stop // size)
+        w = _unpermute(self._raw_rows(name, first * size, last * size), last - first)
+        return w[start - first * size:stop - first * size].copy()
+
+    def _raw_rows(self, name: str, a: int, b: int) -> np.ndarray:
+        t = self._tensors[name]
+        values, nbytes = self._blocks[name]
+        row_bytes = t.shape[1] // values * nbytes
+        raw = np.frombuffer(self._buf, np.uint8, (b - a) * row_bytes, t.offset + a * row_bytes)
+        raw = raw.reshape(b - a, row_bytes).copy()
+        return raw if values > 1 else raw.view(_FLOAT_DTYPES[t.ggml_type])
 
     def close(self) -> None:
         if self._buf is not None:

@@ -9,6 +9,12 @@ A parameter spec is JSON-able (compiler.models' `CausalLM.weight_specs()` makes 
      "placement": "S[0]",                                 # one per mesh axis ("R": whole everywhere)
      "maps": [{"axis": 0, "op": "repeat_heads", "heads": 2, "repeat": 2}]}
 
+A parameter kept in a stored weight format (disco/weight_formats.py) has `"format"`
+("q4_1", "bfloat16", ...), and its shape and dtype are the stored array's (uint8
+(n, k // 32 * block_bytes) for block formats). A block of one is cut at whole blocks
+and read from the checkpoint's own blocks when the checkpoint stores the tensor in that
+format (`read_raw`, a GGUF file), else read in float32 and quantized here.
+
 `maps` say how the parameter differs from its source, each along one axis, applied to
 the source in list order. Each is an index map: the parameter's index along the axis
 -> the index of the tensor before the map, or -1 for a zero:
@@ -52,6 +58,7 @@ from disco._context import current_context
 from disco.errors import PlacementError
 from disco.placement import Layout, parse_placement
 from disco.registry import register_func
+from disco.weight_formats import FORMATS, logical_shape, quantize, take_block
 
 from .checkpoint import Checkpoint, CheckpointError, open_checkpoint
 
@@ -90,7 +97,24 @@ def _check_spec(spec: Any) -> None:
     shape = spec["shape"]
     if not isinstance(shape, (list, tuple)) or not all(isinstance(d, int) and d >= 0 for d in shape):
         raise CheckpointError(f"{what}: shape must be a list of non-negative ints, got {shape!r}")
-    if spec["dtype"] not in DTYPES:
+    fmt = spec.get("format")
+    if fmt is not None:
+        if fmt not in FORMATS:
+            raise CheckpointError(f"{what}: format {fmt!r} is not one of {', '.join(FORMATS)}")
+        if spec["dtype"] != FORMATS[fmt].dtype.name:
+            raise CheckpointError(f"{what}: a {fmt} parameter is stored as "
+                                  f"{FORMATS[fmt].dtype.name}, but its dtype is {spec['dtype']!r}")
+        if FORMATS[fmt].quantized:
+            if len(shape) != 2:
+                raise CheckpointError(f"{what}: a {fmt} parameter is a 2-D matrix, got shape {shape}")
+            if shape[1] % FORMATS[fmt].block_bytes:
+                raise CheckpointError(f"{what}: a {fmt} row is whole blocks of "
+                                      f"{FORMATS[fmt].block_bytes} bytes; shape {shape}")
+            if any(m["op"] == "regroup" or _axis(m, 2) == 1 for m in spec["maps"]
+                   if isinstance(m, dict) and isinstance(m.get("axis"), int)):
+                raise CheckpointError(f"{what}: maps along the columns of a {fmt} parameter "
+                                      f"are not supported ({spec['maps']})")
+    elif spec["dtype"] not in DTYPES:
         raise CheckpointError(f"{what}: dtype {spec['dtype']!r} is not one of {DTYPES}")
     parse_placement(spec["placement"])
     for m in spec["maps"]:
@@ -102,6 +126,15 @@ def _check_spec(spec: Any) -> None:
                 raise CheckpointError(f"{what}: map {m!r} needs an int {key!r}")
         if not -len(shape) <= m["axis"] < len(shape):
             raise CheckpointError(f"{what}: map {m!r}: axis out of range for shape {tuple(shape)}")
+
+
+def logical_spec(spec: dict) -> dict:
+    """`spec` as the float32 weights it stands for: for a block format, the logical shape
+    (n, k) and dtype float32 (what is read from the checkpoint before quantizing)."""
+    fmt = spec.get("format")
+    if fmt is None or not FORMATS[fmt].quantized:
+        return spec
+    return dict(spec, shape=list(logical_shape(tuple(spec["shape"]), fmt)), dtype="float32")
 
 
 def _axis(m: dict, ndim: int) -> int:
@@ -172,6 +205,7 @@ def resolve(ckpt: Checkpoint, names: set, source: str) -> Optional[str]:
 
 def _source_problem(ckpt: Checkpoint, names: set, spec: dict) -> tuple[Optional[str], Optional[str]]:
     """(the checkpoint tensor, None) or (None, what is wrong with it for `spec`)."""
+    spec = logical_spec(spec)
     name, source = spec["name"], spec["source"]
     found = resolve(ckpt, names, source)
     if found is None:
@@ -307,9 +341,40 @@ def load_block(ckpt: Checkpoint, spec: dict, mesh_shape: Sequence[int], device: 
         layout.check(shape, f"parameter {spec['name']!r}")
     except PlacementError as e:
         raise CheckpointError(str(e)) from None
+    block = layout.block(device, shape)
+    fmt = spec.get("format")
+    if fmt is not None and FORMATS[fmt].quantized:
+        return _load_stored_block(ckpt, tensor, spec, block)
     sizes = _sizes(spec, ckpt.shape(tensor))
-    index = _block_index(spec, sizes, layout.block(device, shape))
+    index = _block_index(spec, sizes, block)
     return read_block(ckpt, tensor, index, _dtype(spec["dtype"]))
+
+
+def _load_stored_block(ckpt: Checkpoint, tensor: str, spec: dict, block: tuple) -> np.ndarray:
+    """The block (rows, byte columns) of a parameter stored in a block format: the
+    checkpoint's own blocks when it stores the tensor in that format (a GGUF file), else
+    its float block quantized here. Column bounds must fall on whole blocks (a
+    row-parallel split of k into shards of whole 32-weight groups)."""
+    fmt = FORMATS[spec["format"]]
+    rows, cols = block
+    if cols.start % fmt.block_bytes or cols.stop % fmt.block_bytes:
+        k = spec["shape"][1] // fmt.block_bytes * fmt.block
+        raise CheckpointError(
+            f"parameter {spec['name']!r}: a {fmt.name} weight splits its input dim only between "
+            f"blocks of {fmt.block} weights, but this device's bytes {cols.start}:{cols.stop} of "
+            f"{spec['shape'][1]} cut a block (k = {k}, {k // fmt.block} blocks, not divisible by "
+            f"the shard count); use a degree that divides {k // fmt.block}")
+    logical = logical_spec(spec)
+    lcols = slice(cols.start // fmt.block_bytes * fmt.block, cols.stop // fmt.block_bytes * fmt.block)
+    index = _block_index(logical, _sizes(logical, ckpt.shape(tensor)), (rows, lcols))
+    if getattr(ckpt, "stored_format", lambda _: None)(tensor) != fmt.name:
+        return quantize(read_block(ckpt, tensor, index, np.dtype(np.float32)), fmt)
+    src_rows, cut = index[0], (lcols.start, lcols.stop)
+    n = src_rows.stop - src_rows.start if isinstance(src_rows, slice) else len(src_rows)
+    out = np.zeros((n, (cut[1] - cut[0]) // fmt.block * fmt.block_bytes), np.uint8)  # zero bytes: zero weights
+    for first, end, at in _runs(src_rows):
+        out[at:at + end - first] = take_block(ckpt.read_raw(tensor, slice(first, end)), fmt, cols=cut)
+    return out
 
 
 # -- on the workers, and from the controller --------------------------------------------

@@ -478,13 +478,15 @@ def test_smollm2_tokenizer_equals_transformers(smollm2, hf_smollm2):
 
 # ---- through the compiler's Llama: config, weights and tokens of a GGUF file together ----------
 
-def _greedy(path, tp: int, prompt: list[int], steps: int, stop=()) -> tuple[np.ndarray, list[int]]:
+def _greedy(path, tp: int, prompt: list[int], steps: int, stop=(), quantization=None
+            ) -> tuple[np.ndarray, list[int]]:
     """The prompt's logits (forward) and `steps` greedy tokens (decode) of the compiled
-    Llama built from gguf_config(path) with GGUFCheckpoint(path)'s weights, on `tp` workers."""
+    Llama built from gguf_config(path) with GGUFCheckpoint(path)'s weights, on `tp` workers
+    (`quantization`: as models.from_config takes it)."""
     import disco
     from compiler import build, models
     from disco.llm.weights import place_weights
-    model = models.from_config(gguf_config(path), tp=tp)
+    model = models.from_config(gguf_config(path), tp=tp, quantization=quantization)
     with disco.ProcessSession(tp) as sess:
         dmod = sess.load_module(build(model.export()))
         weights = place_weights(sess, str(path), model.weight_specs())   # each worker its blocks
@@ -517,6 +519,51 @@ def test_tiny_through_compiled_llama_equals_transformers(tmp_path):
     ref = _transformers_logits(path, ids)
     logits, _ = _greedy(path, 2, ids, 1)
     np.testing.assert_allclose(logits, ref, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("rows", [slice(0, None), slice(3, -5), slice(17, 18)])
+def test_tiny_blocks_as_stored(tiny, rows):
+    """read_raw: the file's own blocks (Q8_0) or float32 rows, q and k rows back in
+    Hugging Face's order as whole rows of blocks; decoded by this test's own Q8_0 decoder
+    they are the weights written."""
+    path, expected = tiny
+    ckpt = GGUFCheckpoint(path)
+    for name, want in expected.items():
+        if want.ndim != 2:
+            continue
+        fmt = ckpt.stored_format(name)
+        raw = ckpt.read_raw(name, rows)
+        if fmt == "q8_0":
+            assert raw.dtype == np.uint8 and raw.shape[1] == want.shape[1] // 32 * 34
+            got = q8_0_decode(raw.reshape(-1, 34)).reshape(raw.shape[0], -1)
+        else:
+            assert fmt == "float32" and raw.dtype == np.float32
+            got = raw
+        np.testing.assert_array_equal(got, want[rows], err_msg=name)
+    ckpt.close()
+
+
+@pytest.mark.parametrize("tp", [1, 2])
+def test_tiny_from_its_own_blocks(tiny, tp):
+    """The compiled Llama reading the Q8_0 tensors as stored (q and gate column-parallel,
+    the embedding vocabulary-parallel, with 2 workers) against the float32 path of the
+    dequantized file: logits within float32 reordering. down_proj (k = 96: 3 blocks) is
+    row-parallel and cannot split over 2 workers in Q8_0: a ShardingError says so."""
+    from compiler import models
+    from compiler.ir.errors import ShardingError
+    path, _ = tiny
+    ckpt = GGUFCheckpoint(path)
+    plan = {n: "q8_0" for n in ckpt.names() if ckpt.stored_format(n) == "q8_0"}
+    ckpt.close()
+    ids = [5, 100, 200, 17, 263, 1, 42]
+    if tp > 1:
+        with pytest.raises(ShardingError, match="down_proj.weight.*3 blocks do not split over 2"):
+            models.from_config(gguf_config(path), tp=tp, quantization=plan)
+        plan = {n: f for n, f in plan.items() if "down_proj" not in n}
+    ref, ref_tokens = _greedy(path, 1, ids, 8)
+    got, tokens = _greedy(path, tp, ids, 8, quantization=plan)
+    np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-4)
+    assert tokens == ref_tokens
 
 
 @pytest.mark.slow

@@ -52,6 +52,8 @@ def _case_ids():
 def test_every_operator_matches_numpy_on_gpu(op_vm, i):
     from test_legalize import CASES, case_name, run_case
     c = CASES[i]
+    if c.op == "relax.dequantize" and c.id.startswith("q"):
+        pytest.skip("GGUF block formats are CPU only (their kernels are disco.cpu's)")
     rng = np.random.default_rng(i)
     for n in c.ns:
         run_case(op_vm, i, c, n, rng)

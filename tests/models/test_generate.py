@@ -375,6 +375,19 @@ def test_smollm2_gguf_equals_transformers(smollm2, tp):
         assert engine.chat(ref["messages"], max_new_tokens=32) == "The capital of France is Paris."
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("tp", [1, 3])
+def test_smollm2_from_its_own_blocks_equals_transformers(smollm2, tp):
+    """The same file run from its own blocks (quantization="gguf": Q4_1 linear layers read
+    by disco.cpu.matmul_nt_q4_1, the Q8_0 embedding and tied LM head by the q8_0 kernels;
+    nothing dequantized): the same greedy tokens as transformers on the dequantized
+    weights (references/smollm2.json), on 1 and 3 workers."""
+    ref = json.load(open(os.path.join(HERE, "references", "smollm2.json")))
+    with models.load(smollm2, tp=tp, quantization="gguf") as engine:
+        got = engine.generate([ref["prompt_ids"], ref["text_prompt_ids"]], max_new_tokens=32)
+        assert got == [ref["generate"], ref["text_generate"]]
+
+
 def test_a_worker_killed_mid_generation_is_an_error_not_a_hang(checkpoints):
     """SIGKILL to worker 1 while a stream runs: the next step raises the session's error
     naming the worker, within the liveness check's time, and closing the engine works."""
