@@ -97,6 +97,7 @@ def bench_ours(path: str, cfg: dict, tp: int, threads: int, quantization, steps:
                                                         16, "float32")
         begin = sess.get_global_func("disco.kv.begin_forward")
         add = sess.get_global_func("disco.kv.add_sequence")
+        remove = sess.get_global_func("disco.kv.remove_sequence")
         sid = 0
         for batch in batches:
             seqs = list(range(sid, sid + batch))
@@ -122,6 +123,8 @@ def bench_ours(path: str, cfg: dict, tp: int, threads: int, quantization, steps:
             # median step: robust to the other jobs of a shared machine
             out[f"decode_tok_s_b{batch}"] = batch / float(np.median(times))
             out[f"step_ms_b{batch}"] = 1e3 * float(np.median(times))
+            for s in seqs:              # the next batch gets the whole cache
+                remove(cache, s)
     return out
 
 
