@@ -189,6 +189,7 @@ class DModule:
         self.executable = executable
         dist = executable.metadata.get("distributed") or {}
         self.functions_info: dict = dist.get("functions", {})
+        self._handles: dict = {}
         self.mesh_shape = tuple(dist.get("mesh_shape") or (session.num_workers,))
         ids = dist.get("device_ids")
         size = math.prod(self.mesh_shape)
@@ -213,19 +214,19 @@ class DModule:
         session.sync()
 
     def __getitem__(self, name: str) -> DFunctionHandle:
-        if name in self.functions_info and "stages" in self.functions_info[name]:
-            handles = self.__dict__.setdefault("_handles", {})
-            if name not in handles:
-                from disco.pipeline import PipelineFunctionHandle
-                handles[name] = PipelineFunctionHandle(self, name, self.functions_info[name])
-            return handles[name]
+        if name not in self._handles:       # made once: a decode step calls it every token
+            self._handles[name] = self._make_handle(name)
+        return self._handles[name]
+
+    def _make_handle(self, name: str) -> DFunctionHandle:
+        info = self.functions_info.get(name)
+        if info is not None and "stages" in info:
+            from disco.pipeline import PipelineFunctionHandle
+            return PipelineFunctionHandle(self, name, info)
         if name not in self.executable.functions:
             raise SessionError(f"DModule has no function {name!r}; it has "
                                f"{sorted(self.executable.functions)}")
-        handles = self.__dict__.setdefault("_handles", {})    # made once: a decode step calls it
-        if name not in handles:
-            handles[name] = DFunctionHandle(self, name, self.functions_info.get(name))
-        return handles[name]
+        return DFunctionHandle(self, name, info)
 
     def place(self, params: dict, function: str = "main") -> dict:
         """Place named arguments of `function` once (e.g. the weights); returns name ->

@@ -263,8 +263,11 @@ class Engine:
         """The most tokens it can still generate: its max_new_tokens, within the context."""
         return max(0, min(r.config.max_new_tokens, self.context - len(r.prompt)))
 
+    def _pages_for(self, tokens: int) -> int:
+        return -(-tokens // self.page_size)
+
     def _pages_needed(self, r: Request) -> int:
-        return -(-(len(r.prompt) + self._budget(r)) // self.page_size)
+        return self._pages_for(len(r.prompt) + self._budget(r))
 
     def _check_prompt(self, ids: list[int]) -> None:
         if not ids:
@@ -466,7 +469,7 @@ class Engine:
         ids = [self._ids_of(p) for p in prompts]
         for p in ids:
             self._check_prompt(p)
-        need = sum(-(-len(p) // self.page_size) for p in ids)
+        need = sum(self._pages_for(len(p)) for p in ids)
         if need > self.free_pages:
             raise EngineError(f"forward of {sum(map(len, ids))} tokens needs {need} free KV pages; "
                               f"{self.free_pages} are free")
