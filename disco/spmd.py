@@ -344,13 +344,18 @@ def _pairs(senders, receivers, what: str) -> tuple[list[int], list[int]]:
 
 @register_func("spmd.send", override=True)
 @_timed
-def send(x, senders, receivers):
+def send(x, senders, receivers, with_shape=0):
     """Pipeline transfer, sending side (R.ccl.send): worker senders[i] sends x to worker
-    receivers[i]; the other workers do nothing. Returns an empty tuple."""
+    receivers[i]; the other workers do nothing. `with_shape`: x's shape goes first, as
+    an int64 array, for a receiver whose program has a symbolic dim there (`recv` with
+    -1 dims). Returns an empty tuple."""
     senders, receivers = _pairs(senders, receivers, "R.ccl.send")
     me = current_context().worker_id
     if me in senders:
-        ccl.send(contiguous(x), receivers[senders.index(me)])
+        dst = receivers[senders.index(me)]
+        if int(with_shape):
+            ccl.send(np.asarray(x.shape, np.int64), dst)
+        ccl.send(contiguous(x), dst)
     return ()
 
 
@@ -358,12 +363,23 @@ def send(x, senders, receivers):
 @_timed
 def recv(shape, dtype, senders, receivers):
     """Pipeline transfer, receiving side (R.ccl.recv): on worker receivers[i], the array of
-    `shape` and `dtype` that worker senders[i] sends it; None on the other workers."""
+    `shape` and `dtype` that worker senders[i] sends it; None on the other workers. Dims
+    of -1 are the sender's: its shape comes first (`send` with `with_shape`), checked
+    against the dims given."""
     senders, receivers = _pairs(senders, receivers, "R.ccl.recv")
-    me = current_context().worker_id
+    ctx = current_context()
+    me = ctx.worker_id
     if me not in receivers:
         return None
-    return ccl.recv(tuple(int(d) for d in shape), dtype, senders[receivers.index(me)])
+    src = senders[receivers.index(me)]
+    shape = tuple(int(d) for d in shape)
+    if any(d == -1 for d in shape):
+        sent = tuple(int(d) for d in ccl.recv((len(shape),), "int64", src))
+        if any(d not in (-1, s) or s < 0 for d, s in zip(shape, sent)):
+            raise DiscoError(f"worker {me}: R.ccl.recv from worker {src} expected shape "
+                             f"{list(shape)} (-1: any), but the sender's array has shape {list(sent)}")
+        shape = sent
+    return ccl.recv(shape, dtype, src)
 
 
 @register_func("spmd.broadcast_from_worker0", override=True)

@@ -42,7 +42,9 @@ def DistributedLowering(mod: IRModule) -> IRModule:
             # one program per stage (pipeline.py); the whole function leaves the module
             stage_funcs, pipelines[name] = split_placed(mod, name, func)
             for i, p in enumerate(functions[name]["params"]):
-                p["mesh"] = func.params[i].struct_info.device_mesh
+                mesh = getattr(func.params[i].struct_info, "device_mesh", None)
+                if mesh is not None:        # not a runtime object (the KV cache): every stage's own
+                    p["mesh"] = mesh
             functions[name]["result"]["mesh"] = mesh_refs(func)[-1]
             functions[name]["stages"] = stage_table(mod, name, pipelines[name])
             mod = IRModule(tuple((k, v) for k, v in mod.functions if k != name), mod.attrs,

@@ -8,7 +8,11 @@ makes it replicated on its mesh (an all-reduce or all-gather there) and sends it
 `R.ccl.send(y, senders=[0, 1], receivers=[2, 3])`; the receiving stage starts with
 `y_s1 = R.ccl.recv(R.shape([...]), dtype=..., senders=[0, 1], receivers=[2, 3])`.
 Receiver j gets its copy from sender j mod |sending mesh| (several rounds of sends
-when the receiving mesh is larger). A worker runs only its stage's program
+when the receiving mesh is larger). A value with a symbolic dim (the tokens of a
+step) goes with its shape first: `R.ccl.send(y, ..., with_shape=True)`, received as
+`R.ccl.recv(R.shape([-1, 64]), ...)` and bound by `y_s1 = R.match_cast(y_s1_in,
+R.Tensor((n, 64)))`, which defines `n` in the receiving program. A runtime object
+parameter (the KV cache, each worker's own) is a parameter of every stage that reads it. A worker runs only its stage's program
 (`sess.load_module` picks it); the controller records which in attr "distributed":
 functions[name]["stages"] = [{function, mesh, mesh_shape, device_ids, params}] where
 params are indices into the whole function's parameters.
@@ -18,6 +22,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from ..ir import arith
+from ..ir.expr import IntImm
 from ..ir import graph as G
 from ..ir.errors import ShardingError
 from ..ir.module import IRModule
@@ -72,6 +77,10 @@ def split_placed(mod: IRModule, name: str, func: G.Function) -> tuple[dict, dict
                 raise ShardingError(f"function {name!r}: variable {b.var.name_hint!r} has no mesh; "
                                     f"propagate the pipeline first (PropagateSharding)")
             plans[index[m]]["bindings"].append(b)
+    unplaced = [k for k, p in enumerate(func.params) if _mesh_of(p) is None]
+    for plan in plans:          # a runtime object (the KV cache): a parameter of each stage reading it
+        used = set(_used_vars([b.value for b in plan["bindings"]]))
+        plan["params"] = sorted(plan["params"] + [k for k in unplaced if func.params[k] in used])
     functions = {}
     for i, plan in enumerate(plans):
         swap = {orig: new for new, _, orig in plan["incoming"]}
@@ -93,6 +102,11 @@ def split_placed(mod: IRModule, name: str, func: G.Function) -> tuple[dict, dict
 def _sub(e, m: dict):
     from .stages import _sub as sub
     return sub(e, m)
+
+
+def _used_vars(node):
+    from .stages import _used_vars as used
+    return used(node)
 
 
 def _no_dataflow_vars(func: G.Function) -> G.Function:
@@ -121,6 +135,11 @@ def pair_rounds(senders: tuple, receivers: tuple) -> list[tuple[list, list]]:
     return rounds
 
 
+def _static(t) -> bool:
+    """Whether tensor struct info `t` has every dim known."""
+    return t.shape is not None and all(arith.as_int(d) is not None for d in t.shape)
+
+
 def connect(mod: IRModule, name: str, info: dict) -> IRModule:
     """The lowered stage functions of `name` with their sends and receives (module doc)."""
     plans, refs = info["plans"], info["refs"]
@@ -130,28 +149,29 @@ def connect(mod: IRModule, name: str, info: dict) -> IRModule:
         sname = stage_name(name, i)
         f = mod[sname]
         nown = len(plan["params"])
-        head = []
+        head, swap = [], {}
         for (_, src, _), p in zip(plan["incoming"], f.params[nown:]):
             t = p.struct_info
             if not isinstance(t, TensorStructInfo) or t.shape is None:
                 raise ShardingError(f"function {name!r}: value {p.name_hint!r} crosses to {refs[i]} "
                                     f"without a known shape")
-            for d in t.shape:
-                if arith.as_int(d) is None:
-                    raise ShardingError(
-                        f"function {name!r}: value {p.name_hint!r} crosses from {refs[src]} to {refs[i]} "
-                        f"with symbolic shape {t.shape}; the receiving stage cannot know it yet "
-                        f"(give the pipeline static shapes)")
-            for k, (ss, rs) in enumerate(pair_rounds(meshes[src].device_ids, meshes[i].device_ids)):
-                call = ccl.recv(G.ShapeExpr(tuple(t.shape)), t.dtype, ss, rs)
-                var = p if k == 0 else G.Var(f"{p.name_hint}_{k}", call.struct_info)
-                head.append(G.VarBinding(var if k else G.Var(p.name_hint, call.struct_info), call))
-            # the first round's receivers and later rounds' each hold it on their own worker:
-            # every receiver binds the same variable, so fold the rounds into one variable
-            if len(head) > 1:
+            rounds = pair_rounds(meshes[src].device_ids, meshes[i].device_ids)
+            if len(rounds) > 1:
                 raise ShardingError(f"function {name!r}: {refs[i]} has more devices than {refs[src]}; "
                                     f"a receiving mesh larger than the sending one is not supported yet")
-        swap = {p: b.var for p, b in zip(f.params[nown:], head)}
+            (ss, rs), = rounds
+            if _static(t):
+                call = ccl.recv(G.ShapeExpr(tuple(t.shape)), t.dtype, ss, rs)
+                swap[p] = G.Var(p.name_hint, call.struct_info)
+                head.append(G.VarBinding(swap[p], call))
+            else:
+                # a symbolic dim (the tokens of a step): the sender sends the shape first,
+                # and match_cast binds the dim in this stage's program
+                dims = tuple(d if arith.as_int(d) is not None else IntImm(-1, "int64") for d in t.shape)
+                call = ccl.recv(G.ShapeExpr(dims), t.dtype, ss, rs)
+                raw = G.Var(f"{p.name_hint}_in", call.struct_info)
+                swap[p] = G.Var(p.name_hint, t)
+                head += [G.VarBinding(raw, call), G.MatchCast(swap[p], raw, t)]
         tail = []
         ret_body = f.body.body
         if i < len(plans) - 1:
@@ -159,7 +179,7 @@ def connect(mod: IRModule, name: str, info: dict) -> IRModule:
             for k, (v, dst) in enumerate(plan["outgoing"]):
                 field = fields[list(dict.fromkeys(x for x, _ in plan["outgoing"])).index(v)]
                 for ss, rs in pair_rounds(meshes[i].device_ids, meshes[dst].device_ids):
-                    call = ccl.send(field, ss, rs)
+                    call = ccl.send(field, ss, rs, with_shape=not _static(field.struct_info))
                     tail.append(G.VarBinding(G.Var(f"send{len(tail)}", call.struct_info), call))
             ret_body = G.Tuple((), TupleStructInfo(()))
         # receives, the stage's dataflow, sends (impure, outside the dataflow block)

@@ -5,7 +5,8 @@ runs as a pipeline: a binding that names a mesh other than the current one (an
 annotation or conversion onto it, a DTensor type on it, or an operand parameter typed
 on it) starts a new stage on that mesh; the bindings before the first such mention
 belong to the first mesh named. A parameter lives on the mesh of its type, else on the
-first stage that reads it.
+first stage that reads it; a runtime object (`R.Object`: the KV cache, one per worker)
+is a parameter of every stage that reads it.
 
 PropagateSharding solves each stage on its own mesh (solve.py, rewrite.py, as for a
 one-mesh function) and joins them: a value made on one stage and read on another
@@ -25,7 +26,7 @@ from typing import Any, Optional
 from ..ir import graph as G
 from ..ir.errors import ShardingError
 from ..ir.module import IRModule
-from ..ir.struct_info import DTensorStructInfo, TupleStructInfo
+from ..ir.struct_info import DTensorStructInfo, ObjectStructInfo, TupleStructInfo
 from ..ir.visitor import post_order_visit
 from ..op import sharding as rules
 from .dtensor import DIST_OPS, dtensors
@@ -175,6 +176,12 @@ def _connect(name: str, func: G.Function, stages: list[Stage], typed: dict) -> N
         home[p] = ref_index[r]
 
     def read(i: int, v: G.Var, what: str) -> None:
+        if v in params and isinstance(v.struct_info, ObjectStructInfo):
+            # a runtime object (the KV cache) is each worker's own: every stage that
+            # reads it takes it as its own parameter; it never crosses
+            if v not in stages[i].params:
+                stages[i].params.append(v)
+            return
         if v in params and v not in home:
             home[v] = i
         if v not in home:
@@ -246,9 +253,13 @@ def join(func: G.Function, stages: list[Stage], subs: list[G.Function], recvs: l
     from ..op.dist import redistribute
     placed: dict = {}           # original value -> its placed version (a stage's result field)
     params_new: dict = {}
+    shared: dict = {}           # a later stage's version of a parameter several stages read
     for i, (s, f) in enumerate(zip(stages, subs)):
         n = len(s.params)
         for old, new in zip(s.params, f.params[:n]):
+            if old in params_new:
+                shared[new] = params_new[old]
+                continue
             params_new[old] = new
             placed[old] = new
         if i < len(stages) - 1:
@@ -265,6 +276,7 @@ def join(func: G.Function, stages: list[Stage], subs: list[G.Function], recvs: l
         for blk in f.body.blocks:
             bindings.extend(blk.bindings)
     swap = {pv: placed[pv] for f, s in zip(subs, stages) for pv in f.params[len(s.params):]}
+    swap.update(shared)
     body = subs[-1].body.body
     returned = set(_used_vars(body))
     out = []

@@ -354,7 +354,12 @@ class _Walker:
         for name in sorted(na):
             self.token(name)
             self.path.append(name)
+            # each function is its own scope: the stage programs of a pipeline share the
+            # size variable objects (`n`) of the function they come from, but each binds
+            # them itself, as the printed form (one `n = T.int64()` per function) does
+            saved = dict(self.a2b), dict(self.b2a), dict(self.index)
             self.visit(a[name], b[name])
+            self.a2b, self.b2a, self.index = saved
             self.path.pop()
         self.at("attrs", a.attrs, b.attrs)
         self.at("global_infos", a.global_infos, b.global_infos)

@@ -11,6 +11,8 @@ placements of a distributed module imply communication or worker-dependent work:
     R.ccl.broadcast_from_worker0(x)
     R.ccl.send(x, senders=[0, 1], receivers=[2, 3])                   pipeline stage -> next stage
     R.ccl.recv(R.shape([4, 8]), dtype="float32", senders=[0, 1], receivers=[2, 3])
+    R.ccl.send(x, senders=[0], receivers=[1], with_shape=True)       a symbolic shape: sent first,
+    R.ccl.recv(R.shape([-1, 8]), dtype="float32", senders=[0], receivers=[1])   -1 dims learnt
 
 `mesh_shape`/`mesh_axis` say which workers take part: those that differ from the
 caller only in their coordinate along `mesh_axis` of a row-major mesh over worker
@@ -226,13 +228,18 @@ def _pairs(op: str, senders, receivers) -> dict:
     return {"senders": s, "receivers": r}
 
 
-@register_op("relax.ccl.send", script="R.ccl.send", args=("x",), attrs=("senders", "receivers"),
+@register_op("relax.ccl.send", script="R.ccl.send", args=("x",), attrs=("senders", "receivers", "with_shape"),
              pattern=OPAQUE)
-def send(x, senders=(0,), receivers=(1,)) -> Call:
+def send(x, senders=(0,), receivers=(1,), with_shape: bool = False) -> Call:
     """`R.ccl.send(x, senders=[0, 1], receivers=[2, 3])`: worker senders[i] sends its x to
-    worker receivers[i]; an empty tuple. Not pure."""
+    worker receivers[i]; an empty tuple. Not pure. `with_shape=True`: x's shape goes
+    first (int64, one per dim), for a receiver that cannot know it (a recv with -1 dims:
+    a symbolic dim, such as the tokens of a step, crossing a stage boundary)."""
     name = "R.ccl.send"
-    return make_call("relax.ccl.send", (I.as_expr_arg(name, x, "x"),), _pairs(name, senders, receivers))
+    attrs = _pairs(name, senders, receivers)
+    if with_shape:
+        attrs["with_shape"] = True
+    return make_call("relax.ccl.send", (I.as_expr_arg(name, x, "x"),), attrs)
 
 
 @send.infer
@@ -246,7 +253,9 @@ def _send(call: Call) -> StructInfo:
 def recv(shape, dtype="float32", senders=(0,), receivers=(1,)) -> Call:
     """`R.ccl.recv(R.shape([n, 8]), dtype="float32", senders=[0, 1], receivers=[2, 3])`: on
     worker receivers[i], the array worker senders[i] sends it (local shape and dtype as
-    given); None on the other workers. Not pure."""
+    given); None on the other workers. Not pure. A dim of -1 is learnt from the sender,
+    which sends the shape first (`R.ccl.send(..., with_shape=True)`); the result then
+    has only a rank (bind its dims with R.match_cast)."""
     name = "R.ccl.recv"
     return make_call("relax.ccl.recv", (I.as_shape_arg(name, shape),),
                      {"dtype": str(dtype), **_pairs(name, senders, receivers)})
@@ -256,7 +265,7 @@ def recv(shape, dtype="float32", senders=(0,), receivers=(1,)) -> Call:
 def _recv(call: Call) -> StructInfo:
     op = "R.ccl.recv"
     values = I.shape_values(op, call.args[0], "shape")
-    if values is None:
+    if values is None or any(arith.as_int(d) == -1 for d in values):
         return I.unknown_tensor(call.attrs["dtype"], I.shape_ndim(op, call.args[0], "shape"))
     I.require_nonnegative_dims(op, values)
     return TensorStructInfo(values, call.attrs["dtype"])
@@ -318,7 +327,8 @@ def _pair_args(call: Call) -> tuple:
 
 @send.legalizer
 def _legalize_send(bb, call: Call):
-    return call_packed("spmd.send", call.args[0], *_pair_args(call), sinfo_args=call.struct_info)
+    shape_first = (prim_value(1),) if call.attrs.get("with_shape") else ()
+    return call_packed("spmd.send", call.args[0], *_pair_args(call), *shape_first, sinfo_args=call.struct_info)
 
 
 @recv.legalizer

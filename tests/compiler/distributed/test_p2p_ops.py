@@ -63,3 +63,31 @@ def test_senders_and_receivers_must_pair_distinct_workers(senders, receivers):
         op.ccl.send(x, senders=senders, receivers=receivers)
     with pytest.raises(StructInfoError, match=r"R.ccl.recv: senders and receivers"):
         op.ccl.recv((4,), "float32", senders=senders, receivers=receivers)
+
+
+SHAPE_FIRST = '''
+@I.ir_module
+class M:
+    @R.function(pure=False)
+    def main(x: R.Tensor(("n", 8), "float32")):
+        m = T.int64()
+        s = R.ccl.send(x, senders=[0], receivers=[1], with_shape=True)
+        y = R.ccl.recv(R.shape([-1, 8]), dtype="float32", senders=[0], receivers=[1])
+        z = R.match_cast(y, R.Tensor((m, 8), "float32"))
+        return z
+'''
+
+
+def test_a_symbolic_dim_is_sent_first_and_received_as_minus_one(roundtrip):
+    """A receiver that cannot know a dim (the tokens of a step, crossing a stage boundary)
+    says -1: its result has only a rank; the sender says with_shape=True, legalized to a
+    trailing 1 (and nothing when False, as before)."""
+    mod = script.parse(SHAPE_FIRST)
+    roundtrip(mod)
+    s, y, z = bindings(mod)
+    assert y.var.struct_info == TensorStructInfo(None, "float32", 2)
+    assert s.value.attrs["with_shape"] is True
+    assert "with_shape" not in op.ccl.send(s.value.args[0], [0], [1]).attrs
+    text = LegalizeOps(mod).script()
+    assert 'R.call_packed("spmd.send", x, R.shape([0]), R.shape([1]), R.prim_value(1)' in text
+    assert 'R.call_packed("spmd.recv", R.shape([-1, 8]), R.str("float32"), R.shape([0]), R.shape([1])' in text
