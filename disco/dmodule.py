@@ -100,9 +100,15 @@ class DTensorRef(DRef):
         return self._sess.fetch(self, worker)
 
 
-def adopt(ref: DRef, layout: Layout) -> DTensorRef:
-    """A DTensorRef that takes over `ref`'s remote object (`ref` must not be used after)."""
-    out = DTensorRef(ref._sess, ref._id, layout)
+def adopt(ref: DRef, layout: Layout, device_ids: Optional[Sequence[int]] = None) -> DTensorRef:
+    """A DTensorRef that takes over `ref`'s remote object (`ref` must not be used after);
+    with `device_ids`, a value on those workers only (a pipeline stage's mesh): a
+    disco.pipeline.StageTensorRef."""
+    if device_ids is not None:
+        from disco.pipeline import StageTensorRef
+        out = StageTensorRef(ref._sess, ref._id, layout, device_ids)
+    else:
+        out = DTensorRef(ref._sess, ref._id, layout)
     ref._sess = _Detached    # the id now belongs to `out`; `ref` must not free it
     return out
 

@@ -79,7 +79,7 @@ def split_placed(mod: IRModule, name: str, func: G.Function) -> tuple[dict, dict
             plans[index[m]]["bindings"].append(b)
     unplaced = [k for k, p in enumerate(func.params) if _mesh_of(p) is None]
     for plan in plans:          # a runtime object (the KV cache): a parameter of each stage reading it
-        used = set(_used_vars([b.value for b in plan["bindings"]]))
+        used = {v for b in plan["bindings"] for v in _used_vars(b.value)}
         plan["params"] = sorted(plan["params"] + [k for k in unplaced if func.params[k] in used])
     functions = {}
     for i, plan in enumerate(plans):

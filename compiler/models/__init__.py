@@ -17,16 +17,21 @@ from . import gpt2, llama
 from .base import CausalLM
 
 FAMILIES = {"llama": llama.build, "mistral": llama.build, "qwen2": llama.build, "gpt2": gpt2.build}
+PIPELINED = ("llama", "mistral", "qwen2")     # families that split their layers into pp stages
 
 
 def from_config(cfg: Mapping[str, Any], tp: int = 1, dtype: str = "float32",
-                quantization=None) -> CausalLM:
-    """The model of a Hugging Face config dict, for a tensor-parallel degree `tp`;
-    `quantization`: the format its weights are stored in (CausalLM.store_weights)."""
+                quantization=None, pp: int = 1) -> CausalLM:
+    """The model of a Hugging Face config dict, for a tensor-parallel degree `tp` in each
+    of `pp` pipeline stages; `quantization`: the format its weights are stored in
+    (CausalLM.store_weights)."""
     kind = cfg.get("model_type")
     if kind not in FAMILIES:
         raise ValueError(f"model_type {kind!r} is not supported; supported: {sorted(FAMILIES)}")
-    model = FAMILIES[kind](cfg, tp, dtype)
+    if pp != 1 and kind not in PIPELINED:
+        raise ValueError(f"model_type {kind!r} does not run as a pipeline yet (pp={pp!r}); families "
+                         f"that do: {', '.join(PIPELINED)}")
+    model = FAMILIES[kind](cfg, tp, dtype, pp) if pp != 1 else FAMILIES[kind](cfg, tp, dtype)
     if quantization is not None and dtype != "float32":
         raise ValueError(f"quantization={quantization!r} stores the weights and computes in float32; "
                          f"dtype={dtype!r} asks for {dtype} computation (use one or the other)")
@@ -35,4 +40,4 @@ def from_config(cfg: Mapping[str, Any], tp: int = 1, dtype: str = "float32",
 
 from .loader import load  # noqa: E402  (after from_config: the loader builds models with it)
 
-__all__ = ["FAMILIES", "from_config", "CausalLM", "load"]
+__all__ = ["FAMILIES", "PIPELINED", "from_config", "CausalLM", "load"]

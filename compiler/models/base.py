@@ -19,6 +19,7 @@ from typing import Any, Mapping, Optional
 import numpy as np
 
 from .. import nn
+from ..nn.export import meshes_of
 from ..ir.errors import ShardingError
 from ..ir.module import IRModule
 
@@ -77,6 +78,23 @@ def regroup_map(parts: int, groups: int, axis: int = -1) -> dict:
     return {"axis": axis, "op": "regroup", "parts": parts, "groups": groups}
 
 
+def stage_layers(layers: int, pp: int, family: str) -> list[range]:
+    """The layers of each of `pp` pipeline stages: contiguous, as even as can be (the
+    first `layers % pp` stages one more); a ValueError naming the layer count when a
+    stage would have none."""
+    if not isinstance(pp, int) or isinstance(pp, bool) or pp < 1:
+        raise ValueError(f"{family}: pp (pipeline stages) must be a positive int, got {pp!r}")
+    if pp > layers:
+        raise ValueError(f"{family}: pp = {pp} pipeline stages but num_hidden_layers = {layers}: "
+                            f"each stage needs at least one layer; use pp <= {layers}")
+    out, start = [], 0
+    for s in range(pp):
+        n = layers // pp + (1 if s < layers % pp else 0)
+        out.append(range(start, start + n))
+        start += n
+    return out
+
+
 class CausalLM(nn.Module):
     """Base of the families' top-level models. A family defines `hidden(input_ids, cache)`
     (the final hidden states of the step's tokens) and `head(h)` (their logits); the
@@ -90,6 +108,7 @@ class CausalLM(nn.Module):
     family = "?"
     config: Any
     tp: int = 1
+    pp: int = 1         # pipeline stages (meshes of tp workers each)
     # Parameters the CPU kernels read in a stored format (fnmatch patterns): the weights
     # of linear layers in (out, in) layout and embedding tables.
     STORABLE: tuple[str, ...] = ()
@@ -114,7 +133,8 @@ class CausalLM(nn.Module):
         return nn.export(self, {"prefill": PREFILL_INPUTS, "decode": STEP_INPUTS, "forward": STEP_INPUTS})
 
     def kv_layout(self) -> tuple[int, int, int]:
-        """(layers, KV heads per device, head_dim): the KV cache each device needs."""
+        """(layers, KV heads per device, head_dim): the KV cache each device needs (with
+        pipeline stages, the layers of the largest stage: each worker caches its own)."""
         raise NotImplementedError(f"{type(self).__name__}.kv_layout")
 
     def store_weights(self, quantization) -> "CausalLM":
@@ -182,12 +202,20 @@ class CausalLM(nn.Module):
         axis), maps (disco.llm.weights applies them on each worker)."""
         from disco.placement import format_placement
         maps, sources = self.weight_maps(), self.weight_sources()
-        axes = len(self.mesh.shape) if getattr(self, "mesh", None) is not None else 1
+        meshes = meshes_of(self)
+        axes = len(meshes[0].shape) if meshes else 1
+
+        def stage(p) -> dict:       # a pipeline: the workers of the parameter's stage load it
+            if len(meshes) < 2:
+                return {}
+            m = meshes[p.mesh]
+            return {"mesh_shape": list(m.shape), "device_ids": list(m.device_ids)}
+
         return [{"name": name, "source": sources.get(name, name), "shape": list(p.shape),
                  "dtype": p.dtype,
                  "placement": format_placement(p.placement) if p.placement else "R" * axes,
                  "maps": [dict(m) for m in maps.get(name, ())],
-                 **({"format": p.format} if p.format else {})}
+                 **({"format": p.format} if p.format else {}), **stage(p)}
                 for name, p in self.named_parameters()]
 
     def load_params(self, checkpoint) -> dict[str, np.ndarray]:

@@ -7,6 +7,13 @@ PyTorch's (out, in) weights), o and down row-parallel ("S[1]"), the embedding an
 LM head vocabulary-parallel ("S[0]": rows are tokens). The vocabulary is padded to a
 multiple of the degree (padded rows are zero, padded logits cut off); with fewer KV
 heads than devices, each KV head is repeated on the devices whose query heads use it.
+
+Pipeline parallelism (`pp` stages of `tp` workers each): the layers are split evenly
+between the stages (base.stage_layers), each stage's on its own mesh; the embedding
+and the rotary tables are made on the first stage, the final norm and the LM head
+live on the last (a tied head is a parameter of its own there, read from the
+embedding's tensor, so the table is not sent every step). Each worker's KV cache
+holds only its stage's layers, so a layer's cache index is its index within its stage.
 """
 from __future__ import annotations
 
@@ -16,7 +23,7 @@ from typing import Any, Mapping, Optional
 from .. import nn
 from ..nn import functional as F
 from .base import (CausalLM, check_divisible, config_value, kv_heads_for, pad_map, padded,
-                   repeat_heads_map, rope_settings)
+                   repeat_heads_map, rope_settings, stage_layers)
 
 PLAN = {
     "*.q_proj.weight": "S[0]", "*.k_proj.weight": "S[0]", "*.v_proj.weight": "S[0]",
@@ -73,10 +80,11 @@ class LlamaDecoderLayer(nn.Module):
 
 
 class LlamaModel(nn.Module):
-    def __init__(self, c: LlamaConfig, vocab: int, kv_heads: int, dtype: str):
+    def __init__(self, c: LlamaConfig, vocab: int, kv_heads: int, dtype: str, stages: list[range]):
         self.embed_tokens = nn.Embedding(vocab, c.hidden_size, dtype)
-        self.layers = nn.ModuleList([LlamaDecoderLayer(c, kv_heads, i, dtype)
-                                     for i in range(c.num_hidden_layers)])
+        # a layer's index in its stage's KV cache (its own index with one stage)
+        self.layers = nn.ModuleList([LlamaDecoderLayer(c, kv_heads, i - r.start, dtype)
+                                     for r in stages for i in r])
         self.norm = nn.RMSNorm(c.hidden_size, c.rms_norm_eps, dtype)
         self.rotary = nn.RotaryEmbedding(c.head_dim, c.rope_theta, c.rope_scaling, dtype)
 
@@ -92,37 +100,49 @@ class LlamaForCausalLM(CausalLM):
     family = "llama"
     STORABLE = ("*_proj.weight", "model.embed_tokens.weight", "lm_head.weight")
 
-    def __init__(self, config: LlamaConfig, tp: int = 1, dtype: str = "float32"):
+    def __init__(self, config: LlamaConfig, tp: int = 1, dtype: str = "float32", pp: int = 1):
         family = f"{self.family} (config.json)"
         check_divisible(config.intermediate_size, tp, "intermediate_size", family)
-        self.config, self.tp, self.dtype = config, tp, dtype
+        self.stages = stage_layers(config.num_hidden_layers, pp, family)
+        self.config, self.tp, self.pp, self.dtype = config, tp, pp, dtype
         self.kv_heads = kv_heads_for(config.num_key_value_heads, config.num_attention_heads, tp, family)
         self.vocab = padded(config.vocab_size, tp)
-        self.model = LlamaModel(config, self.vocab, self.kv_heads, dtype)
-        if not config.tie_word_embeddings:
+        self.model = LlamaModel(config, self.vocab, self.kv_heads, dtype, self.stages)
+        if not config.tie_word_embeddings or pp > 1:
             self.lm_head = nn.Linear(config.hidden_size, self.vocab, False, dtype)
         if tp > 1:
             nn.shard(self, tp, PLAN)
+        if pp > 1:
+            nn.pipeline(self, pp, tp)
+            for s, layers in enumerate(self.stages):
+                for i in layers:
+                    nn.stage(self.model.layers[i], s)
+            nn.stage(self.model.norm, pp - 1)
+            nn.stage(self.lm_head, pp - 1)
 
     def hidden(self, input_ids, cache):
         return self.model(input_ids, cache)
 
     def head(self, h):
-        head = self.model.embed_tokens.weight if self.config.tie_word_embeddings else self.lm_head.weight
+        head = self.lm_head.weight if hasattr(self, "lm_head") else self.model.embed_tokens.weight
         logits = F.linear(h, head())
         if self.vocab != self.config.vocab_size:
             logits = F.narrow(logits, 1, 0, self.config.vocab_size)
         return logits
 
     def kv_layout(self) -> tuple[int, int, int]:
-        c = self.config
-        return c.num_hidden_layers, self.kv_heads // self.tp, c.head_dim
+        return max(map(len, self.stages)), self.kv_heads // self.tp, self.config.head_dim
+
+    def weight_sources(self):
+        # tied embeddings on a pipeline: the head (last stage) reads the embedding's tensor
+        return {"lm_head.weight": "model.embed_tokens.weight"} if self.config.tie_word_embeddings \
+            and hasattr(self, "lm_head") else {}
 
     def weight_maps(self):
         c, out = self.config, {}
         if self.vocab != c.vocab_size:
             out["model.embed_tokens.weight"] = [pad_map(self.vocab)]
-            if not c.tie_word_embeddings:
+            if hasattr(self, "lm_head"):
                 out["lm_head.weight"] = [pad_map(self.vocab)]
         repeat = self.kv_heads // c.num_key_value_heads
         if repeat > 1:
@@ -134,6 +154,7 @@ class LlamaForCausalLM(CausalLM):
         return out
 
 
-def build(cfg: Mapping[str, Any], tp: int = 1, dtype: str = "float32") -> LlamaForCausalLM:
-    """The model of a Hugging Face config dict (model_type llama, mistral, qwen2)."""
-    return LlamaForCausalLM(LlamaConfig.from_dict(cfg), tp, dtype)
+def build(cfg: Mapping[str, Any], tp: int = 1, dtype: str = "float32", pp: int = 1) -> LlamaForCausalLM:
+    """The model of a Hugging Face config dict (model_type llama, mistral, qwen2), for
+    `tp`-way tensor parallelism in each of `pp` pipeline stages."""
+    return LlamaForCausalLM(LlamaConfig.from_dict(cfg), tp, dtype, pp)

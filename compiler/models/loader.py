@@ -111,9 +111,9 @@ def resolve_quantization(quantization, path: str, cfg: dict):
     return plan
 
 
-def _model(cfg: dict, tp: int, dtype: str, path: str, quantization=None):
+def _model(cfg: dict, tp: int, dtype: str, path: str, quantization=None, pp: int = 1):
     try:
-        return from_config(cfg, tp=tp, dtype=dtype, quantization=quantization)
+        return from_config(cfg, tp=tp, dtype=dtype, quantization=quantization, pp=pp)
     except ShardingError as e:
         raise ShardingError(f"{path!r} cannot be split over {tp} workers: {e}; degrees that work: "
                             f"{degrees_that_work(cfg)}") from None
@@ -127,24 +127,26 @@ def _config_eos(cfg: dict) -> list[int]:
 
 
 def compile_model(cfg: dict, tp: int, dtype: str, target: str = "cpu", path: str = "",
-                  progress: bool = True, quantization=None) -> str:
+                  progress: bool = True, quantization=None, pp: int = 1) -> str:
     """The exported model folder of this config, dtype, quantization (as from_config
-    takes it), degree and target: from the cache, or compiled into it (written to a
-    temporary folder, then renamed: a reader never sees half of one)."""
+    takes it), degree, pipeline stages and target: from the cache, or compiled into it
+    (written to a temporary folder, then renamed: a reader never sees half of one)."""
     key = {"config": cfg, "tp": tp, "dtype": dtype, "target": target, "version": CACHE_VERSION}
     if quantization is not None:
         key["quantization"] = quantization
+    if pp != 1:
+        key["pp"] = pp
     key = json.dumps(key, sort_keys=True, default=str)
     folder = os.path.join(cache_dir(), hashlib.sha256(key.encode()).hexdigest()[:20])
     if os.path.isfile(os.path.join(folder, MODEL_JSON)):
         return folder
     from .. import build
-    model = _model(cfg, tp, dtype, path, quantization)
+    model = _model(cfg, tp, dtype, path, quantization, pp)
     bar = _progress("compile", progress)
     ex = build(model.export(), target)
     bar()
     layers, kv_heads, head_dim = model.kv_layout()
-    meta = {"family": cfg.get("model_type"), "config": cfg, "tp": tp, "dtype": dtype, "target": target,
+    meta = {"family": cfg.get("model_type"), "config": cfg, "tp": tp, "pp": pp, "dtype": dtype, "target": target,
             **({"quantization": quantization} if quantization is not None else {}),
             "vocab_size": _real_vocab(model), "max_positions": _max_positions(cfg),
             "kv_layout": [layers, kv_heads, head_dim], "eos_token_ids": _config_eos(cfg),
@@ -197,8 +199,14 @@ def launched_ranks() -> Optional[int]:
 
 def load(path: str, tp: Optional[int] = None, dtype: str = "float32", session=None,
          device: str = "cpu", progress: bool = True, quantization: Optional[str] = None,
-         **engine_options: Any) -> Engine:
+         pp: int = 1, **engine_options: Any) -> Engine:
     """A `disco.llm.Engine` for the checkpoint at `path` (see the module docstring).
+
+    `pp`: pipeline stages; the layers are split evenly between them, each stage on its
+    own `tp` workers (stage s on workers s * tp .. (s + 1) * tp - 1, with the KV cache of
+    its layers), so the session has tp * pp workers (`tp` defaults to the session's or
+    the launched ranks' number divided by `pp`). The stages' collectives need the shm
+    backend (one host).
 
     `dtype`: the dtype of weights and computation alike (float32, float16, bfloat16).
     `quantization` (CPU): the format the weights of linear layers and embeddings are
@@ -211,8 +219,14 @@ def load(path: str, tp: Optional[int] = None, dtype: str = "float32", session=No
     if not os.path.exists(path):
         raise FileNotFoundError(f"no checkpoint at {path!r}")
     cfg = read_config(path)
+    if not isinstance(pp, int) or isinstance(pp, bool) or pp < 1:
+        raise ValueError(f"pp (pipeline stages) must be a positive int, got {pp!r}")
     if tp is None:
-        tp = session.num_workers if session is not None else launched_ranks() or 1
+        workers = session.num_workers if session is not None else launched_ranks() or pp
+        if workers % pp:
+            raise ValueError(f"pp={pp} pipeline stages do not split {workers} workers evenly; "
+                             f"give tp (workers per stage) so that tp * pp workers run")
+        tp = workers // pp
     if not isinstance(tp, int) or tp < 1:
         raise ValueError(f"tp must be a positive int, got {tp!r}")
     if dtype not in DTYPES:
@@ -221,19 +235,20 @@ def load(path: str, tp: Optional[int] = None, dtype: str = "float32", session=No
         raise ValueError(f"quantization={quantization!r} is for CPU workers (its kernels are CPU "
                          f"kernels); device={device!r}")
     quantization = resolve_quantization(quantization, path, cfg)
-    _model(cfg, tp, dtype, path, quantization)   # a degree that cannot work fails before any worker
+    _model(cfg, tp, dtype, path, quantization, pp)   # a degree or pp that cannot work fails before any worker
     tokenizer = load_tokenizer(path)             # a broken tokenizer too
     if tokenizer is None and "generation_config" not in engine_options and os.path.isdir(path):
         engine_options["generation_config"] = GenerationConfig.load(path, _config_eos(cfg))
     owns = session is None
     if session is None:
         import disco
-        session = disco.start(tp, device=device)   # under mpiexec, ranks other than 0 serve here
-    elif session.num_workers != tp:
-        raise ValueError(f"tp={tp} but the session has {session.num_workers} workers")
+        session = disco.start(tp * pp, device=device)   # under mpiexec, ranks other than 0 serve here
+    elif session.num_workers != tp * pp:
+        raise ValueError(f"tp={tp}" + (f" x pp={pp} = {tp * pp} workers" if pp != 1 else "") +
+                         f" but the session has {session.num_workers} workers")
     try:
         folder = compile_model(cfg, tp, dtype, "cuda" if device.startswith("cuda") else "cpu", path,
-                               progress, quantization)
+                               progress, quantization, pp)
         engine = Engine.load(folder, checkpoint=path, session=session, tokenizer=tokenizer,
                              **engine_options)
         engine.owns_session = owns

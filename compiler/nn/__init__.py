@@ -12,10 +12,10 @@ transformer language models), functional.py (operations, as F) and export.py
 """
 from . import functional as F
 from .core import Module, ModuleList, Parameter, Tensor
-from .export import export, shard, spec, store_weights
+from .export import export, pipeline, shard, spec, stage, store_weights
 from .layers import (Conv1D, Embedding, KVAttention, LayerNorm, Linear, RMSNorm, RotaryEmbedding,
                      SwiGLU, rope_inv_freq)
 
-__all__ = ["F", "Module", "ModuleList", "Parameter", "Tensor", "export", "shard", "spec", "store_weights", "Conv1D",
+__all__ = ["F", "Module", "ModuleList", "Parameter", "Tensor", "export", "pipeline", "shard", "spec", "stage", "store_weights", "Conv1D",
            "Embedding", "KVAttention", "LayerNorm", "Linear", "RMSNorm", "RotaryEmbedding", "SwiGLU",
            "rope_inv_freq"]

@@ -137,6 +137,7 @@ class Parameter:
             raise ShapeError(f"nn.Parameter: negative dim in shape {self.shape}")
         self.dtype = dtype
         self.placement = None
+        self.mesh = 0                           # which of the model's meshes: its pipeline stage
         self.format: Optional[str] = None      # a weight format of disco.weight_formats
         self.logical_shape = self.shape         # the weights' shape, whatever the storage
 

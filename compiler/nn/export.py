@@ -15,12 +15,18 @@ per function: one build serves every length.
 With a mesh (`nn.shard(model, mesh, plan)`, or placements set on layers and
 `model.mesh`), placed parameters are typed `R.DTensor(shape, dtype, "mesh[0]", p)` and
 the mesh goes into the module's global infos; PropagateSharding places the rest.
+
+Pipelines: with several meshes (`nn.pipeline(model, stages, size)`, or a list as
+`model.mesh`), each parameter is on the mesh its module was put on (`nn.stage(layer,
+1)`: "mesh[1]", replicated there unless placed), and the traced function runs as
+stages in that order (compiler/distributed/stages.py: the first operation reading a
+parameter of mesh[1] starts stage 1; values the later stages read cross over).
 """
 from __future__ import annotations
 
 import fnmatch
 from dataclasses import dataclass
-from typing import Any, Mapping, Optional, Union
+from typing import Any, Mapping, Optional, Sequence, Union
 
 from ..distributed.mesh import DeviceMesh
 from ..ir import graph as G
@@ -62,15 +68,28 @@ def _input_var(name: str, s: Any, sizes: dict) -> G.Var:
                         "dtype) or nn.spec.Object()")
 
 
-def _param_sinfo(name: str, p: Parameter, mesh: Optional[DeviceMesh]):
+def _param_sinfo(name: str, p: Parameter, meshes: Sequence[DeviceMesh]):
     t = TensorStructInfo(p.shape, p.dtype)
-    if mesh is None or p.placement is None:
+    if not meshes or (p.placement is None and len(meshes) == 1):
         return t
-    if len(p.placement) != mesh.ndim:
+    if not 0 <= p.mesh < len(meshes):
+        raise ShardingError(f"nn.export: parameter {name!r} is on mesh[{p.mesh}] but the model has "
+                            f"{len(meshes)} mesh{'es' if len(meshes) != 1 else ''}")
+    mesh = meshes[p.mesh]
+    placement = p.placement if p.placement is not None else placement_spec("R" * mesh.ndim, len(p.shape))
+    if len(placement) != mesh.ndim:
         raise ShardingError(f"nn.export: parameter {name!r} has placement "
-                            f"{''.join(map(str, p.placement))!r} for a mesh of {mesh.ndim} axes "
+                            f"{''.join(map(str, placement))!r} for a mesh of {mesh.ndim} axes "
                             f"(shape {mesh.shape})")
-    return DTensorStructInfo(t, "mesh[0]", p.placement)
+    return DTensorStructInfo(t, f"mesh[{p.mesh}]", placement)
+
+
+def meshes_of(model: Module, mesh=None) -> list[DeviceMesh]:
+    """The model's meshes: `mesh` (one DeviceMesh or a list), else `model.mesh`; [] for none."""
+    mesh = mesh if mesh is not None else getattr(model, "mesh", None)
+    if mesh is None:
+        return []
+    return list(mesh) if isinstance(mesh, (list, tuple)) else [mesh]
 
 
 def export(model: Module, functions: Mapping[str, Union[Mapping[str, Any], tuple]],
@@ -78,7 +97,7 @@ def export(model: Module, functions: Mapping[str, Union[Mapping[str, Any], tuple
     """The IRModule of `model`'s methods (see the module docstring). `functions` maps a
     function name to its inputs' specs ({arg: spec}: the method of that name, or
     `forward`) or to (method name, {arg: spec})."""
-    mesh = mesh if mesh is not None else getattr(model, "mesh", None)
+    meshes = meshes_of(model, mesh)
     named = list(model.named_parameters())
     bb = BlockBuilder()
     for fname, entry in functions.items():
@@ -90,7 +109,7 @@ def export(model: Module, functions: Mapping[str, Union[Mapping[str, Any], tuple
                                 f"for function {fname!r}")
         sizes: dict = {}
         inputs = [_input_var(n, s, sizes) for n, s in specs.items()]
-        pvars = {id(p): G.Var(_param_var_name(n), _param_sinfo(n, p, mesh)) for n, p in named}
+        pvars = {id(p): G.Var(_param_var_name(n), _param_sinfo(n, p, meshes)) for n, p in named}
         params = inputs + [pvars[id(p)] for _, p in named]
         core._local.trace = core._Trace(bb, pvars)
         try:
@@ -105,7 +124,7 @@ def export(model: Module, functions: Mapping[str, Union[Mapping[str, Any], tuple
     mod = bb.get()
     attrs = dict(mod.attrs) if mod.attrs else {}
     attrs["model_parameters"] = [n for n, _ in named]
-    infos = {"mesh": [mesh]} if mesh is not None else {}
+    infos = {"mesh": meshes} if meshes else {}
     return IRModule(mod.functions, Attrs(attrs), Attrs(infos) if infos else mod.global_infos)
 
 
@@ -125,6 +144,25 @@ def shard(model: Module, mesh: Union[DeviceMesh, int], plan: Mapping[str, str]) 
     return model
 
 
+def stage(module: Union[Module, Parameter], mesh: int) -> Union[Module, Parameter]:
+    """Put `module`'s parameters (or one parameter) on the model's mesh `mesh` (an index
+    into its list of meshes: a pipeline stage). Returns it."""
+    params = [module] if isinstance(module, Parameter) else module.parameters()
+    for p in params:
+        p.mesh = int(mesh)
+    return module
+
+
+def pipeline(model: Module, stages: int, size: int) -> list[DeviceMesh]:
+    """Give `model` one 1-D mesh of `size` devices per pipeline stage, disjoint and in
+    order (stage s on devices s * size .. (s + 1) * size - 1), as `model.mesh`; put its
+    modules on them with `stage`. Returns the meshes."""
+    if not (isinstance(stages, int) and stages >= 1 and isinstance(size, int) and size >= 1):
+        raise ShardingError(f"nn.pipeline: stages and size must be positive ints, got {stages!r} and {size!r}")
+    model.mesh = [DeviceMesh((size,), range(s * size, (s + 1) * size)) for s in range(stages)]
+    return model.mesh
+
+
 def store_weights(model: Module, plan: Mapping[str, Optional[str]]) -> Module:
     """Keep `model`'s parameters in weight formats by a plan: dotted-name patterns
     (fnmatch syntax) -> format ("q4_1", "bfloat16", ...; None: as declared); the first
@@ -138,4 +176,4 @@ def store_weights(model: Module, plan: Mapping[str, Optional[str]]) -> Module:
     return model
 
 
-__all__ = ["spec", "export", "shard", "store_weights"]
+__all__ = ["spec", "export", "shard", "stage", "pipeline", "store_weights"]

@@ -179,12 +179,13 @@ class Engine:
             from .tokenizer import load_tokenizer
             tokenizer = load_tokenizer(checkpoint)
         owns = session is None
+        workers = int(meta["tp"]) * int(meta.get("pp", 1))     # pp pipeline stages of tp workers
         if session is None:
             from ..session import ProcessSession
-            session = ProcessSession(int(meta["tp"]))
+            session = ProcessSession(workers)
         try:
-            if session.num_workers != int(meta["tp"]):
-                raise EngineError(f"the model was compiled for {meta['tp']} workers but the session has "
+            if session.num_workers != workers:
+                raise EngineError(f"the model was compiled for {workers} workers but the session has "
                                   f"{session.num_workers}")
             topology = check_ready(session)
             dmod = session.load_module(load_executable(os.path.join(exported, EXECUTABLE)))

@@ -9,6 +9,10 @@ A parameter spec is JSON-able (compiler.models' `CausalLM.weight_specs()` makes 
      "placement": "S[0]",                                 # one per mesh axis ("R": whole everywhere)
      "maps": [{"axis": 0, "op": "repeat_heads", "heads": 2, "repeat": 2}]}
 
+A parameter of one stage of a pipeline has `"device_ids"` (the workers of its stage)
+and `"mesh_shape"` (its stage's mesh over them): only those workers load it, each its
+block by its index among them; the others hold None.
+
 A parameter kept in a stored weight format (disco/weight_formats.py) has `"format"`
 ("q4_1", "bfloat16", ...), and its shape and dtype are the stored array's (uint8
 (n, k // 32 * block_bytes) for block formats). A block of one is cut at whole blocks
@@ -117,6 +121,16 @@ def _check_spec(spec: Any) -> None:
     elif spec["dtype"] not in DTYPES:
         raise CheckpointError(f"{what}: dtype {spec['dtype']!r} is not one of {DTYPES}")
     parse_placement(spec["placement"])
+    if ("device_ids" in spec) != ("mesh_shape" in spec):
+        raise CheckpointError(f"{what}: a pipeline stage's parameter has both 'device_ids' and "
+                              f"'mesh_shape' (its stage's workers and mesh), got only one")
+    if "device_ids" in spec:
+        ids, ms = spec["device_ids"], spec["mesh_shape"]
+        if (not isinstance(ids, list) or not isinstance(ms, list) or not ms
+                or not all(isinstance(i, int) and i >= 0 for i in ids + ms)
+                or len(set(ids)) != len(ids) or len(ids) != math.prod(ms)):
+            raise CheckpointError(f"{what}: device_ids {ids!r} must be distinct worker ids, one per "
+                                  f"device of mesh_shape {ms!r}")
     for m in spec["maps"]:
         op = m.get("op") if isinstance(m, dict) else None
         if op not in _MAP_KEYS:
@@ -410,7 +424,13 @@ def load_weights(checkpoint_path: str, specs: Union[str, Sequence[dict]], mesh_s
         check_specs(ckpt, specs)
         show = ctx.worker_id == 0 and sys.stderr.isatty()
         for spec in _progress(specs, show):
-            b = load_block(ckpt, spec, mesh_shape, ctx.worker_id)
+            if "device_ids" in spec:        # a pipeline stage's: its workers only
+                if ctx.worker_id not in spec["device_ids"]:
+                    blocks.append(None)
+                    continue
+                b = load_block(ckpt, spec, spec["mesh_shape"], spec["device_ids"].index(ctx.worker_id))
+            else:
+                b = load_block(ckpt, spec, mesh_shape, ctx.worker_id)
             blocks.append(move(b) if move else b)
     return tuple(blocks)
 
@@ -419,7 +439,8 @@ def place_weights(sess, checkpoint_path: str, specs: Sequence[dict],
                   mesh_shape: Optional[Sequence[int]] = None) -> list:
     """Every worker of `sess` loads its blocks of `specs` from the checkpoint
     ("disco.llm.load_weights"); returns a DTensorRef per spec, in order (arguments for a
-    DModule's functions; `fetch()` assembles a parameter). The controller reads only
+    DModule's functions; `fetch()` assembles a parameter; a pipeline stage's parameter
+    is a StageTensorRef on its stage's workers). The controller reads only
     the checkpoint's headers, to check the specs first (errors raised here, not on
     the workers). The path must be readable by every worker."""
     from disco.dmodule import adopt
@@ -429,13 +450,17 @@ def place_weights(sess, checkpoint_path: str, specs: Sequence[dict],
     specs = list(specs)
     with open_checkpoint(path) as ckpt:
         check_specs(ckpt, specs)
-    for s in specs:
-        Layout(s["placement"], mesh_shape, len(s["shape"])).check(s["shape"], f"parameter {s['name']!r}")
+    layouts = [Layout(s["placement"], tuple(s.get("mesh_shape", mesh_shape)), len(s["shape"])) for s in specs]
+    for s, layout in zip(specs, layouts):
+        layout.check(s["shape"], f"parameter {s['name']!r}")
+        outside = [w for w in s.get("device_ids", ()) if w >= sess.num_workers]
+        if outside:
+            raise CheckpointError(f"parameter {s['name']!r} belongs to the pipeline stage on workers "
+                                  f"{s['device_ids']}, but the session has {sess.num_workers} workers")
     sess.import_module("disco.dmodule")
     blocks = sess.get_global_func("disco.llm.load_weights")(path, json.dumps(specs), list(mesh_shape))
     get = sess.get_global_func("disco.dmodule.tuple_get")
-    out = [adopt(get(blocks, i), Layout(s["placement"], mesh_shape, len(s["shape"])))
-           for i, s in enumerate(specs)]
+    out = [adopt(get(blocks, i), layout, s.get("device_ids")) for i, (s, layout) in enumerate(zip(specs, layouts))]
     del blocks
     sess.sync()
     return out
