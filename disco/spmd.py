@@ -314,13 +314,13 @@ def masked_take(table, indices, mesh_shape, mesh_axis, device_ids=None):
 
 
 @register_func("spmd.masked_embedding", override=True)
-def masked_embedding(table, indices, mesh_shape, mesh_axis, fmt):
+def masked_embedding(table, indices, mesh_shape, mesh_axis, fmt, device_ids=None):
     """`masked_take` of a table stored in weight format `fmt` (disco/weight_formats.py),
     rows converted to float32 as the CPU kernel reads them (disco.cpu.embedding*): the
     local table is never converted whole."""
     from disco.cpu_kernels import embedding
     from disco.weight_formats import logical_shape
-    me, _ = _me(mesh_shape)
+    me = _stage_index(device_ids) if device_ids is not None else _me(mesh_shape)[0]
     rows = table.shape[0]
     start = mesh_coordinate(me, mesh_shape)[mesh_axis] * rows
     local = np.asarray(indices).astype(np.int64) - start

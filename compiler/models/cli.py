@@ -2,6 +2,7 @@
 it is generated, on as many workers as asked.
 
     disco-generate --model path/to/checkpoint --tp 2 --prompt "Once upon a time"
+    disco-generate --model path/to/checkpoint --tp 2 --pp 2 --prompt "..."   # 2 stages x 2 workers
     disco-generate --model smollm2 --tp 3 --chat --prompt "The capital of France is"
     disco-launch -n 2 disco-generate --model DIR --prompt "..."      # the launched ranks
     mpiexec -n 2 disco-generate --model DIR --prompt "..."
@@ -25,6 +26,9 @@ def parser() -> argparse.ArgumentParser:
                    help="a Hugging Face checkpoint directory, a .gguf file, or 'smollm2'")
     p.add_argument("--tp", type=int, default=None,
                    help="tensor-parallel degree (workers); default: the launched ranks, else 1")
+    p.add_argument("--pp", type=int, default=1,
+                   help="pipeline stages: the layers split evenly between them, each on --tp "
+                        "workers of its own (tp * pp workers in all)")
     p.add_argument("--dtype", default="float32", choices=("float32", "float16", "bfloat16"))
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     p.add_argument("--prompt", action="append", default=None,
@@ -51,16 +55,21 @@ def _note(msg: str, prog: str = "disco-generate") -> None:
     print(f"{prog}: {msg}", file=sys.stderr, flush=True)
 
 
-def choose_degree(path: str, asked: Optional[int], prog: str = "disco-generate") -> int:
+def choose_degree(path: str, asked: Optional[int], prog: str = "disco-generate", pp: int = 1) -> int:
     """`asked` when the model splits over it; else the largest degree below it that does
-    (said on stderr). Under a launcher the ranks decide: no replacement."""
+    (said on stderr). Under a launcher the ranks decide (ranks / pp per stage): no
+    replacement."""
     from .loader import degrees_that_work, launched_ranks, read_config
+    if pp < 1:
+        raise SystemExit(f"{prog}: --pp must be at least 1, got {pp}")
     ranks = launched_ranks()
     if ranks is not None:
-        if asked is not None and asked != ranks:
-            raise SystemExit(f"{prog}: --tp {asked} but the launcher started {ranks} ranks; "
-                             f"drop --tp or launch {asked}")
-        return ranks
+        if ranks % pp:
+            raise SystemExit(f"{prog}: --pp {pp} stages do not split the {ranks} launched ranks evenly")
+        if asked is not None and asked * pp != ranks:
+            raise SystemExit(f"{prog}: --tp {asked}" + (f" x --pp {pp}" if pp != 1 else "") +
+                             f" but the launcher started {ranks} ranks; drop --tp or launch {asked * pp}")
+        return ranks // pp
     if asked is None:
         return 1
     if asked < 1:
@@ -91,13 +100,13 @@ def _run(args) -> int:
     from .loader import load
     from .fetch import resolve_model
     path = resolve_model(args.model)
-    tp = choose_degree(path, args.tp)
+    tp = choose_degree(path, args.tp, pp=args.pp)
     prompts = args.prompt if args.prompt else [sys.stdin.read()]
     sampling = dict(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
                     repetition_penalty=args.repetition_penalty, seed=args.seed, stop=args.stop,
                     ignore_eos=args.ignore_eos)
     sampling = {k: v for k, v in sampling.items() if v is not None and v is not False}
-    with load(path, tp=tp, dtype=args.dtype, device=args.device,
+    with load(path, tp=tp, dtype=args.dtype, device=args.device, pp=args.pp,
                        progress=not args.no_progress) as engine:
         _note(engine.topology)
         for prompt in prompts:

@@ -71,7 +71,7 @@ def degrees_that_work(cfg: dict, up_to: int = 16) -> list[int]:
     return ok
 
 
-def resolve_quantization(quantization, path: str, cfg: dict):
+def resolve_quantization(quantization, path: str, cfg: dict, pp: int = 1):
     """`quantization` as from_config takes it: None, a format name (checked), or for
     "gguf" a dict parameter -> the format the GGUF file stores it in (every 2-D weight
     the CPU kernels read; a ValueError naming tensors in other ggml types)."""
@@ -92,7 +92,7 @@ def resolve_quantization(quantization, path: str, cfg: dict):
         raise ValueError(f"quantization='gguf' runs a GGUF file's weights as stored; {path!r} is not "
                          f"a .gguf file (name a format instead: q8_0, q4_0, q4_1, bfloat16, float16)")
     from disco.llm.gguf import GGUFCheckpoint
-    model = from_config(cfg, tp=1)
+    model = from_config(cfg, tp=1, pp=pp)       # pp: a tied head is a weight of its own
     storable = [n for n, _ in model.named_parameters()
                 if any(fnmatch.fnmatchcase(n, p) for p in model.STORABLE)]
     plan, bad = {}, []
@@ -234,7 +234,7 @@ def load(path: str, tp: Optional[int] = None, dtype: str = "float32", session=No
     if quantization is not None and device != "cpu":
         raise ValueError(f"quantization={quantization!r} is for CPU workers (its kernels are CPU "
                          f"kernels); device={device!r}")
-    quantization = resolve_quantization(quantization, path, cfg)
+    quantization = resolve_quantization(quantization, path, cfg, pp)
     _model(cfg, tp, dtype, path, quantization, pp)   # a degree or pp that cannot work fails before any worker
     tokenizer = load_tokenizer(path)             # a broken tokenizer too
     if tokenizer is None and "generation_config" not in engine_options and os.path.isdir(path):

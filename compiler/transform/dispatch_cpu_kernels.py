@@ -6,7 +6,7 @@
     R.take(R.dequantize(w, format=f), ids, axis=0)
         ->  R.call_dps_packed("disco.cpu.embedding[_<f>]", (ids, w), out_sinfo)
     R.ccl.masked_take(R.dequantize(w, format=f), ids, mesh_shape, mesh_axis)   # vocabulary-parallel
-        ->  R.call_pure_packed("spmd.masked_embedding", w, ids, mesh_shape, mesh_axis, f)
+        ->  R.call_pure_packed("spmd.masked_embedding", w, ids, mesh_shape, mesh_axis, f[, device_ids])
     R.matmul(x, R.permute_dims(w, [1, 0]))      x, w float32, decode shapes
         ->  R.call_dps_packed("disco.cpu.matmul_nt", (x, w), out_sinfo)
 
@@ -117,8 +117,9 @@ class _Dispatcher(ExprMutator):
             stored = self._stored(call.args[0])
             if stored is not None:
                 w, fmt = stored
+                stage = (shape(list(call.attrs["device_ids"])),) if "device_ids" in call.attrs else ()
                 return call_pure_packed("spmd.masked_embedding", w, call.args[1],
                                         shape(list(call.attrs["mesh_shape"])),
-                                        prim_value(call.attrs["mesh_axis"]), string_imm(fmt),
+                                        prim_value(call.attrs["mesh_axis"]), string_imm(fmt), *stage,
                                         sinfo_args=call.struct_info)
         return call

@@ -1,0 +1,171 @@
+"""Language models as pipelines (issue 17, part 4): `models.load(dir, tp, pp)` splits the
+layers between pp stages, each on its own tp workers (shm), with each stage's KV cache on
+its workers. Checked against transformers (the committed references of
+make_references.py: greedy tokens, prompt logits) and against the same model on one
+worker: the tiny Llama (grouped-query, untied head) with tp=2, pp=2 on 4 workers and
+tp=1, pp=2; the tiny Qwen2 (tied embeddings: the head is a weight of the last stage);
+chunked prefill; q4_1 weights (the embedding's masked lookup on a stage's workers). The
+lowered IR: a stage per mesh, each layer's cache index within its stage, weight specs
+naming their stage's workers. Errors before any worker starts: pp larger than the
+number of layers, pp not a positive int, tp * pp not the session's workers, a family
+that does not run as a pipeline."""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import types
+
+import numpy as np
+import pytest
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+import tiny  # noqa: E402
+
+import disco  # noqa: E402
+from compiler import models  # noqa: E402
+
+pytestmark = pytest.mark.timeout(600)
+
+PROMPTS = [list(p) for p in tiny.GENERATE_PROMPTS]
+N = tiny.GENERATE_TOKENS
+GREEDY = dict(temperature=0, ignore_eos=True)
+TOL = 1e-4      # as tests/models/test_models.py: float32 logits, another summation order
+
+
+@pytest.fixture(scope="module", autouse=True)
+def model_cache(tmp_path_factory):
+    """Compiled models in a folder of this module's (not the user's cache)."""
+    old = os.environ.get("DISCO_TP_MODEL_CACHE")
+    os.environ["DISCO_TP_MODEL_CACHE"] = str(tmp_path_factory.mktemp("compiled"))
+    yield
+    if old is None:
+        del os.environ["DISCO_TP_MODEL_CACHE"]
+    else:
+        os.environ["DISCO_TP_MODEL_CACHE"] = old
+
+
+@pytest.fixture(scope="module")
+def sessions():
+    """One ProcessSession per worker count, shared by the tests."""
+    made = {}
+
+    def get(n):
+        if n not in made:
+            made[n] = disco.ProcessSession(n)
+        return made[n]
+    yield get
+    for s in made.values():
+        s.shutdown()
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory):
+    base = tmp_path_factory.mktemp("checkpoints")
+    return {f: tiny.make_checkpoint(f, str(base / f)) for f in ("llama", "qwen2")}
+
+
+def _reference(family: str) -> dict:
+    return dict(np.load(os.path.join(HERE, "references", f"{family}.npz")))
+
+
+def test_llama_tp2_pp2_gives_one_workers_and_transformers_tokens(checkpoints, sessions):
+    """The acceptance of issue 17: tp=2, pp=2 (4 workers) gives the greedy tokens of
+    tp=1, pp=1, which are transformers'; the prompt logits too, within float32
+    reordering."""
+    ref = _reference("llama")
+    with models.load(checkpoints["llama"], tp=1, session=sessions(1)) as engine:
+        one = engine.generate(PROMPTS, max_new_tokens=N, **GREEDY)
+    with models.load(checkpoints["llama"], tp=2, pp=2, session=sessions(4)) as engine:
+        assert engine.meta["tp"] == 2 and engine.meta["pp"] == 2
+        got = engine.generate(PROMPTS, max_new_tokens=N, **GREEDY)
+        assert engine.free_pages == engine.num_pages and not engine.busy
+        logits = engine.forward([list(tiny.PROMPTS[0])])[0]
+    assert got == one
+    assert got == [ref[f"generate_{i}"].tolist() for i in range(3)]
+    np.testing.assert_allclose(logits, ref["prompt_logits_0"], rtol=TOL, atol=TOL)
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen2"])
+def test_two_stages_of_one_worker_equal_transformers(checkpoints, sessions, family):
+    """tp=1, pp=2: each layer on its own worker; Qwen2's tied head read from the
+    embedding's tensor on the last stage."""
+    ref = _reference(family)
+    with models.load(checkpoints[family], pp=2, session=sessions(2)) as engine:
+        assert engine.meta["tp"] == 1      # tp defaults to the session's workers / pp
+        got = engine.generate(PROMPTS, max_new_tokens=N, **GREEDY)
+    assert got == [ref[f"generate_{i}"].tolist() for i in range(3)]
+
+
+def test_chunked_prefill_through_the_stages(checkpoints, sessions):
+    """Prompt chunks of 4 tokens beside decoding sequences: steps mixing prompt parts and
+    single tokens cross the stage boundary with each step's own token count."""
+    ref = _reference("qwen2")
+    with models.load(checkpoints["qwen2"], tp=2, pp=2, session=sessions(4), prefill_chunk=4) as engine:
+        got = engine.generate(PROMPTS, max_new_tokens=N, **GREEDY)
+    assert got == [ref[f"generate_{i}"].tolist() for i in range(3)]
+
+
+def test_q4_1_weights_on_two_stages_give_one_workers_tokens(checkpoints, sessions):
+    """q4_1 weights (the embedding read by spmd.masked_embedding on stage 0's workers):
+    tp=2, pp=2 gives the tokens of the same quantized model on one worker."""
+    got = {}
+    for tp, pp in ((1, 1), (2, 2)):
+        with models.load(checkpoints["llama"], tp=tp, pp=pp, session=sessions(tp * pp),
+                         quantization="q4_1") as engine:
+            got[tp, pp] = engine.generate(PROMPTS, max_new_tokens=N, **GREEDY)
+    assert got[2, 2] == got[1, 1]
+
+
+def test_stage_programs_and_weight_specs(checkpoints):
+    """Stage 0 on workers 0-1 embeds and runs layer 0, stage 1 on workers 2-3 runs layer 1,
+    the norm and the head; the step's hidden states and rotary tables cross with their
+    token count; each stage's attention reads layer 0 of its own cache."""
+    from compiler.distributed import DistributedLowering
+    cfg = json.load(open(os.path.join(checkpoints["llama"], "config.json")))
+    model = models.from_config(cfg, tp=2, pp=2)
+    assert model.kv_layout() == (1, 1, 8)       # one layer per stage, 2 KV heads over 2 workers
+    specs = {s["name"]: s for s in model.weight_specs()}
+    assert specs["model.embed_tokens.weight"]["device_ids"] == [0, 1]
+    assert specs["model.layers.0.mlp.down_proj.weight"]["device_ids"] == [0, 1]
+    assert specs["model.layers.1.self_attn.q_proj.weight"]["device_ids"] == [2, 3]
+    assert specs["lm_head.weight"]["device_ids"] == [2, 3] and specs["lm_head.weight"]["mesh_shape"] == [2]
+    out = DistributedLowering(model.export())
+    stages = out.attrs["distributed"]["functions"]["decode"]["stages"]
+    assert [(s["function"], list(s["device_ids"])) for s in stages] == [
+        ("decode__stage0", [0, 1]), ("decode__stage1", [2, 3])]
+    names = [p["name"] for p in out.attrs["distributed"]["functions"]["decode"]["params"]]
+    assert names[stages[1]["params"][0]] == "cache"     # every stage reads its own cache
+    text = out.script()
+    s0, s1 = text.index("def decode__stage0("), text.index("def decode__stage1(")
+    stage0, stage1 = text[s0:s1], text[s1:text.index("\n    @", s1)]
+    assert "model_embed_tokens_weight" in stage0 and "lm_head_weight" not in stage0
+    assert "lm_head_weight" in stage1 and "model_embed_tokens_weight" not in stage1
+    assert stage0.count("R.kv.attention(") == stage1.count("R.kv.attention(") == 1
+    assert "cache, layer=0," in stage0 and "cache, layer=0," in stage1
+    assert stage0.count("with_shape=True") == 3         # hidden states, cos, sin
+    assert 'R.ccl.recv(R.shape([-1, 64]), dtype="float32", senders=[0, 1], receivers=[2, 3])' in stage1
+
+
+def test_errors_before_any_worker_starts(checkpoints, monkeypatch):
+    def started(*a, **k):
+        raise AssertionError("a worker was started")
+    monkeypatch.setattr(disco, "start", started)
+    llama = checkpoints["llama"]
+    with pytest.raises(ValueError, match=r"llama \(config.json\): pp = 3 pipeline stages but "
+                                         r"num_hidden_layers = 2: each stage needs at least one layer; "
+                                         r"use pp <= 2"):
+        models.load(llama, tp=1, pp=3)
+    for bad in (0, -1, 1.5, True, "2"):
+        with pytest.raises(ValueError, match=r"pp \(pipeline stages\) must be a positive int, got"):
+            models.load(llama, tp=1, pp=bad)
+    two = types.SimpleNamespace(num_workers=2)     # a session of 2 workers (nothing may run on it)
+    with pytest.raises(ValueError, match=r"tp=2 x pp=2 = 4 workers but the session has 2 workers"):
+        models.load(llama, tp=2, pp=2, session=two)
+    three = types.SimpleNamespace(num_workers=3)
+    with pytest.raises(ValueError, match=r"pp=2 pipeline stages do not split 3 workers evenly"):
+        models.load(llama, pp=2, session=three)
+    gpt2 = tiny.make_checkpoint("gpt2", os.path.join(os.path.dirname(llama), "gpt2"))
+    with pytest.raises(ValueError, match=r"model_type 'gpt2' does not run as a pipeline yet \(pp=2\)"):
+        models.load(gpt2, tp=1, pp=2)
