@@ -231,6 +231,9 @@ def load(path: str, tp: Optional[int] = None, dtype: str = "float32", session=No
         raise ValueError(f"tp must be a positive int, got {tp!r}")
     if dtype not in DTYPES:
         raise ValueError(f"dtype {dtype!r} is not supported; expected one of {', '.join(DTYPES)}")
+    if pp != 1 and device != "cpu":
+        raise ValueError(f"pp={pp}: pipeline stages run their collectives on sub-group communicators, "
+                         f"which only the shm backend (CPU workers) makes so far; device={device!r}")
     if quantization is not None and device != "cpu":
         raise ValueError(f"quantization={quantization!r} is for CPU workers (its kernels are CPU "
                          f"kernels); device={device!r}")

@@ -101,3 +101,39 @@ def test_sharding_in_model_code_gives_megatron_on_two_workers(how):
 def test_a_plan_placement_that_does_not_fit_the_parameter_fails():
     with pytest.raises(ShardingError, match="Shard dim 2 is out of range for a tensor of rank 2"):
         nn.shard(MLP(), 2, {"up.weight": "S[2]"})
+
+
+def test_modules_put_on_pipeline_stages_run_as_two_stages():
+    """nn.pipeline gives one mesh per stage, nn.stage puts a module's parameters on one
+    (replicated there unless placed); the export runs as a pipeline: the second layer
+    and the norm on worker 1, against numpy, for two token counts."""
+    model = Stack()
+    meshes = nn.pipeline(model, 2, 1)
+    assert meshes == [DeviceMesh((1,), (0,)), DeviceMesh((1,), (1,))]
+    nn.stage(model.layers[1], 1)
+    nn.stage(model.norm, 1)
+    mod = nn.export(model, SPEC)
+    text = mod.script()
+    assert 'layers_0_up_weight: R.DTensor((32, 16), "float32", "mesh[0]", "R")' in text
+    assert 'layers_1_up_weight: R.DTensor((32, 16), "float32", "mesh[1]", "R")' in text
+    assert 'norm_weight: R.DTensor((16,), "float32", "mesh[1]", "R")' in text
+    p = _random_params(model, 3)
+    with disco.ProcessSession(2) as sess:
+        dmod = sess.load_module(build(mod), ccl_backend="shm")
+        for n in (5, 2):
+            x = np.random.default_rng(n).standard_normal((n, 16)).astype(np.float32)
+            h = x
+            for i in range(2):
+                h = h + _mlp_ref(h, {k[len(f"layers.{i}."):]: v for k, v in p.items() if k.startswith(f"layers.{i}.")})
+            ref = h / np.sqrt(np.mean(h * h, axis=-1, keepdims=True) + 1e-6) * p["norm.weight"]
+            np.testing.assert_allclose(dmod["main"](x, *p.values()).fetch(), ref, rtol=1e-4, atol=1e-4)
+
+
+def test_pipeline_arguments_are_checked():
+    with pytest.raises(ShardingError, match=r"nn.pipeline: stages and size must be positive ints, got 0 and 2"):
+        nn.pipeline(Stack(), 0, 2)
+    model = Stack()
+    nn.pipeline(model, 2, 1)
+    nn.stage(model.norm, 2)
+    with pytest.raises(ShardingError, match=r"parameter 'norm.weight' is on mesh\[2\] but the model has 2 meshes"):
+        nn.export(model, SPEC)

@@ -78,6 +78,20 @@ def test_a_degree_that_does_not_work_is_replaced(checkpoint, env, expected):
     assert "cannot be split over 3 workers" in job.err and "using 2" in job.err
 
 
+def test_two_pipeline_stages(checkpoint, env, expected):
+    """--pp 2: the two layers on a worker each (the tied head on the second): the same text."""
+    job = Job(_generate_argv() + ["--model", checkpoint, "--pp", "2"] + ARGS, env=env)
+    _check(job, expected, 2)
+
+
+def test_more_stages_than_layers_is_a_clear_error(checkpoint, env):
+    job = Job(_generate_argv() + ["--model", checkpoint, "--pp", "3"] + ARGS, env=env)
+    assert job.rc == 2 and "Traceback" not in job.err, job.err
+    assert "pp = 3 pipeline stages but num_hidden_layers = 2" in job.err
+    assert "disco: " not in job.err         # no worker started
+    assert not job.leftovers()
+
+
 def test_bad_model_is_a_clear_error(tmp_path, env):
     job = Job(_generate_argv() + ["--model", str(tmp_path)] + ARGS, env=env)
     assert job.rc != 0 and "no config.json" in job.err and "Traceback" not in job.err

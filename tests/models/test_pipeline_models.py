@@ -166,6 +166,9 @@ def test_errors_before_any_worker_starts(checkpoints, monkeypatch):
     three = types.SimpleNamespace(num_workers=3)
     with pytest.raises(ValueError, match=r"pp=2 pipeline stages do not split 3 workers evenly"):
         models.load(llama, pp=2, session=three)
+    with pytest.raises(ValueError, match=r"pp=2: pipeline stages .* only the shm backend \(CPU workers\) "
+                                         r"makes so far; device='cuda'"):
+        models.load(llama, tp=1, pp=2, device="cuda")
     gpt2 = tiny.make_checkpoint("gpt2", os.path.join(os.path.dirname(llama), "gpt2"))
     with pytest.raises(ValueError, match=r"model_type 'gpt2' does not run as a pipeline yet \(pp=2\)"):
         models.load(gpt2, tp=1, pp=2)
