@@ -12,8 +12,8 @@ when the receiving mesh is larger). A value with a symbolic dim (the tokens of a
 step) goes with its shape first: `R.ccl.send(y, ..., with_shape=True)`, received as
 `R.ccl.recv(R.shape([-1, 64]), ...)` and bound by `y_s1 = R.match_cast(y_s1_in,
 R.Tensor((n, 64)))`, which defines `n` in the receiving program. A runtime object
-parameter (the KV cache, each worker's own) is a parameter of every stage that reads it. A worker runs only its stage's program
-(`sess.load_module` picks it); the controller records which in attr "distributed":
+parameter (the KV cache, each worker's own) is a parameter of every stage that reads
+it. A worker runs only its stage's program (`sess.load_module` picks it); the controller records which in attr "distributed":
 functions[name]["stages"] = [{function, mesh, mesh_shape, device_ids, params}] where
 params are indices into the whole function's parameters.
 """
@@ -30,7 +30,7 @@ from ..ir.struct_info import DTensorStructInfo, TensorStructInfo, TupleStructInf
 from ..op import ccl
 from .mesh import lookup_mesh
 from .placement import Replicate
-from .stages import is_cross, mesh_refs
+from .stages import _used_vars, is_cross, mesh_refs
 
 
 def stage_name(name: str, i: int) -> str:
@@ -102,11 +102,6 @@ def split_placed(mod: IRModule, name: str, func: G.Function) -> tuple[dict, dict
 def _sub(e, m: dict):
     from .stages import _sub as sub
     return sub(e, m)
-
-
-def _used_vars(node):
-    from .stages import _used_vars as used
-    return used(node)
 
 
 def _no_dataflow_vars(func: G.Function) -> G.Function:

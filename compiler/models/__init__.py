@@ -14,7 +14,7 @@ from __future__ import annotations
 from typing import Any, Mapping
 
 from . import gpt2, llama
-from .base import CausalLM
+from .base import CausalLM, check_stages
 
 FAMILIES = {"llama": llama.build, "mistral": llama.build, "qwen2": llama.build, "gpt2": gpt2.build}
 PIPELINED = ("llama", "mistral", "qwen2")     # families that split their layers into pp stages
@@ -28,7 +28,7 @@ def from_config(cfg: Mapping[str, Any], tp: int = 1, dtype: str = "float32",
     kind = cfg.get("model_type")
     if kind not in FAMILIES:
         raise ValueError(f"model_type {kind!r} is not supported; supported: {sorted(FAMILIES)}")
-    if pp != 1 and kind not in PIPELINED:
+    if check_stages(pp) != 1 and kind not in PIPELINED:
         raise ValueError(f"model_type {kind!r} does not run as a pipeline yet (pp={pp!r}); families "
                          f"that do: {', '.join(PIPELINED)}")
     model = FAMILIES[kind](cfg, tp, dtype, pp) if pp != 1 else FAMILIES[kind](cfg, tp, dtype)

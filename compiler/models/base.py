@@ -78,15 +78,20 @@ def regroup_map(parts: int, groups: int, axis: int = -1) -> dict:
     return {"axis": axis, "op": "regroup", "parts": parts, "groups": groups}
 
 
+def check_stages(pp: Any) -> int:
+    """`pp` when it is a positive int (a number of pipeline stages), else a ValueError."""
+    if not isinstance(pp, int) or isinstance(pp, bool) or pp < 1:
+        raise ValueError(f"pp (pipeline stages) must be a positive int, got {pp!r}")
+    return pp
+
+
 def stage_layers(layers: int, pp: int, family: str) -> list[range]:
     """The layers of each of `pp` pipeline stages: contiguous, as even as can be (the
     first `layers % pp` stages one more); a ValueError naming the layer count when a
     stage would have none."""
-    if not isinstance(pp, int) or isinstance(pp, bool) or pp < 1:
-        raise ValueError(f"{family}: pp (pipeline stages) must be a positive int, got {pp!r}")
-    if pp > layers:
+    if check_stages(pp) > layers:
         raise ValueError(f"{family}: pp = {pp} pipeline stages but num_hidden_layers = {layers}: "
-                            f"each stage needs at least one layer; use pp <= {layers}")
+                         f"each stage needs at least one layer; use pp <= {layers}")
     out, start = [], 0
     for s in range(pp):
         n = layers // pp + (1 if s < layers % pp else 0)

@@ -27,6 +27,7 @@ from disco.llm.tokenizer import load_tokenizer
 
 from ..ir.errors import ShardingError
 from . import from_config, FAMILIES
+from .base import check_stages
 
 DTYPES = ("float32", "float16", "bfloat16")
 CACHE_VERSION = 1       # bump when the exported format or the compiled code changes meaning
@@ -219,8 +220,7 @@ def load(path: str, tp: Optional[int] = None, dtype: str = "float32", session=No
     if not os.path.exists(path):
         raise FileNotFoundError(f"no checkpoint at {path!r}")
     cfg = read_config(path)
-    if not isinstance(pp, int) or isinstance(pp, bool) or pp < 1:
-        raise ValueError(f"pp (pipeline stages) must be a positive int, got {pp!r}")
+    check_stages(pp)
     if tp is None:
         workers = session.num_workers if session is not None else launched_ranks() or pp
         if workers % pp:
