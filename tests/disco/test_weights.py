@@ -342,6 +342,34 @@ def test_workers_load_their_own_blocks(tmp_path, kind):
         del bad
 
 
+def test_a_pipeline_stages_workers_load_its_parameters(tmp_path):
+    """Specs naming their stage's workers (device_ids, mesh_shape): stage 0's on workers
+    0-1, stage 1's on 2-3, each its block by its index in the stage; the others hold
+    None; fetch() puts the stage's blocks together."""
+    path, specs, whole = _model_files(tmp_path)
+    for i, sp in enumerate(specs):
+        sp.update(device_ids=[0, 1] if i < 3 else [2, 3], mesh_shape=[2])
+    with disco.ThreadedSession(4) as sess:
+        refs = place_weights(sess, path, specs)
+        for sp, ref, w in zip(specs, refs, whole):
+            dim = int(sp["placement"][2:-1])
+            for k, worker in enumerate(sp["device_ids"]):
+                np.testing.assert_array_equal(ref.fetch(worker), np.split(w, 2, axis=dim)[k],
+                                              err_msg=f"{sp['name']} on worker {worker}")
+            assert all(ref.fetch(worker) is None for worker in range(4) if worker not in sp["device_ids"])
+            np.testing.assert_array_equal(ref.fetch(), w)
+        with pytest.raises(CheckpointError, match=r"parameter 'o' belongs to the pipeline stage on workers "
+                                                  r"\[4, 5\], but the session has 4 workers"):
+            place_weights(sess, path, specs[:5] + [dict(specs[5], device_ids=[4, 5])] + specs[6:])
+    with open_checkpoint(path) as c:
+        with pytest.raises(CheckpointError, match=r"weight spec 'o': a pipeline stage's parameter has both "
+                                                  r"'device_ids' and 'mesh_shape'"):
+            check_specs(c, [{k: v for k, v in specs[5].items() if k != "mesh_shape"}], complete=False)
+        with pytest.raises(CheckpointError, match=r"weight spec 'o': device_ids \[2, 3, 4\] must be distinct "
+                                                  r"worker ids, one per device of mesh_shape \[2\]"):
+            check_specs(c, [dict(specs[5], device_ids=[2, 3, 4])], complete=False)
+
+
 def test_load_weights_is_found_without_an_import():
     code = ("import sys, disco; f = disco.get_global_func('disco.llm.load_weights'); "
             "print(f.__module__, 'compiler' in sys.modules)")
