@@ -54,19 +54,24 @@ def _op_name(value: Any) -> str:
 
 
 def mesh_refs(func: G.Function) -> list[str]:
-    """The meshes `func` names, in the order it first names them."""
+    """The meshes `func` names, in the order its bindings first name them (the order of
+    its stages), then those only its parameters or its return type name. (Parameters
+    come in any order: a model's `last`, read by the last stage, precedes the weights.)"""
     refs: list[str] = []
 
     def add(rs):
         refs.extend(r for r in rs if r not in refs)
 
-    for p in func.params:
-        add(_refs_of(p.struct_info))
     for blk in func.body.blocks:
         for b in blk.bindings:
+            if isinstance(b.value, G.Call):     # an operand parameter typed on a mesh names it here
+                add([r for a in b.value.args if isinstance(a, G.Var) and a in func.params
+                     for r in _refs_of(a.struct_info)])
             add(_refs_of(b.var.struct_info))
             if _op_name(b.value).startswith(DIST_OPS):
                 add([b.value.attrs["device_mesh"]])
+    for p in func.params:
+        add(_refs_of(p.struct_info))
     add(_refs_of(func.ret_struct_info))
     return refs
 

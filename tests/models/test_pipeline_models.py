@@ -98,6 +98,22 @@ def test_two_stages_of_one_worker_equal_transformers(checkpoints, sessions, fami
     assert got == [ref[f"generate_{i}"].tolist() for i in range(3)]
 
 
+@pytest.mark.parametrize("tp,pp", [(1, 3), (2, 2)])
+def test_three_layers_split_unevenly_or_in_three_stages(tmp_path, sessions, tp, pp):
+    """A 3-layer Llama: 2 + 1 layers on two stages (every worker's cache sized for the
+    larger), or three stages (the rotary tables go from stage 0 to stage 2 past stage 1;
+    prefill's `last` parameter, listed before the weights, belongs to the last stage):
+    the tokens of the same checkpoint on one worker (whose agreement with transformers
+    test_generate.py checks on the 2-layer model)."""
+    ckpt = tiny.make_checkpoint("llama", str(tmp_path / "llama3"), num_hidden_layers=3)
+    with models.load(ckpt, tp=1, session=sessions(1)) as engine:
+        one = engine.generate(PROMPTS, max_new_tokens=8, **GREEDY)
+    with models.load(ckpt, tp=tp, pp=pp, session=sessions(tp * pp)) as engine:
+        assert engine.meta["kv_layout"][0] == (2 if pp == 2 else 1)
+        got = engine.generate(PROMPTS, max_new_tokens=8, **GREEDY)
+    assert got == one
+
+
 def test_chunked_prefill_through_the_stages(checkpoints, sessions):
     """Prompt chunks of 4 tokens beside decoding sequences: steps mixing prompt parts and
     single tokens cross the stage boundary with each step's own token count."""
