@@ -230,6 +230,26 @@ def test_module_function_order_does_not_matter_but_names_do():
                  IRModule.from_dict({"main": f}, global_infos={"mesh": (1, 3)}), "global_infos['mesh'][1]")
 
 
+def test_each_function_of_a_module_binds_its_own_size_vars():
+    """Two functions sharing one `n` object (a pipeline's stage programs made from one
+    function) equal two with an `n` each (as printed and parsed back): each function
+    binds its sizes itself; within a function, a mismatch is still found."""
+    def module(shared: bool, cols: int = 4):
+        n = E.Var("n")
+        funcs = []
+        for name in ("f", "g"):
+            m = n if shared else E.Var("n")
+            x = Var("x", tsi(m, 4))
+            y = Var("y", tsi(m, cols if name == "g" else 4))
+            body = SeqExpr((BindingBlock((VarBinding(y, Call(Op("relax.negative"), (x,), struct_info=y.struct_info)),)),),
+                           y, y.struct_info)
+            funcs.append((name, Function((x,), body, y.struct_info, Attrs({"global_symbol": name}))))
+        return IRModule(tuple(funcs))
+    assert structural_equal(module(True), module(False))
+    assert structural_hash(module(True)) == structural_hash(module(False))
+    assert not structural_equal(module(True), module(False, cols=5))
+
+
 def test_global_var_and_call_attrs():
     x = Var("x", tsi(4))
     c1 = Call(GlobalVar("f"), (x,), Attrs({"axis": 1}))
