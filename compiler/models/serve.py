@@ -2,6 +2,7 @@
 OpenAI-compatible HTTP endpoint, on as many workers as asked.
 
     disco-serve --model path/to/checkpoint --tp 2 --host 127.0.0.1 --port 8000
+    disco-serve --model path/to/checkpoint --tp 2 --pp 2 --port 8000   # 2 pipeline stages x 2 workers
     disco-launch -n 2 disco-serve --model DIR --port 8000        # the launched ranks
     mpiexec -n 2 disco-serve --model DIR --port 8000
 
@@ -36,6 +37,9 @@ def parser() -> argparse.ArgumentParser:
                    help="the name clients pass as `model` (default: the --model folder's or file's name)")
     p.add_argument("--tp", type=int, default=None,
                    help="tensor-parallel degree (workers); default: the launched ranks, else 1")
+    p.add_argument("--pp", type=int, default=1,
+                   help="pipeline stages: the layers split evenly between them, each on --tp "
+                        "workers of its own (tp * pp workers in all)")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000, help="0: a free port (printed)")
     p.add_argument("--dtype", default="float32", choices=("float32", "float16", "bfloat16"))
@@ -71,7 +75,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 def _check(args) -> tuple[str, int]:
     """The checkpoint's path and degree, checked before any worker starts."""
     from .fetch import resolve_model
-    from .loader import _model, read_config
+    from .loader import _model, check_pipeline_device, read_config
     from disco.llm.tokenizer import load_tokenizer
     try:
         import disco.llm.serve.server  # noqa: F401  (starlette, uvicorn)
@@ -85,9 +89,10 @@ def _check(args) -> tuple[str, int]:
         raise ValueError(f"--prefill-chunk ({args.prefill_chunk}) and --max-waiting ({args.max_waiting}) "
                          f"must be >= 0, --port ({args.port}) in 0..65535")
     path = resolve_model(args.model)
-    tp = choose_degree(path, args.tp, PROG)
+    tp = choose_degree(path, args.tp, PROG, pp=args.pp)
+    check_pipeline_device(args.pp, args.device)
     cfg = read_config(path)
-    _model(cfg, tp, args.dtype, path)
+    _model(cfg, tp, args.dtype, path, pp=args.pp)
     if load_tokenizer(path) is None:
         raise ValueError(f"{path!r} has no tokenizer (tokenizer.json, or a GGUF file's); "
                          f"{PROG} takes and answers text, so it needs one")
@@ -106,14 +111,14 @@ def _run(args) -> int:
         # controller (rank 0) stops the server and then its workers, in order
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    session = disco.start(tp, device=args.device)        # under mpiexec, ranks other than 0 serve here
+    session = disco.start(tp * args.pp, device=args.device)   # under mpiexec, ranks other than 0 serve here
     clean = True
     try:
         sock = bind(args.host, args.port)
         name = args.served_model_name or os.path.basename(os.path.normpath(args.model))
 
         def load_engine():
-            return load(path, tp=tp, dtype=args.dtype, session=session, device=args.device,
+            return load(path, tp=tp, pp=args.pp, dtype=args.dtype, session=session, device=args.device,
                         progress=not args.no_progress, max_tokens=args.kv_tokens,
                         page_size=args.page_size, prefill_chunk=args.prefill_chunk or None)
 
