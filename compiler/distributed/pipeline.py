@@ -26,11 +26,11 @@ from ..ir.expr import IntImm
 from ..ir import graph as G
 from ..ir.errors import ShardingError
 from ..ir.module import IRModule
-from ..ir.struct_info import DTensorStructInfo, TensorStructInfo, TupleStructInfo
+from ..ir.struct_info import TensorStructInfo, TupleStructInfo
 from ..op import ccl
 from .mesh import lookup_mesh
 from .placement import Replicate
-from .stages import _used_vars, is_cross, mesh_refs
+from .stages import _refs_of, _used_vars, is_cross, mesh_refs
 
 
 def stage_name(name: str, i: int) -> str:
@@ -38,8 +38,9 @@ def stage_name(name: str, i: int) -> str:
 
 
 def _mesh_of(v: G.Var) -> str | None:
-    s = v.struct_info
-    return s.device_mesh if isinstance(s, DTensorStructInfo) else None
+    """The mesh of a variable's DTensor (of its fields' for a tuple: a split's parts)."""
+    refs = _refs_of(v.struct_info)
+    return refs[0] if refs else None
 
 
 def split_placed(mod: IRModule, name: str, func: G.Function) -> tuple[dict, dict]:

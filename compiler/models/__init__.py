@@ -17,7 +17,6 @@ from . import gpt2, llama
 from .base import CausalLM, check_stages
 
 FAMILIES = {"llama": llama.build, "mistral": llama.build, "qwen2": llama.build, "gpt2": gpt2.build}
-PIPELINED = ("llama", "mistral", "qwen2")     # families that split their layers into pp stages
 
 
 def from_config(cfg: Mapping[str, Any], tp: int = 1, dtype: str = "float32",
@@ -28,10 +27,7 @@ def from_config(cfg: Mapping[str, Any], tp: int = 1, dtype: str = "float32",
     kind = cfg.get("model_type")
     if kind not in FAMILIES:
         raise ValueError(f"model_type {kind!r} is not supported; supported: {sorted(FAMILIES)}")
-    if check_stages(pp) != 1 and kind not in PIPELINED:
-        raise ValueError(f"model_type {kind!r} does not run as a pipeline yet (pp={pp!r}); families "
-                         f"that do: {', '.join(PIPELINED)}")
-    model = FAMILIES[kind](cfg, tp, dtype, pp) if pp != 1 else FAMILIES[kind](cfg, tp, dtype)
+    model = FAMILIES[kind](cfg, tp, dtype, check_stages(pp))
     if quantization is not None and dtype != "float32":
         raise ValueError(f"quantization={quantization!r} stores the weights and computes in float32; "
                          f"dtype={dtype!r} asks for {dtype} computation (use one or the other)")
@@ -40,4 +36,4 @@ def from_config(cfg: Mapping[str, Any], tp: int = 1, dtype: str = "float32",
 
 from .loader import load  # noqa: E402  (after from_config: the loader builds models with it)
 
-__all__ = ["FAMILIES", "PIPELINED", "from_config", "CausalLM", "load"]
+__all__ = ["FAMILIES", "from_config", "CausalLM", "load"]

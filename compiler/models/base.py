@@ -85,12 +85,12 @@ def check_stages(pp: Any) -> int:
     return pp
 
 
-def stage_layers(layers: int, pp: int, family: str) -> list[range]:
+def stage_layers(layers: int, pp: int, family: str, what: str = "num_hidden_layers") -> list[range]:
     """The layers of each of `pp` pipeline stages: contiguous, as even as can be (the
-    first `layers % pp` stages one more); a ValueError naming the layer count when a
-    stage would have none."""
+    first `layers % pp` stages one more); a ValueError naming the layer count (config
+    value `what`) when a stage would have none."""
     if check_stages(pp) > layers:
-        raise ValueError(f"{family}: pp = {pp} pipeline stages but num_hidden_layers = {layers}: "
+        raise ValueError(f"{family}: pp = {pp} pipeline stages but {what} = {layers}: "
                          f"each stage needs at least one layer; use pp <= {layers}")
     out, start = [], 0
     for s in range(pp):
@@ -136,6 +136,19 @@ class CausalLM(nn.Module):
 
     def export(self) -> IRModule:
         return nn.export(self, {"prefill": PREFILL_INPUTS, "decode": STEP_INPUTS, "forward": STEP_INPUTS})
+
+    def place_stages(self, stages: list[range], layers: nn.ModuleList, last: list) -> None:
+        """With several stages (`stage_layers`): one mesh of `tp` devices per stage
+        (nn.pipeline), each layer of `layers` on its stage, the modules of `last` (final
+        norm, LM head) on the last; the rest (the embedding) stays on the first."""
+        if len(stages) < 2:
+            return
+        nn.pipeline(self, len(stages), self.tp)
+        for s, r in enumerate(stages):
+            for i in r:
+                nn.stage(layers[i], s)
+        for m in last:
+            nn.stage(m, len(stages) - 1)
 
     def kv_layout(self) -> tuple[int, int, int]:
         """(layers, KV heads per device, head_dim): the KV cache each device needs (with

@@ -112,13 +112,8 @@ class LlamaForCausalLM(CausalLM):
             self.lm_head = nn.Linear(config.hidden_size, self.vocab, False, dtype)
         if tp > 1:
             nn.shard(self, tp, PLAN)
-        if pp > 1:
-            nn.pipeline(self, pp, tp)
-            for s, layers in enumerate(self.stages):
-                for i in layers:
-                    nn.stage(self.model.layers[i], s)
-            nn.stage(self.model.norm, pp - 1)
-            nn.stage(self.lm_head, pp - 1)
+        self.place_stages(self.stages, self.model.layers,
+                          [self.model.norm] + ([self.lm_head] if hasattr(self, "lm_head") else []))
 
     def hidden(self, input_ids, cache):
         return self.model(input_ids, cache)

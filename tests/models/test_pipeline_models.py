@@ -3,13 +3,13 @@ layers between pp stages, each on its own tp workers (shm), with each stage's KV
 its workers. Checked against transformers (the committed references of
 make_references.py: greedy tokens, prompt logits) and against the same model on one
 worker: the tiny Llama (grouped-query, untied head) with tp=2, pp=2 on 4 workers and
-tp=1, pp=2; the tiny Qwen2 (tied embeddings: the head is a weight of the last stage);
+tp=1, pp=2; the tiny Qwen2 and GPT-2 (tied embeddings: the head is a weight of the last
+stage; GPT-2's fused q, k, v regrouped per worker of a stage);
 chunked prefill; q4_1 weights (the embedding's masked lookup on a stage's workers);
 SmolLM2's GGUF file from its own blocks (slow). The
 lowered IR: a stage per mesh, each layer's cache index within its stage, weight specs
 naming their stage's workers. Errors before any worker starts: pp larger than the
-number of layers, pp not a positive int, tp * pp not the session's workers, a family
-that does not run as a pipeline."""
+number of layers, pp not a positive int, tp * pp not the session's workers, pp off CPU."""
 from __future__ import annotations
 
 import json
@@ -64,7 +64,7 @@ def sessions():
 @pytest.fixture(scope="module")
 def checkpoints(tmp_path_factory):
     base = tmp_path_factory.mktemp("checkpoints")
-    return {f: tiny.make_checkpoint(f, str(base / f)) for f in ("llama", "qwen2")}
+    return {f: tiny.make_checkpoint(f, str(base / f)) for f in ("llama", "qwen2", "gpt2")}
 
 
 def _reference(family: str) -> dict:
@@ -88,13 +88,14 @@ def test_llama_tp2_pp2_gives_one_workers_and_transformers_tokens(checkpoints, se
     np.testing.assert_allclose(logits, ref["prompt_logits_0"], rtol=TOL, atol=TOL)
 
 
-@pytest.mark.parametrize("family", ["llama", "qwen2"])
-def test_two_stages_of_one_worker_equal_transformers(checkpoints, sessions, family):
-    """tp=1, pp=2: each layer on its own worker; Qwen2's tied head read from the
-    embedding's tensor on the last stage."""
+@pytest.mark.parametrize("family,tp", [("llama", 1), ("qwen2", 1), ("gpt2", 1), ("gpt2", 2)])
+def test_two_stages_equal_transformers(checkpoints, sessions, family, tp):
+    """pp=2: each layer on its own stage; Qwen2's and GPT-2's tied heads read from the
+    embedding's tensor on the last stage; GPT-2's fused q | k | v columns regrouped per
+    worker of a stage, its vocabulary (1001) padded for 2 workers."""
     ref = _reference(family)
-    with models.load(checkpoints[family], pp=2, session=sessions(2)) as engine:
-        assert engine.meta["tp"] == 1      # tp defaults to the session's workers / pp
+    with models.load(checkpoints[family], pp=2, session=sessions(2 * tp)) as engine:
+        assert engine.meta["tp"] == tp      # tp defaults to the session's workers / pp
         got = engine.generate(PROMPTS, max_new_tokens=N, **GREEDY)
     assert got == [ref[f"generate_{i}"].tolist() for i in range(3)]
 
@@ -186,9 +187,9 @@ def test_errors_before_any_worker_starts(checkpoints, monkeypatch):
     with pytest.raises(ValueError, match=r"pp=2: pipeline stages .* only the shm backend \(CPU workers\) "
                                          r"makes so far; device='cuda'"):
         models.load(llama, tp=1, pp=2, device="cuda")
-    gpt2 = tiny.make_checkpoint("gpt2", os.path.join(os.path.dirname(llama), "gpt2"))
-    with pytest.raises(ValueError, match=r"model_type 'gpt2' does not run as a pipeline yet \(pp=2\)"):
-        models.load(gpt2, tp=1, pp=2)
+    with pytest.raises(ValueError, match=r"gpt2 \(config.json\): pp = 4 pipeline stages but "
+                                         r"n_layer = 2"):
+        models.load(checkpoints["gpt2"], tp=1, pp=4)
 
 
 @pytest.mark.slow
