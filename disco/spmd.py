@@ -360,10 +360,15 @@ def recv(shape, dtype, senders, receivers):
     """Pipeline transfer, receiving side (R.ccl.recv): on worker receivers[i], the array of
     `shape` and `dtype` that worker senders[i] sends it; None on the other workers."""
     senders, receivers = _pairs(senders, receivers, "R.ccl.recv")
-    me = current_context().worker_id
+    ctx = current_context()
+    me = ctx.worker_id
     if me not in receivers:
         return None
-    return ccl.recv(tuple(int(d) for d in shape), dtype, senders[receivers.index(me)])
+    out = ccl.recv(tuple(int(d) for d in shape), dtype, senders[receivers.index(me)])
+    call = ctx.state.get("stage_call")      # the pipeline stage call running (disco/pipeline.py)
+    if call is not None:
+        call["received"] = time.time()      # its timeline: when its inputs arrived
+    return out
 
 
 @register_func("spmd.broadcast_from_worker0", override=True)
