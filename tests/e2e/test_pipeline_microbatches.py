@@ -101,3 +101,16 @@ def test_micro_batch_arguments_are_checked(pipeline):
     # one micro-batch is a plain call
     np.testing.assert_allclose(h.run_microbatches(x[:ROWS] + 1, *ws, micro_batches=1).fetch(),
                                M.mlp_two_stages_ref(x[:ROWS] + 1, *ws), rtol=1e-4, atol=1e-4)
+
+
+def test_more_micro_batches_in_flight_than_a_mailbox_holds(pipeline):
+    """32 micro-batches: stage 0 may run up to 8 transfers ahead of stage 1 (the shm
+    mailbox's descriptors, csrc/ccl/p2p.h); further sends wait for the receiver, which
+    never waits for the sender's stage, so nothing deadlocks."""
+    h, ws, rng = pipeline
+    x = rng.standard_normal((ROWS * 32, DIM)).astype(np.float32)
+    h.timeline(reset=True)
+    np.testing.assert_allclose(h.run_microbatches(x, *ws, micro_batches=32).fetch(),
+                               M.mlp_two_stages_ref(x, *ws), rtol=1e-4, atol=1e-4)
+    line = h.timeline(reset=True)
+    assert sorted(_calls(line, 1)) == list(range(32))
