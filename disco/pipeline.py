@@ -4,7 +4,7 @@ the programs make themselves.
 
 `dmod["main"](x, w1, ..., w4)` places each argument on the workers of its stage's mesh
 (by its placement there), then one broadcast call has every worker pick its stage's
-function and arguments (`disco.dmodule.call_stage`); workers outside every stage do
+function and arguments (`disco.pipeline.call_micro_batch`); workers outside every stage do
 nothing. The result lives on the last stage's workers: a `StageTensorRef`, whose
 `fetch()` assembles the global value from them.
 
@@ -138,8 +138,8 @@ class PipelineFunctionHandle:
         split = [names[0]] if split is None else list(split)
         unknown = [n for n in split if n not in names]
         if unknown or not split:
-            raise SessionError(f"{self.name}.run_microbatches: split={split} names no parameter "
-                               f"{unknown or ''}; the parameters are {names}")
+            raise SessionError(f"{self.name}.run_microbatches: split={split} must name one or more parameters "
+                               f"({names}); unknown: {unknown}")
         m = int(micro_batches)
         if m < 1:
             raise SessionError(f"{self.name}.run_microbatches: micro_batches must be at least 1, given {micro_batches}")
@@ -235,7 +235,8 @@ def _run_stage(vm, functions, arguments, run: int, micro_batch: int, args):
 
 @register_func("disco.pipeline.call_stage", override=True)
 def _call_stage(vm, functions, arguments, *args):
-    """A plain call of this worker's stage (micro-batch -1)."""
+    """A plain call of this worker's stage (micro-batch -1): the earlier entry point,
+    kept for callers outside PipelineFunctionHandle."""
     return _run_stage(vm, functions, arguments, -1, -1, args)
 
 

@@ -94,7 +94,7 @@ def test_micro_batch_arguments_are_checked(pipeline):
     x = np.zeros((ROWS * MICRO, DIM), np.float32)
     with pytest.raises(SessionError, match=r"parameter 'x' of shape \(120, 256\).*16 x 8 = 128"):
         h.run_microbatches(x[:120], *ws, micro_batches=MICRO)
-    with pytest.raises(SessionError, match=r"split=\['y'\] names no parameter \['y'\]"):
+    with pytest.raises(SessionError, match=r"split=\['y'\] must name one or more parameters \(\['x', 'w1', 'w2', 'w3', 'w4'\]\); unknown: \['y'\]"):
         h.run_microbatches(x, *ws, micro_batches=MICRO, split=["y"])
     with pytest.raises(SessionError, match="micro_batches must be at least 1, given 0"):
         h.run_microbatches(x, *ws, micro_batches=0)
