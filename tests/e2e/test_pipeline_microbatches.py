@@ -15,7 +15,7 @@ import _tp_models as M
 
 pytestmark = pytest.mark.timeout(300)
 
-DIM, ROWS, MICRO = 256, 16, 8         # each micro-batch: ROWS x DIM
+DIM, ROWS, MICRO = 512, 32, 8         # each micro-batch: ROWS x DIM; a stage call takes about 1-3 ms
 
 
 @pytest.fixture(scope="module")
@@ -23,7 +23,7 @@ def pipeline():
     """A 4-worker session with the two-stage MLP compiled for one micro-batch's shape."""
     ex = build(script.parse(M.pipeline_module_text(M.mlp_two_stages(DIM, ROWS))))
     rng = np.random.default_rng(1)
-    ws = [(rng.standard_normal((DIM, DIM)) / 16).astype(np.float32) for _ in range(4)]
+    ws = [(rng.standard_normal((DIM, DIM)) / np.sqrt(DIM)).astype(np.float32) for _ in range(4)]
     with disco.ProcessSession(4) as sess:
         yield sess.load_module(ex, ccl_backend="shm")["main"], ws, rng
 
@@ -92,8 +92,9 @@ def test_micro_batches_one_at_a_time_do_not_overlap(pipeline):
 def test_micro_batch_arguments_are_checked(pipeline):
     h, ws, _ = pipeline
     x = np.zeros((ROWS * MICRO, DIM), np.float32)
-    with pytest.raises(SessionError, match=r"parameter 'x' of shape \(120, 256\).*16 x 8 = 128"):
-        h.run_microbatches(x[:120], *ws, micro_batches=MICRO)
+    short = ROWS * MICRO - 8
+    with pytest.raises(SessionError, match=rf"parameter 'x' of shape \({short}, {DIM}\).*{ROWS} x 8 = {ROWS * 8}"):
+        h.run_microbatches(x[:short], *ws, micro_batches=MICRO)
     with pytest.raises(SessionError, match=r"split=\['y'\] must name one or more parameters \(\['x', 'w1', 'w2', 'w3', 'w4'\]\); unknown: \['y'\]"):
         h.run_microbatches(x, *ws, micro_batches=MICRO, split=["y"])
     with pytest.raises(SessionError, match="micro_batches must be at least 1, given 0"):
