@@ -45,8 +45,9 @@ def test_tp_modules_under_mpiexec(n, transport, expected_auto, args):
     _run_app("tp_mpi_app.py", n, [expected_auto, *args], DISCO_MPI_TRANSPORT=transport)
 
 
-def test_two_stage_pipeline_with_the_mpi_backend_under_mpiexec():
-    _run_app("pipeline_mpi_app.py", 4, [])
+@pytest.mark.parametrize("transport", ["auto", "remote"])
+def test_two_stage_pipeline_with_the_mpi_backend_under_mpiexec(transport):
+    _run_app("pipeline_mpi_app.py", 4, [], DISCO_MPI_TRANSPORT=transport)
 
 
 def _run_app(app: str, n: int, args: list, **env) -> None:
