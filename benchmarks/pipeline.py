@@ -15,7 +15,8 @@ Weights are placed once. Each configuration runs a batch of `--batch` rows, comp
 for one micro-batch's rows. Reported, best of `--repeats`: the batch's latency (issue
 to the result fetched) and throughput (rows/s); for pipelines each stage's busy share
 of the batch (its calls from inputs received to end, over the batch's wall time, from
-the workers' timelines); and the bytes one call (one micro-batch) moves, as `describe`
+the workers' timelines) and the mean micro-batch latency (its first stage call's start
+to its last stage call's end; "mb ms"); and the bytes one call (one micro-batch) moves, as `describe`
 reports them: per device in the all-reduces (counting those that move bytes: a
 stage of one device has none), in all between stages. Every process uses
 one BLAS thread. The machine's load average and core count are recorded: 4 workers on
@@ -99,16 +100,19 @@ def moved(mod) -> dict:
                 transfer_bytes=int(sum(total for *_, total in r.transfers)))
 
 
-def stage_busy(line: list, stages: int) -> list:
-    """Each stage's share of the run's wall time spent in its calls after their inputs
-    arrived (the first worker of the stage; from handle.timeline())."""
+def from_timeline(line: list, stages: int) -> dict:
+    """From one run's handle.timeline(): each stage's share of the run's wall time spent
+    in its calls after their inputs arrived (the stage's first worker), and the mean
+    micro-batch latency (first stage's start to last stage's end)."""
     wall = max(r["end"] for r in line) - min(r["start"] for r in line)
-    out = []
+    busy = []
     for s in range(stages):
         first = min(r["worker"] for r in line if r["stage"] == s)
-        busy = sum(r["end"] - r["received"] for r in line if r["stage"] == s and r["worker"] == first)
-        out.append(busy / wall)
-    return out
+        busy.append(sum(r["end"] - r["received"] for r in line if r["stage"] == s and r["worker"] == first) / wall)
+    mbs = {r["micro_batch"] for r in line}
+    lat = [max(r["end"] for r in line if r["micro_batch"] == m and r["stage"] == stages - 1)
+           - min(r["start"] for r in line if r["micro_batch"] == m and r["stage"] == 0) for m in mbs]
+    return dict(stage_busy=busy, micro_batch_latency_ms=1e3 * sum(lat) / len(lat))
 
 
 def run_split(sess, tp: int, pp: int, args, x, weights, ref) -> list:
@@ -140,7 +144,7 @@ def run_split(sess, tp: int, pp: int, args, x, weights, ref) -> list:
         if pp > 1:
             h.timeline(reset=True)
             run()
-            row["stage_busy"] = stage_busy(h.timeline(reset=True), pp)
+            row.update(from_timeline(h.timeline(reset=True), pp))
         rows.append(row)
     return rows
 
@@ -189,12 +193,13 @@ def main() -> None:
     print(f"{args.layers}-layer MLP stack {d} -> {hd} -> {d}, float32, batch {args.batch}, 4 workers, "
           f"{cores} cores ({platform.processor() or platform.machine()}), load average "
           f"{load_before[0]:.1f} before, {load_after[0]:.1f} after")
-    print(f"{'config':>15} {'mb':>3} {'ms/batch':>9} {'rows/s':>8} {'vs vm':>6} {'ar/call':>7} "
+    print(f"{'config':>15} {'mb':>3} {'ms/batch':>9} {'mb ms':>6} {'rows/s':>8} {'vs vm':>6} {'ar/call':>7} "
           f"{'ar B/dev':>9} {'xfer/call':>9} {'xfer B':>8} {'stage busy':>16} {'max err':>8}")
     for r in rows:
         r["speedup_vs_vm"] = base / r["ms"]
         busy = " ".join(f"{b:.0%}" for b in r.get("stage_busy", ())) or "-"
-        print(f"{r['config']:>15} {r['micro_batches']:>3} {r['ms']:>9.2f} {r['rows_per_s']:>8.0f} "
+        mb = f"{r['micro_batch_latency_ms']:.1f}" if "micro_batch_latency_ms" in r else "-"
+        print(f"{r['config']:>15} {r['micro_batches']:>3} {r['ms']:>9.2f} {mb:>6} {r['rows_per_s']:>8.0f} "
               f"{r['speedup_vs_vm']:>5.2f}x {r.get('allreduces', '-'):>7} "
               f"{r.get('collective_bytes_per_device', '-'):>9} {r.get('transfers', '-'):>9} "
               f"{r.get('transfer_bytes', '-'):>8} {busy:>16} {r['max_err']:>8.1e}")
