@@ -15,7 +15,7 @@ Weights are placed once. Each configuration runs a batch of `--batch` rows, comp
 for one micro-batch's rows. Reported, best of `--repeats`: the batch's latency (issue
 to the result fetched) and throughput (rows/s); for pipelines each stage's busy share
 of the batch (its calls from inputs received to end, over the batch's wall time, from
-the workers' timelines) and the mean micro-batch latency (its first stage call's start
+the workers' timelines of the fastest run) and its mean micro-batch latency (its first stage call's start
 to its last stage call's end; "mb ms"); and the bytes one call (one micro-batch) moves, as `describe`
 reports them: per device in the all-reduces (counting those that move bytes: a
 stage of one device has none), in all between stages. Every process uses
@@ -80,14 +80,21 @@ def reference(x, weights):
     return x
 
 
-def best_time(fn, repeats: int) -> float:
+def best_time(fn, repeats: int, before=None, after=None) -> tuple:
+    """The best wall time of fn() over `repeats` runs (after one warm-up), and what
+    after() -- called untimed after each run, before() before it -- gave for that run."""
     fn()
-    best = float("inf")
+    best, kept = float("inf"), None
     for _ in range(repeats):
+        if before is not None:
+            before()
         t0 = time.perf_counter()
         fn()
-        best = min(best, time.perf_counter() - t0)
-    return best
+        t = time.perf_counter() - t0
+        got = after() if after is not None else None
+        if t < best:
+            best, kept = t, got
+    return best, kept
 
 
 def moved(mod) -> dict:
@@ -138,13 +145,15 @@ def run_split(sess, tp: int, pp: int, args, x, weights, ref) -> list:
             def run():
                 return h.run_microbatches(x, *wrefs, micro_batches=m).fetch()
         err = float(np.abs(run() - ref).max())
-        t = best_time(run, args.repeats)
+        if pp > 1:      # the timeline of the fastest run
+            t, line = best_time(run, args.repeats, lambda: h.timeline(reset=True),
+                                lambda: h.timeline(reset=True))
+        else:
+            t, line = best_time(run, args.repeats)
         row = dict(config=f"tp={tp},pp={pp}", tp=tp, pp=pp, micro_batches=m, ms=t * 1e3,
                    rows_per_s=args.batch / t, max_err=err, **moved(mod))
-        if pp > 1:
-            h.timeline(reset=True)
-            run()
-            row.update(from_timeline(h.timeline(reset=True), pp))
+        if line:
+            row.update(from_timeline(line, pp))
         rows.append(row)
     return rows
 
@@ -178,7 +187,7 @@ def main() -> None:
     f = vm["main"]
     rows = [dict(config="vm (1 process)", tp=1, pp=1, micro_batches=1,
                  max_err=float(np.abs(f(x, *weights) - ref).max()),
-                 ms=best_time(lambda: f(x, *weights), args.repeats) * 1e3)]
+                 ms=best_time(lambda: f(x, *weights), args.repeats)[0] * 1e3)]
     rows[0]["rows_per_s"] = args.batch / rows[0]["ms"] * 1e3
     del vm, f
 
