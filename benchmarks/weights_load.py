@@ -23,7 +23,6 @@ import argparse
 import json
 import math
 import os
-import struct
 import sys
 import tempfile
 import time
@@ -34,33 +33,10 @@ import disco  # noqa: E402  (first: it sets OpenBLAS's thread timeout)
 import numpy as np  # noqa: E402
 
 from disco.llm.checkpoint import open_checkpoint  # noqa: E402
+from disco.llm.synthetic import llama_specs, write_random_checkpoint  # noqa: E402
 from disco.placement import Layout  # noqa: E402
 
 MIB = 1 << 20
-
-
-def _status_kib(field: str) -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    raise RuntimeError(f"/proc/self/status has no {field}")
-
-
-@disco.register_func("bench.memory_mark", override=True)
-def memory_mark():
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        reset = True
-    except OSError:
-        reset = False
-    return _status_kib("VmRSS"), reset
-
-
-@disco.register_func("bench.memory_peak", override=True)
-def memory_peak():
-    return _status_kib("VmHWM")
 
 
 @disco.register_func("bench.load_whole", override=True)
@@ -76,50 +52,16 @@ def load_whole(path: str, specs: str, mesh_shape):
     return tuple(out)
 
 
-def llama_specs(vocab, hidden, layers, heads, kv_heads, head_dim, inter) -> list[dict]:
-    def spec(name, shape, placement="R"):
-        return {"name": name, "source": name, "shape": list(shape), "dtype": "float32",
-                "placement": placement, "maps": []}
-    out = [spec("model.embed_tokens.weight", (vocab, hidden), "S[0]")]
-    for i in range(layers):
-        p = f"model.layers.{i}."
-        out += [spec(p + "input_layernorm.weight", (hidden,)),
-                spec(p + "self_attn.q_proj.weight", (heads * head_dim, hidden), "S[0]"),
-                spec(p + "self_attn.k_proj.weight", (kv_heads * head_dim, hidden), "S[0]"),
-                spec(p + "self_attn.v_proj.weight", (kv_heads * head_dim, hidden), "S[0]"),
-                spec(p + "self_attn.o_proj.weight", (hidden, heads * head_dim), "S[1]"),
-                spec(p + "post_attention_layernorm.weight", (hidden,)),
-                spec(p + "mlp.gate_proj.weight", (inter, hidden), "S[0]"),
-                spec(p + "mlp.up_proj.weight", (inter, hidden), "S[0]"),
-                spec(p + "mlp.down_proj.weight", (hidden, inter), "S[1]")]
-    return out + [spec("model.norm.weight", (hidden,)), spec("lm_head.weight", (vocab, hidden), "S[0]")]
-
-
-def write_checkpoint(path: str, specs: list[dict]) -> int:
-    rng = np.random.default_rng(0)
-    header, offset = {}, 0
-    for s in specs:
-        n = math.prod(s["shape"]) * 4
-        header[s["source"]] = {"dtype": "F32", "shape": s["shape"], "data_offsets": [offset, offset + n]}
-        offset += n
-    raw = json.dumps(header).encode()
-    with open(path, "wb") as f:
-        f.write(struct.pack("<Q", len(raw)) + raw)
-        for s in specs:
-            f.write(rng.random(s["shape"], dtype=np.float32).tobytes())
-    return offset
-
-
 def measure(sess, func: str, path: str, specs: list[dict]) -> dict:
     n = sess.num_workers
     load = sess.get_global_func(func)
-    marks = sess.get_global_func("bench.memory_mark")()
+    marks = sess.get_global_func("disco.memory.mark")()
     before = [marks.fetch(w) for w in range(n)]
     t = time.perf_counter()
     blocks = load(path, json.dumps(specs), [n])
     sess.sync()
     seconds = time.perf_counter() - t
-    peaks = sess.get_global_func("bench.memory_peak")()
+    peaks = sess.get_global_func("disco.memory.peak")()
     growth = [(peaks.fetch(w) - before[w][0]) * 1024 for w in range(n)]
     del blocks
     sess.sync()
@@ -142,7 +84,7 @@ def main(argv=None) -> int:
     kept = sum(math.prod(s["shape"]) * 4 // (n if s["placement"] != "R" else 1) for s in specs)
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "model.safetensors")
-        size = write_checkpoint(path, specs)
+        size = write_random_checkpoint(path, specs)
         with open(path, "rb") as f:                     # into the page cache for both runs
             while f.read(64 * MIB):
                 pass

@@ -30,7 +30,7 @@ _FUNCS: dict[str, Callable] = {}
 # with that prefix is looked up: the VM and session workers find these functions without
 # importing their module first (which the VM, running compiled code, could not know to do).
 _PROVIDERS = {"disco.kv.": "disco.kv_cache", "disco.llm.load_weights": "disco.llm.weights",
-              "disco.cpu.": "disco.cpu_kernels"}
+              "disco.cpu.": "disco.cpu_kernels", "disco.memory.": "disco.memory"}
 
 
 class UnknownFunctionError(DiscoError, KeyError):

@@ -164,24 +164,17 @@ def _stage_comm(device_ids, mesh_shape, mesh_axis):
 @register_func("spmd.init_stage_groups", override=True)
 def init_stage_groups(backend: str, base_name: str, device_ids, mesh_shape, secret: str = "") -> int:
     """Make this worker's communicators for the groups along each axis of a pipeline
-    stage's mesh of shape `mesh_shape` over workers `device_ids` (backend "shm"). Every
-    worker of the session calls it with the same arguments; workers outside the stage
-    make none. Returns how many it made."""
+    stage's mesh of shape `mesh_shape` over workers `device_ids` (disco.ccl.sub_group:
+    backends shm, mpi and nccl). Every worker of the session calls it with the same
+    arguments; workers outside the stage make none. Returns how many it made."""
     from disco.ccl import segments
-    import importlib
-    if backend != "shm":
-        raise DiscoError(f"pipeline stages need sub-group communicators, which backend {backend!r} "
-                         "does not make yet; use backend 'shm'")
     ids = tuple(int(i) for i in device_ids)
     mesh_shape = tuple(int(s) for s in mesh_shape)
     ctx = current_context()
     if ctx.worker_id not in ids:
         return 0
-    if backend not in ccl._BACKENDS:
-        importlib.import_module(ccl._LAZY[backend])
     groups = ctx.state.setdefault("spmd_stage_groups", {})
     idx = ids.index(ctx.worker_id)
-    coord = mesh_coordinate(idx, mesh_shape)
     made = 0
     for axis, extent in enumerate(mesh_shape):
         old = groups.pop((ids, mesh_shape, axis), None)
@@ -189,10 +182,10 @@ def init_stage_groups(backend: str, base_name: str, device_ids, mesh_shape, secr
             old.close()
         if extent == 1:
             continue
-        first = ids[group_members(idx, mesh_shape, axis)[0]]
-        tag = segments.derived(secret, "stage", axis, first)[:16]
-        groups[(ids, mesh_shape, axis)] = ccl._BACKENDS[backend](
-            f"{base_name}-{tag}", coord[axis], extent, secret=segments.derived(secret, "stage-secret", axis, first))
+        members = [ids[j] for j in group_members(idx, mesh_shape, axis)]
+        tag = segments.derived(secret, "stage", axis, members[0])[:16]
+        groups[(ids, mesh_shape, axis)] = ccl.sub_group(
+            backend, f"{base_name}-{tag}", members, secret=segments.derived(secret, "stage-secret", axis, members[0]))
         made += 1
     return made
 
@@ -379,7 +372,11 @@ def recv(shape, dtype, senders, receivers):
             raise DiscoError(f"worker {me}: R.ccl.recv from worker {src} expected shape "
                              f"{list(shape)} (-1: any), but the sender's array has shape {list(sent)}")
         shape = sent
-    return ccl.recv(shape, dtype, src)
+    out = ccl.recv(shape, dtype, src)
+    call = ctx.state.get("stage_call")      # the pipeline stage call running (disco/pipeline.py)
+    if call is not None:
+        call["received"] = time.time()      # its timeline: when its inputs arrived
+    return out
 
 
 @register_func("spmd.broadcast_from_worker0", override=True)

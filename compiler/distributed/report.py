@@ -94,6 +94,9 @@ def describe(mod: IRModule, func: str = "main") -> ShardingReport:
     """The sharding report of graph function `func`; propagates placements first where
     the module is not yet fully placed (annotations, unplaced variables)."""
     if func not in mod.graph_functions():
+        stages = _lowered_stages(mod, func)
+        if stages:
+            return _describe_lowered_stages(mod, func, stages)
         raise ShardingError(f"describe: no graph function {func!r} in the module; it has "
                             f"{sorted(mod.graph_functions())}")
     aliases = annotated_names(mod[func])
@@ -243,16 +246,77 @@ def _collective(call) -> tuple | None:
     return None
 
 
-def _describe_lowered(mod: IRModule, func: str, report: ShardingReport) -> ShardingReport:
+def _info(mod: IRModule) -> dict:
+    return (mod.attrs.get("distributed") if hasattr(mod.attrs, "get") else None) or {}
+
+
+def _lowered_stages(mod: IRModule, func: str) -> list:
+    """The stage table of pipelined function `func` after DistributedLowering replaced it
+    by its stage programs (attr "distributed", compiler/distributed/pipeline.py); []."""
+    return list((_info(mod).get("functions", {}).get(func) or {}).get("stages") or ())
+
+
+def _describe_lowered_stages(mod: IRModule, func: str, stages: list) -> ShardingReport:
+    """The report of a lowered pipelined function, as `_describe_stages` gives it before
+    lowering: each stage program's report on its own mesh, and a transfer per
+    R.ccl.recv (or its legalized spmd.recv) of a stage."""
+    report = ShardingReport(func)
+    owner = {w: st for st in stages for w in st["device_ids"]}
+    for st in stages:
+        part = _describe_lowered(mod, st["function"], ShardingReport(st["function"]), stage=st)
+        report.stages.append((st["mesh"], tuple(st["mesh_shape"]), tuple(st["device_ids"])))
+        for table in ("placements", "global_shapes", "local_shapes"):
+            getattr(report, table).update(getattr(part, table))
+        report.meshes.update((name, st["mesh"]) for name in part.placements)
+        report.collectives += part.collectives
+        for blk in mod[st["function"]].body.blocks:
+            for b in blk.bindings:
+                pairs = _recv_pairs(b.value)
+                if pairs is None:
+                    continue
+                senders, receivers = pairs
+                t = rules.tensor_of(b.var.struct_info)
+                size = dtype_bytes(t.dtype)
+                for d in t.shape:
+                    size = size * d
+                report.transfers.append((b.var.name_hint, owner[senders[0]]["mesh"], st["mesh"],
+                                         _bytes(size), _bytes(size * len(receivers))))
+    report.mesh, report.mesh_shape = report.stages[0][0], report.stages[0][1]
+    aliases = dict((_info(mod).get("aliases") or {}).get(func, ()))
+    report.meshes.update((a, report.meshes[t]) for a, t in aliases.items() if t in report.meshes)
+    _add_aliases(report, aliases)
+    return report
+
+
+def _recv_pairs(call) -> tuple | None:
+    """(senders, receivers) of an R.ccl.recv, or of the spmd.recv packed call it
+    legalizes to; None for anything else."""
+    if not isinstance(call, G.Call):
+        return None
+    name = getattr(call.op, "name", "")
+    if name == "relax.ccl.recv":
+        return tuple(call.attrs["senders"]), tuple(call.attrs["receivers"])
+    if name == "relax.call_packed" and isinstance(call.args[0], G.ExternFunc) \
+            and call.args[0].global_symbol == "spmd.recv":
+        return tuple(tuple(int(arith.as_int(v)) for v in a.values) for a in call.args[-2:])
+    return None
+
+
+def _describe_lowered(mod: IRModule, func: str, report: ShardingReport, stage: dict | None = None) -> ShardingReport:
     """A module after LowerToLocalView: placements and global shapes from the module attr
     "distributed" (every variable where recorded, else the entry's parameters), local
-    shapes from the program, collectives from R.ccl.* (or their legalized calls)."""
-    info = mod.attrs.get("distributed") if hasattr(mod.attrs, "get") else None
+    shapes from the program, collectives from R.ccl.* (or their legalized calls). The
+    mesh is the module's, or `stage`'s for a pipeline stage's program (found in the
+    stage tables when not given)."""
+    info = _info(mod)
     f = mod[func]
     aliases = {}
+    if stage is None:
+        stage = next((st for fn in info.get("functions", {}).values() for st in fn.get("stages") or ()
+                      if st["function"] == func), None)
     if info:
-        report.mesh = info.get("mesh", "")
-        report.mesh_shape = tuple(info.get("mesh_shape", ()))
+        report.mesh = info.get("mesh", "") if stage is None else stage["mesh"]
+        report.mesh_shape = tuple(info.get("mesh_shape", ()) if stage is None else stage["mesh_shape"])
         recorded = (info.get("variables") or {}).get(func)
         if recorded is None:   # recorded before variables were
             recorded = info.get("functions", {}).get(func, {}).get("params", [])

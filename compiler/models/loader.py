@@ -188,14 +188,6 @@ def _progress(what: str, enabled: bool):
     return lambda: (bar.update(1), bar.close())
 
 
-def check_pipeline_device(pp: int, device: str) -> None:
-    """A ValueError for pipeline stages on workers whose collectives cannot make the
-    stages' sub-group communicators (only the shm backend, CPU workers, does so far)."""
-    if pp != 1 and device != "cpu":
-        raise ValueError(f"pp={pp}: pipeline stages run their collectives on sub-group communicators, "
-                         f"which only the shm backend (CPU workers) makes so far; device={device!r}")
-
-
 def launched_ranks() -> Optional[int]:
     """The number of ranks when this program was launched by disco-launch or mpiexec."""
     from disco.start import mpi_environment
@@ -214,8 +206,7 @@ def load(path: str, tp: Optional[int] = None, dtype: str = "float32", session=No
     `pp`: pipeline stages; the layers are split evenly between them, each stage on its
     own `tp` workers (stage s on workers s * tp .. (s + 1) * tp - 1, with the KV cache of
     its layers), so the session has tp * pp workers (`tp` defaults to the session's or
-    the launched ranks' number divided by `pp`). The stages' collectives need the shm
-    backend (one host).
+    the launched ranks' number divided by `pp`).
 
     `dtype`: the dtype of weights and computation alike (float32, float16, bfloat16).
     `quantization` (CPU): the format the weights of linear layers and embeddings are
@@ -239,7 +230,6 @@ def load(path: str, tp: Optional[int] = None, dtype: str = "float32", session=No
         raise ValueError(f"tp must be a positive int, got {tp!r}")
     if dtype not in DTYPES:
         raise ValueError(f"dtype {dtype!r} is not supported; expected one of {', '.join(DTYPES)}")
-    check_pipeline_device(pp, device)
     if quantization is not None and device != "cpu":
         raise ValueError(f"quantization={quantization!r} is for CPU workers (its kernels are CPU "
                          f"kernels); device={device!r}")

@@ -75,7 +75,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 def _check(args) -> tuple[str, int]:
     """The checkpoint's path and degree, checked before any worker starts."""
     from .fetch import resolve_model
-    from .loader import _model, check_pipeline_device, read_config
+    from .loader import _model, read_config
     from disco.llm.tokenizer import load_tokenizer
     try:
         import disco.llm.serve.server  # noqa: F401  (starlette, uvicorn)
@@ -90,7 +90,6 @@ def _check(args) -> tuple[str, int]:
                          f"must be >= 0, --port ({args.port}) in 0..65535")
     path = resolve_model(args.model)
     tp = choose_degree(path, args.tp, PROG, pp=args.pp)
-    check_pipeline_device(args.pp, args.device)
     cfg = read_config(path)
     _model(cfg, tp, args.dtype, path, pp=args.pp)
     if load_tokenizer(path) is None:

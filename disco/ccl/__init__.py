@@ -95,7 +95,9 @@ for _name in FUNCTIONS:
 def register_backend(name: str, factory: Callable[..., Communicator]) -> None:
     """Make `init(name, ...)` build communicators with `factory(group, rank, world, **options)`.
     A factory with a `session_setup(sess, options) -> options` attribute is asked, on the
-    controller, for the options every worker's communicator needs (see session_options)."""
+    controller, for the options every worker's communicator needs (see session_options);
+    one with a `sub_group(group_name, members, rank, secret)` attribute makes
+    communicators for some of the workers (see sub_group)."""
     _BACKENDS[name] = factory
 
 
@@ -115,6 +117,24 @@ def session_options(backend: str, sess: Any, options: dict) -> dict:
     handed to the others through the controller, which works on one host or many)."""
     setup = getattr(_factory(backend, "init_ccl"), "session_setup", None)
     return setup(sess, options) if setup is not None else options
+
+
+def sub_group(backend: str, group_name: str, members, *, secret: str = "") -> Communicator:
+    """A communicator of `backend` for the workers `members` (worker ids of the session,
+    in rank order), which the calling worker must be one of: a pipeline stage's group
+    (spmd.init_stage_groups). Every member calls it with the same arguments, the other
+    workers not at all; it returns once all members have joined. `group_name` must be
+    unique to the group; `secret` is the group's (shm checks it before joining)."""
+    members = [int(m) for m in members]
+    me = current_context().worker_id
+    if me not in members:
+        raise CollectiveError(f"ccl.sub_group: worker {me} is not one of the members {members} of group "
+                              f"{group_name!r}; only members make its communicator")
+    make = getattr(_factory(backend, "ccl.sub_group"), "sub_group", None)
+    if make is None:
+        raise CollectiveError(f"ccl.sub_group: backend {backend!r} makes no communicators for part of the "
+                              f"workers {members} (needed for pipeline stages)")
+    return make(group_name, members, members.index(me), secret)
 
 
 def init(backend: str = "shm", group_name: str | None = None, **options: Any) -> Communicator:

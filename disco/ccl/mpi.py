@@ -159,7 +159,16 @@ class MPICommunicator(Communicator):
 
     backend = "mpi"
 
-    def __init__(self, group_name: str, rank: int, world: int, *, timeout_s: float | None = None):
+    @staticmethod
+    def sub_group(group_name: str, members, rank: int, secret: str) -> "MPICommunicator":
+        """The group of workers `members` (disco.ccl.sub_group), from MPI_Comm_create_group:
+        collective over the members only, so the other ranks need not take part."""
+        return MPICommunicator(group_name, rank, len(members), members=members)
+
+    def __init__(self, group_name: str, rank: int, world: int, *, timeout_s: float | None = None,
+                 members=None):
+        """`members`: the MPI_COMM_WORLD ranks of a group of part of the workers, in rank
+        order (sub_group); None: every rank, worker i being rank i."""
         super().__init__(rank, world)
         self.timeout_s = float(os.environ.get("DISCO_CCL_TIMEOUT_S", "30")) if timeout_s is None else float(timeout_s)
         if world > 1 and not any(v in os.environ for v in _LAUNCHER_VARS):
@@ -170,14 +179,29 @@ class MPICommunicator(Communicator):
         from mpi4py import MPI
 
         self._MPI = MPI
-        world_comm = MPI.COMM_WORLD
-        if (world_comm.size, world_comm.rank) != (world, rank):
+        world_comm = base = MPI.COMM_WORLD
+        if members is None and (world_comm.size, world_comm.rank) != (world, rank):
             raise CollectiveError(
                 f"ccl.init('mpi'): worker {rank} of {world} runs in MPI rank {world_comm.rank} of "
                 f"{world_comm.size}; the mpi backend needs worker i to be rank i of a job of exactly "
                 f"{world} ranks (use disco.start() under mpiexec -n {world})")
-        self._comm = world_comm.Dup()  # collective: every worker is in init() now
-        self._p2p = world_comm.Dup()   # point-to-point messages, apart from the collectives
+        if members is not None:
+            members = [int(m) for m in members]
+            if len(members) != world or not 0 <= rank < world or members[rank] != world_comm.rank \
+                    or len(set(members)) != world or not all(0 <= m < world_comm.size for m in members):
+                raise CollectiveError(
+                    f"ccl.sub_group('mpi'): MPI rank {world_comm.rank} of {world_comm.size} was asked to be "
+                    f"rank {rank} of the group of ranks {members}; expected distinct ranks of the job, "
+                    f"this one at position {rank}")
+            everyone = world_comm.Get_group()
+            group = everyone.Incl(members)
+            base = world_comm.Create_group(group, tag=members[0])   # the members only
+            group.Free()
+            everyone.Free()
+        self._comm = base.Dup()  # collective: every member is in init() now
+        self._p2p = base.Dup()   # point-to-point messages, apart from the collectives
+        if base is not world_comm:
+            base.Free()
         self._sent = [0] * world       # messages sent to / received from each worker
         self._received = [0] * world
         token = int.from_bytes(os.urandom(7), "little") if rank == 0 else None

@@ -122,6 +122,11 @@ class ShmCommunicator(Communicator):
         self._small_bytes = small_bytes
 
     @staticmethod
+    def sub_group(group_name: str, members, rank: int, secret: str) -> "ShmCommunicator":
+        """The group of workers `members` (disco.ccl.sub_group): a segment of their own."""
+        return ShmCommunicator(group_name, rank, len(members), secret=secret)
+
+    @staticmethod
     def session_setup(sess, options: dict) -> dict:
         """On the controller, before `sess.init_ccl("shm")`: sweep segments that dead
         runs left, and give the group a fresh secret (segments.py)."""

@@ -91,3 +91,38 @@ def test_collective_stats_count_each_kind_on_every_worker():
             assert all(sec >= 0 for _, sec in got.values())
         again = s.get_global_func("spmd.collective_stats")()
         assert again.fetch(0) == {}                              # reset by the previous call
+
+
+@disco.register_func("test_spmd.sub_group_sum", override=True)
+def _sub_group_sum(backend: str, name: str, members, seed: int):
+    """(all-reduce of test_spmd.value over a sub-group of `members` made here, its rank,
+    its size) on the members; None on the others. A CollectiveError comes back as text."""
+    from disco import ccl
+    from disco.errors import CollectiveError
+    if disco.worker_id() not in members and backend == "shm":
+        return None
+    try:
+        comm = ccl.sub_group(backend, name, members, secret="s")
+    except CollectiveError as e:
+        return str(e)
+    try:
+        return comm.allreduce(_array_of(seed, disco.worker_id()), "sum", None), comm.rank, comm.world
+    finally:
+        comm.close()
+
+
+def test_sub_group_communicator_of_some_workers_and_its_errors():
+    from disco import ccl
+    with disco.ThreadedSession(3) as s:
+        f = s.get_global_func("test_spmd.sub_group_sum")
+        got = f("shm", f"test-sub-{id(s)}", [2, 0], 7)
+        total, rank, world = got.fetch(2)
+        np.testing.assert_array_equal(total, _array_of(7, 0) + _array_of(7, 2))
+        assert (rank, world) == (0, 2) and got.fetch(0)[1:] == (1, 2) and got.fetch(1) is None
+        ccl.register_backend("test-nosub", lambda *a, **k: None)
+        try:
+            assert "worker 0 is not one of the members [1, 2]" in f("test-nosub", "x", [1, 2], 0).fetch(0)
+            assert "backend 'test-nosub' makes no communicators for part of the workers [0, 1, 2]" in \
+                f("test-nosub", "x", [0, 1, 2], 0).fetch(0)
+        finally:
+            ccl._BACKENDS.pop("test-nosub")

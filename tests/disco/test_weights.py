@@ -20,6 +20,7 @@ import disco
 from disco.errors import WorkerError
 from disco.llm import weights
 from disco.llm.checkpoint import Checkpoint, CheckpointError, open_checkpoint
+from disco.llm.synthetic import llama_specs, write_random_checkpoint
 from disco.llm.weights import check_specs, load_block, place_weights
 
 pytestmark = pytest.mark.timeout(120)
@@ -379,44 +380,6 @@ def test_load_weights_is_found_without_an_import():
 
 # -- peak memory ------------------------------------------------------------------------
 
-LLAMA = dict(vocab=32000, hidden=768, layers=4, heads=12, kv_heads=4, head_dim=64, inter=2048)
-
-
-def llama_specs(c=LLAMA, tp=2) -> list[dict]:
-    """A Llama's parameters as compiler.models makes them (Megatron placements)."""
-    d, hd = c["hidden"], c["head_dim"]
-    out = [spec("model.embed_tokens.weight", (c["vocab"], d), "S[0]")]
-    for i in range(c["layers"]):
-        p = f"model.layers.{i}."
-        out += [spec(p + "input_layernorm.weight", (d,)),
-                spec(p + "self_attn.q_proj.weight", (c["heads"] * hd, d), "S[0]"),
-                spec(p + "self_attn.k_proj.weight", (c["kv_heads"] * hd, d), "S[0]"),
-                spec(p + "self_attn.v_proj.weight", (c["kv_heads"] * hd, d), "S[0]"),
-                spec(p + "self_attn.o_proj.weight", (d, c["heads"] * hd), "S[1]"),
-                spec(p + "post_attention_layernorm.weight", (d,)),
-                spec(p + "mlp.gate_proj.weight", (c["inter"], d), "S[0]"),
-                spec(p + "mlp.up_proj.weight", (c["inter"], d), "S[0]"),
-                spec(p + "mlp.down_proj.weight", (d, c["inter"]), "S[1]")]
-    return out + [spec("model.norm.weight", (d,)), spec("lm_head.weight", (c["vocab"], d), "S[0]")]
-
-
-def write_llama(path, specs) -> int:
-    """The checkpoint of `specs` (float32, random), written a tensor at a time; returns
-    its size in bytes."""
-    rng = np.random.default_rng(0)
-    header, offset = {}, 0
-    for s in specs:
-        n = int(np.prod(s["shape"])) * 4
-        header[s["source"]] = {"dtype": "F32", "shape": s["shape"], "data_offsets": [offset, offset + n]}
-        offset += n
-    raw = json.dumps(header).encode()
-    with open(path, "wb") as f:
-        f.write(struct.pack("<Q", len(raw)) + raw)
-        for s in specs:
-            f.write(rng.random(s["shape"], dtype=np.float32).tobytes())
-    return offset
-
-
 MIB = 1 << 20
 OVERHEAD = 64 * MIB
 
@@ -433,15 +396,14 @@ def test_peak_memory_of_each_worker(tmp_path):
     checkpoint; the bound is 0.6 of the checkpoint plus a fixed 64 MiB."""
     specs = llama_specs()
     path = str(tmp_path / "model.safetensors")
-    size = write_llama(path, specs)
+    size = write_random_checkpoint(path, specs)
     assert 250 * MIB < size < 350 * MIB
     with disco.ProcessSession(2) as sess:
-        sess.import_module("worker_funcs")
         load = sess.get_global_func("disco.llm.load_weights")         # imports the module first
-        marks = sess.get_global_func("test.memory_mark")()
+        marks = sess.get_global_func("disco.memory.mark")()
         before = [marks.fetch(w) for w in range(2)]
         blocks = load(path, json.dumps(specs), [2])
-        peaks = sess.get_global_func("test.memory_peak")()
+        peaks = sess.get_global_func("disco.memory.peak")()
         sess.sync()
         growth = [peaks.fetch(w) * 1024 - before[w][0] * 1024 for w in range(2)]
         kept = sum(int(np.prod(s["shape"])) * 4 // (2 if s["placement"] != "R" else 1) for s in specs)

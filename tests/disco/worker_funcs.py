@@ -171,37 +171,6 @@ def set_device(device: str) -> None:
     ctx.device = device.format(w=ctx.worker_id)
 
 
-# -- memory of a worker process (tests/disco/test_weights.py) --------------------------
-
-
-def _status_kib(field: str) -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    raise RuntimeError(f"/proc/self/status has no {field}")
-
-
-@disco.register_func("test.memory_mark", override=True)
-def memory_mark():
-    """Reset this process's peak resident size to its current one (writing 5 to
-    /proc/self/clear_refs); returns (resident KiB now, whether the reset worked: if
-    not, a later peak may be an earlier one's)."""
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        reset = True
-    except OSError:
-        reset = False
-    return _status_kib("VmRSS"), reset
-
-
-@disco.register_func("test.memory_peak", override=True)
-def memory_peak():
-    """The peak resident size (KiB) since the last reset."""
-    return _status_kib("VmHWM")
-
-
 @disco.register_func("test.hang_on")
 def hang_on(worker: int) -> int:
     """Never return on `worker` (a hung function); return 0 elsewhere."""

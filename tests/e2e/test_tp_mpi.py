@@ -1,4 +1,5 @@
-"""Tensor-parallel modules on an MPISession under mpiexec (tp_mpi_app.py)."""
+"""Tensor-parallel modules on an MPISession under mpiexec (tp_mpi_app.py), and a
+two-stage pipeline there with the mpi backend (pipeline_mpi_app.py)."""
 from __future__ import annotations
 
 import importlib.util
@@ -10,7 +11,7 @@ import sys
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-APP = os.path.join(os.path.dirname(os.path.abspath(__file__)), "tp_mpi_app.py")
+HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 def _mpiexec():
@@ -41,15 +42,24 @@ def _env() -> dict:
                                                             (2, "mpi", "shm", ["--auto-only"]),
                                                             (2, "remote", "mpi", ["--auto-only"])])
 def test_tp_modules_under_mpiexec(n, transport, expected_auto, args):
-    env = dict(_env(), DISCO_MPI_TRANSPORT=transport)
-    p = subprocess.Popen([_mpiexec(), "-n", str(n), sys.executable, APP, expected_auto, *args], env=env, cwd=ROOT,
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                         start_new_session=True)
+    _run_app("tp_mpi_app.py", n, [expected_auto, *args], DISCO_MPI_TRANSPORT=transport)
+
+
+@pytest.mark.parametrize("transport", ["auto", "remote"])
+def test_two_stage_pipeline_with_the_mpi_backend_under_mpiexec(transport):
+    _run_app("pipeline_mpi_app.py", 4, [], DISCO_MPI_TRANSPORT=transport)
+
+
+def _run_app(app: str, n: int, args: list, **env) -> None:
+    """`mpiexec -n n python app *args`; it must exit 0 and print "ALL OK" last."""
+    p = subprocess.Popen([_mpiexec(), "-n", str(n), sys.executable, os.path.join(HERE, app), *args],
+                         env=dict(_env(), **env), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         text=True, start_new_session=True)
     try:
         out, err = p.communicate(timeout=150)
     except subprocess.TimeoutExpired:
         os.killpg(p.pid, signal.SIGKILL)
         out, err = p.communicate()
-        pytest.fail(f"mpiexec job timed out\nstdout:\n{out}\nstderr:\n{err}")
+        pytest.fail(f"mpiexec job {app} timed out\nstdout:\n{out}\nstderr:\n{err}")
     assert p.returncode == 0, f"stdout:\n{out}\nstderr:\n{err}"
     assert out.splitlines()[-1] == "ALL OK", out

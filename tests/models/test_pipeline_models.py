@@ -9,7 +9,7 @@ chunked prefill; q4_1 weights (the embedding's masked lookup on a stage's worker
 SmolLM2's GGUF file from its own blocks (slow). The
 lowered IR: a stage per mesh, each layer's cache index within its stage, weight specs
 naming their stage's workers. Errors before any worker starts: pp larger than the
-number of layers, pp not a positive int, tp * pp not the session's workers, pp off CPU."""
+number of layers, pp not a positive int, tp * pp not the session's workers."""
 from __future__ import annotations
 
 import json
@@ -184,9 +184,6 @@ def test_errors_before_any_worker_starts(checkpoints, monkeypatch):
     three = types.SimpleNamespace(num_workers=3)
     with pytest.raises(ValueError, match=r"pp=2 pipeline stages do not split 3 workers evenly"):
         models.load(llama, pp=2, session=three)
-    with pytest.raises(ValueError, match=r"pp=2: pipeline stages .* only the shm backend \(CPU workers\) "
-                                         r"makes so far; device='cuda'"):
-        models.load(llama, tp=1, pp=2, device="cuda")
     with pytest.raises(ValueError, match=r"gpt2 \(config.json\): pp = 4 pipeline stages but "
                                          r"n_layer = 2"):
         models.load(checkpoints["gpt2"], tp=1, pp=4)

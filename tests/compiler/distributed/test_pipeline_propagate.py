@@ -134,3 +134,20 @@ def test_mesh_used_again_after_another_stage_is_an_error():
 '''
     with pytest.raises(ShardingError, match=r"mesh\[0\] is used again after the stage on mesh\[1\]"):
         PropagateSharding(script.parse(M.pipeline_module_text(body)))
+
+
+def test_describe_after_lowering_shows_every_stage_and_the_transfers():
+    """describe(lowered, "main") of the stage programs (DistributedLowering, then
+    LegalizeOps) gives the report of the placed function: each stage's mesh, not only
+    the first, and the bytes between stages; a stage program alone is on its own mesh."""
+    from compiler.distributed import DistributedLowering
+    from compiler.transform import LegalizeOps
+    before = describe(two_stage(batch=8))
+    lowered = DistributedLowering(two_stage(batch=8))
+    for mod in (lowered, LegalizeOps(lowered)):
+        r = describe(mod, "main")
+        assert r.stages == before.stages and r.transfers == before.transfers
+        assert r.meshes == before.meshes and r.placements == before.placements
+        assert r.local_shapes == before.local_shapes and r.collectives == before.collectives
+        s1 = describe(mod, "main__stage1")
+        assert (s1.mesh, s1.mesh_shape) == ("mesh[1]", (2,)) and "w3" in s1.placements and "w1" not in s1.placements
