@@ -138,7 +138,9 @@ class _Pulse:
 
 class _DRefPickler(pickle.Pickler):
     def persistent_id(self, obj):
-        return obj._id if type(obj) is DRef else None
+        # every DRef by its id, subclasses too (DTensorRef, StageTensorRef: a model's
+        # weights), which would otherwise be pickled with their session
+        return obj._id if isinstance(obj, DRef) else None
 
 
 class _RefUnpickler(pickle.Unpickler):

@@ -108,3 +108,13 @@ def test_under_mpiexec(checkpoint, env, expected):
     job = Job([mpiexec_path(), "-n", "2", sys.executable, "-m", "compiler.models",
                "--model", checkpoint] + ARGS, env=env)
     _check(job, expected, 2)
+
+
+@needs_mpi
+def test_pipeline_stages_with_the_mpi_backend_under_mpiexec(checkpoint, env, expected):
+    """--pp 2 on 4 ranks (2 stages of 2), the ranks treated as on other hosts
+    (DISCO_MPI_TRANSPORT=remote), so the collectives and the stages' sub-groups are MPI's."""
+    job = Job([mpiexec_path(), "-n", "4", sys.executable, "-m", "compiler.models", "--model", checkpoint,
+               "--pp", "2"] + ARGS, env=dict(env, DISCO_MPI_TRANSPORT="remote"))
+    _check(job, expected, 4)
+    assert "collectives mpi" in job.err, job.err
