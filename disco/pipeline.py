@@ -116,10 +116,8 @@ class PipelineFunctionHandle:
         return Layout(res.get("placement"), tuple(self.stages[-1]["mesh_shape"]), len(res["shape"]))
 
     def _adopt(self, ref: DRef, layout: Layout) -> StageTensorRef:
-        from disco.dmodule import _Detached
-        out = StageTensorRef(self.dmod.session, ref._id, layout, self.stages[-1]["device_ids"])
-        ref._sess = _Detached      # the id now belongs to `out`
-        return out
+        from disco.dmodule import adopt
+        return adopt(ref, layout, self.stages[-1]["device_ids"])     # the id now belongs to the result
 
     def __call__(self, *args: Any) -> StageTensorRef:
         ref = self._issue(self.place(*args), next(_RUNS), -1)
