@@ -29,7 +29,8 @@ from ..ir.errors import ShardingError
 from . import from_config, FAMILIES
 
 DTYPES = ("float32", "float16", "bfloat16")
-CACHE_VERSION = 1       # bump when the exported format or the compiled code changes meaning
+CACHE_VERSION = 2       # bump when the exported format or the compiled code changes meaning
+                        # (2: float32 matmuls through disco.cpu.matmul_nt_auto)
 
 
 def cache_dir() -> str:
