@@ -72,14 +72,18 @@ def degrees_that_work(cfg: dict, up_to: int = 16) -> list[int]:
     return ok
 
 
-def resolve_quantization(quantization, path: str, cfg: dict):
+def resolve_quantization(quantization, path: str, cfg: dict, device: str = "cpu"):
     """`quantization` as from_config takes it: None, a format name (checked), or for
     "gguf" a dict parameter -> the format the GGUF file stores it in (every 2-D weight
-    the CPU kernels read; a ValueError naming tensors in other ggml types)."""
+    the CPU kernels read; a ValueError naming tensors in other ggml types). Only for
+    CPU workers (a ValueError for another `device`)."""
     from disco.errors import KernelError
     from disco.weight_formats import weight_format
     if quantization is None:
         return None
+    if device != "cpu":
+        raise ValueError(f"quantization={quantization!r} is for CPU workers (its kernels are CPU "
+                         f"kernels); device={device!r}")
     if not isinstance(quantization, str):
         raise ValueError(f"quantization must be a format name or 'gguf', got {quantization!r}")
     if quantization.lower() != "gguf":
@@ -218,10 +222,7 @@ def load(path: str, tp: Optional[int] = None, dtype: str = "float32", session=No
         raise ValueError(f"tp must be a positive int, got {tp!r}")
     if dtype not in DTYPES:
         raise ValueError(f"dtype {dtype!r} is not supported; expected one of {', '.join(DTYPES)}")
-    if quantization is not None and device != "cpu":
-        raise ValueError(f"quantization={quantization!r} is for CPU workers (its kernels are CPU "
-                         f"kernels); device={device!r}")
-    quantization = resolve_quantization(quantization, path, cfg)
+    quantization = resolve_quantization(quantization, path, cfg, device)
     _model(cfg, tp, dtype, path, quantization)   # a degree that cannot work fails before any worker
     tokenizer = load_tokenizer(path)             # a broken tokenizer too
     if tokenizer is None and "generation_config" not in engine_options and os.path.isdir(path):
