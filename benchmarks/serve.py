@@ -12,7 +12,12 @@ each taking the next request when its last one ends. The baseline runs first, in
 process (the engine on 2 workers, `generate` per request); then the server, as
 `python -m compiler.models.serve`, is started once for the three levels. The figures
 include everything a client sees (HTTP, JSON, the scheduler); the client shares the
-machine's cores with the server and its workers.
+machine's cores with the server and its workers. Time to first token is to the first
+chunk with text: random ids through the byte-level tokenizer often make bytes that are
+not yet whole characters, held back until they are (of the 32 requests, a few get no
+text for several tokens, two for all 31 after the first), so the TTFT p99 of the
+32-client run is near its end although the last prompt's first token comes from step 17
+of 48 (prefill_chunk 256).
 
     python benchmarks/serve.py [--layers 12] [--requests 32] [--tokens 32] [--quick]
 

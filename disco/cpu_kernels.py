@@ -97,9 +97,13 @@ def _matmul_nt_float(x, w, out) -> None:
     _native.cpu_matmul_nt(x, w, out, _code(w, None))
 
 
-# Rows of x up to which the kernel beats numpy's BLAS for float32 weights (decode shapes;
-# measured: benchmarks/results/decode_cpu.json); past it the BLAS's blocked GEMM wins.
-FLOAT32_KERNEL_ROWS = 16
+# Rows of x up to which the kernel beats numpy's BLAS for float32 weights: the BLAS packs
+# the whole weight matrix on every call, a cost that only many rows amortize. Kernel time
+# over BLAS time, one thread, weights from memory, (n, k) from (768..32000, 768..2048):
+# 0.4-0.7 at 16 rows, 0.7-1.0 at 32, 0.5-1.1 at 48, 0.9-1.6 at 64 (a loaded machine:
+# noisy); a whole 32-sequence decode step of the ~100M Llama on 2 workers took 27% less
+# worker CPU with the kernel. Past this the BLAS's blocked GEMM wins (prefill).
+FLOAT32_KERNEL_ROWS = 32
 
 
 @register_func("disco.cpu.matmul_nt_auto")

@@ -30,7 +30,8 @@ from . import from_config, FAMILIES
 from .base import check_stages
 
 DTYPES = ("float32", "float16", "bfloat16")
-CACHE_VERSION = 1       # bump when the exported format or the compiled code changes meaning
+CACHE_VERSION = 2       # bump when the exported format or the compiled code changes meaning
+                        # (2: float32 matmuls through disco.cpu.matmul_nt_auto)
 
 
 def cache_dir() -> str:
@@ -72,14 +73,18 @@ def degrees_that_work(cfg: dict, up_to: int = 16) -> list[int]:
     return ok
 
 
-def resolve_quantization(quantization, path: str, cfg: dict, pp: int = 1):
+def resolve_quantization(quantization, path: str, cfg: dict, device: str = "cpu", pp: int = 1):
     """`quantization` as from_config takes it: None, a format name (checked), or for
     "gguf" a dict parameter -> the format the GGUF file stores it in (every 2-D weight
-    the CPU kernels read; a ValueError naming tensors in other ggml types)."""
+    the CPU kernels read; a ValueError naming tensors in other ggml types). Only for
+    CPU workers (a ValueError for another `device`)."""
     from disco.errors import KernelError
     from disco.weight_formats import weight_format
     if quantization is None:
         return None
+    if device != "cpu":
+        raise ValueError(f"quantization={quantization!r} is for CPU workers (its kernels are CPU "
+                         f"kernels); device={device!r}")
     if not isinstance(quantization, str):
         raise ValueError(f"quantization must be a format name or 'gguf', got {quantization!r}")
     if quantization.lower() != "gguf":
@@ -230,10 +235,7 @@ def load(path: str, tp: Optional[int] = None, dtype: str = "float32", session=No
         raise ValueError(f"tp must be a positive int, got {tp!r}")
     if dtype not in DTYPES:
         raise ValueError(f"dtype {dtype!r} is not supported; expected one of {', '.join(DTYPES)}")
-    if quantization is not None and device != "cpu":
-        raise ValueError(f"quantization={quantization!r} is for CPU workers (its kernels are CPU "
-                         f"kernels); device={device!r}")
-    quantization = resolve_quantization(quantization, path, cfg, pp)
+    quantization = resolve_quantization(quantization, path, cfg, device, pp)
     _model(cfg, tp, dtype, path, quantization, pp)   # a degree or pp that cannot work fails before any worker
     tokenizer = load_tokenizer(path)             # a broken tokenizer too
     if tokenizer is None and "generation_config" not in engine_options and os.path.isdir(path):

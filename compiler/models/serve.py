@@ -44,6 +44,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=8000, help="0: a free port (printed)")
     p.add_argument("--dtype", default="float32", choices=("float32", "float16", "bfloat16"))
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    p.add_argument("--quantization", default=None,
+                   help="CPU: store the weights of linear layers and embeddings as bf16, f16, q8_0, "
+                        "q4_0 or q4_1 (computing in float32), or 'gguf' (a GGUF file's weights as "
+                        "stored); default: as --dtype")
     p.add_argument("--kv-tokens", type=int, default=8192,
                    help="KV cache capacity in tokens, over all requests at once (default 8192)")
     p.add_argument("--page-size", type=int, default=16, help="tokens per KV page")
@@ -75,7 +79,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 def _check(args) -> tuple[str, int]:
     """The checkpoint's path and degree, checked before any worker starts."""
     from .fetch import resolve_model
-    from .loader import _model, read_config
+    from .loader import _model, read_config, resolve_quantization
     from disco.llm.tokenizer import load_tokenizer
     try:
         import disco.llm.serve.server  # noqa: F401  (starlette, uvicorn)
@@ -91,7 +95,8 @@ def _check(args) -> tuple[str, int]:
     path = resolve_model(args.model)
     tp = choose_degree(path, args.tp, PROG, pp=args.pp)
     cfg = read_config(path)
-    _model(cfg, tp, args.dtype, path, pp=args.pp)
+    _model(cfg, tp, args.dtype, path, resolve_quantization(args.quantization, path, cfg, args.device, args.pp),
+           pp=args.pp)
     if load_tokenizer(path) is None:
         raise ValueError(f"{path!r} has no tokenizer (tokenizer.json, or a GGUF file's); "
                          f"{PROG} takes and answers text, so it needs one")
@@ -118,8 +123,9 @@ def _run(args) -> int:
 
         def load_engine():
             return load(path, tp=tp, pp=args.pp, dtype=args.dtype, session=session, device=args.device,
-                        progress=not args.no_progress, max_tokens=args.kv_tokens,
-                        page_size=args.page_size, prefill_chunk=args.prefill_chunk or None)
+                        progress=not args.no_progress, quantization=args.quantization,
+                        max_tokens=args.kv_tokens, page_size=args.page_size,
+                        prefill_chunk=args.prefill_chunk or None)
 
         code, clean = serve(load_engine, name, sock=sock, max_waiting=args.max_waiting,
                             step_timeout_s=args.step_timeout, shutdown_timeout_s=args.shutdown_timeout,

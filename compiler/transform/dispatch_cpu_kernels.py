@@ -15,11 +15,13 @@ registers, so a weight stored in 16 bits or 4 bits is read as such: decoding rea
 every weight once per token, and its speed is bytes read over memory bandwidth. The
 dequantized matrix is then unused and DeadCodeElimination drops it.
 
-float32 weights: the kernel against numpy's BLAS (benchmarks/results/cpu_matmul.json,
-decode_cpu.json) is as fast or faster at the decode shapes (a few rows of x) and slower
-at prefill shapes, so `disco.cpu.matmul_nt` takes float32 weights only through
-`disco.cpu.matmul_nt_auto`, which picks the kernel by the rows of x at run time (the
-IR's row count is symbolic).
+float32 weights go to `disco.cpu.matmul_nt_auto`, which picks the kernel or numpy's
+BLAS by the rows of x at run time (the IR's row count is symbolic): the BLAS copies
+(packs) the whole weight matrix on every call, which at decode shapes -- a step of a
+few dozen sequences -- costs more than the product itself (about half of a 32-row
+decode step of the ~100M Llama); the kernel reads the weights in place and wins up
+to about 32 rows, the BLAS's blocked GEMM past that (disco.cpu_kernels.
+FLOAT32_KERNEL_ROWS).
 
 Runs after DistributedLowering (local shapes, masked takes) and before DispatchLibrary
 (which would otherwise hand the BLAS the dequantized matrix). Not in the CUDA
@@ -38,7 +40,7 @@ from ..op.builtin import call_dps_packed, call_pure_packed, prim_value, shape, s
 __all__ = ["DispatchCPUKernels", "FLOAT32_MATMUL"]
 
 FLOAT32_MATMUL = "disco.cpu.matmul_nt_auto"    # float32 weights: kernel or BLAS by rows of x
-ROUTE_FLOAT32 = False
+ROUTE_FLOAT32 = True           # False: float32 matmuls stay on the BLAS (DispatchLibrary)
 
 
 def DispatchCPUKernels(mod: IRModule) -> IRModule:

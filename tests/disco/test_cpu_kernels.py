@@ -107,6 +107,21 @@ def test_float_format_from_dtype_and_library_names():
     assert ck.MATMUL_NT["q8_0"] == "disco.cpu.matmul_nt_q8_0" and ck.EMBEDDING["bfloat16"] == "disco.cpu.embedding"
 
 
+def test_float32_auto_takes_the_kernel_up_to_its_rows_then_the_blas():
+    """disco.cpu.matmul_nt_auto (float32 linear layers): up to FLOAT32_KERNEL_ROWS rows of
+    x the kernel's result bit for bit, past it numpy's; both within the float32 bound."""
+    auto = get_global_func("disco.cpu.matmul_nt_auto")
+    q = weights("float32", 201, 257)
+    rows = ck.FLOAT32_KERNEL_ROWS
+    for m in (1, rows, rows + 1):
+        x = np.random.default_rng(m).standard_normal((m, 257)).astype(np.float32)
+        out = np.empty((m, 201), np.float32)
+        auto(x, q, out)
+        check(out, x, q, "float32")
+        picked = ck.matmul_nt(x, q) if m <= rows else x @ q.T
+        np.testing.assert_array_equal(out, picked, err_msg=f"{m} rows (kernel up to {rows})")
+
+
 def test_errors_name_the_problem():
     x = np.ones((2, 48), np.float32)
     with pytest.raises(KernelError, match="k = 48 is not a multiple of 32"):

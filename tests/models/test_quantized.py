@@ -86,6 +86,9 @@ def test_printed_ir_names_formats_and_kernels(llama):
     assert '"disco.cpu.embedding_q8_0"' in one.script() and '"disco.cpu.matmul_nt_q8_0"' in one.script()
     assert "DispatchCPUKernels" in [n for _, n in STAGES["cpu"]]
     assert "DispatchCPUKernels" not in [n for _, n in STAGES["cuda"]]
+    f32 = DeadCodeElimination(DispatchCPUKernels(DistributedLowering(models.from_config(cfg, tp=2).export())))
+    text = f32.script()      # float32: the kernel or the BLAS by rows, at run time
+    assert '"disco.cpu.matmul_nt_auto"' in text and "R.permute_dims" not in text
 
 
 def test_unquantized_models_are_unchanged(llama):

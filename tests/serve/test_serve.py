@@ -9,7 +9,8 @@ mixed prompt lengths each equal to its alone result with the KV pages back to ze
 malformed requests interleaved with good ones (400 naming the field, the server goes on),
 client disconnects (cancelled, pages freed), a full wait queue (503 with Retry-After),
 and a worker killed under load (errors to the requests in flight, /health unhealthy,
-exit status 3, no process or /dev/shm segment left).
+exit status 3, no process or /dev/shm segment left); --quantization (a bad one exits 2, q4_0
+answers as the q4_0 engine).
 
 Requests that must be in flight at a given moment are held there without timing: worker
 1 is stopped with SIGSTOP, so the engine's step waits for it, and continued with SIGCONT.
@@ -17,6 +18,7 @@ Requests that must be in flight at a given moment are held there without timing:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -53,21 +55,28 @@ def checkpoint(tmp_path_factory):
     return tiny_checkpoint(str(tmp_path_factory.mktemp("qwen2-serve")))
 
 
-@pytest.fixture(scope="module")
-def engine(checkpoint, cache):
-    """The reference: the same checkpoint on 2 workers in this process (it also compiles
-    the model into the cache the servers use)."""
+@contextlib.contextmanager
+def reference_engine(checkpoint, cache, tp=2, **options):
+    """The checkpoint on `tp` workers in this process, compiled into the cache the servers use."""
     from compiler import models
     old = os.environ.get("DISCO_TP_MODEL_CACHE")
     os.environ["DISCO_TP_MODEL_CACHE"] = cache
     try:
-        with models.load(checkpoint, tp=2, progress=False) as e:
+        with models.load(checkpoint, tp=tp, progress=False, **options) as e:
             yield e
     finally:
         if old is None:
             os.environ.pop("DISCO_TP_MODEL_CACHE", None)
         else:
             os.environ["DISCO_TP_MODEL_CACHE"] = old
+
+
+@pytest.fixture(scope="module")
+def engine(checkpoint, cache):
+    """The reference: the same checkpoint on 2 workers in this process (it also compiles
+    the model into the cache the servers use)."""
+    with reference_engine(checkpoint, cache) as e:
+        yield e
 
 
 def alone(engine, prompt, max_tokens, chat=False, **options):
@@ -464,3 +473,34 @@ def test_bad_checkpoints_exit_2_before_any_worker(tmp_path, cache):
                            env=server_env(cache), capture_output=True, text=True, timeout=120)
         assert p.returncode == 2 and words in p.stderr and "Traceback" not in p.stderr, p.stderr
         assert "listening" not in p.stderr
+
+
+def test_a_quantization_the_server_cannot_use_exits_2(checkpoint, cache):
+    """An unknown format, or a format on GPU workers: one line on stderr, status 2,
+    before any worker starts."""
+    import subprocess
+    for flags, words in ((["--quantization", "q9_9"], "quantization='q9_9'"),
+                         (["--quantization", "bf16", "--device", "cuda"], "is for CPU workers")):
+        p = subprocess.run([sys.executable, "-m", "compiler.models.serve", "--model", checkpoint, "--port", "0",
+                            *flags], env=server_env(cache), capture_output=True, text=True, timeout=120)
+        assert p.returncode == 2 and words in p.stderr and "Traceback" not in p.stderr, p.stderr
+        assert "listening" not in p.stderr
+
+
+def test_quantized_server_equals_the_quantized_engine(checkpoint, cache, engine, tmp_path):
+    """--quantization q4_0 (on 1 worker: the tiny model's rows are too short to split in
+    blocks over 2): greedy completions are those of compiler.models.load with
+    quantization="q4_0" in this process, which here differ from float32's from the
+    first token (so the flag is not ignored)."""
+    with reference_engine(checkpoint, cache, tp=1, quantization="q4_0") as e:
+        want = alone(e, PROMPT, 12)
+    assert want[0] != alone(engine, PROMPT, 12)[0]
+    s = Server(checkpoint, "--tp", "1", "--quantization", "q4_0", env=server_env(cache),
+               log_path=str(tmp_path / "server.log"))
+    try:
+        c = openai.OpenAI(base_url=s.url + "/v1", api_key="none", max_retries=0, timeout=60)
+        r = c.completions.create(model=s.model, prompt=PROMPT, max_tokens=12, temperature=0)
+        assert (r.choices[0].text, r.usage.completion_tokens) == want[:2]
+    finally:
+        assert s.stop() == 0, s.log
+    assert not s.leftovers(), s.log
