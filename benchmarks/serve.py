@@ -17,7 +17,7 @@ chunk with text: random ids through the byte-level tokenizer often make bytes th
 not yet whole characters, held back until they are (of the 32 requests, a few get no
 text for several tokens, two for all 31 after the first), so the TTFT p99 of the
 32-client run is near its end although the last prompt's first token comes from step 17
-of 48 (prefill_chunk 256).
+of 48 (with prefill_chunk 256; the server's default is now 512).
 
     python benchmarks/serve.py [--layers 12] [--requests 32] [--tokens 32] [--quick]
 

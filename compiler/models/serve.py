@@ -51,7 +51,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--kv-tokens", type=int, default=8192,
                    help="KV cache capacity in tokens, over all requests at once (default 8192)")
     p.add_argument("--page-size", type=int, default=16, help="tokens per KV page")
-    p.add_argument("--prefill-chunk", type=int, default=256,
+    p.add_argument("--prefill-chunk", type=int, default=512,
                    help="the most prompt tokens one step appends (chunked prefill; 0: whole prompts)")
     p.add_argument("--max-waiting", type=int, default=64,
                    help="requests that may wait for KV pages; past it: HTTP 503 with Retry-After")
