@@ -185,17 +185,28 @@ void tile_run(const uint8_t* w, int64_t ws, const float* x, int64_t k, float* y,
 
 // ---- matmul ----
 
+// body(i) for i in [0, n), split statically over nt OpenMP threads. With one thread the
+// loop runs here without entering OpenMP at all: even `parallel if (false)` sets up a
+// team (a few hundred ns), and a decode step makes hundreds of small calls.
+template <class Body>
+void parallel_for(int64_t n, int nt, const Body& body) {
+  if (nt <= 1) {
+    for (int64_t i = 0; i < n; ++i) body(i);
+    return;
+  }
+#pragma omp parallel for schedule(static) num_threads(nt)
+  for (int64_t i = 0; i < n; ++i) body(i);
+}
+
 // Decode shapes: all m (<= 8) rows of x against each tile of W, decoded in registers.
 template <Format F, int MR>
 void matmul_small(const MatmulArgs& a) {
   constexpr int NR = decode_nr(MR);
   const int64_t tiles = (a.n + NR - 1) / NR;
-  const int nt = a.num_threads;
-#pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1)
-  for (int64_t t = 0; t < tiles; ++t) {
+  parallel_for(tiles, a.num_threads, [&a](int64_t t) {
     const int64_t j0 = t * NR, j1 = j0 + NR < a.n ? j0 + NR : a.n;
     tile_run<F, NR, MR>(a.w, a.w_stride, a.x, a.k, a.y, a.n, j0, j1);
-  }
+  });
 }
 
 template <Format F>
@@ -289,9 +300,8 @@ void matmul_nt_impl(const MatmulArgs& a) {
 
 template <Format F>
 void embedding_format(const EmbeddingArgs& a) {
-  const int nt = a.num_threads;
-#pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1)
-  for (int64_t r = 0; r < a.rows; ++r) dequant_row<F>(a.w + a.ids[r] * a.w_stride, a.k, a.out + r * a.k);
+  parallel_for(a.rows, a.num_threads,
+               [&a](int64_t r) { dequant_row<F>(a.w + a.ids[r] * a.w_stride, a.k, a.out + r * a.k); });
 }
 
 void embedding_impl(const EmbeddingArgs& a) {

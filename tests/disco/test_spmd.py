@@ -91,3 +91,43 @@ def test_collective_stats_count_each_kind_on_every_worker():
             assert all(sec >= 0 for _, sec in got.values())
         again = s.get_global_func("spmd.collective_stats")()
         assert again.fetch(0) == {}                              # reset by the previous call
+
+
+@disco.register_func("test_spmd.specialized_allreduce", override=True)
+def _specialized_allreduce(seed: int, mesh, axis: int, op: str, varies: bool):
+    """On a worker: what a VM plan would call for spmd.allreduce(x, op, mesh, axis) (None
+    where the plan keeps the general function), run on 2 x, 3 x and on a (3,) array of
+    another shape, with the collective_stats of those calls."""
+    x = _array_of(seed, disco.worker_id())
+    fast = spmd.allreduce.specialize([x, op, list(mesh), axis], [True, varies, False, False])
+    if fast is None:
+        return None
+    spmd.collective_stats(True)
+    outs = [fast(k * x, op, list(mesh), axis) for k in (2, 3)]
+    outs.append(fast(np.full(3, disco.worker_id() + 1.0, np.float32), op, list(mesh), axis))
+    return outs, {k: c for k, (c, _) in spmd.collective_stats(True).items()}
+
+
+@pytest.mark.parametrize("op, ref", [("sum", np.sum), ("max", np.max)])
+def test_allreduce_specialized_for_a_plan_matches_the_reduction(op, ref):
+    """The plan's all-reduce over the whole mesh (shm's allreduce_fn: checks made once)
+    gives the reduction of every worker's array, counts in collective_stats like the
+    general function, and takes arrays of another shape through the general path."""
+    with disco.ThreadedSession(2) as s:
+        s.init_ccl("shm")
+        got = s.get_global_func("test_spmd.specialized_allreduce")(7, [2], 0, op, False)
+        vals = [_array_of(7, w) for w in range(2)]
+        for w in range(2):
+            outs, stats = got.fetch(w)
+            for k, out in zip((2, 3), outs):
+                np.testing.assert_array_equal(out, ref(np.stack([k * v for v in vals]), axis=0))
+            np.testing.assert_array_equal(outs[2], ref(np.stack([np.full(3, 1.0), np.full(3, 2.0)]), axis=0))
+            assert stats == {"allreduce": 3}
+
+
+def test_allreduce_not_specialized_for_groups_or_varying_arguments(sess):
+    """A sub-group of the 2x2 mesh, or an op that is not the recorded one on every call:
+    the plan keeps the general function."""
+    for mesh, axis, varies in ((MESH, 0, False), ((4,), 0, True)):
+        got = sess.get_global_func("test_spmd.specialized_allreduce")(1, list(mesh), axis, "sum", varies)
+        assert [got.fetch(w) for w in range(4)] == [None] * 4
