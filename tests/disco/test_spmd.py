@@ -131,3 +131,29 @@ def test_allreduce_not_specialized_for_groups_or_varying_arguments(sess):
     for mesh, axis, varies in ((MESH, 0, False), ((4,), 0, True)):
         got = sess.get_global_func("test_spmd.specialized_allreduce")(1, list(mesh), axis, "sum", varies)
         assert [got.fetch(w) for w in range(4)] == [None] * 4
+
+
+@disco.register_func("test_spmd.masked_embedding_both_ways", override=True)
+def _masked_embedding_both_ways(table, ids, fmt):
+    """On a worker: spmd.masked_embedding and what a VM plan calls for it (its `specialize`)."""
+    fast = spmd.masked_embedding.specialize([table, ids, [2], 0, fmt], [False, True, False, False, False])
+    return spmd.masked_embedding(table, ids, [2], 0, fmt), fast(table, ids, [2], 0, fmt)
+
+
+@pytest.mark.parametrize("fmt", ["bfloat16", "q8_0", "q4_1"])
+def test_masked_embedding_reads_rows_of_this_workers_slice(fmt):
+    """Each worker's rows of a vocabulary-parallel table stored in `fmt`, dequantized as
+    gguf does (weight_formats.dequantize, the reference); zero rows for ids of the other
+    worker's slice. The plan's specialized call gives the same."""
+    from disco.weight_formats import dequantize, quantize
+    table = np.random.default_rng(4).standard_normal((8, 64)).astype(np.float32)
+    stored = quantize(table, fmt)
+    ids = np.array([[0, 7], [3, 4]], np.int64)
+    with disco.ThreadedSession(2) as s:
+        got = s.get_global_func("test_spmd.masked_embedding_both_ways")(s.scatter(stored), ids, fmt)
+        for w in range(2):
+            mine = (ids >= 4 * w) & (ids < 4 * w + 4)
+            want = np.where(mine[..., None], dequantize(stored, fmt).astype(np.float32)[ids], 0)
+            general, fast = got.fetch(w)
+            np.testing.assert_allclose(general, want, rtol=2 ** -23, atol=0)
+            np.testing.assert_array_equal(fast, general)
