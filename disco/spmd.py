@@ -365,24 +365,17 @@ def masked_embedding(table, indices, mesh_shape, mesh_axis, fmt):
     me, _ = _me(mesh_shape)
     rows = table.shape[0]
     start = mesh_coordinate(me, mesh_shape)[mesh_axis] * rows
-    k = logical_shape(table.shape, fmt)[1]
-    return _masked_rows(lambda ids, out: embedding(ids, table, out, fmt), indices, start, rows, k)
-
-
-def _masked_rows(lookup, indices, start: int, rows: int, k: int) -> np.ndarray:
-    """float32 (*indices.shape, k): `lookup(ids, out)` of the indices in [start, start +
-    rows) shifted by -start, zero rows for the others."""
     local = np.asarray(indices).astype(np.int64) - start
     inside = (local >= 0) & (local < rows)
-    out = np.empty(local.shape + (k,), np.float32)
-    lookup(np.where(inside, local, 0), out)
+    out = np.empty(local.shape + logical_shape(table.shape, fmt)[1:], np.float32)
+    embedding(np.where(inside, local, 0), table, out, fmt)
     out[~inside] = 0
     return out
 
 
 def _specialize_masked_embedding(args, varies):
     """What a VM plan calls for `masked_embedding`: this worker's slice, the format and
-    the row length resolved once, the native lookup called directly (the plan fixes the
+    the row length resolved once, one native call that also masks (the plan fixes the
     table's shape; the native call checks it against the ids and out again)."""
     table, _, mesh_shape, mesh_axis, fmt = args
     if any(varies[2:]) or type(table) is not np.ndarray:
@@ -399,7 +392,11 @@ def _specialize_masked_embedding(args, varies):
         return None
 
     def fast(table, indices, *rest):
-        return _masked_rows(lambda ids, out: _native.cpu_embedding(ids, table, out, code), indices, start, rows, k)
+        if type(indices) is not np.ndarray or indices.dtype != np.int64 or not indices.flags.c_contiguous:
+            return masked_embedding(table, indices, *rest)
+        out = np.empty(indices.shape + (k,), np.float32)
+        _native.cpu_embedding(indices, table, out, code, 0, "", start)     # masked in C++
+        return out
     return fast
 
 

@@ -142,7 +142,10 @@ void matmul_nt(py::array x, py::array w, py::array out, int format, int num_thre
   kern.matmul_nt(a);
 }
 
-void embedding(py::array ids, py::array w, py::array out, int format, int num_threads, const std::string& isa) {
+// first < 0: every id is a row of w. first >= 0 (a vocabulary-parallel slice holding rows
+// [first, first + rows of w) of the whole table): row id - first, zeros for other ids.
+void embedding(py::array ids, py::array w, py::array out, int format, int num_threads, const std::string& isa,
+               int64_t first) {
   const char* fn = "cpu_embedding";
   const Format f = to_format(fn, format, w);
   check_f32(fn, "out", out, true);
@@ -158,10 +161,17 @@ void embedding(py::array ids, py::array w, py::array out, int format, int num_th
                       std::to_string(k) + ",); got " + shape_text(out));
   const int64_t rows = ids.size(), vocab = w.shape(0);
   const int64_t* idp = static_cast<const int64_t*>(ids.data());
-  for (int64_t r = 0; r < rows; ++r)
-    if (idp[r] < 0 || idp[r] >= vocab)
-      throw KernelError(std::string(fn) + ": ids[" + std::to_string(r) + "] = " + std::to_string(idp[r]) +
-                        " is outside the table's rows [0, " + std::to_string(vocab) + ")");
+  std::vector<int64_t> local;
+  if (first >= 0) {  // the kernel's masked rows: -1
+    local.resize(rows);
+    for (int64_t r = 0; r < rows; ++r) local[r] = idp[r] >= first && idp[r] - first < vocab ? idp[r] - first : -1;
+    idp = local.data();
+  } else {
+    for (int64_t r = 0; r < rows; ++r)
+      if (idp[r] < 0 || idp[r] >= vocab)
+        throw KernelError(std::string(fn) + ": ids[" + std::to_string(r) + "] = " + std::to_string(idp[r]) +
+                          " is outside the table's rows [0, " + std::to_string(vocab) + ")");
+  }
   EmbeddingArgs a;
   a.format = f;
   a.rows = rows;
@@ -192,8 +202,9 @@ void bind_cpu_kernels(py::module_& m) {
         "out[..., n] = x[..., k] @ W[n, k]^T with W stored in `format` (csrc/cpu_kernels/formats.h; -1: "
         "the float format of W's dtype); num_threads 0: OpenMP's default; isa '': the best this CPU runs.");
   m.def("cpu_embedding", &embedding, py::arg("ids"), py::arg("w"), py::arg("out"), py::arg("format"),
-        py::arg("num_threads") = 0, py::arg("isa") = "",
-        "out[..., :] = W[ids[...], :] dequantized to float32 (format as for cpu_matmul_nt).");
+        py::arg("num_threads") = 0, py::arg("isa") = "", py::arg("first") = -1,
+        "out[..., :] = W[ids[...], :] dequantized to float32 (format as for cpu_matmul_nt); first >= 0: W "
+        "holds rows [first, first + len(W)) of a table, other ids give zero rows.");
   // Library calls (disco/cpu_kernels.py): (x, w, out) with the format fixed, positional
   // only. A decode step makes hundreds of these calls; keyword arguments (a partial of
   // cpu_matmul_nt) would cost pybind11 about as much as a small kernel.

@@ -335,8 +335,10 @@ void matmul_nt_impl(const MatmulArgs& a) {
 
 template <Format F>
 void embedding_format(const EmbeddingArgs& a) {
-  parallel_for(a.rows, a.num_threads,
-               [&a](int64_t r) { dequant_row<F>(a.w + a.ids[r] * a.w_stride, a.k, a.out + r * a.k); });
+  parallel_for(a.rows, a.num_threads, [&a](int64_t r) {
+    if (a.ids[r] < 0) std::memset(a.out + r * a.k, 0, sizeof(float) * a.k);  // masked: another slice's row
+    else dequant_row<F>(a.w + a.ids[r] * a.w_stride, a.k, a.out + r * a.k);
+  });
 }
 
 void embedding_impl(const EmbeddingArgs& a) {
