@@ -214,6 +214,13 @@ void bind_cpu_kernels(py::module_& m) {
       matmul_nt(std::move(x), std::move(w), std::move(out), format, 0, none);
     });
   }, py::arg("format"), "cpu_matmul_nt(x, w, out, format) as a function of (x, w, out).");
+  // The VM patches kernel argument arrays with data pointers on every planned call;
+  // numpy's __array_interface__ builds a dict (dtype text included) for each.
+  m.def("data_ptr", [](py::handle a) -> intptr_t {
+    if (!py::isinstance<py::array>(a))
+      throw py::type_error(std::string("data_ptr: expected a numpy array, got ") + Py_TYPE(a.ptr())->tp_name);
+    return reinterpret_cast<intptr_t>(py::detail::array_proxy(a.ptr())->data);
+  }, py::arg("a"), "Address of the first element of numpy array a.");
   m.def("cpu_isas", [] {
     std::vector<std::string> names;
     for (int i = 0; i < num_isas(); ++i) names.push_back(isa_kernels(i).name);
