@@ -293,8 +293,8 @@ def _specialize_attention(args, varies):
     """What a VM plan calls for `attention`: the native kernel straight away, with the
     layer and scale resolved once and q, k, v, out of the recorded dtype (the plan fixes
     their shapes; the native call checks shapes, the step and the layer again). Any
-    other cache, or a call the native kernel refuses, takes `attention`, which raises
-    its descriptive error. A decode step calls it once per layer."""
+    other cache, or a call the native kernel refuses, takes `attention`, which converts
+    what it can or raises its descriptive error. A decode step calls it once per layer."""
     if len(args) not in (6, 7) or any(varies[4:-1]) or not isinstance(args[3], PagedKVCache):
         return None
     q, layer, out = args[0], args[4], args[-1]
@@ -313,8 +313,9 @@ def _specialize_attention(args, varies):
         try:
             cache._native.attention(layer, q, k, v, rest[-1], scale)
         except (KVCacheError, TypeError):
-            attention(q, k, v, cache, *rest)    # raises, naming the problem
-            raise
+            # Refused before the cache changed (the native checks come first): the general
+            # function converts what it can (e.g. a non-contiguous q) or raises, naming the problem.
+            attention(q, k, v, cache, *rest)
     return fast
 
 

@@ -385,7 +385,7 @@ def test_attention_as_a_vm_plan_specializes_it(with_scale):
     fast = {}
 
     def attend(layer, q, k, v):
-        out = np.full_like(q, np.nan)
+        out = np.full(q.shape, np.nan, q.dtype)
         args = [q, k, v, cache, layer, *scale, out]
         if layer not in fast:
             fast[layer] = attention.specialize(args, [True, True, True, True, False] + [False] * len(scale) + [True])
@@ -395,6 +395,10 @@ def test_attention_as_a_vm_plan_specializes_it(with_scale):
     for lens in ((5,), (1,), (1,)):
         cache.begin_forward([0], list(lens))
         model.step([0], list(lens), attend, scale=scale[0] if scale else None)
+    # a q the native kernel refuses (not C-contiguous) goes through the general function once
+    cache.begin_forward([0], [1])
+    model.step([0], [1], lambda layer, q, k, v: attend(layer, np.asfortranarray(q), k, v),
+               scale=scale[0] if scale else None)
     q = np.zeros((2, 4, 16), np.float32)                 # 2 tokens, the step has 1
     with pytest.raises(KVCacheError, match=r"q has shape \(2, 4, 16\); expected \(T, H, D\) = \(1, H, 16\)"):
         fast[0](q, q[:, :2], q[:, :2], cache, 0, *scale, np.empty_like(q))
