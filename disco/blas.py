@@ -21,6 +21,7 @@ from .errors import DiscoError
 from .registry import register_func
 
 _FLOATS = (np.dtype("float16"), np.dtype("float32"), np.dtype("float64"))
+_F32 = np.dtype("float32")
 
 
 def _check(name: str, a, b, out) -> None:
@@ -46,6 +47,10 @@ def matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray) -> None:
 def matmul_nt(a: np.ndarray, b: np.ndarray, out: np.ndarray) -> None:
     """out = a @ b.T for a 2-D `b` (a linear layer's (out, in) weight): the BLAS reads the
     transposed view, nothing is copied."""
+    if type(a) is type(b) is type(out) is np.ndarray and a.dtype == b.dtype == out.dtype == _F32 \
+            and b.ndim == 2 and out.flags.c_contiguous:
+        np.matmul(a, b.T, out=out)      # the common case, checked in one line (decode calls it often)
+        return
     _check("matmul_nt", a, b, out)
     if b.ndim != 2:
         raise DiscoError(f"disco.blas.matmul_nt: b must be 2-D (out, in), got shape {b.shape}")

@@ -39,10 +39,9 @@ __all__ = ["matmul_nt", "embedding", "isas", "default_isa", "MATMUL_NT", "EMBEDD
 # Library-call name of each format (what a pass writes into R.call_dps_packed).
 MATMUL_NT = {name: "disco.cpu.matmul_nt" if not f.quantized else f"disco.cpu.matmul_nt_{name}"
              for name, f in FORMATS.items()}
+FROM_DTYPE = -1     # the native functions' format code for "the float format of w's dtype"
 EMBEDDING = {name: "disco.cpu.embedding" if not f.quantized else f"disco.cpu.embedding_{name}"
              for name, f in FORMATS.items()}
-
-_FLOAT_CODES = {f.dtype: f.code for f in FORMATS.values() if not f.quantized}
 
 
 def isas() -> list[str]:
@@ -54,14 +53,10 @@ def default_isa() -> str:
     return _native.cpu_default_isa()
 
 
-def _code(w: np.ndarray, fmt) -> int:
-    if fmt is not None:
-        return weight_format(fmt).code
-    code = _FLOAT_CODES.get(getattr(w, "dtype", None))
-    if code is None:
-        raise KernelError(f"a weight of dtype {getattr(w, 'dtype', type(w).__name__)} needs its "
-                          f"format named (one of {', '.join(FORMATS)})")
-    return code
+def _code(fmt) -> int:
+    """The native format code: `fmt`'s, or FROM_DTYPE (the C++ finds a float format from
+    the weight's dtype and names the problem when there is none)."""
+    return FROM_DTYPE if fmt is None else weight_format(fmt).code
 
 
 def matmul_nt(x: np.ndarray, w: np.ndarray, out: np.ndarray | None = None, fmt=None, *,
@@ -71,7 +66,7 @@ def matmul_nt(x: np.ndarray, w: np.ndarray, out: np.ndarray | None = None, fmt=N
     if out is None:
         n = w.shape[0]
         out = np.empty((*np.shape(x)[:-1], n), np.float32)
-    _native.cpu_matmul_nt(x, w, out, _code(w, fmt), num_threads, isa or "")
+    _native.cpu_matmul_nt(x, w, out, _code(fmt), num_threads, isa or "")
     return out
 
 
@@ -88,13 +83,14 @@ def embedding(ids: np.ndarray, w: np.ndarray, out: np.ndarray | None = None, fmt
     if out is None:
         k = w.shape[1] if f is None or not f.quantized else w.shape[1] // f.block_bytes * f.block
         out = np.empty((*ids.shape, k), np.float32)
-    _native.cpu_embedding(ids, w, out, _code(w, fmt), num_threads, isa or "")
+    _native.cpu_embedding(ids, w, out, _code(fmt), num_threads, isa or "")
     return out
 
 
-@register_func("disco.cpu.matmul_nt")
-def _matmul_nt_float(x, w, out) -> None:
-    _native.cpu_matmul_nt(x, w, out, _code(w, None))
+# The native function itself, the format found from w's dtype (FROM_DTYPE) in C++: a
+# decode step makes hundreds of these calls, and a Python wrapper would cost as much as
+# a small kernel.
+register_func("disco.cpu.matmul_nt", _native.cpu_matmul_nt_fn(FROM_DTYPE))
 
 
 # Rows of x up to which the kernel beats numpy's BLAS for float32 weights: the BLAS packs
@@ -106,12 +102,15 @@ def _matmul_nt_float(x, w, out) -> None:
 FLOAT32_KERNEL_ROWS = 32
 
 
+_matmul_nt_float32 = _native.cpu_matmul_nt_fn(weight_format("float32").code)
+
+
 @register_func("disco.cpu.matmul_nt_auto")
 def matmul_nt_auto(x, w, out) -> None:
     """out = x @ w.T for float32 x and w: this module's kernel for decode shapes (at most
     FLOAT32_KERNEL_ROWS rows of x), numpy's BLAS for more (prefill)."""
     if x.size <= FLOAT32_KERNEL_ROWS * x.shape[-1] and w.dtype == np.float32:
-        _native.cpu_matmul_nt(x, w, out, 0)
+        _matmul_nt_float32(x, w, out)
     else:
         np.matmul(x, w.T, out=out)
 
@@ -127,8 +126,7 @@ def _dequantize_into(w: np.ndarray, out: np.ndarray, fmt: str) -> None:
 
 for _name, _f in FORMATS.items():
     if _f.quantized:
-        # The native function itself, the format fixed: a decode step makes hundreds of these calls.
-        register_func(MATMUL_NT[_name], functools.partial(_native.cpu_matmul_nt, format=_f.code))
+        register_func(MATMUL_NT[_name], _native.cpu_matmul_nt_fn(_f.code))   # as disco.cpu.matmul_nt
         register_func(EMBEDDING[_name], functools.partial(embedding, fmt=_name))
         register_func(f"disco.cpu.dequantize_{_name}", functools.partial(_dequantize_into, fmt=_name))
 

@@ -89,8 +89,12 @@ class DTensorRef(DRef):
         self.layout = layout
 
     def fetch(self, worker: Optional[int] = None) -> Any:
-        # sync first: a failed call then raises its own error, not "DRef has no value"
-        self._sess.sync()
+        # A gather from every worker (a plain split over all of them) needs no sync: each
+        # worker replies, with the failure of the call that made the value, if any, and
+        # every failure it deferred (disco/session/worker.py). Otherwise sync first, so
+        # that every worker's failures are raised; a decode step's logits save a round trip.
+        if worker is not None or self.layout.single_shard_dim() is None:
+            self._sess.sync()
         if worker is not None:
             return self._sess.fetch(self, worker)
         return assemble(self._sess, self, self.layout)

@@ -287,3 +287,36 @@ def attention(q, k, v, cache, layer, *scale_and_out) -> None:
                            f"{5 + len(scale_and_out)} arguments")
     scale = float(scale_and_out[0]) if len(scale_and_out) == 2 else None
     _cache(cache, "disco.kv.attention").attention(layer, q, k, v, scale_and_out[-1], scale)
+
+
+def _specialize_attention(args, varies):
+    """What a VM plan calls for `attention`: the native kernel straight away, with the
+    layer and scale resolved once and q, k, v, out of the recorded dtype (the plan fixes
+    their shapes; the native call checks shapes, the step and the layer again). Any
+    other cache, or a call the native kernel refuses, takes `attention`, which converts
+    what it can or raises its descriptive error. A decode step calls it once per layer."""
+    if len(args) not in (6, 7) or any(varies[4:-1]) or not isinstance(args[3], PagedKVCache):
+        return None
+    q, layer, out = args[0], args[4], args[-1]
+    if not all(type(a) is np.ndarray for a in (q, args[1], args[2], out)):
+        return None
+    dtype = q.dtype
+    try:
+        layer = int(layer)
+        scale = float(args[5]) if len(args) == 7 else 1.0 / math.sqrt(args[3].head_dim)
+    except (TypeError, ValueError):
+        return None
+
+    def fast(q, k, v, cache, *rest):
+        if type(cache) is not PagedKVCache or cache.dtype != dtype:
+            return attention(q, k, v, cache, *rest)
+        try:
+            cache._native.attention(layer, q, k, v, rest[-1], scale)
+        except (KVCacheError, TypeError):
+            # Refused before the cache changed (the native checks come first): the general
+            # function converts what it can (e.g. a non-contiguous q) or raises, naming the problem.
+            attention(q, k, v, cache, *rest)
+    return fast
+
+
+attention.specialize = _specialize_attention

@@ -53,10 +53,15 @@ def _timed(fn):
         try:
             return fn(*args)
         finally:
-            stats = current_context().state.setdefault("spmd_stats", {})
-            calls, seconds = stats.get(kind, (0, 0.0))
-            stats[kind] = (calls + 1, seconds + time.perf_counter() - t0)
+            _count(current_context().state, kind, t0)
     return timed
+
+
+def _count(state: dict, kind: str, t0: float) -> None:
+    """One call of collective `kind`, begun at perf_counter() `t0`, in `collective_stats`."""
+    stats = state.setdefault("spmd_stats", {})
+    calls, seconds = stats.get(kind, (0, 0.0))
+    stats[kind] = (calls + 1, seconds + time.perf_counter() - t0)
 
 
 @register_func("spmd.collective_stats", override=True)
@@ -239,6 +244,43 @@ def allreduce(x, op, mesh_shape, mesh_axis, device_ids=None):
 # The VM allocates this argument with device.shared_empty (the shm arena), so that the
 # all-reduce reads it on every worker in place (disco.ccl.empty).
 allreduce.in_place_inputs = (0,)
+# Its result is never its input (a plan may then allocate the input once: disco/vm).
+allreduce.result_is_fresh = True
+
+
+def _specialize_allreduce(args, varies):
+    """What a VM plan calls for `allreduce(x, op, mesh_shape, mesh_axis)` over the whole
+    mesh: the communicator's all-reduce of x's shape and dtype with its checks made once
+    (`allreduce_fn`, where the backend has one), counted in `collective_stats` like every
+    call. A decode step makes two per layer, each otherwise a dozen Python calls deep.
+    None (the plan calls `allreduce`) for sub-groups, stages, or arguments that vary."""
+    if len(args) != 4 or any(varies[1:]) or type(args[0]) is not np.ndarray:
+        return None
+    x, op, mesh_shape, mesh_axis = args
+    try:
+        if _alone(mesh_shape, mesh_axis) or not _whole(mesh_shape, mesh_axis):
+            return None
+    except (DiscoError, TypeError, IndexError):
+        return None
+    state = current_context().state
+    comm = state.get("ccl")
+    make = getattr(comm, "allreduce_fn", None)
+    fast = make(x.shape, x.dtype, op) if make is not None else None
+    if fast is None:
+        return None
+
+    def call(x, *rest):
+        if state.get("ccl") is not comm:      # the communicator was replaced: the general path
+            return allreduce(x, *rest)
+        t0 = time.perf_counter()
+        try:
+            return fast(x)
+        finally:
+            _count(state, "allreduce", t0)
+    return call
+
+
+allreduce.specialize = _specialize_allreduce
 
 
 @register_func("spmd.allgather", override=True)
@@ -322,6 +364,37 @@ def masked_embedding(table, indices, mesh_shape, mesh_axis, fmt, device_ids=None
     embedding(np.where(inside, local, 0), table, out, fmt)
     out[~inside] = 0
     return out
+
+
+def _specialize_masked_embedding(args, varies):
+    """What a VM plan calls for `masked_embedding`: this worker's slice, the format and
+    the row length resolved once, one native call that also masks (the plan fixes the
+    table's shape; the native call checks it against the ids and out again)."""
+    table, _, mesh_shape, mesh_axis, fmt, *rest = args
+    device_ids = rest[0] if rest else None          # a pipeline stage's workers
+    if any(varies[2:]) or type(table) is not np.ndarray:
+        return None
+    from disco import _native
+    from disco.weight_formats import logical_shape, weight_format
+    try:
+        me = _stage_index(device_ids) if device_ids is not None else _me(mesh_shape)[0]
+        rows = table.shape[0]
+        start = mesh_coordinate(me, mesh_shape)[mesh_axis] * rows
+        k = logical_shape(table.shape, fmt)[1]
+        code = weight_format(fmt).code
+    except (DiscoError, TypeError, ValueError, IndexError):
+        return None
+
+    def fast(table, indices, *rest):
+        if type(indices) is not np.ndarray or indices.dtype != np.int64 or not indices.flags.c_contiguous:
+            return masked_embedding(table, indices, *rest)
+        out = np.empty(indices.shape + (k,), np.float32)
+        _native.cpu_embedding(indices, table, out, code, 0, "", start)     # masked in C++
+        return out
+    return fast
+
+
+masked_embedding.specialize = _specialize_masked_embedding
 
 
 def _pairs(senders, receivers, what: str) -> tuple[list[int], list[int]]:

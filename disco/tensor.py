@@ -116,6 +116,7 @@ def is_array_like(x: Any) -> bool:
         type(x).__module__.startswith("torch")
 
 
-def data_ptr(a: np.ndarray) -> int:
-    """Address of the first element of a numpy array."""
-    return a.__array_interface__["data"][0]
+# data_ptr(a): the address of numpy array a's first element. Native: the VM calls it for
+# every tensor a planned call patches into kernel arguments, and numpy's
+# __array_interface__ builds a dict (the dtype's text included) on each access.
+from ._native import data_ptr  # noqa: E402

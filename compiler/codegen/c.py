@@ -69,6 +69,15 @@ static inline int64_t disco_floordiv(int64_t a, int64_t b) {
 static inline int64_t disco_floormod(int64_t a, int64_t b) {
   int64_t r = a % b; return (r != 0 && ((r < 0) != (b < 0))) ? r + b : r;
 }
+/* Whether a parallel loop forks a team: only where OpenMP would run more than one thread
+   (and the loop is long enough). Entering an OpenMP region costs a team's setup even
+   with one thread or a false `if` clause, more than a decode step's small kernels. */
+#ifdef _OPENMP
+#include <omp.h>
+#define DISCO_FORK(cond) (omp_get_max_threads() > 1 && (cond))
+#else
+#define DISCO_FORK(cond) 0
+#endif
 static inline float disco_sigmoidf(float x) { return 1.0f / (1.0f + expf(-x)); }
 static inline double disco_sigmoid(double x) { return 1.0 / (1.0 + exp(-x)); }
 """
@@ -170,12 +179,25 @@ class CKernelPrinter(CFamilyPrinter):
             accumulate = self._emit_hoisted_init(hoisted)
         was_parallel = self.in_parallel
         if s.kind == "parallel" and not self.in_parallel:
-            cond = ""
+            # The loop twice: forked by OpenMP, or run here (DISCO_FORK in the prelude).
+            cond = "1"
             min_extent = s.annotations.get("parallel_min_extent") if s.annotations else None
             if min_extent is not None and not isinstance(s.extent, E.IntImm):
-                cond = f" if(({self.expr(s.extent)}) >= {int(min_extent)})"
-            self.line(f"#pragma omp parallel for schedule(static){cond}")
-            self.in_parallel = True
+                cond = f"({self.expr(s.extent)}) >= {int(min_extent)}"
+            self.in_parallel = True    # loops inside either copy do not fork again
+            self.open_scope(f"if (DISCO_FORK({cond})) {{")
+            self.line("#pragma omp parallel for schedule(static)")
+            self.open_for(name, lo, end)
+            self.stmt(s.body)
+            self.close_scope()
+            self.close_scope()
+            self.open_scope("else {")
+            self.open_for(name, lo, end)
+            self.stmt(s.body)
+            self.close_scope()
+            self.close_scope()
+            self.in_parallel = was_parallel
+            return
         elif id(s) in self._simd_reduction:
             self.line(f"#pragma omp simd reduction({self._simd_reduction[id(s)]})")
         elif s.kind == "vectorized":

@@ -24,8 +24,38 @@ std::string shape_text(const py::array& a) {
 
 std::string dtype_text(const py::array& a) { return py::str(a.dtype()).cast<std::string>(); }
 
-Format to_format(int code) {
-  if (code < 0 || code >= kNumFormats) throw KernelError("unknown weight format code " + std::to_string(code));
+// Whether w's dtype is ml_dtypes' bfloat16 (numpy kind 'V', 2 bytes). A decode step makes
+// hundreds of calls, so the usual case is a pointer comparison with the dtype seen last;
+// the name is compared (a Python call) only when the pointer differs.
+bool is_bfloat16(const py::array& w) {
+  static PyObject* seen = nullptr;  // a dtype object known to be bfloat16, kept alive
+  PyObject* d = reinterpret_cast<PyObject*>(py::detail::array_proxy(w.ptr())->descr);
+  if (d == seen) return true;
+  if (w.dtype().kind() != 'V' || w.itemsize() != 2 || dtype_text(w) != "bfloat16") return false;
+  Py_INCREF(d);
+  Py_XDECREF(seen);
+  seen = d;
+  return true;
+}
+
+// The format of a float weight, by its dtype (float32, float16, bfloat16).
+Format float_format(const char* fn, const py::array& w) {
+  const char kind = w.dtype().kind();
+  if (kind == 'f' && w.itemsize() == 4) return Format::kF32;
+  if (kind == 'f' && w.itemsize() == 2) return Format::kF16;
+  if (is_bfloat16(w)) return Format::kBF16;
+  throw KernelError(std::string(fn) + ": a weight of dtype " + dtype_text(w) +
+                    " needs its format named (float32, float16 and bfloat16 are found from the dtype)");
+}
+
+// code >= 0: a Format; kFromDtype: the float format of w's dtype.
+constexpr int kFromDtype = -1;
+
+Format to_format(const char* fn, int code, const py::array& w) {
+  if (code == kFromDtype) return float_format(fn, w);
+  if (code < 0 || code >= kNumFormats)
+    throw KernelError(std::string(fn) + ": unknown weight format code " + std::to_string(code) +
+                      "; expected -1 (from the weight's dtype) or 0.." + std::to_string(kNumFormats - 1));
   return static_cast<Format>(code);
 }
 
@@ -36,7 +66,7 @@ bool weight_dtype_ok(Format f, const py::array& w) {
   switch (f) {
     case Format::kF32: return kind == 'f' && size == 4;
     case Format::kF16: return kind == 'f' && size == 2;
-    case Format::kBF16: return kind == 'V' && size == 2 && dtype_text(w) == "bfloat16";
+    case Format::kBF16: return is_bfloat16(w);
     default: return (kind == 'u' || kind == 'i') && size == 1;
   }
 }
@@ -81,7 +111,7 @@ constexpr int64_t kParallelWork = 1 << 15;
 
 void matmul_nt(py::array x, py::array w, py::array out, int format, int num_threads, const std::string& isa) {
   const char* fn = "cpu_matmul_nt";
-  const Format f = to_format(format);
+  const Format f = to_format(fn, format, w);
   check_f32(fn, "x", x, false);
   check_f32(fn, "out", out, true);
   const int64_t k = x.shape(x.ndim() - 1);
@@ -112,9 +142,12 @@ void matmul_nt(py::array x, py::array w, py::array out, int format, int num_thre
   kern.matmul_nt(a);
 }
 
-void embedding(py::array ids, py::array w, py::array out, int format, int num_threads, const std::string& isa) {
+// first < 0: every id is a row of w. first >= 0 (a vocabulary-parallel slice holding rows
+// [first, first + rows of w) of the whole table): row id - first, zeros for other ids.
+void embedding(py::array ids, py::array w, py::array out, int format, int num_threads, const std::string& isa,
+               int64_t first) {
   const char* fn = "cpu_embedding";
-  const Format f = to_format(format);
+  const Format f = to_format(fn, format, w);
   check_f32(fn, "out", out, true);
   if (ids.dtype().kind() != 'i' || ids.itemsize() != 8 || !(ids.flags() & py::array::c_style))
     throw KernelError(std::string(fn) + ": ids must be a C-contiguous int64 array; got " + dtype_text(ids) +
@@ -128,10 +161,17 @@ void embedding(py::array ids, py::array w, py::array out, int format, int num_th
                       std::to_string(k) + ",); got " + shape_text(out));
   const int64_t rows = ids.size(), vocab = w.shape(0);
   const int64_t* idp = static_cast<const int64_t*>(ids.data());
-  for (int64_t r = 0; r < rows; ++r)
-    if (idp[r] < 0 || idp[r] >= vocab)
-      throw KernelError(std::string(fn) + ": ids[" + std::to_string(r) + "] = " + std::to_string(idp[r]) +
-                        " is outside the table's rows [0, " + std::to_string(vocab) + ")");
+  std::vector<int64_t> local;
+  if (first >= 0) {  // the kernel's masked rows: -1
+    local.resize(rows);
+    for (int64_t r = 0; r < rows; ++r) local[r] = idp[r] >= first && idp[r] - first < vocab ? idp[r] - first : -1;
+    idp = local.data();
+  } else {
+    for (int64_t r = 0; r < rows; ++r)
+      if (idp[r] < 0 || idp[r] >= vocab)
+        throw KernelError(std::string(fn) + ": ids[" + std::to_string(r) + "] = " + std::to_string(idp[r]) +
+                          " is outside the table's rows [0, " + std::to_string(vocab) + ")");
+  }
   EmbeddingArgs a;
   a.format = f;
   a.rows = rows;
@@ -159,10 +199,28 @@ void bind_cpu_kernels(py::module_& m) {
   });
   m.def("cpu_matmul_nt", &matmul_nt, py::arg("x"), py::arg("w"), py::arg("out"), py::arg("format"),
         py::arg("num_threads") = 0, py::arg("isa") = "",
-        "out[..., n] = x[..., k] @ W[n, k]^T with W stored in `format` (csrc/cpu_kernels/formats.h); "
-        "num_threads 0: OpenMP's default; isa '': the best this CPU runs.");
+        "out[..., n] = x[..., k] @ W[n, k]^T with W stored in `format` (csrc/cpu_kernels/formats.h; -1: "
+        "the float format of W's dtype); num_threads 0: OpenMP's default; isa '': the best this CPU runs.");
   m.def("cpu_embedding", &embedding, py::arg("ids"), py::arg("w"), py::arg("out"), py::arg("format"),
-        py::arg("num_threads") = 0, py::arg("isa") = "", "out[..., :] = W[ids[...], :] dequantized to float32.");
+        py::arg("num_threads") = 0, py::arg("isa") = "", py::arg("first") = -1,
+        "out[..., :] = W[ids[...], :] dequantized to float32 (format as for cpu_matmul_nt); first >= 0: W "
+        "holds rows [first, first + len(W)) of a table, other ids give zero rows.");
+  // Library calls (disco/cpu_kernels.py): (x, w, out) with the format fixed, positional
+  // only. A decode step makes hundreds of these calls; keyword arguments (a partial of
+  // cpu_matmul_nt) would cost pybind11 about as much as a small kernel.
+  m.def("cpu_matmul_nt_fn", [](int format) {
+    const std::string none;
+    return py::cpp_function([format, none](py::array x, py::array w, py::array out) {
+      matmul_nt(std::move(x), std::move(w), std::move(out), format, 0, none);
+    });
+  }, py::arg("format"), "cpu_matmul_nt(x, w, out, format) as a function of (x, w, out).");
+  // The VM patches kernel argument arrays with data pointers on every planned call;
+  // numpy's __array_interface__ builds a dict (dtype text included) for each.
+  m.def("data_ptr", [](py::handle a) -> intptr_t {
+    if (!py::isinstance<py::array>(a))
+      throw py::type_error(std::string("data_ptr: expected a numpy array, got ") + Py_TYPE(a.ptr())->tp_name);
+    return reinterpret_cast<intptr_t>(py::detail::array_proxy(a.ptr())->data);
+  }, py::arg("a"), "Address of the first element of numpy array a.");
   m.def("cpu_isas", [] {
     std::vector<std::string> names;
     for (int i = 0; i < num_isas(); ++i) names.push_back(isa_kernels(i).name);

@@ -69,11 +69,12 @@ const IsaKernels& default_isa() {
 }
 
 int resolve_threads(int requested) {
+  const int n = requested > 0 ? requested : omp_get_max_threads();
+  if (n <= 1) return 1;  // no team: no pid to check (getpid is a system call per kernel call)
   const int pid = (int)getpid();
   const int owner = team_pid.load(std::memory_order_relaxed);
   if (owner != 0 && owner != pid) return 1;  // forked child of a process with a live team
-  const int n = requested > 0 ? requested : omp_get_max_threads();
-  if (n > 1 && owner == 0) team_pid.store(pid, std::memory_order_relaxed);
+  if (owner == 0) team_pid.store(pid, std::memory_order_relaxed);
   return n;
 }
 

@@ -29,6 +29,7 @@ struct Decode;
 // Float formats: no scales.
 struct Unscaled {
   static constexpr bool kScaled = false;
+  static constexpr bool kPairs = false;
   static void scales(const uint8_t*, int64_t, int64_t, float*, float*) {}
 };
 
@@ -49,10 +50,17 @@ struct Decode<Format::kF16> : Unscaled {
   static float at(const uint8_t* row, int64_t i) { return f16_scalar(load_u16(row + 2 * i)); }
 };
 
+// bfloat16: `block` in order (dequantized rows), `block_pairs` for the matmul: each
+// 2 kW weights as their even-indexed, then their odd-indexed ones (load_bf16_pairs),
+// multiplied into x reordered the same way once per call (pair_split).
 template <>
 struct Decode<Format::kBF16> : Unscaled {
+  static constexpr bool kPairs = true;
   static void block(const uint8_t* row, int64_t b, const float*, const float*, V out[kNV]) {
     for (int v = 0; v < kNV; ++v) out[v] = load_bf16(row + 2 * (32 * b + v * kW));
+  }
+  static void block_pairs(const uint8_t* row, int64_t b, V out[kNV]) {
+    for (int v = 0; v < kNV; v += 2) load_bf16_pairs(row + 2 * (32 * b + v * kW), out[v], out[v + 1]);
   }
   static float at(const uint8_t* row, int64_t i) {
     const uint32_t u = (uint32_t)load_u16(row + 2 * i) << 16;
@@ -68,6 +76,7 @@ struct Decode<Format::kBF16> : Unscaled {
 template <int kBytes, bool kMinus8>
 struct Scaled {
   static constexpr bool kScaled = true;
+  static constexpr bool kPairs = false;
   static void scales(const uint8_t* row, int64_t b0, int64_t count, float* d, float* m) {
     const uint8_t* p = row + kBytes * b0;
     if (count == kScaleRun) {
@@ -155,7 +164,8 @@ void tile(const uint8_t* w, int64_t ws, const float* x, int64_t k, float* y, int
         __builtin_prefetch(ahead);
         if (kBlockBytes<F> > 64) __builtin_prefetch(ahead + 64);
         V wv[kNV];
-        Decode<F>::block(w + r * ws, b, &ds[r][j], &ms[r][j], wv);
+        if constexpr (Decode<F>::kPairs) Decode<F>::block_pairs(w + r * ws, b, wv);
+        else Decode<F>::block(w + r * ws, b, &ds[r][j], &ms[r][j], wv);
 #pragma GCC unroll 8
         for (int i = 0; i < MR; ++i) {
           const float* xi = x + i * k + 32 * b;
@@ -185,17 +195,53 @@ void tile_run(const uint8_t* w, int64_t ws, const float* x, int64_t k, float* y,
 
 // ---- matmul ----
 
+// body(i) for i in [0, n), split statically over nt OpenMP threads. With one thread the
+// loop runs here without entering OpenMP at all: even `parallel if (false)` sets up a
+// team (a few hundred ns), and a decode step makes hundreds of small calls.
+template <class Body>
+void parallel_for(int64_t n, int nt, const Body& body) {
+  if (nt <= 1) {
+    for (int64_t i = 0; i < n; ++i) body(i);
+    return;
+  }
+#pragma omp parallel for schedule(static) num_threads(nt)
+  for (int64_t i = 0; i < n; ++i) body(i);
+}
+
+// x[m][k] with each group of 2 kW elements of its whole blocks reordered as its even-,
+// then its odd-indexed elements (the order of Decode::block_pairs); the k % 32 tail as is.
+void pair_split(const float* x, int64_t m, int64_t k, float* out) {
+  const int64_t whole = k / 32 * 32;
+  for (int64_t i = 0; i < m; ++i) {
+    const float* xi = x + i * k;
+    float* oi = out + i * k;
+    for (int64_t g = 0; g < whole; g += 2 * kW)
+      for (int j = 0; j < kW; ++j) {
+        oi[g + j] = xi[g + 2 * j];
+        oi[g + kW + j] = xi[g + 2 * j + 1];
+      }
+    for (int64_t t = whole; t < k; ++t) oi[t] = xi[t];
+  }
+}
+
 // Decode shapes: all m (<= 8) rows of x against each tile of W, decoded in registers.
 template <Format F, int MR>
 void matmul_small(const MatmulArgs& a) {
   constexpr int NR = decode_nr(MR);
   const int64_t tiles = (a.n + NR - 1) / NR;
-  const int nt = a.num_threads;
-#pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1)
-  for (int64_t t = 0; t < tiles; ++t) {
-    const int64_t j0 = t * NR, j1 = j0 + NR < a.n ? j0 + NR : a.n;
-    tile_run<F, NR, MR>(a.w, a.w_stride, a.x, a.k, a.y, a.n, j0, j1);
+  const float* x = a.x;
+  float* split = nullptr;
+  if (Decode<F>::kPairs) {  // x reordered once, read for every row of W
+    split = static_cast<float*>(std::malloc(sizeof(float) * a.m * a.k));
+    if (split == nullptr) throw KernelError("cpu_matmul_nt: out of memory for x (" + std::to_string(a.m * a.k) + " floats)");
+    pair_split(a.x, a.m, a.k, split);
+    x = split;
   }
+  parallel_for(tiles, a.num_threads, [&a, x](int64_t t) {
+    const int64_t j0 = t * NR, j1 = j0 + NR < a.n ? j0 + NR : a.n;
+    tile_run<F, NR, MR>(a.w, a.w_stride, x, a.k, a.y, a.n, j0, j1);
+  });
+  std::free(split);
 }
 
 template <Format F>
@@ -289,9 +335,10 @@ void matmul_nt_impl(const MatmulArgs& a) {
 
 template <Format F>
 void embedding_format(const EmbeddingArgs& a) {
-  const int nt = a.num_threads;
-#pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1)
-  for (int64_t r = 0; r < a.rows; ++r) dequant_row<F>(a.w + a.ids[r] * a.w_stride, a.k, a.out + r * a.k);
+  parallel_for(a.rows, a.num_threads, [&a](int64_t r) {
+    if (a.ids[r] < 0) std::memset(a.out + r * a.k, 0, sizeof(float) * a.k);  // masked: another slice's row
+    else dequant_row<F>(a.w + a.ids[r] * a.w_stride, a.k, a.out + r * a.k);
+  });
 }
 
 void embedding_impl(const EmbeddingArgs& a) {

@@ -41,7 +41,7 @@ struct MatmulArgs {
 struct EmbeddingArgs {
   Format format;
   int64_t rows = 0, k = 0;     // rows gathered, elements per row
-  const int64_t* ids = nullptr;  // [rows], each in [0, vocab) (checked by the caller)
+  const int64_t* ids = nullptr;  // [rows], each in [0, vocab) (checked by the caller), or -1: a zero row
   const uint8_t* w = nullptr;  // table rows of row_bytes(format, k) bytes ...
   int64_t w_stride = 0;        // ... w_stride bytes apart
   float* out = nullptr;        // [rows][k] float32

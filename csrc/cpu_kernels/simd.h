@@ -37,6 +37,14 @@ inline V load_bf16(const uint8_t* p) {
 inline V load_i8(const uint8_t* p) {
   return {_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i*)p)))};
 }
+// 2 kW bfloat16 at p as float32: the even-indexed ones (each the low half of a 32-bit
+// word, shifted up) and the odd-indexed ones (the high half, masked): one load and two
+// bit operations, no shuffle (the shuffle port limits load_bf16 on one core).
+inline void load_bf16_pairs(const uint8_t* p, V& even, V& odd) {
+  const __m512i w = _mm512_loadu_si512((const void*)p);
+  even.v = _mm512_castsi512_ps(_mm512_slli_epi32(w, 16));
+  odd.v = _mm512_castsi512_ps(_mm512_and_si512(w, _mm512_set1_epi32((int)0xffff0000u)));
+}
 // The 32 nibbles of 16 bytes in GGUF's order (low nibbles, then high nibbles).
 inline void load_nibbles(const uint8_t* p, V out[2]) {
   const __m512i b = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i*)p));
@@ -77,6 +85,11 @@ inline V load_bf16(const uint8_t* p) {
 }
 inline V load_i8(const uint8_t* p) {
   return {_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i*)p)))};
+}
+inline void load_bf16_pairs(const uint8_t* p, V& even, V& odd) {
+  const __m256i w = _mm256_loadu_si256((const __m256i*)p);
+  even.v = _mm256_castsi256_ps(_mm256_slli_epi32(w, 16));
+  odd.v = _mm256_castsi256_ps(_mm256_and_si256(w, _mm256_set1_epi32((int)0xffff0000u)));
 }
 inline void load_nibbles(const uint8_t* p, V out[4]) {
   const __m128i bytes = _mm_loadu_si128((const __m128i*)p);
@@ -139,6 +152,12 @@ inline V load_bf16(const uint8_t* p) {
   return r;
 }
 inline V load_i8(const uint8_t* p) { V r; for (int i = 0; i < kW; ++i) r.f[i] = (float)(int8_t)p[i]; return r; }
+inline void load_bf16_pairs(const uint8_t* p, V& even, V& odd) {
+  for (int i = 0; i < kW; ++i) {
+    even.f[i] = bits_f32((uint32_t)u16_at(p + 4 * i) << 16);
+    odd.f[i] = bits_f32((uint32_t)u16_at(p + 4 * i + 2) << 16);
+  }
+}
 inline void load_nibbles(const uint8_t* p, V out[4]) {
   for (int i = 0; i < 16; ++i) {
     out[i / kW].f[i % kW] = (float)(p[i] & 15);

@@ -6,6 +6,7 @@ segment layout and the protocol; this module only maps numpy arrays onto it.
 """
 from __future__ import annotations
 
+import math
 import operator
 import os
 
@@ -177,6 +178,27 @@ class ShmCommunicator(Communicator):
             self._fail("allreduce", e)
         self._c.allreduce(x, out, code, name, op_code)
         return out
+
+    def allreduce_fn(self, shape, dtype, op="sum"):
+        """`lambda x: self.allreduce(x, op)` for arrays of `shape` and `dtype`, with the
+        argument checks made once: a compiled plan all-reduces the same shape on every call
+        (disco.spmd.allreduce's `specialize`). Another x takes `allreduce`. None when no
+        array of that dtype and op could be all-reduced here (`allreduce` explains)."""
+        dtype = np.dtype(dtype)
+        shape = tuple(int(d) for d in shape)
+        code = _DTYPE_CODES.get(dtype)
+        op_code = _OP_CODES.get(op) if isinstance(op, str) else None
+        if code is None or op_code is None:
+            return None
+        big = math.prod(shape) * dtype.itemsize > self._small_bytes
+
+        def run(x):
+            if type(x) is not np.ndarray or x.shape != shape or x.dtype != dtype or not x.flags.c_contiguous:
+                return self.allreduce(x, op)
+            out = self.empty(shape, dtype) if big else np.empty(shape, dtype)
+            self._c.allreduce(x, out, code, "", op_code)
+            return out
+        return run
 
     def allgather(self, x, axis=0, out=None):
         try:

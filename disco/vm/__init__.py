@@ -22,7 +22,12 @@ plan, cached per key, in which all that can be decided from the key already is:
   is produced, so calling a kernel costs one ctypes call (which releases the GIL).
 - tensors a collective reads (a packed function's `in_place_inputs`, e.g.
   spmd.allreduce's input) come from `device.shared_empty`: on a worker with an shm
-  communicator, its arena, so the peers read them in place (disco.ccl.empty).
+  communicator, its arena, so the peers read them in place (disco.ccl.empty). Those
+  of at most 16 KiB, of a function that declares `result_is_fresh`, are planned
+  like other intermediates (the collective copies them anyway);
+- packed functions with a `specialize(args, varies)` attribute: called once when
+  the plan is made, with the recorded arguments; the plan calls what it returns
+  (e.g. an all-reduce with its communicator, dtype and op resolved) instead.
 
 Shapes the compiler could not prove to fit a kernel's buffers are checked by a
 CHECK_KERNEL instruction before the kernel runs; like argument checks, that happens

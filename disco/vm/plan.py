@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ctypes
 import functools
+import operator
 import threading
 from typing import TYPE_CHECKING, Any, Optional
 
@@ -90,7 +91,8 @@ class Plan:
                 steps.append(_alloc_step(vals, s, shape, dtype, patches[s], device, s in shared))
             elif kind == "packed":
                 guard = None if ev[4] in exact else ev[5]   # a match_cast checks it exactly
-                steps.append(_packed_step(vals, *ev[1:5], guard, patches.get(ev[4]), device))
+                func = _specialized(ev[1], ev[3], rec.vals, dynamic)
+                steps.append(_packed_step(vals, func, *ev[2:5], guard, patches.get(ev[4]), device))
             elif kind == "tuple" and ev[1] in dynamic:
                 steps.append(_tuple_step(vals, ev[1], ev[2]))
             elif kind == "get":
@@ -151,9 +153,28 @@ class ResultShapeChanged(DiscoError):
     state); the handle then interprets calls with that key."""
 
 
+def _specialized(func, slots, recorded, dynamic):
+    """`func` as this plan calls it: a packed function with a `specialize(args, varies)`
+    attribute may return a faster equivalent for calls like the recorded one (`args`: the
+    recorded arguments; `varies[i]`: whether argument i is a new value on each call, its
+    shape and dtype those recorded), e.g. a collective with its group, dtype and op
+    resolved once; None keeps `func`."""
+    spec = getattr(func, "specialize", None)
+    if spec is None:
+        return func
+    fast = spec([recorded[s] for s in slots], [s in dynamic for s in slots])
+    return func if fast is None else fast
+
+
 def _packed_step(vals, func, name, slots, dst, guard, pl, device):
+    # operator.itemgetter fetches the arguments in C (a list comprehension costs twice as
+    # much, and a decode step runs a few hundred of these); one slot gives the value itself.
+    get = operator.itemgetter(*slots) if slots else (lambda v: ())
+    if len(slots) == 1:
+        get = (lambda g: lambda v: (g(v),))(get)
+
     def step():
-        r = func(*[vals[s] for s in slots])
+        r = func(*get(vals))
         if dst is not None:
             r = vals[dst] = normalize(r)
             if guard is not None:

@@ -24,6 +24,11 @@ if TYPE_CHECKING:
     from .machine import VirtualMachine
 
 
+# Collective inputs up to this size are planned like other intermediates (see
+# Recorder.collective_inputs); shm's all-reduce copies up to 16 KiB (small_bytes) anyway.
+SHARED_MIN_BYTES = 16 << 10
+
+
 class Recorder:
     """Interprets a function call while recording what it does (see the package docstring).
 
@@ -158,7 +163,9 @@ class Recorder:
 
     def escaping(self, ret: int) -> set:
         """Allocations and storages the result may hold: those it returns (directly or in
-        tuples), and those handed to a packed function whose result may be one of them."""
+        tuples), and those handed to a packed function whose result may be one of them
+        (any packed function's, unless it declares `result_is_fresh`: its result never
+        holds its arguments, as a collective's)."""
         escaping: set = set()
 
         def walk(s):
@@ -171,23 +178,38 @@ class Recorder:
                 escaping.add(self.views[s])
         walk(ret)
         for ev in self.events:
-            if ev[0] == "packed" and ev[4] is not None:
+            if ev[0] == "packed" and ev[4] is not None and not getattr(ev[1], "result_is_fresh", False):
                 for s in ev[3]:
                     walk(s)
         return escaping
 
+    def nbytes(self, s: int) -> int:
+        """Bytes of allocation or storage slot `s`."""
+        if s in self.storages:
+            return self.storages[s]
+        shape, dtype = self.allocs[s]
+        n = dtype.itemsize
+        for d in shape:
+            n *= d
+        return n
+
     def collective_inputs(self) -> set:
         """Allocations and storages holding what a collective reads (the arguments at
-        its packed function's `in_place_inputs`): made with `device.shared_empty`. A
-        packed call's arguments escape (its result may be one of them), so these are
-        made afresh by every call of the plan."""
+        its packed function's `in_place_inputs`). Those over SHARED_MIN_BYTES are made with
+        `device.shared_empty` afresh by every call of the plan (shm: in the arena, read by
+        the peers in place; a plan holding them would pin arena space for its life).
+        Smaller ones are copied by the collective anyway (shm's one-barrier path), so when
+        they do not escape they are allocated once, like any intermediate: a decode step
+        saves an arena allocation per all-reduce."""
         shared: set = set()
         for ev in self.events:
             if ev[0] == "packed":
                 for i in getattr(ev[1], "in_place_inputs", ()):
                     if i < len(ev[3]):
                         s = ev[3][i]
-                        shared.add(self.views.get(s, s))
+                        s = self.views.get(s, s)
+                        if (s in self.allocs or s in self.storages) and self.nbytes(s) > SHARED_MIN_BYTES:
+                            shared.add(s)
         return shared
 
     def release_pool(self, ret: int) -> None:
@@ -217,7 +239,7 @@ class Recorder:
 
     def finalize(self, ret: int, lock: Optional[threading.Lock] = None) -> Plan:
         """Turn the recording into a plan; see the package docstring."""
-        escaping = self.escaping(ret)
+        escaping = self.escaping(ret) | self.collective_inputs()
         # A returned view: its storage, and every view of it, are made afresh each call.
         escaping |= {v for v, st in self.views.items() if st in escaping}
         dynamic = set(self.param_slots) | self.volatile | escaping

@@ -447,3 +447,66 @@ class Module:
         c.n = n
         np.testing.assert_array_equal(f(c), np.arange(n))
     assert not f.plans and len(f.varying) == 1
+
+
+def _collective_like(register, name, fresh, seen, specialized=None):
+    """Registers `name`: a packed function that, like spmd.allreduce, reads its argument
+    0 in place (`in_place_inputs`) and returns 3 x; records each input's data pointer."""
+    def f(x):
+        seen.append(x.ctypes.data)
+        return 3 * x
+    f.in_place_inputs = (0,)
+    if fresh:
+        f.result_is_fresh = True
+    if specialized is not None:
+        def specialize(args, varies):
+            specialized.append((args[0].shape, list(varies)))
+            def fast(x):
+                specialized.append("fast")
+                return f(x)
+            return fast
+        f.specialize = specialize
+    register(name)(f)
+
+
+def _relu_then(name, rows):
+    x = G.Var("x", tensor((rows, 32)))
+    lv = G.Var("lv", tensor((rows, 32)))
+    gv = G.Var("gv", tensor((rows, 32)))
+    main = function([x], [G.VarBinding(lv, call_tir("relu", [x], tensor((rows, 32)))),
+                          G.VarBinding(gv, op.call_packed(name, lv, sinfo_args=tensor((rows, 32))))], gv)
+    return VirtualMachine(build(IRModule.from_dict({"relu": prim_relu(32), "main": main}), passes=[]))
+
+
+@pytest.mark.parametrize("fresh", [True, False])
+@pytest.mark.parametrize("rows", [4, 200])          # 512 bytes; 25600, over SHARED_MIN_BYTES
+def test_collective_input_planned_once_when_small_and_not_escaping(register, fresh, rows):
+    """A small collective input whose function declares `result_is_fresh` is an ordinary
+    planned intermediate: the same buffer on every planned call. Otherwise (it may be the
+    result, or it is large and comes from the arena) it is allocated on every call."""
+    from disco.vm.recorder import SHARED_MIN_BYTES
+    assert (rows * 32 * 4 > SHARED_MIN_BYTES) == (rows == 200)
+    seen = []
+    name = f"test_vm.collective_like_{fresh}_{rows}"
+    _collective_like(register, name, fresh, seen)
+    vm = _relu_then(name, rows)
+    rng = np.random.default_rng(rows)
+    for _ in range(4):
+        xv = rng.standard_normal((rows, 32)).astype(np.float32)
+        np.testing.assert_array_equal(vm["main"](xv), 3 * np.maximum(xv, 0))
+    planned = seen[1:]                  # the first call records
+    once = fresh and rows == 4
+    assert (len(set(planned)) == 1) == once, (fresh, rows, seen)
+
+
+def test_packed_function_specialized_by_the_plan(register):
+    """`specialize(args, varies)` is asked once, when the plan is made, with the recorded
+    arguments; the plan then calls what it returned, the recording call the function."""
+    seen, specialized = [], []
+    _collective_like(register, "test_vm.specialized", True, seen, specialized)
+    vm = _relu_then("test_vm.specialized", 4)
+    xv = np.arange(-64, 64, dtype=np.float32).reshape(4, 32)
+    for k in range(3):
+        np.testing.assert_array_equal(vm["main"](xv), 3 * np.maximum(xv, 0))
+    assert specialized == [((4, 32), [False]), "fast", "fast"]
+    assert len(seen) == 3

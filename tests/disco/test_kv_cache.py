@@ -372,6 +372,39 @@ def test_global_functions_take_vm_and_session_values():
         f["begin_forward"](cache, np.array([1.0, 2.0]), [1, 1])
 
 
+@pytest.mark.parametrize("with_scale", [False, True])
+def test_attention_as_a_vm_plan_specializes_it(with_scale):
+    """disco.kv.attention's `specialize` (what a VM plan calls: layer and scale resolved
+    once): the reference's outputs over prefill and decode steps, on two layers; a call
+    the native kernel refuses raises the general function's descriptive error."""
+    from disco.kv_cache import attention
+    cache = PagedKVCache(2, 2, 16, num_pages=8, page_size=4, dtype="float32")
+    cache.add_sequence(0)
+    model = Model(2, 4, 2, 16, "float32", seed=6)
+    scale = (0.3,) if with_scale else ()
+    fast = {}
+
+    def attend(layer, q, k, v):
+        out = np.full(q.shape, np.nan, q.dtype)
+        args = [q, k, v, cache, layer, *scale, out]
+        if layer not in fast:
+            fast[layer] = attention.specialize(args, [True, True, True, True, False] + [False] * len(scale) + [True])
+        assert fast[layer] is not None and fast[layer](*args) is None
+        return out
+
+    for lens in ((5,), (1,), (1,)):
+        cache.begin_forward([0], list(lens))
+        model.step([0], list(lens), attend, scale=scale[0] if scale else None)
+    # a q the native kernel refuses (not C-contiguous) goes through the general function once
+    cache.begin_forward([0], [1])
+    model.step([0], [1], lambda layer, q, k, v: attend(layer, np.asfortranarray(q), k, v),
+               scale=scale[0] if scale else None)
+    q = np.zeros((2, 4, 16), np.float32)                 # 2 tokens, the step has 1
+    with pytest.raises(KVCacheError, match=r"q has shape \(2, 4, 16\); expected \(T, H, D\) = \(1, H, 16\)"):
+        fast[0](q, q[:, :2], q[:, :2], cache, 0, *scale, np.empty_like(q))
+    assert attention.specialize([q, q, q, cache, 0, np.empty_like(q)], [True] * 4 + [True, True]) is None
+
+
 def test_global_functions_are_found_without_importing_the_module():
     """The VM and session workers look the functions up by name only."""
     import subprocess

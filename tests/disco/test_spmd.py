@@ -126,3 +126,69 @@ def test_sub_group_communicator_of_some_workers_and_its_errors():
                 f("test-nosub", "x", [0, 1, 2], 0).fetch(0)
         finally:
             ccl._BACKENDS.pop("test-nosub")
+
+
+@disco.register_func("test_spmd.specialized_allreduce", override=True)
+def _specialized_allreduce(seed: int, mesh, axis: int, op: str, varies: bool):
+    """On a worker: what a VM plan would call for spmd.allreduce(x, op, mesh, axis) (None
+    where the plan keeps the general function), run on 2 x, 3 x and on a (3,) array of
+    another shape, with the collective_stats of those calls."""
+    x = _array_of(seed, disco.worker_id())
+    fast = spmd.allreduce.specialize([x, op, list(mesh), axis], [True, varies, False, False])
+    if fast is None:
+        return None
+    spmd.collective_stats(True)
+    outs = [fast(k * x, op, list(mesh), axis) for k in (2, 3)]
+    outs.append(fast(np.full(3, disco.worker_id() + 1.0, np.float32), op, list(mesh), axis))
+    return outs, {k: c for k, (c, _) in spmd.collective_stats(True).items()}
+
+
+@pytest.mark.parametrize("op, ref", [("sum", np.sum), ("max", np.max)])
+def test_allreduce_specialized_for_a_plan_matches_the_reduction(op, ref):
+    """The plan's all-reduce over the whole mesh (shm's allreduce_fn: checks made once)
+    gives the reduction of every worker's array, counts in collective_stats like the
+    general function, and takes arrays of another shape through the general path."""
+    with disco.ThreadedSession(2) as s:
+        s.init_ccl("shm")
+        got = s.get_global_func("test_spmd.specialized_allreduce")(7, [2], 0, op, False)
+        vals = [_array_of(7, w) for w in range(2)]
+        for w in range(2):
+            outs, stats = got.fetch(w)
+            for k, out in zip((2, 3), outs):
+                np.testing.assert_array_equal(out, ref(np.stack([k * v for v in vals]), axis=0))
+            np.testing.assert_array_equal(outs[2], ref(np.stack([np.full(3, 1.0), np.full(3, 2.0)]), axis=0))
+            assert stats == {"allreduce": 3}
+
+
+def test_allreduce_not_specialized_for_groups_or_varying_arguments(sess):
+    """A sub-group of the 2x2 mesh, or an op that is not the recorded one on every call:
+    the plan keeps the general function."""
+    for mesh, axis, varies in ((MESH, 0, False), ((4,), 0, True)):
+        got = sess.get_global_func("test_spmd.specialized_allreduce")(1, list(mesh), axis, "sum", varies)
+        assert [got.fetch(w) for w in range(4)] == [None] * 4
+
+
+@disco.register_func("test_spmd.masked_embedding_both_ways", override=True)
+def _masked_embedding_both_ways(table, ids, fmt):
+    """On a worker: spmd.masked_embedding and what a VM plan calls for it (its `specialize`)."""
+    fast = spmd.masked_embedding.specialize([table, ids, [2], 0, fmt], [False, True, False, False, False])
+    return spmd.masked_embedding(table, ids, [2], 0, fmt), fast(table, ids, [2], 0, fmt)
+
+
+@pytest.mark.parametrize("fmt", ["bfloat16", "q8_0", "q4_1"])
+def test_masked_embedding_reads_rows_of_this_workers_slice(fmt):
+    """Each worker's rows of a vocabulary-parallel table stored in `fmt`, dequantized as
+    gguf does (weight_formats.dequantize, the reference); zero rows for ids of the other
+    worker's slice. The plan's specialized call gives the same."""
+    from disco.weight_formats import dequantize, quantize
+    table = np.random.default_rng(4).standard_normal((8, 64)).astype(np.float32)
+    stored = quantize(table, fmt)
+    ids = np.array([[0, 7], [3, 4]], np.int64)
+    with disco.ThreadedSession(2) as s:
+        got = s.get_global_func("test_spmd.masked_embedding_both_ways")(s.scatter(stored), ids, fmt)
+        for w in range(2):
+            mine = (ids >= 4 * w) & (ids < 4 * w + 4)
+            want = np.where(mine[..., None], dequantize(stored, fmt).astype(np.float32)[ids], 0)
+            general, fast = got.fetch(w)
+            np.testing.assert_allclose(general, want, rtol=2 ** -23, atol=0)
+            np.testing.assert_array_equal(fast, general)

@@ -68,3 +68,25 @@ def test_layout_divisibility_message():
         Layout("S[1]", (4,), 2).check((4, 6), "w")
     with pytest.raises(SessionError, match=r"w: dim 1 of shape \(4, 6\) is 6, which is not divisible"):
         place(None, np.zeros((4, 6)), Layout("S[1]", (4,), 2), "w")    # refused before sending
+
+
+def _fails_on_worker_1(x):
+    import disco
+    if disco.worker_id() == 1:
+        raise ValueError("worker 1 refuses this block")
+    return x
+
+
+@pytest.mark.parametrize("placement", ["S[0]", "R"])
+def test_fetch_of_a_failed_value_raises_the_calls_own_error(placement):
+    """DTensorRef.fetch of a value whose call failed on one worker raises that call's
+    error: through the gather itself for a split over every worker (no sync first), after
+    a sync for other layouts (a replicated value is fetched from worker 0 alone)."""
+    import disco
+    from disco.dmodule import adopt
+    disco.register_func("test_tp_layout.fails_on_worker_1", _fails_on_worker_1, override=True)
+    with disco.ThreadedSession(2) as s:
+        x = s.scatter(np.ones((4, 2), np.float32))
+        ref = adopt(s.get_global_func("test_tp_layout.fails_on_worker_1")(x), Layout(placement, (2,), 2))
+        with pytest.raises(Exception, match="worker 1 refuses this block"):
+            ref.fetch()
