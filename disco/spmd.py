@@ -412,13 +412,13 @@ def _pairs(senders, receivers, what: str) -> tuple[list[int], list[int]]:
 @_timed
 def send(x, senders, receivers, with_shape=0):
     """Pipeline transfer, sending side (R.ccl.send): worker senders[i] sends x to worker
-    receivers[i]; the other workers do nothing. `with_shape`: x's shape goes first, as
-    an int64 array, for a receiver whose program has a symbolic dim there (`recv` with
-    -1 dims). Returns an empty tuple."""
+    receivers[i] (a worker may be the sender of several pairs: a receiving mesh larger
+    than the sending one); the other workers do nothing. `with_shape`: x's shape goes
+    first, as an int64 array, for a receiver whose program has a symbolic dim there
+    (`recv` with -1 dims). Returns an empty tuple."""
     senders, receivers = _pairs(senders, receivers, "R.ccl.send")
     me = current_context().worker_id
-    if me in senders:
-        dst = receivers[senders.index(me)]
+    for dst in (r for s, r in zip(senders, receivers) if s == me):
         if int(with_shape):
             ccl.send(np.asarray(x.shape, np.int64), dst)
         ccl.send(contiguous(x), dst)

@@ -7,8 +7,8 @@ the next stage (`y_s1 = R.dist.redistribute(y, "mesh[1]", "R")`), the sending st
 makes it replicated on its mesh (an all-reduce or all-gather there) and sends it,
 `R.ccl.send(y, senders=[0, 1], receivers=[2, 3])`; the receiving stage starts with
 `y_s1 = R.ccl.recv(R.shape([...]), dtype=..., senders=[0, 1], receivers=[2, 3])`.
-Receiver j gets its copy from sender j mod |sending mesh| (several rounds of sends
-when the receiving mesh is larger). A value with a symbolic dim (the tokens of a
+Receiver j gets its copy from sender j mod |sending mesh| (a sender serves several
+receivers when the receiving mesh is larger: `transfer_pairs`). A value with a symbolic dim (the tokens of a
 step) goes with its shape first: `R.ccl.send(y, ..., with_shape=True)`, received as
 `R.ccl.recv(R.shape([-1, 64]), ...)` and bound by `y_s1 = R.match_cast(y_s1_in,
 R.Tensor((n, 64)))`, which defines `n` in the receiving program. A runtime object
@@ -121,14 +121,12 @@ def _no_dataflow_vars(func: G.Function) -> G.Function:
     return replace(func, body=G.SeqExpr((G.BindingBlock(tuple(bindings)),), body, func.body.struct_info))
 
 
-def pair_rounds(senders: tuple, receivers: tuple) -> list[tuple[list, list]]:
-    """(senders, receivers) of each round of sends: receiver j gets the value from
-    sender j mod len(senders); a worker sends at most once a round."""
-    rounds = []
-    for start in range(0, len(receivers), len(senders)):
-        rs = list(receivers[start:start + len(senders)])
-        rounds.append((list(senders[:len(rs)]), rs))
-    return rounds
+def transfer_pairs(senders: tuple, receivers: tuple) -> tuple[list, list]:
+    """(senders, receivers) of one transfer between two meshes, pair by pair: receiver j
+    gets the value from sender j mod len(senders), so a sender serves several receivers
+    when the receiving mesh is larger, and the senders past the receivers' count send
+    nothing when it is smaller."""
+    return [senders[j % len(senders)] for j in range(len(receivers))], list(receivers)
 
 
 def _static(t) -> bool:
@@ -151,11 +149,7 @@ def connect(mod: IRModule, name: str, info: dict) -> IRModule:
             if not isinstance(t, TensorStructInfo) or t.shape is None:
                 raise ShardingError(f"function {name!r}: value {p.name_hint!r} crosses to {refs[i]} "
                                     f"without a known shape")
-            rounds = pair_rounds(meshes[src].device_ids, meshes[i].device_ids)
-            if len(rounds) > 1:
-                raise ShardingError(f"function {name!r}: {refs[i]} has more devices than {refs[src]}; "
-                                    f"a receiving mesh larger than the sending one is not supported yet")
-            (ss, rs), = rounds
+            ss, rs = transfer_pairs(meshes[src].device_ids, meshes[i].device_ids)
             if _static(t):
                 call = ccl.recv(G.ShapeExpr(tuple(t.shape)), t.dtype, ss, rs)
                 swap[p] = G.Var(p.name_hint, call.struct_info)
@@ -174,9 +168,9 @@ def connect(mod: IRModule, name: str, info: dict) -> IRModule:
             fields = ret_body.fields
             for k, (v, dst) in enumerate(plan["outgoing"]):
                 field = fields[list(dict.fromkeys(x for x, _ in plan["outgoing"])).index(v)]
-                for ss, rs in pair_rounds(meshes[i].device_ids, meshes[dst].device_ids):
-                    call = ccl.send(field, ss, rs, with_shape=not _static(field.struct_info))
-                    tail.append(G.VarBinding(G.Var(f"send{len(tail)}", call.struct_info), call))
+                ss, rs = transfer_pairs(meshes[i].device_ids, meshes[dst].device_ids)
+                call = ccl.send(field, ss, rs, with_shape=not _static(field.struct_info))
+                tail.append(G.VarBinding(G.Var(f"send{len(tail)}", call.struct_info), call))
             ret_body = G.Tuple((), TupleStructInfo(()))
         # receives, the stage's dataflow, sends (impure, outside the dataflow block)
         blocks = [G.BindingBlock(tuple(head))] if head else []

@@ -220,11 +220,10 @@ def _masked_take(call: Call) -> StructInfo:
 
 def _pairs(op: str, senders, receivers) -> dict:
     s, r = tuple(int(v) for v in senders), tuple(int(v) for v in receivers)
-    if (not s or len(s) != len(r) or min(s + r) < 0 or len(set(s)) != len(s) or len(set(r)) != len(r)
-            or set(s) & set(r)):
-        raise StructInfoError(f"{op}: senders and receivers must be two disjoint lists of distinct worker ids "
-                              f"of one length (worker senders[i] sends to worker receivers[i]), got "
-                              f"senders={list(s)}, receivers={list(r)}")
+    if not s or len(s) != len(r) or min(s + r) < 0 or len(set(r)) != len(r) or set(s) & set(r):
+        raise StructInfoError(f"{op}: senders and receivers must be two disjoint lists of worker ids of one "
+                              f"length, the receivers distinct (worker senders[i] sends to worker receivers[i]; "
+                              f"a sender may serve several receivers), got senders={list(s)}, receivers={list(r)}")
     return {"senders": s, "receivers": r}
 
 

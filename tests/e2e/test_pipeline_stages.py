@@ -49,3 +49,26 @@ def test_two_stage_mlp_on_four_workers_matches_numpy():
         x2 = rng.standard_normal((8, 128)).astype(np.float32)
         np.testing.assert_allclose(dmod["main"](x2, *ws).fetch(), M.mlp_two_stages_ref(x2, *ws),
                                    rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("meshes", [((1,), (2,)), ((2,), (1,)), ((1,), (3,))],
+                         ids=["1-to-2", "2-to-1", "1-to-3"])
+def test_stages_of_different_sizes_match_numpy(meshes):
+    """A receiving mesh larger than the sending one (one sender serves several receivers:
+    receiver j gets the value from sender j mod |senders|) and a smaller one (the extra
+    senders send nothing), on 1 + 2, 2 + 1 and 1 + 3 worker processes."""
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((8, 96)).astype(np.float32)
+    ws = [(rng.standard_normal((96, 96)) / 10).astype(np.float32) for _ in range(4)]
+    mod = script.parse(M.pipeline_module_text(M.mlp_two_stages(96, 8), meshes=meshes))
+    text = DistributedLowering(mod).script()
+    first, second = meshes[0][0], meshes[1][0]
+    senders = [j % first for j in range(second)]
+    receivers = [first + j for j in range(second)]
+    assert f"senders={senders}, receivers={receivers}" in text
+    with disco.ProcessSession(first + second) as sess:
+        dmod = sess.load_module(build(mod), ccl_backend="shm")
+        y = dmod["main"](x, *ws)
+        np.testing.assert_allclose(y.fetch(), M.mlp_two_stages_ref(x, *ws), rtol=1e-4, atol=1e-4)
+        for w in receivers:                      # every receiver computed the same result
+            np.testing.assert_allclose(y.fetch(worker=w), y.fetch(), rtol=0, atol=0)

@@ -54,12 +54,13 @@ def test_legalized_to_the_spmd_runtime_functions(roundtrip):
         in mod.script()
 
 
-@pytest.mark.parametrize("senders,receivers", [([0, 1], [2]), ([0, 0], [1, 2]), ([0, 1], [1, 2]), ([], []),
+@pytest.mark.parametrize("senders,receivers", [([0, 1], [2]), ([0, 1], [2, 2]), ([0, 1], [1, 2]), ([], []),
                                                ([-1], [1])])
-def test_senders_and_receivers_must_pair_distinct_workers(senders, receivers):
+def test_senders_and_receivers_must_pair_distinct_receivers(senders, receivers):
     x = G.Var("x", TensorStructInfo((4,), "float32"))
+    op.ccl.send(x, senders=[0, 0], receivers=[1, 2])     # one sender serving two receivers is fine
     with pytest.raises(StructInfoError, match=r"R.ccl.send: senders and receivers must be two disjoint lists of "
-                                              r"distinct worker ids of one length"):
+                                              r"worker ids of one length, the receivers distinct"):
         op.ccl.send(x, senders=senders, receivers=receivers)
     with pytest.raises(StructInfoError, match=r"R.ccl.recv: senders and receivers"):
         op.ccl.recv((4,), "float32", senders=senders, receivers=receivers)
