@@ -15,7 +15,7 @@
 // transpose rather than four horizontal sums.
 // Items run on the cache's thread pool when there are several and
 // enough bytes to read. The inner loops use 8-wide vectors (GCC/Clang vector
-// extensions) and are compiled for AVX2/FMA and for baseline x86-64 (function
+// extensions) and are compiled for AVX-512, for AVX2/FMA and for baseline x86-64 (function
 // multiversioning picks one at load time).
 #pragma once
 
