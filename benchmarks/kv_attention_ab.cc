@@ -68,4 +68,18 @@ int main() {
     }
     printf("decode step of 32 (12 layers): old %.1f us  new %.1f us\n", to / 200 * 1e6, tn / 200 * 1e6);
   }
+  {  // decode of one sequence (engine.generate one request at a time)
+    for (int len : {40, 200}) {
+      std::vector<StepEntry> st{{0, len, 1, 0}}; std::vector<const int32_t*> tb{tables[0].data()};
+      double to = 0, tn = 0;
+      for (int rep = 0; rep < 3000; ++rep) {
+        AttentionArgs a{DType::kF32, H, KV, D, S, keys.data(), values.data(), &st, &tb, q.data(), out.data(), 0.125f};
+        double t0 = tt(); for (int l = 0; l < 12; ++l) ver_old::attend(a, pool); double t1 = tt();
+        a.out = out2.data();
+        for (int l = 0; l < 12; ++l) ver_new::attend(a, pool); double t2 = tt();
+        to += t1 - t0; tn += t2 - t1;
+      }
+      printf("decode of 1 sequence at position %d (12 layers): old %.2f us  new %.2f us\n", len, to / 3000 * 1e6, tn / 3000 * 1e6);
+    }
+  }
 }
