@@ -18,8 +18,9 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Callable
+from typing import Callable, Optional
 
+from ..ir import arith
 from ..ir import expr as E
 from ..ir import tir as T
 from ..ir.errors import CodegenError
@@ -318,6 +319,9 @@ class CFamilyPrinter:
         if len(indices) != len(buf.shape):
             raise CodegenError(f"kernel {self.symbol!r}: buffer {buf.name!r} has {len(buf.shape)} dims, "
                                f"indexed with {len(indices)}")
+        flat = self.folded_offset(buf, indices)
+        if flat is not None:
+            return f"{self.names[id(buf)]}[{self.index_expr(flat)}]"
         terms = []
         for idx, stride in zip(indices, self.strides[id(buf)]):
             text = self.index_expr(idx)
@@ -325,6 +329,28 @@ class CFamilyPrinter:
                 continue
             terms.append(text if stride == "1" else f"{text} * {stride}")
         return f"{self.names[id(buf)]}[{' + '.join(terms) or '0'}]"
+
+    def folded_offset(self, buf: T.Buffer, indices) -> Optional[E.PrimExpr]:
+        """The flat offset of `indices` in `buf`, simplified, when the indices divide and
+        take the modulo by constants that the offset recombines (a reshape reading
+        `x[i // 64, i % 64]` from rows of 64 reads `x[i]`: contiguous, so it vectorizes
+        without a gather); None otherwise (the offset is printed dim by dim)."""
+        if not any(isinstance(n, (E.FloorDiv, E.FloorMod)) for i in indices for n in walk(i)) \
+                or not all(isinstance(d, E.IntImm) for d in buf.shape[1:]) \
+                or not all(i.dtype == "int64" for i in indices):
+            return None
+        flat, stride = None, 1
+        for k in reversed(range(len(indices))):
+            idx = indices[k]
+            term = idx if stride == 1 else E.Mul(idx, E.IntImm(stride, "int64"), "int64")
+            flat = term if flat is None else E.Add(term, flat, "int64")
+            if k:
+                stride *= buf.shape[k].value
+        folded = arith.simplify(flat)
+        count = lambda e: sum(isinstance(n, (E.FloorDiv, E.FloorMod)) for n in walk(e))  # noqa: E731
+        if count(folded) >= sum(count(i) for i in indices):
+            return None
+        return folded
 
     def index_expr(self, e: E.PrimExpr) -> str:
         text = self.expr(e)

@@ -30,7 +30,7 @@ from . import from_config, FAMILIES
 from .base import check_stages
 
 DTYPES = ("float32", "float16", "bfloat16")
-CACHE_VERSION = 2       # bump when the exported format or the compiled code changes meaning
+CACHE_VERSION = 3       # bump when the exported format or the compiled code changes meaning
                         # (2: float32 matmuls through disco.cpu.matmul_nt_auto)
 
 

@@ -94,13 +94,67 @@ def _inferred_dim(op: str, shape: tuple, new: tuple, in_count: PrimExpr, hole: i
 reshape.sharding(_sharding.reshape)
 
 
+def _reshape_groups(out: tuple, inp: tuple) -> list[tuple[range, range]] | None:
+    """The dims of the output and of the input in matching runs (the same element
+    count, provably), shortest first: [(out dims, input dims), ...]; None when no such
+    split exists beyond the whole shape."""
+    groups, i, j = [], 0, 0
+    while i < len(out) or j < len(inp):
+        i0, j0 = i, j
+        if i == len(out) or j == len(inp):
+            return None
+        a, b = [out[i]], [inp[j]]
+        i, j = i + 1, j + 1
+        while not I.dims_equal(I.product(a), I.product(b)):
+            # grow the side whose product is (provably) the smaller; else give up
+            pa, pb = I.product(a), I.product(b)
+            ca, cb = arith.as_int(pa), arith.as_int(pb)
+            if ca is not None and cb is not None:
+                grow_out = ca < cb
+            elif arith.prove_divisible(pb, pa):
+                grow_out = True
+            elif arith.prove_divisible(pa, pb):
+                grow_out = False
+            else:
+                return None
+            if grow_out:
+                if i == len(out):
+                    return None
+                a.append(out[i])
+                i += 1
+            else:
+                if j == len(inp):
+                    return None
+                b.append(inp[j])
+                j += 1
+        # unit dims after a run belong to it (they add no elements)
+        groups.append((range(i0, i), range(j0, j)))
+    return groups
+
+
+def reshape_index(i: tuple, out: tuple, inp: tuple) -> tuple:
+    """The input's index of output element `i` of a row-major reshape: run by run of
+    dims that keep their element count (a split or a merge), so that a reshape that
+    splits or merges some dims reads `x[i0, i1 // 64, i1 % 64]`, not an index through
+    the flat offset of the whole tensor (whose div/mod chains defeat the C compiler's
+    vectorizer)."""
+    groups = _reshape_groups(tuple(out), tuple(inp))
+    if groups is None:
+        return te.unravel_index(te.ravel_index(i, out), inp)
+    idx: list = []
+    for go, gi in groups:
+        sub_out = [out[k] for k in go]
+        sub_in = [inp[k] for k in gi]
+        idx.extend(te.unravel_index(te.ravel_index([i[k] for k in go], sub_out), sub_in))
+    return tuple(idx)
+
+
 @reshape.legalizer
 def _reshape_legalize(bb, call: Call):
     # out[i] = x[unravel(ravel(i, out shape), x shape)]: row-major order is kept.
     shape = out_shape(call)
     return call_te(bb, call, lambda x: te.compute(
-        shape, lambda *i: x[te.unravel_index(te.ravel_index(i, shape), x.shape)], name="reshape"),
-        call.args[0])
+        shape, lambda *i: x[reshape_index(i, shape, x.shape)], name="reshape"), call.args[0])
 
 # permute_dims, expand_dims, squeeze -----------------------------------------------------
 

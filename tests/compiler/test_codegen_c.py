@@ -236,6 +236,24 @@ def test_floordiv_floormod_negative_and_index_pattern():
     np.testing.assert_array_equal(r, s % -4)
 
 
+@pytest.mark.parametrize("n", [1, 5])
+def test_divmod_index_folds_into_one_offset(n):
+    # B[i, j] = A[i, j // 8, j % 8]: a reshape's read; the offset i * 48 + (j // 8) * 8 +
+    # j % 8 is printed as i * 48 + j, which the C compiler sees is contiguous
+    nv = E.Var("n")
+    A = T.Buffer("A", (nv, 6, 8)); B = T.Buffer("B", (nv, 48))
+    func = T.PrimFunc((A, B), loop_nest([nv, 48], lambda i, j: T.BufferStore(
+        B, A[i, j // 8, j % 8], (i, j))))
+    src = generate_c({"rs": func})
+    read = [line for line in src.splitlines() if "A[" in line]
+    assert read and all("/" not in line and "%" not in line for line in read), read
+    lib = build_kernels({"rs": func})
+    a = np.random.default_rng(0).standard_normal((n, 6, 8)).astype(np.float32)
+    b = np.zeros((n, 48), np.float32)
+    call(lib, "rs", a, b)
+    np.testing.assert_array_equal(b, a.reshape(n, 48))
+
+
 def test_predicate_and_large_local_buffer():
     n = E.Var("n")
     A = T.Buffer("A", (n,)); B = T.Buffer("B", (n,))
