@@ -31,7 +31,8 @@ from .base import check_stages
 
 DTYPES = ("float32", "float16", "bfloat16")
 CACHE_VERSION = 3       # bump when the exported format or the compiled code changes meaning
-                        # (2: float32 matmuls through disco.cpu.matmul_nt_auto)
+                        # (2: float32 matmuls through disco.cpu.matmul_nt_auto; 3: reshape kernels
+                        # read run by run, C offsets simplified)
 
 
 def cache_dir() -> str:
