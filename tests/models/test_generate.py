@@ -34,29 +34,9 @@ GREEDY = dict(temperature=0, ignore_eos=True)
 
 
 @pytest.fixture(scope="module", autouse=True)
-def model_cache(tmp_path_factory):
-    """Compiled models in a folder of this module's (not the user's cache)."""
-    old = os.environ.get("DISCO_TP_MODEL_CACHE")
-    os.environ["DISCO_TP_MODEL_CACHE"] = str(tmp_path_factory.mktemp("compiled"))
-    yield os.environ["DISCO_TP_MODEL_CACHE"]
-    if old is None:
-        del os.environ["DISCO_TP_MODEL_CACHE"]
-    else:
-        os.environ["DISCO_TP_MODEL_CACHE"] = old
-
-
-@pytest.fixture(scope="module")
-def sessions():
-    """One ProcessSession per degree, shared by the tests (starting workers is the slow part)."""
-    made = {}
-
-    def get(tp):
-        if tp not in made:
-            made[tp] = disco.ProcessSession(tp)
-        return made[tp]
-    yield get
-    for s in made.values():
-        s.shutdown()
+def _own_model_cache(model_cache):
+    """Compiled models in a folder of this module's (conftest.py)."""
+    yield
 
 
 @pytest.fixture(scope="module")

@@ -36,29 +36,9 @@ TOL = 1e-4      # as tests/models/test_models.py: float32 logits, another summat
 
 
 @pytest.fixture(scope="module", autouse=True)
-def model_cache(tmp_path_factory):
-    """Compiled models in a folder of this module's (not the user's cache)."""
-    old = os.environ.get("DISCO_TP_MODEL_CACHE")
-    os.environ["DISCO_TP_MODEL_CACHE"] = str(tmp_path_factory.mktemp("compiled"))
+def _own_model_cache(model_cache):
+    """Compiled models in a folder of this module's (conftest.py)."""
     yield
-    if old is None:
-        del os.environ["DISCO_TP_MODEL_CACHE"]
-    else:
-        os.environ["DISCO_TP_MODEL_CACHE"] = old
-
-
-@pytest.fixture(scope="module")
-def sessions():
-    """One ProcessSession per worker count, shared by the tests."""
-    made = {}
-
-    def get(n):
-        if n not in made:
-            made[n] = disco.ProcessSession(n)
-        return made[n]
-    yield get
-    for s in made.values():
-        s.shutdown()
 
 
 @pytest.fixture(scope="module")

@@ -39,14 +39,9 @@ TOL = 1e-4     # as tests/models/test_models.py: float32 logits, another summati
 
 
 @pytest.fixture(scope="module", autouse=True)
-def model_cache(tmp_path_factory):
-    old = os.environ.get("DISCO_TP_MODEL_CACHE")
-    os.environ["DISCO_TP_MODEL_CACHE"] = str(tmp_path_factory.mktemp("compiled"))
+def _own_model_cache(model_cache):
+    """Compiled models in a folder of this module's (conftest.py)."""
     yield
-    if old is None:
-        del os.environ["DISCO_TP_MODEL_CACHE"]
-    else:
-        os.environ["DISCO_TP_MODEL_CACHE"] = old
 
 
 @pytest.fixture(scope="module")
