@@ -231,13 +231,6 @@ def _run_stage(vm, functions, arguments, run: int, micro_batch: int, args):
         _timeline().append(rec)
 
 
-@register_func("disco.pipeline.call_stage", override=True)
-def _call_stage(vm, functions, arguments, *args):
-    """A plain call of this worker's stage (micro-batch -1): the earlier entry point,
-    kept for callers outside PipelineFunctionHandle."""
-    return _run_stage(vm, functions, arguments, -1, -1, args)
-
-
 @register_func("disco.pipeline.call_micro_batch", override=True)
 def _call_micro_batch(vm, functions, arguments, run, micro_batch, *args):
     """Micro-batch `micro_batch` of call `run` of this worker's stage."""
