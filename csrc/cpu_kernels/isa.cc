@@ -13,6 +13,7 @@
 namespace disco {
 namespace cpu {
 
+const IsaKernels* isa_amx();     // nullptr where not built, or the OS refuses the tile state
 const IsaKernels* isa_avx512();  // nullptr where the compiler could not build it
 const IsaKernels* isa_avx2();
 const IsaKernels* isa_generic();
@@ -26,6 +27,9 @@ bool cpu_has(const char* isa) {
     return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
            __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
            __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
+  if (s == "amx")
+    return cpu_has("avx512") && __builtin_cpu_supports("avx512bf16") && __builtin_cpu_supports("amx-tile") &&
+           __builtin_cpu_supports("amx-bf16");
   if (s == "avx2") return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
 #endif
   return false;
@@ -34,6 +38,7 @@ bool cpu_has(const char* isa) {
 const std::vector<const IsaKernels*>& available() {
   static const std::vector<const IsaKernels*> list = [] {
     std::vector<const IsaKernels*> l;
+    if (cpu_has("amx") && isa_amx()) l.push_back(isa_amx());  // asks the OS: only on CPUs with AMX
     if (isa_avx512() && cpu_has("avx512")) l.push_back(isa_avx512());
     if (isa_avx2() && cpu_has("avx2")) l.push_back(isa_avx2());
     l.push_back(isa_generic());

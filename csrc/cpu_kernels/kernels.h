@@ -53,6 +53,9 @@ struct IsaKernels {
   const char* name;
   void (*matmul_nt)(const MatmulArgs&);
   void (*embedding)(const EmbeddingArgs&);
+  // Matmuls of bfloat16 weights with more rows of x than this round x to bfloat16 (AMX
+  // tile products); -1: x is always read in float32.
+  int64_t bf16_x_rows = -1;
 };
 
 // The variants compiled into this build, best first, whose instructions this CPU has.

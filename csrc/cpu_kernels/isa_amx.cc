@@ -1,0 +1,385 @@
+// Matmuls of many rows on Intel AMX (Sapphire Rapids and later): bfloat16 tile products
+// with float32 accumulation, about 16 times the multiply-adds per cycle of AVX-512 FMA.
+//
+// Used for prefill shapes (more than kMinRows rows of x) with bfloat16 weights; every
+// other call goes to the AVX-512 kernels. The weights are bfloat16 already, so their
+// products are exact; x is rounded to bfloat16 (to nearest even) once per call, which
+// is what a bfloat16 model does to its activations anyway (and what oneDNN's AMX path
+// in PyTorch does). The "avx512" variant keeps x in float32 for callers that want that.
+//
+//   y[m, n] = x[m, k] @ W[n, k]^T:  C tile (16 rows of x by 16 columns of W, float32)
+//                                   += A tile (16 rows of x by 32 k, bfloat16)
+//                                    * B tile (32 k by 16 columns, in pairs of k: "VNNI")
+//
+// x is converted once into bfloat16 rows padded to whole tiles (zeros). Each thread takes
+// panels of 32 columns (rows of W), rearranges the panel into B tiles (a 16 x 16 transpose
+// of 32-bit pairs per tile, zeros past n and k), and runs 2 x 2 tiles of C over all rows
+// of x: 4 tile products per 4 tile loads. C tiles go straight into y where whole, through
+// a small buffer at the edges.
+#include "cpu_kernels/kernels.h"
+
+#if defined(DISCO_CPU_HAVE_AMX)
+#include <immintrin.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include <cstdlib>
+#include <cstring>
+#include <memory>
+#include <string>
+#endif
+
+namespace disco {
+namespace cpu {
+
+const IsaKernels* isa_avx512();
+
+#if defined(DISCO_CPU_HAVE_AMX)
+namespace {
+
+constexpr int64_t kMinRows = 4;
+constexpr int64_t kFewRows = 32;  // at most this many rows: the AVX-512 decode kernels (memory bound)
+
+// Linux hands out the 8 KB of tile state only to processes that ask (arch_prctl).
+bool os_allows_amx() {
+  constexpr long kReqXcompPerm = 0x1023, kXfeatureXtiledata = 18;
+  return syscall(SYS_arch_prctl, kReqXcompPerm, kXfeatureXtiledata) == 0;
+}
+
+// Tiles 0-3: C[i][j] (x tile i, W tile j) at 2 * i + j; 4, 5: A (x); 6, 7: B (W). All 16
+// rows of 64 bytes.
+struct alignas(64) TileConfig {
+  uint8_t palette = 1, start_row = 0;
+  uint8_t reserved[14] = {};
+  uint16_t colsb[16] = {};
+  uint8_t rows[16] = {};
+  TileConfig() {
+    for (int t = 0; t < 8; ++t) colsb[t] = 64, rows[t] = 16;
+  }
+};
+
+struct TileScope {  // the configuration for this thread, released after (the OS then
+  TileScope() {     // need not save the 8 KB of tiles when it switches threads)
+    static const TileConfig config;
+    _tile_loadconfig(&config);
+  }
+  ~TileScope() { _tile_release(); }
+};
+
+// 16 x 16 32-bit transpose in registers: r[i] holds row i on entry, column i on exit.
+inline void transpose16(__m512i r[16]) {
+  __m512i t[16];
+  for (int i = 0; i < 16; i += 2) {
+    t[i] = _mm512_unpacklo_epi32(r[i], r[i + 1]);
+    t[i + 1] = _mm512_unpackhi_epi32(r[i], r[i + 1]);
+  }
+  for (int i = 0; i < 16; i += 4) {
+    r[i] = _mm512_unpacklo_epi64(t[i], t[i + 2]);
+    r[i + 1] = _mm512_unpackhi_epi64(t[i], t[i + 2]);
+    r[i + 2] = _mm512_unpacklo_epi64(t[i + 1], t[i + 3]);
+    r[i + 3] = _mm512_unpackhi_epi64(t[i + 1], t[i + 3]);
+  }
+  // r[4q + c] now holds, in each 128-bit lane L, column c of the 4 x 4 block of rows
+  // 4q..4q+3 in lane L. Gather the lanes: first pairs of row groups, then all four.
+  for (int c = 0; c < 4; ++c) {
+    t[c] = _mm512_shuffle_i32x4(r[c], r[4 + c], 0x88);       // lanes 0, 2 of rows 0-3 | 4-7
+    t[4 + c] = _mm512_shuffle_i32x4(r[c], r[4 + c], 0xdd);   // lanes 1, 3
+    t[8 + c] = _mm512_shuffle_i32x4(r[8 + c], r[12 + c], 0x88);
+    t[12 + c] = _mm512_shuffle_i32x4(r[8 + c], r[12 + c], 0xdd);
+  }
+  for (int c = 0; c < 4; ++c) {
+    r[c] = _mm512_shuffle_i32x4(t[c], t[8 + c], 0x88);        // lane 0: columns c
+    r[8 + c] = _mm512_shuffle_i32x4(t[c], t[8 + c], 0xdd);    // lane 2: columns 8 + c
+    r[4 + c] = _mm512_shuffle_i32x4(t[4 + c], t[12 + c], 0x88);  // lane 1
+    r[12 + c] = _mm512_shuffle_i32x4(t[4 + c], t[12 + c], 0xdd);  // lane 3
+  }
+}
+
+// The 32 bfloat16 at p (the first `valid` of them; zeros after), as 16 pairs.
+inline __m512i load_bf16x32(const uint8_t* p, int64_t valid) {
+  if (valid >= 32) return _mm512_loadu_si512(p);
+  if (valid <= 0) return _mm512_setzero_si512();
+  return _mm512_maskz_loadu_epi16((__mmask32)((1ull << valid) - 1), p);
+}
+
+// B tiles of the panel of W rows [j0, j0 + 32): out[(kb * 2 + t) * 256 + 16 * r + c] (as
+// 32-bit pairs) = W[j0 + 16 t + c][32 kb + 2 r .. + 1], zero past n and k.
+void pack_panel_bf16(const MatmulArgs& a, int64_t j0, int64_t kblocks, uint32_t* out) {
+  __m512i r[16];
+  for (int64_t kb = 0; kb < kblocks; ++kb) {
+    const int64_t valid = a.k - 32 * kb;
+    for (int t = 0; t < 2; ++t) {
+      for (int c = 0; c < 16; ++c) {
+        const int64_t row = j0 + 16 * t + c;
+        r[c] = row < a.n ? load_bf16x32(a.w + row * a.w_stride + 64 * kb, valid) : _mm512_setzero_si512();
+      }
+      transpose16(r);
+      uint32_t* dst = out + (kb * 2 + t) * 256;
+      for (int c = 0; c < 16; ++c) _mm512_store_si512(dst + 16 * c, r[c]);
+    }
+  }
+}
+
+// x[m][k] float32 -> bfloat16 rows of kp elements (k rounded up to 32), rows up to mp zero.
+void convert_x(const MatmulArgs& a, int64_t mp, int64_t kp, uint16_t* xb) {
+  for (int64_t i = 0; i < mp; ++i) {
+    uint16_t* dst = xb + i * kp;
+    if (i >= a.m) {
+      std::memset(dst, 0, 2 * kp);
+      continue;
+    }
+    const float* src = a.x + i * a.k;
+    for (int64_t t = 0; t < kp; t += 32) {
+      const int64_t valid = a.k - t;
+      __m512 lo, hi;
+      if (valid >= 32) {
+        lo = _mm512_loadu_ps(src + t);
+        hi = _mm512_loadu_ps(src + t + 16);
+      } else {
+        const int64_t l = valid < 16 ? valid : 16, h = valid - l;
+        lo = _mm512_maskz_loadu_ps((__mmask16)((1u << l) - 1), src + t);
+        hi = _mm512_maskz_loadu_ps((__mmask16)((1u << h) - 1), src + t + 16);
+      }
+      _mm512_storeu_si512(dst + t, (__m512i)_mm512_cvtne2ps_pbh(hi, lo));
+    }
+  }
+}
+
+// C tile `T` into y rows [i0, i0 + 16) x columns [j0, j0 + 16), clipped to m x n. A macro:
+// the tile intrinsics take their register number as a literal.
+#define DISCO_STORE_C(T, a, i0, j0)                                   \
+  do {                                                               \
+    if ((i0) + 16 <= (a).m && (j0) + 16 <= (a).n) {                  \
+      _tile_stored(T, (a).y + (i0) * (a).n + (j0), 4 * (a).n);       \
+    } else if ((i0) < (a).m && (j0) < (a).n) {                       \
+      alignas(64) float edge[16 * 16];                               \
+      _tile_stored(T, edge, 64);                                     \
+      copy_edge(a, edge, i0, j0);                                    \
+    }                                                                \
+  } while (0)
+
+// The part of a 16 x 16 tile of y at (i0, j0) that lies inside m x n.
+void copy_edge(const MatmulArgs& a, const float* edge, int64_t i0, int64_t j0) {
+  const int64_t rows = a.m - i0 < 16 ? a.m - i0 : 16, cols = a.n - j0 < 16 ? a.n - j0 : 16;
+  for (int64_t i = 0; i < rows; ++i) std::memcpy(a.y + (i0 + i) * a.n + j0, edge + 16 * i, 4 * cols);
+}
+
+// y for the 32 columns of one packed panel, over all (padded) rows of x.
+void panel_product(const MatmulArgs& a, const uint16_t* xb, int64_t mp, int64_t kp, const uint32_t* panel,
+                   int64_t j0) {
+  const int64_t kblocks = kp / 32, xstride = 2 * kp;
+  int64_t i0 = 0;
+  for (; i0 + 32 <= mp; i0 += 32) {
+    _tile_zero(0);
+    _tile_zero(1);
+    _tile_zero(2);
+    _tile_zero(3);
+    const uint16_t* x0 = xb + i0 * kp;
+    const uint16_t* x1 = x0 + 16 * kp;
+    for (int64_t kb = 0; kb < kblocks; ++kb) {
+      _tile_loadd(4, x0 + 32 * kb, xstride);
+      _tile_loadd(6, panel + kb * 512, 64);
+      _tile_loadd(7, panel + kb * 512 + 256, 64);
+      _tile_dpbf16ps(0, 4, 6);
+      _tile_dpbf16ps(1, 4, 7);
+      _tile_loadd(5, x1 + 32 * kb, xstride);
+      _tile_dpbf16ps(2, 5, 6);
+      _tile_dpbf16ps(3, 5, 7);
+    }
+    DISCO_STORE_C(0, a, i0, j0);
+    DISCO_STORE_C(1, a, i0, j0 + 16);
+    DISCO_STORE_C(2, a, i0 + 16, j0);
+    DISCO_STORE_C(3, a, i0 + 16, j0 + 16);
+  }
+  if (i0 < mp) {  // one tile of x rows left
+    _tile_zero(0);
+    _tile_zero(1);
+    const uint16_t* x0 = xb + i0 * kp;
+    for (int64_t kb = 0; kb < kblocks; ++kb) {
+      _tile_loadd(4, x0 + 32 * kb, xstride);
+      _tile_loadd(6, panel + kb * 512, 64);
+      _tile_loadd(7, panel + kb * 512 + 256, 64);
+      _tile_dpbf16ps(0, 4, 6);
+      _tile_dpbf16ps(1, 4, 7);
+    }
+    DISCO_STORE_C(0, a, i0, j0);
+    DISCO_STORE_C(1, a, i0, j0 + 16);
+  }
+}
+
+// ---- few rows of x (batched decode): W read in place ----
+//
+// With few rows of x, rearranging W (above) would cost more than the products. Instead
+// compute y^T: C tile (16 columns of W by 16 rows of x) += A tile (16 rows of W by 32 k,
+// loaded straight from W with its row stride) * B tile (x^T in pairs of k, built once per
+// call). The C tiles are transposed on the way out. Needs whole blocks of 32 k (an A tile
+// past the row's end would read the next row); the last rows of W (n % 16) are copied into
+// a zero-padded tile.
+
+// B tiles of x^T: out[(t * kblocks + kb) * 256 + 16 * r + c] (32-bit pairs) =
+// x[16 t + c][32 kb + 2 r .. + 1] in bfloat16, from xb (rows of kp bfloat16, mp rows).
+void pack_xt(const uint16_t* xb, int64_t mp, int64_t kp, uint32_t* out) {
+  const int64_t kblocks = kp / 32;
+  __m512i r[16];
+  for (int64_t t = 0; t < mp / 16; ++t)
+    for (int64_t kb = 0; kb < kblocks; ++kb) {
+      for (int c = 0; c < 16; ++c) r[c] = _mm512_loadu_si512(xb + (16 * t + c) * kp + 32 * kb);
+      transpose16(r);
+      uint32_t* dst = out + (t * kblocks + kb) * 256;
+      for (int c = 0; c < 16; ++c) _mm512_store_si512(dst + 16 * c, r[c]);
+    }
+}
+
+// y[i0 + c][j0 + r] = tile[r][c] (tile: 16 x 16 float32 of y^T), clipped to m x n.
+void store_transposed(const MatmulArgs& a, float* tile, int64_t j0, int64_t i0) {
+  __m512i r[16];
+  for (int c = 0; c < 16; ++c) r[c] = _mm512_load_si512(tile + 16 * c);
+  transpose16(r);
+  const int64_t rows = a.m - i0 < 16 ? a.m - i0 : 16, cols = a.n - j0 < 16 ? a.n - j0 : 16;
+  const __mmask16 mask = (__mmask16)((1u << cols) - 1);
+  for (int64_t i = 0; i < rows; ++i) _mm512_mask_storeu_ps(a.y + (i0 + i) * a.n + j0, mask, (__m512)r[i]);
+}
+
+#define DISCO_STORE_CT(T, a, j0, i0)             \
+  do {                                           \
+    if ((i0) < (a).m && (j0) < (a).n) {          \
+      alignas(64) float ct[16 * 16];             \
+      _tile_stored(T, ct, 64);                   \
+      store_transposed(a, ct, j0, i0);           \
+    }                                            \
+  } while (0)
+
+// Rows [j0, j0 + 32) of W (the second 16 may be past n: then computed on zeros and not
+// stored) against the one or two tiles of x rows.
+void w_rows_product(const MatmulArgs& a, const uint8_t* w0, int64_t ws0, const uint8_t* w1, int64_t ws1,
+                    const uint32_t* xt, int64_t mtiles, int64_t kblocks, int64_t j0) {
+  _tile_zero(0);
+  _tile_zero(1);
+  _tile_zero(2);
+  _tile_zero(3);
+  for (int64_t kb = 0; kb < kblocks; ++kb) {
+    _tile_loadd(4, w0 + 64 * kb, ws0);
+    _tile_loadd(5, w1 + 64 * kb, ws1);
+    _tile_loadd(6, xt + kb * 256, 64);
+    _tile_dpbf16ps(0, 4, 6);
+    _tile_dpbf16ps(1, 5, 6);
+    if (mtiles > 1) {
+      _tile_loadd(7, xt + (kblocks + kb) * 256, 64);
+      _tile_dpbf16ps(2, 4, 7);
+      _tile_dpbf16ps(3, 5, 7);
+    }
+  }
+  DISCO_STORE_CT(0, a, j0, 0);
+  DISCO_STORE_CT(1, a, j0 + 16, 0);
+  if (mtiles > 1) {
+    DISCO_STORE_CT(2, a, j0, 16);
+    DISCO_STORE_CT(3, a, j0 + 16, 16);
+  }
+}
+
+// Rows [j0, j0 + 16) of W as 16 rows of 64 kblocks bytes, zeros past n.
+void copy_w_rows(const MatmulArgs& a, int64_t j0, int64_t kblocks, uint8_t* out) {
+  for (int64_t r = 0; r < 16; ++r) {
+    if (j0 + r < a.n) std::memcpy(out + r * 64 * kblocks, a.w + (j0 + r) * a.w_stride, 64 * kblocks);
+    else std::memset(out + r * 64 * kblocks, 0, 64 * kblocks);
+  }
+}
+
+template <class T>
+struct FreeDeleter {
+  void operator()(T* p) const { std::free(p); }
+};
+template <class T>
+std::unique_ptr<T, FreeDeleter<T>> aligned_buffer(int64_t count, const char* what) {
+  const size_t bytes = (sizeof(T) * count + 63) / 64 * 64;
+  T* p = static_cast<T*>(std::aligned_alloc(64, bytes));
+  if (p == nullptr) throw KernelError(std::string("cpu_matmul_nt (amx): out of memory for ") + what);
+  return std::unique_ptr<T, FreeDeleter<T>>(p);
+}
+
+void matmul_bf16_amx(const MatmulArgs& a) {
+  const int64_t mp = (a.m + 15) / 16 * 16, kp = (a.k + 31) / 32 * 32, kblocks = kp / 32;
+  auto xb = aligned_buffer<uint16_t>(mp * kp, "x in bfloat16");
+  convert_x(a, mp, kp, xb.get());
+  const int64_t panels = (a.n + 31) / 32;
+  const int nt = a.num_threads;
+  bool failed = false;
+#pragma omp parallel num_threads(nt) if (nt > 1)
+  {
+    uint32_t* panel = static_cast<uint32_t*>(std::aligned_alloc(64, 4 * 512 * kblocks));
+    if (panel == nullptr) {
+#pragma omp atomic write
+      failed = true;
+    } else {
+      TileScope tiles;
+#pragma omp for schedule(static)
+      for (int64_t p = 0; p < panels; ++p) {
+        pack_panel_bf16(a, 32 * p, kblocks, panel);
+        panel_product(a, xb.get(), mp, kp, panel, 32 * p);
+      }
+    }
+    std::free(panel);
+  }
+  if (failed) throw KernelError("cpu_matmul_nt (amx): out of memory for a panel of W (" +
+                                std::to_string(2048 * kblocks) + " bytes)");
+}
+
+void matmul_bf16_amx_few(const MatmulArgs& a) {
+  const int64_t mp = (a.m + 15) / 16 * 16, kp = a.k, kblocks = kp / 32;
+  auto xb = aligned_buffer<uint16_t>(mp * kp, "x in bfloat16");
+  convert_x(a, mp, kp, xb.get());
+  auto xt = aligned_buffer<uint32_t>(mp / 16 * kblocks * 256, "x^T in bfloat16");
+  pack_xt(xb.get(), mp, kp, xt.get());
+  const int64_t whole = a.n / 16, pairs = (whole + 1) / 2, rest = a.n % 16 != 0;
+  auto tail = aligned_buffer<uint8_t>(rest ? 16 * 64 * kblocks : 1, "the last rows of W");
+  if (rest) copy_w_rows(a, whole * 16, kblocks, tail.get());
+  const int nt = a.num_threads;
+  const int64_t mtiles = mp / 16, units = pairs + (rest && whole % 2 == 0);
+  // Units of 32 rows of W (the whole-tile pairs, then the tail tile with its partner),
+  // each against every pair of x tiles in turn: the unit's rows stay in L2 meanwhile.
+#pragma omp parallel num_threads(nt) if (nt > 1)
+  {
+    TileScope tiles;
+#pragma omp for schedule(static)
+    for (int64_t p = 0; p < units; ++p) {
+      const int64_t j0 = 32 * p;
+      const uint8_t* w0 = j0 / 16 < whole ? a.w + j0 * a.w_stride : tail.get();
+      const int64_t ws0 = j0 / 16 < whole ? a.w_stride : 64 * kblocks;
+      const bool second_whole = j0 / 16 + 1 < whole;
+      const uint8_t* w1 = second_whole ? a.w + (j0 + 16) * a.w_stride : rest ? tail.get() : w0;
+      const int64_t ws1 = second_whole ? a.w_stride : rest ? 64 * kblocks : ws0;
+      for (int64_t t0 = 0; t0 < mtiles; t0 += 2) {
+        MatmulArgs b = a;  // rows 16 t0.. of x and y
+        b.m = a.m - 16 * t0;
+        b.y = a.y + 16 * t0 * a.n;
+        w_rows_product(b, w0, ws0, w1, ws1, xt.get() + t0 * kblocks * 256, mtiles - t0 < 2 ? 1 : 2, kblocks, j0);
+      }
+    }
+  }
+}
+
+void matmul_nt_amx(const MatmulArgs& a) {
+  if (a.format == Format::kBF16 && a.m > kMinRows) {
+    if (a.m <= kFewRows && a.k % 32 == 0) return matmul_bf16_amx_few(a);
+    return matmul_bf16_amx(a);
+  }
+  isa_avx512()->matmul_nt(a);
+}
+
+void embedding_amx(const EmbeddingArgs& a) { isa_avx512()->embedding(a); }
+
+}  // namespace
+#endif
+
+const IsaKernels* isa_amx() {
+#if defined(DISCO_CPU_HAVE_AMX)
+  static const bool usable = isa_avx512() != nullptr && os_allows_amx();
+  static const IsaKernels kernels{"amx", &matmul_nt_amx, &embedding_amx, kMinRows};
+  return usable ? &kernels : nullptr;
+#else
+  return nullptr;
+#endif
+}
+
+}  // namespace cpu
+}  // namespace disco
