@@ -19,9 +19,9 @@ ProcessSession sets it to the host's cores shared among the workers); `num_threa
 overrides it per call. The GIL is released while a kernel runs. `isa` picks a compiled
 variant ("amx", "avx512", "avx2", "generic"; default: the best this CPU runs, or the
 environment variable DISCO_CPU_ISA); `isas()` lists them. "amx" (Intel AMX tiles, Sapphire
-Rapids and later) is "avx512" except for bfloat16 weights and more than `bf16_x_rows()`
-rows of x: there x is rounded to bfloat16 and the products run on the tile unit, 5-9x
-faster than float32 x (see csrc/cpu_kernels/isa_amx.cc).
+Rapids and later) is "avx512" except for bfloat16 weights and more than `amx_rows()` rows
+of x: there the products run on the tile unit, x split into bfloat16 parts that hold it
+exactly (`amx_x_terms()`; see csrc/cpu_kernels/isa_amx.cc).
 
 The VM imports this module when it resolves a name starting with "disco.cpu."
 (disco.registry's providers), so compiled code needs no import.
@@ -37,7 +37,7 @@ from .errors import KernelError
 from .registry import register_func
 from .weight_formats import FORMATS, dequantize, weight_format
 
-__all__ = ["matmul_nt", "embedding", "isas", "default_isa", "bf16_x_rows", "MATMUL_NT", "EMBEDDING"]
+__all__ = ["matmul_nt", "embedding", "isas", "default_isa", "amx_rows", "amx_x_terms", "MATMUL_NT", "EMBEDDING"]
 
 # Library-call name of each format (what a pass writes into R.call_dps_packed).
 MATMUL_NT = {name: "disco.cpu.matmul_nt" if not f.quantized else f"disco.cpu.matmul_nt_{name}"
@@ -56,11 +56,17 @@ def default_isa() -> str:
     return _native.cpu_default_isa()
 
 
-def bf16_x_rows(isa: str | None = None) -> int:
+def amx_rows(isa: str | None = None) -> int:
     """Rows of x past which variant `isa` (default: the one used) multiplies bfloat16
-    weights by x rounded to bfloat16: the "amx" variant's tile products (prefill and
-    batched decode), as a bfloat16 model computes. -1: x stays float32 at any size."""
-    return _native.cpu_bf16_x_rows(isa or "")
+    weights on AMX tiles (prefill, batched decode). -1: never."""
+    return _native.cpu_amx_rows(isa or "")
+
+
+def amx_x_terms() -> int:
+    """The bfloat16 parts x is split into on AMX tiles: 3 holds float32 x exactly (the
+    default), 1 rounds x to bfloat16 (DISCO_CPU_AMX_X_TERMS=1: faster prefill, a bfloat16
+    model's numerics), 2 keeps 16 bits. 0: no AMX kernels in this build."""
+    return _native.cpu_amx_x_terms()
 
 
 def _code(fmt) -> int:

@@ -226,8 +226,9 @@ void bind_cpu_kernels(py::module_& m) {
     for (int i = 0; i < num_isas(); ++i) names.push_back(isa_kernels(i).name);
     return names;
   }, "Instruction sets of the CPU kernels this build and CPU run, best first.");
-  m.def("cpu_bf16_x_rows", [](const std::string& isa) { return pick(isa).bf16_x_rows; }, py::arg("isa") = "",
-        "Rows of x past which this variant rounds x to bfloat16 for bfloat16 weights (-1: never).");
+  m.def("cpu_amx_rows", [](const std::string& isa) { return pick(isa).amx_rows; }, py::arg("isa") = "",
+        "Rows of x past which this variant multiplies bfloat16 weights on AMX tiles (-1: never).");
+  m.def("cpu_amx_x_terms", &amx_x_terms, "The bfloat16 parts x is split into there (3: exact).");
   m.def("cpu_default_isa", [] { return std::string(default_isa().name); },
         "The instruction set used when a call names none (DISCO_CPU_ISA, else the best).");
 }

@@ -1,21 +1,24 @@
-// Matmuls of many rows on Intel AMX (Sapphire Rapids and later): bfloat16 tile products
-// with float32 accumulation, about 16 times the multiply-adds per cycle of AVX-512 FMA.
+// Matmuls of several rows on Intel AMX (Sapphire Rapids and later): bfloat16 tile
+// products with float32 accumulation, about 16 times the multiply-adds per cycle of
+// AVX-512 FMA.
 //
-// Used for prefill shapes (more than kMinRows rows of x) with bfloat16 weights; every
-// other call goes to the AVX-512 kernels. The weights are bfloat16 already, so their
-// products are exact; x is rounded to bfloat16 (to nearest even) once per call, which
-// is what a bfloat16 model does to its activations anyway (and what oneDNN's AMX path
-// in PyTorch does). The "avx512" variant keeps x in float32 for callers that want that.
+// Used for bfloat16 weights with more than kMinRows rows of x (prefill, batched decode);
+// every other call goes to the AVX-512 kernels. The weights are bfloat16 already; x is
+// split into bfloat16 parts x = x0 + x1 + x2 (x0 rounded, x1 the rounded remainder, ...),
+// which hold float32 x exactly, so every product is the exact product of float32 x and
+// the weight, summed in float32: the numerics of the AVX-512 kernel, at 3 tile products
+// per pair of tiles. DISCO_CPU_AMX_X_TERMS=1 keeps x0 only (x rounded to bfloat16, as a
+// bfloat16 model computes; 3x the products per second), 2 keeps 16 bits.
 //
 //   y[m, n] = x[m, k] @ W[n, k]^T:  C tile (16 rows of x by 16 columns of W, float32)
 //                                   += A tile (16 rows of x by 32 k, bfloat16)
 //                                    * B tile (32 k by 16 columns, in pairs of k: "VNNI")
 //
-// x is converted once into bfloat16 rows padded to whole tiles (zeros). Each thread takes
-// panels of 32 columns (rows of W), rearranges the panel into B tiles (a 16 x 16 transpose
-// of 32-bit pairs per tile, zeros past n and k), and runs 2 x 2 tiles of C over all rows
-// of x: 4 tile products per 4 tile loads. C tiles go straight into y where whole, through
-// a small buffer at the edges.
+// More than kFewRows rows: each thread takes panels of 32 columns (rows of W), rearranges
+// the panel into B tiles (a 16 x 16 transpose of 32-bit pairs per tile, zeros past n and
+// k), and runs 2 x 2 tiles of C over all rows of x. Fewer: W is read in place as A tiles
+// and x^T is the B side (below). C tiles go straight into y where whole, through a small
+// buffer at the edges.
 #include "cpu_kernels/kernels.h"
 
 #if defined(DISCO_CPU_HAVE_AMX)
@@ -120,12 +123,20 @@ void pack_panel_bf16(const MatmulArgs& a, int64_t j0, int64_t kblocks, uint32_t*
   }
 }
 
-// x[m][k] float32 -> bfloat16 rows of kp elements (k rounded up to 32), rows up to mp zero.
-void convert_x(const MatmulArgs& a, int64_t mp, int64_t kp, uint16_t* xb) {
+// The float32 of 32 bfloat16 (as produced by _mm512_cvtne2ps_pbh(hi, lo)): lo, hi halves.
+inline void bf16x32_to_f32(__m512i b, __m512& lo, __m512& hi) {
+  lo = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm512_castsi512_si256(b)), 16));
+  hi = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm512_extracti64x4_epi64(b, 1)), 16));
+}
+
+// x[m][k] float32 -> `terms` planes of bfloat16 rows of kp elements (k rounded up to 32),
+// rows up to mp zero: plane 0 is x rounded, plane p + 1 the rounded remainder of plane p.
+// x - x0 and (x - x0) - x1 are exact in float32, and three planes hold all 24 bits of x.
+void convert_x(const MatmulArgs& a, int64_t mp, int64_t kp, int terms, uint16_t* xb) {
+  const int64_t plane = mp * kp;
   for (int64_t i = 0; i < mp; ++i) {
-    uint16_t* dst = xb + i * kp;
     if (i >= a.m) {
-      std::memset(dst, 0, 2 * kp);
+      for (int p = 0; p < terms; ++p) std::memset(xb + p * plane + i * kp, 0, 2 * kp);
       continue;
     }
     const float* src = a.x + i * a.k;
@@ -140,7 +151,16 @@ void convert_x(const MatmulArgs& a, int64_t mp, int64_t kp, uint16_t* xb) {
         lo = _mm512_maskz_loadu_ps((__mmask16)((1u << l) - 1), src + t);
         hi = _mm512_maskz_loadu_ps((__mmask16)((1u << h) - 1), src + t + 16);
       }
-      _mm512_storeu_si512(dst + t, (__m512i)_mm512_cvtne2ps_pbh(hi, lo));
+      for (int p = 0; p < terms; ++p) {
+        const __m512i b = (__m512i)_mm512_cvtne2ps_pbh(hi, lo);
+        _mm512_storeu_si512(xb + p * plane + i * kp + t, b);
+        if (p + 1 < terms) {
+          __m512 blo, bhi;
+          bf16x32_to_f32(b, blo, bhi);
+          lo = _mm512_sub_ps(lo, blo);
+          hi = _mm512_sub_ps(hi, bhi);
+        }
+      }
     }
   }
 }
@@ -164,27 +184,29 @@ void copy_edge(const MatmulArgs& a, const float* edge, int64_t i0, int64_t j0) {
   for (int64_t i = 0; i < rows; ++i) std::memcpy(a.y + (i0 + i) * a.n + j0, edge + 16 * i, 4 * cols);
 }
 
-// y for the 32 columns of one packed panel, over all (padded) rows of x.
-void panel_product(const MatmulArgs& a, const uint16_t* xb, int64_t mp, int64_t kp, const uint32_t* panel,
-                   int64_t j0) {
-  const int64_t kblocks = kp / 32, xstride = 2 * kp;
+// y for the 32 columns of one packed panel, over all (padded) rows of x: per block of k,
+// the two B tiles of W, then each plane of each x tile against both.
+void panel_product(const MatmulArgs& a, const uint16_t* xb, int64_t mp, int64_t kp, int terms,
+                   const uint32_t* panel, int64_t j0) {
+  const int64_t kblocks = kp / 32, xstride = 2 * kp, plane = mp * kp;
   int64_t i0 = 0;
   for (; i0 + 32 <= mp; i0 += 32) {
     _tile_zero(0);
     _tile_zero(1);
     _tile_zero(2);
     _tile_zero(3);
-    const uint16_t* x0 = xb + i0 * kp;
-    const uint16_t* x1 = x0 + 16 * kp;
     for (int64_t kb = 0; kb < kblocks; ++kb) {
-      _tile_loadd(4, x0 + 32 * kb, xstride);
       _tile_loadd(6, panel + kb * 512, 64);
       _tile_loadd(7, panel + kb * 512 + 256, 64);
-      _tile_dpbf16ps(0, 4, 6);
-      _tile_dpbf16ps(1, 4, 7);
-      _tile_loadd(5, x1 + 32 * kb, xstride);
-      _tile_dpbf16ps(2, 5, 6);
-      _tile_dpbf16ps(3, 5, 7);
+      for (int p = 0; p < terms; ++p) {
+        const uint16_t* x0 = xb + p * plane + i0 * kp + 32 * kb;
+        _tile_loadd(4, x0, xstride);
+        _tile_dpbf16ps(0, 4, 6);
+        _tile_dpbf16ps(1, 4, 7);
+        _tile_loadd(5, x0 + 16 * kp, xstride);
+        _tile_dpbf16ps(2, 5, 6);
+        _tile_dpbf16ps(3, 5, 7);
+      }
     }
     DISCO_STORE_C(0, a, i0, j0);
     DISCO_STORE_C(1, a, i0, j0 + 16);
@@ -194,13 +216,14 @@ void panel_product(const MatmulArgs& a, const uint16_t* xb, int64_t mp, int64_t 
   if (i0 < mp) {  // one tile of x rows left
     _tile_zero(0);
     _tile_zero(1);
-    const uint16_t* x0 = xb + i0 * kp;
     for (int64_t kb = 0; kb < kblocks; ++kb) {
-      _tile_loadd(4, x0 + 32 * kb, xstride);
       _tile_loadd(6, panel + kb * 512, 64);
       _tile_loadd(7, panel + kb * 512 + 256, 64);
-      _tile_dpbf16ps(0, 4, 6);
-      _tile_dpbf16ps(1, 4, 7);
+      for (int p = 0; p < terms; ++p) {
+        _tile_loadd(4, xb + p * plane + i0 * kp + 32 * kb, xstride);
+        _tile_dpbf16ps(0, 4, 6);
+        _tile_dpbf16ps(1, 4, 7);
+      }
     }
     DISCO_STORE_C(0, a, i0, j0);
     DISCO_STORE_C(1, a, i0, j0 + 16);
@@ -250,9 +273,10 @@ void store_transposed(const MatmulArgs& a, float* tile, int64_t j0, int64_t i0) 
   } while (0)
 
 // Rows [j0, j0 + 32) of W (the second 16 may be past n: then computed on zeros and not
-// stored) against the one or two tiles of x rows.
+// stored) against the one or two tiles of x rows, every plane of x. xt: the x^T tiles of
+// rows 16 t0.., planes `plane` pairs apart, tiles of one plane kblocks * 256 apart.
 void w_rows_product(const MatmulArgs& a, const uint8_t* w0, int64_t ws0, const uint8_t* w1, int64_t ws1,
-                    const uint32_t* xt, int64_t mtiles, int64_t kblocks, int64_t j0) {
+                    const uint32_t* xt, int64_t plane, int terms, int64_t mtiles, int64_t kblocks, int64_t j0) {
   _tile_zero(0);
   _tile_zero(1);
   _tile_zero(2);
@@ -260,13 +284,16 @@ void w_rows_product(const MatmulArgs& a, const uint8_t* w0, int64_t ws0, const u
   for (int64_t kb = 0; kb < kblocks; ++kb) {
     _tile_loadd(4, w0 + 64 * kb, ws0);
     _tile_loadd(5, w1 + 64 * kb, ws1);
-    _tile_loadd(6, xt + kb * 256, 64);
-    _tile_dpbf16ps(0, 4, 6);
-    _tile_dpbf16ps(1, 5, 6);
-    if (mtiles > 1) {
-      _tile_loadd(7, xt + (kblocks + kb) * 256, 64);
-      _tile_dpbf16ps(2, 4, 7);
-      _tile_dpbf16ps(3, 5, 7);
+    for (int p = 0; p < terms; ++p) {
+      const uint32_t* b = xt + p * plane + kb * 256;
+      _tile_loadd(6, b, 64);
+      _tile_dpbf16ps(0, 4, 6);
+      _tile_dpbf16ps(1, 5, 6);
+      if (mtiles > 1) {
+        _tile_loadd(7, b + kblocks * 256, 64);
+        _tile_dpbf16ps(2, 4, 7);
+        _tile_dpbf16ps(3, 5, 7);
+      }
     }
   }
   DISCO_STORE_CT(0, a, j0, 0);
@@ -297,10 +324,10 @@ std::unique_ptr<T, FreeDeleter<T>> aligned_buffer(int64_t count, const char* wha
   return std::unique_ptr<T, FreeDeleter<T>>(p);
 }
 
-void matmul_bf16_amx(const MatmulArgs& a) {
+void matmul_bf16_amx(const MatmulArgs& a, int terms) {
   const int64_t mp = (a.m + 15) / 16 * 16, kp = (a.k + 31) / 32 * 32, kblocks = kp / 32;
-  auto xb = aligned_buffer<uint16_t>(mp * kp, "x in bfloat16");
-  convert_x(a, mp, kp, xb.get());
+  auto xb = aligned_buffer<uint16_t>(terms * mp * kp, "x in bfloat16");
+  convert_x(a, mp, kp, terms, xb.get());
   const int64_t panels = (a.n + 31) / 32;
   const int nt = a.num_threads;
   bool failed = false;
@@ -315,7 +342,7 @@ void matmul_bf16_amx(const MatmulArgs& a) {
 #pragma omp for schedule(static)
       for (int64_t p = 0; p < panels; ++p) {
         pack_panel_bf16(a, 32 * p, kblocks, panel);
-        panel_product(a, xb.get(), mp, kp, panel, 32 * p);
+        panel_product(a, xb.get(), mp, kp, terms, panel, 32 * p);
       }
     }
     std::free(panel);
@@ -324,12 +351,12 @@ void matmul_bf16_amx(const MatmulArgs& a) {
                                 std::to_string(2048 * kblocks) + " bytes)");
 }
 
-void matmul_bf16_amx_few(const MatmulArgs& a) {
-  const int64_t mp = (a.m + 15) / 16 * 16, kp = a.k, kblocks = kp / 32;
-  auto xb = aligned_buffer<uint16_t>(mp * kp, "x in bfloat16");
-  convert_x(a, mp, kp, xb.get());
-  auto xt = aligned_buffer<uint32_t>(mp / 16 * kblocks * 256, "x^T in bfloat16");
-  pack_xt(xb.get(), mp, kp, xt.get());
+void matmul_bf16_amx_few(const MatmulArgs& a, int terms) {
+  const int64_t mp = (a.m + 15) / 16 * 16, kp = a.k, kblocks = kp / 32, plane = mp / 16 * kblocks * 256;
+  auto xb = aligned_buffer<uint16_t>(terms * mp * kp, "x in bfloat16");
+  convert_x(a, mp, kp, terms, xb.get());
+  auto xt = aligned_buffer<uint32_t>(terms * plane, "x^T in bfloat16");
+  for (int p = 0; p < terms; ++p) pack_xt(xb.get() + p * mp * kp, mp, kp, xt.get() + p * plane);
   const int64_t whole = a.n / 16, pairs = (whole + 1) / 2, rest = a.n % 16 != 0;
   auto tail = aligned_buffer<uint8_t>(rest ? 16 * 64 * kblocks : 1, "the last rows of W");
   if (rest) copy_w_rows(a, whole * 16, kblocks, tail.get());
@@ -352,16 +379,32 @@ void matmul_bf16_amx_few(const MatmulArgs& a) {
         MatmulArgs b = a;  // rows 16 t0.. of x and y
         b.m = a.m - 16 * t0;
         b.y = a.y + 16 * t0 * a.n;
-        w_rows_product(b, w0, ws0, w1, ws1, xt.get() + t0 * kblocks * 256, mtiles - t0 < 2 ? 1 : 2, kblocks, j0);
+        w_rows_product(b, w0, ws0, w1, ws1, xt.get() + t0 * kblocks * 256, plane, terms, mtiles - t0 < 2 ? 1 : 2,
+                       kblocks, j0);
       }
     }
   }
 }
 
+// Planes x is split into (DISCO_CPU_AMX_X_TERMS, read once): 3 (default) holds x exactly,
+// so the products are those of float32 x; 1 rounds x to bfloat16 (3x the tile products
+// per second in prefill, the numerics of a bfloat16 model); 2 keeps 16 bits of x.
+int x_terms() {
+  static const int terms = [] {
+    const char* env = std::getenv("DISCO_CPU_AMX_X_TERMS");
+    if (env == nullptr || *env == 0) return 3;
+    const std::string v = env;
+    if (v != "1" && v != "2" && v != "3")
+      throw KernelError("DISCO_CPU_AMX_X_TERMS must be 1, 2 or 3 (bfloat16 parts x is split into); got '" + v + "'");
+    return std::stoi(v);
+  }();
+  return terms;
+}
+
 void matmul_nt_amx(const MatmulArgs& a) {
   if (a.format == Format::kBF16 && a.m > kMinRows) {
-    if (a.m <= kFewRows && a.k % 32 == 0) return matmul_bf16_amx_few(a);
-    return matmul_bf16_amx(a);
+    if (a.m <= kFewRows && a.k % 32 == 0) return matmul_bf16_amx_few(a, x_terms());
+    return matmul_bf16_amx(a, x_terms());
   }
   isa_avx512()->matmul_nt(a);
 }
@@ -370,6 +413,14 @@ void embedding_amx(const EmbeddingArgs& a) { isa_avx512()->embedding(a); }
 
 }  // namespace
 #endif
+
+int amx_x_terms() {
+#if defined(DISCO_CPU_HAVE_AMX)
+  return x_terms();
+#else
+  return 0;
+#endif
+}
 
 const IsaKernels* isa_amx() {
 #if defined(DISCO_CPU_HAVE_AMX)

@@ -53,10 +53,14 @@ struct IsaKernels {
   const char* name;
   void (*matmul_nt)(const MatmulArgs&);
   void (*embedding)(const EmbeddingArgs&);
-  // Matmuls of bfloat16 weights with more rows of x than this round x to bfloat16 (AMX
-  // tile products); -1: x is always read in float32.
-  int64_t bf16_x_rows = -1;
+  // Matmuls of bfloat16 weights with more rows of x than this run on AMX tiles, x split
+  // into amx_x_terms() bfloat16 parts; -1: never.
+  int64_t amx_rows = -1;
 };
+
+// The bfloat16 parts x is split into on AMX tiles: 3 (exact) unless DISCO_CPU_AMX_X_TERMS
+// says 1 or 2; 0 where this build has no AMX kernels.
+int amx_x_terms();
 
 // The variants compiled into this build, best first, whose instructions this CPU has.
 // Never empty: the portable variant is always there.

@@ -6,6 +6,10 @@ sum k float32 products in some order, so |y - ref| <= (k + 1) u B + O(u^2) with
 u = 2^-24 and B = sum_t |x_t| (|q_t d| + |m|) (Higham's bound for any summation order,
 the weight's rounding relative to the magnitudes it is made of). The tests allow twice
 that. Every compiled instruction-set variant this CPU runs is tested, on 1 and 2 threads."""
+import os
+import subprocess
+import sys
+
 import gguf
 import ml_dtypes
 import numpy as np
@@ -36,16 +40,29 @@ def reference_weights(q, name):
     return w, np.repeat(off, 32, axis=1).reshape(w.shape)
 
 
+def amx_parts(x, terms):
+    """x as the AMX kernels multiply it: the sum of its first `terms` bfloat16 parts (x
+    rounded, then the rounded remainder, ...; three parts hold float32 x exactly)."""
+    rest, total = x.astype(np.float32), np.zeros(x.shape)
+    for _ in range(terms):
+        part = rest.astype(ml_dtypes.bfloat16).astype(np.float32)
+        total, rest = total + part, rest - part
+    return total
+
+
 def check(y, x, q, name, isa=None):
-    """y against the float64 product; x rounded to bfloat16 first where variant `isa`
-    does that (bfloat16 weights, more than ck.bf16_x_rows(isa) rows)."""
+    """y against the float64 product. Where variant `isa` (default: the one used) runs
+    on AMX tiles (bfloat16 weights, more than ck.amx_rows(isa) rows), x is the sum of its
+    ck.amx_x_terms() bfloat16 parts, each product summed separately: terms * k terms."""
     w, off = reference_weights(q, name)
     x64 = x.reshape(-1, x.shape[-1]).astype(np.float64)
-    if name == "bfloat16" and -1 < ck.bf16_x_rows(isa) < x64.shape[0]:
-        x64 = x64.astype(ml_dtypes.bfloat16).astype(np.float64)
+    terms = 1
+    if name == "bfloat16" and -1 < ck.amx_rows(isa) < x64.shape[0]:
+        terms = ck.amx_x_terms()
+        x64 = amx_parts(x64, terms)
     ref = x64 @ w.T
     bound = np.abs(x64) @ (np.abs(w) + 2 * off).T       # |q d| <= |w| + |m|
-    tol = 2 * (x.shape[-1] + 1) * U * bound + 1e-30
+    tol = 2 * (terms * x.shape[-1] + 1) * U * bound + 1e-30
     err = np.abs(y.reshape(ref.shape) - ref)
     assert (err <= tol).all(), f"max error {err.max():.3g}, allowed {tol[err.argmax() // tol.shape[1]].max():.3g}"
 
@@ -76,21 +93,47 @@ def test_matmul_nt_matches_numpy(isa, name, m):
 
 
 @pytest.mark.skipif("amx" not in ISAS, reason="this CPU or build has no AMX tiles")
-@pytest.mark.parametrize("m", [5, 16, 17, 32, 33, 130])
-def test_amx_bfloat16_rounds_x_once_and_sums_in_float32(m):
-    """The AMX paths, whole and partial tiles: x rounded to bfloat16 (numpy's rounding, to
-    nearest even) times the bfloat16 weights, summed in float32. k a multiple of 32 (W
-    read in place up to 32 rows of x) and not (W rearranged); n past whole tiles."""
-    assert ck.bf16_x_rows("amx") == 4 and ck.bf16_x_rows("avx512") == -1
+@pytest.mark.parametrize("terms", [1, 2, 3])
+def test_amx_products_of_x_split_into_bfloat16_parts(terms, tmp_path):
+    """The AMX paths, whole and partial tiles, for each DISCO_CPU_AMX_X_TERMS (read once
+    per process, so each runs in a fresh one): k a multiple of 32 (W read in place, up to
+    32 rows of x) and not (W rearranged); n past whole tiles. The default (3) holds x
+    exactly, so the float32 bound of the other variants holds; 1 part fails it."""
+    script = tmp_path / "amx_check.py"
+    script.write_text(f"""
+import sys
+sys.path.insert(0, {str(os.path.dirname(__file__))!r})
+import numpy as np
+import pytest
+from test_cpu_kernels import check, weights, ck
+assert ck.amx_rows("amx") == 4 and ck.amx_rows("avx512") == -1 and ck.amx_x_terms() == {terms}
+for m in (5, 16, 17, 32, 33, 130):
     for n, k in [(16, 64), (37, 96), (33, 2048), (201, 320), (40, 45)]:
         q = weights("bfloat16", n, k, seed=n)
         x = np.random.default_rng(m).standard_normal((m, k)).astype(np.float32)
         y1 = ck.matmul_nt(x, q, num_threads=1, isa="amx")
         check(y1, x, q, "bfloat16", "amx")
-        if k <= 320:  # the same check with x in float32 fails (wider k: the bound is too loose to tell)
+        if {terms} == 1 and k <= 320:  # x in float32 fails (wider k: the bound is too loose to tell)
             with pytest.raises(AssertionError):
                 check(y1, x, q, "bfloat16", "avx512")
+        if {terms} == 3:
+            check(y1, x, q, "bfloat16", "avx512")
         np.testing.assert_array_equal(ck.matmul_nt(x, q, num_threads=2, isa="amx"), y1)
+print("ok")
+""")
+    env = dict(os.environ, DISCO_CPU_AMX_X_TERMS=str(terms))
+    done = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-3000:]
+
+
+def test_amx_x_terms_setting_is_checked(tmp_path):
+    if "amx" not in ISAS:
+        pytest.skip("this CPU or build has no AMX tiles")
+    env = dict(os.environ, DISCO_CPU_AMX_X_TERMS="4")
+    code = ("import numpy as np, ml_dtypes; from disco import cpu_kernels as ck; "
+            "ck.matmul_nt(np.ones((8, 64), np.float32), np.ones((4, 64), ml_dtypes.bfloat16))")
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode != 0 and "DISCO_CPU_AMX_X_TERMS must be 1, 2 or 3" in done.stderr and "got '4'" in done.stderr
 
 
 @pytest.mark.parametrize("name", ["bfloat16", "q4_1"])
