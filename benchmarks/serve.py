@@ -20,6 +20,12 @@ text for several tokens, two for all 31 after the first), so the TTFT p99 of the
 of 48 (with prefill_chunk 256; the server's default is now 512).
 
     python benchmarks/serve.py [--layers 12] [--requests 32] [--tokens 32] [--quick]
+                               [--quantization bf16]
+
+`--quantization` loads the weights in that format on both sides (the server's flag of
+the same name); results go to results/serve.json, or serve-<format>.json. bfloat16
+weights run prefill and batched decode on AMX tiles where the CPU has them
+(disco.cpu_kernels; DISCO_CPU_AMX_X_TERMS in the environment reaches the workers).
 
 Target (issue 16): at 32 clients, throughput at least 4x the one-at-a-time rate.
 """
@@ -40,6 +46,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, "tests", "llm"))
 import disco  # noqa: E402,F401  (before numpy, as an application would: its OpenBLAS settings)
+import disco.cpu_kernels  # noqa: E402
 import numpy as np  # noqa: E402
 
 RESULTS = os.path.join(ROOT, "benchmarks", "results", "serve.json")
@@ -85,10 +92,10 @@ def workload(n: int, tokenizer_vocab: int) -> list[list[int]]:
     return [rng.integers(3, tokenizer_vocab, int(k)).tolist() for k in lengths]
 
 
-def baseline(path: str, prompts, tokens: int) -> dict:
+def baseline(path: str, prompts, tokens: int, quantization=None) -> dict:
     """engine.generate one request at a time, on 2 workers, in this process."""
     from compiler import models
-    with models.load(path, tp=2, progress=False) as engine:
+    with models.load(path, tp=2, quantization=quantization, progress=False) as engine:
         engine.generate(prompts[0][:16], max_new_tokens=2, temperature=0, ignore_eos=True)   # warm
         ttft, t0 = [], time.perf_counter()
         out = 0
@@ -106,10 +113,11 @@ def baseline(path: str, prompts, tokens: int) -> dict:
 
 
 class Server:
-    def __init__(self, path: str, env: dict):
+    def __init__(self, path: str, env: dict, quantization=None):
         self.log = tempfile.NamedTemporaryFile("w+", suffix=".log", delete=False)
+        extra = ["--quantization", quantization] if quantization else []
         self.proc = subprocess.Popen([sys.executable, "-m", "compiler.models.serve", "--model", path, "--tp", "2",
-                                      "--port", "0", "--no-progress", "--max-waiting", "64"],
+                                      "--port", "0", "--no-progress", "--max-waiting", "64", *extra],
                                      stdout=self.log, stderr=subprocess.STDOUT, env=env)
         deadline = time.monotonic() + 600
         while time.monotonic() < deadline:
@@ -178,6 +186,7 @@ def main(argv=None) -> int:
     p.add_argument("--requests", type=int, default=32)
     p.add_argument("--tokens", type=int, default=32, help="new tokens per request")
     p.add_argument("--quick", action="store_true", help="2 layers, 8 tokens (a smoke run)")
+    p.add_argument("--quantization", default=None, help="weight format on both sides (bf16, q8_0, ...)")
     a = p.parse_args(argv)
     cfg = dict(CONFIG, num_hidden_layers=2 if a.quick else a.layers)
     tokens = 8 if a.quick else a.tokens
@@ -187,10 +196,10 @@ def main(argv=None) -> int:
         make_checkpoint(d, cfg)
         from disco.llm.tokenizer import Tokenizer
         prompts = workload(a.requests, Tokenizer.load(d).vocab_size)
-        base = baseline(d, prompts, tokens)
+        base = baseline(d, prompts, tokens, a.quantization)
         print(f"one at a time (engine.generate): {base['output_tokens']} tokens in {base['wall_s']:.1f} s = "
               f"{base['tok_s']:.1f} tok/s; TTFT p50 {base['ttft_p50_s'] * 1e3:.0f} ms")
-        server = Server(d, dict(os.environ))
+        server = Server(d, dict(os.environ), a.quantization)
         rows = []
         try:
             for clients in LEVELS:
@@ -207,8 +216,11 @@ def main(argv=None) -> int:
     top = rows[-1]["vs_one_at_a_time"]
     print(f"at {LEVELS[-1]} clients: {top:.2f}x the one-at-a-time rate (target >= 4x)")
     os.makedirs(os.path.dirname(RESULTS), exist_ok=True)
-    with open(RESULTS, "w") as f:
+    results = RESULTS if not a.quantization else RESULTS.replace(".json", f"-{a.quantization}.json")
+    with open(results, "w") as f:
         json.dump({"config": cfg, "requests": a.requests, "new_tokens": tokens, "tp": 2,
+                   "quantization": a.quantization, "cpu_isa": disco.cpu_kernels.default_isa(),
+                   "amx_x_terms": disco.cpu_kernels.amx_x_terms(),
                    "cores": os.cpu_count(), "load_average_before": load, "load_average_after": os.getloadavg(),
                    "one_at_a_time": base, "levels": rows}, f, indent=1)
     return 0

@@ -187,10 +187,10 @@ void copy_edge(const MatmulArgs& a, const float* edge, int64_t i0, int64_t j0) {
 // y for the 32 columns of one packed panel, over all (padded) rows of x: per block of k,
 // the two B tiles of W, then each plane of each x tile against both.
 void panel_product(const MatmulArgs& a, const uint16_t* xb, int64_t mp, int64_t kp, int terms,
-                   const uint32_t* panel, int64_t j0) {
+                   const uint32_t* panel, int64_t j0, int64_t i_begin, int64_t i_end) {
   const int64_t kblocks = kp / 32, xstride = 2 * kp, plane = mp * kp;
-  int64_t i0 = 0;
-  for (; i0 + 32 <= mp; i0 += 32) {
+  int64_t i0 = i_begin;
+  for (; i0 + 32 <= i_end; i0 += 32) {
     _tile_zero(0);
     _tile_zero(1);
     _tile_zero(2);
@@ -213,7 +213,7 @@ void panel_product(const MatmulArgs& a, const uint16_t* xb, int64_t mp, int64_t 
     DISCO_STORE_C(2, a, i0 + 16, j0);
     DISCO_STORE_C(3, a, i0 + 16, j0 + 16);
   }
-  if (i0 < mp) {  // one tile of x rows left
+  if (i0 < i_end) {  // one tile of x rows left
     _tile_zero(0);
     _tile_zero(1);
     for (int64_t kb = 0; kb < kblocks; ++kb) {
@@ -329,6 +329,11 @@ void matmul_bf16_amx(const MatmulArgs& a, int terms) {
   auto xb = aligned_buffer<uint16_t>(terms * mp * kp, "x in bfloat16");
   convert_x(a, mp, kp, terms, xb.get());
   const int64_t panels = (a.n + 31) / 32;
+  // Rows of x per pass over W: their planes fit in half of L2 (~1 MB), so each panel's
+  // products read x from L2 (streaming all of x from L3 per panel bounds the tile unit).
+  // Each pass rearranges the panels again, a cost shared by mblock / 16 x tiles.
+  const int64_t fit = (int64_t(1) << 20) / (2 * kp * terms) / 32 * 32;
+  const int64_t mblock = fit < 32 ? 32 : fit;
   const int nt = a.num_threads;
   bool failed = false;
 #pragma omp parallel num_threads(nt) if (nt > 1)
@@ -337,12 +342,15 @@ void matmul_bf16_amx(const MatmulArgs& a, int terms) {
     if (panel == nullptr) {
 #pragma omp atomic write
       failed = true;
-    } else {
-      TileScope tiles;
+    }
+    TileScope tiles;
+    for (int64_t i_begin = 0; i_begin < mp; i_begin += mblock) {
+      const int64_t i_end = i_begin + mblock < mp ? i_begin + mblock : mp;
 #pragma omp for schedule(static)
       for (int64_t p = 0; p < panels; ++p) {
+        if (panel == nullptr) continue;
         pack_panel_bf16(a, 32 * p, kblocks, panel);
-        panel_product(a, xb.get(), mp, kp, terms, panel, 32 * p);
+        panel_product(a, xb.get(), mp, kp, terms, panel, 32 * p, i_begin, i_end);
       }
     }
     std::free(panel);
