@@ -30,7 +30,8 @@ namespace kv {
 
 // One layer of the cache and one step's queries, as the kernel reads them.
 struct AttentionArgs {
-  DType dtype;
+  DType dtype;         // of the keys and values stored
+  DType io_dtype;      // of q and out (may differ: float32 queries over a 16-bit cache)
   int64_t num_heads, num_kv_heads, head_dim, page_size;
   const void* keys;    // this layer: [page][kv_head][slot][dim]
   const void* values;
