@@ -29,8 +29,8 @@ one page of one kv head is a contiguous page_size x head_dim block. Attention fi
 writes the step's new keys and values at their positions, then, per (sequence, kv head,
 block of up to 16 new tokens), reads that sequence's keys and values once, in tiles of
 up to 32 positions within a page (read in place when float32, widened to float32 when
-16-bit; q, k, v and out may be float32 over a 16-bit cache, k and v rounded as they are
-written), and serves all the q heads of the group from each tile with an online softmax
+16-bit; q, k, v and out may be float32 over a 16-bit cache, k and v rounded as they
+are written), and serves all the q heads of the group from each tile with an online softmax
 (running max, running sum, float32 accumulator): no score matrix, fixed scratch for any
 history. Decode is memory-bound and reads each cached element once per (sequence, kv
 head); the next tile's page is prefetched while one is folded, and the loops are 8-wide
@@ -109,8 +109,8 @@ class PagedKVCache:
 
     `num_pages` pages of `page_size` tokens each (every layer has its own copy of each
     page), stored as `dtype` ("float32", "float16" or "bfloat16"; attention accumulates
-    in float32). q, k, v and out are of `dtype` or float32: a 16-bit cache under a
-    float32 model halves KV memory with no cast in the model's graph (keys and values
+    in float32). q, k, v and out may be of another of these dtypes: a 16-bit cache under
+    a float32 model halves KV memory with no cast in the model's graph (keys and values
     are rounded as they are written). `num_threads`: threads of the attention kernel
     (default: `default_num_threads()`)."""
 
@@ -162,8 +162,8 @@ class PagedKVCache:
         token t of sequence s, out[t, h] = softmax(scale * q[t, h] . K_s^T) V_s over the
         positions of s up to and including t's (causal within the step), with kv head
         h // (H // KV) for q head h. q and out: (T, H, D); k and v: (T, KV, D); T the
-        step's tokens, all four of one dtype: the cache's, or float32 (k and v are then
-        rounded to the cache's dtype as they are stored). `scale` defaults to 1/sqrt(D).
+        step's tokens, all four of one dtype, the cache's or another (float32 over a 16-bit
+        cache: k and v are rounded to the cache's dtype as they are stored). `scale` defaults to 1/sqrt(D).
         Returns `out`."""
         where = f"PagedKVCache.attention(layer={layer!r})"
         layer = _int(layer, "layer", where)
@@ -202,10 +202,10 @@ class PagedKVCache:
             if not is_array_like(x):
                 raise KVCacheError(f"{where}: {name} must be an array, got {type(x).__name__}")
             x = as_numpy(x)
-        if x.dtype != self.dtype and x.dtype != np.float32:
+        if _io_code(x.dtype) is None:
             raise KVCacheError(f"{where}: {name} has dtype {x.dtype}; the cache holds "
-                               f"{dtype_name(self.dtype)}, and q, k, v and out must be of it "
-                               "or float32")
+                               f"{dtype_name(self.dtype)}, and q, k, v and out must be of one of "
+                               f"{', '.join(_DTYPE_CODES)}")
         return x
 
     # -- state -----------------------------------------------------------------------------
@@ -327,7 +327,7 @@ def _specialize_attention(args, varies):
     io = _io_code(dtype)
 
     def fast(q, k, v, cache, *rest):
-        if type(cache) is not PagedKVCache or (cache.dtype != dtype and dtype != np.float32) or io is None:
+        if type(cache) is not PagedKVCache or io is None:
             return attention(q, k, v, cache, *rest)
         try:
             cache._native.attention(layer, q, k, v, rest[-1], scale, io)

@@ -60,7 +60,7 @@ class Model:
             rtol, atol = TOL[self.dtype]
             row = 0
             if self.stored:     # the reference reads what the cache holds: k, v rounded
-                k, v = (x.astype(DTYPES[self.stored]).astype(x.dtype) for x in (k, v))
+                k, v = (x.astype(DTYPES[self.stored]).astype(np.float32) for x in (k, v))
             for s, n in zip(seq_ids, lengths):
                 old_k, old_v = self.hist.get((s, layer), (k[:0], v[:0]))
                 keys = np.concatenate([old_k, k[row:row + n]])
@@ -116,14 +116,15 @@ def test_prefill_then_decode_matches_reference(dtype, heads, head_dim, page_size
 
 @pytest.mark.parametrize("page_size", [4, 16])
 @pytest.mark.parametrize("head_dim", [16, 64, 80])
-@pytest.mark.parametrize("stored", ["float16", "bfloat16"])
-def test_float32_inputs_over_a_16_bit_cache(stored, head_dim, page_size):
-    """A float32 model over a 16-bit cache: q, k, v and out float32, keys and values rounded
-    (to nearest even) as they are stored. Against the reference on the rounded keys and
-    values, within float32's tolerance (1e-5): only the storage is 16-bit, the queries,
-    the accumulation and the output stay float32."""
+@pytest.mark.parametrize("inputs,stored", [("float32", "float16"), ("float32", "bfloat16"),
+                                           ("float16", "bfloat16"), ("bfloat16", "float32")])
+def test_inputs_of_another_dtype_than_the_cache(inputs, stored, head_dim, page_size):
+    """A float32 model over a 16-bit cache (or a 16-bit model over another cache): keys
+    and values rounded (to nearest even) as they are stored. Against the reference on the
+    rounded keys and values, within the inputs' tolerance (float32: 1e-5): only the
+    storage is 16-bit, the queries, the accumulation and the output stay float32."""
     cache = PagedKVCache(2, 2, head_dim, num_pages=60, page_size=page_size, dtype=stored)
-    model = Model(2, 6, 2, head_dim, "float32", stored=stored)
+    model = Model(2, 6, 2, head_dim, inputs, stored=stored)
     prefill_then_decode(cache, model, [3, 9], [5, 33], decode_steps=3)
     keys, values = cache.storage()
     assert keys.dtype == DTYPES[stored] and cache.nbytes == keys.nbytes + values.nbytes
@@ -131,7 +132,7 @@ def test_float32_inputs_over_a_16_bit_cache(stored, head_dim, page_size):
         want = model.hist[(9, layer)][0]
         table = cache.page_table(9)
         got = np.stack([keys[layer, table[p // page_size], :, p % page_size] for p in range(len(want))])
-        np.testing.assert_array_equal(got.astype(np.float32), want)
+        np.testing.assert_array_equal(got.astype(np.float32), want.astype(np.float32))
 
 
 def test_a_16_bit_cache_takes_half_the_bytes():
@@ -326,7 +327,8 @@ def test_errors_name_what_was_wrong():
         cache.attention(0, q3, kv3, kv3, np.empty_like(kv3))
     with pytest.raises(KVCacheError, match=r"q has dtype float64; the cache holds float32"):
         cache.attention(0, q3.astype(np.float64), kv3, kv3, np.empty_like(q3))
-    with pytest.raises(KVCacheError, match=r"v has dtype float16; the cache holds float32"):
+    with pytest.raises(KVCacheError, match=r"v has dtype float16 but q float32; q, k, v and out "
+                                           r"must be of one dtype"):
         cache.attention(0, q3, kv3, kv3.astype(np.float16), np.empty_like(q3))
     half = PagedKVCache(1, 2, 16, num_pages=4, page_size=4, dtype="bfloat16")
     half.add_sequence(0)
@@ -334,9 +336,9 @@ def test_errors_name_what_was_wrong():
     with pytest.raises(KVCacheError, match=r"k has dtype bfloat16 but q float32; q, k, v and out "
                                            r"must be of one dtype"):
         half.attention(0, q3, kv3.astype(ml_dtypes.bfloat16), kv3, np.empty_like(q3))
-    with pytest.raises(KVCacheError, match=r"q has dtype float16; the cache holds bfloat16, and q, "
-                                           r"k, v and out must be of it or float32"):
-        half.attention(0, q3.astype(np.float16), kv3, kv3, np.empty_like(q3))
+    with pytest.raises(KVCacheError, match=r"q has dtype int32; the cache holds bfloat16, and q, "
+                                           r"k, v and out must be of one of float32, float16, bfloat16"):
+        half.attention(0, q3.astype(np.int32), kv3, kv3, np.empty_like(q3))
     with pytest.raises(KVCacheError, match=r"out \(shape \(3, 4, 16\)\) must be a C-contiguous, "
                                            r"writable array"):
         cache.attention(0, q3, kv3, kv3, np.empty((16, 4, 3), np.float32).T)
