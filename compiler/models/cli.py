@@ -112,6 +112,8 @@ def _run(args) -> int:
     with load(path, tp=tp, dtype=args.dtype, device=args.device, pp=args.pp, kv_dtype=args.kv_dtype,
               progress=not args.no_progress) as engine:
         _note(engine.topology)
+        if args.stats:
+            _note(engine.kv_line())
         for prompt in prompts:
             if args.chat:
                 messages = ([{"role": "system", "content": args.system}] if args.system else []) + \

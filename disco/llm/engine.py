@@ -499,6 +499,12 @@ class Engine:
             at += len(p)
         return out
 
+    def kv_line(self) -> str:
+        """The KV cache's size per worker, for logs: pages, dtype, bytes."""
+        return (f"KV cache {self.num_pages} pages of {self.page_size} tokens per worker, {self.kv_dtype}, "
+                f"{self.kv_bytes_per_token} bytes per token, "
+                f"{self.num_pages * self.page_size * self.kv_bytes_per_token / 2**20:.1f} MiB")
+
     def stats_line(self) -> str:
         """Prefill and decode throughput since the last call (then reset)."""
         s = self.stats
