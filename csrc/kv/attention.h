@@ -13,6 +13,8 @@
 // value vector loaded serves two queries (prefill: 9% less time per token on the ~100M
 // Llama's 512-token steps, decode 8%), and the scores of four keys are summed by one
 // transpose rather than four horizontal sums.
+// q and out may be of another element type than the storage (a float32 model over a
+// 16-bit cache): queries are widened to float32 and outputs rounded to their own type.
 // Items run on the cache's thread pool when there are several and
 // enough bytes to read. The inner loops use 8-wide vectors (GCC/Clang vector
 // extensions) and are compiled for AVX-512, for AVX2/FMA and for baseline x86-64 (function
