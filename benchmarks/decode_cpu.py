@@ -22,9 +22,13 @@ workers, against the same model with its kernels made negligible (every dim 8 or
 vocabulary 256, the same 12 layers: the same VM instructions, library calls, collectives,
 session round trip, fetch and argmax): the fraction of the step that is not kernels.
 
+`--kv-dtype bfloat16` (or float16) runs this project's rows over a 16-bit KV cache
+(half the KV bytes per token, recorded in each row); the default is float32.
+
 The machine may be shared: the load average is recorded before and after.
 
     python benchmarks/decode_cpu.py [--steps 16] [--quick] [--formats float32,bfloat16,q8_0,q4_0]
+                                    [--kv-dtype float32|float16|bfloat16]
 """
 from __future__ import annotations
 
@@ -73,8 +77,9 @@ def weight_bytes(specs: list[dict], tied: bool) -> int:
 
 
 def bench_ours(path: str, cfg: dict, tp: int, threads: int, quantization, steps: int,
-               batches=(1, 8)) -> dict:
-    """Prefill and decode of the compiled model, weights in `quantization`."""
+               batches=(1, 8), kv_dtype: str = "float32") -> dict:
+    """Prefill and decode of the compiled model, weights in `quantization`, the KV cache
+    in `kv_dtype`."""
     from compiler.models.loader import compile_model, resolve_quantization
     from disco.executable import load_executable
     from disco.llm.engine import EXECUTABLE, MODEL_JSON
@@ -93,8 +98,9 @@ def bench_ours(path: str, cfg: dict, tp: int, threads: int, quantization, steps:
         dmod = sess.load_module(load_executable(os.path.join(folder, EXECUTABLE)))
         weights = place_weights(sess, path, specs)
         layers, kv, hd = meta["kv_layout"]
+        out["kv_bytes_per_token"] = 2 * layers * kv * hd * (4 if kv_dtype == "float32" else 2)
         cache = sess.get_global_func("disco.kv.create")(layers, kv, hd, 8 * (PROMPT + steps + 1) // 16 + 16,
-                                                        16, "float32")
+                                                        16, kv_dtype)
         begin = sess.get_global_func("disco.kv.begin_forward")
         add = sess.get_global_func("disco.kv.add_sequence")
         remove = sess.get_global_func("disco.kv.remove_sequence")
@@ -192,6 +198,8 @@ def main(argv=None) -> int:
     p.add_argument("--quick", action="store_true", help="2 layers, 4 steps (a smoke run)")
     p.add_argument("--formats", default="float32,bfloat16,q8_0,q4_0")
     p.add_argument("--threads", default="1,2")
+    p.add_argument("--kv-dtype", default="float32", choices=("float32", "float16", "bfloat16"),
+                   help="what this project's KV cache stores")
     a = p.parse_args(argv)
     steps = 4 if a.quick else a.steps
     threads = [int(t) for t in a.threads.split(",")]
@@ -203,7 +211,7 @@ def main(argv=None) -> int:
     from compiler.models.fetch import try_fetch
     from disco.llm.gguf import gguf_config
     results = {"benchmark": "decode_cpu", "steps": steps, "prompt": PROMPT, "copy_Bps": bw,
-               "load_average_before": load_before, "isa": disco.cpu_kernels.default_isa(),
+               "load_average_before": load_before, "isa": disco.cpu_kernels.default_isa(), "kv_dtype": a.kv_dtype,
                "models": {}}
     with tempfile.TemporaryDirectory() as d:
         os.environ.setdefault("DISCO_TP_MODEL_CACHE", os.path.join(d, "compiled"))
@@ -219,7 +227,7 @@ def main(argv=None) -> int:
         for fmt in formats:
             for tp, t in [(1, t) for t in threads] + [(2, 1)]:
                 _run(rows, f"ours {fmt} tp{tp} t{t}", bench_ours, llama, cfg, tp, t,
-                     None if fmt == "float32" else fmt, steps)
+                     None if fmt == "float32" else fmt, steps, (1, 8), a.kv_dtype)
         rows["llama.cpp"] = {"skipped": "the random bfloat16 Llama has no tokenizer, which a GGUF "
                                         "file for llama.cpp needs; not converted"}
         results["models"]["llama-100m"] = {"config": cfg, "rows": rows}
@@ -231,7 +239,7 @@ def main(argv=None) -> int:
         over = {}
         for fmt in ("float32", "bfloat16"):
             _run(over, f"tiny {fmt} tp2 t1", bench_ours, tiny_dir, json.load(open(os.path.join(
-                tiny_dir, "config.json"))), 2, 1, None if fmt == "float32" else fmt, steps * 4, (1,))
+                tiny_dir, "config.json"))), 2, 1, None if fmt == "float32" else fmt, steps * 4, (1,), a.kv_dtype)
             full = rows.get(f"ours {fmt} tp2 t1", {})
             if "step_ms_b1" in full and "step_ms_b1" in over[f"tiny {fmt} tp2 t1"]:
                 over[f"fraction {fmt}"] = over[f"tiny {fmt} tp2 t1"]["step_ms_b1"] / full["step_ms_b1"]
@@ -251,7 +259,7 @@ def main(argv=None) -> int:
                 _run(srows, f"llama.cpp q4_1 t{t}", bench_llamacpp, smol, t, steps)
                 for q in ("gguf", "float32"):
                     _run(srows, f"ours {q} tp1 t{t}", bench_ours, smol, scfg, 1, t,
-                         None if q == "float32" else q, steps)
+                         None if q == "float32" else q, steps, (1, 8), a.kv_dtype)
             srows["ours tp2"] = {"skipped": "9 query heads and 3 KV heads do not split over 2 workers"}
             results["models"]["smollm2"] = {"config": scfg, "rows": srows}
     results["load_average_after"] = os.getloadavg()

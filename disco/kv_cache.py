@@ -29,7 +29,8 @@ one page of one kv head is a contiguous page_size x head_dim block. Attention fi
 writes the step's new keys and values at their positions, then, per (sequence, kv head,
 block of up to 16 new tokens), reads that sequence's keys and values once, in tiles of
 up to 32 positions within a page (read in place when float32, widened to float32 when
-16-bit), and serves all the q heads of the group from each tile with an online softmax
+16-bit; q, k, v and out may be float32 over a 16-bit cache, k and v rounded as they
+are written), and serves all the q heads of the group from each tile with an online softmax
 (running max, running sum, float32 accumulator): no score matrix, fixed scratch for any
 history. Decode is memory-bound and reads each cached element once per (sequence, kv
 head); the next tile's page is prefetched while one is folded, and the loops are 8-wide
@@ -49,7 +50,7 @@ from typing import Any, Iterable
 import numpy as np
 
 from ._context import current_context
-from .errors import KVCacheError, OutOfPagesError
+from .errors import DiscoError, KVCacheError, OutOfPagesError
 from .registry import register_func
 from .tensor import as_numpy, dtype_name, is_array_like, np_dtype
 
@@ -57,6 +58,14 @@ __all__ = ["PagedKVCache", "KVCacheError", "OutOfPagesError"]
 
 # Storage dtypes and their codes in csrc/kv/paged_kv_cache.h (DType).
 _DTYPE_CODES = {"float32": 0, "float16": 1, "bfloat16": 2}
+
+
+def _io_code(dtype: np.dtype) -> int | None:
+    """The code of a dtype q, k, v and out may have; None for any other."""
+    try:
+        return _DTYPE_CODES.get(dtype_name(dtype))
+    except DiscoError:
+        return None
 
 
 def default_num_threads() -> int:
@@ -99,8 +108,10 @@ class PagedKVCache:
     """Keys and values of the sequences one worker serves, for its kv heads, in pages.
 
     `num_pages` pages of `page_size` tokens each (every layer has its own copy of each
-    page), storage and inputs of `dtype` ("float32", "float16" or "bfloat16";
-    attention accumulates in float32). `num_threads`: threads of the attention kernel
+    page), stored as `dtype` ("float32", "float16" or "bfloat16"; attention accumulates
+    in float32). q, k, v and out may be of another of these dtypes: a 16-bit cache under
+    a float32 model halves KV memory with no cast in the model's graph (keys and values
+    are rounded as they are written). `num_threads`: threads of the attention kernel
     (default: `default_num_threads()`)."""
 
     def __init__(self, num_layers: int, num_kv_heads: int, head_dim: int, *, num_pages: int,
@@ -151,7 +162,8 @@ class PagedKVCache:
         token t of sequence s, out[t, h] = softmax(scale * q[t, h] . K_s^T) V_s over the
         positions of s up to and including t's (causal within the step), with kv head
         h // (H // KV) for q head h. q and out: (T, H, D); k and v: (T, KV, D); T the
-        step's tokens, all of the cache's dtype. `scale` defaults to 1/sqrt(D).
+        step's tokens, all four of one dtype, the cache's or another (float32 over a 16-bit
+        cache: k and v are rounded to the cache's dtype as they are stored). `scale` defaults to 1/sqrt(D).
         Returns `out`."""
         where = f"PagedKVCache.attention(layer={layer!r})"
         layer = _int(layer, "layer", where)
@@ -161,6 +173,10 @@ class PagedKVCache:
         rows = self._native.step_rows()      # raises when no step has begun
         q, k, v, out = (self._array(x, name, where) for x, name in
                         ((q, "q"), (k, "k"), (v, "v"), (out, "out")))
+        for name, x in (("k", k), ("v", v), ("out", out)):
+            if x.dtype != q.dtype:
+                raise KVCacheError(f"{where}: {name} has dtype {x.dtype} but q {q.dtype}; q, k, v "
+                                   "and out must be of one dtype")
         D, KV = self.head_dim, self.num_kv_heads
         if q.ndim != 3 or q.shape[0] != rows or q.shape[2] != D or q.shape[1] % KV:
             raise KVCacheError(
@@ -178,7 +194,7 @@ class PagedKVCache:
                                "array; attention writes into it")
         scale = 1.0 / math.sqrt(D) if scale is None else float(scale)
         self._native.attention(layer, np.ascontiguousarray(q), np.ascontiguousarray(k),
-                               np.ascontiguousarray(v), out, scale)
+                               np.ascontiguousarray(v), out, scale, _DTYPE_CODES[dtype_name(q.dtype)])
         return out
 
     def _array(self, x, name: str, where: str) -> np.ndarray:
@@ -186,9 +202,10 @@ class PagedKVCache:
             if not is_array_like(x):
                 raise KVCacheError(f"{where}: {name} must be an array, got {type(x).__name__}")
             x = as_numpy(x)
-        if x.dtype != self.dtype:
+        if _io_code(x.dtype) is None:
             raise KVCacheError(f"{where}: {name} has dtype {x.dtype}; the cache holds "
-                               f"{dtype_name(self.dtype)}, and q, k, v and out must be of it")
+                               f"{dtype_name(self.dtype)}, and q, k, v and out must be of one of "
+                               f"{', '.join(_DTYPE_CODES)}")
         return x
 
     # -- state -----------------------------------------------------------------------------
@@ -307,11 +324,13 @@ def _specialize_attention(args, varies):
     except (TypeError, ValueError):
         return None
 
+    io = _io_code(dtype)
+
     def fast(q, k, v, cache, *rest):
-        if type(cache) is not PagedKVCache or cache.dtype != dtype:
+        if type(cache) is not PagedKVCache or io is None:
             return attention(q, k, v, cache, *rest)
         try:
-            cache._native.attention(layer, q, k, v, rest[-1], scale)
+            cache._native.attention(layer, q, k, v, rest[-1], scale, io)
         except (KVCacheError, TypeError):
             # Refused before the cache changed (the native checks come first): the general
             # function converts what it can (e.g. a non-contiguous q) or raises, naming the problem.

@@ -30,6 +30,9 @@ def parser() -> argparse.ArgumentParser:
                    help="pipeline stages: the layers split evenly between them, each on --tp "
                         "workers of its own (tp * pp workers in all)")
     p.add_argument("--dtype", default="float32", choices=("float32", "float16", "bfloat16"))
+    p.add_argument("--kv-dtype", default=None, choices=("float32", "float16", "bfloat16"),
+                   help="what the KV cache stores: bfloat16 or float16 halve a float32 model's KV "
+                        "memory (keys and values rounded; attention in float32); default: as --dtype")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     p.add_argument("--prompt", action="append", default=None,
                    help="a prompt (repeat for several; default: read one from stdin)")
@@ -106,9 +109,11 @@ def _run(args) -> int:
                     repetition_penalty=args.repetition_penalty, seed=args.seed, stop=args.stop,
                     ignore_eos=args.ignore_eos)
     sampling = {k: v for k, v in sampling.items() if v is not None and v is not False}
-    with load(path, tp=tp, dtype=args.dtype, device=args.device, pp=args.pp,
-                       progress=not args.no_progress) as engine:
+    with load(path, tp=tp, dtype=args.dtype, device=args.device, pp=args.pp, kv_dtype=args.kv_dtype,
+              progress=not args.no_progress) as engine:
         _note(engine.topology)
+        if args.stats:
+            _note(engine.kv_line())
         for prompt in prompts:
             if args.chat:
                 messages = ([{"role": "system", "content": args.system}] if args.system else []) + \

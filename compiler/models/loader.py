@@ -21,7 +21,7 @@ import shutil
 import tempfile
 from typing import Any, Optional
 
-from disco.llm.engine import EXECUTABLE, MODEL_JSON, Engine
+from disco.llm.engine import EXECUTABLE, MODEL_JSON, Engine, check_kv_dtype
 from disco.llm.generation import GenerationConfig
 from disco.llm.tokenizer import load_tokenizer
 
@@ -206,7 +206,7 @@ def launched_ranks() -> Optional[int]:
 
 def load(path: str, tp: Optional[int] = None, dtype: str = "float32", session=None,
          device: str = "cpu", progress: bool = True, quantization: Optional[str] = None,
-         pp: int = 1, **engine_options: Any) -> Engine:
+         pp: int = 1, kv_dtype: Optional[str] = None, **engine_options: Any) -> Engine:
     """A `disco.llm.Engine` for the checkpoint at `path` (see the module docstring).
 
     `pp`: pipeline stages; the layers are split evenly between them, each stage on its
@@ -220,7 +220,11 @@ def load(path: str, tp: Optional[int] = None, dtype: str = "float32", session=No
     weights), "q8_0", "q4_0", "q4_1" (GGUF's blocks: read from a GGUF file's own blocks
     when it stores them so, else quantized at load), or "gguf" (each weight as the GGUF
     file stores it); None: as `dtype` says.
-    `engine_options`: Engine's (max_tokens, page_size, generation_config)."""
+    `kv_dtype`: what the KV cache stores, whatever the weights' format: "bfloat16" or
+    "float16" (half a float32 cache's bytes; keys and values rounded as they are
+    appended, attention in float32), or None for `dtype`. The compiled model is the
+    same either way (the attention kernel converts).
+    `engine_options`: Engine's (max_tokens, page_size, generation_config, prefill_chunk)."""
     path = os.path.abspath(os.fspath(path))
     if not os.path.exists(path):
         raise FileNotFoundError(f"no checkpoint at {path!r}")
@@ -236,6 +240,7 @@ def load(path: str, tp: Optional[int] = None, dtype: str = "float32", session=No
         raise ValueError(f"tp must be a positive int, got {tp!r}")
     if dtype not in DTYPES:
         raise ValueError(f"dtype {dtype!r} is not supported; expected one of {', '.join(DTYPES)}")
+    check_kv_dtype(kv_dtype, "models.load")
     quantization = resolve_quantization(quantization, path, cfg, device, pp)
     _model(cfg, tp, dtype, path, quantization, pp)   # a degree or pp that cannot work fails before any worker
     tokenizer = load_tokenizer(path)             # a broken tokenizer too
@@ -252,7 +257,7 @@ def load(path: str, tp: Optional[int] = None, dtype: str = "float32", session=No
         folder = compile_model(cfg, tp, dtype, "cuda" if device.startswith("cuda") else "cpu", path,
                                progress, quantization, pp)
         engine = Engine.load(folder, checkpoint=path, session=session, tokenizer=tokenizer,
-                             **engine_options)
+                             kv_dtype=kv_dtype, **engine_options)
         engine.owns_session = owns
         return engine
     except BaseException:

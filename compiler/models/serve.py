@@ -43,6 +43,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000, help="0: a free port (printed)")
     p.add_argument("--dtype", default="float32", choices=("float32", "float16", "bfloat16"))
+    p.add_argument("--kv-dtype", default=None, choices=("float32", "float16", "bfloat16"),
+                   help="what the KV cache stores: bfloat16 or float16 halve a float32 model's KV "
+                        "memory (keys and values rounded; attention in float32); default: as --dtype")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     p.add_argument("--quantization", default=None,
                    help="CPU: store the weights of linear layers and embeddings as bf16, f16, q8_0, "
@@ -123,6 +126,7 @@ def _run(args) -> int:
 
         def load_engine():
             return load(path, tp=tp, pp=args.pp, dtype=args.dtype, session=session, device=args.device,
+                        kv_dtype=args.kv_dtype,
                         progress=not args.no_progress, quantization=args.quantization,
                         max_tokens=args.kv_tokens, page_size=args.page_size,
                         prefill_chunk=args.prefill_chunk or None)

@@ -301,9 +301,11 @@ struct WorkItem {
   int64_t last;
 };
 
-template <typename E>
+// E: the storage's element type (keys, values); I: that of q and out.
+template <typename E, typename I>
 void attend_item(const AttentionArgs& a, const WorkItem& w) {
   using T = typename E::T;
+  using Q = typename I::T;
   const int64_t group = a.num_heads / a.num_kv_heads, dim = a.head_dim, S = a.page_size;
   const StepEntry& e = (*a.step)[w.entry];
   const int32_t* table = (*a.page_tables)[w.entry];
@@ -318,13 +320,13 @@ void attend_item(const AttentionArgs& a, const WorkItem& w) {
 
   // Row t * group + g: new token first + t, q head kv_head * group + g.
   std::vector<Row> rows(nrows);
-  const T* q = static_cast<const T*>(a.q);
+  const Q* q = static_cast<const Q*>(a.q);
   for (int64_t t = 0; t < ntok; ++t) {
     const int64_t row = e.row + w.first + t;
     for (int64_t g = 0; g < group; ++g) {
       const int64_t r = t * group + g;
-      const T* src = q + (row * a.num_heads + w.kv_head * group + g) * dim;
-      for (int64_t d = 0; d < dim; ++d) qf[r * dim + d] = E::load(src[d]) * a.scale;
+      const Q* src = q + (row * a.num_heads + w.kv_head * group + g) * dim;
+      for (int64_t d = 0; d < dim; ++d) qf[r * dim + d] = I::load(src[d]) * a.scale;
       rows[r] = Row{qf + r * dim, acc + r * dim, -std::numeric_limits<float>::infinity(), 0.f,
                     e.start + w.first + t + 1};
     }
@@ -357,19 +359,19 @@ void attend_item(const AttentionArgs& a, const WorkItem& w) {
     fold_tile(rows.data(), nrows, p0, n, k, v, dim);
   }
 
-  T* out = static_cast<T*>(a.out);
+  Q* out = static_cast<Q*>(a.out);
   for (int64_t t = 0; t < ntok; ++t) {
     const int64_t row = e.row + w.first + t;
     for (int64_t g = 0; g < group; ++g) {
       const Row& r = rows[t * group + g];
-      T* dst = out + (row * a.num_heads + w.kv_head * group + g) * dim;
+      Q* dst = out + (row * a.num_heads + w.kv_head * group + g) * dim;
       const float inv = 1.f / r.sum;
-      for (int64_t d = 0; d < dim; ++d) dst[d] = E::store(r.acc[d] * inv);
+      for (int64_t d = 0; d < dim; ++d) dst[d] = I::store(r.acc[d] * inv);
     }
   }
 }
 
-template <typename E>
+template <typename E, typename I>
 void attend_all(const AttentionArgs& a, ThreadPool& pool) {
   std::vector<WorkItem> items;
   int64_t bytes = 0;  // keys and values read, summed over items
@@ -385,7 +387,7 @@ void attend_all(const AttentionArgs& a, ThreadPool& pool) {
   std::stable_sort(items.begin(), items.end(), [&](const WorkItem& x, const WorkItem& y) {
     return (*a.step)[x.entry].start + x.last > (*a.step)[y.entry].start + y.last;
   });
-  auto run = [&](int64_t i) { attend_item<E>(a, items[i]); };
+  auto run = [&](int64_t i) { attend_item<E, I>(a, items[i]); };
   if (bytes < kParallelBytes) {
     for (int64_t i = 0; i < (int64_t)items.size(); ++i) run(i);
   } else {
@@ -393,13 +395,22 @@ void attend_all(const AttentionArgs& a, ThreadPool& pool) {
   }
 }
 
+template <typename E>
+void attend_io(const AttentionArgs& a, ThreadPool& pool) {
+  switch (a.io_dtype) {
+    case DType::kF32: return attend_all<E, F32>(a, pool);
+    case DType::kF16: return attend_all<E, F16>(a, pool);
+    case DType::kBF16: return attend_all<E, BF16>(a, pool);
+  }
+}
+
 }  // namespace
 
 void attend(const AttentionArgs& a, ThreadPool& pool) {
   switch (a.dtype) {
-    case DType::kF32: return attend_all<F32>(a, pool);
-    case DType::kF16: return attend_all<F16>(a, pool);
-    case DType::kBF16: return attend_all<BF16>(a, pool);
+    case DType::kF32: return attend_io<F32>(a, pool);
+    case DType::kF16: return attend_io<F16>(a, pool);
+    case DType::kBF16: return attend_io<BF16>(a, pool);
   }
 }
 

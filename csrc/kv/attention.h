@@ -13,6 +13,8 @@
 // value vector loaded serves two queries (prefill: 9% less time per token on the ~100M
 // Llama's 512-token steps, decode 8%), and the scores of four keys are summed by one
 // transpose rather than four horizontal sums.
+// q and out may be of another element type than the storage (a float32 model over a
+// 16-bit cache): queries are widened to float32 and outputs rounded to their own type.
 // Items run on the cache's thread pool when there are several and
 // enough bytes to read. The inner loops use 8-wide vectors (GCC/Clang vector
 // extensions) and are compiled for AVX-512, for AVX2/FMA and for baseline x86-64 (function
@@ -30,7 +32,8 @@ namespace kv {
 
 // One layer of the cache and one step's queries, as the kernel reads them.
 struct AttentionArgs {
-  DType dtype;
+  DType dtype;         // of the keys and values stored
+  DType io_dtype;      // of q and out (may differ: float32 queries over a 16-bit cache)
   int64_t num_heads, num_kv_heads, head_dim, page_size;
   const void* keys;    // this layer: [page][kv_head][slot][dim]
   const void* values;

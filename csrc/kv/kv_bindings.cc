@@ -22,20 +22,23 @@ std::string shape_text(const py::array& a) {
   return s + (a.ndim() == 1 ? ",)" : ")");
 }
 
-// `a` is C-contiguous, of the cache's element size and of shape `shape`.
-void check_array(const PagedKVCache& c, const py::array& a, const char* name, std::vector<int64_t> shape,
-                 bool writable) {
+// `a` is C-contiguous, of `t`'s element size and of shape `shape`.
+void check_array(DType t, const py::array& a, const char* name, std::vector<int64_t> shape, bool writable) {
   bool ok = a.ndim() == (py::ssize_t)shape.size() && (a.flags() & py::array::c_style) &&
-            a.itemsize() == (py::ssize_t)dtype_size(c.options().dtype) && (!writable || a.writeable());
+            a.itemsize() == (py::ssize_t)dtype_size(t) && (!writable || a.writeable());
   for (size_t i = 0; ok && i < shape.size(); ++i) ok = a.shape(i) == shape[i];
   if (!ok) {
     std::string want = "(";
     for (size_t i = 0; i < shape.size(); ++i) want += (i ? ", " : "") + std::to_string(shape[i]);
     throw KVError(std::string("PagedKVCache.attention: ") + name + " must be a C-contiguous" +
                   (writable ? ", writable" : "") + " array of shape " + want + ") with " +
-                  std::to_string(dtype_size(c.options().dtype)) + "-byte elements; got shape " + shape_text(a) +
+                  std::to_string(dtype_size(t)) + "-byte elements; got shape " + shape_text(a) +
                   " with " + std::to_string(a.itemsize()) + "-byte elements");
   }
+}
+
+void check_code(int code, const char* what) {
+  if (code < 0 || code > 2) throw KVError("PagedKVCache: unknown " + std::string(what) + " code " + std::to_string(code));
 }
 
 }  // namespace
@@ -59,7 +62,7 @@ void bind_kv(py::module_& m) {
   py::class_<PagedKVCache>(m, "PagedKVCache", "The paged KV cache of one worker; see csrc/kv/paged_kv_cache.h.")
       .def(py::init([](int64_t num_layers, int64_t num_kv_heads, int64_t head_dim, int64_t num_pages,
                        int64_t page_size, int dtype, int num_threads) {
-             if (dtype < 0 || dtype > 2) throw KVError("PagedKVCache: unknown dtype code " + std::to_string(dtype));
+             check_code(dtype, "dtype");
              Options o;
              o.num_layers = num_layers;
              o.num_kv_heads = num_kv_heads;
@@ -83,21 +86,24 @@ void bind_kv(py::module_& m) {
       })
       .def("step_rows", &PagedKVCache::step_rows)
       .def("attention", [](PagedKVCache& c, int64_t layer, py::array q, py::array k, py::array v, py::array out,
-                           float scale) {
+                           float scale, int io_dtype) {
         const Options& o = c.options();
-        if (q.ndim() != 3) check_array(c, q, "q", {-1, -1, o.head_dim}, false);  // throws
+        check_code(io_dtype, "io_dtype");
+        const DType t = static_cast<DType>(io_dtype);
+        if (q.ndim() != 3) check_array(t, q, "q", {-1, -1, o.head_dim}, false);  // throws
         const int64_t rows = q.shape(0), heads = q.shape(1);
-        check_array(c, q, "q", {rows, heads, o.head_dim}, false);
-        check_array(c, k, "k", {rows, o.num_kv_heads, o.head_dim}, false);
-        check_array(c, v, "v", {rows, o.num_kv_heads, o.head_dim}, false);
-        check_array(c, out, "out", {rows, heads, o.head_dim}, true);
+        check_array(t, q, "q", {rows, heads, o.head_dim}, false);
+        check_array(t, k, "k", {rows, o.num_kv_heads, o.head_dim}, false);
+        check_array(t, v, "v", {rows, o.num_kv_heads, o.head_dim}, false);
+        check_array(t, out, "out", {rows, heads, o.head_dim}, true);
         const void* qp = q.data();
         const void* kp = k.data();
         const void* vp = v.data();
         void* op = out.mutable_data();
         py::gil_scoped_release nogil;
-        c.attention(layer, rows, heads, qp, kp, vp, op, scale);
-      }, py::arg("layer"), py::arg("q"), py::arg("k"), py::arg("v"), py::arg("out"), py::arg("scale"))
+        c.attention(layer, rows, heads, t, qp, kp, vp, op, scale);
+      }, py::arg("layer"), py::arg("q"), py::arg("k"), py::arg("v"), py::arg("out"), py::arg("scale"),
+         py::arg("io_dtype"))
       .def("seq_length", &PagedKVCache::seq_length)
       .def("sequences", &PagedKVCache::sequences)
       .def("num_free_pages", &PagedKVCache::num_free_pages)

@@ -6,6 +6,7 @@
 #include <set>
 #include <sstream>
 
+#include "ccl/dtypes.h"
 #include "kv/attention.h"
 
 namespace disco {
@@ -18,6 +19,23 @@ void PagedKVCache::FreeDeleter::operator()(void* p) const { std::free(p); }
 namespace {
 
 const char* const kNoStepYet = "no step has begun; call begin_forward(seq_ids, append_lengths) first";
+
+// n elements of type `from` at src as type `to` at dst (to 16 bits: rounded to nearest even).
+void convert(DType from, const void* src, DType to, void* dst, size_t n) {
+  if (from == to) {
+    std::memcpy(dst, src, n * dtype_size(to));
+    return;
+  }
+  const uint16_t* s16 = static_cast<const uint16_t*>(src);
+  uint16_t* d16 = static_cast<uint16_t*>(dst);
+  for (size_t i = 0; i < n; ++i) {
+    const float x = from == DType::kF32    ? static_cast<const float*>(src)[i]
+                    : from == DType::kF16 ? ccl::f16_to_f32(s16[i])
+                                          : ccl::bf16_to_f32(s16[i]);
+    if (to == DType::kF32) static_cast<float*>(dst)[i] = x;
+    else d16[i] = to == DType::kF16 ? ccl::f32_to_f16(x) : ccl::f32_to_bf16(x);
+  }
+}
 
 int64_t pages_for(int64_t tokens, int64_t page_size) { return (tokens + page_size - 1) / page_size; }
 
@@ -172,8 +190,8 @@ int64_t PagedKVCache::step_rows() {
   return step_.empty() ? 0 : step_.back().row + step_.back().count;
 }
 
-void PagedKVCache::attention(int64_t layer, int64_t rows, int64_t num_heads, const void* q, const void* k,
-                             const void* v, void* out, float scale) {
+void PagedKVCache::attention(int64_t layer, int64_t rows, int64_t num_heads, DType io_dtype, const void* q,
+                             const void* k, const void* v, void* out, float scale) {
   std::lock_guard<std::mutex> lock(mu_);
   check_step("attention");
   const int64_t step_rows = step_.empty() ? 0 : step_.back().row + step_.back().count;
@@ -189,7 +207,8 @@ void PagedKVCache::attention(int64_t layer, int64_t rows, int64_t num_heads, con
     throw KVError("PagedKVCache.attention: " + std::to_string(num_heads) + " q heads is not a multiple of the " +
                   std::to_string(o_.num_kv_heads) + " kv heads");
   }
-  const size_t es = dtype_size(o_.dtype), D = o_.head_dim, KV = o_.num_kv_heads, S = o_.page_size;
+  const size_t es = dtype_size(o_.dtype), ies = dtype_size(io_dtype), D = o_.head_dim, KV = o_.num_kv_heads,
+               S = o_.page_size;
   const size_t layer_off = size_t(layer) * layer_elems() * es;
   char* keys = keys_.get() + layer_off;
   char* values = values_.get() + layer_off;
@@ -203,14 +222,14 @@ void PagedKVCache::attention(int64_t layer, int64_t rows, int64_t num_heads, con
       const int64_t pos = e.start + t;
       const size_t slot0 = (size_t(s.pages[pos / S]) * KV * S + pos % S) * D;  // kv head 0
       for (size_t h = 0; h < KV; ++h) {
-        const size_t dst = (slot0 + h * S * D) * es, src = ((e.row + t) * KV + h) * D * es;
-        std::memcpy(keys + dst, static_cast<const char*>(k) + src, D * es);
-        std::memcpy(values + dst, static_cast<const char*>(v) + src, D * es);
+        const size_t dst = (slot0 + h * S * D) * es, src = ((e.row + t) * KV + h) * D * ies;
+        convert(io_dtype, static_cast<const char*>(k) + src, o_.dtype, keys + dst, D);
+        convert(io_dtype, static_cast<const char*>(v) + src, o_.dtype, values + dst, D);
       }
     }
   }
 
-  AttentionArgs a{o_.dtype, num_heads, o_.num_kv_heads, o_.head_dim, o_.page_size, keys, values,
+  AttentionArgs a{o_.dtype, io_dtype, num_heads, o_.num_kv_heads, o_.head_dim, o_.page_size, keys, values,
                   &step_, &tables, q, out, scale};
   attend(a, pool_);
 }

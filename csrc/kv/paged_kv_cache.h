@@ -48,7 +48,8 @@ struct OutOfPages : KVError {
   int64_t free;
 };
 
-// Element type of the storage (and of q, k, v, out). Codes shared with disco/kv_cache.py.
+// Element type of the storage, and of q, k, v, out (which may differ from the storage's:
+// a float32 model over a 16-bit cache). Codes shared with disco/kv_cache.py.
 enum class DType : int32_t { kF32 = 0, kF16 = 1, kBF16 = 2 };
 size_t dtype_size(DType t);
 
@@ -91,11 +92,12 @@ class PagedKVCache {
   // For each row: writes k, v (rows x num_kv_heads x head_dim) into `layer`'s pages,
   // then out[row, h] = softmax(scale * q[row, h] . K^T) V over the row's sequence up to
   // and including the row's position; kv head h / (num_heads / num_kv_heads).
-  // q, out: rows x num_heads x head_dim. All in the cache's dtype, C-contiguous, with the
+  // q, out: rows x num_heads x head_dim. q, k, v and out are all of `io_dtype` (k and v
+  // are rounded to the cache's dtype as they are written), C-contiguous, with the
   // shapes the bindings check; `rows` must equal the step's (checked under the lock, so
   // another thread's begin_forward cannot slip in between). Runs without the Python GIL.
-  void attention(int64_t layer, int64_t rows, int64_t num_heads, const void* q, const void* k, const void* v,
-                 void* out, float scale);
+  void attention(int64_t layer, int64_t rows, int64_t num_heads, DType io_dtype, const void* q, const void* k,
+                 const void* v, void* out, float scale);
 
   int64_t seq_length(int64_t seq_id);
   std::vector<int64_t> sequences();

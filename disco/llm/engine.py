@@ -114,7 +114,10 @@ class Engine:
     """See the module docstring. Build one with `Engine.load` (or compiler.models.load).
 
     max_tokens: KV cache capacity per worker, in tokens over all sequences at once
-    (prompt plus generated); page_size: tokens per KV page. generation_config: the
+    (prompt plus generated); page_size: tokens per KV page. kv_dtype: what the KV cache
+    stores ("bfloat16" or "float16": half the bytes of a float32 model's cache, keys and
+    values rounded as they are appended; None: the model's dtype); attention reads it
+    with the model's queries and accumulates in float32. generation_config: the
     defaults of every request (the tokenizer's, from generation_config.json, when None).
     prefill_chunk: the most prompt tokens one step appends, over all sequences (None:
     every new prompt whole, in one step).
@@ -123,7 +126,7 @@ class Engine:
     def __init__(self, session, dmod, meta: dict, weights: list, tokenizer=None, *,
                  max_tokens: int = 8192, page_size: int = 16, owns_session: bool = False,
                  generation_config: Optional[GenerationConfig] = None, topology: str = "",
-                 prefill_chunk: Optional[int] = None):
+                 prefill_chunk: Optional[int] = None, kv_dtype: Optional[str] = None):
         self.session, self.dmod, self.meta, self.weights = session, dmod, meta, weights
         self.tokenizer = tokenizer
         self.owns_session = owns_session
@@ -145,8 +148,11 @@ class Engine:
         self.prefill_chunk = prefill_chunk
         self.page_size = page_size
         self.num_pages = -(-max_tokens // page_size)
+        self.kv_dtype = check_kv_dtype(kv_dtype, "Engine") or meta["dtype"]
+        # keys and values of one token, all of this worker's layers and kv heads
+        self.kv_bytes_per_token = 2 * layers * kv_heads * head_dim * (4 if self.kv_dtype == "float32" else 2)
         self.cache = session.get_global_func("disco.kv.create")(
-            layers, kv_heads, head_dim, self.num_pages, page_size, meta["dtype"])
+            layers, kv_heads, head_dim, self.num_pages, page_size, self.kv_dtype)
         self._kv = {name: session.get_global_func(f"disco.kv.{name}")
                     for name in ("add_sequence", "remove_sequence", "begin_forward")}
         self._text_vocab = int(getattr(tokenizer, "vocab_size", self.vocab_size))
@@ -493,6 +499,12 @@ class Engine:
             at += len(p)
         return out
 
+    def kv_line(self) -> str:
+        """The KV cache's size per worker, for logs: pages, dtype, bytes."""
+        return (f"KV cache {self.num_pages} pages of {self.page_size} tokens per worker, {self.kv_dtype}, "
+                f"{self.kv_bytes_per_token} bytes per token, "
+                f"{self.num_pages * self.page_size * self.kv_bytes_per_token / 2**20:.1f} MiB")
+
     def stats_line(self) -> str:
         """Prefill and decode throughput since the last call (then reset)."""
         s = self.stats
@@ -506,8 +518,20 @@ class Engine:
 
     def __repr__(self):
         return (f"Engine({self.meta.get('family')}, tp={self.meta.get('tp')}, dtype={self.meta.get('dtype')}, "
-                f"running={len(self.running)}, waiting={len(self.waiting)}, "
+                f"kv_dtype={self.kv_dtype}, running={len(self.running)}, waiting={len(self.waiting)}, "
                 f"free_pages={self.free_pages}/{self.num_pages})")
+
+
+KV_DTYPES = ("float32", "float16", "bfloat16")
+
+
+def check_kv_dtype(kv_dtype: Optional[str], where: str) -> Optional[str]:
+    """`kv_dtype` when it is None or a dtype the KV cache stores; else an EngineError (a
+    ValueError) naming the allowed ones, so a loader can check it before workers start."""
+    if kv_dtype is not None and kv_dtype not in KV_DTYPES:
+        raise EngineError(f"{where}: kv_dtype={kv_dtype!r} is not supported; expected one of "
+                          f"{', '.join(map(repr, KV_DTYPES))}, or None for the model's dtype")
+    return kv_dtype
 
 
 def check_ready(session) -> str:

@@ -40,9 +40,10 @@ class Model:
     values so far. step() feeds random q, k, v for one step to `attend` (the code under
     test), and checks its outputs against `reference` on the whole history."""
 
-    def __init__(self, num_layers, num_heads, num_kv_heads, head_dim, dtype, seed=0):
+    def __init__(self, num_layers, num_heads, num_kv_heads, head_dim, dtype, seed=0, stored=None):
         self.L, self.H, self.KV, self.D = num_layers, num_heads, num_kv_heads, head_dim
         self.dtype = dtype
+        self.stored = stored        # the cache's dtype when it differs from the inputs'
         self.rng = np.random.default_rng(seed)
         self.hist: dict = {}
 
@@ -58,6 +59,8 @@ class Model:
             out = attend(layer, q, k, v)
             rtol, atol = TOL[self.dtype]
             row = 0
+            if self.stored:     # the reference reads what the cache holds: k, v rounded
+                k, v = (x.astype(DTYPES[self.stored]).astype(np.float32) for x in (k, v))
             for s, n in zip(seq_ids, lengths):
                 old_k, old_v = self.hist.get((s, layer), (k[:0], v[:0]))
                 keys = np.concatenate([old_k, k[row:row + n]])
@@ -109,6 +112,34 @@ def test_prefill_then_decode_matches_reference(dtype, heads, head_dim, page_size
     pages = [cache.page_table(s) for s in (7, 2, 30)]
     assert [len(p) for p in pages] == [math.ceil((n + 4) / page_size) for n in (5, 17, 33)]
     assert len(set(sum(pages, []))) == cache.num_used_pages     # no page is shared
+
+
+@pytest.mark.parametrize("page_size", [4, 16])
+@pytest.mark.parametrize("head_dim", [16, 64, 80])
+@pytest.mark.parametrize("inputs,stored", [("float32", "float16"), ("float32", "bfloat16"),
+                                           ("float16", "bfloat16"), ("bfloat16", "float32")])
+def test_inputs_of_another_dtype_than_the_cache(inputs, stored, head_dim, page_size):
+    """A float32 model over a 16-bit cache (or a 16-bit model over another cache): keys
+    and values rounded (to nearest even) as they are stored. Against the reference on the
+    rounded keys and values, within the inputs' tolerance (float32: 1e-5): only the
+    storage is 16-bit, the queries, the accumulation and the output stay float32."""
+    cache = PagedKVCache(2, 2, head_dim, num_pages=60, page_size=page_size, dtype=stored)
+    model = Model(2, 6, 2, head_dim, inputs, stored=stored)
+    prefill_then_decode(cache, model, [3, 9], [5, 33], decode_steps=3)
+    keys, values = cache.storage()
+    assert keys.dtype == DTYPES[stored] and cache.nbytes == keys.nbytes + values.nbytes
+    for layer in range(2):                  # what is stored is the inputs, rounded once
+        want = model.hist[(9, layer)][0]
+        table = cache.page_table(9)
+        got = np.stack([keys[layer, table[p // page_size], :, p % page_size] for p in range(len(want))])
+        np.testing.assert_array_equal(got.astype(np.float32), want.astype(np.float32))
+
+
+def test_a_16_bit_cache_takes_half_the_bytes():
+    """The page count is in tokens, so the same pages take half the memory in 16 bits."""
+    sizes = {d: PagedKVCache(4, 2, 64, num_pages=8, page_size=16, dtype=d).nbytes for d in DTYPES}
+    assert sizes["float32"] == 2 * 4 * 8 * 2 * 16 * 64 * 4
+    assert sizes["bfloat16"] == sizes["float16"] == sizes["float32"] // 2
 
 
 @pytest.mark.parametrize("head_dim", [12, 72, 80, 128])
@@ -296,8 +327,18 @@ def test_errors_name_what_was_wrong():
         cache.attention(0, q3, kv3, kv3, np.empty_like(kv3))
     with pytest.raises(KVCacheError, match=r"q has dtype float64; the cache holds float32"):
         cache.attention(0, q3.astype(np.float64), kv3, kv3, np.empty_like(q3))
-    with pytest.raises(KVCacheError, match=r"v has dtype float16; the cache holds float32"):
+    with pytest.raises(KVCacheError, match=r"v has dtype float16 but q float32; q, k, v and out "
+                                           r"must be of one dtype"):
         cache.attention(0, q3, kv3, kv3.astype(np.float16), np.empty_like(q3))
+    half = PagedKVCache(1, 2, 16, num_pages=4, page_size=4, dtype="bfloat16")
+    half.add_sequence(0)
+    half.begin_forward([0], [3])
+    with pytest.raises(KVCacheError, match=r"k has dtype bfloat16 but q float32; q, k, v and out "
+                                           r"must be of one dtype"):
+        half.attention(0, q3, kv3.astype(ml_dtypes.bfloat16), kv3, np.empty_like(q3))
+    with pytest.raises(KVCacheError, match=r"q has dtype int32; the cache holds bfloat16, and q, "
+                                           r"k, v and out must be of one of float32, float16, bfloat16"):
+        half.attention(0, q3.astype(np.int32), kv3, kv3, np.empty_like(q3))
     with pytest.raises(KVCacheError, match=r"out \(shape \(3, 4, 16\)\) must be a C-contiguous, "
                                            r"writable array"):
         cache.attention(0, q3, kv3, kv3, np.empty((16, 4, 3), np.float32).T)
@@ -330,14 +371,16 @@ def test_native_checks_keep_memory_safe():
     native = cache._native
     with pytest.raises(KVCacheError, match=r"k must be a C-contiguous array of shape \(2, 2, 16\) "
                                            r"with 4-byte elements; got shape \(2, 2, 8\)"):
-        native.attention(0, q, kv[:, :, :8].copy(), kv, np.empty_like(q), 1.0)
+        native.attention(0, q, kv[:, :, :8].copy(), kv, np.empty_like(q), 1.0, 0)
     with pytest.raises(KVCacheError, match=r"with 4-byte elements; got shape \(2, 4, 16\) with "
                                            r"2-byte elements"):
-        native.attention(0, q.astype(np.float16), kv, kv, np.empty_like(q), 1.0)
+        native.attention(0, q.astype(np.float16), kv, kv, np.empty_like(q), 1.0, 0)
     with pytest.raises(KVCacheError, match=r"q has 1 tokens but the step begun by begin_forward has 2"):
-        native.attention(0, q[:1], kv[:1], kv[:1], np.empty_like(q[:1]), 1.0)
+        native.attention(0, q[:1], kv[:1], kv[:1], np.empty_like(q[:1]), 1.0, 0)
     with pytest.raises(KVCacheError, match=r"layer 1 is out of range"):
-        native.attention(1, q, kv, kv, np.empty_like(q), 1.0)
+        native.attention(1, q, kv, kv, np.empty_like(q), 1.0, 0)
+    with pytest.raises(KVCacheError, match=r"unknown io_dtype code 3"):
+        native.attention(0, q, kv, kv, np.empty_like(q), 1.0, 3)
 
 
 # -- the global functions: what the VM and sessions hand over ----------------------------

@@ -84,6 +84,19 @@ def test_two_pipeline_stages(checkpoint, env, expected):
     _check(job, expected, 2)
 
 
+def test_kv_dtype(checkpoint, env):
+    """--kv-dtype bfloat16: the cache's size said with --stats (half float32's bytes per
+    token: 2 layers x 1 of 2 kv heads x 16 dims x 2 (k, v) x 2 bytes); a value not offered
+    is refused before any worker starts."""
+    job = Job(_generate_argv() + ["--model", checkpoint, "--tp", "2", "--kv-dtype", "bfloat16", "--stats"] + ARGS,
+              env=env)
+    assert job.rc == 0, job.err
+    assert "per worker, bfloat16, 128 bytes per token" in job.err and not job.leftovers()
+    job = Job(_generate_argv() + ["--model", checkpoint, "--kv-dtype", "int8"] + ARGS, env=env)
+    assert job.rc == 2 and "--kv-dtype: invalid choice: 'int8'" in job.err, job.err
+    assert "disco: " not in job.err
+
+
 def test_more_stages_than_layers_is_a_clear_error(checkpoint, env):
     job = Job(_generate_argv() + ["--model", checkpoint, "--pp", "3"] + ARGS, env=env)
     assert job.rc == 2 and "Traceback" not in job.err, job.err

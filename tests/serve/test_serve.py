@@ -10,7 +10,7 @@ malformed requests interleaved with good ones (400 naming the field, the server 
 client disconnects (cancelled, pages freed), a full wait queue (503 with Retry-After),
 and a worker killed under load (errors to the requests in flight, /health unhealthy,
 exit status 3, no process or /dev/shm segment left); --quantization (a bad one exits 2, q4_0
-answers as the q4_0 engine).
+answers as the q4_0 engine); --kv-dtype bfloat16 answers as the engine with that cache.
 
 Requests that must be in flight at a given moment are held there without timing: worker
 1 is stopped with SIGSTOP, so the engine's step waits for it, and continued with SIGCONT.
@@ -501,6 +501,27 @@ def test_quantized_server_equals_the_quantized_engine(checkpoint, cache, engine,
         c = openai.OpenAI(base_url=s.url + "/v1", api_key="none", max_retries=0, timeout=60)
         r = c.completions.create(model=s.model, prompt=PROMPT, max_tokens=12, temperature=0)
         assert (r.choices[0].text, r.usage.completion_tokens) == want[:2]
+    finally:
+        assert s.stop() == 0, s.log
+    assert not s.leftovers(), s.log
+
+
+def test_kv_dtype_server_equals_the_kv_dtype_engine(checkpoint, cache, tmp_path):
+    """--kv-dtype bfloat16 on 2 workers with chunked prefill: greedy completions are those
+    of compiler.models.load(kv_dtype="bfloat16") in this process, the ready line names the
+    cache's dtype and size, and /metrics counts its pages back to zero."""
+    prompts = [PROMPT, PROMPT + " who lived in a cave by the sea and never left it"]
+    with reference_engine(checkpoint, cache, kv_dtype="bfloat16") as e:
+        want = [alone(e, p, 12) for p in prompts]
+    s = Server(checkpoint, "--tp", "2", "--kv-dtype", "bfloat16", "--prefill-chunk", "8",
+               env=server_env(cache), log_path=str(tmp_path / "server.log"))
+    try:
+        assert s._wait_for(r"ready: .* worker, bfloat16, (\d+) bytes per token", lambda m: m[1]) == "128"
+        c = openai.OpenAI(base_url=s.url + "/v1", api_key="none", max_retries=0, timeout=60)
+        for p, w in zip(prompts, want):
+            r = c.completions.create(model=s.model, prompt=p, max_tokens=12, temperature=0)
+            assert (r.choices[0].text, r.usage.completion_tokens) == w[:2]
+        assert "disco_kv_pages_used 0" in s.http.get("/metrics").text
     finally:
         assert s.stop() == 0, s.log
     assert not s.leftovers(), s.log

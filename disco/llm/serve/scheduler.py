@@ -174,7 +174,8 @@ class Scheduler:
             self.context = self.engine.context
             self._publish()
             self.state = READY
-            self.log(f"ready: {self.topology}")
+            kv = getattr(self.engine, "kv_line", None)
+            self.log(f"ready: {self.topology}" + (f"; {kv()}" if kv else ""))
             while self.state == READY and self._serve_commands(block=not self.engine.busy):
                 if self.engine.busy:
                     self._step()
