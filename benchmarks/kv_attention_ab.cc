@@ -45,7 +45,7 @@ int main() {
   std::vector<float> out2(q.size());
   for (int rep = 0; rep < 10; ++rep) {
     for (size_t s = 0; s < steps.size(); ++s) {
-      AttentionArgs a{DType::kF32, H, KV, D, S, keys.data(), values.data(), &steps[s], &tabs[s], q.data(), out.data(), 0.125f};
+      AttentionArgs a{DType::kF32, DType::kF32, H, KV, D, S, keys.data(), values.data(), &steps[s], &tabs[s], q.data(), out.data(), 0.125f};
       double t0 = tt(); for (int l = 0; l < 12; ++l) ver_old::attend(a, pool); double t1 = tt();
       a.out = out2.data();
       for (int l = 0; l < 12; ++l) ver_new::attend(a, pool); double t2 = tt();
@@ -60,7 +60,7 @@ int main() {
     for (int j = 0; j < 32; ++j) { st.push_back({j, lens[j], 1, j}); tb.push_back(tables[j].data()); }
     double to = 0, tn = 0;
     for (int rep = 0; rep < 200; ++rep) {
-      AttentionArgs a{DType::kF32, H, KV, D, S, keys.data(), values.data(), &st, &tb, q.data(), out.data(), 0.125f};
+      AttentionArgs a{DType::kF32, DType::kF32, H, KV, D, S, keys.data(), values.data(), &st, &tb, q.data(), out.data(), 0.125f};
       double t0 = tt(); for (int l = 0; l < 12; ++l) ver_old::attend(a, pool); double t1 = tt();
       a.out = out2.data();
       for (int l = 0; l < 12; ++l) ver_new::attend(a, pool); double t2 = tt();
@@ -73,7 +73,7 @@ int main() {
       std::vector<StepEntry> st{{0, len, 1, 0}}; std::vector<const int32_t*> tb{tables[0].data()};
       double to = 0, tn = 0;
       for (int rep = 0; rep < 3000; ++rep) {
-        AttentionArgs a{DType::kF32, H, KV, D, S, keys.data(), values.data(), &st, &tb, q.data(), out.data(), 0.125f};
+        AttentionArgs a{DType::kF32, DType::kF32, H, KV, D, S, keys.data(), values.data(), &st, &tb, q.data(), out.data(), 0.125f};
         double t0 = tt(); for (int l = 0; l < 12; ++l) ver_old::attend(a, pool); double t1 = tt();
         a.out = out2.data();
         for (int l = 0; l < 12; ++l) ver_new::attend(a, pool); double t2 = tt();

@@ -5,7 +5,7 @@ Measured as the workers' CPU time (/proc/<pid>/stat, user + system) over the run
 divided by the prompt tokens; the machine may be shared, and CPU time is what other
 processes disturb least.
 
-    python benchmarks/prefill_cpu.py [--rounds 5] [--profile] [EXPORTED ...]
+    python benchmarks/prefill_cpu.py [--rounds 5] [--profile] [--quantization bf16] [EXPORTED ...]
 
 Without EXPORTED folders the model is compiled here (compiler.models' cache). Given
 several exported folders (e.g. the same model compiled by two versions of the
@@ -68,11 +68,13 @@ def main() -> None:
     ap.add_argument("--chunk", type=int, default=512)
     ap.add_argument("--profile", action="store_true")
     ap.add_argument("--compile-only", action="store_true")
+    ap.add_argument("--quantization", default=None, help="weight format (bf16, q8_0, ...): as models.load takes it")
     args = ap.parse_args()
     path = checkpoint()
     if args.compile_only or not args.exported:
-        from compiler.models.loader import compile_model
-        folder = compile_model(serve_bench.CONFIG, 2, "float32", "cpu", path, progress=False)
+        from compiler.models.loader import compile_model, resolve_quantization
+        q = resolve_quantization(args.quantization, path, serve_bench.CONFIG)
+        folder = compile_model(serve_bench.CONFIG, 2, "float32", "cpu", path, progress=False, quantization=q)
         if args.compile_only:
             print(folder)
             return
