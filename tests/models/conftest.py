@@ -22,6 +22,14 @@ def model_cache(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
+def tiny_llama(tmp_path_factory):
+    """The tiny Llama checkpoint of tiny.py (random weights, transformers' layout), made
+    once per module."""
+    import tiny
+    return tiny.make_checkpoint("llama", str(tmp_path_factory.mktemp("ckpt") / "llama"))
+
+
+@pytest.fixture(scope="module")
 def sessions():
     """sessions(n): one ProcessSession of n workers per n, shared by the module's tests."""
     made = {}

@@ -45,8 +45,8 @@ def _own_model_cache(model_cache):
 
 
 @pytest.fixture(scope="module")
-def llama(tmp_path_factory):
-    return tiny.make_checkpoint("llama", str(tmp_path_factory.mktemp("ckpt") / "llama"))
+def llama(tiny_llama):
+    return tiny_llama
 
 
 def _reference(w: np.ndarray, fmt: str) -> np.ndarray:
