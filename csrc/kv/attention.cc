@@ -7,6 +7,10 @@
 
 #include "ccl/dtypes.h"
 
+#if defined(__GNUC__) && defined(__x86_64__)
+#include <immintrin.h>
+#endif
+
 namespace disco {
 namespace kv {
 namespace {
@@ -262,8 +266,27 @@ KV_CLONES void fold_tile(Row* rows, int64_t nrows, int64_t p0, int64_t n, const 
   for (; r < nrows; ++r) one(rows[r]);
 }
 
-KV_CLONES void widen_f16(const uint16_t* x, float* y, int64_t n) {
+KV_CLONES void widen_f16_portable(const uint16_t* x, float* y, int64_t n) {
   for (int64_t i = 0; i < n; ++i) y[i] = ccl::f16_to_f32(x[i]);
+}
+
+#if defined(__GNUC__) && defined(__x86_64__)
+// F16C converts 8 halves in one instruction; GCC does not vectorise the bit-twiddling
+// conversion above, which made float16 caches slower than float32 ones.
+__attribute__((target("avx,f16c"))) void widen_f16_f16c(const uint16_t* x, float* y, int64_t n) {
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8)
+    _mm256_storeu_ps(y + i, _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(x + i))));
+  for (; i < n; ++i) y[i] = ccl::f16_to_f32(x[i]);
+}
+#endif
+
+void widen_f16(const uint16_t* x, float* y, int64_t n) {
+#if defined(__GNUC__) && defined(__x86_64__)
+  static const bool f16c = __builtin_cpu_supports("avx") && __builtin_cpu_supports("f16c");
+  if (f16c) return widen_f16_f16c(x, y, n);
+#endif
+  widen_f16_portable(x, y, n);
 }
 
 KV_CLONES void widen_bf16(const uint16_t* x, float* y, int64_t n) {
