@@ -52,13 +52,61 @@ def proc_stat(pids) -> np.ndarray:
     return total
 
 
-def run_once(engine, prompts, chunk) -> tuple[float, float, int]:
+class Profile:
+    """The workers' per-step CPU table of one engine (benchmarks/_step_profile.py), summed
+    over the measured parts of the runs only."""
+
+    def __init__(self, engine):
+        engine.session.import_module("_step_profile")
+        self.fn = engine.session.get_global_func("bench.step_profile")
+        self.workers = range(engine.session.num_workers)
+        self.tables = [{} for _ in self.workers]
+
+    def reset(self) -> None:
+        for w in self.workers:
+            self.fn(True).fetch(w)
+
+    def add(self) -> None:
+        for table, w in zip(self.tables, self.workers):
+            for name, (count, seconds) in self.fn().fetch(w).items():
+                entry = table.setdefault(name, [0, 0.0])
+                entry[0] += count
+                entry[1] += seconds
+
+
+def run_once(engine, prompts, chunk, profile=None) -> tuple[float, float, int]:
+    """The prompts put in, one new token each: worker CPU, wall, prompt tokens."""
     engine.prefill_chunk = chunk
     pids = engine.session.pids
+    if profile:
+        profile.reset()
     c0, t0 = proc_stat(pids), time.perf_counter()
     reqs = [engine.submit(p, 1, temperature=0, ignore_eos=True) for p in prompts]
     engine.run(reqs)
-    return proc_stat(pids) - c0, time.perf_counter() - t0, sum(map(len, prompts))
+    used = proc_stat(pids) - c0, time.perf_counter() - t0, sum(map(len, prompts))
+    if profile:
+        profile.add()
+    return used
+
+
+def run_decode(engine, prompts, steps, profile=None) -> tuple[float, float, int]:
+    """The prompts put in (not measured), then `steps` decode steps of all of them: worker
+    CPU, wall, tokens made."""
+    engine.prefill_chunk = 512
+    reqs = [engine.submit(p, steps + 2, temperature=0, ignore_eos=True) for p in prompts]
+    while any(len(r.tokens) == 0 for r in reqs):
+        engine.step()
+    pids = engine.session.pids
+    if profile:
+        profile.reset()
+    c0, t0 = proc_stat(pids), time.perf_counter()
+    for _ in range(steps):
+        engine.step()
+    used = proc_stat(pids) - c0, time.perf_counter() - t0, steps * len(prompts)
+    if profile:
+        profile.add()
+    engine.run(reqs)
+    return used
 
 
 def main() -> None:
@@ -69,6 +117,8 @@ def main() -> None:
     ap.add_argument("--profile", action="store_true")
     ap.add_argument("--compile-only", action="store_true")
     ap.add_argument("--quantization", default=None, help="weight format (bf16, q8_0, ...): as models.load takes it")
+    ap.add_argument("--decode", type=int, default=0, metavar="STEPS",
+                    help="measure STEPS decode steps of the 32 sequences instead of their prefill")
     args = ap.parse_args()
     path = checkpoint()
     if args.compile_only or not args.exported:
@@ -83,37 +133,37 @@ def main() -> None:
     from disco.llm.tokenizer import load_tokenizer
     tok = load_tokenizer(path)
     prompts = serve_bench.workload(32, tok.vocab_size)
-    engines = []
+    what = "decoded" if args.decode else "prefill"
+
+    def measure(engine, profile=None):
+        if args.decode:
+            return run_decode(engine, prompts, args.decode, profile)
+        return run_once(engine, prompts, args.chunk, profile)
+    engines, profiles = [], []
     try:
         for folder in args.exported:
             e = Engine.load(folder, checkpoint=path, tokenizer=tok)
             engines.append(e)
-            if args.profile:
-                e.session.import_module("_step_profile")
-            run_once(e, prompts, args.chunk)           # warm: plans recorded
-            if args.profile:
-                prof = e.session.get_global_func("bench.step_profile")
-                for w in range(e.session.num_workers):
-                    prof(True).fetch(w)
+            profiles.append(Profile(e) if args.profile else None)
+            measure(e)                                 # warm: plans recorded
         res = {f: [] for f in args.exported}
         for _ in range(args.rounds):
-            for f, e in zip(args.exported, engines):
-                res[f].append(run_once(e, prompts, args.chunk))
+            for f, e, prof in zip(args.exported, engines, profiles):
+                res[f].append(measure(e, prof))
         load = os.getloadavg()
         for f in args.exported:
             cpu = [(c[0] + c[1]) / n * 1e6 for c, _, n in res[f]]
             sys_share = np.median([c[1] / (c[0] + c[1]) for c, _, _ in res[f]])
             faults = np.median([c[2] / n for c, _, n in res[f]])
             wall = [w / n * 1e6 for _, w, n in res[f]]
-            print(f"{f}: worker CPU per prefill token {np.median(cpu):.1f} us (min {min(cpu):.1f}, "
+            print(f"{f}: worker CPU per {what} token {np.median(cpu):.1f} us (min {min(cpu):.1f}, "
                   f"rounds {', '.join(f'{c:.0f}' for c in cpu)}); wall {np.median(wall):.1f} us/token; "
                   f"system {sys_share * 100:.0f}%; minor faults {faults:.1f}/token; load {load[0]:.2f}")
         if args.profile:
-            for f, e in zip(args.exported, engines):
-                prof = e.session.get_global_func("bench.step_profile")
-                tables = [prof().fetch(w) for w in range(e.session.num_workers)]
+            for f, prof in zip(args.exported, profiles):
+                tables = prof.tables
                 ntok = sum(n for _, _, n in res[f])
-                print(f"\n{f}: per worker, thread CPU us per prefill token by step (count per run)")
+                print(f"\n{f}: per worker, thread CPU us per {what} token by step (count per run)")
                 names = sorted(tables[0], key=lambda k: -tables[0][k][1])
                 total = [sum(v[1] for v in t.values()) for t in tables]
                 print(f"  {'total':60s} " + "  ".join(f"{t / ntok * 1e6:8.1f}" for t in total))
