@@ -5,7 +5,11 @@ Measured as the workers' CPU time (/proc/<pid>/stat, user + system) over the run
 divided by the prompt tokens; the machine may be shared, and CPU time is what other
 processes disturb least.
 
-    python benchmarks/prefill_cpu.py [--rounds 5] [--profile] [--quantization bf16] [EXPORTED ...]
+    python benchmarks/prefill_cpu.py [--rounds 5] [--profile] [--quantization bf16] [--decode STEPS]
+                                     [EXPORTED ...]
+
+`--decode STEPS`: the same per token for STEPS decode steps of the 32 sequences together
+(their prompts put in first, not measured): the batched decode of a busy server.
 
 Without EXPORTED folders the model is compiled here (compiler.models' cache). Given
 several exported folders (e.g. the same model compiled by two versions of the
