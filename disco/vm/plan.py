@@ -68,6 +68,7 @@ class Plan:
         self.ret = ret
         self.keep = []                     # ctypes arrays the steps point into
         self.params = [(s, patches.get(s) or None) for s in rec.param_slots]
+        self.bound = None                  # the BoundArgs bound into vals by the last run
         steps = self.steps = []
         device = rec.vm.device
         self.ptr = device.ptr
@@ -100,7 +101,10 @@ class Plan:
             elif kind == "match":
                 steps.append(_match_step(vals, *ev[1:], device))
 
-    def run(self, args) -> Any:
+    def run(self, args, bound=None) -> Any:
+        """Run with arguments `args`, followed by `bound.args` when `bound` (a
+        machine.BoundArgs) is given: those stay bound (in vals and the kernels' pointer
+        arrays, which nothing else writes) from the last run that had the same `bound`."""
         vals = self.vals
         for (s, pl), a in zip(self.params, args):
             vals[s] = a
@@ -108,6 +112,15 @@ class Plan:
                 p = self.ptr(a)
                 for arr, i in pl:
                     arr[i] = p
+        if bound is not self.bound:
+            if bound is not None:
+                for (s, pl), a in zip(self.params[bound.start:], bound.args):
+                    vals[s] = a
+                    if pl:
+                        p = self.ptr(a)
+                        for arr, i in pl:
+                            arr[i] = p
+            self.bound = bound
         for step in self.steps:
             step()
         return vals[self.ret]
