@@ -165,6 +165,7 @@ class DFunctionHandle:
         # reused in a session: equal ids are the same remote objects)
         self._bound: Optional[tuple] = None
         self._last_tail: tuple = ()
+        self._layouts: dict = {}            # id(result description) -> (it, its Layout)
 
     def place(self, *args: Any) -> list:
         """Each argument placed on the workers per its parameter (DRefs unchanged)."""
@@ -227,8 +228,11 @@ class DFunctionHandle:
             return tuple(self._wrap(getter(ref, i), f) for i, f in enumerate(result["fields"]))
         if result is None or result.get("shape") is None:
             return ref
-        layout = Layout(result.get("placement"), self.dmod.mesh_shape, len(result["shape"]))
-        return adopt(ref, layout)
+        made = self._layouts.get(id(result))    # a Layout is never changed: made once per result
+        if made is None or made[0] is not result:
+            made = self._layouts[id(result)] = (result, Layout(result.get("placement"), self.dmod.mesh_shape,
+                                                               len(result["shape"])))
+        return adopt(ref, made[1])
 
     def __repr__(self) -> str:
         return f"<DModule function {self.name!r} of {self.dmod.session.name}>"
