@@ -46,6 +46,7 @@ _INLINE_BYTES = 4096
 # A call whose trailing arguments are at least this many DRefs, the same as the call
 # before (a model's weights), binds them once on the workers (DFunctionHandle.__call__).
 _BIND_MIN = 8
+_DEREF = weakref.ref.__call__   # a weak reference's referent (None once collected)
 
 
 def place(sess: Session, array: Any, layout: Layout, what: str = "array", inline: bool = False):
@@ -160,9 +161,10 @@ class DFunctionHandle:
                 else:
                     self.params.append((p["name"], Layout(None, mesh, 0), {}))
         self.result = info["result"] if info is not None else None
-        # (start, the trailing DRefs bound, the workers' bound arguments) of the last
-        # binding, and the DRef ids of the previous call's trailing DRefs (ids are never
-        # reused in a session: equal ids are the same remote objects)
+        # (start, weak references to the trailing DRefs bound, the workers' bound
+        # arguments, a token) of the binding in force (`_bind`), and the DRef ids of the
+        # previous call's trailing DRefs (never reused in a session: equal ids, the same
+        # remote objects)
         self._bound: Optional[tuple] = None
         self._last_tail: tuple = ()
         self._layouts: dict = {}            # id(result description) -> (it, its Layout)
@@ -196,7 +198,8 @@ class DFunctionHandle:
     def __call__(self, *args: Any):
         sess = self.dmod.session
         b = self._bound
-        if b is not None and len(args) == len(self.params) and all(map(operator.is_, args[b[0]:], b[1])):
+        if b is not None and len(args) == len(self.params) and \
+                all(map(operator.is_, args[b[0]:], map(_DEREF, b[1]))):
             # the trailing arguments bound on the workers: send only the others
             head = self._place(args[:b[0]], True)
             ref = sess.get_global_func("disco.dmodule.call_bound")(self.dmod._vm, self.name, b[2], *head)
@@ -210,16 +213,29 @@ class DFunctionHandle:
             tail = args[k:]
             ids = tuple(r._id for r in tail)
             if ids == self._last_tail:      # the same as the call before: bind them
-                self._bound = None          # (the old binding's DRef is dropped: freed)
-                bref = sess.get_global_func("disco.dmodule.bind")(self.dmod._vm, self.name, k, *tail)
-                self._bound = (k, tuple(tail), bref)
                 self._last_tail = ()
+                bref = self._bind(k, tail)
                 ref = sess.get_global_func("disco.dmodule.call_bound")(self.dmod._vm, self.name, bref,
                                                                       *placed[:k])
                 return self._wrap(ref, self.result)
             self._last_tail = ids
         ref = sess.get_global_func("disco.dmodule.call")(self.dmod._vm, self.name, *placed)
         return self._wrap(ref, self.result)
+
+    def _bind(self, start: int, tail: Sequence[DRef]) -> DRef:
+        """Bind `tail` as the arguments from `start` on, on the workers. The handle keeps
+        weak references to them: when one is dropped, the binding is released (its DRef
+        freed, and with it the workers' references to the arrays)."""
+        self._bound = None                  # the old binding's DRef dropped: freed
+        bref = self.dmod.session.get_global_func("disco.dmodule.bind")(self.dmod._vm, self.name, start, *tail)
+        me, token = weakref.ref(self), object()
+
+        def gone(_, me=me, token=token):
+            h = me()
+            if h is not None and h._bound is not None and h._bound[3] is token:
+                h._bound = None
+        self._bound = (start, tuple(weakref.ref(r, gone) for r in tail), bref, token)
+        return bref
 
     def _wrap(self, ref: DRef, result: Optional[dict]):
         sess = self.dmod.session
