@@ -1,7 +1,7 @@
 """Execution plans: a recorded call turned into a flat list of steps.
 
 A plan holds what the recording decided from the plan key (constant shapes and
-`dims` arrays, intermediates allocated once, kernel calls as `functools.partial`s over
+`dims` arrays, intermediates allocated once, kernel calls as native `KernelCall`s over
 prebuilt ctypes arrays); its steps do only what must happen on every call: make the
 tensors the result may hold, call kernels and packed functions, patch the pointers of
 values that change per call. See the package docstring (disco/vm/__init__.py) for how

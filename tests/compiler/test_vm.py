@@ -600,3 +600,25 @@ def test_bound_arguments_that_cannot_be_keyed_once_are_keyed_per_call():
                                    rtol=1e-4, atol=1e-4)
     with pytest.raises(SignatureError, match="cannot bind 2 from position 1"):
         f.bind(1, (w1, None))
+
+
+def test_planned_kernel_steps_are_native_kernel_calls(seed_ex):
+    """A plan calls CPU kernels through disco._native.KernelCall (the kernel's address
+    and its argument/dims arrays); results as numpy's on every planned call. KernelCall
+    takes no arguments and refuses null addresses."""
+    import ctypes
+    from disco._native import KernelCall
+    vm = VirtualMachine(seed_ex)
+    rng = np.random.default_rng(3)
+    w = rng.standard_normal((64, 32), dtype=np.float32)
+    for _ in range(3):
+        x = rng.standard_normal((5, 64), dtype=np.float32)
+        np.testing.assert_allclose(vm["main"](x, w), np.maximum(x @ w, 0), rtol=1e-4, atol=1e-4)
+    (plan,) = vm["main"].plans.values()
+    kernels = [s for s in plan.steps if isinstance(s, KernelCall)]
+    assert len(kernels) == 2 and {id(k.func) for k in kernels} == {id(k.fn) for k in vm._kernels}
+    with pytest.raises(TypeError, match="no arguments"):
+        kernels[0](1)
+    fn = ctypes.cast(vm._kernels[0].fn, ctypes.c_void_p).value
+    with pytest.raises(ValueError, match="null address"):
+        KernelCall(fn, 0, 0, None)
