@@ -168,6 +168,19 @@ def test_weights_passed_as_the_same_drefs_are_bound_once(sess, monkeypatch):
     assert not broadcasts                   # x, cos, sin (and numpy g1, g2) rode in the calls
 
 
+def test_binding_falls_back_to_plain_calls_for_handles_that_cannot_bind():
+    """A worker's function handle without `bind` (the CUDA-graph wrapper) is bound as a
+    plain tuple, and call_bound calls it with head and tuple, in order."""
+    from disco.dmodule import _bind, _call_bound
+
+    class Handle:
+        def __call__(self, *args):
+            return args
+    vm = {"f": Handle()}
+    bound = _bind(vm, "f", 1, "w1", "w2")
+    assert bound == ("w1", "w2") and _call_bound(vm, "f", bound, "x") == ("x", "w1", "w2")
+
+
 def test_llama_layer_fewer_kv_heads_than_devices(sess):
     # 2 kv heads of 16 on 4 devices: wk/wv S[1] give each device half a kv head (8 of
     # 16 columns), which the head reshape cannot keep split, so the k and v projections
