@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Optional
 
 import numpy as np
 
-from .._native import KernelCall
+from .. import _native
 from ..errors import DiscoError
 from ..tensor import as_numpy, contiguous, dtype_name, is_array_like
 from .matcher import Matcher, got_text
@@ -128,11 +128,16 @@ class Plan:
 
 # -- steps: one closure per recorded event that must happen on every call -------------
 
+# An extension module built before csrc/vm_bindings.cc lacks it (rerun pip install -e .):
+# kernels then go through ctypes, as before, and tests/compiler/test_vm.py says so.
+_KernelCall = getattr(_native, "KernelCall", None)
+
+
 def _kernel_step(fn, args_addr: int, dims_addr: int):
     """fn(args, dims): a compiled CPU kernel (a ctypes function) as a native KernelCall,
     about a third of a ctypes call's cost; other devices' kernels as a partial."""
-    if isinstance(fn, ctypes._CFuncPtr):
-        return KernelCall(ctypes.cast(fn, ctypes.c_void_p).value, args_addr, dims_addr, fn)
+    if isinstance(fn, ctypes._CFuncPtr) and _KernelCall is not None:
+        return _KernelCall(ctypes.cast(fn, ctypes.c_void_p).value, args_addr, dims_addr, fn)
     return functools.partial(fn, args_addr, dims_addr)
 
 
