@@ -5,13 +5,14 @@ import functools
 import time
 
 import disco
+from disco.vm.plan import _KernelCall
 from disco.vm import plan as _plan
 
 _TABLE: dict = {}
 
 
 def _name_of(step, kernels):
-    if isinstance(step, functools.partial):
+    if isinstance(step, functools.partial) or (_KernelCall and isinstance(step, _KernelCall)):
         return "kernel " + kernels.get(id(step.func), "?")
     code = getattr(step, "__code__", None)
     if code is not None and step.__closure__:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import operator
 import weakref
 from typing import Any, Optional, Sequence
 
@@ -39,8 +40,20 @@ def check_fits(layout: Layout, shape, what: str) -> None:
         raise SessionError(str(e)) from None
 
 
-def place(sess: Session, array: Any, layout: Layout, what: str = "array") -> DRef:
-    """A DRef to each worker's piece of `array` under `layout`."""
+# A replicated argument of at most this many bytes (a decode step's token ids) rides in
+# the call's own command instead of a broadcast before it (see `place`'s `inline`).
+_INLINE_BYTES = 4096
+# A call whose trailing arguments are at least this many DRefs, the same as the call
+# before (a model's weights), binds them once on the workers (DFunctionHandle.__call__).
+_BIND_MIN = 8
+_DEREF = weakref.ref.__call__   # a weak reference's referent (None once collected)
+
+
+def place(sess: Session, array: Any, layout: Layout, what: str = "array", inline: bool = False):
+    """A DRef to each worker's piece of `array` under `layout`. With `inline`, a small
+    replicated numeric array is returned as a contiguous array instead, for the caller to
+    pass in a call's own command (the channel copies it to every worker, as a broadcast
+    would, and the call needs no command before it)."""
     if isinstance(array, DRef):
         return array
     a = np.asarray(array)
@@ -51,6 +64,8 @@ def place(sess: Session, array: Any, layout: Layout, what: str = "array") -> DRe
         raise SessionError(f"{what}: expected a {layout.ndim}-d array, got shape {a.shape}")
     check_fits(layout, a.shape, what)
     if layout.replicated:
+        if inline and a.dtype.kind in "biuf" and a.nbytes <= _INLINE_BYTES and a.ndim > 0:
+            return np.ascontiguousarray(a)
         return sess.broadcast(np.ascontiguousarray(a))
     dim = layout.single_shard_dim()
     if dim is not None:
@@ -146,14 +161,28 @@ class DFunctionHandle:
                 else:
                     self.params.append((p["name"], Layout(None, mesh, 0), {}))
         self.result = info["result"] if info is not None else None
+        # (start, weak references to the trailing DRefs bound, the workers' bound
+        # arguments, a token) of the binding in force (`_bind`), and the DRef ids of the
+        # previous call's trailing DRefs (never reused in a session: equal ids, the same
+        # remote objects)
+        self._bound: Optional[tuple] = None
+        self._last_tail: tuple = ()
+        self._layouts: dict = {}            # id(result description) -> (it, its Layout)
 
     def place(self, *args: Any) -> list:
         """Each argument placed on the workers per its parameter (DRefs unchanged)."""
-        sess = self.dmod.session
+        self._check_count(args)
+        return self._place(args, False)
+
+    def _check_count(self, args: Sequence) -> None:
         if self.info is not None and len(args) != len(self.params):
             names = ", ".join(n for n, _, _ in self.params)
             raise SessionError(f"{self.name}: expected {len(self.params)} arguments ({names}), "
                                f"got {len(args)}")
+
+    def _place(self, args: Sequence, inline: bool) -> list:
+        """The first len(args) arguments placed (`inline`: see `place`)."""
+        sess = self.dmod.session
         out = []
         for i, a in enumerate(args):
             if isinstance(a, DRef) or self.info is None:
@@ -163,14 +192,50 @@ class DFunctionHandle:
             if "shape" not in p:            # a shape or scalar parameter: the same everywhere
                 out.append(sess.broadcast(a))
                 continue
-            out.append(place(sess, a, layout, f"{self.name}: parameter {name!r}"))
+            out.append(place(sess, a, layout, f"{self.name}: parameter {name!r}", inline))
         return out
 
     def __call__(self, *args: Any):
         sess = self.dmod.session
-        placed = self.place(*args)
+        b = self._bound
+        if b is not None and len(args) == len(self.params) and \
+                all(map(operator.is_, args[b[0]:], map(_DEREF, b[1]))):
+            # the trailing arguments bound on the workers: send only the others
+            head = self._place(args[:b[0]], True)
+            ref = sess.get_global_func("disco.dmodule.call_bound")(self.dmod._vm, self.name, b[2], *head)
+            return self._wrap(ref, self.result)
+        self._check_count(args)
+        placed = self._place(args, True)
+        k = len(args)
+        while k > 0 and isinstance(args[k - 1], DRef):
+            k -= 1
+        if len(args) - k >= _BIND_MIN and len(args) == len(self.params):
+            tail = args[k:]
+            ids = tuple(r._id for r in tail)
+            if ids == self._last_tail:      # the same as the call before: bind them
+                self._last_tail = ()
+                bref = self._bind(k, tail)
+                ref = sess.get_global_func("disco.dmodule.call_bound")(self.dmod._vm, self.name, bref,
+                                                                      *placed[:k])
+                return self._wrap(ref, self.result)
+            self._last_tail = ids
         ref = sess.get_global_func("disco.dmodule.call")(self.dmod._vm, self.name, *placed)
         return self._wrap(ref, self.result)
+
+    def _bind(self, start: int, tail: Sequence[DRef]) -> DRef:
+        """Bind `tail` as the arguments from `start` on, on the workers. The handle keeps
+        weak references to them: when one is dropped, the binding is released (its DRef
+        freed, and with it the workers' references to the arrays)."""
+        self._bound = None                  # the old binding's DRef dropped: freed
+        bref = self.dmod.session.get_global_func("disco.dmodule.bind")(self.dmod._vm, self.name, start, *tail)
+        me, token = weakref.ref(self), object()
+
+        def gone(_, me=me, token=token):
+            h = me()
+            if h is not None and h._bound is not None and h._bound[3] is token:
+                h._bound = None
+        self._bound = (start, tuple(weakref.ref(r, gone) for r in tail), bref, token)
+        return bref
 
     def _wrap(self, ref: DRef, result: Optional[dict]):
         sess = self.dmod.session
@@ -179,8 +244,11 @@ class DFunctionHandle:
             return tuple(self._wrap(getter(ref, i), f) for i, f in enumerate(result["fields"]))
         if result is None or result.get("shape") is None:
             return ref
-        layout = Layout(result.get("placement"), self.dmod.mesh_shape, len(result["shape"]))
-        return adopt(ref, layout)
+        made = self._layouts.get(id(result))    # a Layout is never changed: made once per result
+        if made is None or made[0] is not result:
+            made = self._layouts[id(result)] = (result, Layout(result.get("placement"), self.dmod.mesh_shape,
+                                                               len(result["shape"])))
+        return adopt(ref, made[1])
 
     def __repr__(self) -> str:
         return f"<DModule function {self.name!r} of {self.dmod.session.name}>"
@@ -334,6 +402,22 @@ def _load(data, digest: str):
 @register_func("disco.dmodule.call", override=True)
 def _call(vm, name: str, *args):
     return vm[name](*args)
+
+
+@register_func("disco.dmodule.bind", override=True)
+def _bind(vm, name: str, start: int, *args):
+    """The arguments from position `start` on of many calls of `vm[name]` (call_bound)."""
+    h = vm[name]
+    return h.bind(start, args) if hasattr(h, "bind") else tuple(args)
+
+
+@register_func("disco.dmodule.call_bound", override=True)
+def _call_bound(vm, name: str, bound, *head):
+    """`vm[name](*head, *bound arguments)` (disco.vm.machine.BoundArgs)."""
+    h = vm[name]
+    if type(bound) is tuple:            # a function handle without binding (CUDA graphs)
+        return h(*head, *bound)
+    return h.call_bound(head, bound)
 
 
 @register_func("disco.dmodule.unstack", override=True)

@@ -46,7 +46,9 @@ class DRef:
     list and go out as one FREE command before the session's next command (never from
     `__del__` itself, which may run in the middle of sending one)."""
 
-    __slots__ = ("_sess", "_id", "_tok", "_made_by")
+    # __weakref__: a DModule function's binding of weight DRefs (disco/dmodule.py) must not
+    # keep them alive
+    __slots__ = ("_sess", "_id", "_tok", "_made_by", "__weakref__")
 
     def __init__(self, sess: "Session", ref_id: int, made_by: str = "?"):
         self._sess = sess

@@ -16,10 +16,11 @@ plan, cached per key, in which all that can be decided from the key already is:
   alias storage the next call overwrites). Storages the compiler planned
   (ALLOC_STORAGE, sized for upper bounds) are shared by all plans of a function, so
   one set serves every key; those plans share one lock;
-- kernel calls: `functools.partial(cfunc, args_addr, dims_addr)` over prebuilt ctypes
-  arrays; the pointers of values that change per call (arguments, returned tensors,
+- kernel calls: `disco._native.KernelCall(kernel_addr, args_addr, dims_addr)` over
+  prebuilt ctypes arrays (a partial of the device's kernel function on other devices);
+  the pointers of values that change per call (arguments, returned tensors,
   results of packed functions) are patched into those arrays once, when the value
-  is produced, so calling a kernel costs one ctypes call (which releases the GIL).
+  is produced, so calling a kernel costs one native call (which releases the GIL).
 - tensors a collective reads (a packed function's `in_place_inputs`, e.g.
   spmd.allreduce's input) come from `device.shared_empty`: on a worker with an shm
   communicator, its arena, so the peers read them in place (disco.ccl.empty). Those

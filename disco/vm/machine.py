@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import importlib
 import threading
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 import numpy as np
 
@@ -46,6 +46,27 @@ def _deep_key(x: Any, tensor_type: type) -> Any:
 
 
 _MISSING = object()     # a parameter no argument was given for
+_BOUND = object()       # in a plan key: what follows identifies bound trailing arguments
+
+
+class BoundArgs:
+    """A function's trailing arguments fixed for many calls (a model's weights), from
+    `VMFunctionHandle.bind`: `handle.call_bound(head, bound)` runs like
+    `handle(*head, *bound.args)`, without recomputing the bound arguments' part of the
+    plan key or re-binding them into a plan that ran with them last.
+
+    The key part is computed once, at binding, and cannot go stale: each tensor is held
+    as a private view (`x.view()`, the same memory), an array object no one else holds,
+    so its shape, dtype and strides cannot be changed in place after the key was read
+    (and a base array that has views cannot be resized). `key` is None when some bound
+    argument cannot be described once (not an exact tensor of the device, a structured
+    argument, a scalar to convert): calls then compute the whole key as a plain call
+    does."""
+
+    __slots__ = ("start", "args", "key", "__weakref__")
+
+    def __init__(self, start: int, args: tuple, key):
+        self.start, self.args, self.key = start, args, key
 
 
 class VMFunctionHandle:
@@ -60,6 +81,7 @@ class VMFunctionHandle:
         self.pool: list = []
         self.lock = threading.Lock()
         self.varying: set = set()   # plan keys whose packed results changed shape: interpreted
+        self.bound_keys: dict = {}  # (start, bound arguments' key part) -> its number in plan keys
         # How each argument enters the plan key: 0 tensor (shape, dtype), 1 not at all (a
         # scalar no shape depends on), 2 its structure and shapes (tuples, shapes), 3 not
         # at all and passed as it is (an R.Object: a runtime object such as the KV cache).
@@ -98,11 +120,50 @@ class VMFunctionHandle:
                                  f"{', '.join(names)})")
         return tuple(out)
 
+    def bind(self, start: int, args) -> BoundArgs:
+        """`args` as the arguments from position `start` on of many calls (`call_bound`)."""
+        args = tuple(args)
+        if start < 0 or start + len(args) != len(self.kinds):
+            raise SignatureError(
+                f"{self.fn.name} expects {len(self.kinds)} arguments ({', '.join(self.fn.param_names)}); "
+                f"cannot bind {len(args)} from position {start}")
+        tensor_type = self.vm.device.tensor_type
+        out, key = [], []
+        for kind, x in zip(self.kinds[start:], args):
+            if kind == 0 and key is not None:
+                if type(x) is tensor_type and x.flags.c_contiguous:
+                    x = x.view()        # private: its shape and dtype stay those keyed
+                    key.append(x.shape)
+                    key.append(x.dtype)
+                else:
+                    key = None          # converted on each call, as a plain call does
+            elif kind == 1 and type(x) not in (int, float, bool):
+                key = None
+            elif kind == 2:
+                key = None
+            out.append(x)
+        if key is not None:
+            key = self.bound_keys.setdefault((start, tuple(key)), len(self.bound_keys))
+        return BoundArgs(start, tuple(out), key)
+
+    def call_bound(self, head: tuple, bound: BoundArgs) -> Any:
+        """`self(*head, *bound.args)`: the bound arguments' key part and their binding
+        into the plan (when it ran with `bound` last) are not done again."""
+        if bound.key is None or len(head) != bound.start:
+            return self(*head, *bound.args)
+        return self._call(head, bound)
+
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        fn = self.fn
         if kwargs:
             args = self._by_name(args, kwargs)
-        if len(args) != len(self.kinds):
+        return self._call(args, None)
+
+    def _call(self, args: tuple, _bound: Optional[BoundArgs]) -> Any:
+        fn = self.fn
+        kinds = self.kinds
+        if _bound is not None:          # call_bound: the head only; the key ends with the bound part
+            kinds = kinds[:_bound.start]
+        if len(args) != len(kinds):
             raise SignatureError(
                 f"{fn.name} expects {len(self.kinds)} argument{'s' if len(self.kinds) != 1 else ''}"
                 f" ({', '.join(fn.param_names)}), got {len(args)}")
@@ -110,7 +171,7 @@ class VMFunctionHandle:
         conv = None
         tensor_type = self.vm.device.tensor_type
         try:
-            for i, kind in enumerate(self.kinds):
+            for i, kind in enumerate(kinds):
                 x = args[i]
                 if kind == 0:
                     if type(x) is not tensor_type or not x.flags.c_contiguous:
@@ -132,6 +193,9 @@ class VMFunctionHandle:
                     if conv is None:
                         conv = list(args)
                     conv[i] = v
+            if _bound is not None:
+                key.append(_BOUND)
+                key.append(_bound.key)
             key = tuple(key)
         except (_Uncacheable, DiscoError, TypeError, ValueError):
             key = None
@@ -142,7 +206,7 @@ class VMFunctionHandle:
         plan = self.plans.get(key) if key is not None else None
         if plan is not None and plan.lock.acquire(False):
             try:
-                return plan.run(args)
+                return plan.run(args, _bound)
             except ResultShapeChanged:
                 # A packed function's result shape follows something besides the argument
                 # shapes (a runtime object's state): interpret this key from now on; the
@@ -152,6 +216,8 @@ class VMFunctionHandle:
             finally:
                 plan.lock.release()
             key, plan = None, None
+        if _bound is not None:
+            args = tuple(args) + _bound.args
         rec = Recorder(self.vm)
         pooled = self.lock.acquire(False)   # else a plan runs (another thread, re-entry)
         try:

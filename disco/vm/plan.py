@@ -1,7 +1,7 @@
 """Execution plans: a recorded call turned into a flat list of steps.
 
 A plan holds what the recording decided from the plan key (constant shapes and
-`dims` arrays, intermediates allocated once, kernel calls as `functools.partial`s over
+`dims` arrays, intermediates allocated once, kernel calls as native `KernelCall`s over
 prebuilt ctypes arrays); its steps do only what must happen on every call: make the
 tensors the result may hold, call kernels and packed functions, patch the pointers of
 values that change per call. See the package docstring (disco/vm/__init__.py) for how
@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Optional
 
 import numpy as np
 
+from .. import _native
 from ..errors import DiscoError
 from ..tensor import as_numpy, contiguous, dtype_name, is_array_like
 from .matcher import Matcher, got_text
@@ -68,6 +69,7 @@ class Plan:
         self.ret = ret
         self.keep = []                     # ctypes arrays the steps point into
         self.params = [(s, patches.get(s) or None) for s in rec.param_slots]
+        self.bound = None                  # the BoundArgs bound into vals by the last run
         steps = self.steps = []
         device = rec.vm.device
         self.ptr = device.ptr
@@ -79,8 +81,7 @@ class Plan:
             if kind == "kernel":
                 _, k, slots, ptrs, dimsarr = ev
                 self.keep.append((ptrs, dimsarr))
-                steps.append(functools.partial(k.fn, ctypes.addressof(ptrs),
-                                               ctypes.addressof(dimsarr)))
+                steps.append(_kernel_step(k.fn, ctypes.addressof(ptrs), ctypes.addressof(dimsarr)))
             elif kind == "storage" and ev[1] in escaping:
                 steps.append(_storage_step(vals, ev[1], ev[2], device, ev[1] in shared))
             elif kind == "view" and ev[1] in escaping:
@@ -100,7 +101,10 @@ class Plan:
             elif kind == "match":
                 steps.append(_match_step(vals, *ev[1:], device))
 
-    def run(self, args) -> Any:
+    def run(self, args, bound=None) -> Any:
+        """Run with arguments `args`, followed by `bound.args` when `bound` (a
+        machine.BoundArgs) is given: those stay bound (in vals and the kernels' pointer
+        arrays, which nothing else writes) from the last run that had the same `bound`."""
         vals = self.vals
         for (s, pl), a in zip(self.params, args):
             vals[s] = a
@@ -108,12 +112,34 @@ class Plan:
                 p = self.ptr(a)
                 for arr, i in pl:
                     arr[i] = p
+        if bound is not self.bound:
+            if bound is not None:
+                for (s, pl), a in zip(self.params[bound.start:], bound.args):
+                    vals[s] = a
+                    if pl:
+                        p = self.ptr(a)
+                        for arr, i in pl:
+                            arr[i] = p
+            self.bound = bound
         for step in self.steps:
             step()
         return vals[self.ret]
 
 
 # -- steps: one closure per recorded event that must happen on every call -------------
+
+# An extension module built before csrc/vm_bindings.cc lacks it (rerun pip install -e .):
+# kernels then go through ctypes, as before, and tests/compiler/test_vm.py says so.
+_KernelCall = getattr(_native, "KernelCall", None)
+
+
+def _kernel_step(fn, args_addr: int, dims_addr: int):
+    """fn(args, dims): a compiled CPU kernel (a ctypes function) as a native KernelCall,
+    about a third of a ctypes call's cost; other devices' kernels as a partial."""
+    if isinstance(fn, ctypes._CFuncPtr) and _KernelCall is not None:
+        return _KernelCall(ctypes.cast(fn, ctypes.c_void_p).value, args_addr, dims_addr, fn)
+    return functools.partial(fn, args_addr, dims_addr)
+
 
 def _patch(pl, a, device):
     p = device.ptr(a)

@@ -510,3 +510,115 @@ def test_packed_function_specialized_by_the_plan(register):
         np.testing.assert_array_equal(vm["main"](xv), 3 * np.maximum(xv, 0))
     assert specialized == [((4, 32), [False]), "fast", "fast"]
     assert len(seen) == 3
+
+
+# -- bound trailing arguments (VMFunctionHandle.bind / call_bound) ---------------------
+
+def _mlp_vm():
+    """f(x, w1, s, w2) = relu(x @ w1) @ w2 * s: every dim symbolic, s a runtime object
+    (passed as it is), so bound arguments of new shapes need new plans."""
+    from compiler import build, op
+    from compiler.ir import BlockBuilder
+    from compiler.ir.struct_info import ObjectStructInfo
+    bb = BlockBuilder()
+    n, k, h, m = (bb.size_var(c) for c in "nkhm")
+    x = G.Var("x", tensor((n, k)))
+    w1 = G.Var("w1", tensor((k, h)))
+    s = G.Var("s", ObjectStructInfo())
+    w2 = G.Var("w2", tensor((h, m)))
+    with bb.function("f", [x, w1, s, w2]):
+        with bb.dataflow():
+            y = bb.emit_output(op.matmul(op.nn.relu(op.matmul(x, w1)), w2))
+        bb.emit_func_output(y)
+    return VirtualMachine(build(bb.get()))["f"]
+
+
+def _mlp_ref(x, w1, w2):
+    return np.maximum(x @ w1, 0) @ w2
+
+
+def test_bound_arguments_replay_plans_and_follow_new_shapes_and_values():
+    """call_bound(head, bind(1, tail)) computes what the plain call does, against numpy,
+    whatever changes between calls: the head's shapes, the bound arrays' values (read
+    at each call, like a plain call's), the bound set (same shapes: the same plan,
+    rebound; new shapes: a new plan), plain calls in between."""
+    f = _mlp_vm()
+    rng = np.random.default_rng(11)
+    r = lambda *s: rng.standard_normal(s, dtype=np.float32)    # noqa: E731
+    w1, w2 = r(8, 16), r(16, 4)
+    v1, v2 = r(8, 16), r(16, 4)                                  # same shapes, other values
+    u1, u2 = r(6, 5), r(5, 3)                                    # other shapes
+    ba, bb_, bc = f.bind(1, (w1, None, w2)), f.bind(1, (v1, None, v2)), f.bind(1, (u1, None, u2))
+    assert ba.key is not None and ba.key == bb_.key != bc.key   # the key part depends on shapes only
+    for n, b, (a1, a2) in [(3, ba, (w1, w2)), (3, ba, (w1, w2)), (5, ba, (w1, w2)),
+                           (3, bb_, (v1, v2)), (3, ba, (w1, w2)), (2, bc, (u1, u2)),
+                           (3, ba, (w1, w2)), (3, None, (w1, w2)), (3, ba, (w1, w2)),
+                           (3, None, (v1, v2)), (3, bb_, (v1, v2))]:
+        x = r(n, a1.shape[0])
+        y = f.call_bound((x,), b) if b is not None else f(x, a1, None, a2)
+        np.testing.assert_allclose(y, _mlp_ref(x, a1, a2), rtol=1e-4, atol=1e-4)
+    w1[:] = r(8, 16)                        # in place: the next call reads the new values
+    x = r(3, 8)
+    np.testing.assert_allclose(f.call_bound((x,), ba), _mlp_ref(x, w1, w2), rtol=1e-4, atol=1e-4)
+    # plans: bound (n 3, shapes of w), (n 5, shapes of w), (n 2, shapes of u), and the
+    # plain calls' one; nothing interpreted for good
+    assert len(f.plans) == 4 and not f.varying
+
+
+def test_bound_tensors_are_private_views_whose_key_cannot_go_stale():
+    """The bound part of the key is read once; a caller reshaping its array in place
+    afterwards does not reach the bound view (same memory, its own shape), so the plan
+    replayed for it stays right."""
+    f = _mlp_vm()
+    rng = np.random.default_rng(12)
+    w1 = rng.standard_normal((8, 16), dtype=np.float32)
+    w2 = rng.standard_normal((16, 4), dtype=np.float32)
+    b = f.bind(1, (w1, None, w2))
+    assert b.args[0] is not w1 and np.shares_memory(b.args[0], w1)
+    ref1, ref2 = w1.copy(), w2.copy()
+    x = rng.standard_normal((3, 8), dtype=np.float32)
+    np.testing.assert_allclose(f.call_bound((x,), b), _mlp_ref(x, ref1, ref2), rtol=1e-4, atol=1e-4)
+    w1.shape = (16, 8)                      # the caller's object only
+    w2.shape = (4, 16)
+    np.testing.assert_allclose(f.call_bound((x,), b), _mlp_ref(x, ref1, ref2), rtol=1e-4, atol=1e-4)
+
+
+def test_bound_arguments_that_cannot_be_keyed_once_are_keyed_per_call():
+    """A non-contiguous or non-numpy bound tensor (converted on each call, as a plain
+    call does) leaves the binding without a key part: calls compute the whole key;
+    results as numpy's. Binding the wrong number of arguments is a SignatureError."""
+    import torch
+    f = _mlp_vm()
+    rng = np.random.default_rng(13)
+    w1 = np.asfortranarray(rng.standard_normal((8, 16), dtype=np.float32))
+    w2 = rng.standard_normal((16, 4), dtype=np.float32)
+    for b in (f.bind(1, (w1, None, w2)), f.bind(1, (torch.from_numpy(w2.T.copy()).T, None, w2.T.copy()))):
+        assert b.key is None
+        a1 = np.asarray(b.args[0])
+        x = rng.standard_normal((3, a1.shape[0]), dtype=np.float32)
+        np.testing.assert_allclose(f.call_bound((x,), b), _mlp_ref(x, a1, np.asarray(b.args[2])),
+                                   rtol=1e-4, atol=1e-4)
+    with pytest.raises(SignatureError, match="cannot bind 2 from position 1"):
+        f.bind(1, (w1, None))
+
+
+def test_planned_kernel_steps_are_native_kernel_calls(seed_ex):
+    """A plan calls CPU kernels through disco._native.KernelCall (the kernel's address
+    and its argument/dims arrays); results as numpy's on every planned call. KernelCall
+    takes no arguments and refuses null addresses."""
+    import ctypes
+    from disco._native import KernelCall
+    vm = VirtualMachine(seed_ex)
+    rng = np.random.default_rng(3)
+    w = rng.standard_normal((64, 32), dtype=np.float32)
+    for _ in range(3):
+        x = rng.standard_normal((5, 64), dtype=np.float32)
+        np.testing.assert_allclose(vm["main"](x, w), np.maximum(x @ w, 0), rtol=1e-4, atol=1e-4)
+    (plan,) = vm["main"].plans.values()
+    kernels = [s for s in plan.steps if isinstance(s, KernelCall)]
+    assert len(kernels) == 2 and {id(k.func) for k in kernels} == {id(k.fn) for k in vm._kernels}
+    with pytest.raises(TypeError, match="no arguments"):
+        kernels[0](1)
+    fn = ctypes.cast(vm._kernels[0].fn, ctypes.c_void_p).value
+    with pytest.raises(ValueError, match="null address"):
+        KernelCall(fn, 0, 0, None)

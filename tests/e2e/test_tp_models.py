@@ -119,6 +119,68 @@ def test_llama_layer_two_allreduces_from_weight_annotations(sess):
     run_llama(sess, heads, seed=3)
 
 
+def test_weights_passed_as_the_same_drefs_are_bound_once(sess, monkeypatch):
+    """Weights placed once and passed as the same DRefs call after call (a decode loop)
+    are bound on the workers at the second call and not sent again; the token inputs,
+    small and replicated, ride in the call's command. Every result is numpy's, whatever
+    changes: the sequence length, other weight DRefs (rebound), numpy weights, one
+    weight swapped."""
+    import disco.dmodule as dm
+    heads = dict(q_heads=8, kv_heads=4, head=8)
+    dmod = sess.load_module(build(M.llama_weights_annotated(sess.num_workers, **heads)))
+    f = dmod["main"]
+    names = ["g1", "g2", "wq", "wk", "wv", "wo", "wg", "wu", "wd"]
+    assert len(names) >= dm._BIND_MIN
+    base = M.llama_weights_annotated_inputs(np.random.default_rng(21), 3, **heads)
+    other = M.llama_weights_annotated_inputs(np.random.default_rng(22), 3, **heads)
+    refs_a = dmod.place({k: base[k] for k in names})
+    refs_b = dmod.place({k: other[k] for k in names})
+    wa = [refs_a[k] for k in names]
+    wb = [refs_b[k] for k in names]
+    posts = []
+    orig = dm.DFunctionHandle._wrap
+    monkeypatch.setattr(dm.DFunctionHandle, "_wrap", lambda self, ref, res: posts.append(ref._made_by) or orig(self, ref, res))
+    broadcasts = []
+    monkeypatch.setattr(sess, "broadcast", lambda v: broadcasts.append(v) or type(sess).broadcast(sess, v))
+    swapped = list(wa)
+    swapped[4] = refs_b["wv"]
+    for i, (n, refs, vals) in enumerate([(3, wa, base), (8, wa, base), (3, wa, base), (8, wb, other),
+                                         (3, wb, other), (3, wa, base), (3, None, base),
+                                         (8, swapped, dict(base, wv=other["wv"])), (3, wa, base)]):
+        inputs = M.llama_weights_annotated_inputs(np.random.default_rng(n + 10 * i), n, **heads)
+        inputs.update({k: vals[k] for k in names})
+        args = [inputs["x"], inputs["cos"], inputs["sin"]] + \
+            (refs if refs is not None else [inputs[k] for k in names])
+        np.testing.assert_allclose(f(*args).fetch(), M.llama_weights_annotated_ref(**inputs),
+                                   rtol=1e-4, atol=1e-4)
+    assert posts == ["disco.dmodule.call", "disco.dmodule.call_bound", "disco.dmodule.call_bound",
+                     "disco.dmodule.call", "disco.dmodule.call_bound", "disco.dmodule.call",
+                     "disco.dmodule.call", "disco.dmodule.call", "disco.dmodule.call"]
+    assert f._bound is not None and [r() for r in f._bound[1]] == wb
+    # the binding holds no references to the DRefs: dropping them releases it
+    del refs_b, wb, refs, args
+    import gc
+    gc.collect()
+    assert f._bound is None
+    np.testing.assert_allclose(f(x3 := base["x"], base["cos"], base["sin"], *wa).fetch(),
+                               M.llama_weights_annotated_ref(**base), rtol=1e-4, atol=1e-4)
+    del x3
+    assert not broadcasts                   # x, cos, sin (and numpy g1, g2) rode in the calls
+
+
+def test_binding_falls_back_to_plain_calls_for_handles_that_cannot_bind():
+    """A worker's function handle without `bind` (the CUDA-graph wrapper) is bound as a
+    plain tuple, and call_bound calls it with head and tuple, in order."""
+    from disco.dmodule import _bind, _call_bound
+
+    class Handle:
+        def __call__(self, *args):
+            return args
+    vm = {"f": Handle()}
+    bound = _bind(vm, "f", 1, "w1", "w2")
+    assert bound == ("w1", "w2") and _call_bound(vm, "f", bound, "x") == ("x", "w1", "w2")
+
+
 def test_llama_layer_fewer_kv_heads_than_devices(sess):
     # 2 kv heads of 16 on 4 devices: wk/wv S[1] give each device half a kv head (8 of
     # 16 columns), which the head reshape cannot keep split, so the k and v projections
