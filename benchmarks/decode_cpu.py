@@ -15,7 +15,10 @@ after a 128-token prompt each (greedy, argmax on the controller):
 - the floor: copy bandwidth of 1 process and the aggregate of 2, bytes of weights read
   per token (every weight but the embedding table, of which a token reads one row;
   a tied table is read whole as the LM head), and each row's fraction of
-  floor = bandwidth / bytes (batch 1).
+  floor = bandwidth / bytes (batch 1). The copy bandwidth counts the bytes read and
+  written; beside it (not instead) "of read" is the fraction of what one thread reading
+  an array without writing reaches (numpy's dot product of it with itself), the limit
+  of a decode step's weight stream on one core.
 
 Per-token overhead (issue 14 item 4): the ~100M Llama's decode step at batch 1 on 2
 workers, against the same model with its kernels made negligible (every dim 8 or 32,
@@ -47,7 +50,7 @@ import disco  # noqa: E402,F401
 import disco.cpu_kernels  # noqa: E402
 import numpy as np  # noqa: E402
 
-from llama_decode import CONFIG, aggregate_copy_bandwidth  # noqa: E402
+from llama_decode import CONFIG, _read_bandwidth, aggregate_copy_bandwidth  # noqa: E402
 
 RESULTS = os.path.join(ROOT, "benchmarks", "results", "decode_cpu.json")
 PROMPT = 128
@@ -206,11 +209,14 @@ def main(argv=None) -> int:
     formats = a.formats.split(",")
     load_before = os.getloadavg()
     bw = {1: aggregate_copy_bandwidth(1), 2: aggregate_copy_bandwidth(2)}
+    read = {1: aggregate_copy_bandwidth(1, _read_bandwidth), 2: aggregate_copy_bandwidth(2, _read_bandwidth)}
     print(f"copy bandwidth: 1 process {bw[1] / 1e9:.1f} GB/s, 2 processes {bw[2] / 1e9:.1f} GB/s "
           f"(2-worker ceiling {bw[2] / bw[1]:.2f}x); load average {load_before[0]:.1f}", flush=True)
+    print(f"read-only streams (beside the floor, not it): 1 process {read[1] / 1e9:.1f} GB/s, 2 processes "
+          f"{read[2] / 1e9:.1f} GB/s", flush=True)
     from compiler.models.fetch import try_fetch
     from disco.llm.gguf import gguf_config
-    results = {"benchmark": "decode_cpu", "steps": steps, "prompt": PROMPT, "copy_Bps": bw,
+    results = {"benchmark": "decode_cpu", "steps": steps, "prompt": PROMPT, "copy_Bps": bw, "read_Bps": read,
                "load_average_before": load_before, "isa": disco.cpu_kernels.default_isa(), "kv_dtype": a.kv_dtype,
                "models": {}}
     with tempfile.TemporaryDirectory() as d:
@@ -276,7 +282,7 @@ def summarize(results: dict) -> None:
         if "rows" not in m:
             continue
         print(f"\n{name}: {'row':28s} {'prefill t/s':>11s} {'b1 t/s':>8s} {'b8 t/s':>8s} "
-              f"{'MB/token':>9s} {'of floor':>8s}")
+              f"{'MB/token':>9s} {'of floor':>8s} {'of read':>8s}")
         for key, r in m["rows"].items():
             if "skipped" in r:
                 print(f"  {key:34s} skipped: {r['skipped']}")
@@ -285,9 +291,11 @@ def summarize(results: dict) -> None:
             procs = 2 if " tp2 " in key else 1
             frac = r["decode_tok_s_b1"] * b / bw[procs] if b else None
             r["of_floor"] = frac
+            r["of_read"] = r["decode_tok_s_b1"] * b / results["read_Bps"][procs] if b else None
             print(f"  {key:34s} {r.get('prefill_tok_s', float('nan')):11.1f} {r['decode_tok_s_b1']:8.1f} "
                   f"{r.get('decode_tok_s_b8', float('nan')):8.1f} "
-                  f"{(b or float('nan')) / 1e6:9.1f} {frac if frac is not None else float('nan'):8.2f}")
+                  f"{(b or float('nan')) / 1e6:9.1f} {frac if frac is not None else float('nan'):8.2f} "
+                  f"{r['of_read'] if r['of_read'] is not None else float('nan'):8.2f}")
     rows = results["models"].get("llama-100m", {}).get("rows", {})
 
     def tok(key, b="decode_tok_s_b1"):

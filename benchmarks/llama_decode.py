@@ -54,16 +54,29 @@ def _copy_bandwidth(nbytes: int = 512 << 20, repeats: int = 5) -> float:
     return 2 * nbytes / best
 
 
-def _copy_worker(q, start):
+def _read_bandwidth(nbytes: int = 512 << 20, repeats: int = 5) -> float:
+    """Bytes read per second by one thread streaming an array (numpy's BLAS dot product of
+    it with itself: each element loaded once, nothing written)."""
+    a = np.ones(nbytes // 8)
+    best = float("inf")
+    for _ in range(repeats):
+        t = time.perf_counter()
+        np.dot(a, a)
+        best = min(best, time.perf_counter() - t)
+    return nbytes / best
+
+
+def _copy_worker(q, start, measure=_copy_bandwidth):
     start.wait()
-    q.put(_copy_bandwidth())
+    q.put(measure())
 
 
-def aggregate_copy_bandwidth(procs: int) -> float:
-    """Sum of the copy bandwidths of `procs` processes copying at the same time."""
+def aggregate_copy_bandwidth(procs: int, measure=_copy_bandwidth) -> float:
+    """Sum of the copy bandwidths of `procs` processes copying at the same time (or of
+    what `measure` measures: _read_bandwidth)."""
     ctx = mp.get_context("spawn")
     q, start = ctx.Queue(), ctx.Event()
-    ps = [ctx.Process(target=_copy_worker, args=(q, start)) for _ in range(procs)]
+    ps = [ctx.Process(target=_copy_worker, args=(q, start, measure)) for _ in range(procs)]
     for p in ps:
         p.start()
     start.set()
