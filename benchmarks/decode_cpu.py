@@ -17,7 +17,7 @@ after a 128-token prompt each (greedy, argmax on the controller):
   a tied table is read whole as the LM head), and each row's fraction of
   floor = bandwidth / bytes (batch 1). The copy bandwidth counts the bytes read and
   written; beside it (not instead) "of read" is the fraction of what one thread reading
-  an array without writing reaches (numpy's dot product of it with itself), the limit
+  an array without writing reaches (numpy's sum of it), the limit
   of a decode step's weight stream on one core.
 
 Per-token overhead (issue 14 item 4): the ~100M Llama's decode step at batch 1 on 2
@@ -107,7 +107,11 @@ def bench_ours(path: str, cfg: dict, tp: int, threads: int, quantization, steps:
         begin = sess.get_global_func("disco.kv.begin_forward")
         add = sess.get_global_func("disco.kv.add_sequence")
         remove = sess.get_global_func("disco.kv.remove_sequence")
-        sid = 0
+        add(cache, 0)                   # a prompt untimed: the prefill plan recorded, buffers made
+        begin(cache, [0], [PROMPT])
+        dmod["forward"](rng.integers(0, vocab, PROMPT).astype(np.int64), cache, *weights).fetch()
+        remove(cache, 0)
+        sid = 1
         for batch in batches:
             seqs = list(range(sid, sid + batch))
             sid += batch

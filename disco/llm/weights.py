@@ -59,6 +59,7 @@ from typing import Any, Optional, Sequence, Union
 import numpy as np
 
 from disco._context import current_context
+from disco.memory import HugePageArena
 from disco.errors import PlacementError
 from disco.placement import Layout, parse_placement
 from disco.registry import register_func
@@ -416,9 +417,10 @@ def load_weights(checkpoint_path: str, specs: Union[str, Sequence[dict]], mesh_s
     if ctx.worker_id >= math.prod(mesh_shape):
         raise CheckpointError(f"load_weights: worker {ctx.worker_id} is outside the mesh of shape "
                               f"{mesh_shape}")
-    move = None
     if ctx.device.startswith("cuda"):
         from disco.cuda import to_device as move
+    else:
+        move = HugePageArena().copy     # weights on 2 MB pages: decode streams them all
     blocks = []
     with open_checkpoint(checkpoint_path) as ckpt:
         check_specs(ckpt, specs)
@@ -431,7 +433,7 @@ def load_weights(checkpoint_path: str, specs: Union[str, Sequence[dict]], mesh_s
                 b = load_block(ckpt, spec, spec["mesh_shape"], spec["device_ids"].index(ctx.worker_id))
             else:
                 b = load_block(ckpt, spec, mesh_shape, ctx.worker_id)
-            blocks.append(move(b) if move else b)
+            blocks.append(move(b))
     return tuple(blocks)
 
 

@@ -6,6 +6,7 @@ file; the error messages; two workers of a session; each worker's peak memory.""
 from __future__ import annotations
 
 import json
+import mmap
 import os
 import re
 import struct
@@ -413,3 +414,46 @@ def test_peak_memory_of_each_worker(tmp_path):
             assert growth[w] < 0.6 * size + OVERHEAD, f"worker {w}: {growth[w] / MIB:.0f} MiB"
             assert growth[w] > 0.9 * kept        # the measure sees the blocks themselves
         del blocks
+
+
+# -- weights on huge pages --------------------------------------------------------------
+
+
+def _vma_of(address: int) -> dict:
+    """The /proc/self/smaps fields of the mapping holding `address`."""
+    with open("/proc/self/smaps") as f:
+        fields, hit = {}, False
+        for line in f:
+            head = line.split()[0]
+            if "-" in head and not head.endswith(":"):
+                if hit:
+                    return fields
+                lo, hi = (int(v, 16) for v in head.split("-"))
+                hit, fields = lo <= address < hi, {}
+            elif hit:
+                fields[head.rstrip(":")] = line.split()[1]
+    return fields if hit else {}
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/smaps"), reason="reads the mappings from /proc")
+def test_huge_page_arena_copies_onto_huge_page_mappings():
+    """Copies equal the arrays, C-contiguous and 64-byte aligned, in mappings the kernel
+    may back with 2 MB pages (THPeligible: the madvise took; whether it has free huge
+    pages is the machine's business). Small arrays are not copied, nor arrays numpy
+    already asks huge pages for."""
+    from disco.memory import HugePageArena
+    arena = HugePageArena()
+    rng = np.random.default_rng(0)
+    arrays = [rng.standard_normal((300, 257)).astype(np.float32), rng.standard_normal((1000, 70)).astype(ml_dtypes.bfloat16),
+              np.asfortranarray(rng.standard_normal((129, 130)))]
+    copies = [arena.copy(a) for a in arrays]
+    for a, c in zip(arrays, copies):
+        assert c is not a and c.dtype == a.dtype and c.shape == a.shape and c.flags.c_contiguous
+        assert c.ctypes.data % 64 == 0
+        np.testing.assert_array_equal(c, a)
+        if hasattr(mmap, "MADV_HUGEPAGE"):
+            assert _vma_of(c.ctypes.data).get("THPeligible") == "1"
+    small, big = np.ones(10, np.float32), np.zeros(HugePageArena.NUMPY_HUGE // 4, np.float32)
+    assert arena.copy(small) is small and arena.copy(big) is big
+    many = [arena.copy(arrays[0]) for _ in range(HugePageArena.CHUNK // arrays[0].nbytes + 2)]  # a second chunk
+    assert all((m == arrays[0]).all() for m in many) and len({m.ctypes.data for m in many}) == len(many)
