@@ -25,7 +25,9 @@ of 48 (with prefill_chunk 256; the server's default is now 512).
 `--quantization` loads the weights in that format on both sides (the server's flag of
 the same name); results go to results/serve.json, or serve-<format>.json. bfloat16
 weights run prefill and batched decode on AMX tiles where the CPU has them
-(disco.cpu_kernels; DISCO_CPU_AMX_X_TERMS in the environment reaches the workers).
+(disco.cpu_kernels), with float32 activations held exactly; DISCO_CPU_AMX_X_TERMS=1 in
+the environment (it reaches the workers) rounds them to bfloat16 there instead, as a
+bfloat16 model computes: results then go to serve-<format>-x1.json.
 
 Target (issue 16): at 32 clients, throughput at least 4x the one-at-a-time rate.
 """
@@ -216,7 +218,9 @@ def main(argv=None) -> int:
     top = rows[-1]["vs_one_at_a_time"]
     print(f"at {LEVELS[-1]} clients: {top:.2f}x the one-at-a-time rate (target >= 4x)")
     os.makedirs(os.path.dirname(RESULTS), exist_ok=True)
-    results = RESULTS if not a.quantization else RESULTS.replace(".json", f"-{a.quantization}.json")
+    terms = disco.cpu_kernels.amx_x_terms()
+    suffix = (f"-{a.quantization}" if a.quantization else "") + (f"-x{terms}" if terms not in (0, 3) else "")
+    results = RESULTS.replace(".json", f"{suffix}.json")
     with open(results, "w") as f:
         json.dump({"config": cfg, "requests": a.requests, "new_tokens": tokens, "tp": 2,
                    "quantization": a.quantization, "cpu_isa": disco.cpu_kernels.default_isa(),
