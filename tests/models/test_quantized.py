@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import sys
 
 import numpy as np
@@ -26,6 +27,7 @@ sys.path.insert(0, HERE)
 import tiny  # noqa: E402
 
 import disco  # noqa: E402
+from disco import cpu_kernels  # noqa: E402
 from compiler import build, models, nn  # noqa: E402
 from compiler.ir.errors import ShapeError, ShardingError  # noqa: E402
 from compiler.pipeline import STAGES  # noqa: E402
@@ -159,6 +161,36 @@ def test_quantized_at_load_equals_float_path_on_the_dequantized_weights(llama, t
     ref = _logits(_dequantized_checkpoint(llama, str(tmp_path / "deq"), fmt), 1)
     got = _logits(llama, tp, fmt)
     np.testing.assert_allclose(got, ref, rtol=TOL, atol=TOL)
+
+
+_PROMPT_LOGITS = """
+import sys, numpy as np
+sys.path.insert(0, {here!r})
+import tiny
+from compiler import models
+with models.load({path!r}, tp=2, quantization="bfloat16", progress=False) as engine:
+    np.save({out!r}, np.concatenate([engine.forward([list(p)])[0] for p in tiny.PROMPTS]))
+"""
+
+
+@pytest.mark.skipif("amx" not in cpu_kernels.isas(), reason="this CPU or build has no AMX tiles")
+def test_bfloat16_activations_on_amx_end_to_end(llama, tmp_path):
+    """DISCO_CPU_AMX_X_TERMS=1 (x rounded to bfloat16 in the AMX matmuls; the setting is
+    read once per process, so each run is its own, on 2 workers that inherit it): the
+    bf16-weight model's prompt logits within a bfloat16 tolerance of the default run's
+    (float32 x held exactly), and not equal to them: the setting reached the workers."""
+    logits = {}
+    for terms in ("1", "3"):
+        out = str(tmp_path / f"x{terms}.npy")
+        code = _PROMPT_LOGITS.format(here=HERE, path=llama, out=out)
+        env = dict(os.environ, DISCO_CPU_AMX_X_TERMS=terms)
+        done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stderr[-3000:]
+        logits[terms] = np.load(out)
+    diff = np.abs(logits["1"] - logits["3"]).max()
+    print(f"\n  bf16 activations on AMX: prompt logits within {diff:.4f} of exact activations' "
+          f"(|logits| up to {np.abs(logits['3']).max():.1f})")
+    assert 1e-5 < diff < 0.15, diff
 
 
 def test_two_workers_give_one_workers_tokens(llama, capsys):
