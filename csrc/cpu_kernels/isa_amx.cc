@@ -40,8 +40,12 @@ const IsaKernels* isa_avx512();
 #if defined(DISCO_CPU_HAVE_AMX)
 namespace {
 
+// At most kMinRows rows of x: the AVX-512 kernels (batch-1 decode, memory bound: at one
+// row they take 0.7-1.1x the AMX time, results/amx_matmul.json). Up to kFewRows: W read in
+// place, since rearranging it would cost more than the products (at 8 rows AMX takes
+// 1/1.3-1/2.3 of the AVX-512 time). More: W rearranged per panel, reused over all rows.
 constexpr int64_t kMinRows = 4;
-constexpr int64_t kFewRows = 32;  // at most this many rows: the AVX-512 decode kernels (memory bound)
+constexpr int64_t kFewRows = 32;
 
 // Linux hands out the 8 KB of tile state only to processes that ask (arch_prctl).
 bool os_allows_amx() {
@@ -184,13 +188,14 @@ void copy_edge(const MatmulArgs& a, const float* edge, int64_t i0, int64_t j0) {
   for (int64_t i = 0; i < rows; ++i) std::memcpy(a.y + (i0 + i) * a.n + j0, edge + 16 * i, 4 * cols);
 }
 
-// y for the 32 columns of one packed panel, over all (padded) rows of x: per block of k,
-// the two B tiles of W, then each plane of each x tile against both.
+// y for the 32 columns of one packed panel, over rows [i_begin, i_end) of x (whole tiles
+// of 16, two at a time, the last alone if odd): per block of k, the two B tiles of W, then
+// each plane of each x tile against both.
 void panel_product(const MatmulArgs& a, const uint16_t* xb, int64_t mp, int64_t kp, int terms,
                    const uint32_t* panel, int64_t j0, int64_t i_begin, int64_t i_end) {
   const int64_t kblocks = kp / 32, xstride = 2 * kp, plane = mp * kp;
-  int64_t i0 = i_begin;
-  for (; i0 + 32 <= i_end; i0 += 32) {
+  for (int64_t i0 = i_begin; i0 < i_end; i0 += 32) {
+    const bool two = i0 + 16 < i_end;
     _tile_zero(0);
     _tile_zero(1);
     _tile_zero(2);
@@ -203,30 +208,19 @@ void panel_product(const MatmulArgs& a, const uint16_t* xb, int64_t mp, int64_t 
         _tile_loadd(4, x0, xstride);
         _tile_dpbf16ps(0, 4, 6);
         _tile_dpbf16ps(1, 4, 7);
-        _tile_loadd(5, x0 + 16 * kp, xstride);
-        _tile_dpbf16ps(2, 5, 6);
-        _tile_dpbf16ps(3, 5, 7);
+        if (two) {
+          _tile_loadd(5, x0 + 16 * kp, xstride);
+          _tile_dpbf16ps(2, 5, 6);
+          _tile_dpbf16ps(3, 5, 7);
+        }
       }
     }
     DISCO_STORE_C(0, a, i0, j0);
     DISCO_STORE_C(1, a, i0, j0 + 16);
-    DISCO_STORE_C(2, a, i0 + 16, j0);
-    DISCO_STORE_C(3, a, i0 + 16, j0 + 16);
-  }
-  if (i0 < i_end) {  // one tile of x rows left
-    _tile_zero(0);
-    _tile_zero(1);
-    for (int64_t kb = 0; kb < kblocks; ++kb) {
-      _tile_loadd(6, panel + kb * 512, 64);
-      _tile_loadd(7, panel + kb * 512 + 256, 64);
-      for (int p = 0; p < terms; ++p) {
-        _tile_loadd(4, xb + p * plane + i0 * kp + 32 * kb, xstride);
-        _tile_dpbf16ps(0, 4, 6);
-        _tile_dpbf16ps(1, 4, 7);
-      }
+    if (two) {
+      DISCO_STORE_C(2, a, i0 + 16, j0);
+      DISCO_STORE_C(3, a, i0 + 16, j0 + 16);
     }
-    DISCO_STORE_C(0, a, i0, j0);
-    DISCO_STORE_C(1, a, i0, j0 + 16);
   }
 }
 
