@@ -73,14 +73,14 @@ class HugePageArena:
             return a
         size = (a.nbytes + 63) // 64 * 64          # the next array starts on a cache line
         if self._base is None or self._used + size > self._base.size:
-            self._new_chunk(self.CHUNK)
+            self._new_chunk()
         out = self._base[self._used:self._used + a.nbytes].view(a.dtype).reshape(a.shape)
         np.copyto(out, a)
         self._used += size
         return out
 
-    def _new_chunk(self, size: int) -> None:
-        size = (size + self.PAGE - 1) // self.PAGE * self.PAGE
+    def _new_chunk(self) -> None:
+        size = self.CHUNK                          # a whole number of PAGEs; arrays are < NUMPY_HUGE
         # Private: an anonymous shared mapping is shmem, which huge pages need other settings for.
         m = mmap.mmap(-1, size + self.PAGE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
         whole = np.frombuffer(m, np.uint8)

@@ -59,8 +59,8 @@ from typing import Any, Optional, Sequence, Union
 import numpy as np
 
 from disco._context import current_context
-from disco.memory import HugePageArena
 from disco.errors import PlacementError
+from disco.memory import HugePageArena
 from disco.placement import Layout, parse_placement
 from disco.registry import register_func
 from disco.weight_formats import FORMATS, logical_shape, quantize, take_block
