@@ -83,7 +83,7 @@ def measure(rows, reps, which) -> dict:
 def _child(terms, rows, reps, which):
     env = dict(os.environ, DISCO_CPU_AMX_X_TERMS=str(terms), OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1")
     code = (f"import sys, json; sys.path.insert(0, {ROOT!r}); sys.path.insert(0, {os.path.dirname(__file__)!r}); "
-            f"import amx_matmul as b, torch; torch.set_num_threads(1); "
+            f"import amx_matmul as b; {'import torch; torch.set_num_threads(1); ' if 'torch' in which else ''}"
             f"print(json.dumps(b.measure({rows!r}, {reps}, {which!r})))")
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=1800)
     if done.returncode != 0:

@@ -50,7 +50,7 @@ import disco  # noqa: E402,F401
 import disco.cpu_kernels  # noqa: E402
 import numpy as np  # noqa: E402
 
-from llama_decode import CONFIG, _read_bandwidth, aggregate_copy_bandwidth  # noqa: E402
+from llama_decode import CONFIG, aggregate_bandwidth, read_bandwidth  # noqa: E402
 
 RESULTS = os.path.join(ROOT, "benchmarks", "results", "decode_cpu.json")
 PROMPT = 128
@@ -212,8 +212,8 @@ def main(argv=None) -> int:
     threads = [int(t) for t in a.threads.split(",")]
     formats = a.formats.split(",")
     load_before = os.getloadavg()
-    bw = {1: aggregate_copy_bandwidth(1), 2: aggregate_copy_bandwidth(2)}
-    read = {1: aggregate_copy_bandwidth(1, _read_bandwidth), 2: aggregate_copy_bandwidth(2, _read_bandwidth)}
+    bw = {1: aggregate_bandwidth(1), 2: aggregate_bandwidth(2)}
+    read = {1: aggregate_bandwidth(1, read_bandwidth), 2: aggregate_bandwidth(2, read_bandwidth)}
     print(f"copy bandwidth: 1 process {bw[1] / 1e9:.1f} GB/s, 2 processes {bw[2] / 1e9:.1f} GB/s "
           f"(2-worker ceiling {bw[2] / bw[1]:.2f}x); load average {load_before[0]:.1f}", flush=True)
     print(f"read-only streams (beside the floor, not it): 1 process {read[1] / 1e9:.1f} GB/s, 2 processes "

@@ -54,7 +54,7 @@ def _copy_bandwidth(nbytes: int = 512 << 20, repeats: int = 5) -> float:
     return 2 * nbytes / best
 
 
-def _read_bandwidth(nbytes: int = 512 << 20, repeats: int = 5) -> float:
+def read_bandwidth(nbytes: int = 512 << 20, repeats: int = 5) -> float:
     """Bytes read per second by one thread streaming an array: numpy's sum of it (one
     thread, each element loaded once, nothing written; the BLAS dot product would take
     as many threads as the machine has)."""
@@ -72,9 +72,9 @@ def _copy_worker(q, start, measure=_copy_bandwidth):
     q.put(measure())
 
 
-def aggregate_copy_bandwidth(procs: int, measure=_copy_bandwidth) -> float:
-    """Sum of the copy bandwidths of `procs` processes copying at the same time (or of
-    what `measure` measures: _read_bandwidth)."""
+def aggregate_bandwidth(procs: int, measure=_copy_bandwidth) -> float:
+    """Sum of what `measure` measures (copy bandwidth; or read_bandwidth) in `procs`
+    processes measuring at the same time."""
     ctx = mp.get_context("spawn")
     q, start = ctx.Queue(), ctx.Event()
     ps = [ctx.Process(target=_copy_worker, args=(q, start, measure)) for _ in range(procs)]
@@ -172,8 +172,8 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory() as d:
         make_checkpoint(d, cfg)
         weight_bytes = sum(os.path.getsize(os.path.join(d, f)) for f in os.listdir(d) if f.endswith(".safetensors"))
-        bw1 = aggregate_copy_bandwidth(1)
-        bw2 = aggregate_copy_bandwidth(2)
+        bw1 = aggregate_bandwidth(1)
+        bw2 = aggregate_bandwidth(2)
         rows = {"transformers": bench_transformers(d, steps, a.threads)}
         for tp in (1, 2):
             rows[f"ours_tp{tp}"] = bench_ours(d, tp, steps, a.threads)

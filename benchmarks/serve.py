@@ -224,7 +224,7 @@ def main(argv=None) -> int:
     with open(results, "w") as f:
         json.dump({"config": cfg, "requests": a.requests, "new_tokens": tokens, "tp": 2,
                    "quantization": a.quantization, "cpu_isa": disco.cpu_kernels.default_isa(),
-                   "amx_x_terms": disco.cpu_kernels.amx_x_terms(),
+                   "amx_x_terms": terms,
                    "cores": os.cpu_count(), "load_average_before": load, "load_average_after": os.getloadavg(),
                    "one_at_a_time": base, "levels": rows}, f, indent=1)
     return 0
