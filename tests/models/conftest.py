@@ -22,9 +22,9 @@ def model_cache(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def tiny_llama(tmp_path_factory):
+def llama(tmp_path_factory):
     """The tiny Llama checkpoint of tiny.py (random weights, transformers' layout), made
-    once per module."""
+    once per module (a module may define its own `llama`)."""
     import tiny
     return tiny.make_checkpoint("llama", str(tmp_path_factory.mktemp("ckpt") / "llama"))
 

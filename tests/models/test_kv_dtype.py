@@ -40,11 +40,6 @@ def _own_model_cache(model_cache):
 
 
 @pytest.fixture(scope="module")
-def llama(tiny_llama):
-    return tiny_llama
-
-
-@pytest.fixture(scope="module")
 def reference():
     return dict(np.load(os.path.join(HERE, "references", "llama.npz")))
 

@@ -46,11 +46,6 @@ def _own_model_cache(model_cache):
     yield
 
 
-@pytest.fixture(scope="module")
-def llama(tiny_llama):
-    return tiny_llama
-
-
 def _reference(w: np.ndarray, fmt: str) -> np.ndarray:
     """What a weight stored in `fmt` holds, by the gguf package (float formats: a cast)."""
     if fmt in QTYPES:
