@@ -19,9 +19,11 @@ ProcessSession sets it to the host's cores shared among the workers); `num_threa
 overrides it per call. The GIL is released while a kernel runs. `isa` picks a compiled
 variant ("amx", "avx512", "avx2", "generic"; default: the best this CPU runs, or the
 environment variable DISCO_CPU_ISA); `isas()` lists them. "amx" (Intel AMX tiles, Sapphire
-Rapids and later) is "avx512" except for bfloat16 weights and more than `amx_rows()` rows
-of x: there the products run on the tile unit, x split into bfloat16 parts that hold it
-exactly (`amx_x_terms()`; see csrc/cpu_kernels/isa_amx.cc).
+Rapids and later) is "avx512" except for bfloat16 and float32 weights and more than
+`amx_rows(dtype=)` rows of x: there the products run on the tile unit, x split into
+bfloat16 parts that hold it exactly (`amx_x_terms()`), float32 W split the same way, the
+products summed to float32's accuracy (DISCO_CPU_AMX_FLOAT32=0 leaves float32 weights to
+AVX-512 and BLAS; see csrc/cpu_kernels/isa_amx.cc).
 
 The VM imports this module when it resolves a name starting with "disco.cpu."
 (disco.registry's providers), so compiled code needs no import.
@@ -56,10 +58,10 @@ def default_isa() -> str:
     return _native.cpu_default_isa()
 
 
-def amx_rows(isa: str | None = None) -> int:
-    """Rows of x past which variant `isa` (default: the one used) multiplies bfloat16
-    weights on AMX tiles (prefill, batched decode). -1: never."""
-    return _native.cpu_amx_rows(isa or "")
+def amx_rows(isa: str | None = None, dtype: str = "bfloat16") -> int:
+    """Rows of x past which variant `isa` (default: the one used) multiplies weights of
+    `dtype` ("bfloat16" or "float32") on AMX tiles (prefill, batched decode). -1: never."""
+    return _native.cpu_amx_rows(isa or "", dtype)
 
 
 def amx_x_terms() -> int:
@@ -119,13 +121,16 @@ FLOAT32_KERNEL_ROWS = 32
 
 
 _matmul_nt_float32 = _native.cpu_matmul_nt_fn(weight_format("float32").code)
+# Where the default variant puts float32 weights on AMX tiles, it wins at every row count
+# (results/amx_matmul.json): no BLAS then.
+_FLOAT32_ON_AMX = _native.cpu_amx_rows("", "float32") >= 0
 
 
 @register_func("disco.cpu.matmul_nt_auto")
 def matmul_nt_auto(x, w, out) -> None:
     """out = x @ w.T for float32 x and w: this module's kernel for decode shapes (at most
-    FLOAT32_KERNEL_ROWS rows of x), numpy's BLAS for more (prefill)."""
-    if x.size <= FLOAT32_KERNEL_ROWS * x.shape[-1] and w.dtype == np.float32:
+    FLOAT32_KERNEL_ROWS rows of x) and on AMX, numpy's BLAS for more (prefill)."""
+    if w.dtype == np.float32 and (_FLOAT32_ON_AMX or x.size <= FLOAT32_KERNEL_ROWS * x.shape[-1]):
         _matmul_nt_float32(x, w, out)
     else:
         np.matmul(x, w.T, out=out)

@@ -226,8 +226,12 @@ void bind_cpu_kernels(py::module_& m) {
     for (int i = 0; i < num_isas(); ++i) names.push_back(isa_kernels(i).name);
     return names;
   }, "Instruction sets of the CPU kernels this build and CPU run, best first.");
-  m.def("cpu_amx_rows", [](const std::string& isa) { return pick(isa).amx_rows; }, py::arg("isa") = "",
-        "Rows of x past which this variant multiplies bfloat16 weights on AMX tiles (-1: never).");
+  m.def("cpu_amx_rows", [](const std::string& isa, const std::string& dtype) -> int64_t {
+    if (dtype == "bfloat16") return pick(isa).amx_rows;
+    if (dtype == "float32") return pick(isa).amx_rows_f32;
+    return -1;
+  }, py::arg("isa") = "", py::arg("dtype") = "bfloat16",
+        "Rows of x past which this variant multiplies weights of `dtype` on AMX tiles (-1: never).");
   m.def("cpu_amx_x_terms", &amx_x_terms, "The bfloat16 parts x is split into there (3: exact).");
   m.def("cpu_default_isa", [] { return std::string(default_isa().name); },
         "The instruction set used when a call names none (DISCO_CPU_ISA, else the best).");

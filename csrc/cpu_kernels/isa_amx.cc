@@ -46,6 +46,8 @@ namespace {
 // 1/1.3-1/2.3 of the AVX-512 time). More: W rearranged per panel, reused over all rows.
 constexpr int64_t kMinRows = 4;
 constexpr int64_t kFewRows = 32;
+// Float32 weights: past this many rows (below, the AVX-512 kernel reads W at memory speed).
+constexpr int64_t kMinRowsF32 = 8;
 
 // Linux hands out the 8 KB of tile state only to processes that ask (arch_prctl).
 bool os_allows_amx() {
@@ -133,9 +135,38 @@ inline void bf16x32_to_f32(__m512i b, __m512& lo, __m512& hi) {
   hi = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm512_extracti64x4_epi64(b, 1)), 16));
 }
 
+// 32 float32 (lo: the first 16, hi: the rest) -> `parts` bfloat16 vectors of 32: part 0
+// is the value rounded, part p + 1 the rounded remainder of part p. The remainders are
+// exact in float32, and three parts hold all 24 bits of a float32 (bfloat16 has its
+// exponent range; parts below 2^-126 are lost, as AMX reads bfloat16 denormals as 0).
+inline void split_bf16(__m512 lo, __m512 hi, int parts, __m512i* out) {
+  for (int p = 0; p < parts; ++p) {
+    out[p] = (__m512i)_mm512_cvtne2ps_pbh(hi, lo);
+    if (p + 1 < parts) {
+      __m512 blo, bhi;
+      bf16x32_to_f32(out[p], blo, bhi);
+      lo = _mm512_sub_ps(lo, blo);
+      hi = _mm512_sub_ps(hi, bhi);
+    }
+  }
+}
+
+// The 32 float32 at p (the first `valid` of them; zeros after) as lo, hi halves.
+inline void load_f32x32(const float* p, int64_t valid, __m512& lo, __m512& hi) {
+  if (valid >= 32) {
+    lo = _mm512_loadu_ps(p);
+    hi = _mm512_loadu_ps(p + 16);
+  } else if (valid <= 0) {
+    lo = hi = _mm512_setzero_ps();
+  } else {
+    const int64_t l = valid < 16 ? valid : 16, h = valid - l;
+    lo = _mm512_maskz_loadu_ps((__mmask16)((1u << l) - 1), p);
+    hi = _mm512_maskz_loadu_ps((__mmask16)((1u << h) - 1), p + 16);
+  }
+}
+
 // x[m][k] float32 -> `terms` planes of bfloat16 rows of kp elements (k rounded up to 32),
-// rows up to mp zero: plane 0 is x rounded, plane p + 1 the rounded remainder of plane p.
-// x - x0 and (x - x0) - x1 are exact in float32, and three planes hold all 24 bits of x.
+// rows up to mp zero: plane p is part p of split_bf16.
 void convert_x(const MatmulArgs& a, int64_t mp, int64_t kp, int terms, uint16_t* xb) {
   const int64_t plane = mp * kp;
   for (int64_t i = 0; i < mp; ++i) {
@@ -145,25 +176,46 @@ void convert_x(const MatmulArgs& a, int64_t mp, int64_t kp, int terms, uint16_t*
     }
     const float* src = a.x + i * a.k;
     for (int64_t t = 0; t < kp; t += 32) {
-      const int64_t valid = a.k - t;
       __m512 lo, hi;
-      if (valid >= 32) {
-        lo = _mm512_loadu_ps(src + t);
-        hi = _mm512_loadu_ps(src + t + 16);
-      } else {
-        const int64_t l = valid < 16 ? valid : 16, h = valid - l;
-        lo = _mm512_maskz_loadu_ps((__mmask16)((1u << l) - 1), src + t);
-        hi = _mm512_maskz_loadu_ps((__mmask16)((1u << h) - 1), src + t + 16);
+      load_f32x32(src + t, a.k - t, lo, hi);
+      __m512i parts[3];
+      split_bf16(lo, hi, terms, parts);
+      for (int p = 0; p < terms; ++p) _mm512_storeu_si512(xb + p * plane + i * kp + t, parts[p]);
+    }
+  }
+}
+
+// ---- float32 weights: W split like x ----
+//
+// W = W0 + W1 + W2 and x = x0 + x1 + x2 (split_bf16): of the nine products Wq xp the six
+// with p + q <= 2 are summed. Those left out are below 2^-24 |w| |x|, the size of
+// float32's own rounding of one product, so the result is float32's to within its error
+// bound ("bf16x6": Henry, Tang and Heinecke, "Leveraging the bfloat16 Artificial
+// Intelligence Datatype For Higher-Precision Computations", 2019), at 6 tile products
+// per pair of tiles against AVX-512's one FMA per 16 products. With x rounded to
+// bfloat16 (DISCO_CPU_AMX_X_TERMS=1): the three parts of W against x0.
+
+// B tiles of the panel of W rows [j0, j0 + 32) (float32), one set per part of W: part q
+// at out + q * 512 * kblocks, each laid out as pack_panel_bf16's.
+void pack_panel_f32(const MatmulArgs& a, int64_t j0, int64_t kblocks, uint32_t* out) {
+  __m512i parts[3][16], r[16];
+  for (int64_t kb = 0; kb < kblocks; ++kb) {
+    const int64_t valid = a.k - 32 * kb;
+    for (int t = 0; t < 2; ++t) {
+      for (int c = 0; c < 16; ++c) {
+        const int64_t row = j0 + 16 * t + c;
+        const float* src = row < a.n ? reinterpret_cast<const float*>(a.w + row * a.w_stride) + 32 * kb : nullptr;
+        __m512 lo, hi;
+        load_f32x32(src, src ? valid : 0, lo, hi);
+        __m512i p3[3];
+        split_bf16(lo, hi, 3, p3);
+        for (int q = 0; q < 3; ++q) parts[q][c] = p3[q];
       }
-      for (int p = 0; p < terms; ++p) {
-        const __m512i b = (__m512i)_mm512_cvtne2ps_pbh(hi, lo);
-        _mm512_storeu_si512(xb + p * plane + i * kp + t, b);
-        if (p + 1 < terms) {
-          __m512 blo, bhi;
-          bf16x32_to_f32(b, blo, bhi);
-          lo = _mm512_sub_ps(lo, blo);
-          hi = _mm512_sub_ps(hi, bhi);
-        }
+      for (int q = 0; q < 3; ++q) {
+        for (int c = 0; c < 16; ++c) r[c] = parts[q][c];
+        transpose16(r);
+        uint32_t* dst = out + q * 512 * kblocks + (kb * 2 + t) * 256;
+        for (int c = 0; c < 16; ++c) _mm512_store_si512(dst + 16 * c, r[c]);
       }
     }
   }
@@ -189,11 +241,12 @@ void copy_edge(const MatmulArgs& a, const float* edge, int64_t i0, int64_t j0) {
 }
 
 // y for the 32 columns of one packed panel, over rows [i_begin, i_end) of x (whole tiles
-// of 16, two at a time, the last alone if odd): per block of k, the two B tiles of W, then
-// each plane of each x tile against both.
+// of 16, two at a time, the last alone if odd): per block of k, each plane of each x tile
+// against the panel's two B tiles; with W in three parts (float32 W), the six products of
+// the float32 section above, ordered so that each load replaces one held tile.
 void panel_product(const MatmulArgs& a, const uint16_t* xb, int64_t mp, int64_t kp, int terms,
-                   const uint32_t* panel, int64_t j0, int64_t i_begin, int64_t i_end) {
-  const int64_t kblocks = kp / 32, xstride = 2 * kp, plane = mp * kp;
+                   const uint32_t* panel, int wterms, int64_t j0, int64_t i_begin, int64_t i_end) {
+  const int64_t kblocks = kp / 32, xstride = 2 * kp, plane = mp * kp, wplane = 512 * kblocks;
   for (int64_t i0 = i_begin; i0 < i_end; i0 += 32) {
     const bool two = i0 + 16 < i_end;
     _tile_zero(0);
@@ -201,18 +254,36 @@ void panel_product(const MatmulArgs& a, const uint16_t* xb, int64_t mp, int64_t 
     _tile_zero(2);
     _tile_zero(3);
     for (int64_t kb = 0; kb < kblocks; ++kb) {
-      _tile_loadd(6, panel + kb * 512, 64);
-      _tile_loadd(7, panel + kb * 512 + 256, 64);
-      for (int p = 0; p < terms; ++p) {
-        const uint16_t* x0 = xb + p * plane + i0 * kp + 32 * kb;
-        _tile_loadd(4, x0, xstride);
+      const uint32_t* b = panel + kb * 512;
+      const uint16_t* x0 = xb + i0 * kp + 32 * kb;
+      auto load_w = [&](int q) {
+        _tile_loadd(6, b + q * wplane, 64);
+        _tile_loadd(7, b + q * wplane + 256, 64);
+      };
+      auto load_x = [&](int p) {
+        _tile_loadd(4, x0 + p * plane, xstride);
+        if (two) _tile_loadd(5, x0 + p * plane + 16 * kp, xstride);
+      };
+      auto mul = [&] {
         _tile_dpbf16ps(0, 4, 6);
         _tile_dpbf16ps(1, 4, 7);
         if (two) {
-          _tile_loadd(5, x0 + 16 * kp, xstride);
           _tile_dpbf16ps(2, 5, 6);
           _tile_dpbf16ps(3, 5, 7);
         }
+      };
+      if (wterms == 1) {
+        load_w(0);
+        for (int p = 0; p < terms; ++p) load_x(p), mul();
+        continue;
+      }
+      load_x(0);                      // x0 W2, x0 W1, x0 W0
+      for (int q = 2; q >= 0; --q) load_w(q), mul();
+      if (terms > 1) load_x(1), mul();  // x1 W0
+      if (terms > 2) load_x(2), mul();  // x2 W0
+      if (terms > 1) {                // x1 W1
+        if (terms > 2) load_x(1);
+        load_w(1), mul();
       }
     }
     DISCO_STORE_C(0, a, i0, j0);
@@ -318,7 +389,10 @@ std::unique_ptr<T, FreeDeleter<T>> aligned_buffer(int64_t count, const char* wha
   return std::unique_ptr<T, FreeDeleter<T>>(p);
 }
 
-void matmul_bf16_amx(const MatmulArgs& a, int terms) {
+// More than kFewRows rows: panels of W rearranged (bfloat16) or split (float32) per
+// thread, each reused over every row of x.
+void matmul_amx_packed(const MatmulArgs& a, int terms) {
+  const int wterms = a.format == Format::kF32 ? 3 : 1;
   const int64_t mp = (a.m + 15) / 16 * 16, kp = (a.k + 31) / 32 * 32, kblocks = kp / 32;
   auto xb = aligned_buffer<uint16_t>(terms * mp * kp, "x in bfloat16");
   convert_x(a, mp, kp, terms, xb.get());
@@ -328,11 +402,12 @@ void matmul_bf16_amx(const MatmulArgs& a, int terms) {
   // Each pass rearranges the panels again, a cost shared by mblock / 16 x tiles.
   const int64_t fit = (int64_t(1) << 20) / (2 * kp * terms) / 32 * 32;
   const int64_t mblock = fit < 32 ? 32 : fit;
+  const int64_t panel_bytes = 4 * 512 * kblocks * wterms;
   const int nt = a.num_threads;
   bool failed = false;
 #pragma omp parallel num_threads(nt) if (nt > 1)
   {
-    uint32_t* panel = static_cast<uint32_t*>(std::aligned_alloc(64, 4 * 512 * kblocks));
+    uint32_t* panel = static_cast<uint32_t*>(std::aligned_alloc(64, panel_bytes));
     if (panel == nullptr) {
 #pragma omp atomic write
       failed = true;
@@ -343,14 +418,15 @@ void matmul_bf16_amx(const MatmulArgs& a, int terms) {
 #pragma omp for schedule(static)
       for (int64_t p = 0; p < panels; ++p) {
         if (panel == nullptr) continue;
-        pack_panel_bf16(a, 32 * p, kblocks, panel);
-        panel_product(a, xb.get(), mp, kp, terms, panel, 32 * p, i_begin, i_end);
+        if (wterms == 3) pack_panel_f32(a, 32 * p, kblocks, panel);
+        else pack_panel_bf16(a, 32 * p, kblocks, panel);
+        panel_product(a, xb.get(), mp, kp, terms, panel, wterms, 32 * p, i_begin, i_end);
       }
     }
     std::free(panel);
   }
   if (failed) throw KernelError("cpu_matmul_nt (amx): out of memory for a panel of W (" +
-                                std::to_string(2048 * kblocks) + " bytes)");
+                                std::to_string(panel_bytes) + " bytes)");
 }
 
 void matmul_bf16_amx_few(const MatmulArgs& a, int terms) {
@@ -388,6 +464,83 @@ void matmul_bf16_amx_few(const MatmulArgs& a, int terms) {
   }
 }
 
+// Float32 W, at most kFewRows rows of x: as matmul_bf16_amx_few, but W cannot be read
+// in place. Each thread splits 32 rows of W a block of k at a time into the A tiles of
+// its three parts (6 KB, in L1), against x^T's planes: the six products of the float32
+// section, each load replacing one held tile. W is read once, straight from memory.
+void matmul_f32_amx_few(const MatmulArgs& a, int terms) {
+  const int64_t mp = (a.m + 15) / 16 * 16, kp = (a.k + 31) / 32 * 32, kblocks = kp / 32;
+  const int64_t plane = mp / 16 * kblocks * 256;
+  const bool two = mp > 16;  // mp <= 32: at most two x tiles
+  auto xb = aligned_buffer<uint16_t>(terms * mp * kp, "x in bfloat16");
+  convert_x(a, mp, kp, terms, xb.get());
+  auto xt = aligned_buffer<uint32_t>(terms * plane, "x^T in bfloat16");
+  for (int p = 0; p < terms; ++p) pack_xt(xb.get() + p * mp * kp, mp, kp, xt.get() + p * plane);
+  const int64_t units = (a.n + 31) / 32;
+  const int nt = a.num_threads;
+#pragma omp parallel num_threads(nt) if (nt > 1)
+  {
+    TileScope tiles;
+    alignas(64) uint16_t wt[3][2][16 * 32];  // part q, W tile t, 16 rows of 32 k
+#pragma omp for schedule(static)
+    for (int64_t u = 0; u < units; ++u) {
+      const int64_t j0 = 32 * u;
+      const float* rows[32];
+      for (int r = 0; r < 32; ++r)
+        rows[r] = j0 + r < a.n ? reinterpret_cast<const float*>(a.w + (j0 + r) * a.w_stride) : nullptr;
+      _tile_zero(0);
+      _tile_zero(1);
+      _tile_zero(2);
+      _tile_zero(3);
+      for (int64_t kb = 0; kb < kblocks; ++kb) {
+        const int64_t valid = a.k - 32 * kb;
+        for (int r = 0; r < 32; ++r) {
+          if (rows[r] == nullptr) {
+            for (int q = 0; q < 3; ++q) _mm512_store_si512(&wt[q][r / 16][(r % 16) * 32], _mm512_setzero_si512());
+            continue;
+          }
+          // 32 rows are more streams than the hardware prefetcher follows: ask ahead.
+          _mm_prefetch(reinterpret_cast<const char*>(rows[r] + 32 * (kb + 4)), _MM_HINT_T0);
+          _mm_prefetch(reinterpret_cast<const char*>(rows[r] + 32 * (kb + 4) + 16), _MM_HINT_T0);
+          __m512 lo, hi;
+          load_f32x32(rows[r] + 32 * kb, valid, lo, hi);
+          __m512i p3[3];
+          split_bf16(lo, hi, 3, p3);
+          for (int q = 0; q < 3; ++q) _mm512_store_si512(&wt[q][r / 16][(r % 16) * 32], p3[q]);
+        }
+        const uint32_t* b = xt.get() + kb * 256;
+        auto load_w = [&](int q) {
+          _tile_loadd(4, wt[q][0], 64);
+          _tile_loadd(5, wt[q][1], 64);
+        };
+        auto load_x = [&](int p) {
+          _tile_loadd(6, b + p * plane, 64);
+          if (two) _tile_loadd(7, b + p * plane + kblocks * 256, 64);
+        };
+        auto mul = [&] {
+          _tile_dpbf16ps(0, 4, 6);
+          _tile_dpbf16ps(1, 5, 6);
+          if (two) {
+            _tile_dpbf16ps(2, 4, 7);
+            _tile_dpbf16ps(3, 5, 7);
+          }
+        };
+        load_w(0);                          // W0 x2, W0 x1, W0 x0
+        for (int p = terms - 1; p >= 0; --p) load_x(p), mul();
+        load_w(1), mul();                   // W1 x0
+        load_w(2), mul();                   // W2 x0
+        if (terms > 1) load_w(1), load_x(1), mul();  // W1 x1
+      }
+      DISCO_STORE_CT(0, a, j0, 0);
+      DISCO_STORE_CT(1, a, j0 + 16, 0);
+      if (two) {
+        DISCO_STORE_CT(2, a, j0, 16);
+        DISCO_STORE_CT(3, a, j0 + 16, 16);
+      }
+    }
+  }
+}
+
 // Planes x is split into (DISCO_CPU_AMX_X_TERMS, read once): 3 (default) holds x exactly,
 // so the products are those of float32 x; 1 rounds x to bfloat16 (3x the tile products
 // per second in prefill, the numerics of a bfloat16 model); 2 keeps 16 bits of x.
@@ -403,10 +556,28 @@ int x_terms() {
   return terms;
 }
 
+// Float32 weights on AMX (split in three parts, above) unless DISCO_CPU_AMX_FLOAT32=0
+// (read once): then the AVX-512 kernel and numpy's BLAS take them, as on other CPUs.
+bool float32_on_amx() {
+  static const bool on = [] {
+    const char* env = std::getenv("DISCO_CPU_AMX_FLOAT32");
+    if (env == nullptr || *env == 0) return true;
+    const std::string v = env;
+    if (v != "0" && v != "1")
+      throw KernelError("DISCO_CPU_AMX_FLOAT32 must be 0 or 1 (float32 weights on AMX tiles); got '" + v + "'");
+    return v == "1";
+  }();
+  return on;
+}
+
 void matmul_nt_amx(const MatmulArgs& a) {
   if (a.format == Format::kBF16 && a.m > kMinRows) {
     if (a.m <= kFewRows && a.k % 32 == 0) return matmul_bf16_amx_few(a, x_terms());
-    return matmul_bf16_amx(a, x_terms());
+    return matmul_amx_packed(a, x_terms());
+  }
+  if (a.format == Format::kF32 && a.m > kMinRowsF32 && float32_on_amx()) {
+    if (a.m <= kFewRows) return matmul_f32_amx_few(a, x_terms());
+    return matmul_amx_packed(a, x_terms());
   }
   isa_avx512()->matmul_nt(a);
 }
@@ -427,7 +598,8 @@ int amx_x_terms() {
 const IsaKernels* isa_amx() {
 #if defined(DISCO_CPU_HAVE_AMX)
   static const bool usable = isa_avx512() != nullptr && os_allows_amx();
-  static const IsaKernels kernels{"amx", &matmul_nt_amx, &embedding_amx, kMinRows};
+  static const IsaKernels kernels{"amx", &matmul_nt_amx, &embedding_amx, kMinRows,
+                                  float32_on_amx() ? kMinRowsF32 : -1};
   return usable ? &kernels : nullptr;
 #else
   return nullptr;

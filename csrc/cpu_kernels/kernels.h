@@ -56,6 +56,8 @@ struct IsaKernels {
   // Matmuls of bfloat16 weights with more rows of x than this run on AMX tiles, x split
   // into amx_x_terms() bfloat16 parts; -1: never.
   int64_t amx_rows = -1;
+  // The same for float32 weights (split in three bfloat16 parts too: isa_amx.cc).
+  int64_t amx_rows_f32 = -1;
 };
 
 // The bfloat16 parts x is split into on AMX tiles: 3 (exact) unless DISCO_CPU_AMX_X_TERMS

@@ -40,27 +40,42 @@ def reference_weights(q, name):
     return w, np.repeat(off, 32, axis=1).reshape(w.shape)
 
 
-def amx_parts(x, terms):
-    """x as the AMX kernels multiply it: the sum of its first `terms` bfloat16 parts (x
-    rounded, then the rounded remainder, ...; three parts hold float32 x exactly)."""
-    rest, total = x.astype(np.float32), np.zeros(x.shape)
+def bf16_parts(x, terms):
+    """x's first `terms` bfloat16 parts as the AMX kernels split it: x rounded, then the
+    rounded remainder, ... (three parts hold float32 x exactly)."""
+    rest, parts = x.astype(np.float32), []
     for _ in range(terms):
         part = rest.astype(ml_dtypes.bfloat16).astype(np.float32)
-        total, rest = total + part, rest - part
-    return total
+        parts.append(part.astype(np.float64))
+        rest = rest - part
+    return parts
+
+
+def amx_parts(x, terms):
+    """x as the AMX kernels multiply it: the sum of its first `terms` bfloat16 parts."""
+    return sum(bf16_parts(x, terms))
 
 
 def check(y, x, q, name, isa=None):
     """y against the float64 product. Where variant `isa` (default: the one used) runs
-    on AMX tiles (bfloat16 weights, more than ck.amx_rows(isa) rows), x is the sum of its
-    ck.amx_x_terms() bfloat16 parts, each product summed separately: terms * k terms."""
+    on AMX tiles (bfloat16 or float32 weights, more than ck.amx_rows(isa, dtype) rows), x
+    is the sum of its ck.amx_x_terms() bfloat16 parts, each product summed separately:
+    terms * k terms; float32 W is split into three parts too, and of the products of x
+    part p and W part q those with p + q <= 2 are summed (isa_amx.cc)."""
     w, off = reference_weights(q, name)
     x64 = x.reshape(-1, x.shape[-1]).astype(np.float64)
     terms = 1
-    if name == "bfloat16" and -1 < ck.amx_rows(isa) < x64.shape[0]:
+    amx = name in ("bfloat16", "float32") and -1 < ck.amx_rows(isa, name) < x64.shape[0]
+    if amx and name == "bfloat16":
         terms = ck.amx_x_terms()
         x64 = amx_parts(x64, terms)
-    ref = x64 @ w.T
+    if amx and name == "float32":
+        xs, ws = bf16_parts(x64, ck.amx_x_terms()), bf16_parts(w, 3)
+        pairs = [(p, r) for p in range(len(xs)) for r in range(3) if p + r <= 2]
+        ref = sum(xs[p] @ ws[r].T for p, r in pairs)
+        terms = len(pairs)
+    else:
+        ref = x64 @ w.T
     bound = np.abs(x64) @ (np.abs(w) + 2 * off).T       # |q d| <= |w| + |m|
     tol = 2 * (terms * x.shape[-1] + 1) * U * bound + 1e-30
     err = np.abs(y.reshape(ref.shape) - ref)
@@ -126,6 +141,56 @@ print("ok")
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-3000:]
 
 
+@pytest.mark.skipif("amx" not in ISAS, reason="this CPU or build has no AMX tiles")
+@pytest.mark.parametrize("terms", [1, 3])
+def test_amx_float32_weights_split_into_bfloat16_parts(terms, tmp_path):
+    """Float32 W on AMX: W in three bfloat16 parts, x in `terms`, the six (three) products
+    of parts p + q <= 2, against float64 sums of exactly those products; with x exact (3)
+    the result is also within the float32 bound of the exact product. Both paths (up to
+    32 rows of x, W split a block at a time; more, W split per panel), partial tiles, k
+    not a multiple of 32, 2 threads equal to 1; 8 rows and fewer stay on AVX-512."""
+    script = tmp_path / "amx_f32_check.py"
+    script.write_text(f"""
+import sys
+sys.path.insert(0, {str(os.path.dirname(__file__))!r})
+import numpy as np
+from test_cpu_kernels import check, weights, ck
+assert ck.amx_rows("amx", "float32") == 8 and ck.amx_rows("avx512", "float32") == -1
+for m in (8, 9, 16, 17, 32, 33, 130):
+    for n, k in [(16, 64), (37, 96), (33, 2048), (201, 320), (40, 45)]:
+        q = weights("float32", n, k, seed=n)
+        x = np.random.default_rng(m).standard_normal((m, k)).astype(np.float32)
+        y1 = ck.matmul_nt(x, q, num_threads=1, isa="amx")
+        check(y1, x, q, "float32", "amx")
+        if {terms} == 3:
+            check(y1, x, q, "float32", "avx512")
+        if m == 8:
+            np.testing.assert_array_equal(y1, ck.matmul_nt(x, q, num_threads=1, isa="avx512"))
+        np.testing.assert_array_equal(ck.matmul_nt(x, q, num_threads=2, isa="amx"), y1)
+print("ok")
+""")
+    env = dict(os.environ, DISCO_CPU_AMX_X_TERMS=str(terms))
+    done = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-3000:]
+
+
+def test_amx_float32_setting(tmp_path):
+    """DISCO_CPU_AMX_FLOAT32=0 leaves float32 weights to AVX-512 and the BLAS (amx_rows
+    -1, the results of the avx512 variant); a bad value is an error naming it."""
+    if "amx" not in ISAS:
+        pytest.skip("this CPU or build has no AMX tiles")
+    code = ("import numpy as np; from disco import cpu_kernels as ck; "
+            "x = np.ones((20, 64), np.float32) / 3; w = np.ones((16, 64), np.float32) / 7; "
+            "assert ck.amx_rows('amx', 'float32') == -1 and ck.amx_rows('amx') == 4; "
+            "assert (ck.matmul_nt(x, w, isa='amx') == ck.matmul_nt(x, w, isa='avx512')).all(); print('ok')")
+    done = subprocess.run([sys.executable, "-c", code], env=dict(os.environ, DISCO_CPU_AMX_FLOAT32="0"),
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-3000:]
+    done = subprocess.run([sys.executable, "-c", code], env=dict(os.environ, DISCO_CPU_AMX_FLOAT32="yes"),
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode != 0 and "DISCO_CPU_AMX_FLOAT32 must be 0 or 1" in done.stderr and "got 'yes'" in done.stderr
+
+
 def test_amx_x_terms_setting_is_checked(tmp_path):
     if "amx" not in ISAS:
         pytest.skip("this CPU or build has no AMX tiles")
@@ -174,17 +239,20 @@ def test_float_format_from_dtype_and_library_names():
 
 def test_float32_auto_takes_the_kernel_up_to_its_rows_then_the_blas():
     """disco.cpu.matmul_nt_auto (float32 linear layers): up to FLOAT32_KERNEL_ROWS rows of
-    x the kernel's result bit for bit, past it numpy's; both within the float32 bound."""
+    x the kernel's result bit for bit, past it numpy's, unless the default variant puts
+    float32 weights on AMX tiles (then the kernel's at every row count); all within the
+    float32 bound."""
     auto = get_global_func("disco.cpu.matmul_nt_auto")
     q = weights("float32", 201, 257)
     rows = ck.FLOAT32_KERNEL_ROWS
+    on_amx = ck.amx_rows(dtype="float32") >= 0
     for m in (1, rows, rows + 1):
         x = np.random.default_rng(m).standard_normal((m, 257)).astype(np.float32)
         out = np.empty((m, 201), np.float32)
         auto(x, q, out)
         check(out, x, q, "float32")
-        picked = ck.matmul_nt(x, q) if m <= rows else x @ q.T
-        np.testing.assert_array_equal(out, picked, err_msg=f"{m} rows (kernel up to {rows})")
+        picked = ck.matmul_nt(x, q) if m <= rows or on_amx else x @ q.T
+        np.testing.assert_array_equal(out, picked, err_msg=f"{m} rows (kernel up to {rows}, AMX {on_amx})")
 
 
 def test_errors_name_the_problem():
