@@ -389,12 +389,53 @@ std::unique_ptr<T, FreeDeleter<T>> aligned_buffer(int64_t count, const char* wha
   return std::unique_ptr<T, FreeDeleter<T>>(p);
 }
 
+// x's bfloat16 planes (slot 0) and x^T (slot 1), rebuilt on every call. A prefill step
+// makes hundreds of calls with megabytes of them each; fresh blocks that size come from
+// mmap and are page-faulted in every time (13 faults a prefill token more, float32 on
+// 2 workers). Each calling thread keeps its largest so far, up to kKeptBytes; larger
+// ones are freed after the call.
+struct KeptBuffer {
+  void* p = nullptr;
+  size_t bytes = 0;
+  ~KeptBuffer() { std::free(p); }
+};
+KeptBuffer& kept_buffer(int slot) {
+  thread_local KeptBuffer kept[2];
+  return kept[slot];
+}
+constexpr size_t kKeptBytes = size_t(32) << 20;
+
+template <class T>
+class Scratch {
+ public:
+  Scratch(int slot, int64_t count, const char* what) {
+    const size_t bytes = (sizeof(T) * count + 63) / 64 * 64;
+    KeptBuffer& kept = kept_buffer(slot);
+    if (bytes <= kept.bytes) {
+      p_ = static_cast<T*>(kept.p);
+      return;
+    }
+    owned_ = aligned_buffer<T>(count, what);
+    p_ = owned_.get();
+    if (bytes <= kKeptBytes) {
+      std::free(kept.p);
+      kept.p = owned_.release();
+      kept.bytes = bytes;
+    }
+  }
+  T* get() const { return p_; }
+
+ private:
+  T* p_ = nullptr;
+  std::unique_ptr<T, FreeDeleter<T>> owned_;
+};
+
 // More than kFewRows rows: panels of W rearranged (bfloat16) or split (float32) per
 // thread, each reused over every row of x.
 void matmul_amx_packed(const MatmulArgs& a, int terms) {
   const int wterms = a.format == Format::kF32 ? 3 : 1;
   const int64_t mp = (a.m + 15) / 16 * 16, kp = (a.k + 31) / 32 * 32, kblocks = kp / 32;
-  auto xb = aligned_buffer<uint16_t>(terms * mp * kp, "x in bfloat16");
+  Scratch<uint16_t> xb(0, terms * mp * kp, "x in bfloat16");
   convert_x(a, mp, kp, terms, xb.get());
   const int64_t panels = (a.n + 31) / 32;
   // Rows of x per pass over W: their planes fit in half of L2 (~1 MB), so each panel's
@@ -431,9 +472,9 @@ void matmul_amx_packed(const MatmulArgs& a, int terms) {
 
 void matmul_bf16_amx_few(const MatmulArgs& a, int terms) {
   const int64_t mp = (a.m + 15) / 16 * 16, kp = a.k, kblocks = kp / 32, plane = mp / 16 * kblocks * 256;
-  auto xb = aligned_buffer<uint16_t>(terms * mp * kp, "x in bfloat16");
+  Scratch<uint16_t> xb(0, terms * mp * kp, "x in bfloat16");
   convert_x(a, mp, kp, terms, xb.get());
-  auto xt = aligned_buffer<uint32_t>(terms * plane, "x^T in bfloat16");
+  Scratch<uint32_t> xt(1, terms * plane, "x^T in bfloat16");
   for (int p = 0; p < terms; ++p) pack_xt(xb.get() + p * mp * kp, mp, kp, xt.get() + p * plane);
   const int64_t whole = a.n / 16, pairs = (whole + 1) / 2, rest = a.n % 16 != 0;
   auto tail = aligned_buffer<uint8_t>(rest ? 16 * 64 * kblocks : 1, "the last rows of W");
@@ -472,9 +513,9 @@ void matmul_f32_amx_few(const MatmulArgs& a, int terms) {
   const int64_t mp = (a.m + 15) / 16 * 16, kp = (a.k + 31) / 32 * 32, kblocks = kp / 32;
   const int64_t plane = mp / 16 * kblocks * 256;
   const bool two = mp > 16;  // mp <= 32: at most two x tiles
-  auto xb = aligned_buffer<uint16_t>(terms * mp * kp, "x in bfloat16");
+  Scratch<uint16_t> xb(0, terms * mp * kp, "x in bfloat16");
   convert_x(a, mp, kp, terms, xb.get());
-  auto xt = aligned_buffer<uint32_t>(terms * plane, "x^T in bfloat16");
+  Scratch<uint32_t> xt(1, terms * plane, "x^T in bfloat16");
   for (int p = 0; p < terms; ++p) pack_xt(xb.get() + p * mp * kp, mp, kp, xt.get() + p * plane);
   const int64_t units = (a.n + 31) / 32;
   const int nt = a.num_threads;
