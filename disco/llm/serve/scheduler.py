@@ -117,6 +117,9 @@ class Scheduler:
         self._snapshot = dict(running=0, waiting=0, pages_used=0, pages_total=0)
         self._step_started: Optional[float] = None
         self._thread = threading.Thread(target=self._main, name="disco-serve-scheduler", daemon=True)
+        # the event loops' own: handles waiting in next_event, and each loop's liveness poll
+        self._readers: set[Handle] = set()
+        self._polls: dict = {}
 
     # -- the web side's calls (event loop thread) ----------------------------------------------
 
@@ -156,6 +159,37 @@ class Scheduler:
         finally:
             if not fut.done():
                 fut.cancel()
+
+    async def next_event(self, handle: Handle) -> tuple:
+        """The next event of `handle` (a stream's: one per engine step). Like
+        `wait(handle.events.get())`, but one timer per event loop checks every second that
+        the scheduler still serves, for all handles waiting, instead of a task and a timer
+        per event (most of what the event loop did per event besides the socket write)."""
+        events = handle.events
+        if not events.empty():
+            return events.get_nowait()
+        self.check_alive()
+        self._readers.add(handle)
+        if handle.loop not in self._polls:
+            self._polls[handle.loop] = handle.loop.call_later(1.0, self._poll, handle.loop)
+        try:
+            return await events.get()
+        finally:
+            self._readers.discard(handle)
+
+    def _poll(self, loop: asyncio.AbstractEventLoop) -> None:
+        """next_event's check, on `loop`: a scheduler thread that has ended sends its readers
+        the 503 (it posts to every handle when it fails; this covers its dying outright)."""
+        del self._polls[loop]
+        readers = [h for h in self._readers if h.loop is loop]
+        try:
+            self.check_alive()
+        except APIError as e:
+            for h in readers:
+                h.events.put_nowait(("error", e))
+            return
+        if readers:
+            self._polls[loop] = loop.call_later(1.0, self._poll, loop)
 
     def check_alive(self) -> None:
         """Raises the 503 of a scheduler whose thread has ended (nothing will be posted)."""
