@@ -215,3 +215,17 @@ def test_the_wait_queue_is_bounded():
         assert refused.headers["retry-after"] == "1" and refused.json()["error"]["code"] == "overloaded"
         assert engine.free_pages == 1
     s.stop(5)
+
+
+def test_a_stream_learns_that_the_scheduler_thread_died():
+    """The thread ends without posting (as if its failure path broke): a stream waiting for
+    its next event gets the 503 from the liveness poll instead of waiting forever."""
+    s, engine, fatal, client = make()
+    with client:
+        _until(lambda: s.state == "ready")
+        s._fail = lambda *a, **k: None      # nothing is posted when the step below ends the thread
+        engine.fail = SystemExit(1)
+        with client.stream("POST", "/v1/completions", json=dict(BODY, stream=True)) as r:
+            events = [line for line in r.iter_lines() if line]
+        assert r.status_code == 200 and '"code":null' in events[-1]
+        assert "the scheduler has stopped" in events[-1]

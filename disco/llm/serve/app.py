@@ -84,21 +84,26 @@ def build_app(scheduler: Scheduler, model: str, watchdog_s: float = 1.0) -> Star
         try:
             if job.kind == "chat":
                 yield _sse(chunk(job, "", first=True))
-            while True:
-                event = await scheduler.wait(handle.events.get())
-                if event[0] == "text":
-                    yield _sse(chunk(job, event[1]))
-                elif event[0] == "end":
-                    finished = True
-                    yield _sse(chunk(job, None, finish_reason=event[1]))
-                    if job.include_usage:
-                        yield _sse(usage_chunk(job, event[2]))
-                    yield "data: [DONE]\n\n"
-                    return
-                else:
-                    finished = True
-                    yield _sse(event[1].body())
-                    return
+            while not finished:
+                # the events already here (a step's text and the end) go out in one write
+                out = []
+                event = await scheduler.next_event(handle)
+                while True:
+                    if event[0] == "text":
+                        out.append(_sse(chunk(job, event[1])))
+                    elif event[0] == "end":
+                        finished = True
+                        out.append(_sse(chunk(job, None, finish_reason=event[1])))
+                        if job.include_usage:
+                            out.append(_sse(usage_chunk(job, event[2])))
+                        out.append("data: [DONE]\n\n")
+                    else:
+                        finished = True
+                        out.append(_sse(event[1].body()))
+                    if finished or handle.events.empty():
+                        break
+                    event = handle.events.get_nowait()
+                yield "".join(out)
         except APIError as e:              # the scheduler stopped answering
             finished = True
             yield _sse(e.body())

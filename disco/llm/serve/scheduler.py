@@ -8,8 +8,10 @@ next step boundary (continuous batching: the engine admits it when its worst-cas
 pages are free, prefills it, in chunks of `prefill_chunk` prompt tokens when set, and
 from then on it decodes with the others); a finished or cancelled request leaves the
 batch and frees its pages at once. What a step produced goes back to each request's
-`Handle` on the event loop (`loop.call_soon_threadsafe`): text, the end with the
-finish reason and usage, or an error.
+`Handle` on the event loop: text, the end with the finish reason and usage, or an
+error; all of one step's events in one `loop.call_soon_threadsafe` (each such call
+writes to the loop's wake-up socket, and the workers wait while the scheduler thread
+posts: one call a request a step cost more than the rest of the posting).
 
 Back-pressure: a request that cannot be admitted now waits in the engine's queue; past
 `max_waiting` such requests a new one is refused (the web side answers HTTP 503 with
@@ -57,6 +59,18 @@ class Handle:
     def _post(self, *event) -> None:
         self._call(self.events.put_nowait, event)
 
+    @staticmethod
+    def _post_all(posts: list) -> None:
+        """Post each (handle, event) of `posts` with one wake-up of each event loop."""
+        by_loop: dict = {}
+        for h, event in posts:
+            by_loop.setdefault(h.loop, []).append((h.events, event))
+        for loop, items in by_loop.items():
+            try:
+                loop.call_soon_threadsafe(_put_all, items)
+            except RuntimeError:        # the event loop is closed: nobody is listening
+                pass
+
     def _accept(self, error: Optional[APIError] = None) -> None:
         def settle():
             if not self.accepted.done():
@@ -71,6 +85,11 @@ class Handle:
             self.loop.call_soon_threadsafe(fn, *args)
         except RuntimeError:            # the event loop is closed: nobody is listening
             pass
+
+
+def _put_all(items: list) -> None:
+    for events, event in items:
+        events.put_nowait(event)
 
 
 class Scheduler:
@@ -98,6 +117,9 @@ class Scheduler:
         self._snapshot = dict(running=0, waiting=0, pages_used=0, pages_total=0)
         self._step_started: Optional[float] = None
         self._thread = threading.Thread(target=self._main, name="disco-serve-scheduler", daemon=True)
+        # the event loops' own: handles waiting in next_event, and each loop's liveness poll
+        self._readers: set[Handle] = set()
+        self._polls: dict = {}
 
     # -- the web side's calls (event loop thread) ----------------------------------------------
 
@@ -137,6 +159,37 @@ class Scheduler:
         finally:
             if not fut.done():
                 fut.cancel()
+
+    async def next_event(self, handle: Handle) -> tuple:
+        """The next event of `handle` (a stream's: one per engine step). Like
+        `wait(handle.events.get())`, but one timer per event loop checks every second that
+        the scheduler still serves, for all handles waiting, instead of a task and a timer
+        per event (most of what the event loop did per event besides the socket write)."""
+        events = handle.events
+        if not events.empty():
+            return events.get_nowait()
+        self.check_alive()
+        self._readers.add(handle)
+        if handle.loop not in self._polls:
+            self._polls[handle.loop] = handle.loop.call_later(1.0, self._poll, handle.loop)
+        try:
+            return await events.get()
+        finally:
+            self._readers.discard(handle)
+
+    def _poll(self, loop: asyncio.AbstractEventLoop) -> None:
+        """next_event's check, on `loop`: a scheduler thread that has ended sends its readers
+        the 503 (it posts to every handle when it fails; this covers its dying outright)."""
+        del self._polls[loop]
+        readers = [h for h in self._readers if h.loop is loop]
+        try:
+            self.check_alive()
+        except APIError as e:
+            for h in readers:
+                h.events.put_nowait(("error", e))
+            return
+        if readers:
+            self._polls[loop] = loop.call_later(1.0, self._poll, loop)
 
     def check_alive(self) -> None:
         """Raises the 503 of a scheduler whose thread has ended (nothing will be posted)."""
@@ -251,7 +304,7 @@ class Scheduler:
         if self.state != READY:          # given up on while it ran: no more answers from it
             return
         now = time.perf_counter()
-        gaps = []
+        gaps, posts = [], []
         for r in got:
             h = self._handles.get(r.id)
             if h is None:
@@ -262,11 +315,12 @@ class Scheduler:
                 gaps.append(now - h.last_token_at)
             h.last_token_at = now
             if r.pieces:
-                h._post("text", "".join(r.pieces))
+                posts.append((h, ("text", "".join(r.pieces))))
                 r.pieces.clear()
             if r.finished:
-                h._post("end", r.finish_reason, usage(len(r.prompt), len(r.tokens)))
+                posts.append((h, ("end", r.finish_reason, usage(len(r.prompt), len(r.tokens)))))
                 self._end(h, r.finish_reason)
+        Handle._post_all(posts)
         self.metrics.tokens(len(got), gaps)
         self._publish()
 
