@@ -440,8 +440,11 @@ void matmul_amx_packed(const MatmulArgs& a, int terms) {
   const int64_t panels = (a.n + 31) / 32;
   // Rows of x per pass over W: their planes fit in half of L2 (~1 MB), so each panel's
   // products read x from L2 (streaming all of x from L3 per panel bounds the tile unit).
-  // Each pass rearranges the panels again, a cost shared by mblock / 16 x tiles.
-  const int64_t fit = (int64_t(1) << 20) / (2 * kp * terms) / 32 * 32;
+  // Each pass rearranges the panels again, a cost shared by mblock / 16 x tiles; float32
+  // panels cost more to split, and 1.5 MB of x pays there (768 x 2048 at 512 rows: 8.5-8.7
+  // ms against 9.7-10.6; bfloat16 panels: 3-5% slower so).
+  const int64_t budget = (wterms == 3 ? 3 : 2) * (int64_t(1) << 19);
+  const int64_t fit = budget / (2 * kp * terms) / 32 * 32;
   const int64_t mblock = fit < 32 ? 32 : fit;
   const int64_t panel_bytes = 4 * 512 * kblocks * wterms;
   const int nt = a.num_threads;
