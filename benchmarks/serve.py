@@ -27,7 +27,10 @@ the same name); results go to results/serve.json, or serve-<format>.json. bfloat
 weights run prefill and batched decode on AMX tiles where the CPU has them
 (disco.cpu_kernels), with float32 activations held exactly; DISCO_CPU_AMX_X_TERMS=1 in
 the environment (it reaches the workers) rounds them to bfloat16 there instead, as a
-bfloat16 model computes: results then go to serve-<format>-x1.json.
+bfloat16 model computes: results then go to serve-<format>-x1.json. float32 weights run
+there too, split into three bfloat16 parts like x (float32's accuracy); with
+DISCO_CPU_AMX_FLOAT32=0 they stay on AVX-512 and numpy's BLAS (the results file records
+which: float32_amx_rows -1).
 
 Target (issue 16): at 32 clients, throughput at least 4x the one-at-a-time rate.
 """
@@ -224,7 +227,7 @@ def main(argv=None) -> int:
     with open(results, "w") as f:
         json.dump({"config": cfg, "requests": a.requests, "new_tokens": tokens, "tp": 2,
                    "quantization": a.quantization, "cpu_isa": disco.cpu_kernels.default_isa(),
-                   "amx_x_terms": terms,
+                   "amx_x_terms": terms, "float32_amx_rows": disco.cpu_kernels.amx_rows(dtype="float32"),
                    "cores": os.cpu_count(), "load_average_before": load, "load_average_after": os.getloadavg(),
                    "one_at_a_time": base, "levels": rows}, f, indent=1)
     return 0
