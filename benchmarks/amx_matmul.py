@@ -135,8 +135,8 @@ def main(argv=None) -> int:
         print("\nfloat32 W: not on AMX here (DISCO_CPU_AMX_FLOAT32=0): skipped")
     else:
         f32 = _child(3, rows, a.reps, which, "float32")
-        print(f"\nfloat32 W (AMX: W and x in three bfloat16 parts, six products); ms per call; ratios are the "
-              f"other's time over AMX's")
+        print("\nfloat32 W (AMX: W and x in three bfloat16 parts, six products); ms per call; ratios are the "
+              "other's time over AMX's")
         print(f"{'layer':28s} {'AMX':>8s} {'AVX-512':>8s} {'np f32':>8s} {'torch f32':>10s} {'vs AVX-512':>10s} "
               f"{'vs np':>7s} {'vs torch':>8s} {'GF/s':>7s}")
         for key, r in f32.items():
