@@ -195,6 +195,18 @@ void convert_x(const MatmulArgs& a, int64_t mp, int64_t kp, int terms, uint16_t*
 // per pair of tiles against AVX-512's one FMA per 16 products. With x rounded to
 // bfloat16 (DISCO_CPU_AMX_X_TERMS=1): the three parts of W against x0.
 
+// The six products Wq xp with p + q <= 2 (p < terms) into the C tiles: hold_w(q) loads
+// W part q into its tile registers, hold_x(p) x part p, mul() multiplies what is held.
+// Ordered so that each load replaces one held set: 16 tile loads for 24 products.
+template <class HoldW, class HoldX, class Mul>
+inline void six_products(int terms, const HoldW& hold_w, const HoldX& hold_x, const Mul& mul) {
+  hold_w(0);
+  for (int p = terms - 1; p >= 0; --p) hold_x(p), mul();  // W0 x2, W0 x1, W0 x0
+  hold_w(1), mul();                                       // W1 x0
+  hold_w(2), mul();                                       // W2 x0
+  if (terms > 1) hold_w(1), hold_x(1), mul();             // W1 x1
+}
+
 // B tiles of the panel of W rows [j0, j0 + 32) (float32), one set per part of W: part q
 // at out + q * 512 * kblocks, each laid out as pack_panel_bf16's.
 void pack_panel_f32(const MatmulArgs& a, int64_t j0, int64_t kblocks, uint32_t* out) {
@@ -242,8 +254,7 @@ void copy_edge(const MatmulArgs& a, const float* edge, int64_t i0, int64_t j0) {
 
 // y for the 32 columns of one packed panel, over rows [i_begin, i_end) of x (whole tiles
 // of 16, two at a time, the last alone if odd): per block of k, each plane of each x tile
-// against the panel's two B tiles; with W in three parts (float32 W), the six products of
-// the float32 section above, ordered so that each load replaces one held tile.
+// against the panel's two B tiles; with W in three parts (float32 W), six_products.
 void panel_product(const MatmulArgs& a, const uint16_t* xb, int64_t mp, int64_t kp, int terms,
                    const uint32_t* panel, int wterms, int64_t j0, int64_t i_begin, int64_t i_end) {
   const int64_t kblocks = kp / 32, xstride = 2 * kp, plane = mp * kp, wplane = 512 * kblocks;
@@ -275,15 +286,8 @@ void panel_product(const MatmulArgs& a, const uint16_t* xb, int64_t mp, int64_t 
       if (wterms == 1) {
         load_w(0);
         for (int p = 0; p < terms; ++p) load_x(p), mul();
-        continue;
-      }
-      load_x(0);                      // x0 W2, x0 W1, x0 W0
-      for (int q = 2; q >= 0; --q) load_w(q), mul();
-      if (terms > 1) load_x(1), mul();  // x1 W0
-      if (terms > 2) load_x(2), mul();  // x2 W0
-      if (terms > 1) {                // x1 W1
-        if (terms > 2) load_x(1);
-        load_w(1), mul();
+      } else {
+        six_products(terms, load_w, load_x, mul);
       }
     }
     DISCO_STORE_C(0, a, i0, j0);
@@ -510,8 +514,8 @@ void matmul_bf16_amx_few(const MatmulArgs& a, int terms) {
 
 // Float32 W, at most kFewRows rows of x: as matmul_bf16_amx_few, but W cannot be read
 // in place. Each thread splits 32 rows of W a block of k at a time into the A tiles of
-// its three parts (6 KB, in L1), against x^T's planes: the six products of the float32
-// section, each load replacing one held tile. W is read once, straight from memory.
+// its three parts (6 KB, in L1), against x^T's planes (six_products). W is read once,
+// straight from memory.
 void matmul_f32_amx_few(const MatmulArgs& a, int terms) {
   const int64_t mp = (a.m + 15) / 16 * 16, kp = (a.k + 31) / 32 * 32, kblocks = kp / 32;
   const int64_t plane = mp / 16 * kblocks * 256;
@@ -571,11 +575,7 @@ void matmul_f32_amx_few(const MatmulArgs& a, int terms) {
             _tile_dpbf16ps(3, 5, 7);
           }
         };
-        load_w(0);                          // W0 x2, W0 x1, W0 x0
-        for (int p = terms - 1; p >= 0; --p) load_x(p), mul();
-        load_w(1), mul();                   // W1 x0
-        load_w(2), mul();                   // W2 x0
-        if (terms > 1) load_w(1), load_x(1), mul();  // W1 x1
+        six_products(terms, load_w, load_x, mul);
       }
       DISCO_STORE_CT(0, a, j0, 0);
       DISCO_STORE_CT(1, a, j0 + 16, 0);
