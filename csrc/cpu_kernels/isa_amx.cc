@@ -543,17 +543,16 @@ void matmul_f32_amx_few(const MatmulArgs& a, int terms) {
       for (int64_t kb = 0; kb < kblocks; ++kb) {
         const int64_t valid = a.k - 32 * kb;
         for (int r = 0; r < 32; ++r) {
-          if (rows[r] == nullptr) {
-            for (int q = 0; q < 3; ++q) _mm512_store_si512(&wt[q][r / 16][(r % 16) * 32], _mm512_setzero_si512());
-            continue;
+          const float* src = rows[r] ? rows[r] + 32 * kb : nullptr;  // past n: zeros
+          if (src) {
+            // 32 rows are more streams than the hardware prefetcher follows: ask 2 blocks
+            // ahead (a 32-row decode step of the ~100M Llama took 19-20 ms of matmuls so,
+            // 22 at 4 blocks, 29-34 at 8 or more or none: farther ahead evicts from L1).
+            _mm_prefetch(reinterpret_cast<const char*>(src + 64), _MM_HINT_T0);
+            _mm_prefetch(reinterpret_cast<const char*>(src + 80), _MM_HINT_T0);
           }
-          // 32 rows are more streams than the hardware prefetcher follows: ask 2 blocks
-          // ahead (a 32-row decode step of the ~100M Llama took 19-20 ms of matmuls so,
-          // 22 at 4 blocks, 29-34 at 8 or more or none: farther ahead evicts from L1).
-          _mm_prefetch(reinterpret_cast<const char*>(rows[r] + 32 * (kb + 2)), _MM_HINT_T0);
-          _mm_prefetch(reinterpret_cast<const char*>(rows[r] + 32 * (kb + 2) + 16), _MM_HINT_T0);
           __m512 lo, hi;
-          load_f32x32(rows[r] + 32 * kb, valid, lo, hi);
+          load_f32x32(src, src ? valid : 0, lo, hi);
           __m512i p3[3];
           split_bf16(lo, hi, 3, p3);
           for (int q = 0; q < 3; ++q) _mm512_store_si512(&wt[q][r / 16][(r % 16) * 32], p3[q]);
@@ -587,32 +586,32 @@ void matmul_f32_amx_few(const MatmulArgs& a, int terms) {
   }
 }
 
+// The digit environment variable `name` holds, from `lowest` to `highest` (`fallback`
+// when unset or empty); anything else is a KernelError naming the variable, the values
+// it takes (`expected`: what they mean) and the one given.
+int digit_setting(const char* name, char lowest, char highest, int fallback, const std::string& expected) {
+  const char* env = std::getenv(name);
+  if (env == nullptr || *env == 0) return fallback;
+  const std::string v = env;
+  if (v.size() != 1 || v[0] < lowest || v[0] > highest)
+    throw KernelError(std::string(name) + " must be " + expected + "; got '" + v + "'");
+  return v[0] - '0';
+}
+
 // Planes x is split into (DISCO_CPU_AMX_X_TERMS, read once): 3 (default) holds x exactly,
 // so the products are those of float32 x; 1 rounds x to bfloat16 (3x the tile products
 // per second in prefill, the numerics of a bfloat16 model); 2 keeps 16 bits of x.
 int x_terms() {
-  static const int terms = [] {
-    const char* env = std::getenv("DISCO_CPU_AMX_X_TERMS");
-    if (env == nullptr || *env == 0) return 3;
-    const std::string v = env;
-    if (v != "1" && v != "2" && v != "3")
-      throw KernelError("DISCO_CPU_AMX_X_TERMS must be 1, 2 or 3 (bfloat16 parts x is split into); got '" + v + "'");
-    return std::stoi(v);
-  }();
+  static const int terms =
+      digit_setting("DISCO_CPU_AMX_X_TERMS", '1', '3', 3, "1, 2 or 3 (bfloat16 parts x is split into)");
   return terms;
 }
 
 // Float32 weights on AMX (split in three parts, above) unless DISCO_CPU_AMX_FLOAT32=0
 // (read once): then the AVX-512 kernel and numpy's BLAS take them, as on other CPUs.
 bool float32_on_amx() {
-  static const bool on = [] {
-    const char* env = std::getenv("DISCO_CPU_AMX_FLOAT32");
-    if (env == nullptr || *env == 0) return true;
-    const std::string v = env;
-    if (v != "0" && v != "1")
-      throw KernelError("DISCO_CPU_AMX_FLOAT32 must be 0 or 1 (float32 weights on AMX tiles); got '" + v + "'");
-    return v == "1";
-  }();
+  static const bool on =
+      digit_setting("DISCO_CPU_AMX_FLOAT32", '0', '1', 1, "0 or 1 (float32 weights on AMX tiles)") == 1;
   return on;
 }
 
