@@ -58,7 +58,7 @@ def measure(rows, reps, which, weights="bfloat16") -> dict:
     for name, (n, k) in SHAPES.items():
         copies = max(1, min(4, (256 << 20) // (n * k * 4)))
         w32 = [rng.standard_normal((n, k), dtype=np.float32) * 0.02 for _ in range(copies)]
-        wbf = [w.astype(ml_dtypes.bfloat16) for w in w32] if weights == "bfloat16" else w32
+        wk = [w.astype(ml_dtypes.bfloat16) for w in w32] if weights == "bfloat16" else w32   # the kernels'
         for m in rows:
             x = rng.standard_normal((m, k), dtype=np.float32)
             y = np.empty((m, n), np.float32)
@@ -71,9 +71,9 @@ def measure(rows, reps, which, weights="bfloat16") -> dict:
                     i[0] += 1
                 return g
             if "amx" in which:
-                row["amx"] = _best(cycle(wbf, lambda w: ck.matmul_nt(x, w, y, isa="amx", num_threads=1)), reps)
+                row["amx"] = _best(cycle(wk, lambda w: ck.matmul_nt(x, w, y, isa="amx", num_threads=1)), reps)
             if "avx512" in which:
-                row["avx512"] = _best(cycle(wbf, lambda w: ck.matmul_nt(x, w, y, isa="avx512", num_threads=1)), reps)
+                row["avx512"] = _best(cycle(wk, lambda w: ck.matmul_nt(x, w, y, isa="avx512", num_threads=1)), reps)
             if "numpy" in which:
                 row["numpy_f32"] = _best(cycle(w32, lambda w: np.matmul(x, w.T, out=y)), reps)
             if "torch" in which:

@@ -123,7 +123,7 @@ FLOAT32_KERNEL_ROWS = 32
 _matmul_nt_float32 = _native.cpu_matmul_nt_fn(weight_format("float32").code)
 # Where the default variant puts float32 weights on AMX tiles, it wins at every row count
 # (results/amx_matmul.json): no BLAS then.
-_FLOAT32_ON_AMX = _native.cpu_amx_rows("", "float32") >= 0
+_FLOAT32_ON_AMX = amx_rows(dtype="float32") >= 0
 
 
 @register_func("disco.cpu.matmul_nt_auto")

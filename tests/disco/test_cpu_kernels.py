@@ -51,31 +51,24 @@ def bf16_parts(x, terms):
     return parts
 
 
-def amx_parts(x, terms):
-    """x as the AMX kernels multiply it: the sum of its first `terms` bfloat16 parts."""
-    return sum(bf16_parts(x, terms))
-
-
 def check(y, x, q, name, isa=None):
     """y against the float64 product. Where variant `isa` (default: the one used) runs
     on AMX tiles (bfloat16 or float32 weights, more than ck.amx_rows(isa, dtype) rows), x
-    is the sum of its ck.amx_x_terms() bfloat16 parts, each product summed separately:
-    terms * k terms; float32 W is split into three parts too, and of the products of x
-    part p and W part q those with p + q <= 2 are summed (isa_amx.cc)."""
+    is the sum of its ck.amx_x_terms() bfloat16 parts and float32 W of its three, and of
+    the products of x part p and W part q those with p + q <= 2 are summed (isa_amx.cc),
+    each separately: that many times k terms."""
     w, off = reference_weights(q, name)
     x64 = x.reshape(-1, x.shape[-1]).astype(np.float64)
-    terms = 1
-    amx = name in ("bfloat16", "float32") and -1 < ck.amx_rows(isa, name) < x64.shape[0]
-    if amx and name == "bfloat16":
-        terms = ck.amx_x_terms()
-        x64 = amx_parts(x64, terms)
-    if amx and name == "float32":
-        xs, ws = bf16_parts(x64, ck.amx_x_terms()), bf16_parts(w, 3)
-        pairs = [(p, r) for p in range(len(xs)) for r in range(3) if p + r <= 2]
+    if name in ("bfloat16", "float32") and -1 < ck.amx_rows(isa, name) < x64.shape[0]:
+        xs = bf16_parts(x64, ck.amx_x_terms())
+        ws = bf16_parts(w, 3) if name == "float32" else [w]
+        pairs = [(p, r) for p in range(len(xs)) for r in range(len(ws)) if p + r <= 2]
         ref = sum(xs[p] @ ws[r].T for p, r in pairs)
         terms = len(pairs)
+        if name == "bfloat16":
+            x64 = sum(xs)       # the bound over x as multiplied (float32's: over x itself)
     else:
-        ref = x64 @ w.T
+        ref, terms = x64 @ w.T, 1
     bound = np.abs(x64) @ (np.abs(w) + 2 * off).T       # |q d| <= |w| + |m|
     tol = 2 * (terms * x.shape[-1] + 1) * U * bound + 1e-30
     err = np.abs(y.reshape(ref.shape) - ref)
